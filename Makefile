@@ -1,0 +1,52 @@
+# objcache — `make run` starts a node; `make test` runs the whole suite. Both set themselves up.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+DATA    ?= var
+SEEDS   ?= 5000
+ARGS    ?=
+
+.PHONY: all setup host run test test-fast lint sim bench clean
+
+all: test
+
+# The virtualenv, rebuilt when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+host:
+	@.ci/setup-host
+
+setup: host $(STAMP)
+
+run: setup
+	@echo "objcache: data in ./$(DATA); mount from this host with:"
+	@echo "  sudo mount -t nfs -o vers=3,proto=tcp,port=2049,mountport=2049,nolock 127.0.0.1:/ /mnt/objcache"
+	$(BIN)/objcache serve --data-dir $(DATA) $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# The whole suite: unit, interaction scripts, simulation, real clients, the kernel client.
+test: setup lint
+	$(BIN)/python -m pytest -q $(ARGS)
+
+# Everything but the real-process tiers, for a quick loop while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not kernel" $(ARGS)
+
+# Long simulation runs: make sim SEEDS=20000
+sim: $(STAMP)
+	OBJCACHE_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q tests/sim $(ARGS)
+
+bench: setup
+	OBJCACHE_BENCH_DEPS=1 .ci/setup-host
+	$(BIN)/python bench/nfs_gateway.py $(ARGS)
+	$(BIN)/python bench/raft.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Raft: a sans-I/O consensus core and its trio driver."""

@@ -1,0 +1,1 @@
+"""objcache node: configuration, CLI, file-system operations, node RPC, metrics."""

@@ -1,0 +1,1 @@
+"""The file system behind the gateway: records, state machine, operations."""

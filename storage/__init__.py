@@ -1,0 +1,1 @@
+"""Storage adapters: LevelDB (plyvel), chunk files, object stores."""

@@ -1,0 +1,1 @@
+"""Transactions over Raft groups: coordinator and participants, every step a log record."""
