@@ -1,0 +1,79 @@
+"""The `objcache` command line: `objcache serve` starts a node.
+
+Exit codes: 0 clean shutdown, 2 usage or configuration error, 1 a failure while serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import trio
+
+from server import config as config_mod
+
+log = logging.getLogger("objcache")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a node")
+    p.add_argument("--config", type=Path, help="TOML configuration file (configs/ has examples)")
+    p.add_argument("--data-dir", help="where the node keeps its LevelDB and chunk files")
+    p.add_argument("--nfs-listen", metavar="HOST:PORT", help="NFS and MOUNT service address")
+    p.add_argument(
+        "--portmap-listen", metavar="HOST:PORT|off", help="portmapper (default 0.0.0.0:111 as root)"
+    )
+    p.add_argument("--metrics-listen", metavar="HOST:PORT|off", help="Prometheus /metrics")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Command-line flags as config overrides, validated with the file's rules."""
+    table = {
+        ("node", "data_dir"): args.data_dir,
+        ("node", "log_level"): args.log_level,
+        ("nfs", "listen"): args.nfs_listen,
+        ("nfs", "portmap_listen"): args.portmap_listen,
+        ("metrics", "listen"): args.metrics_listen,
+    }
+    out: dict[str, dict[str, object]] = {}
+    for (section, key), value in table.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.config, _overrides(args))
+    except config_mod.ConfigError as e:
+        print(f"objcache: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.node.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from server.node import StartupError, serve  # import late: keeps `--help` fast
+
+    try:
+        trio.run(serve, cfg)
+    except StartupError as e:
+        print(f"objcache: cannot start: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="objcache", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    args = parser.parse_args(argv)
+    commands = {"serve": _cmd_serve}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Node configuration: TOML in, validated frozen dataclasses out.
+
+Rules:
+- Every key has a type and, where it matters, a range; an unknown key or a bad value stops the
+  start with a ConfigError that names the key by its dotted path (`nfs.listen`, `exports[0].path`).
+- The embedded default (no file at all) is one node, data in ./var, NFS on 127.0.0.1:2049, the
+  whole tree exported to loopback clients only.
+- Command-line overrides are applied to the parsed dict before validation, so they are checked
+  by the same rules as the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_listen(key: str, value: str) -> Listen | None:
+    """`HOST:PORT`, `[V6]:PORT`, or `off`."""
+    if value == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT or 'off', got {value!r}")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{key}: {host!r} is not an IP address") from None
+    return Listen(host, int(port))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: str = "var"
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class NfsConfig:
+    listen: str = "127.0.0.1:2049"
+    # The portmapper lets `mount -t nfs host:/ /mnt` work without port options. Port 111 needs
+    # root; "auto" means 0.0.0.0:111 when running as root, else off.
+    portmap_listen: str = "auto"
+    rtmax_bytes: int = 1 << 20
+    wtmax_bytes: int = 1 << 20
+    dtpref_bytes: int = 64 << 10
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_record_bytes: int = (1 << 20) + (64 << 10)  # a 1 MiB WRITE plus its headers
+    max_connections: int = 512
+    max_in_flight_per_connection: int = 64
+    idle_timeout_s: float = 900.0
+    drc_max_entries: int = 4096
+    drc_max_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    path: str = "/"
+    clients: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    read_only: bool = False
+    root_squash: bool = False
+    all_squash: bool = False
+    anon_uid: int = 65534
+    anon_gid: int = 65534
+    insecure: bool = True
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    chunk_size_bytes: int = 16 << 20
+    kv_threads: int = 4
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "off"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    nfs: NfsConfig = field(default_factory=NfsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    exports: tuple[ExportConfig, ...] = (ExportConfig(),)
+
+    # Derived, validated views.
+    def nfs_listen(self) -> Listen:
+        listen = parse_listen("nfs.listen", self.nfs.listen)
+        assert listen is not None  # validate() refuses "off"
+        return listen
+
+    def portmap_listen(self) -> Listen | None:
+        if self.nfs.portmap_listen == "auto":
+            return Listen("0.0.0.0", 111) if os.geteuid() == 0 else None
+        return parse_listen("nfs.portmap_listen", self.nfs.portmap_listen)
+
+    def metrics_listen(self) -> Listen | None:
+        return parse_listen("metrics.listen", self.metrics.listen)
+
+
+# Ranges for numeric keys: (min, max). Keys not listed only need the right type.
+_RANGES: dict[str, tuple[float, float]] = {
+    "nfs.rtmax_bytes": (4096, 1 << 20),
+    "nfs.wtmax_bytes": (4096, 1 << 20),
+    "nfs.dtpref_bytes": (512, 1 << 20),
+    "limits.max_record_bytes": (8192, 64 << 20),
+    "limits.max_connections": (1, 100_000),
+    "limits.max_in_flight_per_connection": (1, 1024),
+    "limits.idle_timeout_s": (1, 86_400),
+    "limits.drc_max_entries": (0, 1_000_000),
+    "limits.drc_max_bytes": (0, 1 << 30),
+    "storage.chunk_size_bytes": (64 << 10, 1 << 30),
+    "storage.kv_threads": (1, 64),
+    "exports.anon_uid": (0, 2**32 - 1),
+    "exports.anon_gid": (0, 2**32 - 1),
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check_scalar(key: str, range_key: str, typ: Any, value: Any) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (typ in (int, float) and isinstance(value, bool)) or not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    if range_key in _RANGES:
+        lo, hi = _RANGES[range_key]
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _build(cls: type, raw: Any, key: str, range_prefix: str) -> Any:
+    """Build dataclass `cls` from a TOML table, naming the key of any error."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key or 'config'}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in names:
+            where = f"{key}.{k}" if key else k
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, raw_value in raw.items():
+        sub = f"{key}.{name}" if key else name
+        range_key = f"{range_prefix}.{name}" if range_prefix else name
+        values[name] = _convert(hints[name], raw_value, sub, range_key)
+    return cls(**values)
+
+
+def _convert(typ: Any, raw: Any, key: str, range_key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, raw, key, range_key)
+    if origin is tuple:
+        item_type = typing.get_args(typ)[0]
+        if not isinstance(raw, list):
+            raise ConfigError(f"{key}: expected a list, got {type(raw).__name__}")
+        return tuple(_convert(item_type, v, f"{key}[{i}]", range_key) for i, v in enumerate(raw))
+    if origin is types.UnionType:
+        raise AssertionError(f"config field {key} must not be a union")
+    return _check_scalar(key, range_key, typ, raw)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.node.log_level not in _LOG_LEVELS:
+        raise ConfigError(
+            f"node.log_level: expected one of {_LOG_LEVELS}, got {cfg.node.log_level!r}"
+        )
+    if parse_listen("nfs.listen", cfg.nfs.listen) is None:
+        raise ConfigError("nfs.listen: the NFS service cannot be 'off'")
+    if cfg.nfs.portmap_listen != "auto":
+        parse_listen("nfs.portmap_listen", cfg.nfs.portmap_listen)
+    parse_listen("metrics.listen", cfg.metrics.listen)
+    if not cfg.exports:
+        raise ConfigError("exports: at least one export is needed")
+    seen = set()
+    for i, exp in enumerate(cfg.exports):
+        _validate_export(f"exports[{i}]", exp)
+        if exp.path in seen:
+            raise ConfigError(f"exports[{i}].path: {exp.path!r} is exported twice")
+        seen.add(exp.path)
+    if cfg.limits.max_record_bytes < cfg.nfs.wtmax_bytes + 4096:
+        raise ConfigError("limits.max_record_bytes: must exceed nfs.wtmax_bytes by 4096 or more")
+
+
+def _validate_export(key: str, exp: ExportConfig) -> None:
+    if not exp.path.startswith("/") or len(exp.path) > 1024 or "//" in exp.path:
+        raise ConfigError(f"{key}.path: expected an absolute path, got {exp.path!r}")
+    for j, net in enumerate(exp.clients):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}.clients[{j}]: {net!r} is not a CIDR network") from None
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw, "", "")
+    _validate(cfg)
+    return cfg
+
+
+def load(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read `path` (or nothing: the embedded default), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for section, values in (overrides or {}).items():
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: expected a table")
+        table.update(values)
+    return from_dict(raw)
+
+
+def data_dir(cfg: Config) -> Path:
+    return Path(cfg.node.data_dir).resolve()
