@@ -1,0 +1,475 @@
+"""Raft log storage in LevelDB (plyvel): implements raft.log_storage.LogStorage.
+
+Rules:
+- Everything lives under one key prefix, so the log can share a LevelDB with the state machine
+  (DESIGN.md: state machine + applied index in the same DB, a snapshot is a LevelDB iteration).
+    prefix + b"h"              hard state          [term, vote, commit]
+    prefix + b"s"              snapshot metadata   [index, term, voters, learners]
+    prefix + b"c"              compaction marker   [index, term] of the last discarded entry
+    prefix + b"e" + u64 BE     one entry           [index, term, type, data]
+- Every value is `version (1 byte) | crc32 of body (4 bytes BE) | CBOR body`. The checksum is
+  verified on every read from disk (assert after reading), and the whole log is verified at open:
+  a corrupt record, a gap, a tail shorter than the persisted commit index, or a hard state that
+  contradicts the log raises LogCorrupted naming the key, the index and the reason. We refuse to
+  start rather than serve from damaged state.
+- `save()` is group commit: concurrent callers append their writes to one open batch; a single
+  writer at a time writes a batch with sync=True through `trio.to_thread.run_sync` (bounded by a
+  CapacityLimiter), and every caller returns only once its batch is on disk (STYLE habit 2).
+- The in-memory view (terms of every retained entry, unsynced entries, a bounded cache of the
+  tail) is updated when a save is *queued*, in call order, so the next save can compute which
+  suffix it truncates. The core only reads it after awaiting save(), which is what the driver does.
+  If a write fails the store is poisoned: a failed fsync cannot be retried safely, so every later
+  call raises StorageFailed and the node must restart (and re-verify at open).
+- The core's reads are synchronous. term(), first_index(), last_index() always come from memory.
+  entries() comes from memory unless the range is older than the tail cache (a follower far
+  behind, or the driver applying committed entries after a restart); then it does a *synchronous*
+  plyvel read on the event loop thread. Why: the LogStorage protocol is synchronous (the core is
+  sans-I/O and cannot await), the read is bounded by max_bytes, and LevelDB serves it from its
+  block cache or the page cache in well under a millisecond for the sizes the core asks for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+import plyvel
+import trio
+
+from raft.log_storage import Compacted, Unavailable
+from raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+
+RECORD_VERSION = 1
+_HEADER = struct.Struct(">BI")  # version, crc32
+_INDEX = struct.Struct(">Q")
+_ENTRY_OVERHEAD_BYTES = 64  # rough per-entry cost of the cache bookkeeping
+
+
+class LogCorrupted(Exception):
+    """The persisted log is damaged; the node must not start from it."""
+
+    def __init__(self, reason: str, *, key: bytes | None = None, index: int | None = None):
+        self.reason = reason
+        self.key = key
+        self.index = index
+        where = []
+        if index is not None:
+            where.append(f"index {index}")
+        if key is not None:
+            where.append(f"key {key!r}")
+        super().__init__(f"raft log corrupted ({', '.join(where) or 'log'}): {reason}")
+
+
+class StorageFailed(Exception):
+    """An earlier write failed; the log's durable state is unknown until a restart."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftLogConfig:
+    entry_cache_bytes: int = 64 * 1024 * 1024  # tail entries kept in memory for entries()
+    max_batch_bytes: int = 64 * 1024 * 1024  # an open batch this large makes savers wait
+    io_threads: int = 2  # concurrent plyvel calls in worker threads
+
+
+# ---- record codec (the on-disk plane for the raft log: versioned CBOR with a checksum) ----
+
+
+def encode_record(body: list[Any]) -> bytes:
+    payload = cbor2.dumps(body)
+    return _HEADER.pack(RECORD_VERSION, zlib.crc32(payload)) + payload
+
+
+def decode_record(key: bytes, value: bytes, index: int | None = None) -> list[Any]:
+    if len(value) < _HEADER.size:
+        raise LogCorrupted(f"record of {len(value)} bytes is shorter than its header", key=key,
+                           index=index)
+    version, crc = _HEADER.unpack_from(value)
+    if version != RECORD_VERSION:
+        raise LogCorrupted(f"unknown record version {version}", key=key, index=index)
+    payload = value[_HEADER.size:]
+    actual = zlib.crc32(payload)
+    if actual != crc:
+        raise LogCorrupted(f"checksum mismatch: stored {crc:#010x}, computed {actual:#010x}",
+                           key=key, index=index)
+    try:
+        body = cbor2.loads(payload)
+    except (cbor2.CBORDecodeError, ValueError) as exc:
+        raise LogCorrupted(f"undecodable CBOR body: {exc}", key=key, index=index) from exc
+    if not isinstance(body, list):
+        raise LogCorrupted(f"record body is {type(body).__name__}, not a list", key=key,
+                           index=index)
+    return body
+
+
+def _ints(body: list[Any], n: int, key: bytes, what: str) -> list[int]:
+    if len(body) != n or not all(type(x) is int and x >= 0 for x in body[:n]):
+        raise LogCorrupted(f"malformed {what} record {body!r}", key=key)
+    return body
+
+
+def _entry_body(e: Entry) -> list[Any]:
+    return [e.index, e.term, int(e.type), e.data]
+
+
+def _decode_entry(key: bytes, value: bytes, index: int) -> Entry:
+    body = decode_record(key, value, index)
+    if (len(body) != 4 or not all(type(x) is int for x in body[:3])
+            or not isinstance(body[3], bytes)):
+        raise LogCorrupted(f"malformed entry record {body!r:.200}", key=key, index=index)
+    if body[0] != index:
+        raise LogCorrupted(f"entry body says index {body[0]}", key=key, index=index)
+    try:
+        etype = EntryType(body[2])
+    except ValueError as exc:
+        raise LogCorrupted(f"unknown entry type {body[2]}", key=key, index=index) from exc
+    return Entry(term=body[1], index=index, type=etype, data=body[3])
+
+
+def _snapshot_body(s: SnapshotMeta) -> list[Any]:
+    return [s.index, s.term, sorted(s.conf.voters), sorted(s.conf.learners)]
+
+
+def _decode_snapshot(key: bytes, value: bytes) -> SnapshotMeta:
+    body = decode_record(key, value)
+    if (len(body) != 4 or not all(type(x) is int for x in body[:2])
+            or not all(isinstance(xs, list) and all(type(x) is int for x in xs)
+                       for xs in body[2:])):
+        raise LogCorrupted(f"malformed snapshot record {body!r:.200}", key=key)
+    return SnapshotMeta(index=body[0], term=body[1],
+                        conf=ConfState(frozenset(body[2]), frozenset(body[3])))
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What open() found on disk, after verification."""
+
+    hard_state: HardState
+    snapshot: SnapshotMeta | None
+    marker: tuple[int, int]  # (index, term) of the last compacted entry
+    terms: list[int]
+    tail: list[Entry]  # the newest entries, up to the cache budget
+
+
+@dataclass(slots=True)
+class _Batch:
+    ops: list[tuple[bytes, bytes | None]] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    nbytes: int = 0
+    written: bool = False
+    error: BaseException | None = None
+
+
+class RaftLogStorage:
+    """LogStorage over a plyvel DB, under `prefix`. Create with `await RaftLogStorage.open(...)`."""
+
+    def __init__(self, db: plyvel.DB, prefix: bytes, config: RaftLogConfig,
+                 limiter: trio.CapacityLimiter, loaded: _Loaded):
+        self._db = db
+        self._prefix = prefix
+        self._config = config
+        self._limiter = limiter
+        self._hard_state = loaded.hard_state
+        self._snapshot = loaded.snapshot
+        self._marker_index, self._marker_term = loaded.marker
+        self._terms = loaded.terms  # terms[i] is the term of entry first_index() + i
+        self._unsynced: dict[int, Entry] = {}  # queued, not yet on disk: never evicted
+        self._cache: OrderedDict[int, Entry] = OrderedDict()  # ascending index
+        self._cache_bytes = 0
+        for e in loaded.tail:
+            self._cache_put(e)
+        self._open_batch = _Batch()
+        self._writing = False
+        self._written = trio.Event()  # replaced after every batch write
+        self._failed: BaseException | None = None
+        self.batches_written = 0  # counters, for tests and metrics
+        self.saves = 0
+
+    # ---- opening ----
+
+    @classmethod
+    async def open(cls, db: plyvel.DB, *, prefix: bytes = b"raft/",
+                   config: RaftLogConfig | None = None,
+                   limiter: trio.CapacityLimiter | None = None) -> RaftLogStorage:
+        """Load and verify the log; raises LogCorrupted if it is damaged."""
+        config = config or RaftLogConfig()
+        limiter = limiter or trio.CapacityLimiter(config.io_threads)
+        loaded = await trio.to_thread.run_sync(
+            _load_and_verify, db, prefix, config.entry_cache_bytes, limiter=limiter)
+        return cls(db, prefix, config, limiter, loaded)
+
+    # ---- LogStorage: synchronous reads ----
+
+    def initial_state(self) -> tuple[HardState, SnapshotMeta | None]:
+        return self._hard_state, self._snapshot
+
+    def first_index(self) -> int:
+        return self._marker_index + 1
+
+    def last_index(self) -> int:
+        return self._marker_index + len(self._terms)
+
+    def term(self, index: int) -> int:
+        self._check_ok()
+        if index == self._marker_index:
+            return self._marker_term
+        if index < self._marker_index:
+            raise Compacted(index)
+        if index > self.last_index():
+            raise Unavailable(index)
+        return self._terms[index - self.first_index()]
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        self._check_ok()
+        if lo < self.first_index():
+            raise Compacted(lo)
+        if hi > self.last_index() + 1:
+            raise Unavailable(hi)
+        out: list[Entry] = []
+        size = 0
+        i = lo
+        while i < hi:
+            e = self._unsynced.get(i) or self._cache.get(i)
+            if e is None:
+                # Older than the tail cache: a synchronous read (see the module header for why).
+                batch = self._read_range(i, hi, max_bytes - size)
+                if not batch:
+                    break
+                run = batch
+            else:
+                run = [e]
+            for e in run:
+                size += len(e.data)
+                if out and size > max_bytes:
+                    return out
+                out.append(e)
+            i = out[-1].index + 1
+        return out
+
+    def _read_range(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries from disk, from `lo` up to the first one held in memory (a newer version)."""
+        out: list[Entry] = []
+        size = 0
+        with self._db.iterator(start=self._entry_key(lo), stop=self._entry_key(hi)) as it:
+            for expect, (key, value) in enumerate(it, start=lo):
+                if expect in self._unsynced or expect in self._cache:
+                    break
+                if key != self._entry_key(expect):
+                    break
+                e = _decode_entry(key, value, expect)  # verifies the checksum
+                out.append(e)
+                size += len(e.data)
+                if size > max_bytes:
+                    break
+        if not out:
+            raise LogCorrupted("entry missing on disk", key=self._entry_key(lo), index=lo)
+        return out
+
+    # ---- LogStorage: durable writes ----
+
+    async def save(self, hard_state: HardState | None, entries: Sequence[Entry],
+                   snapshot: SnapshotMeta | None = None) -> None:
+        await self._wait_for_room()
+        ops: list[tuple[bytes, bytes | None]] = []
+        if snapshot is not None:
+            self._plan_snapshot(snapshot, ops)
+        if entries:
+            self._plan_entries(entries, ops)
+        if hard_state is not None:
+            self._hard_state = hard_state
+            ops.append((self._prefix + b"h", encode_record(
+                [hard_state.term, hard_state.vote, hard_state.commit])))
+        self.saves += 1
+        await self._commit(ops, entries)
+
+    async def compact(self, index: int) -> None:
+        """Discard entries up to and including `index`; a no-op below the first index."""
+        await self._wait_for_room()
+        if index < self.first_index():
+            return
+        assert index <= self.last_index(), f"compact({index}) beyond last {self.last_index()}"
+        term = self.term(index)
+        ops: list[tuple[bytes, bytes | None]] = []
+        self._discard_through(index, term, ops)
+        await self._commit(ops)
+
+    def _plan_snapshot(self, snap: SnapshotMeta, ops: list[tuple[bytes, bytes | None]]) -> None:
+        # Paper §7: if the log has the snapshot's last entry, keep what follows; else drop it all.
+        assert snap.index > self._marker_index, "snapshot older than the log's start"
+        if snap.index <= self.last_index() and self.term(snap.index) == snap.term:
+            self._discard_through(snap.index, snap.term, ops)
+        else:
+            self._truncate_after(self._marker_index, ops)
+            self._marker_index, self._marker_term = snap.index, snap.term
+            ops.append((self._prefix + b"c", encode_record([snap.index, snap.term])))
+        self._snapshot = snap
+        ops.append((self._prefix + b"s", encode_record(_snapshot_body(snap))))
+
+    def _plan_entries(self, entries: Sequence[Entry], ops: list[tuple[bytes, bytes | None]]):
+        # Entries already compacted are committed, so identical: skip them (as etcd does).
+        entries = [e for e in entries if e.index > self._marker_index]
+        if not entries:
+            return
+        first = entries[0].index
+        assert first <= self.last_index() + 1, f"gap: append at {first}, last {self.last_index()}"
+        for a, b in itertools.pairwise(entries):
+            assert b.index == a.index + 1 and b.term >= a.term, "entries not contiguous"
+        assert entries[0].term >= self.term(first - 1), "entry term below its predecessor's"
+        self._truncate_after(first - 1, ops)  # §5.3: a conflicting suffix is deleted
+        for e in entries:
+            self._terms.append(e.term)
+            self._unsynced[e.index] = e
+            self._cache_put(e)
+            ops.append((self._entry_key(e.index), encode_record(_entry_body(e))))
+
+    def _truncate_after(self, index: int, ops: list[tuple[bytes, bytes | None]]) -> None:
+        for i in range(index + 1, self.last_index() + 1):
+            ops.append((self._entry_key(i), None))
+            self._unsynced.pop(i, None)
+            self._cache_drop(i)
+        del self._terms[index + 1 - self.first_index():]
+
+    def _discard_through(self, index: int, term: int,
+                         ops: list[tuple[bytes, bytes | None]]) -> None:
+        for i in range(self.first_index(), index + 1):
+            ops.append((self._entry_key(i), None))
+            self._unsynced.pop(i, None)
+            self._cache_drop(i)
+        del self._terms[:index + 1 - self.first_index()]
+        self._marker_index, self._marker_term = index, term
+        ops.append((self._prefix + b"c", encode_record([index, term])))
+
+    # ---- group commit ----
+
+    async def _wait_for_room(self) -> None:
+        self._check_ok()
+        while self._open_batch.nbytes >= self._config.max_batch_bytes and self._writing:
+            await self._written.wait()
+            self._check_ok()
+
+    async def _commit(self, ops: list[tuple[bytes, bytes | None]],
+                      entries: Sequence[Entry] = ()) -> None:
+        batch = self._open_batch
+        batch.ops.extend(ops)
+        batch.entries.extend(entries)
+        batch.nbytes += sum(len(k) + len(v or b"") for k, v in ops)
+        while not batch.written:
+            if self._writing:
+                await self._written.wait()
+                continue
+            # Nobody is writing: this caller writes the open batch (which holds its own ops).
+            await self._write_open_batch()
+        if batch.error is not None:
+            raise StorageFailed("raft log write failed") from batch.error
+
+    async def _write_open_batch(self) -> None:
+        self._writing = True
+        batch, self._open_batch = self._open_batch, _Batch()
+        try:
+            # Not abandoned on cancel: the thread finishes and the outcome is known.
+            await trio.to_thread.run_sync(self._write_sync, batch.ops, limiter=self._limiter)
+        except BaseException as exc:
+            self._failed = batch.error = exc
+            if isinstance(exc, Exception):
+                raise StorageFailed("raft log write failed") from exc
+            raise
+        finally:
+            batch.written = True
+            self._writing = False
+            self._written.set()
+            self._written = trio.Event()
+        self.batches_written += 1
+        for e in batch.entries:
+            if self._unsynced.get(e.index) is e:  # not replaced by a later, unsynced save
+                del self._unsynced[e.index]
+
+    def _write_sync(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        with self._db.write_batch(sync=True) as wb:
+            for key, value in ops:
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+
+    def _check_ok(self) -> None:
+        if self._failed is not None:
+            raise StorageFailed("an earlier raft log write failed") from self._failed
+
+    # ---- cache ----
+
+    def _cache_put(self, e: Entry) -> None:
+        self._cache_drop(e.index)
+        self._cache[e.index] = e
+        self._cache_bytes += len(e.data) + _ENTRY_OVERHEAD_BYTES
+        while self._cache_bytes > self._config.entry_cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)  # the oldest index: the tail stays hot
+            self._cache_bytes -= len(old.data) + _ENTRY_OVERHEAD_BYTES
+
+    def _cache_drop(self, index: int) -> None:
+        old = self._cache.pop(index, None)
+        if old is not None:
+            self._cache_bytes -= len(old.data) + _ENTRY_OVERHEAD_BYTES
+
+    def _entry_key(self, index: int) -> bytes:
+        return self._prefix + b"e" + _INDEX.pack(index)
+
+
+# ---- verification at open (runs in a worker thread) ----
+
+
+def _load_and_verify(db: plyvel.DB, prefix: bytes, cache_bytes: int) -> _Loaded:
+    hs_key, snap_key, marker_key = prefix + b"h", prefix + b"s", prefix + b"c"
+    hard_state = HardState()
+    if (v := db.get(hs_key)) is not None:
+        hard_state = HardState(*_ints(decode_record(hs_key, v), 3, hs_key, "hard state"))
+    snapshot = _decode_snapshot(snap_key, v) if (v := db.get(snap_key)) is not None else None
+    marker = (0, 0)
+    if (v := db.get(marker_key)) is not None:
+        marker = tuple(_ints(decode_record(marker_key, v), 2, marker_key, "compaction marker"))
+    terms, tail = _scan_entries(db, prefix, marker, cache_bytes)
+    last = marker[0] + len(terms)
+    last_term = terms[-1] if terms else marker[1]
+    if hard_state.commit > last:
+        raise LogCorrupted(f"hard state commit {hard_state.commit} is beyond the last entry "
+                           f"{last}: the log tail is missing", key=hs_key, index=last + 1)
+    if hard_state.term < last_term:
+        raise LogCorrupted(f"last entry has term {last_term}, above the hard state term "
+                           f"{hard_state.term}", key=hs_key, index=last)
+    for key in db.iterator(prefix=prefix, include_value=False):
+        if key not in (hs_key, snap_key, marker_key) and key[len(prefix):len(prefix) + 1] != b"e":
+            raise LogCorrupted("unknown key under the raft log prefix", key=key)
+    return _Loaded(hard_state, snapshot, marker, terms, tail)
+
+
+def _scan_entries(db: plyvel.DB, prefix: bytes, marker: tuple[int, int],
+                  cache_bytes: int) -> tuple[list[int], list[Entry]]:
+    entry_prefix = prefix + b"e"
+    terms: list[int] = []
+    tail: deque[Entry] = deque()
+    tail_bytes = 0
+    expect, prev_term = marker[0] + 1, marker[1]
+    for key, value in db.iterator(prefix=entry_prefix):
+        suffix = key[len(entry_prefix):]
+        if len(suffix) != _INDEX.size:
+            raise LogCorrupted("malformed entry key", key=key)
+        index = _INDEX.unpack(suffix)[0]
+        if index != expect:
+            what = "below the first index" if index < expect else f"entry {expect} is missing"
+            raise LogCorrupted(f"log not contiguous: found {index}, {what}",
+                               key=entry_prefix + _INDEX.pack(expect), index=expect)
+        e = _decode_entry(key, value, index)
+        if e.term < prev_term:
+            raise LogCorrupted(f"term {e.term} below the previous entry's {prev_term}",
+                               key=key, index=index)
+        terms.append(e.term)
+        tail.append(e)
+        tail_bytes += len(e.data) + _ENTRY_OVERHEAD_BYTES
+        while tail_bytes > cache_bytes and len(tail) > 1:
+            tail_bytes -= len(tail.popleft().data) + _ENTRY_OVERHEAD_BYTES
+        expect, prev_term = index + 1, e.term
+    return terms, list(tail)

@@ -1,0 +1,252 @@
+"""storage/raftlog.py: LogStorage over LevelDB (Raft paper §5.3 log matching, §7 compaction)."""
+
+from __future__ import annotations
+
+import plyvel
+import pytest
+import trio
+
+from raft.log_storage import Compacted, Unavailable
+from raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from storage.raftlog import LogCorrupted, RaftLogConfig, RaftLogStorage, StorageFailed
+
+PREFIX = b"raft/"
+
+
+def ents(lo: int, hi: int, term: int, size: int = 8) -> list[Entry]:
+    return [Entry(term=term, index=i, data=bytes([i % 256]) * size) for i in range(lo, hi)]
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
+    yield d
+    if not d.closed:
+        d.close()
+
+
+def reopen(db_, tmp_path) -> plyvel.DB:
+    db_.close()
+    return plyvel.DB(str(tmp_path / "db"))
+
+
+def entry_key(index: int) -> bytes:
+    return PREFIX + b"e" + index.to_bytes(8, "big")
+
+
+async def test_fresh_log_has_sentinel(db):
+    s = await RaftLogStorage.open(db)
+    assert s.initial_state() == (HardState(), None)
+    assert (s.first_index(), s.last_index(), s.term(0)) == (1, 0, 0)
+    with pytest.raises(Unavailable):
+        s.term(1)
+
+
+async def test_round_trip_and_restart(db, tmp_path):
+    s = await RaftLogStorage.open(db)
+    batch = [*ents(1, 11, term=1), Entry(term=2, index=11, type=EntryType.NOOP)]
+    await s.save(HardState(term=2, vote=3, commit=7), batch)
+    assert s.last_index() == 11 and s.term(11) == 2 and s.term(5) == 1
+    assert s.entries(1, 12, 1 << 20) == batch
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert s2.initial_state() == (HardState(term=2, vote=3, commit=7), None)
+    assert s2.entries(1, 12, 1 << 20) == batch
+    db.close()
+
+
+async def test_entries_respects_max_bytes_but_returns_one(db):
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1), ents(1, 6, term=1, size=100))
+    assert len(s.entries(1, 6, 0)) == 1
+    assert len(s.entries(1, 6, 250)) == 2
+    with pytest.raises(Unavailable):
+        s.entries(1, 7, 1000)
+
+
+async def test_reads_below_tail_cache_come_from_disk(db, tmp_path):
+    # A cache of ~2 entries: most reads miss and go to LevelDB (the documented sync read).
+    cfg = RaftLogConfig(entry_cache_bytes=300)
+    s = await RaftLogStorage.open(db, config=cfg)
+    batch = ents(1, 21, term=1, size=100)
+    await s.save(HardState(term=1), batch)
+    assert s.entries(1, 21, 1 << 20) == batch
+    assert s.entries(3, 9, 350) == batch[2:5]
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db, config=cfg)
+    assert s2.entries(1, 21, 1 << 20) == batch
+    db.close()
+
+
+async def test_conflicting_suffix_is_truncated(db, tmp_path):
+    # §5.3: an appended entry that conflicts deletes it and everything after it.
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1), ents(1, 11, term=1))
+    await s.save(HardState(term=2), ents(6, 8, term=2))
+    assert s.last_index() == 7 and s.term(7) == 2 and s.term(5) == 1
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert s2.last_index() == 7
+    assert [e.term for e in s2.entries(1, 8, 1 << 20)] == [1] * 5 + [2] * 2
+    assert db.get(entry_key(8)) is None
+    db.close()
+
+
+async def test_compaction(db, tmp_path):
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=3, commit=10), ents(1, 6, term=2) + ents(6, 11, term=3))
+    await s.compact(7)
+    assert (s.first_index(), s.last_index(), s.term(7)) == (8, 10, 3)
+    with pytest.raises(Compacted):
+        s.term(6)
+    with pytest.raises(Compacted):
+        s.entries(7, 9, 100)
+    await s.compact(3)  # below the first index: nothing to do
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert (s2.first_index(), s2.last_index(), s2.term(7)) == (8, 10, 3)
+    assert [e.index for e in s2.entries(8, 11, 1 << 20)] == [8, 9, 10]
+    assert db.get(entry_key(7)) is None
+    db.close()
+
+
+async def test_snapshot_matching_entry_keeps_suffix(db):
+    # §7: if the log has the snapshot's last entry, the entries following it are retained.
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1), ents(1, 11, term=1))
+    snap = SnapshotMeta(index=5, term=1, conf=ConfState(frozenset({1, 2, 3})))
+    await s.save(HardState(term=1, commit=5), [], snap)
+    assert (s.first_index(), s.last_index()) == (6, 10)
+    assert s.initial_state()[1] == snap
+
+
+async def test_snapshot_beyond_log_discards_it(db, tmp_path):
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1), ents(1, 4, term=1))
+    snap = SnapshotMeta(index=20, term=4, conf=ConfState(frozenset({1}), frozenset({4})))
+    await s.save(HardState(term=4, commit=20), ents(21, 23, term=4), snap)
+    assert (s.first_index(), s.last_index(), s.term(20)) == (21, 22, 4)
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert s2.initial_state() == (HardState(term=4, commit=20), snap)
+    assert (s2.first_index(), s2.last_index(), s2.term(20)) == (21, 22, 4)
+    db.close()
+
+
+async def save_in_order(s: RaftLogStorage, i: int, *, task_status) -> None:
+    # started() first: save() queues its writes before its first checkpoint, so the saves are
+    # queued in the order the tasks were started (index i by the i-th task).
+    task_status.started()
+    await s.save(HardState(term=1), ents(i, i + 1, term=1))
+
+
+async def test_concurrent_saves_coalesce_into_few_synced_batches(db, tmp_path):
+    s = await RaftLogStorage.open(db)
+    n = 50
+    async with trio.open_nursery() as nursery:
+        for i in range(1, n + 1):
+            await nursery.start(save_in_order, s, i)
+    assert s.saves == n
+    assert s.batches_written < n // 2, f"{s.batches_written} batches for {n} saves"
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert s2.last_index() == n
+    db.close()
+
+
+async def test_saves_queued_while_writing_all_become_durable(db, tmp_path):
+    s = await RaftLogStorage.open(db)
+    async with trio.open_nursery() as nursery:
+        for i in range(1, 201):
+            await nursery.start(save_in_order, s, i)
+            if i % 7 == 0:
+                await trio.sleep(0)  # let some batches finish while others queue
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert [e.index for e in s2.entries(1, 201, 1 << 30)] == list(range(1, 201))
+    db.close()
+
+
+# ---- corruption: refuse to start, say what was found ----
+
+
+async def _prepared(db) -> None:
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1, commit=8), ents(1, 11, term=1))
+
+
+async def test_corrupt_value_refused(db):
+    await _prepared(db)
+    db.put(entry_key(4), b"\x01ga")
+    with pytest.raises(LogCorrupted) as info:
+        await RaftLogStorage.open(db)
+    assert info.value.index == 4 and info.value.key == entry_key(4)
+    assert "index 4" in str(info.value) and "shorter than its header" in str(info.value)
+
+
+async def test_bad_checksum_refused(db):
+    await _prepared(db)
+    value = bytearray(db.get(entry_key(6)))
+    value[-1] ^= 0xFF  # flip a bit of the payload
+    db.put(entry_key(6), bytes(value))
+    with pytest.raises(LogCorrupted, match=r"index 6.*checksum mismatch"):
+        await RaftLogStorage.open(db)
+
+
+async def test_missing_middle_entry_refused(db):
+    await _prepared(db)
+    db.delete(entry_key(5))
+    with pytest.raises(LogCorrupted, match=r"index 5.*found 6, entry 5 is missing") as info:
+        await RaftLogStorage.open(db)
+    assert info.value.index == 5
+
+
+async def test_truncated_tail_refused(db):
+    await _prepared(db)  # commit 8 of 10 entries
+    for i in (8, 9, 10):
+        db.delete(entry_key(i))
+    with pytest.raises(LogCorrupted, match=r"commit 8 is beyond the last entry 7"):
+        await RaftLogStorage.open(db)
+
+
+async def test_hard_state_term_below_log_refused(db):
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=5), ents(1, 3, term=5))
+    await s.save(HardState(term=5), [])
+    from storage.raftlog import encode_record
+
+    db.put(PREFIX + b"h", encode_record([2, 0, 0]))
+    with pytest.raises(LogCorrupted, match="above the hard state term 2"):
+        await RaftLogStorage.open(db)
+
+
+async def test_unknown_record_version_refused(db):
+    await _prepared(db)
+    value = db.get(entry_key(2))
+    db.put(entry_key(2), b"\x09" + value[1:])
+    with pytest.raises(LogCorrupted, match="unknown record version 9"):
+        await RaftLogStorage.open(db)
+
+
+async def test_other_prefixes_are_ignored(db):
+    # The state machine shares the DB under its own prefix.
+    db.put(b"sm/inode/1", b"anything")
+    await _prepared(db)
+    s = await RaftLogStorage.open(db)
+    assert s.last_index() == 10
+
+
+async def test_failed_write_poisons_the_store(db, monkeypatch):
+    # A failed fsync cannot be retried safely: every later call fails until a restart.
+    s = await RaftLogStorage.open(db)
+
+    def broken(ops):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(s, "_write_sync", broken)
+    with pytest.raises(StorageFailed):
+        await s.save(HardState(term=1), ents(1, 2, term=1))
+    with pytest.raises(StorageFailed):
+        s.term(1)
+    with pytest.raises(StorageFailed):
+        await s.save(HardState(term=1), [])
