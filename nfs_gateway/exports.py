@@ -1,0 +1,117 @@
+"""Exports: which directories are served, to whom, and as whom (exports(5) semantics).
+
+Rules:
+- An export is named by its path (what MOUNT asks for) and by a small integer id that goes into
+  every file handle, so a handle names its export without a lookup by path.
+- `check_client` enforces the allowed networks and, unless `insecure`, a reserved source port
+  (< 1024) as Linux nfsd does; each refusal is logged and counted, and raised as backend.Access.
+- `effective_cred` applies squashing exactly as Linux nfsd_setuser does: with root_squash, uid 0
+  becomes anon_uid and gid 0 (also among the supplementary gids) becomes anon_gid; all_squash maps
+  everyone; AUTH_NONE calls (no cred) run as anon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from nfs_gateway.backend import Access, Cred
+
+log = logging.getLogger("objcache.exports")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ALL_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("0.0.0.0/0"),
+    ipaddress.ip_network("::/0"),
+)
+MAX_EXPORTS = 4096
+MAX_PATH_BYTES = 1024  # MNTPATHLEN (RFC 1813 appendix I)
+RESERVED_PORT_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Export:
+    path: str
+    export_id: int
+    clients: tuple[Network, ...] = ALL_NETWORKS
+    read_only: bool = False
+    root_squash: bool = True
+    all_squash: bool = False
+    anon_uid: int = 65534
+    anon_gid: int = 65534
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/") or len(self.path.encode()) > MAX_PATH_BYTES:
+            raise ValueError(f"export path must be absolute and <= 1024 bytes: {self.path!r}")
+        if normalize_path(self.path) != self.path:
+            raise ValueError(f"export path not normalized: {self.path!r}")
+        if not 0 <= self.export_id < 2**32:
+            raise ValueError(f"export_id out of range: {self.export_id}")
+
+
+def normalize_path(path: str) -> str:
+    """Collapse repeated and trailing slashes: MOUNT clients send "/a/", "//a", "/a"."""
+    parts = [p for p in path.split("/") if p]
+    return "/" + "/".join(parts)
+
+
+def _parse_host(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = ipaddress.ip_address(host.split("%", 1)[0])
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; match them as IPv4.
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+class ExportTable:
+    def __init__(self, exports: Sequence[Export]) -> None:
+        if len(exports) > MAX_EXPORTS:
+            raise ValueError(f"at most {MAX_EXPORTS} exports")
+        self._by_path = {e.path: e for e in exports}
+        self._by_id = {e.export_id: e for e in exports}
+        if len(self._by_path) != len(exports) or len(self._by_id) != len(exports):
+            raise ValueError("export paths and ids must be unique")
+        self._all = tuple(exports)
+        self.refusals: Counter[str] = Counter()  # by reason, for metrics
+
+    def by_path(self, path: str) -> Export | None:
+        return self._by_path.get(normalize_path(path))
+
+    def by_id(self, export_id: int) -> Export | None:
+        return self._by_id.get(export_id)
+
+    def all(self) -> Sequence[Export]:
+        return self._all
+
+    def check_client(self, export: Export, client: tuple[str, int]) -> None:
+        """Raise Access unless `client` (address, port) may use `export`."""
+        host, port = client
+        try:
+            addr = _parse_host(host)
+        except ValueError:
+            raise self._refusal(export, client, "bad_address") from None
+        if not any(addr.version == net.version and addr in net for net in export.clients):
+            raise self._refusal(export, client, "address")
+        if port >= RESERVED_PORT_LIMIT and not export.insecure:
+            raise self._refusal(export, client, "insecure_port")
+
+    def _refusal(self, export: Export, client: tuple[str, int], reason: str) -> Access:
+        self.refusals[reason] += 1
+        log.warning("refused %s:%d access to export %s (%s)", *client, export.path, reason)
+        return Access(f"client {client[0]} refused by export {export.path}: {reason}")
+
+    def effective_cred(self, export: Export, ctx_cred: Cred | None) -> Cred:
+        """The identity the backend checks permissions for, after squashing."""
+        anon = Cred(export.anon_uid, export.anon_gid, (), ctx_cred.machine if ctx_cred else "")
+        if ctx_cred is None or export.all_squash:
+            return anon
+        if not export.root_squash:
+            return ctx_cred
+        uid = export.anon_uid if ctx_cred.uid == 0 else ctx_cred.uid
+        gid = export.anon_gid if ctx_cred.gid == 0 else ctx_cred.gid
+        gids = tuple(export.anon_gid if g == 0 else g for g in ctx_cred.gids)
+        return Cred(uid, gid, gids, ctx_cred.machine)

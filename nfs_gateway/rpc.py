@@ -1,0 +1,402 @@
+"""ONC RPC version 2 (RFC 5531): call and reply headers, AUTH_NONE and AUTH_SYS, dispatch.
+
+Rules of this module:
+- Pure code: a record (bytes) in, reply buffers out. No sockets, no clock; the trio server in
+  server.py owns the I/O. `Dispatcher.dispatch` is async only because handlers are awaited.
+- Every way a call can fail before its handler runs is a typed exception raised by the decoder
+  (`Unanswerable`, `RpcMismatch`, `AuthError`, `GarbageCall`) and becomes a reply in exactly one
+  place, `_REJECTIONS`. Checks run in the order of RFC 5531 §9 and the Linux sunrpc server:
+  message type, RPC version, credentials and verifier, then program, version, procedure, args.
+- Procedures are found by table (Program.procedures[version][procedure]), never by `if` chains.
+- An exception escaping a handler or an encoder is a server fault: logged, answered SYSTEM_ERR.
+- Non-idempotent procedures go through the duplicate request cache (drc.py) when one is given.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import struct
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nfs_gateway.backend import Cred
+from nfs_gateway.drc import DrcKey, DuplicateRequestCache
+from nfs_gateway.program import AUTH_NONE, AUTH_SYS, CallContext, Procedure, Program
+from nfs_gateway.xdr import Packer, Unpacker, XdrError
+
+log = logging.getLogger("objcache.rpc")
+
+RPC_VERSION = 2
+
+# msg_type and reply_stat (RFC 5531 §9).
+CALL = 0
+REPLY = 1
+MSG_ACCEPTED = 0
+MSG_DENIED = 1
+
+# Limits from RFC 5531 §8.2 and appendix A (authsys_parms).
+MAX_AUTH_BYTES = 400
+MAX_MACHINE_NAME = 255
+MAX_GIDS = 16
+
+
+class AcceptStat(enum.IntEnum):
+    """accept_stat (RFC 5531 §9)."""
+
+    SUCCESS = 0
+    PROG_UNAVAIL = 1
+    PROG_MISMATCH = 2
+    PROC_UNAVAIL = 3
+    GARBAGE_ARGS = 4
+    SYSTEM_ERR = 5
+
+
+class RejectStat(enum.IntEnum):
+    """reject_stat (RFC 5531 §9)."""
+
+    RPC_MISMATCH = 0
+    AUTH_ERROR = 1
+
+
+class AuthStat(enum.IntEnum):
+    """auth_stat (RFC 5531 §9)."""
+
+    AUTH_OK = 0
+    AUTH_BADCRED = 1
+    AUTH_REJECTEDCRED = 2
+    AUTH_BADVERF = 3
+    AUTH_REJECTEDVERF = 4
+    AUTH_TOOWEAK = 5
+    AUTH_INVALIDRESP = 6
+    AUTH_FAILED = 7
+
+
+@dataclass(frozen=True, slots=True)
+class OpaqueAuth:
+    """opaque_auth: a flavor and up to 400 bytes of body (RFC 5531 §8.2)."""
+
+    flavor: int
+    body: bytes = b""
+
+
+NULL_AUTH = OpaqueAuth(AUTH_NONE, b"")
+
+
+@dataclass(frozen=True, slots=True)
+class CallHeader:
+    """call_body of rpc_msg (RFC 5531 §9); `cred` is the decoded AUTH_SYS cred, if any."""
+
+    xid: int
+    prog: int
+    vers: int
+    proc: int
+    auth: OpaqueAuth
+    verf: OpaqueAuth
+    cred: Cred | None = None
+
+
+# --- Call rejections: raised while decoding, turned into replies in one table below. ---------
+
+
+class Unanswerable(Exception):
+    """No reply is possible or wanted: no xid, or the message is not a CALL."""
+
+
+@dataclass
+class RpcMismatch(Exception):
+    xid: int
+    rpcvers: int
+
+
+@dataclass
+class AuthError(Exception):
+    xid: int
+    stat: AuthStat
+
+
+@dataclass
+class GarbageCall(Exception):
+    """The call header after the xid could not be decoded."""
+
+    xid: int
+    reason: str
+
+
+# --- Encoding ----------------------------------------------------------------------------------
+
+_HDR6 = struct.Struct(">6I")
+_HDR8 = struct.Struct(">8I")
+_HDR5 = struct.Struct(">5I")
+
+
+def pack_accepted_header(p: Packer, xid: int, stat: AcceptStat) -> None:
+    """xid, REPLY, MSG_ACCEPTED, verf AUTH_NONE (empty), accept_stat (RFC 5531 §9)."""
+    p.pack_fopaque(24, _HDR6.pack(xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat))
+
+
+def accepted_reply(xid: int, stat: AcceptStat, low: int = 0, high: int = 0) -> bytes:
+    """An accepted reply without results; PROG_MISMATCH carries the supported versions."""
+    if stat == AcceptStat.PROG_MISMATCH:
+        return _HDR8.pack(xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat, low, high)
+    return _HDR6.pack(xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat)
+
+
+def rpc_mismatch_reply(xid: int) -> bytes:
+    """MSG_DENIED / RPC_MISMATCH with low = high = 2: we speak only RPC version 2."""
+    return _HDR6.pack(xid, REPLY, MSG_DENIED, RejectStat.RPC_MISMATCH, RPC_VERSION, RPC_VERSION)
+
+
+def auth_error_reply(xid: int, stat: AuthStat) -> bytes:
+    """MSG_DENIED / AUTH_ERROR with the reason (RFC 5531 §9)."""
+    return _HDR5.pack(xid, REPLY, MSG_DENIED, RejectStat.AUTH_ERROR, stat)
+
+
+def encode_authsys(cred: Cred, stamp: int = 0) -> bytes:
+    """authsys_parms (RFC 5531 appendix A): the body of an AUTH_SYS credential."""
+    p = Packer()
+    p.pack_uint(stamp)
+    machine = cred.machine.encode("utf-8", "surrogateescape")
+    assert len(machine) <= MAX_MACHINE_NAME and len(cred.gids) <= MAX_GIDS
+    p.pack_string(machine)
+    p.pack_uint(cred.uid)
+    p.pack_uint(cred.gid)
+    p.pack_array(list(cred.gids), p.pack_uint)
+    return p.get_bytes()
+
+
+def encode_call(
+    xid: int,
+    prog: int,
+    vers: int,
+    proc: int,
+    args: bytes = b"",
+    auth: OpaqueAuth = NULL_AUTH,
+    verf: OpaqueAuth = NULL_AUTH,
+    rpcvers: int = RPC_VERSION,
+) -> bytes:
+    """A call message (for clients and tests)."""
+    p = Packer()
+    for v in (xid, CALL, rpcvers, prog, vers, proc):
+        p.pack_uint(v)
+    for a in (auth, verf):
+        p.pack_uint(a.flavor)
+        p.pack_opaque(a.body)
+    return p.get_bytes() + args
+
+
+# --- Decoding ----------------------------------------------------------------------------------
+
+
+def decode_authsys(xid: int, body: bytes) -> Cred:
+    """authsys_parms → Cred; any malformation is AUTH_BADCRED (RFC 5531 §9, appendix A)."""
+    u = Unpacker(body)
+    try:
+        u.unpack_uint()  # stamp: opaque to the server
+        machine = u.unpack_string(MAX_MACHINE_NAME).decode("utf-8", "surrogateescape")
+        uid = u.unpack_uint()
+        gid = u.unpack_uint()
+        gids = tuple(u.unpack_array(u.unpack_uint, MAX_GIDS))
+        u.done()
+    except XdrError as e:
+        log.debug("xid %#x: bad AUTH_SYS body: %s", xid, e)
+        raise AuthError(xid, AuthStat.AUTH_BADCRED) from e
+    return Cred(uid=uid, gid=gid, gids=gids, machine=machine)
+
+
+def _unpack_auth(u: Unpacker, xid: int, bad: AuthStat) -> OpaqueAuth:
+    flavor = u.unpack_uint()
+    n = u.unpack_uint()
+    if n > MAX_AUTH_BYTES:
+        raise AuthError(xid, bad)
+    return OpaqueAuth(flavor, bytes(u.unpack_fopaque(n)))
+
+
+def _check_auth(xid: int, auth: OpaqueAuth, verf: OpaqueAuth) -> Cred | None:
+    """Accept AUTH_NONE and AUTH_SYS credentials with an AUTH_NONE verifier (RFC 5531 §10)."""
+    if verf.flavor != AUTH_NONE or verf.body:
+        raise AuthError(xid, AuthStat.AUTH_BADVERF)
+    if auth.flavor == AUTH_SYS:
+        return decode_authsys(xid, auth.body)
+    if auth.flavor == AUTH_NONE and not auth.body:
+        return None
+    # Unknown flavors (AUTH_DH, RPCSEC_GSS, ...) are bad credentials, as in Linux sunrpc.
+    raise AuthError(xid, AuthStat.AUTH_BADCRED)
+
+
+def decode_call(record: bytes | bytearray | memoryview) -> tuple[CallHeader, Unpacker]:
+    """The call header, and an Unpacker positioned at the procedure's arguments."""
+    u = Unpacker(record)
+    try:
+        xid = u.unpack_uint()
+        mtype = u.unpack_uint()
+    except XdrError as e:
+        raise Unanswerable(f"record too short for a header: {len(record)} bytes") from e
+    if mtype != CALL:
+        raise Unanswerable(f"xid {xid:#x}: message type {mtype} is not CALL")
+    try:
+        rpcvers = u.unpack_uint()
+        if rpcvers != RPC_VERSION:
+            raise RpcMismatch(xid, rpcvers)
+        prog, vers, proc = u.unpack_uint(), u.unpack_uint(), u.unpack_uint()
+        auth = _unpack_auth(u, xid, AuthStat.AUTH_BADCRED)
+        verf = _unpack_auth(u, xid, AuthStat.AUTH_BADVERF)
+    except XdrError as e:
+        raise GarbageCall(xid, str(e)) from e
+    cred = _check_auth(xid, auth, verf)
+    return CallHeader(xid, prog, vers, proc, auth, verf, cred), u
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyHeader:
+    """A decoded reply header (for clients and tests). Unused fields are 0."""
+
+    xid: int
+    reply_stat: int
+    accept_stat: int = 0
+    reject_stat: int = 0
+    auth_stat: int = 0
+    low: int = 0
+    high: int = 0
+    verf: OpaqueAuth = NULL_AUTH
+
+
+def decode_reply(record: bytes | bytearray | memoryview) -> tuple[ReplyHeader, Unpacker]:
+    """The reply header, and an Unpacker positioned at the results (RFC 5531 §9)."""
+    u = Unpacker(record)
+    xid = u.unpack_uint()
+    if u.unpack_uint() != REPLY:
+        raise XdrError("not a REPLY")
+    stat = u.unpack_uint()
+    if stat == MSG_ACCEPTED:
+        verf = OpaqueAuth(u.unpack_uint(), u.unpack_opaque(MAX_AUTH_BYTES))
+        acc = u.unpack_uint()
+        mismatch = acc == AcceptStat.PROG_MISMATCH
+        low, high = (u.unpack_uint(), u.unpack_uint()) if mismatch else (0, 0)
+        return ReplyHeader(xid, stat, accept_stat=acc, low=low, high=high, verf=verf), u
+    if stat != MSG_DENIED:
+        raise XdrError(f"bad reply_stat {stat}")
+    rej = u.unpack_uint()
+    if rej == RejectStat.RPC_MISMATCH:
+        low, high = u.unpack_uint(), u.unpack_uint()
+        return ReplyHeader(xid, stat, reject_stat=rej, low=low, high=high), u
+    if rej != RejectStat.AUTH_ERROR:
+        raise XdrError(f"bad reject_stat {rej}")
+    return ReplyHeader(xid, stat, reject_stat=rej, auth_stat=u.unpack_uint()), u
+
+
+# --- Dispatch ----------------------------------------------------------------------------------
+
+Buffers = list[bytes | bytearray | memoryview]
+
+# The one place where a failed call header becomes a reply.
+_REJECTIONS: dict[type[Exception], Callable[[Exception], bytes]] = {
+    RpcMismatch: lambda e: rpc_mismatch_reply(e.xid),  # type: ignore[attr-defined]
+    AuthError: lambda e: auth_error_reply(e.xid, e.stat),  # type: ignore[attr-defined]
+    GarbageCall: lambda e: accepted_reply(e.xid, AcceptStat.GARBAGE_ARGS),  # type: ignore[attr-defined]
+}
+
+
+class Dispatcher:
+    """Decides the reply to one record, given a table of Programs (RFC 5531 §9)."""
+
+    def __init__(
+        self, programs: Sequence[Program], drc: DuplicateRequestCache | None = None
+    ) -> None:
+        self.programs = {p.prog: p for p in programs}
+        assert len(self.programs) == len(programs), "duplicate program numbers"
+        self.drc = drc
+        self.counters: Counter[str] = Counter()  # for metrics: calls, rejections, faults
+
+    async def dispatch(
+        self, record: bytes | memoryview, client: tuple[str, int], transport: str = "tcp"
+    ) -> Buffers | None:
+        """The reply buffers for `record`, or None when no reply must be sent."""
+        try:
+            hdr, u = decode_call(record)
+        except Unanswerable as e:
+            self.counters["dropped"] += 1
+            log.debug("%s: dropped: %s", client, e)
+            return None
+        except (RpcMismatch, AuthError, GarbageCall) as e:
+            self.counters[type(e).__name__] += 1
+            log.debug("%s: rejected: %r", client, e)
+            return [_REJECTIONS[type(e)](e)]
+        found = self._find(hdr)
+        if isinstance(found, bytes):
+            return [found]
+        return await self._call(hdr, found, u, record, client, transport)
+
+    def _find(self, hdr: CallHeader) -> Procedure | bytes:
+        """The procedure, or the PROG_UNAVAIL / PROG_MISMATCH / PROC_UNAVAIL reply."""
+        program = self.programs.get(hdr.prog)
+        if program is None:
+            self.counters["prog_unavail"] += 1
+            return accepted_reply(hdr.xid, AcceptStat.PROG_UNAVAIL)
+        procs = program.procedures.get(hdr.vers)
+        if procs is None:
+            self.counters["prog_mismatch"] += 1
+            lo, hi = program.low_version, program.high_version
+            return accepted_reply(hdr.xid, AcceptStat.PROG_MISMATCH, lo, hi)
+        proc = procs.get(hdr.proc)
+        if proc is None:
+            self.counters["proc_unavail"] += 1
+            return accepted_reply(hdr.xid, AcceptStat.PROC_UNAVAIL)
+        return proc
+
+    async def _call(
+        self,
+        hdr: CallHeader,
+        proc: Procedure,
+        u: Unpacker,
+        record: bytes | memoryview,
+        client: tuple[str, int],
+        transport: str,
+    ) -> Buffers | None:
+        args_at = u.pos
+        try:
+            args = proc.decode(u)
+            u.done()
+        except XdrError as e:
+            self.counters["garbage_args"] += 1
+            log.debug("%s: xid %#x %s: garbage args: %s", client, hdr.xid, proc.name, e)
+            return [accepted_reply(hdr.xid, AcceptStat.GARBAGE_ARGS)]
+        self.counters["calls"] += 1
+        ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
+        if proc.idempotent or self.drc is None:
+            return await self._run(ctx, proc, args)
+        return await self._run_once(ctx, hdr, proc, args, memoryview(record)[args_at:])
+
+    async def _run_once(
+        self, ctx: CallContext, hdr: CallHeader, proc: Procedure, args: object, raw: memoryview
+    ) -> Buffers | None:
+        """Run a non-idempotent call at most once per retransmission (RFC 5531 §8, drc.py)."""
+        assert self.drc is not None
+        crc = zlib.crc32(raw)
+        key = DrcKey(ctx.client[0], hdr.xid, hdr.prog, hdr.vers, hdr.proc, crc, len(raw))
+        hit = self.drc.begin(key)
+        if hit is not None:
+            self.counters["drc_replay" if hit.reply is not None else "drc_in_progress"] += 1
+            return None if hit.reply is None else [hit.reply]
+        reply: bytes | None = None
+        try:
+            reply = b"".join(await self._run(ctx, proc, args))
+            return [reply]
+        finally:
+            # Cancelled (shutdown, closed connection): forget, so a retry runs it.
+            self.drc.finish(key, reply) if reply is not None else self.drc.abandon(key)
+
+    async def _run(self, ctx: CallContext, proc: Procedure, args: object) -> Buffers:
+        try:
+            result = await proc.handle(ctx, args)
+            p = Packer()
+            pack_accepted_header(p, ctx.xid, AcceptStat.SUCCESS)
+            proc.encode(p, result)
+            return p.buffers()
+        except Exception:
+            # A server fault, not an operating error: handlers return those as results.
+            self.counters["system_err"] += 1
+            log.exception("%s: xid %#x %s failed", ctx.client, ctx.xid, proc.name)
+            return [accepted_reply(ctx.xid, AcceptStat.SYSTEM_ERR)]
