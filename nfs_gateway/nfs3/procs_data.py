@@ -1,0 +1,59 @@
+"""NFS version 3 handlers: READ, WRITE, COMMIT (RFC 1813 §3.3.6, §3.3.7, §3.3.21).
+
+Rules (env.py): success result returned, FsError escapes to program.py. These are the hot path,
+benchmarked for sequential I/O: no per-byte Python work and no copy of the payload — WRITE data
+is a view into the received record, READ data goes to the encoder as the backend returned it.
+"""
+
+from __future__ import annotations
+
+from nfs_gateway.backend import Inval, Wcc
+from nfs_gateway.nfs3.const import Stat
+from nfs_gateway.nfs3.env import Env
+from nfs_gateway.nfs3.types import CommitArgs, CommitRes, ReadArgs, ReadRes, WriteArgs, WriteRes
+from nfs_gateway.program import CallContext
+
+OK = Stat.OK
+
+
+async def read(env: Env, ctx: CallContext, args: ReadArgs) -> ReadRes:
+    """READ (§3.3.6). A count above rtmax is cut to rtmax: the reply is short, not an error,
+    and `eof` tells the client whether it reached the end of the file."""
+    t = env.resolve(ctx, args.fh)
+    count = min(args.count, env.config.rtmax)
+    r = await env.backend.read(t.cred, t.fid, args.offset, count)
+    return ReadRes(OK, r.attr, len(r.data), r.eof, r.data)
+
+
+def read_fail(status: Stat, wcc: Wcc) -> ReadRes:
+    return ReadRes(status, wcc.after)
+
+
+async def write(env: Env, ctx: CallContext, args: WriteArgs) -> WriteRes:
+    """WRITE (§3.3.7). Writes at most wtmax bytes (a short write the client continues); the
+    backend decides how stable it made them (`committed` ≥ what was asked) and gives the
+    write verifier, which changes only when unstable data may have been lost."""
+    t = env.resolve(ctx, args.fh, modify=True)
+    data = args.data
+    if len(data) < args.count:
+        raise Inval(f"WRITE count {args.count} but {len(data)} bytes of data")
+    count = min(args.count, env.config.wtmax)
+    view = memoryview(data)[:count]  # a view: no copy of the payload
+    r = await env.backend.write(t.cred, t.fid, args.offset, view, args.stable)
+    return WriteRes(OK, r.wcc, r.count, r.committed, r.verifier)
+
+
+def write_fail(status: Stat, wcc: Wcc) -> WriteRes:
+    return WriteRes(status, wcc)
+
+
+async def commit(env: Env, ctx: CallContext, args: CommitArgs) -> CommitRes:
+    """COMMIT (§3.3.21): everything written so far is on stable storage before the reply. Not a
+    modification (it changes no data), so it is allowed on a read-only export."""
+    t = env.resolve(ctx, args.fh)
+    r = await env.backend.commit(t.cred, t.fid, args.offset, args.count)
+    return CommitRes(OK, r.wcc, r.verifier)
+
+
+def commit_fail(status: Stat, wcc: Wcc) -> CommitRes:
+    return CommitRes(status, wcc)
