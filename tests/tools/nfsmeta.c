@@ -1,0 +1,147 @@
+/* nfsmeta: metadata workloads through libnfs (a client we did not write).
+ *
+ *   nfsmeta URL mkfiles DIR N          mkdir DIR, create N empty files DIR/fNNNNNN
+ *   nfsmeta URL meta DIR N [BYTES]     create (+write BYTES) N files, stat each, remove each;
+ *                                      then rmdir DIR
+ *   nfsmeta URL count DIR              count entries of DIR (without . and ..)
+ *   nfsmeta URL mkdir DIR              create the directory DIR (libnfs-utils has no nfs-mkdir)
+ *
+ * URL names the export, e.g. nfs://127.0.0.1/?nfsport=P&mountport=P&version=3; DIR is a
+ * path inside it ("/d"). Each phase prints one JSON line: {"phase":..,"ops":..,"seconds":..}.
+ * One synchronous request at a time: the figures measure per-request latency of the server.
+ * Exit 0 on success; on the first failed call, prints the call, the path and libnfs's error
+ * on stderr and exits 1.
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <nfsc/libnfs.h>
+
+static struct nfs_context *nfs;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void check(int rc, const char *call, const char *path) {
+    if (rc < 0) {
+        fprintf(stderr, "nfsmeta: %s(%s) failed: %s\n", call, path, nfs_get_error(nfs));
+        exit(1);
+    }
+}
+
+static void report(const char *phase, long ops, double t0) {
+    printf("{\"phase\": \"%s\", \"ops\": %ld, \"seconds\": %.6f}\n", phase, ops, now() - t0);
+    fflush(stdout);
+}
+
+static void name(char *buf, size_t cap, const char *dir, long i) {
+    snprintf(buf, cap, "%s/f%06ld", dir, i);
+}
+
+static void create_files(const char *dir, long n, long bytes) {
+    char path[4096];
+    char *data = calloc(1, bytes > 0 ? (size_t)bytes : 1);
+    memset(data, 'x', bytes > 0 ? (size_t)bytes : 1);
+    for (long i = 0; i < n; i++) {
+        struct nfsfh *fh;
+        name(path, sizeof path, dir, i);
+        check(nfs_creat(nfs, path, 0644, &fh), "creat", path);
+        if (bytes > 0) {
+            int w = nfs_write(nfs, fh, (uint64_t)bytes, data);
+            check(w, "write", path);
+            if (w != bytes) { fprintf(stderr, "nfsmeta: short write %s\n", path); exit(1); }
+        }
+        check(nfs_close(nfs, fh), "close", path);
+    }
+    free(data);
+}
+
+static void stat_files(const char *dir, long n, long bytes) {
+    char path[4096];
+    for (long i = 0; i < n; i++) {
+        struct nfs_stat_64 st;
+        name(path, sizeof path, dir, i);
+        check(nfs_stat64(nfs, path, &st), "stat64", path);
+        if ((long)st.nfs_size != bytes) {
+            fprintf(stderr, "nfsmeta: %s has size %llu, wrote %ld\n", path,
+                    (unsigned long long)st.nfs_size, bytes);
+            exit(1);
+        }
+    }
+}
+
+static void remove_files(const char *dir, long n) {
+    char path[4096];
+    for (long i = 0; i < n; i++) {
+        name(path, sizeof path, dir, i);
+        check(nfs_unlink(nfs, path), "unlink", path);
+    }
+}
+
+static long count(const char *dir) {
+    struct nfsdir *d;
+    struct nfsdirent *e;
+    long c = 0;
+    check(nfs_opendir(nfs, dir, &d), "opendir", dir);
+    while ((e = nfs_readdir(nfs, d)) != NULL)
+        if (strcmp(e->name, ".") != 0 && strcmp(e->name, "..") != 0) c++;
+    nfs_closedir(nfs, d);
+    return c;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: nfsmeta URL mkfiles|meta|count|mkdir DIR [N [BYTES]]\n");
+        return 2;
+    }
+    const char *op = argv[2], *dir = argv[3];
+    long n = argc > 4 ? atol(argv[4]) : 0, bytes = argc > 5 ? atol(argv[5]) : 0;
+    nfs = nfs_init_context();
+    if (!nfs) { fprintf(stderr, "nfsmeta: nfs_init_context failed\n"); return 1; }
+    nfs_set_timeout(nfs, 60000);
+    struct nfs_url *url = nfs_parse_url_dir(nfs, argv[1]);
+    if (!url) { fprintf(stderr, "nfsmeta: bad URL: %s\n", nfs_get_error(nfs)); return 1; }
+    double t0 = now();
+    check(nfs_mount(nfs, url->server, url->path), "mount", url->path);
+    report("mount", 1, t0);
+    if (strcmp(op, "count") == 0) {
+        t0 = now();
+        long c = count(dir);
+        printf("{\"phase\": \"count\", \"entries\": %ld, \"seconds\": %.6f}\n", c, now() - t0);
+    } else if (strcmp(op, "mkdir") == 0) {
+        t0 = now();
+        check(nfs_mkdir(nfs, dir), "mkdir", dir);
+        report("mkdir", 1, t0);
+    } else if (strcmp(op, "mkfiles") == 0) {
+        check(nfs_mkdir(nfs, dir), "mkdir", dir);
+        t0 = now();
+        create_files(dir, n, 0);
+        report("create", n, t0);
+    } else if (strcmp(op, "meta") == 0) {
+        check(nfs_mkdir(nfs, dir), "mkdir", dir);
+        t0 = now();
+        create_files(dir, n, bytes);
+        report("create", n, t0);
+        t0 = now();
+        stat_files(dir, n, bytes);
+        report("stat", n, t0);
+        t0 = now();
+        remove_files(dir, n);
+        report("remove", n, t0);
+        long left = count(dir);
+        if (left != 0) { fprintf(stderr, "nfsmeta: %ld entries left in %s\n", left, dir); return 1; }
+        check(nfs_rmdir(nfs, dir), "rmdir", dir);
+    } else {
+        fprintf(stderr, "nfsmeta: unknown operation %s\n", op);
+        return 2;
+    }
+    nfs_destroy_url(url);
+    nfs_destroy_context(nfs);
+    return 0;
+}
