@@ -225,4 +225,3 @@ def make_mount_program(
 ) -> Program:
     """MOUNT v3 for `exports`, with root handles from `make_handle`."""
     return MountService(backend, exports, make_handle, max_mounts).program()
-

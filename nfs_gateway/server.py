@@ -1,0 +1,306 @@
+"""The trio RPC server: TCP (record marking, RFC 5531 §11) and UDP listeners around Dispatcher.
+
+Rules:
+- Generic: a list of Listeners, each (host, port, programs) on TCP and/or UDP. NFS and MOUNT
+  share one; portmap has its own. Port 0 binds a free port, the same number for TCP and UDP.
+- Limits on everything (RpcLimits): record size, connections (the excess is accepted and closed
+  at once), requests in flight per connection (at the limit we stop reading the socket: the
+  kernel's buffers and TCP flow control push back; nothing queues without bound), UDP requests in
+  flight, UDP reply size, idle time.
+- Replies on one connection may complete out of order, but each is written whole under the
+  connection's send lock, with one scatter-gather `sendmsg` of the header and payload buffers:
+  READ data is never copied into a joined buffer (small replies are joined; that is cheaper).
+- Graceful shutdown: `shutdown()` stops accepting and reading; requests already read are answered
+  (within `shutdown_grace_s`), then connections close and `run` returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket as stdlib_socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from nfs_gateway.drc import DuplicateRequestCache
+from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
+from nfs_gateway.program import Program
+from nfs_gateway.record import Buffer, RecordDecoder, RecordError, encode_record
+from nfs_gateway.rpc import AcceptStat, Dispatcher, accepted_reply
+
+log = logging.getLogger("objcache.rpc.server")
+
+_IOV_MAX = 1024  # Linux UIO_MAXIOV
+_BIND_ATTEMPTS = 20
+_ACCEPT_BACKOFF_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class RpcLimits:
+    max_record_bytes: int = 1024 * 1024 + 4096  # a 1 MiB WRITE plus its headers
+    max_connections: int = 512
+    max_in_flight_per_connection: int = 64
+    idle_timeout_s: float = 600.0
+    recv_chunk_bytes: int = 256 * 1024
+    max_udp_in_flight: int = 64
+    max_udp_request_bytes: int = 65535
+    max_udp_reply_bytes: int = 65507  # the largest IPv4 UDP payload
+    join_below_bytes: int = 16 * 1024  # replies smaller than this go out as one buffer
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int  # 0: a free port, the same for TCP and UDP
+    programs: tuple[Program, ...]
+    tcp: bool = True
+    udp: bool = True
+
+
+class _Connection:
+    __slots__ = ("in_flight", "nursery", "peer", "read_scope", "send_lock", "sock")
+
+    def __init__(self, sock: trio.socket.SocketType, peer: tuple[str, int], limit: int) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.read_scope = trio.CancelScope()
+        self.send_lock = trio.Lock()
+        self.in_flight = trio.Semaphore(limit)
+        self.nursery: trio.Nursery | None = None
+
+
+async def send_buffers(sock: trio.socket.SocketType, buffers: Sequence[Buffer]) -> None:
+    """Write all of `buffers` with sendmsg, resuming after partial writes, without joining."""
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    while views:
+        sent = await sock.sendmsg(views[:_IOV_MAX])
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+class RpcServer:
+    """Serves Programs over TCP and UDP. Start with `await nursery.start(server.run)`."""
+
+    def __init__(
+        self,
+        listeners: Sequence[Listener],
+        limits: RpcLimits = RpcLimits(),
+        drc: DuplicateRequestCache | None = None,
+    ) -> None:
+        self.listeners = tuple(listeners)
+        self.limits = limits
+        self.dispatchers = [Dispatcher(lst.programs, drc) for lst in self.listeners]
+        self.bound: list[tuple[str, int]] = []  # (host, port) per listener, once running
+        self.refused_connections = 0
+        self._conns: set[_Connection] = set()
+        self._stop = trio.Event()
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    def mappings(self) -> list[Mapping]:
+        """Portmap entries for everything served (empty until `run` has bound)."""
+        out: list[Mapping] = []
+        for lst, (_host, port) in zip(self.listeners, self.bound, strict=False):
+            protos = [p for p, on in ((IPPROTO_TCP, lst.tcp), (IPPROTO_UDP, lst.udp)) if on]
+            out += mappings_for(lst.programs, port, protos)
+        return out
+
+    def shutdown(self) -> None:
+        """Stop accepting and reading; answer what was read; then `run` returns."""
+        self._stop.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind every listener, report the bound (host, port) list, serve until shutdown."""
+        bound = [await _bind(lst) for lst in self.listeners]
+        try:
+            async with trio.open_nursery() as conns:
+                async with trio.open_nursery() as accepting:
+                    for i, (tcp, udp, port) in enumerate(bound):
+                        self.bound.append((self.listeners[i].host, port))
+                        if tcp is not None:
+                            accepting.start_soon(self._accept_loop, tcp, i, conns)
+                        if udp is not None:
+                            accepting.start_soon(self._udp_loop, udp, i, conns)
+                    task_status.started(list(self.bound))
+                    await self._stop.wait()
+                    accepting.cancel_scope.cancel()
+                log.info("shutting down: %d connections", len(self._conns))
+                for conn in self._conns:
+                    conn.read_scope.cancel()
+                conns.cancel_scope.deadline = trio.current_time() + self.limits.shutdown_grace_s
+        finally:
+            for tcp, udp, _port in bound:
+                for s in (tcp, udp):
+                    if s is not None:
+                        s.close()
+
+    # --- TCP ----------------------------------------------------------------------------------
+
+    async def _accept_loop(
+        self, lsock: trio.socket.SocketType, index: int, conns: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                sock, addr = await lsock.accept()
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s; backing off", e)
+                    await trio.sleep(_ACCEPT_BACKOFF_S)
+                continue
+            if len(self._conns) >= self.limits.max_connections:
+                self._refuse(sock, addr)
+                continue
+            sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, addr[:2], self.limits.max_in_flight_per_connection)
+            self._conns.add(conn)
+            conns.start_soon(self._serve_connection, conn, self.dispatchers[index])
+
+    def _refuse(self, sock: trio.socket.SocketType, addr: tuple) -> None:
+        sock.close()
+        self.refused_connections += 1
+        n = self.refused_connections
+        # One line per refusal would let a flood fill the log: log the 1st, 10th, 100th, ...
+        if n == 1 or n % 100 == 0 or n == 10:
+            log.warning(
+                "refused connection from %s: %d connections is the limit (%d refused so far)",
+                addr[:2],
+                self.limits.max_connections,
+                n,
+            )
+
+    async def _serve_connection(self, conn: _Connection, dispatcher: Dispatcher) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                conn.nursery = nursery
+                with conn.read_scope:
+                    await self._read_loop(conn, dispatcher, nursery)
+                # EOF, idle or shutdown: requests already read are still answered.
+        finally:
+            self._conns.discard(conn)
+            conn.sock.close()
+
+    async def _read_loop(
+        self, conn: _Connection, dispatcher: Dispatcher, nursery: trio.Nursery
+    ) -> None:
+        decoder = RecordDecoder(self.limits.max_record_bytes)
+        limit = self.limits.max_in_flight_per_connection
+        while True:
+            with trio.move_on_after(self.limits.idle_timeout_s) as idle:
+                try:
+                    data = await conn.sock.recv(self.limits.recv_chunk_bytes)
+                except OSError as e:
+                    log.debug("%s: receive failed: %s", conn.peer, e)
+                    return
+            if idle.cancelled_caught:
+                if conn.in_flight.value == limit:
+                    log.info("%s: idle for %.0f s, closing", conn.peer, self.limits.idle_timeout_s)
+                    return
+                continue
+            if not data:
+                return
+            try:
+                records = decoder.feed(data)
+            except RecordError as e:
+                log.warning("%s: %s; closing", conn.peer, e)
+                nursery.cancel_scope.cancel()
+                return
+            for record in records:
+                await conn.in_flight.acquire()  # backpressure: no reading beyond the limit
+                nursery.start_soon(self._answer, conn, dispatcher, record)
+
+    async def _answer(self, conn: _Connection, dispatcher: Dispatcher, record: bytearray) -> None:
+        try:
+            reply = await dispatcher.dispatch(record, conn.peer, "tcp")
+            if reply is None:
+                return
+            framed = encode_record(reply)
+            if sum(len(b) for b in framed) < self.limits.join_below_bytes:
+                framed = [b"".join(framed)]
+            async with conn.send_lock:
+                await send_buffers(conn.sock, framed)
+        except OSError as e:
+            log.debug("%s: send failed: %s; closing", conn.peer, e)
+            assert conn.nursery is not None
+            conn.nursery.cancel_scope.cancel()
+        finally:
+            conn.in_flight.release()
+
+    # --- UDP: one datagram is one record (RFC 5531 §11 applies to streams only) ----------------
+
+    async def _udp_loop(
+        self, sock: trio.socket.SocketType, index: int, conns: trio.Nursery
+    ) -> None:
+        limiter = trio.Semaphore(self.limits.max_udp_in_flight)
+        while True:
+            await limiter.acquire()
+            try:
+                data, addr = await sock.recvfrom(self.limits.max_udp_request_bytes)
+            except OSError as e:  # e.g. ECONNREFUSED from an ICMP error for an earlier reply
+                limiter.release()
+                log.debug("udp receive failed: %s", e)
+                continue
+            conns.start_soon(self._answer_udp, sock, self.dispatchers[index], data, addr, limiter)
+
+    async def _answer_udp(
+        self,
+        sock: trio.socket.SocketType,
+        dispatcher: Dispatcher,
+        data: bytes,
+        addr: tuple,
+        limiter: trio.Semaphore,
+    ) -> None:
+        try:
+            reply = await dispatcher.dispatch(data, addr[:2], "udp")
+            if reply is None:
+                return
+            if sum(len(b) for b in reply) > self.limits.max_udp_reply_bytes:
+                log.error("%s: reply too large for UDP; answering SYSTEM_ERR", addr[:2])
+                (xid,) = struct.unpack_from(">I", data)
+                reply = [accepted_reply(xid, AcceptStat.SYSTEM_ERR)]
+            await sock.sendmsg(reply, [], 0, addr)
+        except OSError as e:
+            log.debug("%s: udp send failed: %s", addr[:2], e)
+        finally:
+            limiter.release()
+
+
+async def _bind(
+    lst: Listener,
+) -> tuple[trio.socket.SocketType | None, trio.socket.SocketType | None, int]:
+    """Bind TCP and UDP sockets for `lst` on one port number (retrying when port is 0)."""
+    assert lst.tcp or lst.udp
+    family, _, _, _, sockaddr = (await trio.socket.getaddrinfo(lst.host, lst.port))[0]
+    for _ in range(_BIND_ATTEMPTS):
+        tcp = udp = None
+        try:
+            port = lst.port
+            if lst.tcp:
+                tcp = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+                tcp.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+                await tcp.bind((sockaddr[0], port, *sockaddr[2:]))
+                tcp.listen(1024)
+                port = tcp.getsockname()[1]
+            if lst.udp:
+                udp = trio.socket.socket(family, stdlib_socket.SOCK_DGRAM)
+                await udp.bind((sockaddr[0], port, *sockaddr[2:]))
+                port = udp.getsockname()[1]
+            return tcp, udp, port
+        except OSError as e:
+            for s in (tcp, udp):
+                if s is not None:
+                    s.close()
+            if lst.port != 0 or e.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"no free port for both TCP and UDP on {lst.host}")

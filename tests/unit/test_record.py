@@ -1,0 +1,88 @@
+"""Record marking (RFC 5531 §11): fragments, chunking, limits, encoding."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nfs_gateway.record import (
+    LAST_FRAGMENT,
+    RecordDecoder,
+    RecordError,
+    encode_fragments,
+    encode_record,
+)
+
+LIMIT = 4096
+
+
+def feed_in_chunks(decoder: RecordDecoder, data: bytes, cuts: list[int]) -> list[bytes]:
+    out: list[bytes] = []
+    prev = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        out += [bytes(r) for r in decoder.feed(data[prev:cut])]
+        prev = cut
+    return out
+
+
+@given(
+    st.lists(st.binary(max_size=600), max_size=8),
+    st.integers(1, 700),
+    st.lists(st.integers(0, 10_000), max_size=20),
+)
+def test_any_fragmenting_and_chunking_gives_the_records_back(records, frag, cuts):
+    stream = b"".join(encode_fragments(r, frag) for r in records)
+    decoder = RecordDecoder(LIMIT)
+    assert feed_in_chunks(decoder, stream, cuts) == records
+    assert decoder.idle
+
+
+def test_multi_fragment_record():
+    stream = struct.pack(">I", 3) + b"abc" + struct.pack(">I", LAST_FRAGMENT | 2) + b"de"
+    decoder = RecordDecoder(LIMIT)
+    assert decoder.feed(stream[:5]) == []
+    assert not decoder.idle
+    assert decoder.feed(stream[5:]) == [bytearray(b"abcde")]
+
+
+def test_empty_last_fragment_ends_a_record():
+    stream = struct.pack(">I", 2) + b"ab" + struct.pack(">I", LAST_FRAGMENT)
+    assert RecordDecoder(LIMIT).feed(stream) == [bytearray(b"ab")]
+
+
+def test_fragment_over_the_limit_is_refused_before_buffering():
+    decoder = RecordDecoder(LIMIT)
+    with pytest.raises(RecordError):
+        decoder.feed(struct.pack(">I", LAST_FRAGMENT | (LIMIT + 1)))
+
+
+def test_record_over_the_limit_across_fragments_is_refused():
+    decoder = RecordDecoder(LIMIT)
+    half = LIMIT // 2 + 1
+    decoder.feed(struct.pack(">I", half) + bytes(half))
+    with pytest.raises(RecordError):
+        decoder.feed(struct.pack(">I", LAST_FRAGMENT | half))
+
+
+def test_record_of_exactly_the_limit_is_accepted():
+    stream = encode_fragments(bytes(LIMIT), 1000)
+    assert RecordDecoder(LIMIT).feed(stream) == [bytearray(LIMIT)]
+
+
+def test_records_are_not_reused_by_the_decoder():
+    decoder = RecordDecoder(LIMIT)
+    (first,) = decoder.feed(encode_fragments(b"1234", 4))
+    view = memoryview(first)  # the RPC layer keeps views into records
+    decoder.feed(encode_fragments(b"5678", 4))
+    assert bytes(view) == b"1234"
+
+
+def test_encode_record_prepends_one_marker_and_does_not_copy():
+    payload = bytes(10000)
+    out = encode_record([b"head", payload])
+    assert out[0] == struct.pack(">I", LAST_FRAGMENT | 10004)
+    assert out[2] is payload
+    assert RecordDecoder(20000).feed(b"".join(out)) == [bytearray(b"head" + payload)]
