@@ -1,0 +1,152 @@
+"""One objcache node: wires the configuration, the backend and the NFS gateway together.
+
+The node owns every long-lived task in one nursery. SIGTERM and SIGINT start a graceful
+shutdown: the RPC server stops reading, answers the requests it has, then the backend syncs and
+closes. A second signal during shutdown is ignored; the grace period bounds the wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import zlib
+from pathlib import Path
+
+import trio
+
+from nfs_gateway import exports as gw_exports
+from nfs_gateway.drc import DrcLimits, DuplicateRequestCache
+from nfs_gateway.mount import make_mount_program
+from nfs_gateway.nfs3.env import Nfs3Config
+from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
+from nfs_gateway.portmap import make_portmap_program
+from nfs_gateway.server import Listener, RpcLimits, RpcServer
+from server import metrics
+from server.config import Config, ExportConfig, data_dir
+from server.fs.backend import LocalBackend
+
+log = logging.getLogger("objcache.node")
+
+FSID = 1  # one file system per node until the cluster issue gives each tree its own
+
+
+class StartupError(Exception):
+    """The node cannot start (address in use, data directory unusable, ...)."""
+
+
+def export_id(path: str) -> int:
+    """A stable id for an export path: file handles carry it, so it must survive restarts and
+    re-ordering of the config file (an index into the list would not)."""
+    return zlib.crc32(path.encode())
+
+
+def make_export_table(cfg: Config) -> gw_exports.ExportTable:
+    return gw_exports.ExportTable([_export(e) for e in cfg.exports])
+
+
+def _export(e: ExportConfig) -> gw_exports.Export:
+    import ipaddress
+
+    return gw_exports.Export(
+        path=gw_exports.normalize_path(e.path),
+        export_id=export_id(gw_exports.normalize_path(e.path)),
+        clients=tuple(ipaddress.ip_network(c, strict=False) for c in e.clients),
+        read_only=e.read_only,
+        root_squash=e.root_squash,
+        all_squash=e.all_squash,
+        anon_uid=e.anon_uid,
+        anon_gid=e.anon_gid,
+        insecure=e.insecure,
+    )
+
+
+def make_rpc_server(cfg: Config, backend: LocalBackend) -> RpcServer:
+    exports = make_export_table(cfg)
+    nfs_config = Nfs3Config(
+        rtmax=cfg.nfs.rtmax_bytes,
+        rtpref=cfg.nfs.rtmax_bytes,
+        wtmax=cfg.nfs.wtmax_bytes,
+        wtpref=cfg.nfs.wtmax_bytes,
+        dtpref=cfg.nfs.dtpref_bytes,
+    )
+    nfs = make_nfs3_program(backend, exports, nfs_config)
+    mount = make_mount_program(backend, exports, handle_maker(backend))
+    nfs_addr = cfg.nfs_listen()
+    listeners = [Listener(nfs_addr.host, nfs_addr.port, (nfs, mount))]
+    server: RpcServer
+    portmap_addr = cfg.portmap_listen()
+    if portmap_addr is not None:
+        # The portmapper answers from the server's live bindings, so it is built with a late
+        # reference to the server it belongs to.
+        portmap = make_portmap_program(lambda: server.mappings())
+        listeners.append(Listener(portmap_addr.host, portmap_addr.port, (portmap,)))
+    lim = cfg.limits
+    server = RpcServer(
+        listeners,
+        RpcLimits(
+            max_record_bytes=lim.max_record_bytes,
+            max_connections=lim.max_connections,
+            max_in_flight_per_connection=lim.max_in_flight_per_connection,
+            idle_timeout_s=lim.idle_timeout_s,
+        ),
+        DuplicateRequestCache(DrcLimits(lim.drc_max_entries, lim.drc_max_bytes)),
+    )
+    return server
+
+
+async def _open_backend(cfg: Config) -> LocalBackend:
+    path: Path = data_dir(cfg)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"data directory {path}: {e.strerror}") from None
+    backend = LocalBackend(
+        path, fsid=FSID, chunk_size=cfg.storage.chunk_size_bytes, kv_threads=cfg.storage.kv_threads
+    )
+    await backend.open()
+    return backend
+
+
+async def _watch_signals(server: RpcServer) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            server.shutdown()
+            return
+
+
+async def serve(cfg: Config) -> None:
+    """Run the node until SIGTERM/SIGINT."""
+    backend = await _open_backend(cfg)
+    try:
+        server = make_rpc_server(cfg, backend)
+        await _run(cfg, server)
+    except* StartupError as group:
+        # trio wraps errors of a nursery in a group; a start-up failure is one plain error.
+        raise group.exceptions[0] from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await backend.close()
+        log.info("objcache: stopped; data synced")
+
+
+async def _run(cfg: Config, server: RpcServer) -> None:
+    async with trio.open_nursery() as nursery:
+        try:
+            bound = await nursery.start(server.run)
+        except OSError as e:
+            reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise StartupError(f"cannot listen: {reason}") from None
+        metrics_addr = cfg.metrics_listen()
+        if metrics_addr is not None:
+            metrics.start_http(metrics_addr.host, metrics_addr.port)
+        nursery.start_soon(_watch_signals, server)
+        for host, port in bound[1:]:
+            log.info("objcache: portmapper on %s:%d", host, port)
+        host, port = bound[0]
+        log.info(
+            "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
+            "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
+            host, port, data_dir(cfg), port, port, host,
+        )
