@@ -136,6 +136,9 @@ class RpcServer:
                     task_status.started(list(self.bound))
                     await self._stop.wait()
                     accepting.cancel_scope.cancel()
+                for tcp, _udp, _port in bound:
+                    if tcp is not None:
+                        tcp.close()  # new clients are refused now, not left in the backlog
                 log.info("shutting down: %d connections", len(self._conns))
                 for conn in self._conns:
                     conn.read_scope.cancel()
