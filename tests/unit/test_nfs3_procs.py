@@ -46,7 +46,7 @@ def _exports() -> ExportTable:
 
 async def _real_backend(tmp_path: Any) -> AsyncIterator[b.Backend]:
     real = pytest.importorskip("server.fs.backend")
-    async with real.open_local_backend(tmp_path) as backend:  # adapted once it lands
+    async with real.LocalBackend(tmp_path / "fs") as backend:
         yield backend
 
 
