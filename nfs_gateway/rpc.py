@@ -127,6 +127,8 @@ class GarbageCall(Exception):
 
 # --- Encoding ----------------------------------------------------------------------------------
 
+_WORD = struct.Struct(">I")
+_WORDS2 = struct.Struct(">2I")
 _HDR6 = struct.Struct(">6I")
 _HDR8 = struct.Struct(">8I")
 _HDR5 = struct.Struct(">5I")
@@ -228,19 +230,20 @@ def _check_auth(xid: int, auth: OpaqueAuth, verf: OpaqueAuth) -> Cred | None:
 
 def decode_call(record: bytes | bytearray | memoryview) -> tuple[CallHeader, Unpacker]:
     """The call header, and an Unpacker positioned at the procedure's arguments."""
-    u = Unpacker(record)
-    try:
-        xid = u.unpack_uint()
-        mtype = u.unpack_uint()
-    except XdrError as e:
-        raise Unanswerable(f"record too short for a header: {len(record)} bytes") from e
+    n = len(record)
+    if n < 8:
+        raise Unanswerable(f"record too short for a header: {n} bytes")
+    xid, mtype = _WORDS2.unpack_from(record)
     if mtype != CALL:
         raise Unanswerable(f"xid {xid:#x}: message type {mtype} is not CALL")
+    if n >= 12 and _WORD.unpack_from(record, 8)[0] != RPC_VERSION:
+        raise RpcMismatch(xid, _WORD.unpack_from(record, 8)[0])
+    if n < 24:
+        raise GarbageCall(xid, f"call header truncated at {n} bytes")
+    # One struct call for the fixed words: this runs for every request.
+    _, _, _, prog, vers, proc = _HDR6.unpack_from(record)
+    u = Unpacker(record, 24)
     try:
-        rpcvers = u.unpack_uint()
-        if rpcvers != RPC_VERSION:
-            raise RpcMismatch(xid, rpcvers)
-        prog, vers, proc = u.unpack_uint(), u.unpack_uint(), u.unpack_uint()
         auth = _unpack_auth(u, xid, AuthStat.AUTH_BADCRED)
         verf = _unpack_auth(u, xid, AuthStat.AUTH_BADVERF)
     except XdrError as e:

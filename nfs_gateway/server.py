@@ -199,10 +199,13 @@ class RpcServer:
     ) -> None:
         decoder = RecordDecoder(self.limits.max_record_bytes)
         limit = self.limits.max_in_flight_per_connection
+        # One receive buffer per connection, reused: the decoder copies out what it keeps.
+        buf = bytearray(self.limits.recv_chunk_bytes)
+        view = memoryview(buf)
         while True:
             with trio.move_on_after(self.limits.idle_timeout_s) as idle:
                 try:
-                    data = await conn.sock.recv(self.limits.recv_chunk_bytes)
+                    nbytes = await conn.sock.recv_into(buf)
                 except OSError as e:
                     log.debug("%s: receive failed: %s", conn.peer, e)
                     return
@@ -211,10 +214,10 @@ class RpcServer:
                     log.info("%s: idle for %.0f s, closing", conn.peer, self.limits.idle_timeout_s)
                     return
                 continue
-            if not data:
+            if not nbytes:
                 return
             try:
-                records = decoder.feed(data)
+                records = decoder.feed(view[:nbytes])
             except RecordError as e:
                 log.warning("%s: %s; closing", conn.peer, e)
                 nursery.cancel_scope.cancel()
