@@ -1,0 +1,391 @@
+"""LocalBackend: the Backend protocol over one node's LevelDB and chunk files.
+
+Rules:
+- Every namespace or attribute change is a list of records (server/fs/records.py) applied by the
+  state machine in one atomic LevelDB batch, under the metadata writer lock; checks happen under
+  the same lock, so they hold when the change applies. Records carry their timestamps and ids,
+  chosen here; the cluster will put the same records into Raft entries.
+- Lock order: an inode's data lock (WRITE, truncate, chunk deletion), then the metadata lock.
+  Data effects of a change (deleting or trimming chunks) run after its batch is written, so a
+  crash between the two leaves only garbage, collected at the next start.
+- Durability (RFC 1813 §3.3.7, §3.3.21): UNSTABLE WRITE data stays in the page cache and its size
+  and mtime in memory; FILE_SYNC/DATA_SYNC WRITE and COMMIT fsync the inode's dirty chunks and
+  write the metadata with sync. Namespace changes are synced before replying (config).
+- The write verifier changes exactly when unstable data may have been lost: it is kept across a
+  clean shutdown (close() writes a marker after syncing everything) and replaced otherwise.
+- Inode ids are never reused (a persisted counter); the root is inode 1, made at first start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from nfs_gateway.backend import (
+    Attr,
+    CommitResult,
+    Cred,
+    FBig,
+    FileId,
+    FileType,
+    FsStat,
+    Inval,
+    IOError_,
+    LookupResult,
+    NoEnt,
+    NotDir,
+    ReadDirResult,
+    ReadResult,
+    ServerFault,
+    StableHow,
+    Stale,
+    WriteResult,
+)
+from server.fs import keys, perms
+from server.fs.common import DOT, DOTDOT, check_name, require_dir, require_reg, to_attr, wcc
+from server.fs.config import FsConfig
+from server.fs.meta import MetaIOError, MetaStore
+from server.fs.namespace import NamespaceOps
+from server.fs.readdir import read_dir_page
+from server.fs.records import CreateInode, Inode
+from server.fs.state import Changes, StateError
+from storage.chunks import ChunkIOError, ChunkStore
+from storage.kv import KvError, KvStore
+
+ROOT_INO = 1
+
+
+class LocalBackend(NamespaceOps):
+    """One node's file system. `async with LocalBackend(path) as fs:` or open()/close()."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsid: int = 1,
+        chunk_size: int | None = None,
+        config: FsConfig | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.fsid = fsid
+        self.config = config or FsConfig()
+        self.chunk_size = chunk_size or self.config.chunk_size
+        assert self.chunk_size >= 4096, self.chunk_size
+        self._clock = clock
+        self._verifier = b""
+        self._unclean_start = False
+        self._ino_locks: dict[int, tuple[trio.Lock, int]] = {}
+        self._kv: KvStore | None = None
+        self._root_gen = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        assert self._kv is None, "already open"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._kv = await KvStore.open(self.data_dir / "meta", self.config.kv)
+        self._chunks = ChunkStore(self.data_dir / "chunks", self.config.chunks)
+        self._meta = MetaStore(self._kv, self.config)
+        await self._meta.load()
+        clean, verf = await self._kv.get_many([keys.CLEAN_SHUTDOWN, keys.WRITE_VERF])
+        root = await self._meta.inode(ROOT_INO)
+        if root is None:
+            root = await self._make_root()
+        self._root_gen = root.gen
+        if clean is not None and verf is not None and len(verf) == 8:
+            self._verifier = verf
+        else:
+            # Unstable writes of the last run may be gone: a new verifier tells clients to
+            # send them again (RFC 1813 §3.3.7).
+            self._verifier = secrets.token_bytes(8)
+            self._unclean_start = verf is not None
+        # Until close() says otherwise, the next start must assume a crash.
+        await self._kv.write(
+            [(keys.WRITE_VERF, self._verifier), (keys.CLEAN_SHUTDOWN, None)], sync=True
+        )
+        if self._unclean_start:
+            await self._collect_orphans()
+
+    async def _make_root(self) -> Inode:
+        c = self.config
+        rec = CreateInode(
+            ino=ROOT_INO,
+            gen=self._new_gen(),
+            ftype=FileType.DIR,
+            mode=c.root_mode,
+            uid=c.root_uid,
+            gid=c.root_gid,
+            nlink=2,
+            time_ns=self._clock(),
+            parent=ROOT_INO,  # the root's `..` is itself
+        )
+        async with self._meta.lock:
+            changes = await self._meta.commit([rec], sync=True)
+        root = changes.inodes[ROOT_INO]
+        assert root is not None
+        return root
+
+    async def _collect_orphans(self) -> None:
+        """Chunks of inodes deleted just before a crash (the data effect never ran)."""
+        inos = await self._chunks.run_sync(self._chunks.stored_inodes_sync)
+        live = await self._meta.inodes(inos)
+        for ino, inode in zip(inos, live, strict=True):
+            if inode is None:
+                await self._chunks.delete(ino)
+
+    async def close(self) -> None:
+        """Make everything durable, then mark the shutdown clean (the verifier survives)."""
+        if self._kv is None:
+            return
+        await self._meta.flush(sync=False)
+        await self._chunks.run_sync(self._chunks.sync_all_sync)
+        await self._kv.write([(keys.CLEAN_SHUTDOWN, b"1")], sync=True)
+        await self._shut()
+
+    async def abort(self) -> None:
+        """Stop as a crash would: nothing is flushed and no clean marker is written. For tests
+        and simulations (the LevelDB lock must be released to reopen in the same process)."""
+        if self._kv is not None:
+            await self._shut()
+
+    async def _shut(self) -> None:
+        assert self._kv is not None
+        self._chunks.close_sync()
+        await self._kv.close()
+        self._kv = None
+
+    async def __aenter__(self) -> LocalBackend:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def verifier(self) -> bytes:
+        return self._verifier
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self._clock()
+
+    def _new_gen(self) -> int:
+        return secrets.randbits(32) | 1  # never 0, so FileId(ino, 0) is always stale
+
+    async def _get(self, fid: FileId) -> Inode:
+        inode = await self._meta.inode(fid.ino)
+        if inode is None or inode.gen != fid.gen:
+            raise Stale(f"no inode {fid.ino} generation {fid.gen}")
+        return inode
+
+    def _fid(self, inode: Inode) -> FileId:
+        return FileId(inode.ino, inode.gen)
+
+    def _attr(self, inode: Inode) -> Attr:
+        return to_attr(inode, self.fsid)
+
+    @asynccontextmanager
+    async def _ino_lock(self, ino: int) -> AsyncIterator[None]:
+        """Serializes data changes of one inode. The table holds only inodes in use."""
+        lock, users = self._ino_locks.get(ino) or (trio.Lock(), 0)
+        self._ino_locks[ino] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._ino_locks[ino]
+            if users == 1:
+                del self._ino_locks[ino]
+            else:
+                self._ino_locks[ino] = (lock, users - 1)
+
+    async def _commit(self, records: list[object], *, sync: bool | None = None) -> Changes:
+        """Apply records under the metadata lock (held by the caller)."""
+        try:
+            return await self._meta.commit(
+                records, sync=self.config.sync_metadata if sync is None else sync
+            )
+        except MetaIOError as e:
+            # Pending WRITE metadata may be gone with the batch: announce it like a crash.
+            self._verifier = secrets.token_bytes(8)
+            raise IOError_(str(e)) from e
+        except StateError as e:
+            raise ServerFault(str(e)) from e
+
+    async def _data_effects(self, changes: Changes, held: int | None = None) -> None:
+        """Delete or trim chunks after their metadata change is written."""
+        try:
+            for ino in sorted(changes.delete_data):
+                if ino == held:
+                    await self._chunks.delete(ino)
+                else:
+                    async with self._ino_lock(ino):
+                        await self._chunks.delete(ino)
+            for ino, (chunk_size, keep) in sorted(changes.trim_data.items()):
+                # Size changes normally hold the inode's data lock (held); if a racing CREATE
+                # found another file than it locked, trimming without it is the lesser evil.
+                await self._chunks.truncate(ino, chunk_size, keep)
+        except ChunkIOError as e:
+            raise IOError_(str(e)) from e
+
+    # -- attributes -------------------------------------------------------------------------
+
+    async def export_root(self, path: str) -> FileId:
+        """`/` is the root; deeper paths are walked like LOOKUPs by root (MOUNT MNT)."""
+        inode = await self._get(FileId(ROOT_INO, self._root_gen))
+        root_cred = Cred(0, 0)
+        for part in (p for p in path.split("/") if p):
+            result = await self.lookup(root_cred, self._fid(inode), part.encode())
+            inode = await self._get(result.fid)
+        require_dir(inode)
+        return self._fid(inode)
+
+    async def getattr(self, fid: FileId) -> Attr:
+        return self._attr(await self._get(fid))
+
+    async def access(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr]:
+        inode = await self._get(fid)
+        return perms.access_mask(cred, inode, mask), self._attr(inode)
+
+    async def readlink(self, cred: Cred, fid: FileId) -> tuple[bytes, Attr]:
+        inode = await self._get(fid)
+        if inode.ftype != FileType.LNK:
+            raise Inval("not a symbolic link")
+        return inode.target, self._attr(inode)
+
+    async def lookup(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult:
+        d = await self._get(dir_fid)
+        require_dir(d)
+        perms.check(cred, d, perms.X)
+        if name == DOT:
+            child = d
+        elif name == DOTDOT:
+            child = await self._parent(d)
+        else:
+            check_name(name, self.config.max_name_bytes)
+            ent = await self._meta.dirent(d.ino, name)
+            child = None if ent is None else await self._meta.inode(ent.ino)
+            if child is None:
+                raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
+        return LookupResult(self._fid(child), self._attr(child), self._attr(d))
+
+    async def _parent(self, d: Inode) -> Inode:
+        parent = await self._meta.inode(d.parent)
+        if parent is None:
+            raise ServerFault(f"directory {d.ino} has no parent {d.parent}")
+        return parent
+
+    async def fsstat(self, fid: FileId) -> tuple[FsStat, Attr]:
+        inode = await self._get(fid)
+        st = await trio.to_thread.run_sync(os.statvfs, self.data_dir)
+        used = self._meta.meta[keys.INODE_COUNT]
+        free_files = max(self.config.max_files - used, 0)
+        stat = FsStat(
+            tbytes=st.f_blocks * st.f_frsize,
+            fbytes=st.f_bfree * st.f_frsize,
+            abytes=st.f_bavail * st.f_frsize,
+            tfiles=used + free_files,
+            ffiles=free_files,
+            afiles=free_files,
+            invarsec=0,
+        )
+        return stat, self._attr(inode)
+
+    # -- data -------------------------------------------------------------------------------
+
+    async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
+        inode = await self._get(fid)
+        require_reg(inode)
+        perms.check_io(cred, inode, perms.R)
+        count = min(count, self.config.max_read_bytes)
+        if offset >= inode.size or count <= 0:
+            return ReadResult(b"", offset >= inode.size, self._attr(inode))
+        n = min(count, inode.size - offset)
+        try:
+            data = await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
+        except ChunkIOError as e:
+            raise IOError_(str(e)) from e
+        return ReadResult(data, offset + n >= inode.size, self._attr(inode))
+
+    async def write(
+        self, cred: Cred, fid: FileId, offset: int, data: memoryview, stable: StableHow
+    ) -> WriteResult:
+        async with self._ino_lock(fid.ino):
+            before = await self._get(fid)
+            require_reg(before)
+            perms.check_io(cred, before, perms.W)
+            end = offset + len(data)
+            if end > self.config.max_file_size:
+                raise FBig(f"write to {end}", wcc=wcc(before, before, self.fsid))
+            try:
+                touched = await self._write_data(before, offset, data)
+            except ChunkIOError as e:
+                raise IOError_(str(e), wcc=wcc(before, before, self.fsid)) from e
+            current = await self._get(fid)  # removed meanwhile? then the bytes are garbage
+            after = self._meta.note_write(
+                current, end, self._now(), perms.write_clears_suid(cred, current)
+            )
+            if stable != StableHow.UNSTABLE:
+                await self._sync_file(after.ino, touched)
+                committed = StableHow.FILE_SYNC  # metadata is synced too: more than DATA_SYNC
+            else:
+                committed = StableHow.UNSTABLE
+                if self._meta.pending_due():
+                    await self._meta.flush(sync=False)
+        return WriteResult(len(data), committed, self._verifier, wcc(before, after, self.fsid))
+
+    async def _write_data(self, inode: Inode, offset: int, data: memoryview) -> list[int]:
+        if offset > inode.size and self._unclean_start:
+            # After a crash, chunk files may hold bytes past the size (their metadata was lost);
+            # a write past EOF must not resurrect them inside the new hole.
+            await self._chunks.truncate(inode.ino, inode.chunk_size, inode.size)
+        if not data:
+            return []
+        return await self._chunks.pwrite(inode.ino, inode.chunk_size, offset, data)
+
+    async def _sync_file(self, ino: int, indexes: list[int] | None) -> None:
+        try:
+            await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
+            await self._meta.flush(sync=True)
+        except ChunkIOError as e:
+            self._verifier = secrets.token_bytes(8)  # what we promised may not be on disk
+            raise IOError_(str(e)) from e
+        except (MetaIOError, KvError) as e:
+            self._verifier = secrets.token_bytes(8)
+            raise IOError_(str(e)) from e
+
+    async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:
+        """Everything written to the file is on disk before the reply (RFC 1813 §3.3.21); we
+        sync the whole file whatever the range, as the RFC allows."""
+        async with self._ino_lock(fid.ino):
+            before = await self._get(fid)
+            await self._sync_file(fid.ino, None)
+            after = await self._get(fid)
+        return CommitResult(self._verifier, wcc(before, after, self.fsid))
+
+    async def readdir(
+        self,
+        cred: Cred,
+        dir_fid: FileId,
+        cookie: int,
+        cookieverf: bytes,
+        max_entries: int,
+        plus: bool,
+    ) -> ReadDirResult:
+        d = await self._get(dir_fid)
+        if d.ftype != FileType.DIR:
+            raise NotDir(f"inode {d.ino} is not a directory")
+        perms.check(cred, d, perms.R)
+        max_entries = max(1, min(max_entries, self.config.max_readdir_entries))
+        parent = await self._parent(d) if plus else None
+        return await read_dir_page(
+            self._meta, d, parent, cookie, cookieverf, max_entries, plus, self.fsid
+        )

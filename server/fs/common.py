@@ -1,0 +1,91 @@
+"""Small pure helpers shared by the backend's operations: attributes, names, verifiers."""
+
+from __future__ import annotations
+
+import struct
+
+from nfs_gateway.backend import (
+    Attr,
+    Exists,
+    FileType,
+    Inval,
+    IsDir,
+    NameTooLong,
+    NotDir,
+    Wcc,
+    WccAttr,
+)
+from server.fs.records import Inode
+
+DOT, DOTDOT = b".", b".."
+DIR_SIZE = 4096  # what `ls -l` shows for a directory; clients treat it as opaque
+
+
+def to_attr(inode: Inode, fsid: int) -> Attr:
+    """fattr3 (RFC 1813 §2.6) of an inode."""
+    if inode.ftype == FileType.DIR:
+        size = DIR_SIZE
+    elif inode.ftype == FileType.LNK:
+        size = len(inode.target)
+    else:
+        size = inode.size
+    return Attr(
+        type=inode.ftype,
+        mode=inode.mode,
+        nlink=inode.nlink,
+        uid=inode.uid,
+        gid=inode.gid,
+        size=size,
+        used=(size + 4095) // 4096 * 4096 if inode.ftype == FileType.REG else size,
+        rdev=inode.rdev,
+        fsid=fsid,
+        fileid=inode.ino,
+        atime_ns=inode.atime_ns,
+        mtime_ns=inode.mtime_ns,
+        ctime_ns=inode.ctime_ns,
+    )
+
+
+def wcc_attr(inode: Inode) -> WccAttr:
+    size = DIR_SIZE if inode.ftype == FileType.DIR else inode.size
+    return WccAttr(size, inode.mtime_ns, inode.ctime_ns)
+
+
+def wcc(before: Inode | None, after: Inode | None, fsid: int) -> Wcc:
+    return Wcc(
+        None if before is None else wcc_attr(before),
+        None if after is None else to_attr(after, fsid),
+    )
+
+
+def check_new_name(name: bytes, max_bytes: int) -> None:
+    """A name for a new entry (knfsd: `.` and `..` exist already, so EXIST)."""
+    if name in (DOT, DOTDOT):
+        raise Exists(f"{name!r} always exists")
+    check_name(name, max_bytes)
+
+
+def check_name(name: bytes, max_bytes: int) -> None:
+    if not name or b"/" in name or b"\0" in name:
+        raise Inval(f"bad file name {name!r}")
+    if len(name) > max_bytes:
+        raise NameTooLong(f"name of {len(name)} bytes")
+
+
+def require_dir(inode: Inode) -> None:
+    if inode.ftype != FileType.DIR:
+        raise NotDir(f"inode {inode.ino} is not a directory")
+
+
+def require_reg(inode: Inode) -> None:
+    """READ/WRITE/size on a non-file: ISDIR for directories, INVAL otherwise (knfsd)."""
+    if inode.ftype == FileType.DIR:
+        raise IsDir(f"inode {inode.ino} is a directory")
+    if inode.ftype != FileType.REG:
+        raise Inval(f"inode {inode.ino} is a {inode.ftype.name}")
+
+
+def dir_cookieverf(inode: Inode) -> bytes:
+    """Cookies of a directory stay valid for its life (they are never reused), so the verifier
+    only has to tell this directory from an earlier one: its generation."""
+    return struct.pack(">Q", inode.gen)

@@ -1,0 +1,276 @@
+"""The metadata store of one node: caches over LevelDB, and the single writer that applies records.
+
+Rules:
+- Readers (getattr, lookup, readdir) never take a lock: they read the caches, else LevelDB in a
+  worker thread. Cached values are immutable (frozen dataclasses), so a reader sees either the
+  value before a change or after it.
+- Writers hold `lock` from their first check to `commit()` returning, so what they checked is
+  what they change (one writer at a time, as one Raft group applies one entry at a time).
+- `commit()` runs `state.apply` against the caches (a miss loads the key and applies again: apply
+  is pure), updates the caches before the LevelDB write so that no reader can see a value older
+  than one it already saw, then writes the batch (with fsync when asked).
+- WRITE's metadata (size, mtime) is pending in memory until the next commit or flush, which turns
+  it into WriteMeta records; readers see it through `inode()`. Losing it in a crash is what the
+  write verifier announces (RFC 1813 §3.3.7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import trio
+
+from server.fs import keys
+from server.fs.config import FsConfig
+from server.fs.records import Dirent, Inode, Multi, WriteMeta, decode
+from server.fs.state import Changes, StateError, apply, decode_u64
+from storage.kv import KvError, KvStore
+
+K = TypeVar("K")
+V = TypeVar("V")
+_MISSING = object()
+_SUID_SGID = 0o6000
+_MAX_APPLY_ATTEMPTS = 16  # each retry loads what the previous attempt missed
+
+
+class MetaIOError(Exception):
+    """The metadata batch could not be written; the caches were reset."""
+
+
+class Lru(Generic[K, V]):
+    def __init__(self, capacity: int) -> None:
+        assert capacity >= 1
+        self.capacity = capacity
+        self._d: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K, default: object = _MISSING) -> V | object:
+        v = self._d.get(key, _MISSING)
+        if v is not _MISSING:
+            self._d.move_to_end(key)
+            return v
+        return default
+
+    def put(self, key: K, value: V) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+@dataclass(slots=True)
+class _Pending:
+    inode: Inode  # what readers see
+    end: int
+    time_ns: int
+    clear_suid: bool
+    since: float  # trio time of the oldest write folded in
+
+
+class _Miss(Exception):
+    def __init__(self, kind: str, key: object) -> None:
+        self.kind = kind
+        self.key = key
+
+
+class _CacheView:
+    """state.View over the caches; a miss aborts the apply so commit() can load and retry."""
+
+    def __init__(self, store: MetaStore) -> None:
+        self.s = store
+
+    def inode(self, ino: int) -> Inode | None:
+        v = self.s._inodes.get(ino)
+        if v is _MISSING:
+            raise _Miss("inode", ino)
+        return v  # type: ignore[return-value]
+
+    def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
+        v = self.s._dirents.get((dir_ino, name))
+        if v is _MISSING:
+            raise _Miss("dirent", (dir_ino, name))
+        return v  # type: ignore[return-value]
+
+    def meta_int(self, key: bytes) -> int:
+        return self.s.meta[key]
+
+
+class MetaStore:
+    META_KEYS = (keys.NEXT_INO, keys.APPLIED_INDEX, keys.INODE_COUNT)
+
+    def __init__(self, kv: KvStore, config: FsConfig) -> None:
+        self.kv = kv
+        self.config = config
+        self.lock = trio.Lock()
+        self._inodes: Lru[int, Inode | None] = Lru(config.inode_cache_entries)
+        self._dirents: Lru[tuple[int, bytes], Dirent | None] = Lru(config.dirent_cache_entries)
+        self._pending: dict[int, _Pending] = {}
+        self.meta: dict[bytes, int] = {}
+        self._next_ino = 0  # ids handed out but maybe not yet committed are never reused
+
+    async def load(self) -> None:
+        raws = await self.kv.get_many(list(self.META_KEYS))
+        self.meta = {k: decode_u64(v) for k, v in zip(self.META_KEYS, raws, strict=True)}
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def inode(self, ino: int) -> Inode | None:
+        p = self._pending.get(ino)
+        if p is not None:
+            return p.inode
+        v = self._inodes.get(ino)
+        if v is not _MISSING:
+            return v  # type: ignore[return-value]
+        raw = await self.kv.get(keys.inode_key(ino))
+        inode = None if raw is None else decode(raw)
+        # A commit may have raced with our read: never replace what it cached meanwhile.
+        v = self._inodes.get(ino)
+        if v is _MISSING:
+            self._inodes.put(ino, inode)
+            return inode
+        return v  # type: ignore[return-value]
+
+    async def inodes(self, inos: list[int]) -> list[Inode | None]:
+        """Many inodes with at most one worker-thread hop (READDIRPLUS)."""
+        out: list[Inode | object | None] = []
+        missing = []
+        for ino in inos:
+            p = self._pending.get(ino)
+            v = p.inode if p is not None else self._inodes.get(ino)
+            out.append(v)
+            if v is _MISSING:
+                missing.append(ino)
+        if missing:
+            raws = await self.kv.get_many([keys.inode_key(i) for i in missing])
+            loaded = {
+                i: (None if r is None else decode(r)) for i, r in zip(missing, raws, strict=True)
+            }
+            for i, inode in loaded.items():
+                if self._inodes.get(i) is _MISSING:
+                    self._inodes.put(i, inode)
+            out = [loaded[i] if v is _MISSING else v for i, v in zip(inos, out, strict=True)]
+        return out  # type: ignore[return-value]
+
+    async def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
+        key = (dir_ino, name)
+        v = self._dirents.get(key)
+        if v is not _MISSING:
+            return v  # type: ignore[return-value]
+        raw = await self.kv.get(keys.dirent_key(dir_ino, name))
+        d = None if raw is None else decode(raw)
+        v = self._dirents.get(key)
+        if v is _MISSING:
+            self._dirents.put(key, d)
+            return d
+        return v  # type: ignore[return-value]
+
+    # -- WRITE metadata ---------------------------------------------------------------------
+
+    def note_write(self, inode: Inode, end: int, time_ns: int, clear_suid: bool) -> Inode:
+        """Fold a WRITE into the pending metadata of `inode` (the current value); no I/O."""
+        p = self._pending.get(inode.ino)
+        mode = inode.mode & ~_SUID_SGID if clear_suid else inode.mode
+        new = dataclasses.replace(
+            inode, size=max(inode.size, end), mode=mode, mtime_ns=time_ns, ctime_ns=time_ns
+        )
+        if p is None:
+            self._pending[inode.ino] = _Pending(new, end, time_ns, clear_suid, trio.current_time())
+        else:
+            p.inode = new
+            p.end = max(p.end, end)
+            p.time_ns = time_ns
+            p.clear_suid = p.clear_suid or clear_suid
+        return new
+
+    def pending_due(self) -> bool:
+        if len(self._pending) >= self.config.max_pending_meta:
+            return True
+        if not self._pending:
+            return False
+        oldest = min(p.since for p in self._pending.values())
+        return trio.current_time() - oldest >= self.config.pending_meta_max_age_s
+
+    def forget_pending(self, ino: int) -> None:
+        self._pending.pop(ino, None)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def commit(self, records: list[object], *, sync: bool) -> Changes:
+        """Apply records (after any pending WRITE metadata) in one batch. Caller holds `lock`."""
+        assert self.lock.locked()
+        changes = await self._apply_cached(records)
+        if changes or sync:
+            try:
+                await self.kv.write(changes.batch(), sync=sync)
+            except KvError as e:
+                self._reset_caches()
+                raise MetaIOError(str(e)) from e
+        return changes
+
+    async def flush(self, *, sync: bool) -> None:
+        """Write pending WRITE metadata (and make everything durable when sync)."""
+        async with self.lock:
+            await self.commit([], sync=sync)
+
+    async def _apply_cached(self, records: list[object]) -> Changes:
+        for _ in range(_MAX_APPLY_ATTEMPTS):
+            # From here to _publish nothing awaits, so the pending metadata folded into this
+            # batch is exactly what is drained, and readers switch from it to the new cache
+            # values in one step.
+            batch = [WriteMeta(i, p.end, p.time_ns, p.clear_suid) for i, p in self._pending.items()]
+            batch += records
+            changes = Changes()
+            if not batch:
+                return changes
+            record = batch[0] if len(batch) == 1 else Multi(tuple(batch))
+            try:
+                apply(record, _CacheView(self), changes, self.meta[keys.APPLIED_INDEX] + 1)
+            except _Miss as miss:
+                if miss.kind == "inode":
+                    await self._load_inode(miss.key)  # type: ignore[arg-type]
+                else:
+                    await self._load_dirent(*miss.key)  # type: ignore[misc]
+                continue
+            self._pending = {}
+            self._publish(changes)
+            return changes
+        raise StateError("apply kept missing the cache")
+
+    async def _load_inode(self, ino: int) -> None:
+        raw = await self.kv.get(keys.inode_key(ino))
+        if self._inodes.get(ino) is _MISSING:
+            self._inodes.put(ino, None if raw is None else decode(raw))
+
+    async def _load_dirent(self, dir_ino: int, name: bytes) -> None:
+        raw = await self.kv.get(keys.dirent_key(dir_ino, name))
+        if self._dirents.get((dir_ino, name)) is _MISSING:
+            self._dirents.put((dir_ino, name), None if raw is None else decode(raw))
+
+    def _publish(self, changes: Changes) -> None:
+        for ino, inode in changes.inodes.items():
+            self._inodes.put(ino, inode)
+            if inode is None:
+                self._pending.pop(ino, None)
+        for key, d in changes.dirents.items():
+            self._dirents.put(key, d)
+        self.meta.update(changes.meta)
+
+    def _reset_caches(self) -> None:
+        self._inodes.clear()
+        self._dirents.clear()
+        self._pending.clear()
+
+    def alloc_ino(self) -> int:
+        """A fresh inode id; the CreateInode that uses it advances the persisted counter."""
+        ino = max(self._next_ino, self.meta[keys.NEXT_INO], 2)
+        self._next_ino = ino + 1
+        self._inodes.put(ino, None)  # known absent: apply need not ask LevelDB
+        return ino

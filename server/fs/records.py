@@ -1,0 +1,274 @@
+"""Metadata records and on-disk values, and their one versioned CBOR codec.
+
+Rules:
+- Every metadata change is a frozen dataclass record. A record is deterministic: it carries every
+  value its effect needs (inode ids, generations, timestamps chosen by the proposer), so applying
+  it on any replica, at any time, gives the same state. These are what Raft log entries carry.
+- Each record touches state owned by one inode (its attributes, or a directory's entries), so a
+  later cross-group transaction can split a `Multi` among the groups that own the inodes.
+- Stored values (Inode, Dirent, CookieEntry) use the same codec.
+- Wire form: CBOR array [VERSION, tag, [field, ...]] with fields in dataclass order. Nested records
+  (Multi) nest the same form. Unknown version or tag, or fields that do not fit, raise a typed
+  RecordError; nothing is ever guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from nfs_gateway.backend import FileType
+
+VERSION = 1
+
+
+class RecordError(Exception):
+    """Bytes that do not decode to a record of a known version and type."""
+
+
+class UnknownVersion(RecordError):
+    pass
+
+
+class UnknownType(RecordError):
+    pass
+
+
+class CorruptRecord(RecordError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Stored values
+
+
+@dataclass(frozen=True, slots=True)
+class Inode:
+    ino: int
+    gen: int
+    ftype: FileType
+    mode: int  # permission bits 07777
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    rdev: tuple[int, int]
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    target: bytes = b""  # symlink target
+    parent: int = 0  # directories: the inode of `..`
+    verf: bytes = b""  # EXCLUSIVE create verifier (RFC 1813 §3.3.8)
+    next_cookie: int = 0  # directories: cookie for the next entry
+    chunk_size: int = 0  # regular files: fixed for the life of the file
+
+
+@dataclass(frozen=True, slots=True)
+class Dirent:
+    ino: int
+    cookie: int
+    ftype: FileType
+
+
+@dataclass(frozen=True, slots=True)
+class CookieEntry:
+    name: bytes
+    ino: int
+    ftype: FileType
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True, slots=True)
+class CreateInode:
+    ino: int
+    gen: int
+    ftype: FileType
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    time_ns: int
+    rdev: tuple[int, int] = (0, 0)
+    target: bytes = b""
+    parent: int = 0
+    verf: bytes = b""
+    chunk_size: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDirent:
+    """Add `name` -> ino to directory dir_ino (takes the directory's next cookie)."""
+
+    dir_ino: int
+    name: bytes
+    ino: int
+    ftype: FileType
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkDirent:
+    dir_ino: int
+    name: bytes
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustLinks:
+    """nlink += delta; an inode whose nlink reaches 0 is deleted with its data."""
+
+    ino: int
+    delta: int
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetParent:
+    """A directory moved to another parent (its `..`)."""
+
+    ino: int
+    parent: int
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr:
+    """SETATTR's effect, already checked. None leaves a field alone; ctime is always set."""
+
+    ino: int
+    ctime_ns: int
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | None = None
+    mtime_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMeta:
+    """The metadata half of WRITEs: size = max(size, end), mtime = ctime = time."""
+
+    ino: int
+    end: int
+    time_ns: int
+    clear_suid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Multi:
+    """Records applied atomically, in order (a local transaction)."""
+
+    records: tuple[Any, ...]
+
+
+Record = (
+    CreateInode | LinkDirent | UnlinkDirent | AdjustLinks | SetParent | SetAttr | WriteMeta | Multi
+)
+
+# Tags are part of the on-disk format: never renumber, only add.
+_TAGS: dict[type, int] = {
+    Inode: 1,
+    Dirent: 2,
+    CookieEntry: 3,
+    CreateInode: 16,
+    LinkDirent: 17,
+    UnlinkDirent: 18,
+    AdjustLinks: 19,
+    SetParent: 20,
+    SetAttr: 21,
+    WriteMeta: 22,
+    Multi: 23,
+}
+_BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
+_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
+
+
+def _to_wire(obj: Any) -> list[Any]:
+    cls = type(obj)
+    tag = _TAGS.get(cls)
+    assert tag is not None, f"not an on-disk record: {cls.__name__}"
+    values: list[Any] = []
+    for name in _FIELDS[cls]:
+        v = getattr(obj, name)
+        if isinstance(v, enum.IntEnum):
+            v = int(v)
+        elif isinstance(v, tuple):
+            v = [_to_wire(r) for r in v] if cls is Multi else list(v)
+        values.append(v)
+    return [VERSION, tag, values]
+
+
+def encode(obj: Any) -> bytes:
+    """The on-disk bytes of a record or stored value."""
+    return cbor2.dumps(_to_wire(obj))
+
+
+def decode(data: bytes) -> Any:
+    try:
+        wire = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
+        raise CorruptRecord(f"not CBOR: {e}") from e
+    return _from_wire(wire)
+
+
+def _from_wire(wire: Any) -> Any:
+    if not isinstance(wire, list) or len(wire) != 3:
+        raise CorruptRecord("expected [version, tag, fields]")
+    version, tag, values = wire
+    if version != VERSION:
+        raise UnknownVersion(f"record version {version!r}, this build reads {VERSION}")
+    cls = _BY_TAG.get(tag) if isinstance(tag, int) else None
+    if cls is None:
+        raise UnknownType(f"record tag {tag!r}")
+    names = _FIELDS[cls]
+    if not isinstance(values, list) or len(values) != len(names):
+        raise CorruptRecord(f"{cls.__name__}: expected {len(names)} fields")
+    kwargs = {name: _field(cls, name, v) for name, v in zip(names, values, strict=True)}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CorruptRecord(f"{cls.__name__}: {e}") from e
+
+
+def _field(cls: type, name: str, v: Any) -> Any:
+    if cls is Multi and name == "records":
+        if not isinstance(v, list):
+            raise CorruptRecord("Multi.records: expected a list")
+        return tuple(_from_wire(r) for r in v)
+    if name == "ftype":
+        try:
+            return FileType(v)
+        except ValueError as e:
+            raise CorruptRecord(f"{cls.__name__}.ftype: {v!r}") from e
+    if name == "rdev":
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v)):
+            raise CorruptRecord(f"{cls.__name__}.rdev: {v!r}")
+        return (v[0], v[1])
+    _check_scalar(cls, name, v)
+    return v
+
+
+_BYTES_FIELDS = {"name", "target", "verf"}
+_OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
+
+
+def _check_scalar(cls: type, name: str, v: Any) -> None:
+    if name in _BYTES_FIELDS:
+        ok = isinstance(v, bytes)
+    elif name == "clear_suid":
+        ok = isinstance(v, bool)
+    elif cls is SetAttr and name in _OPTIONAL:
+        ok = v is None or (isinstance(v, int) and not isinstance(v, bool))
+    else:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    if not ok:
+        raise CorruptRecord(f"{cls.__name__}.{name}: unexpected {type(v).__name__}")

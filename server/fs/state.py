@@ -1,0 +1,315 @@
+"""The file system state machine: records in, LevelDB changes out.
+
+Rules:
+- `apply(record, view, changes, index)` is pure: it reads the current state only through `view`
+  (plus what earlier records of the same batch wrote into `changes`), reads no clock and does no
+  I/O. Every value it writes comes from the record or the state, so all replicas agree.
+- `changes` collects the effects: the LevelDB puts and deletes (one atomic write batch, which
+  also carries the applied index, so state and index never disagree after a crash), the decoded
+  values for the caller's caches, and the data effects (chunks to delete or trim) that the caller
+  performs after the batch is durable.
+- A record that does not fit the state (linking over an existing name, unlinking a missing one)
+  is the proposer's bug: StateError, and the caller drops the whole batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable
+from typing import Protocol
+
+from nfs_gateway.backend import FileType
+from server.fs import keys
+from server.fs.records import (
+    AdjustLinks,
+    CookieEntry,
+    CreateInode,
+    Dirent,
+    Inode,
+    LinkDirent,
+    Multi,
+    SetAttr,
+    SetParent,
+    UnlinkDirent,
+    WriteMeta,
+    decode,
+    encode,
+)
+from storage.kv import KvStore
+
+# Cookies 1 and 2 are `.` and `..` (RFC 1813 §3.3.16: a cookie names a position); entries
+# start after them.
+FIRST_COOKIE = 3
+_SUID_SGID = 0o6000
+
+
+class StateError(Exception):
+    """A record that does not apply to the current state."""
+
+
+class View(Protocol):
+    """The state before this batch. Implementations may cache; they must not see `changes`."""
+
+    def inode(self, ino: int) -> Inode | None: ...
+
+    def dirent(self, dir_ino: int, name: bytes) -> Dirent | None: ...
+
+    def meta_int(self, key: bytes) -> int: ...
+
+
+class Changes:
+    """The effects of one batch of records."""
+
+    def __init__(self) -> None:
+        self.ops: dict[bytes, bytes | None] = {}
+        self.inodes: dict[int, Inode | None] = {}
+        self.dirents: dict[tuple[int, bytes], Dirent | None] = {}
+        self.meta: dict[bytes, int] = {}
+        self.delete_data: set[int] = set()  # inodes gone: remove their chunks
+        self.trim_data: dict[int, tuple[int, int]] = {}  # ino -> (chunk_size, keep bytes)
+
+    def batch(self) -> list[tuple[bytes, bytes | None]]:
+        return list(self.ops.items())
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    # Reads through the batch.
+    def inode(self, view: View, ino: int) -> Inode | None:
+        if ino in self.inodes:
+            return self.inodes[ino]
+        return view.inode(ino)
+
+    def dirent(self, view: View, dir_ino: int, name: bytes) -> Dirent | None:
+        if (dir_ino, name) in self.dirents:
+            return self.dirents[(dir_ino, name)]
+        return view.dirent(dir_ino, name)
+
+    def meta_int(self, view: View, key: bytes) -> int:
+        if key in self.meta:
+            return self.meta[key]
+        return view.meta_int(key)
+
+    # Writes.
+    def put_inode(self, inode: Inode) -> None:
+        self.inodes[inode.ino] = inode
+        self.ops[keys.inode_key(inode.ino)] = encode(inode)
+
+    def delete_inode(self, ino: int) -> None:
+        self.inodes[ino] = None
+        self.ops[keys.inode_key(ino)] = None
+
+    def put_dirent(self, dir_ino: int, name: bytes, d: Dirent) -> None:
+        self.dirents[(dir_ino, name)] = d
+        self.ops[keys.dirent_key(dir_ino, name)] = encode(d)
+        self.ops[keys.cookie_key(dir_ino, d.cookie)] = encode(CookieEntry(name, d.ino, d.ftype))
+
+    def delete_dirent(self, dir_ino: int, name: bytes, old: Dirent) -> None:
+        self.dirents[(dir_ino, name)] = None
+        self.ops[keys.dirent_key(dir_ino, name)] = None
+        self.ops[keys.cookie_key(dir_ino, old.cookie)] = None
+
+    def put_meta(self, key: bytes, value: int) -> None:
+        self.meta[key] = value
+        self.ops[key] = keys.u64(value)
+
+    def trim(self, ino: int, chunk_size: int, keep: int) -> None:
+        prev = self.trim_data.get(ino)
+        self.trim_data[ino] = (chunk_size, keep if prev is None else min(prev[1], keep))
+
+
+def apply(record: object, view: View, changes: Changes, index: int) -> None:
+    """Apply one record (a Multi applies all of its records) and record the applied index."""
+    _apply_one(record, view, changes)
+    if index:
+        changes.put_meta(keys.APPLIED_INDEX, index)
+
+
+def _apply_one(record: object, view: View, changes: Changes) -> None:
+    handler = _HANDLERS.get(type(record))
+    if handler is None:
+        raise StateError(f"no handler for {type(record).__name__}")
+    handler(record, view, changes)
+
+
+def _live(view: View, changes: Changes, ino: int) -> Inode:
+    inode = changes.inode(view, ino)
+    if inode is None:
+        raise StateError(f"inode {ino} does not exist")
+    return inode
+
+
+def _live_dir(view: View, changes: Changes, ino: int) -> Inode:
+    inode = _live(view, changes, ino)
+    if inode.ftype != FileType.DIR:
+        raise StateError(f"inode {ino} is not a directory")
+    return inode
+
+
+def _create_inode(r: CreateInode, view: View, changes: Changes) -> None:
+    if changes.inode(view, r.ino) is not None:
+        raise StateError(f"inode {r.ino} exists")
+    t = r.time_ns
+    changes.put_inode(
+        Inode(
+            ino=r.ino,
+            gen=r.gen,
+            ftype=r.ftype,
+            mode=r.mode & 0o7777,
+            uid=r.uid,
+            gid=r.gid,
+            size=r.size,
+            nlink=r.nlink,
+            rdev=r.rdev,
+            atime_ns=t,
+            mtime_ns=t,
+            ctime_ns=t,
+            target=r.target,
+            parent=r.parent,
+            verf=r.verf,
+            next_cookie=FIRST_COOKIE if r.ftype == FileType.DIR else 0,
+            chunk_size=r.chunk_size,
+        )
+    )
+    if r.ino >= changes.meta_int(view, keys.NEXT_INO):
+        changes.put_meta(keys.NEXT_INO, r.ino + 1)
+    changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) + 1)
+
+
+def _link_dirent(r: LinkDirent, view: View, changes: Changes) -> None:
+    d = _live_dir(view, changes, r.dir_ino)
+    if changes.dirent(view, r.dir_ino, r.name) is not None:
+        raise StateError(f"{r.name!r} exists in {r.dir_ino}")
+    changes.put_dirent(r.dir_ino, r.name, Dirent(r.ino, d.next_cookie, r.ftype))
+    subdir = 1 if r.ftype == FileType.DIR else 0  # the new directory's `..`
+    changes.put_inode(
+        dataclasses.replace(
+            d,
+            next_cookie=d.next_cookie + 1,
+            nlink=d.nlink + subdir,
+            mtime_ns=r.time_ns,
+            ctime_ns=r.time_ns,
+        )
+    )
+
+
+def _unlink_dirent(r: UnlinkDirent, view: View, changes: Changes) -> None:
+    d = _live_dir(view, changes, r.dir_ino)
+    old = changes.dirent(view, r.dir_ino, r.name)
+    if old is None:
+        raise StateError(f"{r.name!r} missing in {r.dir_ino}")
+    changes.delete_dirent(r.dir_ino, r.name, old)
+    subdir = 1 if old.ftype == FileType.DIR else 0
+    changes.put_inode(
+        dataclasses.replace(d, nlink=d.nlink - subdir, mtime_ns=r.time_ns, ctime_ns=r.time_ns)
+    )
+
+
+def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    nlink = inode.nlink + r.delta
+    if nlink < 0:
+        raise StateError(f"inode {r.ino}: nlink {inode.nlink} {r.delta:+d}")
+    if nlink > 0:
+        changes.put_inode(dataclasses.replace(inode, nlink=nlink, ctime_ns=r.time_ns))
+        return
+    changes.delete_inode(r.ino)
+    changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) - 1)
+    if inode.ftype == FileType.REG:
+        changes.delete_data.add(r.ino)
+        changes.trim_data.pop(r.ino, None)
+
+
+def _set_parent(r: SetParent, view: View, changes: Changes) -> None:
+    inode = _live_dir(view, changes, r.ino)
+    changes.put_inode(dataclasses.replace(inode, parent=r.parent, ctime_ns=r.time_ns))
+
+
+def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    new = dataclasses.replace(
+        inode,
+        mode=inode.mode if r.mode is None else r.mode & 0o7777,
+        uid=inode.uid if r.uid is None else r.uid,
+        gid=inode.gid if r.gid is None else r.gid,
+        size=inode.size if r.size is None else r.size,
+        atime_ns=inode.atime_ns if r.atime_ns is None else r.atime_ns,
+        mtime_ns=inode.mtime_ns if r.mtime_ns is None else r.mtime_ns,
+        ctime_ns=r.ctime_ns,
+    )
+    if r.size is not None and r.size != inode.size:
+        if inode.ftype != FileType.REG:
+            raise StateError(f"inode {r.ino}: size of a {inode.ftype.name}")
+        # Shrinking drops the tail; growing must read zeros where stale bytes might remain.
+        changes.trim(r.ino, inode.chunk_size, min(inode.size, r.size))
+    changes.put_inode(new)
+
+
+def _write_meta(r: WriteMeta, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    mode = inode.mode & ~_SUID_SGID if r.clear_suid else inode.mode
+    changes.put_inode(
+        dataclasses.replace(
+            inode,
+            size=max(inode.size, r.end),
+            mode=mode,
+            mtime_ns=r.time_ns,
+            ctime_ns=r.time_ns,
+        )
+    )
+
+
+def _multi(r: Multi, view: View, changes: Changes) -> None:
+    for sub in r.records:
+        _apply_one(sub, view, changes)
+
+
+_HANDLERS: dict[type, Callable[..., None]] = {
+    CreateInode: _create_inode,
+    LinkDirent: _link_dirent,
+    UnlinkDirent: _unlink_dirent,
+    AdjustLinks: _adjust_links,
+    SetParent: _set_parent,
+    SetAttr: _set_attr,
+    WriteMeta: _write_meta,
+    Multi: _multi,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the state from LevelDB (worker threads only: these block).
+
+_U64 = struct.Struct(">Q")
+
+
+class KvView:
+    """A View straight over LevelDB, for the apply loop and bulk loaders in worker threads."""
+
+    def __init__(self, kv: KvStore) -> None:
+        self.kv = kv
+
+    def inode(self, ino: int) -> Inode | None:
+        raw = self.kv.get_sync(keys.inode_key(ino))
+        return None if raw is None else decode(raw)
+
+    def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
+        raw = self.kv.get_sync(keys.dirent_key(dir_ino, name))
+        return None if raw is None else decode(raw)
+
+    def meta_int(self, key: bytes) -> int:
+        return decode_u64(self.kv.get_sync(key))
+
+
+def decode_u64(raw: bytes | None) -> int:
+    return 0 if raw is None else _U64.unpack(raw)[0]
+
+
+def apply_sync(kv: KvStore, records: list[object], first_index: int, *, sync: bool) -> Changes:
+    """Apply records with consecutive indexes in one atomic batch (worker thread)."""
+    view = KvView(kv)
+    changes = Changes()
+    for i, record in enumerate(records):
+        apply(record, view, changes, first_index + i)
+    kv.write_sync(changes.batch(), sync=sync)
+    return changes

@@ -1,0 +1,362 @@
+"""File bytes in chunk files: `<root>/<ino as 16 hex digits>/<chunk index>`.
+
+Rules:
+- A file's bytes are cut into fixed-size chunks (the size is chosen per file by the caller and
+  must not change for that file). Chunk i holds bytes [i*size, (i+1)*size). A missing chunk file,
+  or a short one, reads as zeros: holes cost nothing.
+- The store knows nothing of file sizes: the caller clips reads at EOF and truncates on shrink.
+- Durability: pwrite leaves data in the page cache and marks the chunk dirty for its inode;
+  `fsync(ino)` makes exactly those chunks (and any chunk directories created since) durable.
+  New chunk files need their directory fsynced too, or a crash may lose the name.
+- Open descriptors are cached (bounded LRU). A descriptor in use by a worker thread is never
+  closed under it: entries carry a use count and eviction skips busy ones.
+- Sync methods run in worker threads (they block); the async wrappers use one CapacityLimiter.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+
+class ChunkIOError(Exception):
+    """A chunk file could not be read, written, synced or removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkConfig:
+    max_open_fds: int = 256
+    io_threads: int = 8
+
+
+class _Fd:
+    __slots__ = ("busy", "doomed", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.busy = 0
+        self.doomed = False  # closed by the last user (the chunk was deleted meanwhile)
+
+
+def spans(offset: int, count: int, chunk_size: int) -> list[tuple[int, int, int]]:
+    """(chunk index, offset inside the chunk, length) pieces covering [offset, offset+count)."""
+    out = []
+    end = offset + count
+    while offset < end:
+        index, inner = divmod(offset, chunk_size)
+        n = min(chunk_size - inner, end - offset)
+        out.append((index, inner, n))
+        offset += n
+    return out
+
+
+class ChunkStore:
+    def __init__(self, root: Path, config: ChunkConfig | None = None) -> None:
+        self.root = root
+        self.config = config or ChunkConfig()
+        assert self.config.max_open_fds >= 1
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # guards _fds, _dirty, _new_dirs (worker threads)
+        self._fds: OrderedDict[tuple[int, int], _Fd] = OrderedDict()
+        self._dirty: dict[int, set[int]] = {}
+        self._new_dirs: set[int] = set()  # inode dirs created since their last fsync
+        self._limiter = trio.CapacityLimiter(self.config.io_threads)
+
+    def ino_dir(self, ino: int) -> Path:
+        return self.root / f"{ino:016x}"
+
+    def chunk_path(self, ino: int, index: int) -> Path:
+        return self.ino_dir(ino) / str(index)
+
+    # -- descriptor cache -------------------------------------------------------------------
+
+    def _acquire(self, ino: int, index: int, create: bool) -> _Fd | None:
+        key = (ino, index)
+        with self._lock:
+            ent = self._fds.get(key)
+            if ent is not None:
+                self._fds.move_to_end(key)
+                ent.busy += 1
+                return ent
+        fd = self._open(ino, index, create)
+        if fd is None:
+            return None
+        with self._lock:
+            ent = self._fds.get(key)
+            if ent is not None:  # another thread opened it meanwhile: keep theirs
+                os.close(fd)
+            else:
+                ent = _Fd(fd)
+                self._fds[key] = ent
+                self._evict_locked()
+            ent.busy += 1
+            return ent
+
+    def _open(self, ino: int, index: int, create: bool) -> int | None:
+        path = self.chunk_path(ino, index)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                return None
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with self._lock:
+                self._new_dirs.add(ino)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise ChunkIOError(f"open {path}: {e}") from e
+
+    def _release(self, ent: _Fd) -> None:
+        with self._lock:
+            ent.busy -= 1
+            if ent.doomed and ent.busy == 0:
+                os.close(ent.fd)
+
+    def _evict_locked(self) -> None:
+        if len(self._fds) <= self.config.max_open_fds:
+            return
+        for key in list(self._fds):
+            if len(self._fds) <= self.config.max_open_fds:
+                break
+            ent = self._fds[key]
+            if ent.busy == 0:
+                del self._fds[key]
+                os.close(ent.fd)
+
+    def _forget_locked(self, ino: int, min_index: int) -> None:
+        """Drop cached descriptors of chunks >= min_index of ino (their files are going away)."""
+        for key in [k for k in self._fds if k[0] == ino and k[1] >= min_index]:
+            ent = self._fds.pop(key)
+            if ent.busy:
+                ent.doomed = True
+            else:
+                os.close(ent.fd)
+        dirty = self._dirty.get(ino)
+        if dirty:
+            dirty.difference_update([i for i in dirty if i >= min_index])
+
+    # -- data -------------------------------------------------------------------------------
+
+    def pwrite_sync(self, ino: int, chunk_size: int, offset: int, data: memoryview) -> list[int]:
+        """Write data at offset; returns the chunk indexes touched."""
+        touched = []
+        pos = 0
+        for index, inner, n in spans(offset, len(data), chunk_size):
+            ent = self._acquire(ino, index, create=True)
+            assert ent is not None
+            try:
+                view = data[pos : pos + n]
+                while view:
+                    written = os.pwrite(ent.fd, view, inner)
+                    view = view[written:]
+                    inner += written
+            except OSError as e:
+                raise ChunkIOError(f"pwrite ino {ino} chunk {index}: {e}") from e
+            finally:
+                self._release(ent)
+            pos += n
+            touched.append(index)
+        with self._lock:
+            self._dirty.setdefault(ino, set()).update(touched)
+        return touched
+
+    def pread_sync(self, ino: int, chunk_size: int, offset: int, count: int) -> bytes | bytearray:
+        """count bytes from offset; holes and short chunk files read as zeros."""
+        pieces = spans(offset, count, chunk_size)
+        if len(pieces) == 1:
+            index, inner, n = pieces[0]
+            data = self._pread_one(ino, index, inner, n)
+            return data if len(data) == n else data + bytes(n - len(data))
+        buf = bytearray(count)  # zeroed: whatever a read does not fill is a hole
+        view = memoryview(buf)
+        pos = 0
+        for index, inner, n in pieces:
+            self._preadv_into(ino, index, inner, view[pos : pos + n])
+            pos += n
+        return buf
+
+    def _pread_one(self, ino: int, index: int, inner: int, n: int) -> bytes:
+        ent = self._acquire(ino, index, create=False)
+        if ent is None:
+            return b""
+        try:
+            return os.pread(ent.fd, n, inner)
+        except OSError as e:
+            raise ChunkIOError(f"pread ino {ino} chunk {index}: {e}") from e
+        finally:
+            self._release(ent)
+
+    def _preadv_into(self, ino: int, index: int, inner: int, view: memoryview) -> None:
+        ent = self._acquire(ino, index, create=False)
+        if ent is None:
+            return
+        try:
+            while view:
+                got = os.preadv(ent.fd, [view], inner)
+                if got == 0:
+                    break  # end of a short chunk file: the rest stays zero
+                view = view[got:]
+                inner += got
+        except OSError as e:
+            raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}") from e
+        finally:
+            self._release(ent)
+
+    def truncate_sync(self, ino: int, chunk_size: int, size: int) -> None:
+        """Drop every byte at or beyond `size` (they read as zeros afterwards)."""
+        keep, inner = divmod(size, chunk_size)
+        first_gone = keep + 1 if inner else keep
+        with self._lock:
+            self._forget_locked(ino, first_gone)
+        d = self.ino_dir(ino)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.isdigit() and int(name) >= first_gone:
+                self._unlink(d / name)
+        if inner:
+            path = self.chunk_path(ino, keep)
+            try:
+                if os.stat(path).st_size > inner:
+                    os.truncate(path, inner)
+                    with self._lock:
+                        self._dirty.setdefault(ino, set()).add(keep)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise ChunkIOError(f"truncate {path}: {e}") from e
+        with self._lock:
+            self._new_dirs.add(ino)  # unlinked names must reach disk too
+
+    def delete_sync(self, ino: int) -> None:
+        """Remove every chunk of ino."""
+        with self._lock:
+            self._forget_locked(ino, 0)
+            self._dirty.pop(ino, None)
+            self._new_dirs.discard(ino)
+        d = self.ino_dir(ino)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return
+        for name in names:
+            self._unlink(d / name)
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ChunkIOError(f"rmdir {d}: {e}") from e
+
+    def _unlink(self, path: Path) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise ChunkIOError(f"unlink {path}: {e}") from e
+
+    # -- durability -------------------------------------------------------------------------
+
+    def fsync_sync(self, ino: int, indexes: list[int] | None = None, *, data_only: bool = False):
+        """Make ino's dirty chunks (or just `indexes`) and new chunk directories durable."""
+        with self._lock:
+            dirty = self._dirty.get(ino, set())
+            todo = sorted(dirty if indexes is None else dirty.intersection(indexes))
+            dirty.difference_update(todo)
+            if not dirty:
+                self._dirty.pop(ino, None)
+            new_dir = ino in self._new_dirs
+            self._new_dirs.discard(ino)
+        try:
+            for index in todo:
+                self._sync_chunk(ino, index, data_only)
+            if new_dir:
+                self._fsync_dir(self.ino_dir(ino))
+                self._fsync_dir(self.root)
+        except BaseException:
+            with self._lock:  # not durable after all: keep them dirty for the next attempt
+                self._dirty.setdefault(ino, set()).update(todo)
+                if new_dir:
+                    self._new_dirs.add(ino)
+            raise
+
+    def _sync_chunk(self, ino: int, index: int, data_only: bool) -> None:
+        ent = self._acquire(ino, index, create=False)
+        if ent is None:
+            return
+        try:
+            (os.fdatasync if data_only else os.fsync)(ent.fd)
+        except OSError as e:
+            raise ChunkIOError(f"fsync ino {ino} chunk {index}: {e}") from e
+        finally:
+            self._release(ent)
+
+    def _fsync_dir(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # some file systems cannot fsync directories
+                raise ChunkIOError(f"fsync {path}: {e}") from e
+        finally:
+            os.close(fd)
+
+    def dirty_inodes(self) -> list[int]:
+        with self._lock:
+            return sorted(set(self._dirty) | self._new_dirs)
+
+    def sync_all_sync(self) -> None:
+        for ino in self.dirty_inodes():
+            self.fsync_sync(ino)
+
+    def stored_inodes_sync(self) -> list[int]:
+        """Inode ids that have a chunk directory (for garbage collection after a crash)."""
+        out = []
+        for name in os.listdir(self.root):
+            try:
+                out.append(int(name, 16))
+            except ValueError:
+                continue
+        return out
+
+    def close_sync(self) -> None:
+        with self._lock:
+            for ent in self._fds.values():
+                if ent.busy:
+                    ent.doomed = True
+                else:
+                    os.close(ent.fd)
+            self._fds.clear()
+
+    # -- async wrappers ---------------------------------------------------------------------
+
+    async def run_sync(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def pwrite(self, ino: int, chunk_size: int, offset: int, data: memoryview) -> list[int]:
+        return await self.run_sync(self.pwrite_sync, ino, chunk_size, offset, data)
+
+    async def pread(self, ino: int, chunk_size: int, offset: int, count: int) -> bytes | bytearray:
+        return await self.run_sync(self.pread_sync, ino, chunk_size, offset, count)
+
+    async def truncate(self, ino: int, chunk_size: int, size: int) -> None:
+        await self.run_sync(self.truncate_sync, ino, chunk_size, size)
+
+    async def delete(self, ino: int) -> None:
+        await self.run_sync(self.delete_sync, ino)
+
+    async def fsync(self, ino: int, indexes: list[int] | None = None, *, data_only=False) -> None:
+        await self.run_sync(lambda: self.fsync_sync(ino, indexes, data_only=data_only))

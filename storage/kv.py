@@ -1,0 +1,198 @@
+"""LevelDB adapter: the only module that calls plyvel.
+
+Rules:
+- Blocking calls run in worker threads through `trio.to_thread.run_sync`, limited by one
+  CapacityLimiter per store (STYLE.md habit 5). The `*_sync` variants are for code that already
+  runs in a worker thread (the Raft apply loop, bulk loaders); never call them from the trio thread.
+- A write is a batch: an iterable of (key, value) pairs where value None deletes the key. The batch
+  is applied atomically; `sync=True` returns only after LevelDB fsynced its log, which also makes
+  every earlier unsynced write durable (the log is sequential).
+- Keys and values are bytes. What they mean is the caller's business (server/fs/keys.py, ...).
+- Iteration results are materialised lists with a limit, so no LevelDB iterator outlives a call
+  or crosses threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import plyvel
+import trio
+
+Batch = Iterable[tuple[bytes, bytes | None]]
+
+
+class KvError(Exception):
+    """LevelDB failed (corruption, I/O error, already open elsewhere)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KvConfig:
+    threads: int = 4  # concurrent blocking LevelDB calls
+    block_cache_bytes: int = 64 << 20
+    write_buffer_bytes: int = 16 << 20
+    max_open_files: int = 500
+    max_scan_items: int = 100_000  # upper bound on one iterate() call
+
+
+class KvStore:
+    """One LevelDB database. Create with `await KvStore.open(path)` or `KvStore.open_sync`."""
+
+    def __init__(self, db: plyvel.DB, config: KvConfig) -> None:
+        self._db: plyvel.DB | None = db
+        self.config = config
+        self._limiter = trio.CapacityLimiter(config.threads)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open_sync(cls, path: Path, config: KvConfig | None = None) -> KvStore:
+        config = config or KvConfig()
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            db = plyvel.DB(
+                str(path),
+                create_if_missing=True,
+                paranoid_checks=True,
+                lru_cache_size=config.block_cache_bytes,
+                write_buffer_size=config.write_buffer_bytes,
+                max_open_files=config.max_open_files,
+            )
+        except (plyvel.Error, OSError) as e:
+            raise KvError(f"cannot open LevelDB at {path}: {e}") from e
+        return cls(db, config)
+
+    @classmethod
+    async def open(cls, path: Path, config: KvConfig | None = None) -> KvStore:
+        return await trio.to_thread.run_sync(cls.open_sync, path, config)
+
+    def close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self.close_sync, limiter=self._limiter)
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    def _live(self) -> plyvel.DB:
+        if self._db is None:
+            raise KvError("store is closed")
+        return self._db
+
+    # -- sync API (worker threads only) -----------------------------------------------------
+
+    def get_sync(self, key: bytes) -> bytes | None:
+        try:
+            return self._live().get(key)
+        except plyvel.Error as e:
+            raise KvError(f"get failed: {e}") from e
+
+    def get_many_sync(self, keys: Iterable[bytes]) -> list[bytes | None]:
+        db = self._live()
+        try:
+            return [db.get(k) for k in keys]
+        except plyvel.Error as e:
+            raise KvError(f"get failed: {e}") from e
+
+    def iterate_sync(
+        self,
+        *,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Items with start <= key < stop (and key starting with prefix), in key order."""
+        limit = self.config.max_scan_items if limit is None else limit
+        assert 0 <= limit <= self.config.max_scan_items, limit
+        out: list[tuple[bytes, bytes]] = []
+        if limit == 0:
+            return out
+        kwargs: dict[str, bytes | bool] = {"reverse": reverse}
+        if prefix is not None:
+            kwargs["prefix"] = prefix
+        if start is not None or stop is not None:
+            # plyvel refuses prefix together with start/stop: clip the range to the prefix.
+            assert prefix is None or all(
+                b is None or b.startswith(prefix) for b in (start, stop)
+            ), "start/stop must lie inside the prefix"
+            kwargs.pop("prefix", None)
+            kwargs["start"] = start if start is not None else (prefix or b"")
+            if stop is not None:
+                kwargs["stop"] = stop
+            elif prefix is not None:
+                end = prefix_end(prefix)
+                if end is not None:
+                    kwargs["stop"] = end
+        try:
+            with self._live().iterator(**kwargs) as it:
+                for item in it:
+                    out.append(item)
+                    if len(out) >= limit:
+                        break
+        except plyvel.Error as e:
+            raise KvError(f"iterate failed: {e}") from e
+        return out
+
+    def write_sync(self, batch: Batch, *, sync: bool) -> None:
+        db = self._live()
+        try:
+            with db.write_batch(sync=sync) as wb:
+                for key, value in batch:
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
+        except plyvel.Error as e:
+            raise KvError(f"write failed: {e}") from e
+
+    # -- async API (trio thread) ------------------------------------------------------------
+
+    async def run_sync(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run fn(*args) in a worker thread under this store's limiter (it may use *_sync)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def get(self, key: bytes) -> bytes | None:
+        return await self.run_sync(self.get_sync, key)
+
+    async def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return await self.run_sync(self.get_many_sync, keys)
+
+    async def iterate(
+        self,
+        *,
+        prefix: bytes | None = None,
+        start: bytes | None = None,
+        stop: bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        def scan() -> list[tuple[bytes, bytes]]:
+            return self.iterate_sync(
+                prefix=prefix, start=start, stop=stop, limit=limit, reverse=reverse
+            )
+
+        return await self.run_sync(scan)
+
+    async def write(self, batch: Batch, *, sync: bool) -> None:
+        # Materialise first: the caller's iterable must not be consumed from another thread.
+        items = list(batch)
+        await self.run_sync(lambda: self.write_sync(items, sync=sync))
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key that starts with `prefix` (None: no bound)."""
+    b = bytearray(prefix)
+    while b and b[-1] == 0xFF:
+        b.pop()
+    if not b:
+        return None
+    b[-1] += 1
+    return bytes(b)
