@@ -302,6 +302,16 @@ class GaneshaServer:
         return nfs_url(self.nfs_port, self.mount_port, self.export)
 
 
+def make_server(tmp_path: Path, **objcache_kw):
+    """The server under test: objcache, or ganesha when OBJCACHE_IT_SERVER=ganesha (to check
+    the tests themselves against a server we did not write)."""
+    kind = os.environ.get("OBJCACHE_IT_SERVER", "objcache")
+    if kind == "ganesha":
+        return GaneshaServer(tmp_path / "export")
+    assert kind == "objcache", f"OBJCACHE_IT_SERVER={kind!r}: objcache or ganesha"
+    return ObjcacheServer(tmp_path / "data", log_path=tmp_path / "objcache.log", **objcache_kw)
+
+
 # ------------------------------------------------------------------ libnfs URLs and tools ----
 
 
