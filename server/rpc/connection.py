@@ -1,0 +1,306 @@
+"""One authenticated WebSocket connection to a peer: queues, a writer, a reader, pending calls.
+
+Rules:
+- One writer task owns `send_message`. It sends small frames first and interleaves the chunks of
+  at most one large message between them, so a many-MiB snapshot never holds back a heartbeat.
+- Both send queues are bounded (config). A full small queue drops one-way frames (`send_nowait`
+  returns False; Raft tolerates loss) and makes requests and replies wait (backpressure).
+- Flow control of large messages is TCP's: trio-websocket reads the socket only while its
+  receive queue (message_queue_size frames) has room, so a slow receiver stalls the sender's
+  `send_message` and with it the writer task; at most one frame per chunk is in memory.
+- Garbage from the peer (undecodable frame, unexpected frame kind, bad chunk) ends this
+  connection with a log line and a counter; the node keeps running.
+- One-way handlers run inline in the reader, in arrival order, and must be quick (the Raft driver
+  only queues the message). Request handlers run as tasks, at most max_concurrent_requests at
+  once, each cancelled at the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from server.rpc.codec import CodecError, decode, encode
+from server.rpc.frames import (
+    Chunk,
+    ConnectionLost,
+    Failure,
+    OneWay,
+    ProtocolViolation,
+    RemoteError,
+    Reply,
+    Request,
+    RpcTimeout,
+)
+
+log = logging.getLogger("objcache.rpc")
+
+Handler = Callable[[int, Any], Awaitable[Any]]
+CHUNK_OVERHEAD_BYTES = 128  # the Chunk envelope around a slice: tag, ids, offsets, CBOR heads
+MESSAGE_TOO_BIG = 1009  # WebSocket close code (RFC 6455 §7.4.1)
+POLICY_VIOLATION = 1008
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_frame_bytes: int
+    max_message_bytes: int
+    send_queue_frames: int
+    bulk_queue_messages: int
+    max_concurrent_requests: int
+
+
+@dataclass(slots=True)
+class Counters:
+    """Shared by the plane and all its connections; exported as metrics later."""
+
+    auth_failures: int = 0
+    protocol_errors: int = 0
+    dropped_messages: int = 0
+    handler_errors: int = 0
+    connections_accepted: int = 0
+    connections_dialed: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    body: Any = None
+    error: Exception | None = None
+
+
+class Connection:
+    def __init__(self, ws: WebSocketConnection, *, peer_id: int, peer_incarnation: int,
+                 dialer_id: int, limits: ConnectionLimits, handlers: dict[type, Handler],
+                 counters: Counters):
+        self.ws = ws
+        self.peer_id = peer_id
+        self.peer_incarnation = peer_incarnation  # a new one means the peer restarted
+        self.dialer_id = dialer_id
+        self._limits = limits
+        self._handlers = handlers
+        self._counters = counters
+        self._small: deque[bytes] = deque()
+        self._bulk: deque[Iterator[bytes]] = deque()
+        self._wake = trio.Event()  # something was queued
+        self._space = trio.Event()  # something was dequeued
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._streams = itertools.count(1)
+        self._request_slots = trio.Semaphore(limits.max_concurrent_requests)
+        self._assembly: bytearray | None = None
+        self._assembly_stream = 0
+        self._scope = trio.CancelScope()
+        self.closed = trio.Event()
+
+    # ---- sending ----
+
+    def send_nowait(self, body: Any) -> bool:
+        """Queue a one-way message; False if it was dropped (closed or queue full)."""
+        if self.closed.is_set():
+            return False
+        return self._enqueue(encode(OneWay(body)))
+
+    async def call(self, body: Any, deadline: float) -> Any:
+        request_id = next(self._ids)
+        pending = self._pending[request_id] = _Pending()
+        try:
+            with trio.move_on_at(deadline):
+                timeout_ms = max(1, math.ceil((deadline - trio.current_time()) * 1000))
+                await self._enqueue_wait(encode(Request(request_id, timeout_ms, body)))
+                await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+        if not pending.done.is_set():
+            raise RpcTimeout(f"no reply from node {self.peer_id} before the deadline")
+        if pending.error is not None:
+            raise pending.error
+        return pending.body
+
+    def _enqueue(self, data: bytes) -> bool:
+        if len(data) <= self._limits.max_frame_bytes:
+            if len(self._small) >= self._limits.send_queue_frames:
+                return False
+            self._small.append(data)
+        else:
+            if len(self._bulk) >= self._limits.bulk_queue_messages:
+                return False
+            self._bulk.append(self._chunks(data))
+        self._wake.set()
+        return True
+
+    async def _enqueue_wait(self, data: bytes) -> None:
+        while not self._enqueue(data):
+            if self.closed.is_set():
+                raise ConnectionLost(f"connection to node {self.peer_id} closed")
+            await self._space.wait()
+
+    def _chunks(self, data: bytes) -> Iterator[bytes]:
+        # Lazily: only the chunk being sent is materialized.
+        stream_id = next(self._streams)
+        step = self._limits.max_frame_bytes - CHUNK_OVERHEAD_BYTES
+        view = memoryview(data)
+        for offset in range(0, len(data), step):
+            yield encode(Chunk(stream_id, offset, len(data), bytes(view[offset:offset + step])))
+
+    async def _writer(self) -> None:
+        current: Iterator[bytes] | None = None
+        while True:
+            data: bytes | None = None
+            if self._small:
+                data = self._small.popleft()
+            elif current is not None:
+                data = next(current, None)
+                if data is None:
+                    current = None
+                    continue
+            elif self._bulk:
+                current = self._bulk.popleft()
+                continue
+            else:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            self._space.set()
+            self._space = trio.Event()
+            await self.ws.send_message(data)
+
+    # ---- receiving ----
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        while True:
+            data = await self.ws.get_message()
+            if not isinstance(data, bytes):
+                raise ProtocolViolation("text frame")
+            frame = decode(data)
+            if isinstance(frame, Chunk):
+                frame = self._assemble(frame)
+                if frame is None:
+                    continue
+            await self._dispatch(frame, nursery)
+
+    def _assemble(self, chunk: Chunk) -> Any:
+        if chunk.offset == 0 and self._assembly is None:
+            if not 0 < chunk.total <= self._limits.max_message_bytes:
+                raise ProtocolViolation(f"streamed message of {chunk.total} bytes")
+            self._assembly, self._assembly_stream = bytearray(), chunk.stream_id
+        buf = self._assembly
+        if (buf is None or chunk.stream_id != self._assembly_stream or chunk.offset != len(buf)
+                or len(buf) + len(chunk.data) > chunk.total):
+            raise ProtocolViolation(f"chunk out of order (stream {chunk.stream_id}, "
+                                    f"offset {chunk.offset})")
+        buf += chunk.data
+        if len(buf) < chunk.total:
+            return None
+        self._assembly = None
+        frame = decode(buf)
+        if isinstance(frame, Chunk):
+            raise ProtocolViolation("a chunk inside a chunk")
+        return frame
+
+    async def _dispatch(self, frame: Any, nursery: trio.Nursery) -> None:
+        kind = type(frame)
+        if kind is OneWay:
+            await self._handle_one_way(frame.body)
+        elif kind is Request:
+            await self._request_slots.acquire()  # backpressure: stop reading when saturated
+            nursery.start_soon(self._handle_request, frame)
+        elif kind is Reply or kind is Failure:
+            pending = self._pending.get(frame.id)
+            if pending is None:
+                return  # the caller gave up (deadline) before the reply came
+            if kind is Reply:
+                pending.body = frame.body
+            else:
+                pending.error = RemoteError(frame.code, frame.message)
+            pending.done.set()
+        else:
+            raise ProtocolViolation(f"unexpected {kind.__name__} after the handshake")
+
+    async def _handle_one_way(self, body: Any) -> None:
+        handler = self._handlers.get(type(body))
+        if handler is None:
+            log.warning("node %d sent %s, which has no handler; dropped", self.peer_id,
+                        type(body).__name__)
+            return
+        try:
+            await handler(self.peer_id, body)
+        except Exception:  # a bug in one handler must not take down the connection
+            self._counters.handler_errors += 1
+            log.exception("handler for %s from node %d failed", type(body).__name__,
+                          self.peer_id)
+
+    async def _handle_request(self, request: Request) -> None:
+        try:
+            reply = await self._run_handler(request)
+            await self._enqueue_wait(encode(reply))
+        except ConnectionLost:
+            return  # nobody is left to answer
+        finally:
+            self._request_slots.release()
+
+    async def _run_handler(self, request: Request) -> Reply | Failure:
+        handler = self._handlers.get(type(request.body))
+        if handler is None:
+            return Failure(request.id, "no_handler", type(request.body).__name__)
+        try:
+            with trio.fail_after(request.timeout_ms / 1000):
+                return Reply(request.id, await handler(self.peer_id, request.body))
+        except RemoteError as exc:
+            return Failure(request.id, exc.code, exc.message)
+        except trio.TooSlowError:
+            return Failure(request.id, "deadline", "the handler ran past the caller's deadline")
+        except Exception as exc:  # reported to the caller and logged; the node keeps serving
+            self._counters.handler_errors += 1
+            log.exception("handler for %s from node %d failed", type(request.body).__name__,
+                          self.peer_id)
+            return Failure(request.id, "internal", repr(exc))
+
+    # ---- lifetime ----
+
+    def close(self) -> None:
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Serve until the peer closes, garbage arrives, or close() is called."""
+        with self._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guard, self._writer, nursery)
+                    await self._guard(self._reader, nursery, nursery)
+            finally:
+                self.closed.set()
+                self._space.set()
+                for pending in self._pending.values():
+                    pending.error = ConnectionLost(f"connection to node {self.peer_id} closed")
+                    pending.done.set()
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self.ws.aclose()
+
+    async def _guard(self, task: Callable[..., Awaitable[None]], nursery: trio.Nursery,
+                     *args: Any) -> None:
+        """Run the reader or writer; any end of it ends the whole connection."""
+        try:
+            await task(*args)
+        except ConnectionClosed as exc:
+            reason = exc.reason
+            if reason is not None and reason.code == MESSAGE_TOO_BIG:
+                self._counters.protocol_errors += 1
+                log.warning("node %d: oversized frame; connection closed", self.peer_id)
+        except (CodecError, ProtocolViolation) as exc:
+            self._counters.protocol_errors += 1
+            log.warning("node %d sent garbage (%s); closing its connection", self.peer_id, exc)
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.ws.aclose(POLICY_VIOLATION, str(exc)[:100])
+        finally:
+            nursery.cancel_scope.cancel()

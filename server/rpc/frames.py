@@ -1,0 +1,128 @@
+"""What travels in one WebSocket message between two nodes, and the plane's typed errors.
+
+Every WebSocket message carries exactly one frame, encoded with server/rpc/codec.py. A message
+(one-way, request or reply) whose encoding is larger than the configured max frame goes as a
+sequence of Chunk frames carrying consecutive slices of its encoding; the receiver reassembles
+them (up to max_message_bytes) and decodes the whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from server.rpc.codec import message
+
+# ---- handshake (see handshake.py) ----
+
+
+@message("rpc.hello")
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Dialer → acceptor: who I am, and a fresh nonce for the acceptor to prove itself on."""
+
+    node_id: int
+    incarnation: int  # random per process start: tells a restarted peer from a duplicate dial
+    nonce: bytes
+    protocol: int
+
+
+@message("rpc.challenge")
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Acceptor → dialer: who I am, and a fresh nonce for the dialer to prove itself on."""
+
+    node_id: int
+    incarnation: int
+    nonce: bytes
+
+
+@message("rpc.proof")
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Dialer → acceptor: the dialer's MAC over both nonces and both ids."""
+
+    mac: bytes
+
+
+@message("rpc.welcome")
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Acceptor → dialer: the dialer is accepted; this is the acceptor's own MAC."""
+
+    mac: bytes
+
+
+# ---- traffic ----
+
+
+@message("rpc.oneway")
+@dataclass(frozen=True, slots=True)
+class OneWay:
+    body: Any
+
+
+@message("rpc.request")
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    timeout_ms: int  # the caller's remaining deadline: the handler is cancelled after it
+    body: Any
+
+
+@message("rpc.reply")
+@dataclass(frozen=True, slots=True)
+class Reply:
+    id: int
+    body: Any
+
+
+@message("rpc.failure")
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: int
+    code: str
+    message: str
+
+
+@message("rpc.chunk")
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A slice of one large encoded frame: `offset` into it, `total` its full length."""
+
+    stream_id: int
+    offset: int
+    total: int
+    data: bytes
+
+
+# ---- errors the caller of the plane sees ----
+
+
+class RpcError(Exception):
+    """Base of the plane's operating errors."""
+
+
+class PeerUnavailable(RpcError):
+    """No authenticated connection to the peer (unknown peer, or not connected in time)."""
+
+
+class RpcTimeout(RpcError):
+    """The call's deadline passed before a reply came."""
+
+
+class ConnectionLost(RpcError):
+    """The connection closed while the call was outstanding; it may or may not have run."""
+
+
+class RemoteError(RpcError):
+    """The peer's handler answered with a typed failure. Handlers raise it to reply with one."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ProtocolViolation(RpcError):
+    """The peer broke the framing protocol; its connection is closed."""
