@@ -13,7 +13,7 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from nfs_gateway.backend import (
@@ -52,10 +52,27 @@ class Nfs3Config:
     # client's byte budget: bounds the work and the memory of one call.
     readdir_max_entries: int = 4096
     readdirplus_max_entries: int = 1024
+    # Over UDP a reply must fit one datagram (64 KiB): READ is capped lower there, and FSINFO
+    # says so, as Linux nfsd does for UDP clients.
+    udp_xfer_max: int = 32 * KIB
 
     def __post_init__(self) -> None:
         assert 0 < self.rtmax <= 2**32 - 1 and 0 < self.wtmax <= 2**32 - 1
         assert self.readdir_max_entries > 0 and self.readdirplus_max_entries > 0
+        assert 0 < self.udp_xfer_max <= 60 * KIB
+
+    def for_transport(self, transport: str) -> Nfs3Config:
+        """The limits that hold on `transport` ("tcp" or "udp")."""
+        if transport != "udp":
+            return self
+        cap = self.udp_xfer_max
+        return replace(
+            self,
+            rtmax=min(self.rtmax, cap),
+            rtpref=min(self.rtpref, cap),
+            wtmax=min(self.wtmax, cap),
+            wtpref=min(self.wtpref, cap),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,11 @@ OK = Stat.OK
 
 async def read(env: Env, ctx: CallContext, args: ReadArgs) -> ReadRes:
     """READ (§3.3.6). A count above rtmax is cut to rtmax: the reply is short, not an error,
-    and `eof` tells the client whether it reached the end of the file."""
+    and `eof` tells the client whether it reached the end of the file. Over UDP the cap is
+    lower, so that the reply fits one datagram."""
     t = env.resolve(ctx, args.fh)
-    count = min(args.count, env.config.rtmax)
+    c = env.config
+    count = min(args.count, c.rtmax if ctx.transport != "udp" else min(c.rtmax, c.udp_xfer_max))
     r = await env.backend.read(t.cred, t.fid, args.offset, count)
     return ReadRes(OK, r.attr, len(r.data), r.eof, r.data)
 

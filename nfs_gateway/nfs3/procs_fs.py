@@ -60,7 +60,7 @@ async def fsinfo(env: Env, ctx: CallContext, args: FhArgs) -> FsinfoRes:
     """FSINFO (§3.3.19)."""
     t = env.resolve(ctx, args.fh)
     attr = await env.backend.getattr(t.fid)
-    return FsinfoRes(OK, attr, fs_info(env.config))
+    return FsinfoRes(OK, attr, fs_info(env.config.for_transport(ctx.transport)))
 
 
 def fsinfo_fail(status: Stat, wcc: Wcc) -> FsinfoRes:

@@ -431,3 +431,15 @@ def test_non_idempotent_procedures_are_marked() -> None:
     changing |= {Proc.RENAME, Proc.LINK}
     assert {Proc(n) for n, p in procs.items() if not p.idempotent} == changing
     assert len(procs) == 22
+
+
+async def test_udp_caps_read_and_fsinfo(nfs: Client) -> None:
+    config = Nfs3Config(udp_xfer_max=1024)
+    procs = make_nfs3_program(nfs.backend, nfs.exports, config).procedures[3]
+    f = (await nfs.create(await nfs.root(), b"udp")).fh
+    await nfs.write(f, 0, bytes(3000))
+    ctx = CallContext(CLIENT, AUTH_SYS, ROOT, 1, "udp")
+    r = await procs[Proc.READ].handle(ctx, t.ReadArgs(f, 0, 3000))
+    assert r.status == Stat.OK and r.count == 1024
+    r = await procs[Proc.FSINFO].handle(ctx, t.FhArgs(f))
+    assert r.info.rtmax == r.info.wtmax == r.info.rtpref == r.info.wtpref == 1024
