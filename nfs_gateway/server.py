@@ -28,7 +28,13 @@ import trio
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
 from nfs_gateway.program import Program
-from nfs_gateway.record import Buffer, RecordDecoder, RecordError, encode_record
+from nfs_gateway.record import (
+    MAX_FRAGMENT_LEN,
+    Buffer,
+    RecordDecoder,
+    RecordError,
+    encode_record,
+)
 from nfs_gateway.rpc import AcceptStat, Dispatcher, accepted_reply
 
 log = logging.getLogger("objcache.rpc.server")
@@ -50,6 +56,13 @@ class RpcLimits:
     max_udp_reply_bytes: int = 65507  # the largest IPv4 UDP payload
     join_below_bytes: int = 16 * 1024  # replies smaller than this go out as one buffer
     shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RpcLimits.{name} must be positive")
+        if self.max_record_bytes > MAX_FRAGMENT_LEN:
+            raise ValueError("RpcLimits.max_record_bytes must fit in a record marker")
 
 
 @dataclass(frozen=True, slots=True)
