@@ -42,6 +42,10 @@ log = logging.getLogger("objcache.rpc.server")
 _IOV_MAX = 1024  # Linux UIO_MAXIOV
 _BIND_ATTEMPTS = 20
 _ACCEPT_BACKOFF_S = 0.1
+# accept(2) errors about one connection that died in the backlog, and about exhausted resources.
+_ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN})
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_Sock = trio.socket.SocketType
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +140,10 @@ class RpcServer:
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind every listener, report the bound (host, port) list, serve until shutdown."""
-        bound = [await _bind(lst) for lst in self.listeners]
+        bound: list[tuple[_Sock | None, _Sock | None, int]] = []
         try:
+            for lst in self.listeners:
+                bound.append(await _bind(lst))
             async with trio.open_nursery() as conns:
                 async with trio.open_nursery() as accepting:
                     for i, (tcp, udp, port) in enumerate(bound):
@@ -171,9 +177,12 @@ class RpcServer:
             try:
                 sock, addr = await lsock.accept()
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept failed: %s; backing off", e)
-                    await trio.sleep(_ACCEPT_BACKOFF_S)
+                if e.errno in _ACCEPT_TRANSIENT:
+                    continue
+                if e.errno not in _ACCEPT_EXHAUSTED:
+                    raise
+                log.error("accept failed: %s; backing off", e)
+                await trio.sleep(_ACCEPT_BACKOFF_S)
                 continue
             if len(self._conns) >= self.limits.max_connections:
                 self._refuse(sock, addr)
@@ -187,7 +196,7 @@ class RpcServer:
         sock.close()
         self.refused_connections += 1
         n = self.refused_connections
-        # One line per refusal would let a flood fill the log: log the 1st, 10th, 100th, ...
+        # One line per refusal would let a flood fill the log: the 1st, 10th, then every 100th.
         if n == 1 or n % 100 == 0 or n == 10:
             log.warning(
                 "refused connection from %s: %d connections is the limit (%d refused so far)",
