@@ -287,6 +287,18 @@ class RaftLogStorage:
         self.saves += 1
         await self._commit(ops, entries)
 
+    async def create_snapshot(self, index: int, conf: ConfState) -> SnapshotMeta:
+        """Record that the state machine holds a snapshot at `index` (its applied index, in the
+        same DB) with membership `conf`; the log is kept. Call before compact(index): after a
+        restart the core takes the membership before the first retained entry from it.
+        (Additive to the LogStorage protocol, like raft.memory_storage.create_snapshot.)"""
+        await self._wait_for_room()
+        meta = SnapshotMeta(index, self.term(index), conf)
+        ops: list[tuple[bytes, bytes | None]] = []
+        self._record_snapshot(meta, ops)
+        await self._commit(ops)
+        return meta
+
     async def compact(self, index: int) -> None:
         """Discard entries up to and including `index`; a no-op below the first index."""
         await self._wait_for_room()
@@ -299,14 +311,16 @@ class RaftLogStorage:
         await self._commit(ops)
 
     def _plan_snapshot(self, snap: SnapshotMeta, ops: list[tuple[bytes, bytes | None]]) -> None:
-        # Paper §7: if the log has the snapshot's last entry, keep what follows; else drop it all.
+        # A snapshot from the leader replaces the whole log (as raft.memory_storage and etcd
+        # do): the core has restored its log to end at the snapshot, and entries we kept past it
+        # could conflict with the leader's (log matching says nothing after the matching entry).
         assert snap.index > self._marker_index, "snapshot older than the log's start"
-        if snap.index <= self.last_index() and self.term(snap.index) == snap.term:
-            self._discard_through(snap.index, snap.term, ops)
-        else:
-            self._truncate_after(self._marker_index, ops)
-            self._marker_index, self._marker_term = snap.index, snap.term
-            ops.append((self._prefix + b"c", encode_record([snap.index, snap.term])))
+        self._truncate_after(self._marker_index, ops)
+        self._marker_index, self._marker_term = snap.index, snap.term
+        ops.append((self._prefix + b"c", encode_record([snap.index, snap.term])))
+        self._record_snapshot(snap, ops)
+
+    def _record_snapshot(self, snap: SnapshotMeta, ops: list[tuple[bytes, bytes | None]]) -> None:
         self._snapshot = snap
         ops.append((self._prefix + b"s", encode_record(_snapshot_body(snap))))
 

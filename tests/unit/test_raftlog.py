@@ -110,14 +110,29 @@ async def test_compaction(db, tmp_path):
     db.close()
 
 
-async def test_snapshot_matching_entry_keeps_suffix(db):
-    # §7: if the log has the snapshot's last entry, the entries following it are retained.
+async def test_snapshot_from_the_leader_replaces_the_log(db):
+    # As raft.memory_storage: the core restores its log to end at the snapshot.
     s = await RaftLogStorage.open(db)
     await s.save(HardState(term=1), ents(1, 11, term=1))
     snap = SnapshotMeta(index=5, term=1, conf=ConfState(frozenset({1, 2, 3})))
     await s.save(HardState(term=1, commit=5), [], snap)
-    assert (s.first_index(), s.last_index()) == (6, 10)
+    assert (s.first_index(), s.last_index(), s.term(5)) == (6, 5, 1)
     assert s.initial_state()[1] == snap
+    assert db.get(entry_key(7)) is None
+
+
+async def test_create_snapshot_then_compact(db, tmp_path):
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=2, commit=9), ents(1, 4, term=1) + ents(4, 11, term=2))
+    meta = await s.create_snapshot(8, ConfState(frozenset({1, 2})))
+    assert meta == SnapshotMeta(8, 2, ConfState(frozenset({1, 2})))
+    assert s.last_index() == 10 and s.first_index() == 1  # the log is kept
+    await s.compact(8)
+    db = reopen(db, tmp_path)
+    s2 = await RaftLogStorage.open(db)
+    assert s2.initial_state()[1] == meta
+    assert (s2.first_index(), s2.last_index(), s2.term(8)) == (9, 10, 2)
+    db.close()
 
 
 async def test_snapshot_beyond_log_discards_it(db, tmp_path):
