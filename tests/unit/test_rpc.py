@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -232,3 +234,46 @@ async def test_non_idempotent_retransmission_replays_the_reply():
     # Same xid, different arguments: not a retransmission.
     await run(d, encode_call(77, 400000, 2, 3, words(1)))
     assert echo.count == 3
+
+
+async def test_retransmission_while_in_progress_is_dropped_not_run_twice():
+    gate, runs = trio.Event(), []
+
+    async def slow(ctx: CallContext, v: int) -> int:
+        runs.append(v)
+        await gate.wait()
+        return v
+
+    proc = Procedure("SLOW", Unpacker.unpack_uint, slow, Packer.pack_uint, idempotent=False)
+    d = Dispatcher([Program(400003, "slow", {1: {1: proc}})], DuplicateRequestCache())
+    call = encode_call(5, 400003, 1, 1, words(8))
+    replies = []
+    async with trio.open_nursery() as nursery:
+
+        async def first() -> None:
+            replies.append(await run(d, call))
+
+        nursery.start_soon(first)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await run(d, call) is None  # the original is still running: drop
+        gate.set()
+    assert runs == [8] and replies == [words(5, 1, 0, 0, 0, 0, 8)]
+    assert await run(d, call) == replies[0]
+
+
+async def test_cancelled_call_is_forgotten_so_a_retry_runs():
+    runs = []
+
+    async def stuck(ctx: CallContext, v: int) -> int:
+        runs.append(v)
+        await trio.sleep_forever()
+
+    proc = Procedure("STUCK", Unpacker.unpack_uint, stuck, Packer.pack_uint, idempotent=False)
+    d = Dispatcher([Program(400004, "stuck", {1: {1: proc}})], DuplicateRequestCache())
+    call = encode_call(6, 400004, 1, 1, words(1))
+    with trio.move_on_after(0):
+        await run(d, call)
+    assert len(d.drc) == 0
+    with trio.move_on_after(0):
+        await run(d, call)
+    assert runs == [1, 1]
