@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--servers", default="objcache,ganesha", help="comma list")
     p.add_argument("--workdir", type=Path, help="parent of both servers' data (default: /var/tmp)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "nfs_gateway.json")
+    p.add_argument(
+        "--profile", action="store_true", help="sample objcache with py-spy; print the hot spots"
+    )
     a = p.parse_args(argv)
     quick = a.quick
     a.reps = a.reps or (1 if quick else 3)
@@ -105,6 +109,42 @@ def run_fio(fio: Path, url: str, name: str, rw: str, bs: str, size_mib: int,
     return job["write" if "write" in rw else "read"]
 
 
+# ------------------------------------------------------------------------------ py-spy ----
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
+    argv = [str(exe), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+            "--output", str(out), "--nonblocking"]  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(proc: subprocess.Popen, out: Path, top: int = 15) -> dict[str, list]:
+    """Stop py-spy (SIGINT makes it write its file) and summarise the collapsed stacks."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    self_t: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        self_t[frames[-1]] = self_t.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+
+    def head(d: dict[str, int]) -> list:
+        return [[f, round(100 * n / total, 1)] for f, n in sorted(d.items(), key=lambda x: -x[1])][
+            :top
+        ]
+
+    return {"samples": total, "self_pct": head(self_t), "inclusive_pct": head(incl)}
+
+
 # ---------------------------------------------------------------------------- the runs ----
 
 
@@ -137,11 +177,16 @@ def start_servers(names: list[str], work: Path) -> dict:
     return servers
 
 
-def run_all(a: argparse.Namespace, fio: Path, work: Path) -> tuple[dict, dict, dict]:
+def run_all(a: argparse.Namespace, fio: Path, work: Path) -> tuple[dict, dict, dict, dict]:
     runs: dict[str, list[dict]] = {n: [] for n in a.servers}
     errors: dict[str, list[str]] = {n: [] for n in a.servers}
     servers = start_servers(a.servers, work)
     rss: dict[str, int | None] = {}
+    profile: dict = {}
+    prof_out = work / "objcache.pyspy.txt"
+    profiler = None
+    if a.profile and "objcache" in servers:
+        profiler = start_profiler(servers["objcache"].pid, prof_out)
     try:
         for rep in range(a.reps):
             for name, srv in servers.items():
@@ -157,13 +202,15 @@ def run_all(a: argparse.Namespace, fio: Path, work: Path) -> tuple[dict, dict, d
                 print(f"  {name} rep {rep}: {shown} ({time.monotonic() - t0:.0f}s)", flush=True)
         for name, srv in servers.items():
             rss[name] = peak_rss_kib(srv.pid)
+        if profiler is not None:
+            profile = stop_profiler(profiler, prof_out)
     finally:
         for srv in servers.values():
             try:
                 srv.stop(check=False)
             except Exception as e:
                 print(f"bench: stopping {srv!r}: {e}", file=sys.stderr)
-    return runs, errors, rss
+    return runs, errors, rss, profile
 
 
 # ------------------------------------------------------------------------------ report ----
@@ -248,13 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(f"bench: servers {a.servers}, {a.reps} repetitions, data under {work}", flush=True)
     try:
-        runs, errors, rss = run_all(a, fio, work)
+        runs, errors, rss, profile = run_all(a, fio, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = medians(runs)
     rat = ratios(med)
     if med:
         print_table(a, med, rat, rss)
+    if profile:
+        print(f"\npy-spy on objcache ({profile['samples']} samples), self time:")
+        for frame, pct in profile["self_pct"]:
+            print(f"  {pct:5.1f}%  {frame}")
     for name, errs in errors.items():
         for e in errs:
             print(f"ERROR {name}: {e}")
@@ -280,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_objcache_to_ganesha": rat,
         "peak_rss_kib": rss,
         "errors": errors,
+        "profile_objcache": profile,
         "machine": facts,
         "versions": versions(fio),
     }
