@@ -53,6 +53,7 @@ class RpcLimits:
     max_record_bytes: int = 1024 * 1024 + 4096  # a 1 MiB WRITE plus its headers
     max_connections: int = 512
     max_in_flight_per_connection: int = 64
+    max_in_flight_bytes: int = 256 * 1024 * 1024  # request bytes held, all TCP connections
     idle_timeout_s: float = 600.0
     recv_chunk_bytes: int = 256 * 1024
     max_udp_in_flight: int = 64
@@ -106,6 +107,30 @@ class _Connection:
         return 0.0 if busy else now - self.last_active
 
 
+class ByteBudget:
+    """A bound on bytes held across tasks; waiters re-check whenever bytes are released."""
+
+    def __init__(self, limit: int) -> None:
+        assert limit > 0
+        self.limit = limit
+        self.used = 0
+        self._released = trio.Event()
+
+    async def acquire(self, nbytes: int) -> int:
+        """Wait until `nbytes` fit; return what to release (larger asks take the whole budget)."""
+        nbytes = min(nbytes, self.limit)
+        while self.used + nbytes > self.limit:
+            await self._released.wait()
+        self.used += nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+        assert self.used >= 0
+        self._released.set()
+        self._released = trio.Event()
+
+
 async def send_buffers(sock: trio.socket.SocketType, buffers: Sequence[Buffer]) -> None:
     """Write all of `buffers` with sendmsg, resuming after partial writes, without joining."""
     views = [memoryview(b).cast("B") for b in buffers if len(b)]
@@ -135,6 +160,7 @@ class RpcServer:
         self.refused_connections = 0
         self._conns: set[_Connection] = set()
         self._stop = trio.Event()
+        self._budget = ByteBudget(limits.max_in_flight_bytes)
 
     @property
     def connection_count(self) -> int:
@@ -268,10 +294,18 @@ class RpcServer:
                 nursery.cancel_scope.cancel()
                 return
             for record in records:
-                await conn.in_flight.acquire()  # backpressure: no reading beyond the limit
-                nursery.start_soon(self._answer, conn, dispatcher, record)
+                # Backpressure: at either limit this connection stops reading.
+                await conn.in_flight.acquire()
+                try:
+                    held = await self._budget.acquire(len(record))
+                except BaseException:
+                    conn.in_flight.release()
+                    raise
+                nursery.start_soon(self._answer, conn, dispatcher, record, held)
 
-    async def _answer(self, conn: _Connection, dispatcher: Dispatcher, record: bytearray) -> None:
+    async def _answer(
+        self, conn: _Connection, dispatcher: Dispatcher, record: bytearray, held: int
+    ) -> None:
         try:
             reply = await dispatcher.dispatch(record, conn.peer, "tcp")
             if reply is None:
@@ -286,6 +320,7 @@ class RpcServer:
             assert conn.nursery is not None
             conn.nursery.cancel_scope.cancel()
         finally:
+            self._budget.release(held)
             conn.in_flight.release()
 
     # --- UDP: one datagram is one record (RFC 5531 §11 applies to streams only) ----------------

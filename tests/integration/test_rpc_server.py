@@ -371,3 +371,23 @@ async def test_idle_connections_are_closed(nursery, prog):
         assert (await c.call(TEST_PROG, 1, 0))[0].accept_stat == AcceptStat.SUCCESS
         assert await c.recv_record(timeout_s=5) is None
     srv.shutdown()
+
+
+async def test_in_flight_byte_budget_spans_connections(nursery, prog):
+    call_bytes = len(encode_call(0, TEST_PROG, 1, 2, u32(0)))
+    srv = make_server(prog, RpcLimits(max_in_flight_bytes=3 * call_bytes))
+    await nursery.start(srv.run)
+    clients = [await RpcClient.connect("127.0.0.1", port(srv)) for _ in range(2)]
+    for c in clients:
+        for xid in range(3):
+            await c.send_record(encode_call(xid, TEST_PROG, 1, 2, u32(xid)))
+    with trio.fail_after(5):
+        while prog.blocked < 3:
+            await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked(0.05)  # let it (wrongly) start more
+    assert prog.blocked == 3
+    prog.gate.set()
+    for c in clients:
+        assert {struct.unpack(">I", (await c.recv_record())[:4])[0] for _ in range(3)} == {0, 1, 2}
+        await c.aclose()
+    srv.shutdown()
