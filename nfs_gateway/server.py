@@ -20,6 +20,7 @@ import errno
 import logging
 import socket as stdlib_socket
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,6 +156,7 @@ class RpcServer:
     ) -> None:
         self.listeners = tuple(listeners)
         self.limits = limits
+        self.drc = drc
         self.dispatchers = [Dispatcher(lst.programs, drc) for lst in self.listeners]
         self.bound: list[tuple[str, int]] = []  # (host, port) per listener, once running
         self.refused_connections = 0
@@ -165,6 +167,20 @@ class RpcServer:
     @property
     def connection_count(self) -> int:
         return len(self._conns)
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges for metrics: connections, calls and rejections by kind, DRC."""
+        out: Counter[str] = Counter()
+        for d in self.dispatchers:
+            out.update(d.counters)
+        out["connections"] = len(self._conns)
+        out["refused_connections"] = self.refused_connections
+        out["in_flight_bytes"] = self._budget.used
+        if self.drc is not None:
+            out["drc_entries"] = len(self.drc)
+            out["drc_bytes"] = self.drc.nbytes
+            out["drc_uncached"] = self.drc.uncached
+        return dict(out)
 
     def mappings(self) -> list[Mapping]:
         """Portmap entries for everything served (empty until `run` has bound)."""

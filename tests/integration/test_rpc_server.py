@@ -213,6 +213,7 @@ async def test_handler_fault_is_system_err(server, caplog):
     async with await RpcClient.connect("127.0.0.1", port(server)) as c:
         assert (await c.call(TEST_PROG, 1, 5))[0].accept_stat == AcceptStat.SYSTEM_ERR
     assert "deliberate handler fault" in caplog.text
+    assert server.stats()["system_err"] == 1
     await assert_null_answers(server)
 
 
@@ -223,6 +224,7 @@ async def test_a_thousand_connections(server):
         assert await clients[-1].recv_record() is None
         assert server.refused_connections >= 1000 - LIMITS.max_connections
         assert server.connection_count <= LIMITS.max_connections
+        assert server.stats()["refused_connections"] == server.refused_connections
     finally:
         for c in clients:
             await c.aclose()
