@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from raft.messages import ALL_MESSAGE_TYPES
 from raft.types import ConfState, Entry, EntryType
 from server.rpc import codec
 from server.rpc.codec import CodecError, decode, encode, message
+from server.rpc.raft_wire import register_raft_types
 
 
 class Color(enum.Enum):
@@ -50,8 +52,7 @@ class Outer:
     either: Inner | Outer | None = None
 
 
-codec.register_type(Entry, "test.raft.entry")
-codec.register_type(ConfState, "test.raft.conf")
+register_raft_types()  # Entry, ConfState and every raft message, as the server does
 
 
 inners = st.builds(Inner, name=st.text(max_size=20), blob=st.binary(max_size=64))
@@ -180,3 +181,13 @@ def test_registering_a_tag_twice_is_a_programmer_error() -> None:
 
     with pytest.raises(AssertionError):
         codec.register_type(Other, "test.inner")
+
+
+# ---- raft messages, as the server registers them ----
+
+
+@pytest.mark.parametrize("cls", ALL_MESSAGE_TYPES, ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_raft_messages_round_trip(cls, data) -> None:
+    m = data.draw(st.from_type(cls))
+    assert decode(encode(m)) == m
