@@ -3,9 +3,9 @@
 Rules of this module:
 - Pure code: a record (bytes) in, reply buffers out. No sockets, no clock; the trio server in
   server.py owns the I/O. `Dispatcher.dispatch` is async only because handlers are awaited.
-- Every way a call can fail before its handler runs is a typed exception raised by the decoder
-  (`Unanswerable`, `RpcMismatch`, `AuthError`, `GarbageCall`) and becomes a reply in exactly one
-  place, `_REJECTIONS`. Checks run in the order of RFC 5531 §9 and the Linux sunrpc server:
+- Every way a call can fail before its handler runs is a typed exception raised by the decoder:
+  `Unanswerable` (no reply) or a `Rejected` subclass (`RpcMismatch`, `AuthError`, `GarbageCall`)
+  that encodes its own reply. Checks run in the order of RFC 5531 §9 and the Linux sunrpc server:
   message type, RPC version, credentials and verifier, then program, version, procedure, args.
 - Procedures are found by table (Program.procedures[version][procedure]), never by `if` chains.
 - An exception escaping a handler or an encoder is a server fault: logged, answered SYSTEM_ERR.
@@ -19,7 +19,7 @@ import logging
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nfs_gateway.backend import Cred
@@ -98,31 +98,47 @@ class CallHeader:
     cred: Cred | None = None
 
 
-# --- Call rejections: raised while decoding, turned into replies in one table below. ---------
+# --- Call rejections: raised while decoding; each knows its reply (RFC 5531 §9). ------------
 
 
 class Unanswerable(Exception):
     """No reply is possible or wanted: no xid, or the message is not a CALL."""
 
 
+class Rejected(Exception):
+    """A call answered with an RPC error before any procedure runs."""
+
+    def reply(self) -> bytes:
+        raise NotImplementedError
+
+
 @dataclass
-class RpcMismatch(Exception):
+class RpcMismatch(Rejected):
     xid: int
     rpcvers: int
 
+    def reply(self) -> bytes:
+        return rpc_mismatch_reply(self.xid)
+
 
 @dataclass
-class AuthError(Exception):
+class AuthError(Rejected):
     xid: int
     stat: AuthStat
 
+    def reply(self) -> bytes:
+        return auth_error_reply(self.xid, self.stat)
+
 
 @dataclass
-class GarbageCall(Exception):
+class GarbageCall(Rejected):
     """The call header after the xid could not be decoded."""
 
     xid: int
     reason: str
+
+    def reply(self) -> bytes:
+        return accepted_reply(self.xid, AcceptStat.GARBAGE_ARGS)
 
 
 # --- Encoding ----------------------------------------------------------------------------------
@@ -294,13 +310,6 @@ def decode_reply(record: bytes | bytearray | memoryview) -> tuple[ReplyHeader, U
 
 Buffers = list[bytes | bytearray | memoryview]
 
-# The one place where a failed call header becomes a reply.
-_REJECTIONS: dict[type[Exception], Callable[[Exception], bytes]] = {
-    RpcMismatch: lambda e: rpc_mismatch_reply(e.xid),  # type: ignore[attr-defined]
-    AuthError: lambda e: auth_error_reply(e.xid, e.stat),  # type: ignore[attr-defined]
-    GarbageCall: lambda e: accepted_reply(e.xid, AcceptStat.GARBAGE_ARGS),  # type: ignore[attr-defined]
-}
-
 
 class Dispatcher:
     """Decides the reply to one record, given a table of Programs (RFC 5531 §9)."""
@@ -323,10 +332,10 @@ class Dispatcher:
             self.counters["dropped"] += 1
             log.debug("%s: dropped: %s", client, e)
             return None
-        except (RpcMismatch, AuthError, GarbageCall) as e:
+        except Rejected as e:
             self.counters[type(e).__name__] += 1
             log.debug("%s: rejected: %r", client, e)
-            return [_REJECTIONS[type(e)](e)]
+            return [e.reply()]
         found = self._find(hdr)
         if isinstance(found, bytes):
             return [found]
