@@ -25,6 +25,8 @@ from nfs_gateway.server import Listener, RpcLimits, RpcServer
 from server import metrics
 from server.config import Config, ExportConfig, data_dir
 from server.fs.backend import LocalBackend
+from server.fs.config import FsConfig
+from storage.kv import KvConfig
 
 log = logging.getLogger("objcache.node")
 
@@ -101,9 +103,10 @@ async def _open_backend(cfg: Config) -> LocalBackend:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StartupError(f"data directory {path}: {e.strerror}") from None
-    backend = LocalBackend(
-        path, fsid=FSID, chunk_size=cfg.storage.chunk_size_bytes, kv_threads=cfg.storage.kv_threads
+    fs_config = FsConfig(
+        chunk_size=cfg.storage.chunk_size_bytes, kv=KvConfig(threads=cfg.storage.kv_threads)
     )
+    backend = LocalBackend(path, fsid=FSID, config=fs_config)
     await backend.open()
     return backend
 
