@@ -397,8 +397,10 @@ class Dispatcher:
             reply = b"".join(await self._run(ctx, proc, args))
             return [reply]
         finally:
-            # Cancelled (shutdown, closed connection): forget, so a retry runs it.
-            self.drc.finish(key, reply) if reply is not None else self.drc.abandon(key)
+            if reply is not None:
+                self.drc.finish(key, reply)
+            else:  # cancelled (shutdown, closed connection): forget, so a retry runs it
+                self.drc.abandon(key)
 
     async def _run(self, ctx: CallContext, proc: Procedure, args: object) -> Buffers:
         try:
