@@ -47,7 +47,7 @@ class Export:
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or len(self.path.encode()) > MAX_PATH_BYTES:
             raise ValueError(f"export path must be absolute and <= 1024 bytes: {self.path!r}")
-        if normalize_path(self.path) != self.path:
+        if normalize_path(self.path) != self.path or {".", ".."} & set(self.path.split("/")):
             raise ValueError(f"export path not normalized: {self.path!r}")
         if not 0 <= self.export_id < 2**32:
             raise ValueError(f"export_id out of range: {self.export_id}")

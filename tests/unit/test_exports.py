@@ -24,7 +24,7 @@ def test_lookup_by_path_and_id():
     assert [x.path for x in t.all()] == ["/", "/data"]
 
 
-@pytest.mark.parametrize("path", ["relative", "/a//b", "/a/"])
+@pytest.mark.parametrize("path", ["relative", "/a//b", "/a/", "/a/../b", "/."])
 def test_bad_export_paths_are_config_errors(path):
     with pytest.raises(ValueError):
         Export(path, 1)
