@@ -375,6 +375,11 @@ class Dispatcher:
             self.counters["garbage_args"] += 1
             log.debug("%s: xid %#x %s: garbage args: %s", client, hdr.xid, proc.name, e)
             return [accepted_reply(hdr.xid, AcceptStat.GARBAGE_ARGS)]
+        except Exception:
+            # A decoder bug (decoders raise only XdrError): a server fault for this call only.
+            self.counters["system_err"] += 1
+            log.exception("%s: xid %#x %s: decoder failed", client, hdr.xid, proc.name)
+            return [accepted_reply(hdr.xid, AcceptStat.SYSTEM_ERR)]
         self.counters["calls"] += 1
         ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
         if proc.idempotent or self.drc is None:

@@ -335,6 +335,11 @@ class RpcServer:
             log.debug("%s: send failed: %s; closing", conn.peer, e)
             assert conn.nursery is not None
             conn.nursery.cancel_scope.cancel()
+        except Exception:
+            # A bug in the RPC layer: lose this connection, not the whole server.
+            log.exception("%s: internal error; closing the connection", conn.peer)
+            assert conn.nursery is not None
+            conn.nursery.cancel_scope.cancel()
         finally:
             self._budget.release(held)
             conn.in_flight.release()
@@ -374,6 +379,8 @@ class RpcServer:
             await sock.sendmsg(reply, [], 0, addr)
         except OSError as e:
             log.debug("%s: udp send failed: %s", addr[:2], e)
+        except Exception:
+            log.exception("%s: internal error answering a datagram", addr[:2])  # drop it
         finally:
             limiter.release()
 

@@ -277,3 +277,14 @@ async def test_cancelled_call_is_forgotten_so_a_retry_runs():
     with trio.move_on_after(0):
         await run(d, call)
     assert runs == [1, 1]
+
+
+async def test_decoder_bug_is_system_err_not_a_crash(caplog):
+    def bad_decode(u: Unpacker) -> None:
+        raise KeyError("decoder bug")
+
+    proc = Procedure("BAD", bad_decode, Echo().echo, Packer.pack_uint)
+    d = Dispatcher([Program(400005, "bad", {1: {1: proc}})])
+    reply = await run(d, encode_call(3, 400005, 1, 1))
+    assert reply == accepted_reply(3, AcceptStat.SYSTEM_ERR)
+    assert "decoder bug" in caplog.text
