@@ -246,7 +246,13 @@ class RpcServer:
             if len(self._conns) >= self.limits.max_connections:
                 self._refuse(sock, addr)
                 continue
-            sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            try:
+                # Replies are written whole; do not let Nagle hold back their last segment.
+                sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            except OSError as e:  # the client already reset the connection
+                log.debug("%s: %s", addr[:2], e)
+                sock.close()
+                continue
             conn = _Connection(sock, addr[:2], self.limits.max_in_flight_per_connection)
             self._conns.add(conn)
             conns.start_soon(self._serve_connection, conn, self.dispatchers[index])
