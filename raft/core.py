@@ -229,6 +229,9 @@ class Raft:
             return
         if self.lead_transferee and self.lead_transferee not in self.conf.voters:
             self.lead_transferee = 0
+        known = set(self.trk)
         self.sync_progress()
+        for added in sorted(set(self.trk) - known):
+            replication.send_append(self, added)  # start catching the new member up now
         if replication.maybe_commit(self):
             leader.on_commit_advanced(self)

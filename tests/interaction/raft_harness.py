@@ -5,7 +5,7 @@ the transcript is compared with a golden file. Messages travel only when a scrip
 (`deliver-msgs`, `stabilize`), so every interleaving in a script is deliberate.
 
 Commands (ids are node ids):
-  add-nodes N [join] [pre_vote=false] [check_quorum=false]
+  add-nodes N [join] [pre_vote=false] [check_quorum=false] [max_inflight=K] [max_size=B]
                       N new members; founding members share a bootstrapped log, `join`
                       members start empty (to be added with add-learner)
   campaign ID | propose ID DATA | transfer-leader ID TO | read-index ID CTX
@@ -94,6 +94,8 @@ class Harness:
                 snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES,
                 pre_vote=flags.get("pre_vote", "true") == "true",
                 check_quorum=flags.get("check_quorum", "true") == "true",
+                max_inflight_msgs=int(flags.get("max_inflight", "64")),
+                max_size_per_msg_bytes=int(flags.get("max_size", str(1 << 20))),
             )
             self._start(node_id)
         self.process(ids)
