@@ -393,3 +393,18 @@ async def test_in_flight_byte_budget_spans_connections(nursery, prog):
         assert {struct.unpack(">I", (await c.recv_record())[:4])[0] for _ in range(3)} == {0, 1, 2}
         await c.aclose()
     srv.shutdown()
+
+
+async def test_a_connection_with_a_call_in_flight_is_not_idle(nursery, prog):
+    srv = make_server(prog, RpcLimits(idle_timeout_s=0.1))
+    await nursery.start(srv.run)
+    async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
+        await c.send_record(encode_call(3, TEST_PROG, 1, 2, u32(3)))
+        with trio.fail_after(5):
+            while not prog.blocked:
+                await trio.sleep(0.01)
+        await trio.sleep(0.5)  # several idle periods pass while the call runs
+        prog.gate.set()
+        reply = await c.recv_record()
+        assert reply is not None and reply[-4:] == u32(3)
+    srv.shutdown()

@@ -86,3 +86,13 @@ def test_encode_record_prepends_one_marker_and_does_not_copy():
     assert out[0] == struct.pack(">I", LAST_FRAGMENT | 10004)
     assert out[2] is payload
     assert RecordDecoder(20000).feed(b"".join(out)) == [bytearray(b"head" + payload)]
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=5))
+def test_any_stream_gives_records_or_a_record_error(stream, cuts):
+    decoder = RecordDecoder(64)
+    try:
+        for record in feed_in_chunks(decoder, stream, cuts):
+            assert len(record) <= 64
+    except RecordError:
+        pass  # the caller closes the connection

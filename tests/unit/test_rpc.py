@@ -288,3 +288,21 @@ async def test_decoder_bug_is_system_err_not_a_crash(caplog):
     reply = await run(d, encode_call(3, 400005, 1, 1))
     assert reply == accepted_reply(3, AcceptStat.SYSTEM_ERR)
     assert "decoder bug" in caplog.text
+
+
+@given(st.binary(max_size=200))
+async def test_any_bytes_get_a_well_formed_reply_or_none(data):
+    d = Dispatcher([Echo().program()], DuplicateRequestCache())
+    reply = await run(d, data)
+    if reply is not None:
+        hdr, _ = decode_reply(reply)
+        assert hdr.xid == struct.unpack_from(">I", data)[0]
+
+
+@given(st.integers(0, 80), st.integers(0, 255), st.sampled_from([1, 2, 3]))
+async def test_corrupted_calls_get_a_well_formed_reply(pos, value, proc):
+    call = bytearray(encode_call(11, 400000, 2, proc, words(5), sys_auth(GOOD_SYS)))
+    call[pos % len(call)] = value
+    reply = await run(Dispatcher([Echo().program()], DuplicateRequestCache()), bytes(call))
+    if reply is not None:
+        decode_reply(reply)
