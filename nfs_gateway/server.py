@@ -1,12 +1,18 @@
 """The trio RPC server: TCP (record marking, RFC 5531 §11) and UDP listeners around Dispatcher.
 
+    server = RpcServer([Listener("0.0.0.0", 2049, (nfs, mount))], RpcLimits(), drc)
+    bound = await nursery.start(server.run)   # [(host, port)] per listener
+    ...
+    server.shutdown()                           # e.g. on SIGTERM; run() then returns
+
 Rules:
 - Generic: a list of Listeners, each (host, port, programs) on TCP and/or UDP. NFS and MOUNT
   share one; portmap has its own. Port 0 binds a free port, the same number for TCP and UDP.
 - Limits on everything (RpcLimits): record size, connections (the excess is accepted and closed
-  at once), requests in flight per connection (at the limit we stop reading the socket: the
-  kernel's buffers and TCP flow control push back; nothing queues without bound), UDP requests in
-  flight, UDP reply size, idle time.
+  at once), requests in flight per connection and request bytes in flight over all connections
+  (at either limit a connection stops reading its socket: the kernel's buffers and TCP flow
+  control push back; nothing queues without bound), UDP requests in flight, UDP reply size,
+  idle time (one watchdog task, not a timer per receive).
 - Replies on one connection may complete out of order, but each is written whole under the
   connection's send lock, with one scatter-gather `sendmsg` of the header and payload buffers:
   READ data is never copied into a joined buffer (small replies are joined; that is cheaper).
