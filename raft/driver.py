@@ -163,8 +163,12 @@ class RaftDriver:
                     self._feed_core()  # what arrived meanwhile goes into the next Ready
 
     async def _ticker(self) -> None:
+        # A fixed period (sleep_until, not sleep): time spent elsewhere does not stretch the
+        # election timeout. Ticks missed while the loop was busy are delivered together.
+        next_tick = trio.current_time()
         while True:
-            await trio.sleep(self.config.tick_interval_s)
+            next_tick += self.config.tick_interval_s
+            await trio.sleep_until(next_tick)
             self._ticks += 1
             self._wake.set()
 
@@ -176,6 +180,9 @@ class RaftDriver:
         self._ticks = 0
 
     async def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            log.info("node %d: %s, leader %d, term %d", self.node.id, rd.soft_state.role.value,
+                     rd.soft_state.lead, self.node.raft.term)
         self._send(rd.messages)
         if rd.snapshot is not None:
             assert self._install_snapshot is not None, "received a snapshot but cannot install"

@@ -44,6 +44,7 @@ import trio
 
 from raft.log_storage import Compacted, Unavailable
 from raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from storage.kv import KvStore
 
 RECORD_VERSION = 1
 _HEADER = struct.Struct(">BI")  # version, crc32
@@ -202,6 +203,15 @@ class RaftLogStorage:
         loaded = await trio.to_thread.run_sync(
             _load_and_verify, db, prefix, config.entry_cache_bytes, limiter=limiter)
         return cls(db, prefix, config, limiter, loaded)
+
+    @classmethod
+    async def open_on_store(cls, store: KvStore, *, prefix: bytes = b"raft/",
+                            config: RaftLogConfig | None = None) -> RaftLogStorage:
+        """Share the node's one LevelDB with the state machine (LevelDB allows one handle per
+        process, and DESIGN.md wants log and state in one DB). kv.py has no public accessor
+        for its handle yet, hence `_live()`; both adapters are in this package."""
+        config = config or RaftLogConfig()
+        return await cls.open(store._live(), prefix=prefix, config=config)
 
     # ---- LogStorage: synchronous reads ----
 

@@ -1,0 +1,250 @@
+"""A tiny replicated key-value node: the whole Raft stack end to end, for tests and bench/raft.py.
+
+    python -m server.raft_kv --id 1 --listen 127.0.0.1:7001 --data-dir var/n1 \\
+        --peers 1=ws://127.0.0.1:7001/,2=ws://127.0.0.1:7002/,3=ws://127.0.0.1:7003/ \\
+        --secret-file secret
+
+One LevelDB per node (storage.kv.KvStore) holds the Raft log (storage.raftlog, prefix "raft/")
+and the state machine ("kv/" keys and the applied index, written in one batch, so the state
+machine and its applied index never disagree). Clients are RpcPlane nodes too (any id not in
+the group) and use KvClient: put (acknowledged once applied on the leader), get (linearizable,
+through ReadIndex), status. Founding members bootstrap the configuration on first start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import secrets
+import signal
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+import trio
+
+from raft.config import Config
+from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver
+from raft.errors import NotLeader, ProposalDropped
+from raft.node import RawNode, bootstrap_log
+from raft.types import Entry, EntryType
+from server.rpc.codec import message
+from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
+from server.rpc.plane import RpcConfig, RpcPlane
+from server.rpc.raft_wire import PlaneTransport, route_raft_messages
+from storage.kv import KvStore
+from storage.raftlog import RaftLogStorage
+
+log = logging.getLogger("objcache.raft_kv")
+RECORD_VERSION = 1
+APPLIED_KEY = b"kvmeta/applied"
+DATA_PREFIX = b"kv/"
+
+
+@message("kv.put")
+@dataclass(frozen=True, slots=True)
+class KvPut:
+    key: str
+    value: bytes
+
+
+@message("kv.put_reply")
+@dataclass(frozen=True, slots=True)
+class KvPutReply:
+    index: int
+
+
+@message("kv.get")
+@dataclass(frozen=True, slots=True)
+class KvGet:
+    key: str
+
+
+@message("kv.get_reply")
+@dataclass(frozen=True, slots=True)
+class KvGetReply:
+    value: bytes | None
+    index: int
+
+
+@message("kv.status")
+@dataclass(frozen=True, slots=True)
+class KvStatus:
+    pass
+
+
+@message("kv.status_reply")
+@dataclass(frozen=True, slots=True)
+class KvStatusReply:
+    node_id: int
+    role: str
+    term: int
+    leader: int
+    commit: int
+    applied: int
+    auth_failures: int
+
+
+class KvStateMachine:
+    """Applies `[version, key, value]` CBOR records; keeps the applied index in the same batch."""
+
+    def __init__(self, store: KvStore):
+        self.store = store
+
+    async def applied_index(self) -> int:
+        raw = await self.store.get(APPLIED_KEY)
+        return struct.unpack(">Q", raw)[0] if raw is not None else 0
+
+    async def apply(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        batch: list[tuple[bytes, bytes | None]] = []
+        for e in entries:
+            if e.type is EntryType.NORMAL:
+                version, key, value = cbor2.loads(e.data)
+                assert version == RECORD_VERSION, f"entry {e.index}: record version {version}"
+                batch.append((DATA_PREFIX + key.encode(), value))
+        batch.append((APPLIED_KEY, struct.pack(">Q", entries[-1].index)))
+        # Not synced: the entries are durable in the log, and replay from the applied index
+        # re-applies whatever a crash lost (puts are idempotent).
+        await self.store.write(batch, sync=False)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.store.get(DATA_PREFIX + key.encode())
+
+
+def encode_put(key: str, value: bytes) -> bytes:
+    return cbor2.dumps([RECORD_VERSION, key, value])
+
+
+class KvNode:
+    def __init__(self, driver: RaftDriver, sm: KvStateMachine, plane: RpcPlane):
+        self.driver, self.sm, self.plane = driver, sm, plane
+        plane.register(KvPut, self.on_put)
+        plane.register(KvGet, self.on_get)
+        plane.register(KvStatus, self.on_status)
+
+    async def on_put(self, peer: int, msg: KvPut) -> KvPutReply:
+        try:
+            return KvPutReply(await self.driver.propose(encode_put(msg.key, msg.value)))
+        except NotLeader as exc:
+            raise RemoteError("not_leader", str(exc.leader_hint)) from exc
+        except (ProposalDropped, ProposalOutcomeUnknown) as exc:
+            raise RemoteError("retry", str(exc)) from exc
+
+    async def on_get(self, peer: int, msg: KvGet) -> KvGetReply:
+        try:
+            index = await self.driver.read_index()
+        except NotLeader as exc:
+            raise RemoteError("not_leader", str(exc.leader_hint)) from exc
+        return KvGetReply(await self.sm.get(msg.key), index)
+
+    async def on_status(self, peer: int, msg: KvStatus) -> KvStatusReply:
+        st = self.driver.node.status()
+        return KvStatusReply(st.id, st.role.value, st.term, st.lead, st.commit, st.applied,
+                             self.plane.counters.auth_failures)
+
+
+class KvClient:
+    """Finds the leader (following not_leader hints) and retries until the deadline."""
+
+    def __init__(self, plane: RpcPlane, node_ids: list[int], *, try_timeout_s: float = 2.0):
+        self.plane, self.node_ids, self.try_timeout_s = plane, node_ids, try_timeout_s
+        self.leader_hint = node_ids[0]
+
+    async def put(self, key: str, value: bytes, timeout_s: float = 30.0) -> int:
+        reply = await self._call(KvPut(key, value), timeout_s)
+        return reply.index
+
+    async def get(self, key: str, timeout_s: float = 30.0) -> bytes | None:
+        return (await self._call(KvGet(key), timeout_s)).value
+
+    async def status(self, node_id: int, timeout_s: float = 2.0) -> KvStatusReply:
+        return await self.plane.call(node_id, KvStatus(), timeout_s)
+
+    async def _call(self, msg: object, timeout_s: float):  # type: ignore[no-untyped-def]
+        with trio.fail_after(timeout_s):
+            while True:
+                target = self.leader_hint
+                try:
+                    return await self.plane.call(target, msg, self.try_timeout_s)
+                except RemoteError as exc:
+                    if exc.code not in ("not_leader", "retry", "deadline"):
+                        raise
+                    hint = int(exc.message) if exc.code == "not_leader" else 0
+                    self.leader_hint = hint if hint in self.node_ids else self._next(target)
+                except (RpcTimeout, PeerUnavailable, ConnectionLost):
+                    self.leader_hint = self._next(target)
+                await trio.sleep(0.02)  # bounded by the deadline above; lets an election finish
+
+    def _next(self, node_id: int) -> int:
+        i = self.node_ids.index(node_id) if node_id in self.node_ids else -1
+        return self.node_ids[(i + 1) % len(self.node_ids)]
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    peers = {}
+    for item in text.split(","):
+        node_id, _, url = item.partition("=")
+        peers[int(node_id)] = url
+    return peers
+
+
+async def serve(args: argparse.Namespace) -> None:
+    peers = parse_peers(args.peers)
+    host, _, port = args.listen.rpartition(":")
+    secret = Path(args.secret_file).read_bytes().strip()
+    store = await KvStore.open(Path(args.data_dir) / "db")
+    try:
+        await _serve_on(store, args.id, peers, host, int(port), secret, args.tick_ms / 1000)
+    finally:
+        await store.close()
+
+
+async def _serve_on(store: KvStore, node_id: int, peers: dict[int, str], host: str, port: int,
+                    secret: bytes, tick_s: float) -> None:
+    storage = await RaftLogStorage.open_on_store(store)
+    hard_state, _ = storage.initial_state()
+    if storage.last_index() == 0 and hard_state.term == 0:
+        await storage.save(*bootstrap_log(sorted(peers)))
+    sm = KvStateMachine(store)
+    seed = secrets.randbits(64)  # election jitter; logged so a run can be reproduced
+    log.info("node %d: applied %d, rng seed %d", node_id, await sm.applied_index(), seed)
+    node = RawNode(Config(id=node_id, applied=await sm.applied_index()), storage,
+                   random.Random(seed))
+    plane = RpcPlane(RpcConfig(node_id=node_id, cluster_secret=secret, host=host, port=port))
+    for peer_id, url in peers.items():
+        if peer_id != node_id:
+            plane.add_peer(peer_id, url)
+    driver = RaftDriver(node, storage, PlaneTransport(plane), sm.apply,
+                        config=DriverConfig(tick_interval_s=tick_s))
+    route_raft_messages(plane, driver.step)
+    KvNode(driver, sm, plane)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            await nursery.start(driver.run)
+            print(f"READY {node_id} {plane.port}", flush=True)
+            async for signum in signals:
+                log.info("node %d: signal %d, stopping", node_id, signum)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m server.raft_kv", description=__doc__.split("\n")[0])
+    p.add_argument("--id", type=int, required=True)
+    p.add_argument("--listen", required=True, help="host:port of this node's RPC plane")
+    p.add_argument("--peers", required=True, help="id=ws://host:port/,... for every member")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--secret-file", required=True)
+    p.add_argument("--tick-ms", type=float, default=50.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s n{args.id} %(name)s %(levelname)s %(message)s")
+    trio.run(serve, args)
+
+
+if __name__ == "__main__":
+    main()
