@@ -19,7 +19,9 @@
 
 Bootstrap: a founding member's storage starts with `bootstrap_log(voters)` saved (term 1, one
 committed CONF_CHANGE entry per voter); a joining member starts with empty storage and learns the
-configuration from the leader's log or snapshot.
+configuration from the leader's log or snapshot. The configuration changes when CONF_CHANGE
+entries are applied (`advance`), so handle the first Ready before expecting a campaign: a member
+never campaigns while committed configuration changes are unapplied.
 
 Snapshots: the application makes them (its state at `applied`; `snapshot_meta()` gives the meta
 to store with it) and compacts storage itself. When a follower needs compacted entries, the Ready

@@ -21,13 +21,20 @@ import trio
 from kv_linearizability import Op
 from raft_invariants import Checker
 
+from raft.conf_change import ConfChange, ConfChangeType
 from raft.config import Config
-from raft.errors import NotLeader, RaftError
+from raft.errors import ConfChangeRejected, NotLeader, RaftError
 from raft.memory_storage import MemoryStorage
 from raft.messages import Message
 from raft.node import RawNode, bootstrap_log
 from raft.ready import Ready
 from raft.types import EntryType, SnapshotMeta
+
+ADD_LEARNER, PROMOTE, REMOVE = (
+    ConfChangeType.ADD_LEARNER,
+    ConfChangeType.PROMOTE,
+    ConfChangeType.REMOVE,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,11 @@ class Params:
     compact_every: int = 8
     snapshot_chunk_bytes: int = 48
     settle_s: float = 6.0
+    # Founding voters; the other members join as learners, are promoted, then one is removed.
+    founding: int = 0  # 0: all members found the group
+
+    def founders(self) -> list[int]:
+        return list(range(1, (self.founding or self.members) + 1))
 
 
 class SimNode:
@@ -55,8 +67,9 @@ class SimNode:
         self.world = world
         self.id = node_id
         self.storage = MemoryStorage()
-        hard_state, entries = bootstrap_log(voters)
-        self.storage.save_sync(hard_state, entries)
+        if node_id in voters:
+            hard_state, entries = bootstrap_log(voters)
+            self.storage.save_sync(hard_state, entries)
         self.snapshot: tuple[SnapshotMeta, bytes] | None = None  # durable, with the log
         self.incarnation = 0
         self.up = False
@@ -246,7 +259,7 @@ class World:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         ids = list(range(1, self.params.members + 1))
-        self.nodes = {i: SimNode(self, i, ids) for i in ids}
+        self.nodes = {i: SimNode(self, i, self.params.founders()) for i in ids}
 
     def send(self, m: Message) -> None:
         p, rng = self.params, self.rng
@@ -371,6 +384,8 @@ class World:
                 clients.start_soon(self.chaos)
                 for c in range(self.params.clients):
                     clients.start_soon(self.client, c)
+                if self.params.founding:
+                    clients.start_soon(self.reconfigure)
             await self._settle()
             nursery.cancel_scope.cancel()
 
@@ -384,19 +399,56 @@ class World:
                 await trio.sleep(0.05)
 
     def _converged(self) -> bool:
+        if len(self.up_nodes()) != len(self.nodes):
+            return False
+        latest = max(self.up_nodes(), key=lambda n: n.raw.raft.log.applied)  # type: ignore[union-attr]
+        conf = latest.raw.conf_state  # type: ignore[union-attr]
         states = {
-            (n.raw.raft.log.applied, json.dumps(n.kv, sort_keys=True))
+            (n.raw.raft.log.applied, json.dumps(n.kv, sort_keys=True))  # type: ignore[union-attr]
             for n in self.nodes.values()
-            if n.up and n.raw is not None
+            if n.id in conf.voters | conf.learners
         }
-        return len(states) == 1 and len(self.up_nodes()) == len(self.nodes)
+        return len(states) == 1
+
+    # -- membership (dissertation §4) ----------------------------------------------------------
+
+    async def reconfigure(self) -> None:
+        founders = self.params.founders()
+        joiners = [i for i in self.nodes if i not in founders]
+        plan = [ConfChange(t, j) for j in joiners for t in (ADD_LEARNER, PROMOTE)]
+        plan.append(ConfChange(REMOVE, self.rng.choice(founders)))
+        for cc in plan:
+            await trio.sleep(self.rng.uniform(0, 0.3))
+            await self._change(cc)
+
+    async def _change(self, cc: ConfChange) -> None:
+        deadline = trio.current_time() + 2.0
+        while trio.current_time() < deadline:
+            node = self._pick(self.leader_hint)
+            try:
+                assert node is not None and node.raw is not None
+                node.raw.propose_conf_change(cc)
+                node.poke()
+            except ConfChangeRejected:
+                return  # an earlier attempt took effect already
+            except (AssertionError, RaftError) as e:
+                hint = e.leader_hint if isinstance(e, NotLeader) else 0
+                self.leader_hint = hint or self.rng.choice(list(self.nodes))
+            await trio.sleep(0.05)
+
+
+def params_for(seed: int) -> Params:
+    """Even seeds: 3 members; odd: 5; one seed in four starts 5 as 3 and reconfigures."""
+    if seed % 2 == 0:
+        return Params(members=3)
+    return Params(members=5, founding=3 if seed % 4 == 3 else 0)
 
 
 def run(seed: int, params: Params | None = None) -> World:
     """Run one seed to the end; raises on any violation. Returns the world for inspection."""
     from trio.testing import MockClock
 
-    params = params or Params(members=3 if seed % 2 == 0 else 5)
+    params = params or params_for(seed)
     world = World(seed, params)
     trio._core._run._r.seed(seed)  # trio's own scheduling tie-breaks, for exact replay
     trio.run(world.main, clock=MockClock(autojump_threshold=0))
