@@ -211,6 +211,9 @@ class ChunkStore:
 
     def truncate_sync(self, ino: int, chunk_size: int, size: int) -> None:
         """Drop every byte at or beyond `size` (they read as zeros afterwards)."""
+        if size == 0:
+            self.delete_sync(ino)  # no directory left: an empty file owns nothing on disk
+            return
         keep, inner = divmod(size, chunk_size)
         first_gone = keep + 1 if inner else keep
         with self._lock:

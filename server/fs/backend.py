@@ -56,7 +56,7 @@ from server.fs.readdir import read_dir_page
 from server.fs.records import CreateInode, Inode
 from server.fs.state import Changes, StateError
 from storage.chunks import ChunkIOError, ChunkStore
-from storage.kv import KvError, KvStore
+from storage.kv import KvStore
 
 ROOT_INO = 1
 
@@ -111,7 +111,7 @@ class LocalBackend(NamespaceOps):
             [(keys.WRITE_VERF, self._verifier), (keys.CLEAN_SHUTDOWN, None)], sync=True
         )
         if self._unclean_start:
-            await self._collect_orphans()
+            await self._repair_chunks()
 
     async def _make_root(self) -> Inode:
         c = self.config
@@ -126,25 +126,35 @@ class LocalBackend(NamespaceOps):
             time_ns=self._clock(),
             parent=ROOT_INO,  # the root's `..` is itself
         )
-        async with self._meta.lock:
-            changes = await self._meta.commit([rec], sync=True)
+        async with self._writing():
+            changes = await self._commit([rec], sync=True)
         root = changes.inodes[ROOT_INO]
         assert root is not None
         return root
 
-    async def _collect_orphans(self) -> None:
-        """Chunks of inodes deleted just before a crash (the data effect never ran)."""
-        inos = await self._chunks.run_sync(self._chunks.stored_inodes_sync)
+    async def _repair_chunks(self) -> None:
+        """After a crash: delete the chunks of inodes whose deletion never reached its data
+        effect, and cut every file's chunks at its size, since a lost WRITE's bytes may lie past
+        EOF and must not reappear inside a later hole. Afterwards bytes past EOF never exist,
+        which lets WRITE skip any check (one pass over the chunk directories, at start only)."""
+        chunks = self._chunks
+        inos = await chunks.run_sync(chunks.stored_inodes_sync)
         live = await self._meta.inodes(inos)
-        for ino, inode in zip(inos, live, strict=True):
-            if inode is None:
-                await self._chunks.delete(ino)
+
+        def repair() -> None:
+            for ino, inode in zip(inos, live, strict=True):
+                if inode is None or inode.ftype != FileType.REG or inode.size == 0:
+                    chunks.delete_sync(ino)
+                else:
+                    chunks.truncate_sync(ino, inode.chunk_size, inode.size)
+
+        await chunks.run_sync(repair)
 
     async def close(self) -> None:
         """Make everything durable, then mark the shutdown clean (the verifier survives)."""
         if self._kv is None:
             return
-        await self._meta.flush(sync=False)
+        await self._flush(sync=False)
         await self._chunks.run_sync(self._chunks.sync_all_sync)
         await self._kv.write([(keys.CLEAN_SHUTDOWN, b"1")], sync=True)
         await self._shut()
@@ -207,23 +217,32 @@ class LocalBackend(NamespaceOps):
             else:
                 self._ino_locks[ino] = (lock, users - 1)
 
-    async def _commit(self, records: list[object], *, sync: bool | None = None) -> Changes:
-        """Apply records under the metadata lock (held by the caller)."""
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """The metadata writer lock; leaving it waits for the fsync of what was committed."""
         try:
-            return await self._meta.commit(
-                records, sync=self.config.sync_metadata if sync is None else sync
-            )
+            async with self._meta.writing():
+                yield
         except MetaIOError as e:
             # Pending WRITE metadata may be gone with the batch: announce it like a crash.
             self._verifier = secrets.token_bytes(8)
             raise IOError_(str(e)) from e
+
+    async def _commit(self, records: list[object], *, sync: bool | None = None) -> Changes:
+        """Apply records inside `_writing()`; durable when that block is left (if sync)."""
+        try:
+            return await self._meta.commit(
+                records, sync=self.config.sync_metadata if sync is None else sync
+            )
         except StateError as e:
             raise ServerFault(str(e)) from e
 
     async def _data_effects(self, changes: Changes, held: int | None = None) -> None:
         """Delete or trim chunks after their metadata change is written."""
         try:
-            for ino in sorted(changes.delete_data):
+            for ino, size in sorted(changes.delete_data.items()):
+                if size == 0:
+                    continue  # never had bytes (a crash's leftovers are repaired at start)
                 if ino == held:
                     await self._chunks.delete(ino)
                 else:
@@ -329,7 +348,11 @@ class LocalBackend(NamespaceOps):
                 touched = await self._write_data(before, offset, data)
             except ChunkIOError as e:
                 raise IOError_(str(e), wcc=wcc(before, before, self.fsid)) from e
-            current = await self._get(fid)  # removed meanwhile? then the bytes are garbage
+            current = await self._meta.inode(fid.ino)
+            if current is None or current.gen != fid.gen:
+                # Removed while we wrote: its deletion may have skipped the data (size 0).
+                await self._chunks.delete(fid.ino)
+                raise Stale(f"inode {fid.ino} was removed during the write")
             after = self._meta.note_write(
                 current, end, self._now(), perms.write_clears_suid(cred, current)
             )
@@ -339,28 +362,26 @@ class LocalBackend(NamespaceOps):
             else:
                 committed = StableHow.UNSTABLE
                 if self._meta.pending_due():
-                    await self._meta.flush(sync=False)
+                    await self._flush(sync=False)
         return WriteResult(len(data), committed, self._verifier, wcc(before, after, self.fsid))
 
     async def _write_data(self, inode: Inode, offset: int, data: memoryview) -> list[int]:
-        if offset > inode.size and self._unclean_start:
-            # After a crash, chunk files may hold bytes past the size (their metadata was lost);
-            # a write past EOF must not resurrect them inside the new hole.
-            await self._chunks.truncate(inode.ino, inode.chunk_size, inode.size)
         if not data:
             return []
         return await self._chunks.pwrite(inode.ino, inode.chunk_size, offset, data)
 
+    async def _flush(self, *, sync: bool) -> None:
+        """Commit pending WRITE metadata (durably if sync)."""
+        async with self._writing():
+            await self._commit([], sync=sync)
+
     async def _sync_file(self, ino: int, indexes: list[int] | None) -> None:
         try:
             await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
-            await self._meta.flush(sync=True)
         except ChunkIOError as e:
             self._verifier = secrets.token_bytes(8)  # what we promised may not be on disk
             raise IOError_(str(e)) from e
-        except (MetaIOError, KvError) as e:
-            self._verifier = secrets.token_bytes(8)
-            raise IOError_(str(e)) from e
+        await self._flush(sync=True)
 
     async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:
         """Everything written to the file is on disk before the reply (RFC 1813 §3.3.21); we

@@ -27,6 +27,7 @@ APPLIED_INDEX = META + b"applied_index"
 INODE_COUNT = META + b"inode_count"
 WRITE_VERF = META + b"write_verf"
 CLEAN_SHUTDOWN = META + b"clean_shutdown"
+SYNC_MARK = META + b"sync_mark"  # written by group-commit fsyncs; its value is informational
 
 
 def u64(n: int) -> bytes:

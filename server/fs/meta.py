@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -115,6 +117,10 @@ class MetaStore:
         self._pending: dict[int, _Pending] = {}
         self.meta: dict[bytes, int] = {}
         self._next_ino = 0  # ids handed out but maybe not yet committed are never reused
+        self._written_seq = 0  # batches written (without fsync) in this run
+        self._durable_seq = 0  # batches known to be on disk
+        self._txn_sync_seq = 0  # what the current writer must see durable before replying
+        self._sync_done: trio.Event | None = None  # set when the running fsync finishes
 
     async def load(self) -> None:
         raws = await self.kv.get_many(list(self.META_KEYS))
@@ -203,21 +209,59 @@ class MetaStore:
 
     # -- writes -----------------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Hold the writer lock; on leaving, wait until what was committed with sync=True is
+        durable. The fsync happens after the lock is released, so writers that commit while one
+        fsync runs share the next one (group commit)."""
+        async with self.lock:
+            self._txn_sync_seq = 0
+            yield
+            seq = self._txn_sync_seq
+        if seq > self._durable_seq:
+            await self._wait_durable(seq)
+
     async def commit(self, records: list[object], *, sync: bool) -> Changes:
-        """Apply records (after any pending WRITE metadata) in one batch. Caller holds `lock`."""
+        """Apply records (after any pending WRITE metadata) in one batch, inside `writing()`."""
         assert self.lock.locked()
         changes = await self._apply_cached(records)
-        if changes or sync:
+        # With no other writer queued there is nothing to group with: fsync in this write
+        # (one thread hop) rather than in a barrier after it (two).
+        sync_now = sync and self.lock.statistics().tasks_waiting == 0 and self._sync_done is None
+        if changes or sync_now:
             try:
-                await self.kv.write(changes.batch(), sync=sync)
+                await self.kv.write(changes.batch(), sync=sync_now)
             except KvError as e:
                 self._reset_caches()
                 raise MetaIOError(str(e)) from e
+            self._written_seq += 1
+            if sync_now:
+                self._durable_seq = self._written_seq
+        if sync:
+            self._txn_sync_seq = self._written_seq
         return changes
+
+    async def _wait_durable(self, seq: int) -> None:
+        """Return once batch `seq` and all before it are on disk: one LevelDB sync write
+        fsyncs its log, which holds every earlier write."""
+        while self._durable_seq < seq:
+            if self._sync_done is not None:
+                await self._sync_done.wait()
+                continue
+            self._sync_done = done = trio.Event()
+            target = self._written_seq
+            try:
+                await self.kv.write([(keys.SYNC_MARK, keys.u64(target))], sync=True)
+            except KvError as e:
+                raise MetaIOError(str(e)) from e
+            finally:
+                self._sync_done = None
+                done.set()
+            self._durable_seq = max(self._durable_seq, target)
 
     async def flush(self, *, sync: bool) -> None:
         """Write pending WRITE metadata (and make everything durable when sync)."""
-        async with self.lock:
+        async with self.writing():
             await self.commit([], sync=sync)
 
     async def _apply_cached(self, records: list[object]) -> Changes:

@@ -63,7 +63,7 @@ class NamespaceOps(_Base):
         self, cred: Cred, fid: FileId, sattr: SetAttrs, guard_ctime_ns: int | None
     ) -> Wcc:
         async with self._ino_lock(fid.ino):
-            async with self._meta.lock:
+            async with self._writing():
                 before = await self._get(fid)
                 if guard_ctime_ns is not None and guard_ctime_ns != before.ctime_ns:
                     raise NotSync("ctime guard", wcc=wcc(before, before, self.fsid))
@@ -130,7 +130,7 @@ class NamespaceOps(_Base):
         verf: bytes | None,
         held: int | None,
     ) -> Created:
-        async with self._meta.lock:
+        async with self._writing():
             d = await self._dir_for_change(cred, dir_fid)
             existing = await self._meta.dirent(d.ino, name)
             if existing is None:
@@ -175,7 +175,7 @@ class NamespaceOps(_Base):
 
     async def mkdir(self, cred: Cred, dir_fid: FileId, name: bytes, sattr: SetAttrs) -> Created:
         check_new_name(name, self.config.max_name_bytes)
-        async with self._meta.lock:
+        async with self._writing():
             d = await self._dir_for_change(cred, dir_fid)
             await self._require_absent(d, name)
             return await self._create_new(cred, d, name, FileType.DIR, sattr)
@@ -188,7 +188,7 @@ class NamespaceOps(_Base):
             raise NoEnt("empty symlink target")  # knfsd nfsd_symlink
         if len(target) > self.config.max_symlink_bytes:
             raise NameTooLong(f"symlink target of {len(target)} bytes")
-        async with self._meta.lock:
+        async with self._writing():
             d = await self._dir_for_change(cred, dir_fid)
             await self._require_absent(d, name)
             return await self._create_new(cred, d, name, FileType.LNK, sattr, target=target)
@@ -207,7 +207,7 @@ class NamespaceOps(_Base):
         check_new_name(name, self.config.max_name_bytes)
         if ftype in (FileType.CHR, FileType.BLK) and not cred.is_root:
             raise Perm("device nodes need root")  # mknod(2): CAP_MKNOD
-        async with self._meta.lock:
+        async with self._writing():
             d = await self._dir_for_change(cred, dir_fid)
             await self._require_absent(d, name)
             dev = rdev if ftype in (FileType.CHR, FileType.BLK) else (0, 0)
@@ -303,7 +303,7 @@ class NamespaceOps(_Base):
             # knfsd answers ACCES for REMOVE/RMDIR of dot entries; POSIX rmdir(".") is EINVAL.
             raise Inval(f"cannot remove {name!r}")
         check_name(name, self.config.max_name_bytes)
-        async with self._meta.lock:
+        async with self._writing():
             d = await self._dir_for_change(cred, dir_fid)
             dw = wcc(d, d, self.fsid)
             ent = await self._meta.dirent(d.ino, name)
@@ -347,7 +347,7 @@ class NamespaceOps(_Base):
             if n in (DOT, DOTDOT) or not n:
                 raise Inval(f"cannot rename {n!r}")  # knfsd: PERM; rename(2): EINVAL/EBUSY
             check_name(n, self.config.max_name_bytes)
-        async with self._meta.lock:
+        async with self._writing():
             fd = await self._dir_for_change(cred, from_dir)
             td = await self._dir_for_change(cred, to_dir)
             changes = await self._rename_locked(cred, fd, from_name, td, to_name)
@@ -417,7 +417,7 @@ class NamespaceOps(_Base):
 
     async def link(self, cred: Cred, fid: FileId, dir_fid: FileId, name: bytes) -> LinkResult:
         check_new_name(name, self.config.max_name_bytes)
-        async with self._meta.lock:
+        async with self._writing():
             inode = await self._get(fid)
             d = await self._dir_for_change(cred, dir_fid)
             dw = wcc(d, d, self.fsid)

@@ -66,7 +66,7 @@ class Changes:
         self.inodes: dict[int, Inode | None] = {}
         self.dirents: dict[tuple[int, bytes], Dirent | None] = {}
         self.meta: dict[bytes, int] = {}
-        self.delete_data: set[int] = set()  # inodes gone: remove their chunks
+        self.delete_data: dict[int, int] = {}  # inodes gone (-> last size): remove chunks
         self.trim_data: dict[int, tuple[int, int]] = {}  # ino -> (chunk_size, keep bytes)
 
     def batch(self) -> list[tuple[bytes, bytes | None]]:
@@ -217,7 +217,7 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
     changes.delete_inode(r.ino)
     changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) - 1)
     if inode.ftype == FileType.REG:
-        changes.delete_data.add(r.ino)
+        changes.delete_data[r.ino] = inode.size
         changes.trim_data.pop(r.ino, None)
 
 

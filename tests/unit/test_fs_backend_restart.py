@@ -79,7 +79,7 @@ async def test_crash_between_delete_and_chunk_removal_is_collected(tmp_path):
     chunk_dir = fs._chunks.ino_dir(f.ino)
     # Delete the inode through the metadata alone, as if the process died before the data
     # effect ran.
-    async with fs._meta.lock:
+    async with fs._writing():
         from server.fs.records import AdjustLinks, UnlinkDirent
 
         await fs._commit([UnlinkDirent(root.ino, b"f", 1), AdjustLinks(f.ino, -1, 1)])
