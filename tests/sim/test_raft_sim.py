@@ -11,7 +11,7 @@ import os
 import hypothesis  # noqa: F401 - makes trio's scheduler deterministic (its hypothesis plugin)
 import pytest
 from kv_linearizability import check_history
-from raft_kv_sim import run
+from raft_kv_sim import Params, run
 
 
 def _seeds() -> list[int]:
@@ -21,9 +21,9 @@ def _seeds() -> list[int]:
     return list(range(int(os.environ.get("OBJCACHE_SIM_SEEDS", "500"))))
 
 
-def _run_seed(seed: int) -> None:
+def _run_seed(seed: int, params: Params | None = None) -> None:
     try:
-        world = run(seed)
+        world = run(seed, params)
     except BaseException as e:
         raise AssertionError(
             f"simulation seed {seed} failed: {e!r}; replay: OBJCACHE_SIM_SEED={seed}"
@@ -38,6 +38,12 @@ def _run_seed(seed: int) -> None:
 def test_raft_simulation() -> None:
     for seed in _seeds():
         _run_seed(seed)
+
+
+def test_raft_simulation_single_member() -> None:
+    """A group of one: commits on its own fsync, survives crashes (DESIGN.md: 1-5 members)."""
+    for seed in _seeds()[:20]:
+        _run_seed(seed, Params(members=1))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
