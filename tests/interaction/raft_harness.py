@@ -6,6 +6,7 @@ the transcript is compared with a golden file. Messages travel only when a scrip
 
 Commands (ids are node ids):
   add-nodes N [join] [pre_vote=false] [check_quorum=false] [max_inflight=K] [max_size=B]
+                      [snapshot_retry=H]
                       N new members; founding members share a bootstrapped log, `join`
                       members start empty (to be added with add-learner)
   campaign ID | propose ID DATA | transfer-leader ID TO | read-index ID CTX
@@ -96,6 +97,7 @@ class Harness:
                 check_quorum=flags.get("check_quorum", "true") == "true",
                 max_inflight_msgs=int(flags.get("max_inflight", "64")),
                 max_size_per_msg_bytes=int(flags.get("max_size", str(1 << 20))),
+                snapshot_retry_heartbeats=int(flags.get("snapshot_retry", "5")),
             )
             self._start(node_id)
         self.process(ids)
