@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Benchmark: Raft commits through objcache's stack against etcd, with the disk's fsync as floor.
+
+Workload: proposers each put a fresh key with a value of SIZE bytes, one request at a time,
+for DURATION seconds; a put counts when the leader answered (applied on the leader). Cells:
+groups of 1 and 3 members on loopback x 64 B and 4 KiB values x 1 and 64 proposers.
+
+  objcache   `python -m server.raft_kv` processes (RpcPlane WebSocket+CBOR, LevelDB log with
+             group commit, the sans-I/O core + trio driver); the client is an RpcPlane node.
+  etcd       Debian `etcd` (3.4), same member counts on loopback, through its HTTP/JSON gateway
+             (POST /v3/kv/put, one keep-alive connection per proposer), requests to the leader.
+  fsync      os.write of SIZE bytes + os.fsync on the same disk: the floor of one commit.
+
+Both clients are Python trio programs in this process, so client overhead is alike. The
+repetitions interleave the systems so drift on the shared machine hits both. Prints a table
+and the issue-3 ratios, writes bench/results/raft.json (medians, machine facts, versions, RSS).
+
+  python bench/raft.py            # full: 3 repetitions of 3 s per cell
+  python bench/raft.py --quick    # 1 repetition of 1 s per cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from server.raft_kv import KvClient  # noqa: E402
+from server.rpc.plane import RpcConfig, RpcPlane  # noqa: E402
+
+SECRET = b"bench-raft-cluster-secret-0123456789"
+SIZES = (64, 4096)
+PROPOSERS = (1, 64)
+GROUPS = (1, 3)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--duration", type=float, default=None)
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--no-etcd", action="store_true")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "raft.json")
+    a = p.parse_args(argv)
+    a.duration = a.duration or (1.0 if a.quick else 3.0)
+    a.reps = a.reps or (1 if a.quick else 3)
+    return a
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+# ---- the disk's floor ----
+
+
+def fsync_latency(work: Path, size: int, n: int = 300) -> dict[str, float]:
+    path = work / f"fsync-{size}.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    data = b"x" * size
+    lat = []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, data)
+            os.fsync(fd)
+            lat.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"p50_ms": percentile(lat, 0.5) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3}
+
+
+# ---- clusters ----
+
+
+class ObjcacheCluster:
+    name = "objcache"
+
+    def __init__(self, work: Path, n: int):
+        self.ids = list(range(1, n + 1))
+        self.ports = {i: free_port() for i in self.ids}
+        (work / "secret").write_bytes(SECRET)
+        peers = ",".join(f"{i}=ws://127.0.0.1:{p}/" for i, p in self.ports.items())
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "server.raft_kv", "--id", str(i), "--listen",
+                 f"127.0.0.1:{self.ports[i]}", "--peers", peers, "--data-dir",
+                 str(work / f"oc{n}-{i}"), "--secret-file", str(work / "secret")],
+                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in self.ids]
+
+    async def connect(self, nursery: trio.Nursery) -> ObjcacheProposer:
+        plane = RpcPlane(RpcConfig(node_id=1000, cluster_secret=SECRET,
+                                   send_queue_frames=4096, max_concurrent_requests=256))
+        await nursery.start(plane.run)
+        for i, port in self.ports.items():
+            plane.add_peer(i, f"ws://127.0.0.1:{port}/")
+        client = KvClient(plane, self.ids)
+        await client.put("warmup", b"x", timeout_s=60)  # waits out the first election
+        return ObjcacheProposer(client)
+
+    def stop(self) -> dict[str, int]:
+        rss = {f"node{i}": peak_rss_kib(p.pid) for i, p in zip(self.ids, self.procs, strict=True)}
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.wait(timeout=30)
+        return rss
+
+
+class ObjcacheProposer:
+    def __init__(self, client: KvClient):
+        self.client = client
+
+    async def session(self):
+        return self
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.client.put(key, value, timeout_s=30)
+
+
+class EtcdCluster:
+    name = "etcd"
+
+    def __init__(self, work: Path, n: int):
+        self.ids = list(range(1, n + 1))
+        self.client_ports = {i: free_port() for i in self.ids}
+        peer_ports = {i: free_port() for i in self.ids}
+        initial = ",".join(f"e{i}=http://127.0.0.1:{p}" for i, p in peer_ports.items())
+        self.procs = []
+        for i in self.ids:
+            self.procs.append(subprocess.Popen(
+                ["etcd", "--name", f"e{i}", "--data-dir", str(work / f"etcd{n}-{i}"),
+                 "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
+                 "--initial-cluster", initial, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", f"bench{n}", "--logger", "zap",
+                 "--log-level", "error"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.leader_port = 0
+
+    async def connect(self, nursery: trio.Nursery) -> EtcdProposer:
+        with trio.fail_after(60):
+            while not self.leader_port:
+                for port in self.client_ports.values():
+                    try:
+                        conn = await HttpConn.open(port)
+                        st = json.loads(await conn.post("/v3/maintenance/status", b"{}"))
+                        await conn.close()
+                    except (OSError, ValueError):
+                        continue
+                    if st.get("leader") and st["leader"] == st["header"]["member_id"]:
+                        self.leader_port = port
+                await trio.sleep(0.1)
+        proposer = EtcdProposer(self.leader_port)
+        s = await proposer.session()
+        await s.put("warmup", b"x")
+        return proposer
+
+    def stop(self) -> dict[str, int]:
+        rss = {f"etcd{i}": peak_rss_kib(p.pid) for i, p in zip(self.ids, self.procs, strict=True)}
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.wait(timeout=30)
+        return rss
+
+
+class HttpConn:
+    """A minimal HTTP/1.1 keep-alive client (the bench needs only POST with JSON)."""
+
+    def __init__(self, stream: trio.SocketStream, port: int):
+        self.stream, self.port, self.buf = stream, port, bytearray()
+
+    @classmethod
+    async def open(cls, port: int) -> HttpConn:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port), port)
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+    async def post(self, path: str, body: bytes) -> bytes:
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        await self.stream.send_all(head.encode() + body)
+        header = await self._read_until(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        pairs = (ln.partition(":") for ln in lines[1:])
+        fields = {k.strip().lower(): v.strip() for k, _, v in pairs}
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                size = int((await self._read_until(b"\r\n")).split(b";")[0], 16)
+                chunk = await self._read_exactly(size + 2)
+                if size == 0:
+                    break
+                data += chunk[:-2]
+        else:
+            data = await self._read_exactly(int(fields.get("content-length", "0")))
+        if status != 200:
+            raise OSError(f"HTTP {status}: {bytes(data)[:200]!r}")
+        return bytes(data)
+
+    async def _fill(self) -> None:
+        more = await self.stream.receive_some(65536)
+        if not more:
+            raise OSError("connection closed")
+        self.buf += more
+
+    async def _read_until(self, sep: bytes) -> bytes:
+        while (i := self.buf.find(sep)) < 0:
+            await self._fill()
+        out = bytes(self.buf[:i])
+        del self.buf[:i + len(sep)]
+        return out
+
+    async def _read_exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            await self._fill()
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+
+class EtcdProposer:
+    def __init__(self, port: int):
+        self.port = port
+
+    async def session(self) -> EtcdSession:
+        return EtcdSession(await HttpConn.open(self.port))
+
+
+class EtcdSession:
+    def __init__(self, conn: HttpConn):
+        self.conn = conn
+
+    async def put(self, key: str, value: bytes) -> None:
+        body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
+                           "value": base64.b64encode(value).decode()}).encode()
+        await self.conn.post("/v3/kv/put", body)
+
+
+# ---- the workload ----
+
+
+async def run_cell(proposer, size: int, proposers: int, duration: float, tag: str) -> dict:
+    value = os.urandom(size)
+    latencies: list[float] = []
+    sessions = [await proposer.session() for _ in range(proposers)]
+    deadline = trio.current_time() + duration
+
+    async def one(p: int) -> None:
+        s, n = sessions[p], 0
+        while trio.current_time() < deadline:
+            t = time.perf_counter()
+            await s.put(f"{tag}-{p}-{n}", value)
+            latencies.append(time.perf_counter() - t)
+            n += 1
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for p in range(proposers):
+            nursery.start_soon(one, p)
+    elapsed = time.perf_counter() - start
+    for s in sessions:
+        if isinstance(s, EtcdSession):
+            await s.conn.close()
+    return {"commits_per_s": len(latencies) / elapsed, "p50_ms": percentile(latencies, 0.5) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3, "commits": len(latencies)}
+
+
+async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict]:
+    runs: dict[str, list[dict]] = {}
+    rss: dict[str, dict[str, int]] = {}
+    systems = [ObjcacheCluster] + ([] if a.no_etcd else [EtcdCluster])
+    for n in GROUPS:
+        clusters = [cls(work, n) for cls in systems]
+        try:
+            async with trio.open_nursery() as nursery:
+                proposers = {c.name: await c.connect(nursery) for c in clusters}
+                for rep in range(a.reps):
+                    for size in SIZES:
+                        for k in PROPOSERS:
+                            for name, prop in proposers.items():
+                                key = f"{name}/{n}/{size}/{k}"
+                                r = await run_cell(prop, size, k, a.duration, f"r{rep}{size}{k}")
+                                runs.setdefault(key, []).append(r)
+                                print(f"  {key:<22} rep {rep}: {r['commits_per_s']:9.0f}/s "
+                                      f"p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f} ms",
+                                      flush=True)
+                nursery.cancel_scope.cancel()
+        finally:
+            for c in clusters:
+                rss[f"{c.name}/{n}"] = c.stop()
+    return runs, rss
+
+
+def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    metrics = ("commits_per_s", "p50_ms", "p99_ms")
+    return {k: {m: statistics.median(r[m] for r in rs) for m in metrics} for k, rs in runs.items()}
+
+
+def versions() -> dict[str, str]:
+    def cmd(*argv: str) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+            return out.split("\n")[0]
+        except OSError:
+            return "unavailable"
+
+    from importlib.metadata import version
+
+    import trio_websocket
+
+    return {"python": platform.python_version(), "trio": trio.__version__,
+            "trio_websocket": trio_websocket.__version__, "cbor2": version("cbor2"),
+            "plyvel": version("plyvel"),
+            "etcd": cmd("etcd", "--version"),
+            "objcache_commit": cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")}
+
+
+def machine(work: Path) -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "disk_of_data": subprocess.run(["df", "-T", str(work)], capture_output=True,
+                                           text=True).stdout.splitlines()[-1],
+            "note": "shared 2-core machine; loopback only"}
+
+
+def print_table(med: dict, floor: dict) -> dict[str, float]:
+    title = "cell (system/members/bytes/proposers)"
+    print(f"\n{title:<40}{'commits/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
+    for key in sorted(med):
+        m = med[key]
+        print(f"{key:<40}{m['commits_per_s']:>11.0f}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}")
+    for size in SIZES:
+        print(f"{'fsync ' + str(size) + ' B (floor)':<40}{'':>11}{floor[size]['p50_ms']:>9.2f}"
+              f"{floor[size]['p99_ms']:>9.2f}")
+    ratios: dict[str, float] = {}
+    for size in SIZES:
+        one = med.get(f"objcache/1/{size}/1")
+        if one:
+            ratios[f"objcache 1-member p50 / fsync p50 ({size} B, target <= 1.5)"] = (
+                one["p50_ms"] / floor[size]["p50_ms"])
+        oc, et = med.get(f"objcache/3/{size}/64"), med.get(f"etcd/3/{size}/64")
+        if oc and et:
+            ratios[f"objcache / etcd 3-member commits/s, 64 proposers ({size} B, target >= 1)"] = (
+                oc["commits_per_s"] / et["commits_per_s"])
+        for n in GROUPS:
+            for k in PROPOSERS:
+                oc, et = med.get(f"objcache/{n}/{size}/{k}"), med.get(f"etcd/{n}/{size}/{k}")
+                if oc and et:
+                    ratios[f"objcache/etcd commits/s {n} members {size} B {k} proposers"] = (
+                        oc["commits_per_s"] / et["commits_per_s"])
+    print()
+    for name, r in ratios.items():
+        print(f"{r:8.2f}  {name}")
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if not a.no_etcd and shutil.which("etcd") is None:
+        print("etcd not found (Debian etcd-server); run with --no-etcd or install it")
+        return 2
+    # On the repo's disk (var/ when present), where a node's data would live.
+    base = REPO / "var" if (REPO / "var").is_dir() else REPO / "bench"
+    work = Path(tempfile.mkdtemp(prefix="bench-raft-", dir=base))
+    try:
+        floor = {size: fsync_latency(work, size) for size in SIZES}
+        runs, rss = trio.run(run_all, a, work)
+        med = medians(runs)
+        ratios = print_table(med, floor)
+        result = {"benchmark": "raft", "parameters": {"duration_s": a.duration, "reps": a.reps,
+                  "sizes_bytes": SIZES, "proposers": PROPOSERS, "members": GROUPS},
+                  "fsync_floor": floor, "medians": med, "runs": runs, "ratios": ratios,
+                  "peak_rss_kib": rss, "machine": machine(work), "versions": versions()}
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {a.out}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
