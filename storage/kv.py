@@ -80,6 +80,11 @@ class KvStore:
     def closed(self) -> bool:
         return self._db is None
 
+    def handle(self) -> plyvel.DB:
+        """The plyvel handle, for other adapters in this package that share the database
+        (storage/raftlog.py). Nothing outside storage/ may call plyvel."""
+        return self._live()
+
     def _live(self) -> plyvel.DB:
         if self._db is None:
             raise KvError("store is closed")

@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -180,7 +181,14 @@ class LocalBackend(NamespaceOps):
 
     @property
     def verifier(self) -> bytes:
+        """writeverf3 of this run (RFC 1813 §3.3.7)."""
         return self._verifier
+
+    @property
+    def kv(self) -> KvStore:
+        """The node's LevelDB, for tenants that share it (the Raft log under its own prefix)."""
+        assert self._kv is not None, "not open"
+        return self._kv
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -304,7 +312,7 @@ class LocalBackend(NamespaceOps):
 
     async def fsstat(self, fid: FileId) -> tuple[FsStat, Attr]:
         inode = await self._get(fid)
-        st = await trio.to_thread.run_sync(os.statvfs, self.data_dir)
+        st = await self._chunks.run_sync(os.statvfs, self.data_dir)
         used = self._meta.meta[keys.INODE_COUNT]
         free_files = max(self.config.max_files - used, 0)
         stat = FsStat(
@@ -347,7 +355,10 @@ class LocalBackend(NamespaceOps):
             try:
                 touched = await self._write_data(before, offset, data)
             except ChunkIOError as e:
+                await self._cut_partial_write(before)
                 raise IOError_(str(e), wcc=wcc(before, before, self.fsid)) from e
+            if not data:
+                return WriteResult(0, stable, self._verifier, wcc(before, before, self.fsid))
             current = await self._meta.inode(fid.ino)
             if current is None or current.gen != fid.gen:
                 # Removed while we wrote: its deletion may have skipped the data (size 0).
@@ -364,6 +375,12 @@ class LocalBackend(NamespaceOps):
                 if self._meta.pending_due():
                     await self._flush(sync=False)
         return WriteResult(len(data), committed, self._verifier, wcc(before, after, self.fsid))
+
+    async def _cut_partial_write(self, inode: Inode) -> None:
+        """A failed WRITE may have put some bytes past EOF; a later hole must not show them.
+        Best effort: if this fails too, the next start's repair does it (the disk is sick)."""
+        with contextlib.suppress(ChunkIOError):
+            await self._chunks.truncate(inode.ino, inode.chunk_size, inode.size)
 
     async def _write_data(self, inode: Inode, offset: int, data: memoryview) -> list[int]:
         if not data:
@@ -388,6 +405,7 @@ class LocalBackend(NamespaceOps):
         sync the whole file whatever the range, as the RFC allows."""
         async with self._ino_lock(fid.ino):
             before = await self._get(fid)
+            require_reg(before)
             await self._sync_file(fid.ino, None)
             after = await self._get(fid)
         return CommitResult(self._verifier, wcc(before, after, self.fsid))

@@ -201,7 +201,7 @@ class MetaStore:
             return True
         if not self._pending:
             return False
-        oldest = min(p.since for p in self._pending.values())
+        oldest = next(iter(self._pending.values())).since  # dict order: first folded in
         return trio.current_time() - oldest >= self.config.pending_meta_max_age_s
 
     def forget_pending(self, ino: int) -> None:

@@ -135,7 +135,7 @@ class NamespaceOps(_Base):
             existing = await self._meta.dirent(d.ino, name)
             if existing is None:
                 return await self._create_new(
-                    cred, d, name, FileType.REG, sattr, verf=verf or b"", size=0
+                    cred, d, name, FileType.REG, sattr, verf=verf or b"", size=sattr.size or 0
                 )
             created, changes = await self._create_existing(
                 cred, d, name, existing.ino, how, sattr, verf
@@ -243,6 +243,8 @@ class NamespaceOps(_Base):
         """Records for a new inode linked as d/name; the caller holds the metadata lock."""
         mode = sattr.mode if sattr.mode is not None else _DEFAULT_MODE.get(ftype, 0)
         mode &= 0o7777
+        if ftype == FileType.LNK:
+            mode = 0o777  # symlink permissions mean nothing; Linux always shows 0777
         gid = cred.gid
         if d.mode & perms.S_ISGID:
             gid = d.gid  # BSD group semantics of setgid directories; subdirectories inherit

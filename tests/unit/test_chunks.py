@@ -1,0 +1,84 @@
+"""storage/chunks.py: chunk files, holes, truncation, dirty tracking, the descriptor cache."""
+
+import os
+
+import pytest
+
+from storage.chunks import ChunkConfig, ChunkStore, spans
+
+CS = 4096
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ChunkStore(tmp_path / "chunks", ChunkConfig(max_open_fds=2, io_threads=2))
+    yield s
+    s.close_sync()
+
+
+def test_spans_cover_the_range():
+    assert spans(0, 0, CS) == []
+    assert spans(100, 10, CS) == [(0, 100, 10)]
+    assert spans(CS - 1, 2, CS) == [(0, CS - 1, 1), (1, 0, 1)]
+    assert spans(CS, 3 * CS, CS) == [(1, 0, CS), (2, 0, CS), (3, 0, CS)]
+
+
+def test_write_read_across_chunks_and_holes(store):
+    data = os.urandom(3 * CS)
+    assert store.pwrite_sync(7, CS, CS // 2, memoryview(data)) == [0, 1, 2, 3]
+    assert store.pread_sync(7, CS, CS // 2, len(data)) == data
+    assert store.pread_sync(7, CS, 0, CS // 2) == bytes(CS // 2)  # hole before the data
+    assert store.pread_sync(7, CS, 10 * CS, 100) == bytes(100)  # no chunk file at all
+    end = CS // 2 + len(data)  # reading across the end of the last chunk file
+    assert store.pread_sync(7, CS, end - 10, 20) == data[-10:] + bytes(10)
+    assert sorted(os.listdir(store.ino_dir(7))) == ["0", "1", "2", "3"]
+
+
+def test_descriptor_cache_is_bounded(store):
+    for i in range(6):
+        store.pwrite_sync(1, CS, i * CS, memoryview(b"x"))
+    assert len(store._fds) <= 2
+    assert store.pread_sync(1, CS, 0, 6 * CS).count(b"x") == 6
+
+
+def test_truncate_drops_the_tail_and_later_chunks(store):
+    store.pwrite_sync(3, CS, 0, memoryview(b"a" * (3 * CS)))
+    store.truncate_sync(3, CS, CS + 5)
+    assert sorted(os.listdir(store.ino_dir(3))) == ["0", "1"]
+    assert os.path.getsize(store.chunk_path(3, 1)) == 5
+    assert store.pread_sync(3, CS, 0, 3 * CS) == b"a" * (CS + 5) + bytes(2 * CS - 5)
+    store.truncate_sync(3, CS, CS)  # exactly on a boundary: chunk 1 goes entirely
+    assert sorted(os.listdir(store.ino_dir(3))) == ["0"]
+    store.truncate_sync(3, CS, 0)
+    assert not store.ino_dir(3).exists()
+
+
+def test_fsync_syncs_only_dirty_chunks_of_that_inode(store):
+    store.pwrite_sync(1, CS, 0, memoryview(b"x" * (2 * CS)))
+    store.pwrite_sync(2, CS, 0, memoryview(b"y"))
+    assert store.dirty_inodes() == [1, 2]
+    store.fsync_sync(1, [1], data_only=True)
+    assert store._dirty[1] == {0}
+    store.fsync_sync(1)
+    assert store.dirty_inodes() == [2]
+    store.sync_all_sync()
+    assert store.dirty_inodes() == []
+
+
+def test_delete_and_stored_inodes(store):
+    store.pwrite_sync(5, CS, 0, memoryview(b"x"))
+    store.pwrite_sync(0xABC, CS, 0, memoryview(b"x"))
+    assert sorted(store.stored_inodes_sync()) == [5, 0xABC]
+    store.delete_sync(5)
+    assert store.stored_inodes_sync() == [0xABC]
+    assert store.pread_sync(5, CS, 0, 3) == bytes(3)
+    store.delete_sync(5)  # idempotent
+
+
+async def test_async_wrappers(store):
+    await store.pwrite(9, CS, 0, memoryview(b"hello"))
+    assert await store.pread(9, CS, 1, 3) == b"ell"
+    await store.fsync(9)
+    await store.truncate(9, CS, 2)
+    assert await store.pread(9, CS, 0, 5) == b"he\0\0\0"
+    await store.delete(9)

@@ -1,0 +1,62 @@
+"""storage/kv.py: the LevelDB adapter, against a real LevelDB in tmp_path."""
+
+import pytest
+import trio
+
+from storage.kv import KvConfig, KvError, KvStore, prefix_end
+
+
+@pytest.fixture
+async def kv(tmp_path):
+    store = await KvStore.open(tmp_path / "db", KvConfig(threads=2, max_scan_items=1000))
+    yield store
+    await store.close()
+
+
+async def test_get_put_delete_in_atomic_batches(kv):
+    assert await kv.get(b"a") is None
+    await kv.write([(b"a", b"1"), (b"b", b"2")], sync=True)
+    assert await kv.get_many([b"a", b"b", b"c"]) == [b"1", b"2", None]
+    await kv.write([(b"a", None), (b"c", b"3")], sync=False)
+    assert await kv.get_many([b"a", b"b", b"c"]) == [None, b"2", b"3"]
+
+
+async def test_iterate_prefix_range_limit_reverse(kv):
+    await kv.write([(b"p%d" % i, b"%d" % i) for i in range(10)] + [(b"q0", b"x")], sync=False)
+    rows = await kv.iterate(prefix=b"p")
+    assert [k for k, _ in rows] == [b"p%d" % i for i in range(10)]
+    assert [k for k, _ in await kv.iterate(prefix=b"p", start=b"p5", limit=2)] == [b"p5", b"p6"]
+    assert [k for k, _ in await kv.iterate(start=b"p3", stop=b"p5")] == [b"p3", b"p4"]
+    assert [k for k, _ in await kv.iterate(prefix=b"p", reverse=True, limit=1)] == [b"p9"]
+    assert await kv.iterate(prefix=b"zz") == []
+
+
+async def test_scan_limit_is_bounded_by_config(kv):
+    with pytest.raises(AssertionError):
+        await kv.iterate(prefix=b"p", limit=10_000)
+
+
+def test_prefix_end():
+    assert prefix_end(b"ab") == b"ac"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") is None
+
+
+async def test_reopen_sees_synced_data_and_closed_store_refuses(tmp_path):
+    kv = await KvStore.open(tmp_path / "db")
+    await kv.write([(b"k", b"v")], sync=True)
+    await kv.close()
+    with pytest.raises(KvError):
+        kv.get_sync(b"k")
+    kv = await KvStore.open(tmp_path / "db")
+    assert await kv.get(b"k") == b"v"
+    with pytest.raises(KvError):  # LevelDB allows one handle per database
+        await KvStore.open(tmp_path / "db")
+    await kv.close()
+
+
+async def test_concurrent_calls_share_a_bounded_pool(kv):
+    async with trio.open_nursery() as n:
+        for i in range(50):
+            n.start_soon(lambda i=i: kv.write([(b"c%03d" % i, b"x")], sync=False))
+    assert len(await kv.iterate(prefix=b"c")) == 50
