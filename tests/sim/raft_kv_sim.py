@@ -2,11 +2,12 @@
 `MockClock(autojump_threshold=0)`: virtual time, so seconds of cluster life take milliseconds.
 
 Faults, all drawn from the seed: the network drops, delays (hence reorders) and duplicates
-messages and is partitioned at random; members crash and restart. Each member's disk keeps what
-a completed `save()` wrote; a crash while a save is in progress (its fsync not yet done) loses
-that write, and the in-memory state machine is rebuilt from the last durable snapshot plus the
-log. Clients put (through the log) and get (through ReadIndex) at random members; the history
-is checked for linearizability, and Raft's safety properties after every step.
+messages and is partitioned at random, also one way (A hears B, B does not hear A); members
+crash and restart. Each member's disk keeps what was fsynced; a crash loses what was written
+but not yet fsynced, and the in-memory state machine is rebuilt from the last durable snapshot
+plus the log. Clients put (through the log) and get (through ReadIndex) at random members; the
+history is checked for linearizability, and Raft's safety properties after every step.
+Members may also be added (learner, then voter) and removed while all this happens.
 """
 
 from __future__ import annotations
@@ -20,15 +21,11 @@ from dataclasses import dataclass, field
 import trio
 from kv_linearizability import Op
 from raft_invariants import Checker
+from raft_sim_node import SimNode
 
 from raft.conf_change import ConfChange, ConfChangeType
-from raft.config import Config
 from raft.errors import ConfChangeRejected, NotLeader, RaftError
-from raft.memory_storage import MemoryStorage
 from raft.messages import Message
-from raft.node import RawNode, bootstrap_log
-from raft.ready import Ready
-from raft.types import EntryType, SnapshotMeta
 
 ADD_LEARNER, PROMOTE, REMOVE = (
     ConfChangeType.ADD_LEARNER,
@@ -62,211 +59,6 @@ class Params:
         return list(range(1, (self.founding or self.members) + 1))
 
 
-class SimDisk:
-    """A member's disk: a synced part that survives crashes (the log, hard state and snapshot)
-    and an unsynced part: writes issued but not yet fsynced, lost by a crash."""
-
-    def __init__(self) -> None:
-        self.storage = MemoryStorage()  # the synced log and hard state; the core reads these
-        self.snapshot: tuple[SnapshotMeta, bytes] | None = None  # synced, with the log
-        self.unsynced: list[Ready] = []
-
-    def write(self, rd: Ready) -> None:
-        self.unsynced.append(rd)
-
-    async def fsync(self, latency_s: float) -> None:
-        await trio.sleep(latency_s)  # a crash now loses everything written since the last fsync
-        for rd in self.unsynced:
-            if rd.snapshot is not None:
-                self.snapshot = (rd.snapshot.meta, rd.snapshot.data)
-            meta = rd.snapshot.meta if rd.snapshot else None
-            self.storage.save_sync(rd.hard_state, rd.entries, meta)
-        self.unsynced.clear()
-
-    def crash(self) -> None:
-        self.unsynced.clear()
-
-
-class SimNode:
-    def __init__(self, world: World, node_id: int, voters: list[int]) -> None:
-        self.world = world
-        self.id = node_id
-        self.disk = SimDisk()
-        self.storage = self.disk.storage
-        if node_id in voters:
-            hard_state, entries = bootstrap_log(voters)
-            self.storage.save_sync(hard_state, entries)
-        self.incarnation = 0
-        self.up = False
-        self.raw: RawNode | None = None
-        self.kv: dict[str, str] = {}
-        self.inbox: list[tuple[float, int, Message]] = []
-        self.wake: trio.Event | None = None
-        self.put_waiters: dict[int, trio.Event] = {}
-        self.read_waiters: dict[bytes, tuple[str, trio.Event, list[str | None]]] = {}
-        self.read_states: list[tuple[int, bytes]] = []
-        self.cancel_scope: trio.CancelScope | None = None
-
-    # -- life cycle ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        p, rng = self.world.params, self.world.rng
-        self.incarnation += 1
-        applied = self.disk.snapshot[0].index if self.disk.snapshot else 0
-        config = Config(
-            id=self.id,
-            election_timeout_ticks=p.election_timeout_ticks,
-            heartbeat_ticks=p.heartbeat_ticks,
-            max_inflight_msgs=4,
-            max_size_per_msg_bytes=256,
-            snapshot_chunk_bytes=p.snapshot_chunk_bytes,
-            applied=applied,
-        )
-        self.raw = RawNode(config, self.storage, random.Random(rng.random()))
-        self.kv = json.loads(self.disk.snapshot[1]) if self.disk.snapshot else {}
-        self.inbox, self.read_states = [], []
-        self.put_waiters, self.read_waiters = {}, {}
-        self.next_tick = trio.current_time() + rng.uniform(0, p.tick_s)
-        self.up = True
-
-    async def run(self) -> None:
-        with trio.CancelScope() as scope:
-            self.cancel_scope = scope
-            self.start()
-            await self._loop()
-
-    def crash(self) -> None:
-        """Stop now: what the disk has not synced is gone, so is everything in memory."""
-        assert self.cancel_scope is not None
-        self.cancel_scope.cancel()
-        self.disk.crash()
-        self.up = False
-        self.raw = None
-        self.inbox = []
-
-    # -- the driver loop -----------------------------------------------------------------------
-
-    def poke(self) -> None:
-        if self.wake is not None:
-            self.wake.set()
-
-    async def _wait_for_work(self) -> None:
-        deadline = self.next_tick
-        if self.inbox:
-            deadline = min(deadline, self.inbox[0][0])
-        if deadline <= trio.current_time():
-            return
-        self.wake = trio.Event()
-        with trio.move_on_at(deadline):
-            await self.wake.wait()
-        self.wake = None
-
-    async def _loop(self) -> None:
-        check = self.world.checker
-        while True:
-            await self._wait_for_work()
-            raw = self.raw
-            assert raw is not None
-            now = trio.current_time()
-            while self.inbox and self.inbox[0][0] <= now:
-                raw.step(heapq.heappop(self.inbox)[2])
-                check.observe(raw)
-            if now >= self.next_tick:
-                self.next_tick += self.world.params.tick_s
-                raw.tick()
-                check.observe(raw)
-            while raw.has_ready():
-                await self._handle_ready(raw, raw.ready())
-
-    async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
-        world = self.world
-        for m in rd.messages:
-            world.send(m)
-        if rd.must_sync():
-            self.disk.write(rd)
-            await self.disk.fsync(world.rng.uniform(*world.params.disk_s))
-            self._check_persisted(rd)
-        if rd.snapshot is not None:
-            self.kv = json.loads(rd.snapshot.data)
-        for m in rd.messages_after_persist:
-            world.send(m)
-        for e in rd.committed_entries:
-            world.checker.on_apply(self.id, e)
-            if e.type is EntryType.NORMAL:
-                self._apply(e.data)
-        self.read_states.extend((rs.index, rs.context) for rs in rd.read_states)
-        raw.advance(rd)
-        world.checker.observe(raw)
-        self._serve_reads(raw)
-        for req in rd.snapshot_requests:
-            self._send_snapshot_piece(raw, req.to, req.index, req.offset)
-        self._maybe_compact(raw)
-
-    def _check_persisted(self, rd: Ready) -> None:
-        if rd.entries:
-            before = self.storage.term(rd.entries[0].index - 1)
-            self.world.checker.on_persist(self.id, rd.entries, before)
-
-    def _apply(self, data: bytes) -> None:
-        op_id, key, value = json.loads(data)
-        self.kv[key] = value
-        waiter = self.put_waiters.pop(op_id, None)
-        if waiter is not None:
-            waiter.set()
-
-    def _serve_reads(self, raw: RawNode) -> None:
-        applied = raw.raft.log.applied
-        keep = []
-        for index, ctx in self.read_states:
-            if index > applied:
-                keep.append((index, ctx))
-                continue
-            waiter = self.read_waiters.pop(ctx, None)
-            if waiter is not None:
-                key, event, result = waiter
-                result.append(self.kv.get(key))
-                event.set()
-        self.read_states = keep
-
-    def _send_snapshot_piece(self, raw: RawNode, to: int, index: int, offset: int) -> None:
-        if self.disk.snapshot is None:
-            raw.report_snapshot_failure(to)
-            return
-        meta, data = self.disk.snapshot
-        if index not in (0, meta.index):
-            offset = 0  # that snapshot is gone: start over with ours
-        piece = data[offset : offset + self.world.params.snapshot_chunk_bytes]
-        raw.send_snapshot_piece(to, meta, offset, piece, offset + len(piece) >= len(data))
-
-    def _maybe_compact(self, raw: RawNode) -> None:
-        applied = raw.raft.log.applied
-        if applied - self.storage.first_index() < self.world.params.compact_every:
-            return
-        meta = raw.snapshot_meta()
-        # Taken at the applied index and synced at once (DESIGN: one LevelDB write batch).
-        self.disk.snapshot = (meta, json.dumps(self.kv, sort_keys=True).encode())
-        self.storage.create_snapshot(meta.index, meta.conf)
-        self.storage.compact_sync(meta.index - self.world.rng.randrange(3))
-
-    # -- client entry points -------------------------------------------------------------------
-
-    def propose_put(self, op_id: int, key: str, value: str) -> trio.Event:
-        assert self.raw is not None
-        self.raw.propose(json.dumps([op_id, key, value]).encode())
-        self.world.checker.observe(self.raw)
-        event = self.put_waiters[op_id] = trio.Event()
-        self.poke()
-        return event
-
-    def read(self, ctx: bytes, key: str) -> tuple[trio.Event, list[str | None]]:
-        assert self.raw is not None
-        self.raw.read_index(ctx)
-        event, result = trio.Event(), []
-        self.read_waiters[ctx] = (key, event, result)
-        self.poke()
-        return event, result
-
-
 @dataclass
 class World:
     seed: int
@@ -275,7 +67,7 @@ class World:
     checker: Checker = field(default_factory=Checker)
     nodes: dict[int, SimNode] = field(default_factory=dict)
     history: list[Op] = field(default_factory=list)
-    partition: dict[int, int] | None = None  # node id -> side
+    blocked: set[tuple[int, int]] = field(default_factory=set)  # (from, to) links that drop
     faults: bool = True
     next_op: int = 0
     seq: int = 0
@@ -289,7 +81,7 @@ class World:
 
     def send(self, m: Message) -> None:
         p, rng = self.params, self.rng
-        if self.partition and self.partition[m.frm] != self.partition[m.to]:
+        if (m.frm, m.to) in self.blocked:
             return
         copies = 1
         if self.faults:
@@ -318,15 +110,23 @@ class World:
             action = rng.random()
             if action < 0.35:
                 self._crash_restart(rng.choice(list(self.nodes.values())))
-            elif action < 0.65 and len(self.nodes) > 1:
-                ids = list(self.nodes)
-                rng.shuffle(ids)
-                cut = rng.randrange(1, len(ids))
-                self.partition = {i: int(k < cut) for k, i in enumerate(ids)}
+            elif action < 0.6 and len(self.nodes) > 1:
+                self._partition()
+            elif action < 0.7 and len(self.nodes) > 1:
+                frm, to = rng.sample(list(self.nodes), 2)
+                self.blocked.add((frm, to))  # one-way: frm's messages to `to` are lost
             else:
-                self.partition = None
-        self.partition = None
+                self.blocked = set()
+        self.blocked = set()
         self.faults = False
+
+    def _partition(self) -> None:
+        """Split the members in two sides that cannot talk to each other."""
+        ids = list(self.nodes)
+        self.rng.shuffle(ids)
+        cut = self.rng.randrange(1, len(ids))
+        side = {i: k < cut for k, i in enumerate(ids)}
+        self.blocked = {(a, b) for a in ids for b in ids if side[a] != side[b]}
 
     def _crash_restart(self, node: SimNode) -> None:
         if not node.up:
@@ -418,7 +218,7 @@ class World:
     async def _settle(self) -> None:
         """Faults are over: the group must elect a leader, take a write and converge."""
         self.faults = False
-        self.partition = None
+        self.blocked = set()
         with trio.fail_after(self.params.settle_s):
             while not await self.get(-1, "final") or not self._converged():
                 await self.put(-1, "final")
