@@ -255,7 +255,7 @@ async def test_failed_write_poisons_the_store(db, monkeypatch):
     # A failed fsync cannot be retried safely: every later call fails until a restart.
     s = await RaftLogStorage.open(db)
 
-    def broken(ops):
+    def broken(ops, sync):
         raise OSError("disk full")
 
     monkeypatch.setattr(s, "_write_sync", broken)
@@ -265,3 +265,15 @@ async def test_failed_write_poisons_the_store(db, monkeypatch):
         s.term(1)
     with pytest.raises(StorageFailed):
         await s.save(HardState(term=1), [])
+
+
+async def test_commit_only_saves_are_not_synced(db):
+    # As etcd's MustSync: moving only the commit index needs no fsync; term, vote, entries do.
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1, vote=1), ents(1, 3, term=1))
+    assert (s.batches_written, s.batches_synced) == (1, 1)
+    await s.save(HardState(term=1, vote=1, commit=2), [])
+    assert (s.batches_written, s.batches_synced) == (2, 1)
+    await s.save(HardState(term=2, vote=0, commit=2), [])
+    assert (s.batches_written, s.batches_synced) == (3, 2)
+    assert s.initial_state()[0] == HardState(term=2, vote=0, commit=2)
