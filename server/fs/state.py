@@ -238,9 +238,9 @@ def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
         mtime_ns=inode.mtime_ns if r.mtime_ns is None else r.mtime_ns,
         ctime_ns=r.ctime_ns,
     )
+    if r.size is not None and inode.ftype != FileType.REG:
+        raise StateError(f"inode {r.ino}: size of a {inode.ftype.name}")
     if r.size is not None and r.size != inode.size:
-        if inode.ftype != FileType.REG:
-            raise StateError(f"inode {r.ino}: size of a {inode.ftype.name}")
         # Shrinking drops the tail; growing must read zeros where stale bytes might remain.
         changes.trim(r.ino, inode.chunk_size, min(inode.size, r.size))
     changes.put_inode(new)
