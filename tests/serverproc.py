@@ -319,6 +319,10 @@ def _join(export: str, path: str) -> str:
     path = path.lstrip("/")
     if not path:
         return export
+    if export == "/" and "/" not in path:
+        # libnfs mounts the URL's dirname and gives up on an empty one ("mount_cb: (null)"
+        # after MOUNT EXPORT): nfs://h/f must be written nfs://h//f, whose dirname is "/".
+        return "//" + path
     return export.rstrip("/") + "/" + path
 
 
