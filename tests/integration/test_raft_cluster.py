@@ -172,8 +172,14 @@ async def test_kill_the_leader_during_proposals(cluster, nursery):
     print(f"elections after kill -9 (s): {[round(t, 3) for t in election_s]}, terms {terms}")
     # A follower times out within [T, 2T) of the last heartbeat (<= 1 tick before the kill);
     # then a PreVote and a vote round, each with an fsync: 0.2 s covers those, the 10 ms poll
-    # and scheduling on a shared machine. Measured: 0.47-0.87 s over 20 rounds (T = 0.5 s).
-    assert max(election_s) < 2 * ELECTION_TIMEOUT_S + 0.2, election_s
+    # and scheduling on a shared machine. Measured: 0.47-0.97 s (T = 0.5 s).
+    # A split vote (both survivors time out within one round trip, ~2 % of elections here;
+    # seen as a term that moved by 2) costs one more randomized timeout: Raft's liveness is
+    # probabilistic (paper §5.2), so those get 4T.
+    for took, moved in zip(election_s, terms, strict=True):
+        bound = 2 * ELECTION_TIMEOUT_S if moved == 1 else 4 * ELECTION_TIMEOUT_S
+        assert took < bound + 0.2, (election_s, terms)
+    assert sum(moved > 1 for moved in terms) <= max(1, rounds // 5), terms
     await check_all(client, writers.acked)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
 from functools import partial
 
@@ -273,3 +275,35 @@ async def test_many_concurrent_calls(nursery):
         for i in range(200):
             inner.start_soon(partial(one, i))
     assert sorted(r.n for r in results) == list(range(200))
+
+
+# ---- optional TLS (mutual, certificates signed by the cluster CA) ----
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", "/CN=objcache test CA")
+    openssl("req", *ec, "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "node.pem", "-days", "1")
+    return {"tls_cert_path": str(d / "node.pem"), "tls_key_path": str(d / "node.key"),
+            "tls_ca_path": str(d / "ca.pem")}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+async def test_tls_between_nodes(nursery, tls_files):
+    a = await start(nursery, Node(1, **tls_files))
+    b = await start(nursery, Node(2, **tls_files))
+    a.plane.add_peer(2, b.url.replace("ws://", "wss://"))
+    assert await a.plane.call(2, Ping(5), timeout_s=10) == Pong(5, by=2)
+    plain = await start(nursery, Node(3))  # no certificate: the TLS handshake fails
+    plain.plane.add_peer(2, b.url)
+    with pytest.raises(PeerUnavailable):
+        await plain.plane.call(2, Ping(1), timeout_s=0.5)

@@ -277,3 +277,70 @@ async def test_commit_only_saves_are_not_synced(db):
     await s.save(HardState(term=2, vote=0, commit=2), [])
     assert (s.batches_written, s.batches_synced) == (3, 2)
     assert s.initial_state()[0] == HardState(term=2, vote=0, commit=2)
+
+
+# ---- conformance: the same operations on raft.memory_storage give the same log ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from raft.memory_storage import MemoryStorage  # noqa: E402
+
+ops_strategy = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.floats(0, 1), st.integers(1, 6), st.integers(0, 2)),
+    st.tuples(st.just("compact"), st.floats(0, 1)),
+    st.tuples(st.just("snapshot"), st.integers(1, 4), st.integers(0, 2)),
+), max_size=25)
+
+
+def same_view(mem: MemoryStorage, disk: RaftLogStorage) -> None:
+    first, last = mem.first_index(), mem.last_index()
+    assert (disk.first_index(), disk.last_index()) == (first, last)
+    assert [disk.term(i) for i in range(first - 1, last + 1)] == [
+        mem.term(i) for i in range(first - 1, last + 1)]
+    if first <= last:
+        assert disk.entries(first, last + 1, 1 << 30) == mem.entries(first, last + 1, 1 << 30)
+
+
+async def apply_op(op, mem: MemoryStorage, disk: RaftLogStorage, top_term: list[int]) -> None:
+    first, last = mem.first_index(), mem.last_index()
+    if op[0] == "append":
+        _, where, n, bump = op
+        start = first + int(where * (last + 1 - first))
+        term = max(mem.term(start - 1), top_term[0] if bump else 0) + bump
+        top_term[0] = max(top_term[0], term)
+        batch = [Entry(term=term, index=i, data=b"%d" % i) for i in range(start, start + n)]
+        mem.save_sync(HardState(term=top_term[0]), batch)
+        await disk.save(HardState(term=top_term[0]), batch)
+    elif op[0] == "compact":
+        index = first - 1 + int(op[1] * (last + 1 - first))
+        mem.compact_sync(index)
+        await disk.compact(index)
+    else:
+        _, ahead, bump = op
+        top_term[0] += bump
+        snap = SnapshotMeta(last + ahead, top_term[0], ConfState(frozenset({1})))
+        hs = HardState(term=top_term[0], commit=snap.index)
+        mem.save_sync(hs, [], snap)
+        await disk.save(hs, [], snap)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops_strategy)
+def test_same_log_as_memory_storage(tmp_path_factory, ops) -> None:
+    path = str(tmp_path_factory.mktemp("conf"))
+
+    async def scenario() -> None:
+        db = plyvel.DB(path, create_if_missing=True)
+        mem, disk = MemoryStorage(), await RaftLogStorage.open(db, config=RaftLogConfig(
+            entry_cache_bytes=200))  # a tiny cache: reads also come from LevelDB
+        top_term = [1]
+        for op in ops:
+            await apply_op(op, mem, disk, top_term)
+            same_view(mem, disk)
+        db.close()
+        db = plyvel.DB(path)
+        same_view(mem, await RaftLogStorage.open(db))  # and after a restart
+        db.close()
+
+    trio.run(scenario)
