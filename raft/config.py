@@ -31,7 +31,10 @@ class Config:
     # Dissertation §6.2: a leader that cannot reach a quorum for an election timeout steps down,
     # and followers that hear from a leader ignore vote requests (the leader "lease", §4.2.3).
     check_quorum: bool = True
-    # ReadIndex requests waiting for the leader's first commit in its term (§6.4), bounded.
+    # A leader refuses proposals while this much payload of its term is not yet applied, so a
+    # leader that cannot commit does not grow its log without bound (etcd MaxUncommittedSize).
+    max_uncommitted_bytes: int = 256 << 20
+    # Outstanding ReadIndex requests (waiting for the first commit or a heartbeat round, §6.4).
     max_pending_read_index: int = 1024
     # Index of the last entry the state machine has applied (restart); 0 means the snapshot.
     applied: int = 0

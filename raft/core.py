@@ -83,6 +83,7 @@ class Raft:
         self.lead_transferee = 0
         self.pending_conf_index = 0
         self.proposals_unsent = False
+        self.uncommitted_bytes = 0
         self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
         self.received_snapshot: Snapshot | None = None
         self._replay_conf_changes()
@@ -127,6 +128,7 @@ class Raft:
         self.pending_reads = []
         self.pending_conf_index = 0
         self.proposals_unsent = False
+        self.uncommitted_bytes = 0
 
     def become_follower(self, term: int, lead: int) -> None:
         self.reset(term)

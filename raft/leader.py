@@ -69,6 +69,9 @@ def propose(r: Raft, type: EntryType, data: bytes) -> int:
         raise ProposalDropped(f"leadership transfer to {r.lead_transferee} in progress")
     if r.id not in r.trk:
         raise ProposalDropped("this leader was removed from the group")
+    if r.uncommitted_bytes and r.uncommitted_bytes + len(data) > r.config.max_uncommitted_bytes:
+        raise ProposalDropped("too much uncommitted data: wait for commits")
+    r.uncommitted_bytes += len(data)
     index = r.log.last_index() + 1
     r.log.append([replication.new_entry(r, index, type, data)])
     r.proposals_unsent = True
@@ -113,6 +116,8 @@ def read_index(r: Raft, requester: int, context: bytes) -> None:
         if len(r.pending_reads) >= r.config.max_pending_read_index:
             raise ReadIndexDropped("too many reads wait for the leader's first commit")
         r.pending_reads.append((requester, context))
+    elif len(r.read_only) >= r.config.max_pending_read_index:
+        raise ReadIndexDropped("too many reads wait for a heartbeat round")
     elif r.read_only.add_request(r.log.committed, requester, context, r.id):
         replication.bcast_heartbeat(r, context)
 
@@ -246,7 +251,10 @@ def handle_install_snapshot_response(r: Raft, m: InstallSnapshotResponse) -> Non
 
 def handle_read_index_request(r: Raft, m: ReadIndexRequest) -> None:
     if m.frm in r.trk:
-        read_index(r, m.frm, m.context)
+        try:
+            read_index(r, m.frm, m.context)
+        except ReadIndexDropped:
+            pass  # the follower's request times out and is retried, as if the message was lost
 
 
 LEADER_HANDLERS = {

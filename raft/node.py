@@ -197,6 +197,8 @@ class RawNode:
             if r.role is Role.LEADER:
                 leader.on_persisted(r, last.index, last.term)
         for e in rd.committed_entries:
+            if e.term == r.term:
+                r.uncommitted_bytes = max(0, r.uncommitted_bytes - len(e.data))
             r.log.applied_to(e.index)
             if e.type is EntryType.CONF_CHANGE:
                 r.apply_conf_change(ConfChange.decode(e.data))

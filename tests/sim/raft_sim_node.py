@@ -129,15 +129,19 @@ class SimNode:
             raw = self.raw
             assert raw is not None
             now = trio.current_time()
-            while self.inbox and self.inbox[0][0] <= now:
-                raw.step(heapq.heappop(self.inbox)[2])
-                check.observe(raw)
+            self._step_due(raw)
             if now >= self.next_tick:
                 self.next_tick += self.world.params.tick_s
                 raw.tick()
                 check.observe(raw)
             while raw.has_ready():
                 await self._handle_ready(raw, raw.ready())
+
+    def _step_due(self, raw: RawNode) -> None:
+        now = trio.current_time()
+        while self.inbox and self.inbox[0][0] <= now:
+            raw.step(heapq.heappop(self.inbox)[2])
+            self.world.checker.observe(raw)
 
     async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
         world = self.world
@@ -147,6 +151,7 @@ class SimNode:
             self.disk.write(rd)
             await self.disk.fsync(world.rng.uniform(*world.params.disk_s))
             self._check_persisted(rd)
+            self._step_due(raw)  # stepping while a Ready is outstanding is allowed
         if rd.snapshot is not None:
             self.kv = json.loads(rd.snapshot.data)
         for m in rd.messages_after_persist:

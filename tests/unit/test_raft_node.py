@@ -7,7 +7,7 @@ import random
 import pytest
 
 from raft.config import Config
-from raft.errors import NotLeader
+from raft.errors import NotLeader, ProposalDropped
 from raft.memory_storage import MemoryStorage
 from raft.messages import RequestVoteResponse
 from raft.node import RawNode, bootstrap_log
@@ -86,3 +86,18 @@ def test_restart_keeps_term_vote_and_log() -> None:
         before.term, before.vote, before.commit, before.last_index)
     assert after.conf == before.conf and after.role is Role.FOLLOWER
     assert not restarted.raft.log.has_next_committed_entries()
+
+
+def test_uncommitted_payload_is_bounded() -> None:
+    storage = MemoryStorage()
+    storage.save_sync(*bootstrap_log([1]))
+    node = RawNode(Config(id=1, max_uncommitted_bytes=10), storage, random.Random(1))
+    nodes, storages = {1: node}, {1: storage}
+    pump(nodes, storages)
+    node.campaign()
+    pump(nodes, storages)
+    node.propose(b"x" * 8)
+    with pytest.raises(ProposalDropped):
+        node.propose(b"y" * 8)
+    pump(nodes, storages)  # persisted, committed, applied: room again
+    node.propose(b"y" * 8)
