@@ -18,7 +18,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import time
@@ -30,9 +29,7 @@ import trio
 
 from nfs_gateway.backend import (
     Attr,
-    CommitResult,
     Cred,
-    FBig,
     FileId,
     FileType,
     FsStat,
@@ -42,15 +39,13 @@ from nfs_gateway.backend import (
     NoEnt,
     NotDir,
     ReadDirResult,
-    ReadResult,
     ServerFault,
-    StableHow,
     Stale,
-    WriteResult,
 )
 from server.fs import keys, perms
-from server.fs.common import DOT, DOTDOT, check_name, require_dir, require_reg, to_attr, wcc
+from server.fs.common import DOT, DOTDOT, check_name, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
+from server.fs.datapath import DataOps
 from server.fs.meta import MetaIOError, MetaStore
 from server.fs.namespace import NamespaceOps
 from server.fs.readdir import read_dir_page
@@ -62,7 +57,7 @@ from storage.kv import KvStore
 ROOT_INO = 1
 
 
-class LocalBackend(NamespaceOps):
+class LocalBackend(NamespaceOps, DataOps):
     """One node's file system. `async with LocalBackend(path) as fs:` or open()/close()."""
 
     def __init__(
@@ -144,7 +139,7 @@ class LocalBackend(NamespaceOps):
 
         def repair() -> None:
             for ino, inode in zip(inos, live, strict=True):
-                if inode is None or inode.ftype != FileType.REG or inode.size == 0:
+                if inode is None or inode.ftype != FileType.REG or inode.size == 0 or inode.inline:
                     chunks.delete_sync(ino)
                 else:
                     chunks.truncate_sync(ino, inode.chunk_size, inode.size)
@@ -233,8 +228,12 @@ class LocalBackend(NamespaceOps):
                 yield
         except MetaIOError as e:
             # Pending WRITE metadata may be gone with the batch: announce it like a crash.
-            self._verifier = secrets.token_bytes(8)
+            self._regenerate_verifier()
             raise IOError_(str(e)) from e
+
+    def _regenerate_verifier(self) -> None:
+        """Unstable data may be lost: a new verifier makes clients send it again (§3.3.7)."""
+        self._verifier = secrets.token_bytes(8)
 
     async def _commit(self, records: list[object], *, sync: bool | None = None) -> Changes:
         """Apply records inside `_writing()`; durable when that block is left (if sync)."""
@@ -326,89 +325,7 @@ class LocalBackend(NamespaceOps):
         )
         return stat, self._attr(inode)
 
-    # -- data -------------------------------------------------------------------------------
-
-    async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
-        inode = await self._get(fid)
-        require_reg(inode)
-        perms.check_io(cred, inode, perms.R)
-        count = min(count, self.config.max_read_bytes)
-        if offset >= inode.size or count <= 0:
-            return ReadResult(b"", offset >= inode.size, self._attr(inode))
-        n = min(count, inode.size - offset)
-        try:
-            data = await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
-        except ChunkIOError as e:
-            raise IOError_(str(e)) from e
-        return ReadResult(data, offset + n >= inode.size, self._attr(inode))
-
-    async def write(
-        self, cred: Cred, fid: FileId, offset: int, data: memoryview, stable: StableHow
-    ) -> WriteResult:
-        async with self._ino_lock(fid.ino):
-            before = await self._get(fid)
-            require_reg(before)
-            perms.check_io(cred, before, perms.W)
-            end = offset + len(data)
-            if end > self.config.max_file_size:
-                raise FBig(f"write to {end}", wcc=wcc(before, before, self.fsid))
-            try:
-                touched = await self._write_data(before, offset, data)
-            except ChunkIOError as e:
-                await self._cut_partial_write(before)
-                raise IOError_(str(e), wcc=wcc(before, before, self.fsid)) from e
-            if not data:
-                return WriteResult(0, stable, self._verifier, wcc(before, before, self.fsid))
-            current = await self._meta.inode(fid.ino)
-            if current is None or current.gen != fid.gen:
-                # Removed while we wrote: its deletion may have skipped the data (size 0).
-                await self._chunks.delete(fid.ino)
-                raise Stale(f"inode {fid.ino} was removed during the write")
-            after = self._meta.note_write(
-                current, end, self._now(), perms.write_clears_suid(cred, current)
-            )
-            if stable != StableHow.UNSTABLE:
-                await self._sync_file(after.ino, touched)
-                committed = StableHow.FILE_SYNC  # metadata is synced too: more than DATA_SYNC
-            else:
-                committed = StableHow.UNSTABLE
-                if self._meta.pending_due():
-                    await self._flush(sync=False)
-        return WriteResult(len(data), committed, self._verifier, wcc(before, after, self.fsid))
-
-    async def _cut_partial_write(self, inode: Inode) -> None:
-        """A failed WRITE may have put some bytes past EOF; a later hole must not show them.
-        Best effort: if this fails too, the next start's repair does it (the disk is sick)."""
-        with contextlib.suppress(ChunkIOError):
-            await self._chunks.truncate(inode.ino, inode.chunk_size, inode.size)
-
-    async def _write_data(self, inode: Inode, offset: int, data: memoryview) -> list[int]:
-        if not data:
-            return []
-        return await self._chunks.pwrite(inode.ino, inode.chunk_size, offset, data)
-
-    async def _flush(self, *, sync: bool) -> None:
-        """Commit pending WRITE metadata (durably if sync)."""
-        async with self._writing():
-            await self._commit([], sync=sync)
-
-    async def _sync_file(self, ino: int, indexes: list[int] | None) -> None:
-        try:
-            await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
-        except ChunkIOError as e:
-            self._verifier = secrets.token_bytes(8)  # what we promised may not be on disk
-            raise IOError_(str(e)) from e
-        await self._flush(sync=True)
-
-    async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:
-        """Everything written to the file is on disk before the reply (RFC 1813 §3.3.21); we
-        sync the whole file whatever the range, as the RFC allows."""
-        async with self._ino_lock(fid.ino):
-            before = await self._get(fid)
-            require_reg(before)
-            await self._sync_file(fid.ino, None)
-            after = await self._get(fid)
-        return CommitResult(self._verifier, wcc(before, after, self.fsid))
+    # -- directories ----------------------------------------------------------------------
 
     async def readdir(
         self,

@@ -19,6 +19,10 @@ class FsConfig:
     chunks: ChunkConfig = field(default_factory=ChunkConfig)
     inode_cache_entries: int = 100_000
     dirent_cache_entries: int = 100_000
+    # Files up to this size keep their bytes in LevelDB: creating one costs one fsync (the
+    # LevelDB log) instead of chunk file + directory + log, and no chunk file ever exists.
+    inline_max_bytes: int = 16 << 10
+    inline_cache_entries: int = 4096  # cached inline files (each <= inline_max_bytes)
     # WRITE's size/mtime wait in memory (like a local fs's dirty inode) until COMMIT, a stable
     # WRITE, any other metadata change, this many inodes, or this age.
     max_pending_meta: int = 4096

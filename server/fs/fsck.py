@@ -6,6 +6,7 @@ Used by tests (and later by the simulation's checkers, TESTING.md tier 3). The r
   directory's next cookie;
 - a non-directory's nlink is the number of entries naming it; a directory has exactly one entry
   (the root none), its `..` is that entry's directory, and its nlink is 2 + its subdirectories;
+- inline bytes belong to a live inline file and are no longer than its size;
 - the persisted counters hold: next inode id above every inode, inode count equal to the inodes.
 """
 
@@ -28,6 +29,7 @@ def check(items: Iterable[tuple[bytes, bytes]]) -> list[str]:
     dirents: dict[tuple[int, bytes], Dirent] = {}
     cookies: dict[tuple[int, int], CookieEntry] = {}
     meta: dict[bytes, int] = {}
+    blobs: dict[int, int] = {}
     for key, value in items:
         if key.startswith(keys.INODE):
             inodes[keys.parse_inode_key(key)] = decode(value)
@@ -35,10 +37,16 @@ def check(items: Iterable[tuple[bytes, bytes]]) -> list[str]:
             dirents[keys.parse_dirent_key(key)] = decode(value)
         elif key.startswith(keys.COOKIE):
             cookies[keys.parse_cookie_key(key)] = decode(value)
+        elif key.startswith(keys.INLINE):
+            blobs[int.from_bytes(key[len(keys.INLINE) :], "big")] = len(value)
         elif key in (keys.NEXT_INO, keys.INODE_COUNT):
             meta[key] = decode_u64(value)
     problems = _check_entries(inodes, dirents, cookies)
     problems += _check_links(inodes, dirents)
+    for ino, n in blobs.items():
+        inode = inodes.get(ino)
+        if inode is None or not inode.inline or n > inode.size:
+            problems.append(f"inline bytes ({n}) of inode {ino}, which is {inode}")
     if inodes and meta.get(keys.NEXT_INO, 0) <= max(inodes):
         problems.append(f"next inode id {meta.get(keys.NEXT_INO)} <= inode {max(inodes)}")
     if meta.get(keys.INODE_COUNT, 0) != len(inodes):

@@ -17,6 +17,7 @@ INODE = b"fs.i"  # + ino                     -> Inode
 DIRENT = b"fs.d"  # + dir ino + name         -> Dirent
 COOKIE = b"fs.c"  # + dir ino + cookie       -> CookieEntry
 META = b"fs.m"  # + meta name                -> Meta
+INLINE = b"fs.x"  # + ino                    -> the bytes of a small file (raw, not a record)
 
 _U64 = struct.Struct(">Q")
 U64_MAX = (1 << 64) - 1
@@ -37,6 +38,10 @@ def u64(n: int) -> bytes:
 
 def inode_key(ino: int) -> bytes:
     return INODE + u64(ino)
+
+
+def inline_key(ino: int) -> bytes:
+    return INLINE + u64(ino)
 
 
 def dirent_key(dir_ino: int, name: bytes) -> bytes:

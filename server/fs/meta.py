@@ -104,6 +104,12 @@ class _CacheView:
     def meta_int(self, key: bytes) -> int:
         return self.s.meta[key]
 
+    def inline(self, ino: int) -> bytes:
+        v = self.s._inlines.get(ino)
+        if v is _MISSING:
+            raise _Miss("inline", ino)
+        return v  # type: ignore[return-value]
+
 
 class MetaStore:
     META_KEYS = (keys.NEXT_INO, keys.APPLIED_INDEX, keys.INODE_COUNT)
@@ -114,6 +120,7 @@ class MetaStore:
         self.lock = trio.Lock()
         self._inodes: Lru[int, Inode | None] = Lru(config.inode_cache_entries)
         self._dirents: Lru[tuple[int, bytes], Dirent | None] = Lru(config.dirent_cache_entries)
+        self._inlines: Lru[int, bytes] = Lru(config.inline_cache_entries)
         self._pending: dict[int, _Pending] = {}
         self.meta: dict[bytes, int] = {}
         self._next_ino = 0  # ids handed out but maybe not yet committed are never reused
@@ -164,6 +171,15 @@ class MetaStore:
                     self._inodes.put(i, inode)
             out = [loaded[i] if v is _MISSING else v for i, v in zip(inos, out, strict=True)]
         return out  # type: ignore[return-value]
+
+    async def inline(self, ino: int) -> bytes:
+        """The bytes of an inline file (b"" if it has none)."""
+        v = self._inlines.get(ino)
+        if v is not _MISSING:
+            return v  # type: ignore[return-value]
+        await self._load_inline(ino)
+        v = self._inlines.get(ino)
+        return b"" if v is _MISSING else v  # type: ignore[return-value]
 
     async def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
         key = (dir_ino, name)
@@ -280,6 +296,8 @@ class MetaStore:
             except _Miss as miss:
                 if miss.kind == "inode":
                     await self._load_inode(miss.key)  # type: ignore[arg-type]
+                elif miss.kind == "inline":
+                    await self._load_inline(miss.key)  # type: ignore[arg-type]
                 else:
                     await self._load_dirent(*miss.key)  # type: ignore[misc]
                 continue
@@ -293,6 +311,11 @@ class MetaStore:
         if self._inodes.get(ino) is _MISSING:
             self._inodes.put(ino, None if raw is None else decode(raw))
 
+    async def _load_inline(self, ino: int) -> None:
+        raw = await self.kv.get(keys.inline_key(ino))
+        if self._inlines.get(ino) is _MISSING:
+            self._inlines.put(ino, raw or b"")
+
     async def _load_dirent(self, dir_ino: int, name: bytes) -> None:
         raw = await self.kv.get(keys.dirent_key(dir_ino, name))
         if self._dirents.get((dir_ino, name)) is _MISSING:
@@ -305,11 +328,14 @@ class MetaStore:
                 self._pending.pop(ino, None)
         for key, d in changes.dirents.items():
             self._dirents.put(key, d)
+        for ino, blob in changes.inlines.items():
+            self._inlines.put(ino, blob or b"")
         self.meta.update(changes.meta)
 
     def _reset_caches(self) -> None:
         self._inodes.clear()
         self._dirents.clear()
+        self._inlines.clear()
         self._pending.clear()
 
     def alloc_ino(self) -> int:

@@ -10,6 +10,8 @@ Rules:
 - Wire form: CBOR array [VERSION, tag, [field, ...]] with fields in dataclass order. Nested records
   (Multi) nest the same form. Unknown version or tag, or fields that do not fit, raise a typed
   RecordError; nothing is ever guessed.
+- Evolution: a type may gain fields only at its end and only with defaults; an older encoding
+  (fewer fields) decodes with those defaults. Anything else needs a new tag or VERSION.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Inode:
     verf: bytes = b""  # EXCLUSIVE create verifier (RFC 1813 §3.3.8)
     next_cookie: int = 0  # directories: cookie for the next entry
     chunk_size: int = 0  # regular files: fixed for the life of the file
+    inline: bool = False  # small files: the bytes live in LevelDB (keys.inline_key), not chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,25 @@ class WriteMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteInline:
+    """A WRITE to a small file whose bytes live in LevelDB: the data travels in the record.
+    Applies to an inline file, or to an empty one (which becomes inline)."""
+
+    ino: int
+    offset: int
+    data: bytes
+    time_ns: int
+    clear_suid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnInline:
+    """The file outgrew inline storage; its bytes were copied to chunk 0 (durably) first."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
 class Multi:
     """Records applied atomically, in order (a local transaction)."""
 
@@ -171,7 +193,16 @@ class Multi:
 
 
 Record = (
-    CreateInode | LinkDirent | UnlinkDirent | AdjustLinks | SetParent | SetAttr | WriteMeta | Multi
+    CreateInode
+    | LinkDirent
+    | UnlinkDirent
+    | AdjustLinks
+    | SetParent
+    | SetAttr
+    | WriteMeta
+    | WriteInline
+    | UnInline
+    | Multi
 )
 
 # Tags are part of the on-disk format: never renumber, only add.
@@ -187,9 +218,20 @@ _TAGS: dict[type, int] = {
     SetAttr: 21,
     WriteMeta: 22,
     Multi: 23,
+    WriteInline: 24,
+    UnInline: 25,
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
+# How many leading fields an encoding must carry: those without defaults.
+_REQUIRED = {
+    cls: sum(
+        1
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    for cls in _TAGS
+}
 
 
 def _to_wire(obj: Any) -> list[Any]:
@@ -230,9 +272,9 @@ def _from_wire(wire: Any) -> Any:
     if cls is None:
         raise UnknownType(f"record tag {tag!r}")
     names = _FIELDS[cls]
-    if not isinstance(values, list) or len(values) != len(names):
+    if not isinstance(values, list) or not _REQUIRED[cls] <= len(values) <= len(names):
         raise CorruptRecord(f"{cls.__name__}: expected {len(names)} fields")
-    kwargs = {name: _field(cls, name, v) for name, v in zip(names, values, strict=True)}
+    kwargs = {name: _field(cls, name, v) for name, v in zip(names, values, strict=False)}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -257,14 +299,15 @@ def _field(cls: type, name: str, v: Any) -> Any:
     return v
 
 
-_BYTES_FIELDS = {"name", "target", "verf"}
+_BYTES_FIELDS = {"name", "target", "verf", "data"}
+_BOOL_FIELDS = {"clear_suid", "inline"}
 _OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
 
 
 def _check_scalar(cls: type, name: str, v: Any) -> None:
     if name in _BYTES_FIELDS:
         ok = isinstance(v, bytes)
-    elif name == "clear_suid":
+    elif name in _BOOL_FIELDS:
         ok = isinstance(v, bool)
     elif cls is SetAttr and name in _OPTIONAL:
         ok = v is None or (isinstance(v, int) and not isinstance(v, bool))

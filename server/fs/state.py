@@ -31,7 +31,9 @@ from server.fs.records import (
     Multi,
     SetAttr,
     SetParent,
+    UnInline,
     UnlinkDirent,
+    WriteInline,
     WriteMeta,
     decode,
     encode,
@@ -57,6 +59,10 @@ class View(Protocol):
 
     def meta_int(self, key: bytes) -> int: ...
 
+    def inline(self, ino: int) -> bytes:
+        """The stored bytes of an inline file (b"" if none)."""
+        ...
+
 
 class Changes:
     """The effects of one batch of records."""
@@ -65,6 +71,7 @@ class Changes:
         self.ops: dict[bytes, bytes | None] = {}
         self.inodes: dict[int, Inode | None] = {}
         self.dirents: dict[tuple[int, bytes], Dirent | None] = {}
+        self.inlines: dict[int, bytes | None] = {}
         self.meta: dict[bytes, int] = {}
         self.delete_data: dict[int, int] = {}  # inodes gone (-> last size): remove chunks
         self.trim_data: dict[int, tuple[int, int]] = {}  # ino -> (chunk_size, keep bytes)
@@ -91,6 +98,11 @@ class Changes:
             return self.meta[key]
         return view.meta_int(key)
 
+    def inline(self, view: View, ino: int) -> bytes:
+        if ino in self.inlines:
+            return self.inlines[ino] or b""
+        return view.inline(ino)
+
     # Writes.
     def put_inode(self, inode: Inode) -> None:
         self.inodes[inode.ino] = inode
@@ -109,6 +121,14 @@ class Changes:
         self.dirents[(dir_ino, name)] = None
         self.ops[keys.dirent_key(dir_ino, name)] = None
         self.ops[keys.cookie_key(dir_ino, old.cookie)] = None
+
+    def put_inline(self, ino: int, data: bytes) -> None:
+        self.inlines[ino] = data
+        self.ops[keys.inline_key(ino)] = data
+
+    def delete_inline(self, ino: int) -> None:
+        self.inlines[ino] = None
+        self.ops[keys.inline_key(ino)] = None
 
     def put_meta(self, key: bytes, value: int) -> None:
         self.meta[key] = value
@@ -216,7 +236,9 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
         return
     changes.delete_inode(r.ino)
     changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) - 1)
-    if inode.ftype == FileType.REG:
+    if inode.inline:
+        changes.delete_inline(r.ino)
+    elif inode.ftype == FileType.REG:
         changes.delete_data[r.ino] = inode.size
         changes.trim_data.pop(r.ino, None)
 
@@ -240,7 +262,11 @@ def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
     )
     if r.size is not None and inode.ftype != FileType.REG:
         raise StateError(f"inode {r.ino}: size of a {inode.ftype.name}")
-    if r.size is not None and r.size != inode.size:
+    if r.size is not None and inode.inline:
+        blob = changes.inline(view, r.ino)
+        if len(blob) > r.size:
+            changes.put_inline(r.ino, blob[: r.size])  # growing: the missing tail reads as 0
+    elif r.size is not None and r.size != inode.size:
         # Shrinking drops the tail; growing must read zeros where stale bytes might remain.
         changes.trim(r.ino, inode.chunk_size, min(inode.size, r.size))
     changes.put_inode(new)
@@ -248,6 +274,8 @@ def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
 
 def _write_meta(r: WriteMeta, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
+    if inode.inline:
+        raise StateError(f"inode {r.ino}: chunk write to an inline file")
     mode = inode.mode & ~_SUID_SGID if r.clear_suid else inode.mode
     changes.put_inode(
         dataclasses.replace(
@@ -258,6 +286,35 @@ def _write_meta(r: WriteMeta, view: View, changes: Changes) -> None:
             ctime_ns=r.time_ns,
         )
     )
+
+
+def _write_inline(r: WriteInline, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    if inode.ftype != FileType.REG or not (inode.inline or inode.size == 0):
+        raise StateError(f"inode {r.ino}: inline write to a chunked or non-regular file")
+    blob = changes.inline(view, r.ino)
+    end = r.offset + len(r.data)
+    head = blob[: r.offset] + bytes(max(0, r.offset - len(blob)))
+    changes.put_inline(r.ino, head + r.data + blob[end:])
+    mode = inode.mode & ~_SUID_SGID if r.clear_suid else inode.mode
+    changes.put_inode(
+        dataclasses.replace(
+            inode,
+            size=max(inode.size, end),
+            mode=mode,
+            mtime_ns=r.time_ns,
+            ctime_ns=r.time_ns,
+            inline=True,
+        )
+    )
+
+
+def _uninline(r: UnInline, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    if not inode.inline:
+        raise StateError(f"inode {r.ino} is not inline")
+    changes.delete_inline(r.ino)
+    changes.put_inode(dataclasses.replace(inode, inline=False))
 
 
 def _multi(r: Multi, view: View, changes: Changes) -> None:
@@ -273,6 +330,8 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     SetParent: _set_parent,
     SetAttr: _set_attr,
     WriteMeta: _write_meta,
+    WriteInline: _write_inline,
+    UnInline: _uninline,
     Multi: _multi,
 }
 
@@ -299,6 +358,9 @@ class KvView:
 
     def meta_int(self, key: bytes) -> int:
         return decode_u64(self.kv.get_sync(key))
+
+    def inline(self, ino: int) -> bytes:
+        return self.kv.get_sync(keys.inline_key(ino)) or b""
 
 
 def decode_u64(raw: bytes | None) -> int:

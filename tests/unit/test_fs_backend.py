@@ -441,3 +441,48 @@ async def test_fsstat(fs, root, home):
     await mkfile(fs, home, b"f")
     s1, _ = await fs.fsstat(root)
     assert s1.ffiles == s0.ffiles - 1
+
+
+# -- small files live inline in LevelDB -------------------------------------------------------
+
+
+async def test_small_files_are_inline_and_move_to_chunks_when_they_grow(fs, home):
+    limit = fs.config.inline_max_bytes
+    f = await mkfile(fs, home, b"small")
+    w = await put(fs, f, 0, b"tiny", stable=StableHow.FILE_SYNC)
+    assert w.committed == StableHow.FILE_SYNC and w.wcc.after.size == 4
+    assert not fs._chunks.ino_dir(f.ino).exists()  # no chunk file for a small file
+    await put(fs, f, 10, b"more")  # a hole inside the inline bytes
+    assert await get(fs, f) == b"tiny" + bytes(6) + b"more"
+    big = bytes(range(256)) * (2 * limit // 256)
+    await put(fs, f, 14, big)  # past the limit: the bytes move to chunk 0 first
+    assert fs._chunks.ino_dir(f.ino).exists()
+    assert await get(fs, f) == b"tiny" + bytes(6) + b"more" + big
+    assert (await fs.getattr(f)).size == 14 + len(big)
+
+
+async def test_inline_truncate_grow_and_remove(fs, home):
+    f = await mkfile(fs, home, b"f")
+    await put(fs, f, 0, b"0123456789")
+    await fs.setattr(ROOT, f, SetAttrs(size=4), None)
+    assert await get(fs, f) == b"0123"
+    await fs.setattr(ROOT, f, SetAttrs(size=1 << 20), None)  # grows far past the inline limit
+    data = await get(fs, f)
+    assert len(data) == 1 << 20 and data[:4] == b"0123" and data[4:] == bytes((1 << 20) - 4)
+    await put(fs, f, 6, b"x")  # still inline: below the limit
+    assert (await get(fs, f, 0, 8)) == b"0123\0\0x\0"
+    await put(fs, f, (1 << 20) - 1, b"y")  # past the limit: chunks
+    data = await get(fs, f)
+    assert data[:8] == b"0123\0\0x\0" and data[-1:] == b"y" and len(data) == 1 << 20
+    await fs.remove(ROOT, home, b"f")
+    assert not fs._chunks.ino_dir(f.ino).exists()
+
+
+async def test_a_chunked_file_truncated_to_zero_can_become_inline(fs, home):
+    f = await mkfile(fs, home, b"f")
+    await put(fs, f, 0, b"z" * (3 * CHUNK))
+    await fs.setattr(ROOT, f, SetAttrs(size=0), None)
+    assert not fs._chunks.ino_dir(f.ino).exists()
+    await put(fs, f, 0, b"small again")
+    assert await get(fs, f) == b"small again"
+    assert not fs._chunks.ino_dir(f.ino).exists()

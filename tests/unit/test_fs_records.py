@@ -34,6 +34,7 @@ inodes = st.builds(
     verf=st.binary(max_size=8),
     next_cookie=u64,
     chunk_size=u64,
+    inline=st.booleans(),
 )
 leaf_records = st.one_of(
     st.builds(
@@ -69,6 +70,15 @@ leaf_records = st.one_of(
         mtime_ns=st.none() | i64,
     ),
     st.builds(r.WriteMeta, ino=u64, end=u64, time_ns=i64, clear_suid=st.booleans()),
+    st.builds(
+        r.WriteInline,
+        ino=u64,
+        offset=u64,
+        data=st.binary(max_size=64),
+        time_ns=i64,
+        clear_suid=st.booleans(),
+    ),
+    st.builds(r.UnInline, ino=u64),
 )
 records = st.recursive(
     leaf_records,
@@ -133,3 +143,14 @@ def test_garbage_is_a_typed_error(data):
 def test_tags_are_stable():
     # The on-disk format: a renumbering would misread every existing database.
     assert r.encode(r.UnlinkDirent(1, b"a", 2)) == cbor2.dumps([1, 18, [1, b"a", 2]])
+
+
+def test_an_older_encoding_without_trailing_defaults_decodes():
+    # Evolution rule: fields are added at the end with defaults (Inode.inline came later).
+    full = r.Inode(5, 1, FileType.REG, 0o644, 0, 0, 3, 1, (0, 0), 1, 2, 3, b"", 0, b"", 0, 4096)
+    wire = cbor2.loads(r.encode(full))
+    del wire[2][-1]  # as written before `inline` existed
+    assert r.decode(cbor2.dumps(wire)) == full
+    del wire[2][5:]  # but the fields without defaults must be there
+    with pytest.raises(r.CorruptRecord):
+        r.decode(cbor2.dumps(wire))

@@ -8,7 +8,7 @@ from fs_helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfs_gateway.backend import CreateMode, FileType, FsError, SetAttrs
+from nfs_gateway.backend import CreateMode, FileType, FsError, SetAttrs, StableHow
 from server.fs import fsck, keys
 from server.fs.backend import LocalBackend
 from server.fs.records import (
@@ -140,7 +140,9 @@ def test_fsck_finds_broken_link_counts():
 
 NAMES = [b"a", b"b", b"c"]
 op = st.tuples(
-    st.sampled_from(["create", "mkdir", "link", "remove", "rmdir", "rename", "symlink"]),
+    st.sampled_from(
+        ["create", "mkdir", "link", "remove", "rmdir", "rename", "symlink", "write", "truncate"]
+    ),
     st.integers(0, 3),  # directory slot
     st.sampled_from(NAMES),
     st.integers(0, 3),  # second directory slot
@@ -159,6 +161,15 @@ async def run_op(fs: LocalBackend, dirs: list, o) -> None:
         await fs.symlink(ROOT, a, n1, b"t", SetAttrs())
     elif kind == "link":
         await fs.link(ROOT, (await fs.lookup(ROOT, a, n1)).fid, b, n2)
+    elif kind in ("write", "truncate"):
+        f = (await fs.lookup(ROOT, a, n1)).fid
+        offset = [0, 100, 20_000, 70_000][d2]
+        if kind == "truncate":
+            await fs.setattr(ROOT, f, SetAttrs(size=offset), None)
+        else:
+            data = b"w" * (10 if n2 == b"a" else 30_000)
+            await fs.write(ROOT, f, offset, memoryview(data), StableHow.UNSTABLE)
+            assert (await fs.getattr(f)).size >= offset + len(data)
     elif kind == "remove":
         await fs.remove(ROOT, a, n1)
     elif kind == "rmdir":
@@ -187,6 +198,10 @@ def test_random_namespace_operations_keep_the_invariants(tmp_path_factory, ops):
                 except FsError:
                     pass  # refused operations must leave no trace either
             items = await fs.kv.iterate(prefix=b"fs.", limit=100_000)
+            stored = fs._chunks.stored_inodes_sync()
         assert fsck.check(items) == []
+        inodes = {i.ino: i for i in (decode(v) for k, v in items if k.startswith(keys.INODE))}
+        for ino in stored:  # chunk files only for chunked files with bytes
+            assert ino in inodes and not inodes[ino].inline and inodes[ino].size > 0
 
     trio.run(main)

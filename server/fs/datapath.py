@@ -1,0 +1,175 @@
+"""READ, WRITE and COMMIT of LocalBackend (RFC 1813 §3.3.6, §3.3.7, §3.3.21).
+
+Rules:
+- Small files (up to config.inline_max_bytes) keep their bytes in LevelDB: a WRITE is one
+  WriteInline record, so a FILE_SYNC write of a new small file costs one fsync (the LevelDB log)
+  and no chunk file or directory is ever made for it. A file that grows past the limit has its
+  bytes copied to chunk 0 and fsynced before the UnInline record drops them from LevelDB.
+- Chunked files: WRITE pwrites the chunks (data lands in the page cache) and folds size and mtime
+  into the pending metadata. FILE_SYNC/DATA_SYNC fdatasync the chunks written and sync the
+  metadata; COMMIT fsyncs every dirty chunk of the file and syncs the metadata.
+- An inode's data lock is held for the whole WRITE: writes to one file are serialized (as Linux
+  does with i_rwsem), and truncation and deletion of its chunks wait for them.
+- No bytes ever lie past EOF in a chunk file outside a WRITE in progress (a failed WRITE cuts
+  them, the start after a crash repairs them), so a WRITE past EOF needs no zeroing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from nfs_gateway.backend import (
+    CommitResult,
+    Cred,
+    FBig,
+    FileId,
+    IOError_,
+    ReadResult,
+    StableHow,
+    Stale,
+    WriteResult,
+)
+from server.fs import perms
+from server.fs.common import require_reg, wcc
+from server.fs.records import Inode, UnInline, WriteInline
+from storage.chunks import ChunkIOError
+
+FILE_SYNC = StableHow.FILE_SYNC  # inline writes sync data and metadata in one LevelDB write
+
+if TYPE_CHECKING:
+    from server.fs.backend import LocalBackend
+
+    _Base = LocalBackend
+else:
+    _Base = object
+
+
+class DataOps(_Base):
+    async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
+        inode = await self._get(fid)
+        require_reg(inode)
+        perms.check_io(cred, inode, perms.R)
+        count = min(count, self.config.max_read_bytes)
+        if offset >= inode.size or count <= 0:
+            return ReadResult(b"", offset >= inode.size, self._attr(inode))
+        n = min(count, inode.size - offset)
+        if inode.inline:
+            blob = await self._meta.inline(inode.ino)
+            data: bytes | bytearray = blob[offset : offset + n]
+            if len(data) < n:
+                data += bytes(n - len(data))  # set by a SETATTR that grew the file
+        else:
+            try:
+                data = await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
+            except ChunkIOError as e:
+                raise IOError_(str(e)) from e
+        return ReadResult(data, offset + n >= inode.size, self._attr(inode))
+
+    async def write(
+        self, cred: Cred, fid: FileId, offset: int, data: memoryview, stable: StableHow
+    ) -> WriteResult:
+        async with self._ino_lock(fid.ino):
+            before = await self._get(fid)
+            require_reg(before)
+            perms.check_io(cred, before, perms.W)
+            end = offset + len(data)
+            if end > self.config.max_file_size:
+                raise FBig(f"write to {end}", wcc=wcc(before, before, self.fsid))
+            if not data:
+                return WriteResult(0, stable, self._verifier, wcc(before, before, self.fsid))
+            clear_suid = perms.write_clears_suid(cred, before)
+            if end <= self.config.inline_max_bytes and (before.inline or before.size == 0):
+                after = await self._write_inline(fid, offset, data, stable, clear_suid)
+                committed = StableHow.UNSTABLE if stable == StableHow.UNSTABLE else FILE_SYNC
+            else:
+                current = await self._uninline(fid) if before.inline else before
+                after, committed = await self._write_chunks(
+                    fid, current, offset, data, stable, clear_suid
+                )
+        return WriteResult(len(data), committed, self._verifier, wcc(before, after, self.fsid))
+
+    async def _write_inline(
+        self, fid: FileId, offset: int, data: memoryview, stable: StableHow, clear_suid: bool
+    ) -> Inode:
+        rec = WriteInline(fid.ino, offset, bytes(data), self._now(), clear_suid)
+        async with self._writing():
+            await self._get(fid)  # removed meanwhile (REMOVE takes no data lock)?
+            changes = await self._commit([rec], sync=stable != StableHow.UNSTABLE)
+        after = changes.inodes[fid.ino]
+        assert after is not None
+        return after
+
+    async def _uninline(self, fid: FileId) -> Inode:
+        """Move an inline file's bytes to chunk 0, durably, then drop them from LevelDB."""
+        inode = await self._get(fid)
+        blob = await self._meta.inline(inode.ino)
+        try:
+            if blob:
+                await self._chunks.pwrite(inode.ino, inode.chunk_size, 0, memoryview(blob))
+                await self._chunks.fsync(inode.ino)
+        except ChunkIOError as e:
+            await self._chunks.delete(inode.ino)  # inline files own no chunks
+            raise IOError_(str(e)) from e
+        async with self._writing():
+            await self._get(fid)
+            changes = await self._commit([UnInline(inode.ino)], sync=False)
+        after = changes.inodes[inode.ino]
+        assert after is not None
+        return after
+
+    async def _write_chunks(
+        self,
+        fid: FileId,
+        before: Inode,
+        offset: int,
+        data: memoryview,
+        stable: StableHow,
+        clear_suid: bool,
+    ) -> tuple[Inode, StableHow]:
+        try:
+            touched = await self._chunks.pwrite(before.ino, before.chunk_size, offset, data)
+        except ChunkIOError as e:
+            await self._cut_partial_write(before)
+            raise IOError_(str(e), wcc=wcc(before, before, self.fsid)) from e
+        current = await self._meta.inode(fid.ino)
+        if current is None or current.gen != fid.gen:
+            # Removed while we wrote: its deletion may have skipped the data (size 0).
+            await self._chunks.delete(fid.ino)
+            raise Stale(f"inode {fid.ino} was removed during the write")
+        after = self._meta.note_write(current, offset + len(data), self._now(), clear_suid)
+        if stable == StableHow.UNSTABLE:
+            if self._meta.pending_due():
+                await self._flush(sync=False)
+            return after, StableHow.UNSTABLE
+        await self._sync_file(after.ino, touched)
+        return after, StableHow.FILE_SYNC  # the metadata is synced too: more than DATA_SYNC
+
+    async def _cut_partial_write(self, inode: Inode) -> None:
+        """A failed WRITE may have put some bytes past EOF; a later hole must not show them.
+        Best effort: if this fails too, the next start's repair does it (the disk is sick)."""
+        with contextlib.suppress(ChunkIOError):
+            await self._chunks.truncate(inode.ino, inode.chunk_size, inode.size)
+
+    async def _flush(self, *, sync: bool) -> None:
+        """Commit pending WRITE metadata (durably if sync)."""
+        async with self._writing():
+            await self._commit([], sync=sync)
+
+    async def _sync_file(self, ino: int, indexes: list[int] | None) -> None:
+        try:
+            await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
+        except ChunkIOError as e:
+            self._regenerate_verifier()  # what we promised may not be on disk
+            raise IOError_(str(e)) from e
+        await self._flush(sync=True)
+
+    async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:
+        """Everything written to the file is on disk before the reply (RFC 1813 §3.3.21); we
+        sync the whole file whatever the range, as the RFC allows."""
+        async with self._ino_lock(fid.ino):
+            before = await self._get(fid)
+            require_reg(before)
+            await self._sync_file(fid.ino, None)
+            after = await self._get(fid)
+        return CommitResult(self._verifier, wcc(before, after, self.fsid))
