@@ -197,6 +197,7 @@ def test_random_namespace_operations_keep_the_invariants(tmp_path_factory, ops):
                     await run_op(fs, dirs, o)
                 except FsError:
                     pass  # refused operations must leave no trace either
+            await fs._flush(sync=False)  # pending WRITE sizes into LevelDB, as close() does
             items = await fs.kv.iterate(prefix=b"fs.", limit=100_000)
             stored = fs._chunks.stored_inodes_sync()
         assert fsck.check(items) == []
