@@ -38,7 +38,8 @@ log = logging.getLogger("objcache.raft")
 
 ApplyFn = Callable[[Sequence[Entry]], Awaitable[None]]
 InstallFn = Callable[[Snapshot], Awaitable[None]]
-# (request) -> (meta, data from request.offset, done) or None if no snapshot can be supplied
+# (request) -> (meta, data from request.offset, done) or None if no snapshot can be supplied.
+# Called after advance(), so node.snapshot_meta() matches what the state machine has applied.
 SnapshotSourceFn = Callable[[SnapshotRequest], Awaitable[tuple[SnapshotMeta, bytes, bool] | None]]
 
 
@@ -160,6 +161,10 @@ class RaftDriver:
                     rd = self.node.ready()
                     await self._handle_ready(rd)
                     self.node.advance(rd)
+                    # After advance: the state machine and node.snapshot_meta() now agree on
+                    # the applied index, so a snapshot taken here is consistent.
+                    for request in rd.snapshot_requests:
+                        await self._answer_snapshot_request(request)
                     self._feed_core()  # what arrived meanwhile goes into the next Ready
 
     async def _ticker(self) -> None:
@@ -199,8 +204,6 @@ class RaftDriver:
             self._settle_proposals(rd.committed_entries)
             self._applied_to(rd.committed_entries[-1].index)
         self._settle_reads(rd.read_states)
-        for request in rd.snapshot_requests:
-            await self._answer_snapshot_request(request)
 
     def _send(self, messages: Sequence[Message]) -> None:
         for m in messages:

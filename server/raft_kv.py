@@ -30,7 +30,8 @@ from raft.config import Config
 from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver
 from raft.errors import NotLeader, ProposalDropped
 from raft.node import RawNode, bootstrap_log
-from raft.types import Entry, EntryType
+from raft.ready import Snapshot, SnapshotRequest
+from raft.types import Entry, EntryType, SnapshotMeta
 from server.rpc.codec import message
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcConfig, RpcPlane
@@ -85,6 +86,7 @@ class KvStatusReply:
     leader: int
     commit: int
     applied: int
+    first_index: int  # of the retained log: above 1 once compacted
     auth_failures: int
 
 
@@ -113,14 +115,41 @@ class KvStateMachine:
     async def get(self, key: str) -> bytes | None:
         return await self.store.get(DATA_PREFIX + key.encode())
 
+    async def snapshot_bytes(self) -> bytes:
+        """The whole state as `[version, [[key, value], ...]]` (a LevelDB iteration)."""
+        items = await self.store.iterate(prefix=DATA_PREFIX)
+        assert len(items) < self.store.config.max_scan_items, "demo state too large to snapshot"
+        return cbor2.dumps([RECORD_VERSION, [[k[len(DATA_PREFIX):], v] for k, v in items]])
+
+    async def install(self, snapshot: Snapshot) -> None:
+        """Replace the state with a leader's snapshot, and its applied index, in one batch."""
+        version, items = cbor2.loads(snapshot.data)
+        assert version == RECORD_VERSION, f"snapshot record version {version}"
+        old = await self.store.iterate(prefix=DATA_PREFIX)
+        batch: list[tuple[bytes, bytes | None]] = [(k, None) for k, _ in old]
+        batch += [(DATA_PREFIX + k, v) for k, v in items]
+        batch.append((APPLIED_KEY, struct.pack(">Q", snapshot.meta.index)))
+        await self.store.write(batch, sync=True)
+        log.info("installed a snapshot at index %d (%d keys)", snapshot.meta.index, len(items))
+
 
 def encode_put(key: str, value: bytes) -> bytes:
     return cbor2.dumps([RECORD_VERSION, key, value])
 
 
+@dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    after_entries: int = 10_000  # compact once the log holds this many applied entries
+    keep_entries: int = 100  # entries kept below the snapshot, for followers slightly behind
+    check_interval_s: float = 0.5
+
+
 class KvNode:
-    def __init__(self, driver: RaftDriver, sm: KvStateMachine, plane: RpcPlane):
+    def __init__(self, driver: RaftDriver, sm: KvStateMachine, plane: RpcPlane,
+                 storage: RaftLogStorage, compaction: CompactionPolicy):
         self.driver, self.sm, self.plane = driver, sm, plane
+        self.storage, self.compaction = storage, compaction
+        self._snapshot: tuple[SnapshotMeta, bytes] | None = None  # the one being sent
         plane.register(KvPut, self.on_put)
         plane.register(KvGet, self.on_get)
         plane.register(KvStatus, self.on_status)
@@ -140,10 +169,39 @@ class KvNode:
             raise RemoteError("not_leader", str(exc.leader_hint)) from exc
         return KvGetReply(await self.sm.get(msg.key), index)
 
+    async def snapshot_source(self, request: SnapshotRequest
+                              ) -> tuple[SnapshotMeta, bytes, bool] | None:
+        """Pieces of a snapshot for a follower too far behind (raft.ready.SnapshotRequest)."""
+        if request.index == 0 or self._snapshot is None or (
+                self._snapshot[0].index != request.index):
+            meta = self.driver.node.snapshot_meta()  # after advance: matches the state
+            self._snapshot = (meta, await self.sm.snapshot_bytes())
+            offset = 0
+        else:
+            offset = request.offset
+        meta, data = self._snapshot
+        piece = self.driver.node.raft.config.snapshot_chunk_bytes
+        end = min(len(data), offset + piece)
+        return meta, data[offset:end], end == len(data)
+
+    async def compactor(self) -> None:
+        """Snapshot = the state machine in LevelDB at its applied index; then drop the log
+        below it (DESIGN.md: log compaction is deleting a prefix)."""
+        policy = self.compaction
+        while True:
+            await trio.sleep(policy.check_interval_s)
+            meta = self.driver.node.snapshot_meta()
+            if meta.index - self.storage.first_index() + 1 < policy.after_entries:
+                continue
+            await self.storage.create_snapshot(meta.index, meta.conf)
+            await self.storage.compact(meta.index - policy.keep_entries)
+            log.info("compacted the log to %d (snapshot at %d)", self.storage.first_index(),
+                     meta.index)
+
     async def on_status(self, peer: int, msg: KvStatus) -> KvStatusReply:
         st = self.driver.node.status()
         return KvStatusReply(st.id, st.role.value, st.term, st.lead, st.commit, st.applied,
-                             self.plane.counters.auth_failures)
+                             self.storage.first_index(), self.plane.counters.auth_failures)
 
 
 class KvClient:
@@ -197,13 +255,16 @@ async def serve(args: argparse.Namespace) -> None:
     secret = Path(args.secret_file).read_bytes().strip()
     store = await KvStore.open(Path(args.data_dir) / "db")
     try:
-        await _serve_on(store, args.id, peers, host, int(port), secret, args.tick_ms / 1000)
+        compaction = CompactionPolicy(after_entries=args.compact_after_entries,
+                                      keep_entries=args.compact_keep_entries)
+        await _serve_on(store, args.id, peers, host, int(port), secret, args.tick_ms / 1000,
+                        compaction)
     finally:
         await store.close()
 
 
 async def _serve_on(store: KvStore, node_id: int, peers: dict[int, str], host: str, port: int,
-                    secret: bytes, tick_s: float) -> None:
+                    secret: bytes, tick_s: float, compaction: CompactionPolicy) -> None:
     storage = await RaftLogStorage.open_on_store(store)
     hard_state, _ = storage.initial_state()
     if storage.last_index() == 0 and hard_state.term == 0:
@@ -211,20 +272,32 @@ async def _serve_on(store: KvStore, node_id: int, peers: dict[int, str], host: s
     sm = KvStateMachine(store)
     seed = secrets.randbits(64)  # election jitter; logged so a run can be reproduced
     log.info("node %d: applied %d, rng seed %d", node_id, await sm.applied_index(), seed)
-    node = RawNode(Config(id=node_id, applied=await sm.applied_index()), storage,
-                   random.Random(seed))
+    hard_state, _ = storage.initial_state()
+    # The state machine is ahead of the log's commit index only if a crash came between
+    # installing a snapshot and saving it to the log; re-applying from the commit index is
+    # harmless (puts are idempotent) and the leader sends the snapshot again.
+    applied = min(await sm.applied_index(), hard_state.commit)
+    node = RawNode(Config(id=node_id, applied=applied), storage, random.Random(seed))
     plane = RpcPlane(RpcConfig(node_id=node_id, cluster_secret=secret, host=host, port=port))
     for peer_id, url in peers.items():
         if peer_id != node_id:
             plane.add_peer(peer_id, url)
+    holder: list[KvNode] = []  # the driver needs the node's snapshot source and vice versa
+
+    async def snapshot_source(request: SnapshotRequest):  # type: ignore[no-untyped-def]
+        return await holder[0].snapshot_source(request)
+
     driver = RaftDriver(node, storage, PlaneTransport(plane), sm.apply,
-                        config=DriverConfig(tick_interval_s=tick_s))
+                        config=DriverConfig(tick_interval_s=tick_s), install_snapshot=sm.install,
+                        snapshot_source=snapshot_source)
     route_raft_messages(plane, driver.step)
-    KvNode(driver, sm, plane)
+    kv = KvNode(driver, sm, plane, storage, compaction)
+    holder.append(kv)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(plane.run)
             await nursery.start(driver.run)
+            nursery.start_soon(kv.compactor)
             print(f"READY {node_id} {plane.port}", flush=True)
             async for signum in signals:
                 log.info("node %d: signal %d, stopping", node_id, signum)
@@ -240,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--secret-file", required=True)
     p.add_argument("--tick-ms", type=float, default=50.0)
+    p.add_argument("--compact-after-entries", type=int, default=10_000)
+    p.add_argument("--compact-keep-entries", type=int, default=100)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s n{args.id} %(name)s %(levelname)s %(message)s")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from server.raft_kv import KvClient
+from server.raft_kv import KvClient, KvGet
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RpcTimeout
 from server.rpc.plane import RpcConfig, RpcPlane
 
@@ -36,8 +36,9 @@ def free_port() -> int:
 
 
 class Cluster:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, extra_args: tuple[str, ...] = ()):
         self.tmp = tmp
+        self.extra_args = extra_args
         self.ports = {i: free_port() for i in IDS}
         self.secret_file = tmp / "secret"
         self.secret_file.write_bytes(SECRET)
@@ -53,7 +54,7 @@ class Cluster:
                 [sys.executable, "-m", "server.raft_kv", "--id", str(i),
                  "--listen", f"127.0.0.1:{self.ports[i]}", "--peers", peers,
                  "--data-dir", str(self.tmp / f"n{i}"), "--secret-file", str(self.secret_file),
-                 "--tick-ms", str(TICK_MS)],
+                 "--tick-ms", str(TICK_MS), *self.extra_args],
                 stdout=subprocess.DEVNULL, stderr=err)
 
     def kill(self, i: int) -> None:
@@ -76,7 +77,8 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
+    # Compact often, so restarted members also catch up through snapshots (paper §7).
+    c = Cluster(tmp_path, ("--compact-after-entries", "200", "--compact-keep-entries", "20"))
     for i in IDS:
         c.start(i)
     yield c
@@ -206,3 +208,40 @@ async def test_wrong_secret_is_refused(cluster, nursery):
         await intruder.status(1, timeout_s=1.0)
     st = await client.status(1)
     assert st.auth_failures >= 1
+
+
+async def test_follower_far_behind_catches_up_from_a_snapshot(tmp_path, nursery):
+    # Paper §7: the leader compacted its log past what the follower has, so it sends the
+    # state machine (a LevelDB iteration) in InstallSnapshot pieces.
+    cluster = Cluster(tmp_path, ("--compact-after-entries", "50", "--compact-keep-entries", "5"))
+    try:
+        for i in IDS:
+            cluster.start(i)
+        client = await client_for(nursery, cluster)
+        leader, _ = await find_leader(client, IDS)
+        lagging = next(i for i in IDS if i != leader)
+        cluster.stop(lagging)
+        acked = {}
+        for i in range(300):
+            await client.put(f"s{i}", b"%d" % i)
+            acked[f"s{i}"] = b"%d" % i
+        with trio.fail_after(20):
+            while (await client.status(leader)).first_index <= 60:
+                await trio.sleep(0.05)
+        cluster.start(lagging)
+        leader_commit = (await client.status(leader)).commit
+        with trio.fail_after(30):
+            while True:
+                try:
+                    if (await client.status(lagging, timeout_s=0.5)).applied >= leader_commit:
+                        break
+                except (PeerUnavailable, RpcTimeout, ConnectionLost):
+                    pass  # still starting
+                await trio.sleep(0.05)
+        # Its log now starts after the snapshot it installed, not at 1.
+        assert (await client.status(lagging)).first_index > 60
+        for key, value in acked.items():  # read at the lagging node itself (ReadIndex there)
+            reply = await client.plane.call(lagging, KvGet(key), timeout_s=10)
+            assert reply.value == value, key
+    finally:
+        cluster.stop_all()
