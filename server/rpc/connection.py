@@ -3,6 +3,9 @@
 Rules:
 - One writer task owns `send_message`. It sends small frames first and interleaves the chunks of
   at most one large message between them, so a many-MiB snapshot never holds back a heartbeat.
+  Small frames queued together go as one Batch frame (bounded by max_frame_bytes and
+  MAX_BATCH_FRAMES): a loopback send() costs far more than encoding, so under load this is
+  most of the throughput.
 - Both send queues are bounded (config). A full small queue drops one-way frames (`send_nowait`
   returns False; Raft tolerates loss) and makes requests and replies wait (backpressure).
 - Flow control of large messages is TCP's: trio-websocket reads the socket only while its
@@ -30,6 +33,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from server.rpc.codec import CodecError, decode, encode
 from server.rpc.frames import (
+    Batch,
     Chunk,
     ConnectionLost,
     Failure,
@@ -45,6 +49,8 @@ log = logging.getLogger("objcache.rpc")
 
 Handler = Callable[[int, Any], Awaitable[Any]]
 CHUNK_OVERHEAD_BYTES = 128  # the Chunk envelope around a slice: tag, ids, offsets, CBOR heads
+BATCH_OVERHEAD_BYTES = 64  # the Batch envelope: tag, version, array heads
+MAX_BATCH_FRAMES = 256
 MESSAGE_TOO_BIG = 1009  # WebSocket close code (RFC 6455 §7.4.1)
 POLICY_VIOLATION = 1008
 
@@ -156,7 +162,7 @@ class Connection:
         while True:
             data: bytes | None = None
             if self._small:
-                data = self._small.popleft()
+                data = self._take_small()
             elif current is not None:
                 data = next(current, None)
                 if data is None:
@@ -173,6 +179,20 @@ class Connection:
             self._space = trio.Event()
             await self.ws.send_message(data)
 
+    def _take_small(self) -> bytes:
+        """The next small frame, or a Batch of all that fit in one frame."""
+        first = self._small.popleft()
+        budget = self._limits.max_frame_bytes - BATCH_OVERHEAD_BYTES - len(first)
+        if not self._small or len(self._small[0]) + 8 > budget:
+            return first
+        frames = [first]
+        while (self._small and len(frames) < MAX_BATCH_FRAMES
+               and len(self._small[0]) + 8 <= budget):  # 8: the CBOR head of one item, at most
+            frame = self._small.popleft()
+            budget -= len(frame) + 8
+            frames.append(frame)
+        return encode(Batch(tuple(frames)))
+
     # ---- receiving ----
 
     async def _reader(self, nursery: trio.Nursery) -> None:
@@ -181,6 +201,10 @@ class Connection:
             if not isinstance(data, bytes):
                 raise ProtocolViolation("text frame")
             frame = decode(data)
+            if isinstance(frame, Batch):
+                for inner in frame.frames:
+                    await self._dispatch(decode(inner), nursery)
+                continue
             if isinstance(frame, Chunk):
                 frame = self._assemble(frame)
                 if frame is None:
@@ -202,8 +226,8 @@ class Connection:
             return None
         self._assembly = None
         frame = decode(buf)
-        if isinstance(frame, Chunk):
-            raise ProtocolViolation("a chunk inside a chunk")
+        if isinstance(frame, Chunk | Batch):
+            raise ProtocolViolation(f"a {type(frame).__name__} inside a chunk")
         return frame
 
     async def _dispatch(self, frame: Any, nursery: trio.Nursery) -> None:

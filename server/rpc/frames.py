@@ -85,6 +85,14 @@ class Failure:
     message: str
 
 
+@message("rpc.batch")
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Several small encoded frames in one WebSocket message: one send() for many replies."""
+
+    frames: tuple[bytes, ...]
+
+
 @message("rpc.chunk")
 @dataclass(frozen=True, slots=True)
 class Chunk:
