@@ -29,8 +29,25 @@ carries SnapshotRequest(to, index, min_index, offset, ...): the driver reads up 
 `config.snapshot_chunk_bytes` of its snapshot from `offset` and calls `send_snapshot_piece`. A
 follower that received a whole snapshot hands it out as `Ready.snapshot` (meta + bytes).
 
+Snapshot pieces: if `index` is 0 (or names a snapshot the application no longer has), send
+the latest snapshot from offset 0; its meta must cover at least `min_index`. One piece per
+follower is in flight; a lost piece is asked for again after `snapshot_retry_heartbeats`
+heartbeat answers. If no snapshot can be supplied, call `report_snapshot_failure(to)`.
+`LogStorage.initial_state()` must return, with the snapshot's index and term, the membership
+at that index (`snapshot_meta().conf`): a restarted member rebuilds its configuration from it.
+
 Restart: build a new RawNode over the same storage with `Config.applied` set to the state
 machine's applied index; committed entries after it are handed out again.
+
+Concurrency: the core is not thread-safe, but `step`, `tick`, `propose`, `read_index`... may be
+called while a Ready is outstanding (between `ready()` and `advance()`), e.g. while the driver
+awaits `storage.save()`; their effects appear in the next Ready.
+
+ReadIndex contexts must be unique among outstanding reads of the whole group (a follower's
+read travels to the leader with its context): prefix them with the member id.
+
+Wire: `raft.messages.ALL_MESSAGE_TYPES` lists the dataclasses the RPC codec must carry; their
+fields are ints, bools, bytes, Entry tuples and SnapshotMeta (raft.types).
 """
 
 from __future__ import annotations
