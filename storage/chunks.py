@@ -317,6 +317,11 @@ class ChunkStore:
         finally:
             os.close(fd)
 
+    def needs_sync(self, ino: int) -> bool:
+        """Has ino unsynced chunk data or a new chunk directory? (No I/O.)"""
+        with self._lock:
+            return bool(self._dirty.get(ino)) or ino in self._new_dirs
+
     def dirty_inodes(self) -> list[int]:
         with self._lock:
             return sorted(set(self._dirty) | self._new_dirs)

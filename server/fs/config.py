@@ -26,6 +26,7 @@ class FsConfig:
     # WRITE's size/mtime wait in memory (like a local fs's dirty inode) until COMMIT, a stable
     # WRITE, any other metadata change, this many inodes, or this age.
     max_pending_meta: int = 4096
+    max_pending_inline_bytes: int = 16 << 20  # small files' UNSTABLE bytes held the same way
     pending_meta_max_age_s: float = 1.0
     # Namespace and attribute changes are on disk before the reply (RFC 1813 §4.8 expects
     # stable storage for them; knfsd's `sync` export option does the same).

@@ -1,10 +1,12 @@
 """READ, WRITE and COMMIT of LocalBackend (RFC 1813 §3.3.6, §3.3.7, §3.3.21).
 
 Rules:
-- Small files (up to config.inline_max_bytes) keep their bytes in LevelDB: a WRITE is one
-  WriteInline record, so a FILE_SYNC write of a new small file costs one fsync (the LevelDB log)
-  and no chunk file or directory is ever made for it. A file that grows past the limit has its
-  bytes copied to chunk 0 and fsynced before the UnInline record drops them from LevelDB.
+- Small files (up to config.inline_max_bytes) keep their bytes in LevelDB: their WRITEs become
+  WriteInline records, so a FILE_SYNC write of a new small file costs one fsync (the LevelDB log)
+  and no chunk file or directory is ever made for it. UNSTABLE bytes wait in memory with the
+  pending metadata (server/fs/meta.py) until COMMIT, a stable write or a flush. A file that
+  grows past the limit has its bytes copied to chunk 0 and fsynced before the UnInline record
+  drops them from LevelDB.
 - Chunked files: WRITE pwrites the chunks (data lands in the page cache) and folds size and mtime
   into the pending metadata. FILE_SYNC/DATA_SYNC fdatasync the chunks written and sync the
   metadata; COMMIT fsyncs every dirty chunk of the file and syncs the metadata.
@@ -32,10 +34,8 @@ from nfs_gateway.backend import (
 )
 from server.fs import perms
 from server.fs.common import require_reg, wcc
-from server.fs.records import Inode, UnInline, WriteInline
+from server.fs.records import Inode, UnInline
 from storage.chunks import ChunkIOError
-
-FILE_SYNC = StableHow.FILE_SYNC  # inline writes sync data and metadata in one LevelDB write
 
 if TYPE_CHECKING:
     from server.fs.backend import LocalBackend
@@ -80,8 +80,9 @@ class DataOps(_Base):
                 return WriteResult(0, stable, self._verifier, wcc(before, before, self.fsid))
             clear_suid = perms.write_clears_suid(cred, before)
             if end <= self.config.inline_max_bytes and (before.inline or before.size == 0):
-                after = await self._write_inline(fid, offset, data, stable, clear_suid)
-                committed = StableHow.UNSTABLE if stable == StableHow.UNSTABLE else FILE_SYNC
+                after, committed = await self._write_inline(
+                    fid, before, offset, data, stable, clear_suid
+                )
             else:
                 current = await self._uninline(fid) if before.inline else before
                 after, committed = await self._write_chunks(
@@ -90,15 +91,27 @@ class DataOps(_Base):
         return WriteResult(len(data), committed, self._verifier, wcc(before, after, self.fsid))
 
     async def _write_inline(
-        self, fid: FileId, offset: int, data: memoryview, stable: StableHow, clear_suid: bool
-    ) -> Inode:
-        rec = WriteInline(fid.ino, offset, bytes(data), self._now(), clear_suid)
-        async with self._writing():
-            await self._get(fid)  # removed meanwhile (REMOVE takes no data lock)?
-            changes = await self._commit([rec], sync=stable != StableHow.UNSTABLE)
-        after = changes.inodes[fid.ino]
-        assert after is not None
-        return after
+        self,
+        fid: FileId,
+        before: Inode,
+        offset: int,
+        data: memoryview,
+        stable: StableHow,
+        clear_suid: bool,
+    ) -> tuple[Inode, StableHow]:
+        """Like a chunk WRITE, the bytes wait in memory (pending) until COMMIT or a flush; a
+        stable WRITE flushes them with one synced LevelDB write."""
+        blob = b"" if before.size == 0 else await self._meta.inline(fid.ino)
+        current = await self._get(fid)  # removed meanwhile (REMOVE takes no data lock)?
+        after = self._meta.note_inline_write(
+            current, blob, offset, bytes(data), self._now(), clear_suid
+        )
+        if stable == StableHow.UNSTABLE:
+            if self._meta.pending_due():
+                await self._flush(sync=False)
+            return after, StableHow.UNSTABLE
+        await self._flush(sync=True)
+        return after, StableHow.FILE_SYNC  # data and metadata went in one synced write
 
     async def _uninline(self, fid: FileId) -> Inode:
         """Move an inline file's bytes to chunk 0, durably, then drop them from LevelDB."""
@@ -158,7 +171,8 @@ class DataOps(_Base):
 
     async def _sync_file(self, ino: int, indexes: list[int] | None) -> None:
         try:
-            await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
+            if self._chunks.needs_sync(ino):  # most COMMITs of small files: nothing to fsync
+                await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
         except ChunkIOError as e:
             self._regenerate_verifier()  # what we promised may not be on disk
             raise IOError_(str(e)) from e

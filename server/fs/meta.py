@@ -27,7 +27,7 @@ import trio
 
 from server.fs import keys
 from server.fs.config import FsConfig
-from server.fs.records import Dirent, Inode, Multi, WriteMeta, decode
+from server.fs.records import Dirent, Inode, Multi, WriteInline, WriteMeta, decode
 from server.fs.state import Changes, StateError, apply, decode_u64
 from storage.kv import KvError, KvStore
 
@@ -75,6 +75,12 @@ class _Pending:
     time_ns: int
     clear_suid: bool
     since: float  # trio time of the oldest write folded in
+    blob: bytes | None = None  # inline files: all of their bytes
+
+    def record(self) -> WriteMeta | WriteInline:
+        if self.blob is not None:
+            return WriteInline(self.inode.ino, 0, self.blob, self.time_ns, self.clear_suid)
+        return WriteMeta(self.inode.ino, self.end, self.time_ns, self.clear_suid)
 
 
 class _Miss(Exception):
@@ -122,6 +128,7 @@ class MetaStore:
         self._dirents: Lru[tuple[int, bytes], Dirent | None] = Lru(config.dirent_cache_entries)
         self._inlines: Lru[int, bytes] = Lru(config.inline_cache_entries)
         self._pending: dict[int, _Pending] = {}
+        self._pending_bytes = 0  # inline bytes waiting in _pending
         self.meta: dict[bytes, int] = {}
         self._next_ino = 0  # ids handed out but maybe not yet committed are never reused
         self._written_seq = 0  # batches written (without fsync) in this run
@@ -174,6 +181,9 @@ class MetaStore:
 
     async def inline(self, ino: int) -> bytes:
         """The bytes of an inline file (b"" if it has none)."""
+        p = self._pending.get(ino)
+        if p is not None and p.blob is not None:
+            return p.blob
         v = self._inlines.get(ino)
         if v is not _MISSING:
             return v  # type: ignore[return-value]
@@ -212,16 +222,40 @@ class MetaStore:
             p.clear_suid = p.clear_suid or clear_suid
         return new
 
+    def note_inline_write(
+        self, inode: Inode, blob: bytes, offset: int, data: bytes, time_ns: int, clear_suid: bool
+    ) -> Inode:
+        """Fold a WRITE of a small file into pending state: `blob` is the file's current bytes
+        (from inline()); the new bytes wait in memory like a chunk WRITE's size. No I/O."""
+        end = offset + len(data)
+        new_blob = blob[:offset] + bytes(max(0, offset - len(blob))) + data + blob[end:]
+        mode = inode.mode & ~_SUID_SGID if clear_suid else inode.mode
+        new = dataclasses.replace(
+            inode,
+            size=max(inode.size, end),
+            mode=mode,
+            mtime_ns=time_ns,
+            ctime_ns=time_ns,
+            inline=True,
+        )
+        p = self._pending.get(inode.ino)
+        if p is not None:
+            self._pending_bytes -= len(p.blob or b"")
+        since = trio.current_time() if p is None else p.since
+        clear = clear_suid or (p is not None and p.clear_suid)
+        self._pending[inode.ino] = _Pending(new, new.size, time_ns, clear, since, new_blob)
+        self._pending_bytes += len(new_blob)
+        return new
+
     def pending_due(self) -> bool:
         if len(self._pending) >= self.config.max_pending_meta:
+            return True
+        if self._pending_bytes >= self.config.max_pending_inline_bytes:
             return True
         if not self._pending:
             return False
         oldest = next(iter(self._pending.values())).since  # dict order: first folded in
         return trio.current_time() - oldest >= self.config.pending_meta_max_age_s
-
-    def forget_pending(self, ino: int) -> None:
-        self._pending.pop(ino, None)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -243,6 +277,8 @@ class MetaStore:
         changes = await self._apply_cached(records)
         # With no other writer queued there is nothing to group with: fsync in this write
         # (one thread hop) rather than in a barrier after it (two).
+        if sync and not changes and self._durable_seq == self._written_seq:
+            return changes  # everything written so far is durable already
         sync_now = sync and self.lock.statistics().tasks_waiting == 0 and self._sync_done is None
         if changes or sync_now:
             try:
@@ -285,7 +321,7 @@ class MetaStore:
             # From here to _publish nothing awaits, so the pending metadata folded into this
             # batch is exactly what is drained, and readers switch from it to the new cache
             # values in one step.
-            batch = [WriteMeta(i, p.end, p.time_ns, p.clear_suid) for i, p in self._pending.items()]
+            batch: list[object] = [p.record() for p in self._pending.values()]
             batch += records
             changes = Changes()
             if not batch:
@@ -302,6 +338,7 @@ class MetaStore:
                     await self._load_dirent(*miss.key)  # type: ignore[misc]
                 continue
             self._pending = {}
+            self._pending_bytes = 0
             self._publish(changes)
             return changes
         raise StateError("apply kept missing the cache")
@@ -324,8 +361,6 @@ class MetaStore:
     def _publish(self, changes: Changes) -> None:
         for ino, inode in changes.inodes.items():
             self._inodes.put(ino, inode)
-            if inode is None:
-                self._pending.pop(ino, None)
         for key, d in changes.dirents.items():
             self._dirents.put(key, d)
         for ino, blob in changes.inlines.items():
@@ -337,6 +372,7 @@ class MetaStore:
         self._dirents.clear()
         self._inlines.clear()
         self._pending.clear()
+        self._pending_bytes = 0
 
     def alloc_ino(self) -> int:
         """A fresh inode id; the CreateInode that uses it advances the persisted counter."""
