@@ -486,3 +486,27 @@ async def test_a_chunked_file_truncated_to_zero_can_become_inline(fs, home):
     await put(fs, f, 0, b"small again")
     assert await get(fs, f) == b"small again"
     assert not fs._chunks.ino_dir(f.ino).exists()
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+async def test_concurrent_namespace_operations_share_fsyncs_and_stay_consistent(fs, home):
+    from server.fs import fsck
+
+    async def worker(w):
+        for i in range(15):
+            name = b"w%d-%d" % (w, i)
+            f = await mkfile(fs, home, name)
+            await put(fs, f, 0, b"x" * (w + 1), stable=StableHow.FILE_SYNC)
+            if i % 3 == 0:
+                await fs.remove(ROOT, home, name)
+
+    async with trio.open_nursery() as n:
+        for w in range(8):
+            n.start_soon(worker, w)
+    # Every synced change was covered by some fsync (group commit), none is left waiting.
+    assert fs._meta._durable_seq == fs._meta._written_seq
+    assert len(await names(fs, home)) == 2 + 8 * 10
+    await fs._flush(sync=False)
+    assert fsck.check(await fs.kv.iterate(prefix=b"fs.", limit=10_000)) == []
