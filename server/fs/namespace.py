@@ -241,25 +241,11 @@ class NamespaceOps(_Base):
         rdev: tuple[int, int] = (0, 0),
     ) -> Created:
         """Records for a new inode linked as d/name; the caller holds the metadata lock."""
-        mode = sattr.mode if sattr.mode is not None else _DEFAULT_MODE.get(ftype, 0)
-        mode &= 0o7777
-        if ftype == FileType.LNK:
-            mode = 0o777  # symlink permissions mean nothing; Linux always shows 0777
-        gid = cred.gid
-        if d.mode & perms.S_ISGID:
-            gid = d.gid  # BSD group semantics of setgid directories; subdirectories inherit
-            if ftype == FileType.DIR:
-                mode |= perms.S_ISGID
-        elif mode & perms.S_ISGID and not cred.is_root and not perms.in_group(cred, gid):
-            mode &= ~perms.S_ISGID
-        uid = cred.uid
-        if sattr.uid is not None and sattr.uid != uid and not cred.is_root:
-            raise Perm("only root may create files for someone else", wcc=wcc(d, d, self.fsid))
-        if sattr.gid is not None and sattr.gid != gid:
-            if not cred.is_root and not perms.in_group(cred, sattr.gid):
-                raise Perm("not a member of that group", wcc=wcc(d, d, self.fsid))
-            gid = sattr.gid
-        uid = sattr.uid if sattr.uid is not None else uid
+        try:
+            mode, uid, gid = new_owner(cred, d, ftype, sattr)
+        except Perm as e:
+            e.wcc = wcc(d, d, self.fsid)
+            raise
         now = self._now()
         ino = self._meta.alloc_ino()
         records: list[object] = [
@@ -438,6 +424,30 @@ class NamespaceOps(_Base):
         after = changes.inodes[inode.ino]
         assert after is not None
         return LinkResult(self._attr(after), wcc(d, changes.inodes[d.ino], self.fsid))
+
+
+def new_owner(cred: Cred, d: Inode, ftype: FileType, sattr: SetAttrs) -> tuple[int, int, int]:
+    """(mode, uid, gid) of a new object: the creator's ids, the group of a setgid directory
+    (BSD semantics, inherited by subdirectories), and sattr's ids only where a chown would be
+    allowed (knfsd applies them with the caller's rights)."""
+    mode = sattr.mode if sattr.mode is not None else _DEFAULT_MODE.get(ftype, 0)
+    mode &= 0o7777
+    if ftype == FileType.LNK:
+        mode = 0o777  # symlink permissions mean nothing; Linux always shows 0777
+    gid = cred.gid
+    if d.mode & perms.S_ISGID:
+        gid = d.gid
+        if ftype == FileType.DIR:
+            mode |= perms.S_ISGID
+    elif mode & perms.S_ISGID and not cred.is_root and not perms.in_group(cred, gid):
+        mode &= ~perms.S_ISGID
+    if sattr.uid is not None and sattr.uid != cred.uid and not cred.is_root:
+        raise Perm("only root may create files for someone else")
+    if sattr.gid is not None and sattr.gid != gid:
+        if not cred.is_root and not perms.in_group(cred, sattr.gid):
+            raise Perm("not a member of that group")
+        gid = sattr.gid
+    return mode, cred.uid if sattr.uid is None else sattr.uid, gid
 
 
 def _time(how: TimeHow, client_ns: int, now: int) -> int | None:
