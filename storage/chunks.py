@@ -11,6 +11,9 @@ Rules:
 - Open descriptors are cached (bounded LRU). A descriptor in use by a worker thread is never
   closed under it: entries carry a use count and eviction skips busy ones.
 - Sync methods run in worker threads (they block); the async wrappers use one CapacityLimiter.
+  The one exception is `pread_nowait`, which the event loop may call: it uses only descriptors
+  already open and reads with RWF_NOWAIT, so the kernel answers from the page cache or refuses
+  (EAGAIN) instead of blocking; the caller then takes the thread path.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class ChunkStore:
         self._dirty: dict[int, set[int]] = {}
         self._new_dirs: set[int] = set()  # inode dirs created since their last fsync
         self._limiter = trio.CapacityLimiter(self.config.io_threads)
+        self._nowait = hasattr(os, "RWF_NOWAIT")
 
     def ino_dir(self, ino: int) -> Path:
         return self.root / f"{ino:016x}"
@@ -181,6 +185,34 @@ class ChunkStore:
             self._preadv_into(ino, index, inner, view[pos : pos + n])
             pos += n
         return buf
+
+    def pread_nowait(self, ino: int, chunk_size: int, offset: int, count: int) -> bytearray | None:
+        """count bytes from offset if one chunk's cached descriptor and the page cache have them
+        all; else None (never blocks on I/O)."""
+        pieces = spans(offset, count, chunk_size)
+        if not self._nowait or len(pieces) != 1:
+            return None
+        index, inner, n = pieces[0]
+        with self._lock:
+            ent = self._fds.get((ino, index))
+            if ent is None:
+                return None
+            ent.busy += 1
+        try:
+            buf = bytearray(n)
+            got = os.preadv(ent.fd, [buf], inner, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}") from e
+            self._nowait = False  # this kernel or file system cannot: stop trying
+            return None
+        finally:
+            self._release(ent)
+        # Short: the end of the chunk file (a hole follows) or only part was cached; the thread
+        # path tells the two apart.
+        return buf if got == n else None
 
     def _pread_one(self, ino: int, index: int, inner: int, n: int) -> bytes:
         ent = self._acquire(ino, index, create=False)

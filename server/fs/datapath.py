@@ -61,7 +61,14 @@ class DataOps(_Base):
                 data += bytes(n - len(data))  # set by a SETATTR that grew the file
         else:
             try:
-                data = await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
+                # Page-cache hits are served on the event loop (no thread hop); misses block,
+                # so they go to a worker thread.
+                got = self._chunks.pread_nowait(inode.ino, inode.chunk_size, offset, n)
+                data = (
+                    got
+                    if got is not None
+                    else await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
+                )
             except ChunkIOError as e:
                 raise IOError_(str(e)) from e
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))

@@ -82,3 +82,12 @@ async def test_async_wrappers(store):
     await store.truncate(9, CS, 2)
     assert await store.pread(9, CS, 0, 5) == b"he\0\0\0"
     await store.delete(9)
+
+
+def test_pread_nowait_serves_cached_data_or_declines(store):
+    assert store.pread_nowait(4, CS, 0, 10) is None  # no descriptor open yet
+    store.pwrite_sync(4, CS, 0, memoryview(b"abcdefghij"))
+    got = store.pread_nowait(4, CS, 2, 5)
+    assert got is None or bytes(got) == b"cdefg"  # None only where RWF_NOWAIT is unsupported
+    assert store.pread_nowait(4, CS, 5, 10) is None  # short (end of the chunk file)
+    assert store.pread_nowait(4, CS, CS - 2, 4) is None  # spans two chunks
