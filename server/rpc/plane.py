@@ -242,17 +242,24 @@ class RpcPlane:
         peer.changed = trio.Event()
 
     async def _serve(self, conn: Connection) -> None:
-        self._connections += 1
         try:
             await conn.run()
         finally:
-            self._connections -= 1
             self._forget(conn)
 
     async def _on_request(self, request: WebSocketRequest) -> None:
+        # Counted from the first byte, handshakes included: a flood of unauthenticated
+        # connections cannot hold more than max_connections slots (each for a bounded time).
         if self._connections >= self.config.max_connections:
             await request.reject(503, body=b"too many connections")
             return
+        self._connections += 1
+        try:
+            await self._accept(request)
+        finally:
+            self._connections -= 1
+
+    async def _accept(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
         adopted: list[Connection] = []
 
@@ -319,6 +326,7 @@ class RpcPlane:
         assert peer.url is not None
         if self._connections >= cfg.max_connections:
             return False
+        self._connections += 1
         try:
             async with open_websocket_url(
                     peer.url, self._client_ssl, message_queue_size=cfg.receive_queue_frames,
@@ -348,6 +356,8 @@ class RpcPlane:
         except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
             log.debug("dialing node %d at %s failed: %r", peer.node_id, peer.url, exc)
             return False
+        finally:
+            self._connections -= 1
 
 
 async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:

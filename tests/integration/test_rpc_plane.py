@@ -307,3 +307,14 @@ async def test_tls_between_nodes(nursery, tls_files):
     plain.plane.add_peer(2, b.url)
     with pytest.raises(PeerUnavailable):
         await plain.plane.call(2, Ping(1), timeout_s=0.5)
+
+
+async def test_connection_limit_counts_handshakes(nursery):
+    a = await start(nursery, Node(1, max_connections=1))
+    async with open_websocket_url(a.url):  # holds the only slot, never authenticates
+        await eventually(lambda: a.plane._connections == 1)
+        b = await start(nursery, Node(2))
+        b.plane.add_peer(1, a.url)
+        with pytest.raises(PeerUnavailable):  # refused with 503 while the slot is taken
+            await b.plane.call(1, Ping(1), timeout_s=0.5)
+    assert await b.plane.call(1, Ping(2), timeout_s=10) == Pong(2, by=1)
