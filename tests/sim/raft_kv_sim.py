@@ -44,9 +44,9 @@ class Params:
     drop_p: float = 0.03
     duplicate_p: float = 0.02
     disk_s: tuple[float, float] = (0.0005, 0.003)
-    fault_window_s: float = 2.5
+    fault_window_s: float = 2.0
     clients: int = 3
-    ops_per_client: int = 14
+    ops_per_client: int = 12
     keys: tuple[str, ...] = ("a", "b")
     op_timeout_s: float = 1.0
     compact_every: int = 8
