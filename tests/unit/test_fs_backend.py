@@ -491,8 +491,12 @@ async def test_a_chunked_file_truncated_to_zero_can_become_inline(fs, home):
 # -- concurrency ------------------------------------------------------------------------------
 
 
-async def test_concurrent_namespace_operations_share_fsyncs_and_stay_consistent(fs, home):
+async def test_concurrent_namespace_operations_share_fsyncs_and_stay_consistent(tmp_path):
     from server.fs import fsck
+
+    fs = LocalBackend(tmp_path / "sync", chunk_size=CHUNK, config=FsConfig(sync_metadata=True))
+    await fs.open()
+    home = await fs.export_root("/")
 
     async def worker(w):
         for i in range(15):
@@ -510,3 +514,15 @@ async def test_concurrent_namespace_operations_share_fsyncs_and_stay_consistent(
     assert len(await names(fs, home)) == 2 + 8 * 10
     await fs._flush(sync=False)
     assert fsck.check(await fs.kv.iterate(prefix=b"fs.", limit=10_000)) == []
+    await fs.close()
+
+
+async def test_unsynced_namespace_changes_become_durable_with_the_next_sync(tmp_path):
+    fs = LocalBackend(tmp_path / "async", config=FsConfig(sync_metadata=False))
+    await fs.open()
+    root = await fs.export_root("/")
+    f = await mkfile(fs, root, b"a")
+    assert fs._meta._durable_seq < fs._meta._written_seq  # the CREATE did not wait for fsync
+    await fs.commit(ROOT, f, 0, 0)  # one LevelDB sync covers everything written before it
+    assert fs._meta._durable_seq == fs._meta._written_seq
+    await fs.close()
