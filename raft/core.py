@@ -84,6 +84,8 @@ class Raft:
         self.pending_conf_index = 0
         self.proposals_unsent = False
         self.uncommitted_bytes = 0
+        self.conf_scan_upto = 0  # committed entries scanned for CONF_CHANGE (election.py)
+        self.last_conf_change_index = 0
         self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
         self.received_snapshot: Snapshot | None = None
         self._replay_conf_changes()
@@ -91,8 +93,7 @@ class Raft:
 
     def _replay_conf_changes(self) -> None:
         """Rebuild the configuration as of `applied` from the entries after the snapshot."""
-        lo, hi = self.log.first_index(), self.log.applied + 1
-        for e in self.log.slice(lo, hi, 1 << 62) if lo < hi else []:
+        for e in self.log.scan(self.log.first_index(), self.log.applied + 1):
             if e.type is EntryType.CONF_CHANGE:
                 self.apply_conf_change(ConfChange.decode(e.data))
 

@@ -40,11 +40,15 @@ def tick_election(r: Raft) -> None:
 
 
 def has_unapplied_conf_change(r: Raft) -> bool:
-    """A committed but unapplied membership change means our configuration may be stale."""
-    lo, hi = r.log.applied + 1, r.log.committed + 1
-    if lo >= hi or lo < r.log.first_index():
-        return False
-    return any(e.type is EntryType.CONF_CHANGE for e in r.log.slice(lo, hi, 1 << 62))
+    """A committed but unapplied membership change means our configuration may be stale.
+
+    Committed entries never change, so each one is scanned once (`conf_scan_upto`)."""
+    lo = max(r.conf_scan_upto + 1, r.log.applied + 1, r.log.first_index())
+    for e in r.log.scan(lo, r.log.committed + 1):
+        if e.type is EntryType.CONF_CHANGE:
+            r.last_conf_change_index = e.index
+    r.conf_scan_upto = max(r.conf_scan_upto, r.log.committed)
+    return r.last_conf_change_index > r.log.applied
 
 
 def campaign(r: Raft, kind: CampaignKind) -> None:

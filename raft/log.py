@@ -11,7 +11,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from raft.log_storage import Compacted, LogStorage, Unavailable
 from raft.types import Entry, SnapshotMeta
@@ -92,6 +92,13 @@ class RaftLog:
         if hi > offset:
             out = out + self.unstable.slice(max(lo, offset), hi)
         return limit_size(out, max_bytes)
+
+    def scan(self, lo: int, hi: int, page_bytes: int = 8 << 20) -> Iterator[Entry]:
+        """Entries in [lo, hi), read a page at a time so memory stays bounded."""
+        while lo < hi:
+            page = self.slice(lo, hi, page_bytes)
+            yield from page
+            lo = page[-1].index + 1
 
     def entries_from(self, lo: int, max_bytes: int) -> list[Entry]:
         return self.slice(lo, self.last_index() + 1, max_bytes)
