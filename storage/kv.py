@@ -6,7 +6,10 @@ Rules:
   runs in a worker thread (the Raft apply loop, bulk loaders); never call them from the trio thread.
 - A write is a batch: an iterable of (key, value) pairs where value None deletes the key. The batch
   is applied atomically; `sync=True` returns only after LevelDB fsynced its log, which also makes
-  every earlier unsynced write durable (the log is sequential).
+  every earlier unsynced write durable (the log is sequential). One caveat of LevelDB: when a full
+  memtable switches to a new log file, the old file is closed without fsync and is durable only
+  once its memtable is compacted into a (synced) table, milliseconds later; an unsynced write
+  made just before the switch can therefore outlive a later sync only as long as that takes.
 - Keys and values are bytes. What they mean is the caller's business (server/fs/keys.py, ...).
 - Iteration results are materialised lists with a limit, so no LevelDB iterator outlives a call
   or crosses threads.

@@ -14,6 +14,7 @@ Rules:
   does with i_rwsem), and truncation and deletion of its chunks wait for them.
 - No bytes ever lie past EOF in a chunk file outside a WRITE in progress (a failed WRITE cuts
   them, the start after a crash repairs them), so a WRITE past EOF needs no zeroing.
+- READ does not update atime (as with a noatime mount): reading must not cost a metadata write.
 """
 
 from __future__ import annotations
