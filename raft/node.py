@@ -86,6 +86,17 @@ class RawNode:
     def id(self) -> int:
         return self.raft.id
 
+    @property
+    def term(self) -> int:
+        """Current term: a proposal made now gets this term; if the committed entry at its index
+        has another term, the proposal was lost to a leader change."""
+        return self.raft.term
+
+    @property
+    def lead(self) -> int:
+        """The leader this member knows of (0: none)."""
+        return self.raft.lead
+
     # -- inputs --------------------------------------------------------------------------------
 
     def tick(self) -> None:
