@@ -9,6 +9,8 @@ groups of 1 and 3 members on loopback x 64 B and 4 KiB values x 1 and 64 propose
              group commit, the sans-I/O core + trio driver); the client is an RpcPlane node.
   etcd       Debian `etcd` (3.4), same member counts on loopback, through its HTTP/JSON gateway
              (POST /v3/kv/put, one keep-alive connection per proposer), requests to the leader.
+  inproc     a one-member group inside the bench process (driver, LevelDB log and state
+             machine, no RPC): what Raft and storage cost without the plane.
   fsync      os.write of SIZE bytes + os.fsync on the same disk: the floor of one commit.
 
 Both clients are Python trio programs in this process, so client overhead is alike. The
@@ -41,8 +43,15 @@ import trio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server.raft_kv import KvClient  # noqa: E402
+import random  # noqa: E402
+
+from raft.config import Config  # noqa: E402
+from raft.driver import RaftDriver  # noqa: E402
+from raft.node import RawNode, bootstrap_log  # noqa: E402
+from server.raft_kv import KvClient, KvStateMachine, encode_put  # noqa: E402
 from server.rpc.plane import RpcConfig, RpcPlane  # noqa: E402
+from storage.kv import KvStore  # noqa: E402
+from storage.raftlog import RaftLogStorage  # noqa: E402
 
 SECRET = b"bench-raft-cluster-secret-0123456789"
 SIZES = (64, 4096)
@@ -148,6 +157,52 @@ class ObjcacheProposer:
 
     async def put(self, key: str, value: bytes) -> None:
         await self.client.put(key, value, timeout_s=30)
+
+
+class InprocGroup:
+    """A one-member group inside this process: driver + LevelDB log + state machine, no RPC.
+    It separates what Raft and storage cost from what the RPC plane costs."""
+
+    name = "inproc"
+
+    def __init__(self, work: Path, n: int):
+        assert n == 1
+        self.path = work / "inproc"
+        self.store: KvStore | None = None
+
+    async def connect(self, nursery: trio.Nursery) -> InprocProposer:
+        self.store = await KvStore.open(self.path)
+        storage = await RaftLogStorage.open_on_store(self.store)
+        await storage.save(*bootstrap_log([1]))
+        sm = KvStateMachine(self.store)
+        node = RawNode(Config(id=1), storage, random.Random(1))
+        driver = RaftDriver(node, storage, _NoPeers(), sm.apply)
+        await nursery.start(driver.run)
+        with trio.fail_after(30):
+            while not driver.is_leader():
+                await trio.sleep(0.01)
+        return InprocProposer(driver)
+
+    def stop(self) -> dict[str, int]:
+        if self.store is not None:
+            self.store.close_sync()
+        return {"bench_process": peak_rss_kib(os.getpid())}
+
+
+class _NoPeers:
+    def send(self, to: int, message: object) -> bool:
+        return False
+
+
+class InprocProposer:
+    def __init__(self, driver: RaftDriver):
+        self.driver = driver
+
+    async def session(self) -> InprocProposer:
+        return self
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self.driver.propose(encode_put(key, value))
 
 
 class EtcdCluster:
@@ -308,7 +363,7 @@ async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict]:
     rss: dict[str, dict[str, int]] = {}
     systems = [ObjcacheCluster] + ([] if a.no_etcd else [EtcdCluster])
     for n in GROUPS:
-        clusters = [cls(work, n) for cls in systems]
+        clusters = [cls(work, n) for cls in systems] + ([InprocGroup(work, n)] if n == 1 else [])
         try:
             async with trio.open_nursery() as nursery:
                 proposers = {c.name: await c.connect(nursery) for c in clusters}
@@ -371,6 +426,10 @@ def print_table(med: dict, floor: dict) -> dict[str, float]:
               f"{floor[size]['p99_ms']:>9.2f}")
     ratios: dict[str, float] = {}
     for size in SIZES:
+        inproc = med.get(f"inproc/1/{size}/1")
+        if inproc:
+            ratios[f"in-process 1-member p50 / fsync p50 ({size} B, no RPC)"] = (
+                inproc["p50_ms"] / floor[size]["p50_ms"])
         one = med.get(f"objcache/1/{size}/1")
         if one:
             ratios[f"objcache 1-member p50 / fsync p50 ({size} B, target <= 1.5)"] = (

@@ -15,7 +15,9 @@ Rules:
   connection with a log line and a counter; the node keeps running.
 - One-way handlers run inline in the reader, in arrival order, and must be quick (the Raft driver
   only queues the message). Request handlers run as tasks, at most max_concurrent_requests at
-  once, each cancelled at the caller's deadline.
+  once, each cancelled at the caller's deadline. When all slots are taken the reader stops
+  reading (backpressure), which also holds back replies on this connection: a handler must not
+  wait for a reply from the peer that called it (deadlines would break such a cycle).
 """
 
 from __future__ import annotations

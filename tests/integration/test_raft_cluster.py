@@ -2,7 +2,7 @@
 
 Raft paper §5.2 (election after a leader failure), §5.4 (safety: a committed, acknowledged entry
 survives any leader change), §5 "persisted state" (a full restart keeps everything).
-Kill rounds: OBJCACHE_KILL_ROUNDS (default 5; the issue's 20 with OBJCACHE_KILL_ROUNDS=20).
+Kill rounds: OBJCACHE_KILL_ROUNDS (default 20, as issue 3 asks; about 1.5 s each).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ async def check_all(client: KvClient, acked: dict[str, bytes]) -> None:
 
 
 async def test_kill_the_leader_during_proposals(cluster, nursery):
-    rounds = int(os.environ.get("OBJCACHE_KILL_ROUNDS", "5"))
+    rounds = int(os.environ.get("OBJCACHE_KILL_ROUNDS", "20"))
     client = await client_for(nursery, cluster)
     leader, term = await find_leader(client, IDS)
     writers = Writers(KvClient(client.plane, IDS, try_timeout_s=1.0))

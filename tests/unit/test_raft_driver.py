@@ -129,3 +129,32 @@ async def test_one_member_group_commits_alone(nursery, autojump_clock):
     await wait_leader(net)
     assert await net.drivers[1].propose(b"solo") >= 1
     assert kvs[1].applied == [b"solo"]
+
+
+async def test_proposal_overwritten_by_a_new_leader_is_reported_lost(nursery, autojump_clock):
+    # §5.3/§5.4: an entry the old leader appended but never committed is replaced by the new
+    # leader's; the driver sees another term at that index and raises NotLeader (retry).
+    net, kvs = await start_group(nursery, [1, 2, 3])
+    old = await wait_leader(net)
+    await net.drivers[old].propose(b"committed")
+    net.down.add(old)
+    outcome: list[BaseException | int] = []
+
+    async def doomed() -> None:
+        try:
+            outcome.append(await net.drivers[old].propose(b"lost"))
+        except NotLeader as exc:
+            outcome.append(exc)
+
+    nursery.start_soon(doomed)
+    new = await wait_leader(net, exclude={old})
+    await net.drivers[new].propose(b"winner")
+    net.down.discard(old)
+    with trio.fail_after(10):
+        while not outcome:
+            await trio.sleep(0.05)
+    assert isinstance(outcome[0], NotLeader)
+    with trio.fail_after(10):
+        while kvs[old].applied[-1:] != [b"winner"]:
+            await trio.sleep(0.05)
+    assert b"lost" not in kvs[old].applied
