@@ -262,6 +262,10 @@ def versions(fio: Path) -> dict[str, str]:
         "nfs-ganesha": cmd("dpkg-query", "-W", "-f", "${Version}", "nfs-ganesha"),
         "libnfs": cmd("dpkg-query", "-W", "-f", "${Version}", "libnfs13"),
         "objcache_commit": cmd("git", "-C", str(REPO), "rev-parse", "HEAD"),
+        # the server runs from the work tree: uncommitted changes are part of what is measured
+        "objcache_worktree_changes": cmd(
+            "git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"
+        ),
     }
 
 
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = a.workdir or Path("/var/tmp")
     work = Path(tempfile.mkdtemp(prefix="objcache-bench-", dir=parent))
     facts = machine(work)
+    vers = versions(fio)  # before the run: the commit measured, not the one at the end
     started = time.time()
     print(f"bench: servers {a.servers}, {a.reps} repetitions, data under {work}", flush=True)
     try:
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "errors": errors,
         "profile_objcache": profile,
         "machine": facts,
-        "versions": versions(fio),
+        "versions": vers,
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
