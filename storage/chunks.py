@@ -29,7 +29,11 @@ import trio
 
 
 class ChunkIOError(Exception):
-    """A chunk file could not be read, written, synced or removed."""
+    """A chunk file could not be read, written, synced or removed; errno says why (ENOSPC...)."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +119,7 @@ class ChunkStore:
                 self._new_dirs.add(ino)
             return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise ChunkIOError(f"open {path}: {e}") from e
+            raise ChunkIOError(f"open {path}: {e}", e.errno) from e
 
     def _release(self, ent: _Fd) -> None:
         with self._lock:
@@ -162,7 +166,7 @@ class ChunkStore:
                     view = view[written:]
                     inner += written
             except OSError as e:
-                raise ChunkIOError(f"pwrite ino {ino} chunk {index}: {e}") from e
+                raise ChunkIOError(f"pwrite ino {ino} chunk {index}: {e}", e.errno) from e
             finally:
                 self._release(ent)
             pos += n
@@ -205,7 +209,7 @@ class ChunkStore:
             return None
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}") from e
+                raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}", e.errno) from e
             self._nowait = False  # this kernel or file system cannot: stop trying
             return None
         finally:
@@ -221,7 +225,7 @@ class ChunkStore:
         try:
             return os.pread(ent.fd, n, inner)
         except OSError as e:
-            raise ChunkIOError(f"pread ino {ino} chunk {index}: {e}") from e
+            raise ChunkIOError(f"pread ino {ino} chunk {index}: {e}", e.errno) from e
         finally:
             self._release(ent)
 
@@ -237,7 +241,7 @@ class ChunkStore:
                 view = view[got:]
                 inner += got
         except OSError as e:
-            raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}") from e
+            raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}", e.errno) from e
         finally:
             self._release(ent)
 
@@ -268,7 +272,7 @@ class ChunkStore:
             except FileNotFoundError:
                 pass
             except OSError as e:
-                raise ChunkIOError(f"truncate {path}: {e}") from e
+                raise ChunkIOError(f"truncate {path}: {e}", e.errno) from e
         with self._lock:
             self._new_dirs.add(ino)  # unlinked names must reach disk too
 
@@ -290,7 +294,7 @@ class ChunkStore:
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise ChunkIOError(f"rmdir {d}: {e}") from e
+            raise ChunkIOError(f"rmdir {d}: {e}", e.errno) from e
 
     def _unlink(self, path: Path) -> None:
         try:
@@ -298,7 +302,7 @@ class ChunkStore:
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise ChunkIOError(f"unlink {path}: {e}") from e
+            raise ChunkIOError(f"unlink {path}: {e}", e.errno) from e
 
     # -- durability -------------------------------------------------------------------------
 
@@ -332,7 +336,7 @@ class ChunkStore:
         try:
             (os.fdatasync if data_only else os.fsync)(ent.fd)
         except OSError as e:
-            raise ChunkIOError(f"fsync ino {ino} chunk {index}: {e}") from e
+            raise ChunkIOError(f"fsync ino {ino} chunk {index}: {e}", e.errno) from e
         finally:
             self._release(ent)
 
@@ -345,7 +349,7 @@ class ChunkStore:
             os.fsync(fd)
         except OSError as e:
             if e.errno != errno.EINVAL:  # some file systems cannot fsync directories
-                raise ChunkIOError(f"fsync {path}: {e}") from e
+                raise ChunkIOError(f"fsync {path}: {e}", e.errno) from e
         finally:
             os.close(fd)
 

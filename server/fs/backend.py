@@ -43,7 +43,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.fs import keys, perms
-from server.fs.common import DOT, DOTDOT, check_name, require_dir, to_attr, wcc
+from server.fs.common import DOT, DOTDOT, check_name, disk_error, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.datapath import DataOps
 from server.fs.meta import MetaIOError, MetaStore
@@ -260,7 +260,7 @@ class LocalBackend(NamespaceOps, DataOps):
                 # found another file than it locked, trimming without it is the lesser evil.
                 await self._chunks.truncate(ino, chunk_size, keep)
         except ChunkIOError as e:
-            raise IOError_(str(e)) from e
+            raise disk_error(e) from e
 
     # -- attributes -------------------------------------------------------------------------
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 
 from nfs_gateway.backend import (
     Attr,
+    DQuot,
     Exists,
+    FBig,
     FileType,
+    FsError,
     Inval,
+    IOError_,
     IsDir,
     NameTooLong,
+    NoSpc,
     NotDir,
     Wcc,
     WccAttr,
@@ -83,6 +89,20 @@ def require_reg(inode: Inode) -> None:
         raise IsDir(f"inode {inode.ino} is a directory")
     if inode.ftype != FileType.REG:
         raise Inval(f"inode {inode.ino} is a {inode.ftype.name}")
+
+
+_ERRNO_ERRORS: dict[int, type[FsError]] = {
+    errno.ENOSPC: NoSpc,
+    errno.EDQUOT: DQuot,
+    errno.EFBIG: FBig,
+}
+
+
+def disk_error(e: Exception, wcc_data: Wcc | None = None) -> FsError:
+    """The nfsstat3 for a failed chunk operation: NOSPC/DQUOT/FBIG where the disk said so,
+    else IO (RFC 1813 §2.6)."""
+    cls = _ERRNO_ERRORS.get(getattr(e, "errno", None) or 0, IOError_)
+    return cls(str(e), wcc=wcc_data)
 
 
 def dir_cookieverf(inode: Inode) -> bytes:

@@ -27,14 +27,13 @@ from nfs_gateway.backend import (
     Cred,
     FBig,
     FileId,
-    IOError_,
     ReadResult,
     StableHow,
     Stale,
     WriteResult,
 )
 from server.fs import perms
-from server.fs.common import require_reg, wcc
+from server.fs.common import disk_error, require_reg, wcc
 from server.fs.records import Inode, UnInline
 from storage.chunks import ChunkIOError
 
@@ -71,7 +70,7 @@ class DataOps(_Base):
                     else await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
                 )
             except ChunkIOError as e:
-                raise IOError_(str(e)) from e
+                raise disk_error(e) from e
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))
 
     async def write(
@@ -131,7 +130,7 @@ class DataOps(_Base):
                 await self._chunks.fsync(inode.ino)
         except ChunkIOError as e:
             await self._chunks.delete(inode.ino)  # inline files own no chunks
-            raise IOError_(str(e)) from e
+            raise disk_error(e) from e
         async with self._writing():
             await self._get(fid)
             changes = await self._commit([UnInline(inode.ino)], sync=False)
@@ -152,7 +151,7 @@ class DataOps(_Base):
             touched = await self._chunks.pwrite(before.ino, before.chunk_size, offset, data)
         except ChunkIOError as e:
             await self._cut_partial_write(before)
-            raise IOError_(str(e), wcc=wcc(before, before, self.fsid)) from e
+            raise disk_error(e, wcc(before, before, self.fsid)) from e
         current = await self._meta.inode(fid.ino)
         if current is None or current.gen != fid.gen:
             # Removed while we wrote: its deletion may have skipped the data (size 0).
@@ -183,7 +182,7 @@ class DataOps(_Base):
                 await self._chunks.fsync(ino, indexes, data_only=indexes is not None)
         except ChunkIOError as e:
             self._regenerate_verifier()  # what we promised may not be on disk
-            raise IOError_(str(e)) from e
+            raise disk_error(e) from e
         await self._flush(sync=True)
 
     async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:

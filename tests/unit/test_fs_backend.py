@@ -526,3 +526,16 @@ async def test_unsynced_namespace_changes_become_durable_with_the_next_sync(tmp_
     await fs.commit(ROOT, f, 0, 0)  # one LevelDB sync covers everything written before it
     assert fs._meta._durable_seq == fs._meta._written_seq
     await fs.close()
+
+
+def test_disk_errors_map_to_their_nfsstat():
+    import errno
+
+    from nfs_gateway.backend import DQuot, IOError_, NoSpc
+    from server.fs.common import disk_error
+    from storage.chunks import ChunkIOError
+
+    assert isinstance(disk_error(ChunkIOError("full", errno.ENOSPC)), NoSpc)
+    assert isinstance(disk_error(ChunkIOError("quota", errno.EDQUOT)), DQuot)
+    assert isinstance(disk_error(ChunkIOError("broken", errno.EIO)), IOError_)
+    assert isinstance(disk_error(ChunkIOError("unknown")), IOError_)
