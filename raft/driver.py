@@ -107,7 +107,7 @@ class RaftDriver:
         if the proposal was lost to a leadership change."""
         async with self._proposal_slots:
             index = self.node.propose(data)  # NotLeader here if we are not the leader
-            waiter = self._proposals[index] = _Waiter(self.node.raft.term, trio.Event())
+            waiter = self._proposals[index] = _Waiter(self.node.term, trio.Event())
             self._wake.set()
             try:
                 await waiter.done.wait()
@@ -142,10 +142,10 @@ class RaftDriver:
         await event.wait()
 
     def leader_id(self) -> int:
-        return self.node.raft.lead
+        return self.node.lead
 
     def is_leader(self) -> bool:
-        return self.node.raft.role is Role.LEADER
+        return self.node.status().role is Role.LEADER
 
     # ---- the loop ----
 
@@ -187,7 +187,7 @@ class RaftDriver:
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             log.info("node %d: %s, leader %d, term %d", self.node.id, rd.soft_state.role.value,
-                     rd.soft_state.lead, self.node.raft.term)
+                     rd.soft_state.lead, self.node.term)
         self._send(rd.messages)
         if rd.snapshot is not None:
             assert self._install_snapshot is not None, "received a snapshot but cannot install"
@@ -216,7 +216,7 @@ class RaftDriver:
             if waiter is None:
                 continue
             if e.term != waiter.term:  # another leader's entry took the index: ours is lost
-                waiter.error = NotLeader(self.node.raft.lead)
+                waiter.error = NotLeader(self.node.lead)
             waiter.done.set()
 
     def _settle_by_snapshot(self, index: int) -> None:

@@ -13,7 +13,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from server.rpc import handshake
 from server.rpc.codec import encode, message
-from server.rpc.frames import PeerUnavailable, RemoteError, RpcTimeout
+from server.rpc.frames import Batch, Chunk, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcConfig, RpcPlane
 
 pytestmark = pytest.mark.integration
@@ -214,6 +214,9 @@ async def authenticated_raw_client(url: str, node_id: int):
         pytest.param(b"\x83\x64nope\x01\x80", id="unknown-tag"),
         pytest.param(encode(handshake.Hello(5, 1, b"x" * 32, 1)), id="unexpected-kind"),
         pytest.param(b"\x00" * (300 << 10), id="oversized"),
+        pytest.param(encode(Chunk(1, 0, 1 << 40, b"x")), id="stream-too-large"),
+        pytest.param(encode(Chunk(1, 5, 10, b"x")), id="chunk-out-of-order"),
+        pytest.param(encode(Batch((encode(Batch(())),))), id="batch-in-batch"),
     ],
 )
 async def test_garbage_closes_that_connection_only(nursery, garbage):
