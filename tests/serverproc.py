@@ -401,9 +401,11 @@ def parse_nfs_ls(output: bytes) -> list[LsEntry]:
     return entries
 
 
-def nfs_ls(url: str, *, recursive: bool = False, **kw) -> list[LsEntry]:
+def nfs_ls(url: str, *, recursive: bool = False, check: bool = True, **kw):
+    """The parsed listing; with check=False, the raw ClientResult (for expected failures)."""
     argv = ["nfs-ls", *(["-R"] if recursive else []), url]
-    return parse_nfs_ls(run_client(argv, **kw).stdout)
+    res = run_client(argv, check=check, **kw)
+    return parse_nfs_ls(res.stdout) if check else res
 
 
 # ------------------------------------------------------------------------------- nfsmeta ----

@@ -168,3 +168,17 @@ def test_data_survives_restart(nfs_server, tmp_path: Path) -> None:
     for name, want in sums.items():
         got = hashlib.sha256(nfs_cat(nfs_server.url(f"/keep/{name}"))).hexdigest()
         assert got == want, name
+
+
+def test_mount_of_a_subdirectory(nfs_server, tmp_path: Path) -> None:
+    """MOUNT MNT of a directory below the export root answers its handle (as knfsd and
+    ganesha do). libnfs always mounts a URL's dirname, so nfs-cp and nfs-ls of anything below
+    the root depend on it."""
+    nfsmeta(nfs_server.export_url(), "mkdir", "/sub")
+    nfsmeta(nfs_server.export_url(), "mkdir", "/sub/deeper")
+    (tmp_path / "f").write_bytes(b"below the root")
+    nfs_cp(tmp_path / "f", nfs_server.url("/sub/deeper/f"))  # MNT /sub/deeper
+    assert [(e.name, e.size) for e in nfs_ls(nfs_server.url("/sub/deeper"))] == [("f", 14)]
+    assert nfs_cat(nfs_server.url("/sub/deeper/f")) == b"below the root"
+    res = nfs_ls(nfs_server.url("/no-such-dir"), check=False)
+    assert res.returncode != 0

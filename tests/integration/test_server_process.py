@@ -1,0 +1,44 @@
+"""`objcache serve` as an operator sees it: it starts, answers, stops on SIGTERM with exit 0,
+restarts on the same data and port, and refuses loudly to start on a busy port."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from serverproc import ObjcacheServer, ServerError, nfs_cat, nfs_cp, nfs_ls, tcp_answers
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigterm_exit_zero_then_restart_on_same_port(tmp_path: Path) -> None:
+    srv = ObjcacheServer(tmp_path / "data", log_path=tmp_path / "log").start()
+    try:
+        (tmp_path / "f").write_bytes(b"kept")
+        nfs_cp(tmp_path / "f", srv.url("/f"))
+        port = srv.nfs_port
+        assert srv.stop() == 0
+        assert not tcp_answers(port)
+        srv.start()
+        assert srv.nfs_port == port
+        assert nfs_cat(srv.url("/f")) == b"kept"
+        assert [e.name for e in nfs_ls(srv.url("/"))] == ["f"]
+    finally:
+        srv.stop()
+    assert srv.log_text().count("objcache: serving") == 2
+
+
+def test_busy_port_fails_fast(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        srv = ObjcacheServer(
+            tmp_path / "data", nfs_port=s.getsockname()[1], log_path=tmp_path / "log"
+        )
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="exited with"):
+            srv.start(timeout_s=60)
+        assert time.monotonic() - t0 < 30, "a bind failure must stop the start, not hang"
+    assert srv.proc is not None and srv.proc.returncode not in (0, None)
