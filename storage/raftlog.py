@@ -7,11 +7,12 @@ Rules:
     prefix + b"s"              snapshot metadata   [index, term, voters, learners]
     prefix + b"c"              compaction marker   [index, term] of the last discarded entry
     prefix + b"e" + u64 BE     one entry           [index, term, type, data]
-- Every value is `version (1 byte) | crc32 of body (4 bytes BE) | CBOR body`. The checksum is
-  verified on every read from disk (assert after reading), and the whole log is verified at open:
-  a corrupt record, a gap, a tail shorter than the persisted commit index, or a hard state that
-  contradicts the log raises LogCorrupted naming the key, the index and the reason. We refuse to
-  start rather than serve from damaged state.
+- Every value is `version (1 byte) | crc32 of body (4 bytes BE) | CBOR body` (the format and
+  the checks are in raftlog_format.py). The checksum is verified on every read from disk
+  (assert after reading), and the whole log is verified at open: a corrupt record, a gap, a
+  tail shorter than the persisted commit index, or a hard state that contradicts the log
+  raises LogCorrupted naming the key, the index and the reason. We refuse to start rather
+  than serve from damaged state.
 - `save()` is group commit: concurrent callers append their writes to one open batch; a single
   writer at a time writes a batch with sync=True through `trio.to_thread.run_sync` (bounded by a
   CapacityLimiter), and every caller returns only once its batch is on disk (STYLE habit 2).
@@ -36,40 +37,29 @@ Rules:
 from __future__ import annotations
 
 import itertools
-import struct
-import zlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import cbor2
 import plyvel
 import trio
 
 from raft.log_storage import Compacted, Unavailable
-from raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from raft.types import ConfState, Entry, HardState, SnapshotMeta
 from storage.kv import KvStore
+from storage.raftlog_format import (
+    ENTRY_OVERHEAD_BYTES,
+    INDEX,
+    Loaded,
+    LogCorrupted,
+    decode_entry,
+    encode_record,
+    entry_body,
+    load_and_verify,
+    snapshot_body,
+)
 
-RECORD_VERSION = 1
-_HEADER = struct.Struct(">BI")  # version, crc32
-_INDEX = struct.Struct(">Q")
-_ENTRY_OVERHEAD_BYTES = 64  # rough per-entry cost of the cache bookkeeping
-
-
-class LogCorrupted(Exception):
-    """The persisted log is damaged; the node must not start from it."""
-
-    def __init__(self, reason: str, *, key: bytes | None = None, index: int | None = None):
-        self.reason = reason
-        self.key = key
-        self.index = index
-        where = []
-        if index is not None:
-            where.append(f"index {index}")
-        if key is not None:
-            where.append(f"key {key!r}")
-        super().__init__(f"raft log corrupted ({', '.join(where) or 'log'}): {reason}")
+__all__ = ["LogCorrupted", "RaftLogConfig", "RaftLogStorage", "StorageFailed", "encode_record"]
 
 
 class StorageFailed(Exception):
@@ -81,85 +71,6 @@ class RaftLogConfig:
     entry_cache_bytes: int = 64 * 1024 * 1024  # tail entries kept in memory for entries()
     max_batch_bytes: int = 64 * 1024 * 1024  # an open batch this large makes savers wait
     io_threads: int = 2  # concurrent plyvel calls in worker threads
-
-
-# ---- record codec (the on-disk plane for the raft log: versioned CBOR with a checksum) ----
-
-
-def encode_record(body: list[Any]) -> bytes:
-    payload = cbor2.dumps(body)
-    return _HEADER.pack(RECORD_VERSION, zlib.crc32(payload)) + payload
-
-
-def decode_record(key: bytes, value: bytes, index: int | None = None) -> list[Any]:
-    if len(value) < _HEADER.size:
-        raise LogCorrupted(f"record of {len(value)} bytes is shorter than its header", key=key,
-                           index=index)
-    version, crc = _HEADER.unpack_from(value)
-    if version != RECORD_VERSION:
-        raise LogCorrupted(f"unknown record version {version}", key=key, index=index)
-    payload = value[_HEADER.size:]
-    actual = zlib.crc32(payload)
-    if actual != crc:
-        raise LogCorrupted(f"checksum mismatch: stored {crc:#010x}, computed {actual:#010x}",
-                           key=key, index=index)
-    try:
-        body = cbor2.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError) as exc:
-        raise LogCorrupted(f"undecodable CBOR body: {exc}", key=key, index=index) from exc
-    if not isinstance(body, list):
-        raise LogCorrupted(f"record body is {type(body).__name__}, not a list", key=key,
-                           index=index)
-    return body
-
-
-def _ints(body: list[Any], n: int, key: bytes, what: str) -> list[int]:
-    if len(body) != n or not all(type(x) is int and x >= 0 for x in body[:n]):
-        raise LogCorrupted(f"malformed {what} record {body!r}", key=key)
-    return body
-
-
-def _entry_body(e: Entry) -> list[Any]:
-    return [e.index, e.term, int(e.type), e.data]
-
-
-def _decode_entry(key: bytes, value: bytes, index: int) -> Entry:
-    body = decode_record(key, value, index)
-    if (len(body) != 4 or not all(type(x) is int for x in body[:3])
-            or not isinstance(body[3], bytes)):
-        raise LogCorrupted(f"malformed entry record {body!r:.200}", key=key, index=index)
-    if body[0] != index:
-        raise LogCorrupted(f"entry body says index {body[0]}", key=key, index=index)
-    try:
-        etype = EntryType(body[2])
-    except ValueError as exc:
-        raise LogCorrupted(f"unknown entry type {body[2]}", key=key, index=index) from exc
-    return Entry(term=body[1], index=index, type=etype, data=body[3])
-
-
-def _snapshot_body(s: SnapshotMeta) -> list[Any]:
-    return [s.index, s.term, sorted(s.conf.voters), sorted(s.conf.learners)]
-
-
-def _decode_snapshot(key: bytes, value: bytes) -> SnapshotMeta:
-    body = decode_record(key, value)
-    if (len(body) != 4 or not all(type(x) is int for x in body[:2])
-            or not all(isinstance(xs, list) and all(type(x) is int for x in xs)
-                       for xs in body[2:])):
-        raise LogCorrupted(f"malformed snapshot record {body!r:.200}", key=key)
-    return SnapshotMeta(index=body[0], term=body[1],
-                        conf=ConfState(frozenset(body[2]), frozenset(body[3])))
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """What open() found on disk, after verification."""
-
-    hard_state: HardState
-    snapshot: SnapshotMeta | None
-    marker: tuple[int, int]  # (index, term) of the last compacted entry
-    terms: list[int]
-    tail: list[Entry]  # the newest entries, up to the cache budget
 
 
 @dataclass(slots=True)
@@ -176,7 +87,7 @@ class RaftLogStorage:
     """LogStorage over a plyvel DB, under `prefix`. Create with `await RaftLogStorage.open(...)`."""
 
     def __init__(self, db: plyvel.DB, prefix: bytes, config: RaftLogConfig,
-                 limiter: trio.CapacityLimiter, loaded: _Loaded):
+                 limiter: trio.CapacityLimiter, loaded: Loaded):
         self._db = db
         self._prefix = prefix
         self._config = config
@@ -208,7 +119,7 @@ class RaftLogStorage:
         config = config or RaftLogConfig()
         limiter = limiter or trio.CapacityLimiter(config.io_threads)
         loaded = await trio.to_thread.run_sync(
-            _load_and_verify, db, prefix, config.entry_cache_bytes, limiter=limiter)
+            load_and_verify, db, prefix, config.entry_cache_bytes, limiter=limiter)
         return cls(db, prefix, config, limiter, loaded)
 
     @classmethod
@@ -278,7 +189,7 @@ class RaftLogStorage:
                     break
                 if key != self._entry_key(expect):
                     break
-                e = _decode_entry(key, value, expect)  # verifies the checksum
+                e = decode_entry(key, value, expect)  # verifies the checksum
                 out.append(e)
                 size += len(e.data)
                 if size > max_bytes:
@@ -343,7 +254,7 @@ class RaftLogStorage:
 
     def _record_snapshot(self, snap: SnapshotMeta, ops: list[tuple[bytes, bytes | None]]) -> None:
         self._snapshot = snap
-        ops.append((self._prefix + b"s", encode_record(_snapshot_body(snap))))
+        ops.append((self._prefix + b"s", encode_record(snapshot_body(snap))))
 
     def _plan_entries(self, entries: Sequence[Entry], ops: list[tuple[bytes, bytes | None]]):
         # Entries already compacted are committed, so identical: skip them (as etcd does).
@@ -360,7 +271,7 @@ class RaftLogStorage:
             self._terms.append(e.term)
             self._unsynced[e.index] = e
             self._cache_put(e)
-            ops.append((self._entry_key(e.index), encode_record(_entry_body(e))))
+            ops.append((self._entry_key(e.index), encode_record(entry_body(e))))
 
     def _truncate_after(self, index: int, ops: list[tuple[bytes, bytes | None]]) -> None:
         for i in range(index + 1, self.last_index() + 1):
@@ -443,71 +354,15 @@ class RaftLogStorage:
     def _cache_put(self, e: Entry) -> None:
         self._cache_drop(e.index)
         self._cache[e.index] = e
-        self._cache_bytes += len(e.data) + _ENTRY_OVERHEAD_BYTES
+        self._cache_bytes += len(e.data) + ENTRY_OVERHEAD_BYTES
         while self._cache_bytes > self._config.entry_cache_bytes and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)  # the oldest index: the tail stays hot
-            self._cache_bytes -= len(old.data) + _ENTRY_OVERHEAD_BYTES
+            self._cache_bytes -= len(old.data) + ENTRY_OVERHEAD_BYTES
 
     def _cache_drop(self, index: int) -> None:
         old = self._cache.pop(index, None)
         if old is not None:
-            self._cache_bytes -= len(old.data) + _ENTRY_OVERHEAD_BYTES
+            self._cache_bytes -= len(old.data) + ENTRY_OVERHEAD_BYTES
 
     def _entry_key(self, index: int) -> bytes:
-        return self._prefix + b"e" + _INDEX.pack(index)
-
-
-# ---- verification at open (runs in a worker thread) ----
-
-
-def _load_and_verify(db: plyvel.DB, prefix: bytes, cache_bytes: int) -> _Loaded:
-    hs_key, snap_key, marker_key = prefix + b"h", prefix + b"s", prefix + b"c"
-    hard_state = HardState()
-    if (v := db.get(hs_key)) is not None:
-        hard_state = HardState(*_ints(decode_record(hs_key, v), 3, hs_key, "hard state"))
-    snapshot = _decode_snapshot(snap_key, v) if (v := db.get(snap_key)) is not None else None
-    marker = (0, 0)
-    if (v := db.get(marker_key)) is not None:
-        marker = tuple(_ints(decode_record(marker_key, v), 2, marker_key, "compaction marker"))
-    terms, tail = _scan_entries(db, prefix, marker, cache_bytes)
-    last = marker[0] + len(terms)
-    last_term = terms[-1] if terms else marker[1]
-    if hard_state.commit > last:
-        raise LogCorrupted(f"hard state commit {hard_state.commit} is beyond the last entry "
-                           f"{last}: the log tail is missing", key=hs_key, index=last + 1)
-    if hard_state.term < last_term:
-        raise LogCorrupted(f"last entry has term {last_term}, above the hard state term "
-                           f"{hard_state.term}", key=hs_key, index=last)
-    for key in db.iterator(prefix=prefix, include_value=False):
-        if key not in (hs_key, snap_key, marker_key) and key[len(prefix):len(prefix) + 1] != b"e":
-            raise LogCorrupted("unknown key under the raft log prefix", key=key)
-    return _Loaded(hard_state, snapshot, marker, terms, tail)
-
-
-def _scan_entries(db: plyvel.DB, prefix: bytes, marker: tuple[int, int],
-                  cache_bytes: int) -> tuple[list[int], list[Entry]]:
-    entry_prefix = prefix + b"e"
-    terms: list[int] = []
-    tail: deque[Entry] = deque()
-    tail_bytes = 0
-    expect, prev_term = marker[0] + 1, marker[1]
-    for key, value in db.iterator(prefix=entry_prefix):
-        suffix = key[len(entry_prefix):]
-        if len(suffix) != _INDEX.size:
-            raise LogCorrupted("malformed entry key", key=key)
-        index = _INDEX.unpack(suffix)[0]
-        if index != expect:
-            what = "below the first index" if index < expect else f"entry {expect} is missing"
-            raise LogCorrupted(f"log not contiguous: found {index}, {what}",
-                               key=entry_prefix + _INDEX.pack(expect), index=expect)
-        e = _decode_entry(key, value, index)
-        if e.term < prev_term:
-            raise LogCorrupted(f"term {e.term} below the previous entry's {prev_term}",
-                               key=key, index=index)
-        terms.append(e.term)
-        tail.append(e)
-        tail_bytes += len(e.data) + _ENTRY_OVERHEAD_BYTES
-        while tail_bytes > cache_bytes and len(tail) > 1:
-            tail_bytes -= len(tail.popleft().data) + _ENTRY_OVERHEAD_BYTES
-        expect, prev_term = index + 1, e.term
-    return terms, list(tail)
+        return self._prefix + b"e" + INDEX.pack(index)
