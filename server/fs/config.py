@@ -19,6 +19,7 @@ class FsConfig:
     chunks: ChunkConfig = field(default_factory=ChunkConfig)
     inode_cache_entries: int = 100_000
     dirent_cache_entries: int = 100_000
+    complete_dir_names: int = 200_000  # names of directories known in full (server/fs/dirindex)
     # Files up to this size keep their bytes in LevelDB: creating one costs one fsync (the
     # LevelDB log) instead of chunk file + directory + log, and no chunk file ever exists.
     inline_max_bytes: int = 16 << 10

@@ -25,8 +25,10 @@ from typing import Generic, TypeVar
 
 import trio
 
+from nfs_gateway.backend import FileType
 from server.fs import keys
 from server.fs.config import FsConfig
+from server.fs.dirindex import CompleteDirs
 from server.fs.records import Dirent, Inode, Multi, WriteInline, WriteMeta, decode
 from server.fs.state import Changes, StateError, apply, decode_u64
 from storage.kv import KvError, KvStore
@@ -104,6 +106,8 @@ class _CacheView:
     def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
         v = self.s._dirents.get((dir_ino, name))
         if v is _MISSING:
+            if self.s.complete.has(dir_ino, name) is False:
+                return None
             raise _Miss("dirent", (dir_ino, name))
         return v  # type: ignore[return-value]
 
@@ -127,6 +131,7 @@ class MetaStore:
         self._inodes: Lru[int, Inode | None] = Lru(config.inode_cache_entries)
         self._dirents: Lru[tuple[int, bytes], Dirent | None] = Lru(config.dirent_cache_entries)
         self._inlines: Lru[int, bytes] = Lru(config.inline_cache_entries)
+        self.complete = CompleteDirs(config.complete_dir_names)
         self._pending: dict[int, _Pending] = {}
         self._pending_bytes = 0  # inline bytes waiting in _pending
         self.meta: dict[bytes, int] = {}
@@ -196,6 +201,8 @@ class MetaStore:
         v = self._dirents.get(key)
         if v is not _MISSING:
             return v  # type: ignore[return-value]
+        if self.complete.has(dir_ino, name) is False:
+            return None
         raw = await self.kv.get(keys.dirent_key(dir_ino, name))
         d = None if raw is None else decode(raw)
         v = self._dirents.get(key)
@@ -360,9 +367,18 @@ class MetaStore:
 
     def _publish(self, changes: Changes) -> None:
         for ino, inode in changes.inodes.items():
+            old = self._inodes.get(ino)
             self._inodes.put(ino, inode)
+            if inode is None:
+                self.complete.removed(ino)
+            elif inode.ftype == FileType.DIR and old is None:  # created by this batch
+                self.complete.created(ino)
         for key, d in changes.dirents.items():
             self._dirents.put(key, d)
+            if d is None:
+                self.complete.unlinked(*key)
+            else:
+                self.complete.linked(*key)
         for ino, blob in changes.inlines.items():
             self._inlines.put(ino, blob or b"")
         self.meta.update(changes.meta)
@@ -371,6 +387,7 @@ class MetaStore:
         self._inodes.clear()
         self._dirents.clear()
         self._inlines.clear()
+        self.complete.clear()
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -379,4 +396,5 @@ class MetaStore:
         ino = max(self._next_ino, self.meta[keys.NEXT_INO], 2)
         self._next_ino = ino + 1
         self._inodes.put(ino, None)  # known absent: apply need not ask LevelDB
+        self._inlines.put(ino, b"")  # nor for its (absent) inline bytes
         return ino

@@ -322,6 +322,9 @@ class NamespaceOps(_Base):
             raise
 
     async def _is_empty(self, dir_ino: int) -> bool:
+        known = self._meta.complete.is_empty(dir_ino)
+        if known is not None:
+            return known
         prefix = keys.cookie_prefix(dir_ino)
         rows = await self._meta.kv.iterate(start=prefix, stop=prefix_end(prefix), limit=1)
         return not rows
