@@ -24,6 +24,7 @@ HEADER = struct.Struct(">BI")  # version, crc32
 INDEX = struct.Struct(">Q")
 ENTRY_OVERHEAD_BYTES = 64  # rough per-entry cost of the cache bookkeeping
 
+
 class LogCorrupted(Exception):
     """The persisted log is damaged; the node must not start from it."""
 
