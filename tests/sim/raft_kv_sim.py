@@ -175,7 +175,9 @@ class World:
     async def get(self, client: int, key: str) -> bool:
         self.next_op += 1
         ctx = f"read-{self.next_op}".encode()
-        node = self._pick(self.rng.choice(list(self.nodes)))
+        # Half the reads go where writes went last: possibly a deposed leader (§6.4's hazard).
+        prefer = self.leader_hint if self.rng.random() < 0.5 else self.rng.choice(list(self.nodes))
+        node = self._pick(prefer)
         call = trio.current_time()
         try:
             assert node is not None
