@@ -146,8 +146,8 @@ class Connection:
         return True
 
     async def _enqueue_wait(self, data: bytes) -> None:
-        while not self._enqueue(data):
-            if self.closed.is_set():
+        while self.closed.is_set() or not self._enqueue(data):
+            if self.closed.is_set():  # nobody would ever fail a call queued now
                 raise ConnectionLost(f"connection to node {self.peer_id} closed")
             await self._space.wait()
 
