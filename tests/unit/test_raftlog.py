@@ -344,3 +344,15 @@ def test_same_log_as_memory_storage(tmp_path_factory, ops) -> None:
         db.close()
 
     trio.run(scenario)
+
+
+async def test_corruption_found_on_a_read_from_disk(db):
+    # Checksums are verified on every read from LevelDB, not only at open.
+    s = await RaftLogStorage.open(db, config=RaftLogConfig(entry_cache_bytes=300))
+    await s.save(HardState(term=1), ents(1, 21, term=1, size=100))
+    value = bytearray(db.get(entry_key(3)))
+    value[-1] ^= 0x01
+    db.put(entry_key(3), bytes(value))
+    assert len(s.entries(19, 21, 1 << 20)) == 2  # the cached tail is fine
+    with pytest.raises(LogCorrupted, match=r"index 3.*checksum mismatch"):
+        s.entries(1, 5, 1 << 20)
