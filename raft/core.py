@@ -33,6 +33,7 @@ from raft.messages import (
     PreVote,
     PreVoteResponse,
     RequestVote,
+    TimeoutNow,
     from_leader,
 )
 from raft.progress import Progress
@@ -227,8 +228,12 @@ class Raft:
         if self.role is not Role.LEADER:
             return
         if self.id not in self.conf.voters:
-            # Dissertation §4.2.2: a removed leader steps down once the change is committed.
+            # Dissertation §4.2.2: a removed leader steps down once the change is committed,
+            # handing over to an up-to-date voter at once rather than after an election timeout.
+            successor = leader.best_successor(self)
             self.become_follower(self.term, 0)
+            if successor:
+                self.send(TimeoutNow(self.id, successor, self.term))
             return
         if self.lead_transferee and self.lead_transferee not in self.conf.voters:
             self.lead_transferee = 0

@@ -109,6 +109,13 @@ def transfer_leader(r: Raft, to: int) -> None:
         replication.send_append(r, to)
 
 
+def best_successor(r: Raft) -> int:
+    """A voter whose log is complete (match == last index), lowest id first; 0 if none."""
+    last = r.log.last_index()
+    complete = [i for i in sorted(r.conf.voters) if i in r.trk and r.trk[i].match == last]
+    return complete[0] if complete else 0
+
+
 def read_index(r: Raft, requester: int, context: bytes) -> None:
     if r.conf.voters == {r.id}:
         _answer_read(r, requester, r.log.committed, context)
