@@ -25,11 +25,11 @@ from typing import Generic, TypeVar
 
 import trio
 
-from nfs_gateway.backend import FileType
+from nfs_gateway.backend import FileType, IOError_
 from server.fs import keys
 from server.fs.config import FsConfig
 from server.fs.dirindex import CompleteDirs
-from server.fs.records import Dirent, Inode, Multi, WriteInline, WriteMeta, decode
+from server.fs.records import Dirent, Inode, Multi, RecordError, WriteInline, WriteMeta, decode
 from server.fs.state import Changes, StateError, apply, decode_u64
 from storage.kv import KvError, KvStore
 
@@ -40,8 +40,16 @@ _SUID_SGID = 0o6000
 _MAX_APPLY_ATTEMPTS = 16  # each retry loads what the previous attempt missed
 
 
-class MetaIOError(Exception):
-    """The metadata batch could not be written; the caches were reset."""
+class MetaIOError(IOError_):
+    """LevelDB failed under the metadata (NFS3ERR_IO); after a failed write the caches were
+    reset."""
+
+
+def decode_value(raw: bytes) -> object:
+    try:
+        return decode(raw)
+    except RecordError as e:  # a damaged value on disk is a hard I/O error, not a bug here
+        raise MetaIOError(f"corrupt metadata: {e}") from e
 
 
 class Lru(Generic[K, V]):
@@ -142,7 +150,7 @@ class MetaStore:
         self._sync_done: trio.Event | None = None  # set when the running fsync finishes
 
     async def load(self) -> None:
-        raws = await self.kv.get_many(list(self.META_KEYS))
+        raws = await self._get_many(list(self.META_KEYS))
         self.meta = {k: decode_u64(v) for k, v in zip(self.META_KEYS, raws, strict=True)}
 
     # -- reads ------------------------------------------------------------------------------
@@ -154,8 +162,8 @@ class MetaStore:
         v = self._inodes.get(ino)
         if v is not _MISSING:
             return v  # type: ignore[return-value]
-        raw = await self.kv.get(keys.inode_key(ino))
-        inode = None if raw is None else decode(raw)
+        raw = await self._get(keys.inode_key(ino))
+        inode = None if raw is None else decode_value(raw)
         # A commit may have raced with our read: never replace what it cached meanwhile.
         v = self._inodes.get(ino)
         if v is _MISSING:
@@ -174,9 +182,10 @@ class MetaStore:
             if v is _MISSING:
                 missing.append(ino)
         if missing:
-            raws = await self.kv.get_many([keys.inode_key(i) for i in missing])
+            raws = await self._get_many([keys.inode_key(i) for i in missing])
             loaded = {
-                i: (None if r is None else decode(r)) for i, r in zip(missing, raws, strict=True)
+                i: (None if r is None else decode_value(r))
+                for i, r in zip(missing, raws, strict=True)
             }
             for i, inode in loaded.items():
                 if self._inodes.get(i) is _MISSING:
@@ -203,8 +212,8 @@ class MetaStore:
             return v  # type: ignore[return-value]
         if self.complete.has(dir_ino, name) is False:
             return None
-        raw = await self.kv.get(keys.dirent_key(dir_ino, name))
-        d = None if raw is None else decode(raw)
+        raw = await self._get(keys.dirent_key(dir_ino, name))
+        d = None if raw is None else decode_value(raw)
         v = self._dirents.get(key)
         if v is _MISSING:
             self._dirents.put(key, d)
@@ -351,19 +360,19 @@ class MetaStore:
         raise StateError("apply kept missing the cache")
 
     async def _load_inode(self, ino: int) -> None:
-        raw = await self.kv.get(keys.inode_key(ino))
+        raw = await self._get(keys.inode_key(ino))
         if self._inodes.get(ino) is _MISSING:
-            self._inodes.put(ino, None if raw is None else decode(raw))
+            self._inodes.put(ino, None if raw is None else decode_value(raw))
 
     async def _load_inline(self, ino: int) -> None:
-        raw = await self.kv.get(keys.inline_key(ino))
+        raw = await self._get(keys.inline_key(ino))
         if self._inlines.get(ino) is _MISSING:
             self._inlines.put(ino, raw or b"")
 
     async def _load_dirent(self, dir_ino: int, name: bytes) -> None:
-        raw = await self.kv.get(keys.dirent_key(dir_ino, name))
+        raw = await self._get(keys.dirent_key(dir_ino, name))
         if self._dirents.get((dir_ino, name)) is _MISSING:
-            self._dirents.put((dir_ino, name), None if raw is None else decode(raw))
+            self._dirents.put((dir_ino, name), None if raw is None else decode_value(raw))
 
     def _publish(self, changes: Changes) -> None:
         for ino, inode in changes.inodes.items():
@@ -390,6 +399,25 @@ class MetaStore:
         self.complete.clear()
         self._pending.clear()
         self._pending_bytes = 0
+
+    async def _get(self, key: bytes) -> bytes | None:
+        try:
+            return await self.kv.get(key)
+        except KvError as e:
+            raise MetaIOError(str(e)) from e
+
+    async def _get_many(self, keys_: list[bytes]) -> list[bytes | None]:
+        try:
+            return await self.kv.get_many(keys_)
+        except KvError as e:
+            raise MetaIOError(str(e)) from e
+
+    async def scan(self, start: bytes, stop: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """Rows with start <= key < stop (directory pages, emptiness checks)."""
+        try:
+            return await self.kv.iterate(start=start, stop=stop, limit=limit)
+        except KvError as e:
+            raise MetaIOError(str(e)) from e
 
     def alloc_ino(self) -> int:
         """A fresh inode id; the CreateInode that uses it advances the persisted counter."""

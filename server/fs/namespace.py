@@ -326,7 +326,7 @@ class NamespaceOps(_Base):
         if known is not None:
             return known
         prefix = keys.cookie_prefix(dir_ino)
-        rows = await self._meta.kv.iterate(start=prefix, stop=prefix_end(prefix), limit=1)
+        rows = await self._meta.scan(prefix, prefix_end(prefix), 1)
         return not rows
 
     # -- RENAME -----------------------------------------------------------------------------

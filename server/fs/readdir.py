@@ -14,8 +14,8 @@ from __future__ import annotations
 from nfs_gateway.backend import BadCookie, DirEntry, FileId, ReadDirResult
 from server.fs import keys
 from server.fs.common import DOT, DOTDOT, dir_cookieverf, to_attr
-from server.fs.meta import MetaStore
-from server.fs.records import CookieEntry, Inode, decode
+from server.fs.meta import MetaStore, decode_value
+from server.fs.records import CookieEntry, Inode
 from server.fs.state import FIRST_COOKIE
 from storage.kv import prefix_end
 
@@ -52,11 +52,11 @@ async def read_dir_page(
     # One more than fits tells whether this page reaches the end.
     start = keys.cookie_key(d.ino, max(cookie + 1, FIRST_COOKIE))
     stop = prefix_end(keys.cookie_prefix(d.ino))
-    rows = await meta.kv.iterate(start=start, stop=stop, limit=want + 1)
+    rows = await meta.scan(start, stop, want + 1)
     eof = len(rows) <= want
     rows = rows[:want]
     found: list[tuple[int, CookieEntry]] = [
-        (keys.parse_cookie_key(k)[1], decode(v)) for k, v in rows
+        (keys.parse_cookie_key(k)[1], decode_value(v)) for k, v in rows
     ]
     inodes = await meta.inodes([e.ino for _, e in found]) if plus else [None] * len(found)
     for (c, e), inode in zip(found, inodes, strict=True):
