@@ -1,22 +1,25 @@
 """RpcServer over real loopback sockets: RFC 5531 errors, record marking, limits, shutdown.
 
-The server runs in-process with MOUNT (over a test-only backend), portmap, and a small test
-program. After each kind of malformed input, a new connection must still get NULL answered.
+The server runs in-process with MOUNT (over the real single-node backend, LocalBackend on a
+temporary directory), portmap, and a small test program. After each kind of malformed input, a
+new connection must still get NULL answered.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from minibackend import ROOT, MiniBackend, make_handle
 from rpcclient import RpcClient, UdpRpcClient, authsys, u32, xdr_string
 
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import MOUNT_PROG, MountStat, make_mount_program
+from nfs_gateway.nfs3.program import handle_maker
 from nfs_gateway.portmap import (
     IPPROTO_TCP,
     IPPROTO_UDP,
@@ -30,6 +33,7 @@ from nfs_gateway.record import LAST_FRAGMENT
 from nfs_gateway.rpc import MSG_DENIED, AcceptStat, AuthStat, OpaqueAuth, encode_call
 from nfs_gateway.server import Listener, RpcLimits, RpcServer
 from nfs_gateway.xdr import Packer, Unpacker
+from server.fs.backend import LocalBackend
 
 pytestmark = pytest.mark.integration
 
@@ -83,10 +87,13 @@ class ToyProgram:
 
 
 def make_server(
-    test_prog: ToyProgram, limits: RpcLimits = LIMITS, portmap_udp: bool = False
+    backend: LocalBackend,
+    test_prog: ToyProgram,
+    limits: RpcLimits = LIMITS,
+    portmap_udp: bool = False,
 ) -> RpcServer:
     exports = ExportTable([Export("/", 1, insecure=True)])
-    mount = make_mount_program(MiniBackend(), exports, make_handle)
+    mount = make_mount_program(backend, exports, handle_maker(backend))
     server: RpcServer | None = None
     portmap = make_portmap_program(lambda: server.mappings())
     server = RpcServer(
@@ -106,8 +113,14 @@ def prog() -> ToyProgram:
 
 
 @pytest.fixture
-async def server(nursery, prog):
-    srv = make_server(prog)
+async def backend(tmp_path: Path) -> AsyncIterator[LocalBackend]:
+    async with LocalBackend(tmp_path / "fs") as be:
+        yield be
+
+
+@pytest.fixture
+async def server(nursery, backend, prog):
+    srv = make_server(backend, prog)
     await nursery.start(srv.run)
     yield srv
     prog.gate.set()
@@ -293,12 +306,13 @@ async def test_retransmitted_non_idempotent_call_is_answered_from_the_cache(serv
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-async def test_mount_mnt_export_umnt(server, transport):
+async def test_mount_mnt_export_umnt(server, backend, transport):
     cls = RpcClient if transport == "tcp" else UdpRpcClient
     async with await cls.connect("127.0.0.1", port(server)) as c:
         hdr, body = await c.call(MOUNT_PROG, 3, 1, xdr_string(b"/"), auth=authsys())
         assert body.unpack_enum() == MountStat.MNT3_OK
-        assert body.unpack_opaque(64) == make_handle(Export("/", 1), ROOT)
+        root = await backend.export_root("/")
+        assert body.unpack_opaque(64) == handle_maker(backend)(Export("/", 1), root)
         _, body = await c.call(MOUNT_PROG, 3, 5)
         assert body.unpack_bool() and body.unpack_string(1024) == b"/"
         _, body = await c.call(MOUNT_PROG, 3, 1, xdr_string(b"/missing"))
@@ -309,8 +323,8 @@ async def test_mount_mnt_export_umnt(server, transport):
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
-async def test_portmap_getport_and_dump(nursery, prog, transport):
-    srv = make_server(prog, portmap_udp=True)
+async def test_portmap_getport_and_dump(nursery, backend, prog, transport):
+    srv = make_server(backend, prog, portmap_udp=True)
     await nursery.start(srv.run)
     cls = RpcClient if transport == "tcp" else UdpRpcClient
     nfs_port, pm_port = port(srv, 0), port(srv, 1)
@@ -338,8 +352,8 @@ async def test_udp_errors_and_reply_size_limit(server):
 # --- Lifecycle ----------------------------------------------------------------------------------
 
 
-async def test_graceful_shutdown_answers_in_flight_requests(prog):
-    srv = make_server(prog)
+async def test_graceful_shutdown_answers_in_flight_requests(backend, prog):
+    srv = make_server(backend, prog)
     async with trio.open_nursery() as nursery:
         await nursery.start(srv.run)
         async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
@@ -366,8 +380,8 @@ async def connects(p: int) -> bool:
     return True
 
 
-async def test_idle_connections_are_closed(nursery, prog):
-    srv = make_server(prog, RpcLimits(idle_timeout_s=0.2))
+async def test_idle_connections_are_closed(nursery, backend, prog):
+    srv = make_server(backend, prog, RpcLimits(idle_timeout_s=0.2))
     await nursery.start(srv.run)
     async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
         assert (await c.call(TEST_PROG, 1, 0))[0].accept_stat == AcceptStat.SUCCESS
@@ -375,9 +389,9 @@ async def test_idle_connections_are_closed(nursery, prog):
     srv.shutdown()
 
 
-async def test_in_flight_byte_budget_spans_connections(nursery, prog):
+async def test_in_flight_byte_budget_spans_connections(nursery, backend, prog):
     call_bytes = len(encode_call(0, TEST_PROG, 1, 2, u32(0)))
-    srv = make_server(prog, RpcLimits(max_in_flight_bytes=3 * call_bytes))
+    srv = make_server(backend, prog, RpcLimits(max_in_flight_bytes=3 * call_bytes))
     await nursery.start(srv.run)
     clients = [await RpcClient.connect("127.0.0.1", port(srv)) for _ in range(2)]
     for c in clients:
@@ -395,8 +409,8 @@ async def test_in_flight_byte_budget_spans_connections(nursery, prog):
     srv.shutdown()
 
 
-async def test_a_connection_with_a_call_in_flight_is_not_idle(nursery, prog):
-    srv = make_server(prog, RpcLimits(idle_timeout_s=0.1))
+async def test_a_connection_with_a_call_in_flight_is_not_idle(nursery, backend, prog):
+    srv = make_server(backend, prog, RpcLimits(idle_timeout_s=0.1))
     await nursery.start(srv.run)
     async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
         await c.send_record(encode_call(3, TEST_PROG, 1, 2, u32(3)))

@@ -1,5 +1,5 @@
 """The NFS version 3 handlers driven through the program table (RFC 1813 §3.3), against the real
-single-node backend (server/fs) and against the in-memory test backend (tests/nfs3_memfs.py).
+single-node backend (server/fs LocalBackend on a temporary directory).
 
 Every reply also goes through the server encoder and the client decoder, so what the tests check
 is what a client would read off the wire.
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from nfs3_memfs import MemBackend
 
 from nfs_gateway import backend as b
 from nfs_gateway.exports import Export, ExportTable
@@ -24,6 +24,7 @@ from nfs_gateway.nfs3.fhandle import decode_fhandle, encode_fhandle
 from nfs_gateway.nfs3.program import Nfs3Config, handle_maker, make_nfs3_program
 from nfs_gateway.program import AUTH_SYS, CallContext
 from nfs_gateway.xdr import Packer, Unpacker
+from server.fs.backend import LocalBackend
 
 CLIENT = ("127.0.0.1", 800)
 ROOT = b.Cred(0, 0)
@@ -44,18 +45,9 @@ def _exports() -> ExportTable:
     )
 
 
-async def _real_backend(tmp_path: Any) -> AsyncIterator[b.Backend]:
-    real = pytest.importorskip("server.fs.backend")
-    async with real.LocalBackend(tmp_path / "fs") as backend:
-        yield backend
-
-
-@pytest.fixture(params=["mem", "real"])
-async def backend(request: Any, tmp_path: Any) -> AsyncIterator[b.Backend]:
-    if request.param == "mem":
-        yield MemBackend()
-        return
-    async for be in _real_backend(tmp_path):
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[b.Backend]:
+    async with LocalBackend(tmp_path / "fs") as be:
         yield be
 
 
@@ -425,8 +417,8 @@ def test_default_config_advertises_one_mib() -> None:
     assert c.rtmax == c.wtmax == c.rtpref == c.wtpref == 1 << 20
 
 
-def test_non_idempotent_procedures_are_marked() -> None:
-    procs = make_nfs3_program(MemBackend(), _exports()).procedures[3]
+async def test_non_idempotent_procedures_are_marked(backend: b.Backend) -> None:
+    procs = make_nfs3_program(backend, _exports()).procedures[3]
     changing = {Proc.CREATE, Proc.MKDIR, Proc.SYMLINK, Proc.MKNOD, Proc.REMOVE, Proc.RMDIR}
     changing |= {Proc.RENAME, Proc.LINK}
     assert {Proc(n) for n, p in procs.items() if not p.idempotent} == changing
