@@ -4,14 +4,18 @@ Rules:
 - Readers (getattr, lookup, readdir) never take a lock: they read the caches, else LevelDB in a
   worker thread. Cached values are immutable (frozen dataclasses), so a reader sees either the
   value before a change or after it.
-- Writers hold `lock` from their first check to `commit()` returning, so what they checked is
-  what they change (one writer at a time, as one Raft group applies one entry at a time).
+- Writers hold the lock (`writing()`) from their first check to `commit()` returning, so what
+  they checked is what they change (one writer at a time, as one Raft group applies one entry at
+  a time).
 - `commit()` runs `state.apply` against the caches (a miss loads the key and applies again: apply
   is pure), updates the caches before the LevelDB write so that no reader can see a value older
-  than one it already saw, then writes the batch (with fsync when asked).
-- WRITE's metadata (size, mtime) is pending in memory until the next commit or flush, which turns
-  it into WriteMeta records; readers see it through `inode()`. Losing it in a crash is what the
-  write verifier announces (RFC 1813 §3.3.7).
+  than one it already saw, then writes the batch. A commit that must be durable fsyncs in that
+  write when no other writer waits, else in one shared fsync after the lock is released (group
+  commit): `writing()` returns only when it is on disk.
+- WRITE's metadata (size, mtime), and the bytes of small inline files, are pending in memory
+  until the next commit or flush, which turns them into WriteMeta / WriteInline records; readers
+  see them through `inode()` and `inline()`. Losing them in a crash is what the write verifier
+  announces (RFC 1813 §3.3.7).
 """
 
 from __future__ import annotations
