@@ -275,6 +275,7 @@ class GaneshaServer:
             self.peak_rss_kib = peak_rss_kib(self.pid_) or self.peak_rss_kib
         self._script("stop", timeout_s=timeout_s)
         self.pid_ = None
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         return 0
 
     def kill(self) -> None:

@@ -80,9 +80,13 @@ def test_guest_smoke_explicit_ports(server, tmp_path: Path) -> None:
 
 def test_mount_through_portmapper(tmp_path: Path) -> None:
     """No port options (port=0,mountport=0): the kernel asks the portmapper on 111 (RFC 1833
-    GETPORT) for NFS and MOUNT. objcache serves portmap on 127.0.0.1:111 itself."""
+    GETPORT) for NFS (over TCP) and for MOUNT (over UDP, mountproto=udp, so that MOUNT and
+    portmap over UDP are exercised too; TCP MOUNT is what the other tests use). objcache serves
+    portmap on 127.0.0.1:111 itself. (This kernel refuses proto=udp for NFS itself: EINVAL.)"""
+    mountproto = "udp"
     if os.environ.get("OBJCACHE_IT_SERVER") == "ganesha":
         srv = GaneshaServer(tmp_path / "export")  # registers with the rpcbind it starts
+        mountproto = "tcp"  # the reference config has UDP off
     else:
         assert not tcp_answers(111), (
             "something already listens on 127.0.0.1:111 (an rpcbind?); "
@@ -93,7 +97,8 @@ def test_mount_through_portmapper(tmp_path: Path) -> None:
     try:
         assert srv.nfs_port != 2049  # so a mount that works cannot have guessed the port
         run_nfsvm(srv, HERE / "guest_portmap.sh", tmp_path / "portmap.log",
-                  opts="port=0,mountport=0")  # fmt: skip
+                  opts=f"port=0,mountport=0,mountproto={mountproto}",
+                  env={"MOUNTPROTO": mountproto})  # fmt: skip
     finally:
         srv.stop()
 
