@@ -8,12 +8,15 @@ Rules:
 - Lock order: an inode's data lock (WRITE, truncate, chunk deletion), then the metadata lock.
   Data effects of a change (deleting or trimming chunks) run after its batch is written, so a
   crash between the two leaves only garbage, collected at the next start.
-- Durability (RFC 1813 §3.3.7, §3.3.21): UNSTABLE WRITE data stays in the page cache and its size
-  and mtime in memory; FILE_SYNC/DATA_SYNC WRITE and COMMIT fsync the inode's dirty chunks and
-  write the metadata with sync. Namespace changes are synced before replying (config).
+- Durability (RFC 1813 §3.3.7, §3.3.21): UNSTABLE WRITE data stays in the page cache (small
+  files: in memory) and its size and mtime in memory; FILE_SYNC/DATA_SYNC WRITE and COMMIT fsync
+  the inode's dirty chunks and write the metadata with sync. Namespace changes reach the kernel
+  before the reply and are fsynced first only with config.sync_metadata (see FsConfig).
 - The write verifier changes exactly when unstable data may have been lost: it is kept across a
   clean shutdown (close() writes a marker after syncing everything) and replaced otherwise.
-- Inode ids are never reused (a persisted counter); the root is inode 1, made at first start.
+- Inode ids are never reused (a persisted counter); the root is inode 1, made at first start,
+  root-owned with mode 0755 like a fresh local file system (FsConfig.root_mode/uid/gid).
+- The data directory holds `meta/` (LevelDB) and `chunks/` (chunk files).
 """
 
 from __future__ import annotations
