@@ -109,11 +109,10 @@ class Harness:
     def cmd_crash_restart(self, node_id: str) -> None:
         nid = int(node_id)
         self.in_flight = [m for m in self.in_flight if m.to != nid]
-        snapshot = self.storages[nid].snapshot
         app = self.apps[nid]
-        # The app keeps only what is in its snapshot; the log is re-applied after it.
-        app.applied = (app.snapshot[1].split(b"|") if app.snapshot and app.snapshot[1] else [])
-        app.applied = app.applied if snapshot else []
+        # Memory is lost: the app restarts from its snapshot, the log is re-applied after it.
+        data = app.snapshot[1] if app.snapshot and self.storages[nid].snapshot else b""
+        app.applied = data.split(b"|") if data else []
         self._start(nid)
         self.print(f"restarted {nid}: {self._status_line(nid)}")
 
