@@ -24,7 +24,7 @@ def _seeds() -> list[int]:
 def _run_seed(seed: int, params: Params | None = None) -> None:
     try:
         world = run(seed, params)
-    except BaseException as e:
+    except Exception as e:
         raise AssertionError(
             f"simulation seed {seed} failed: {e!r}; replay: OBJCACHE_SIM_SEED={seed}"
         ) from e
