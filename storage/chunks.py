@@ -353,6 +353,10 @@ class ChunkStore:
         finally:
             os.close(fd)
 
+    def open_fds(self) -> int:
+        with self._lock:
+            return len(self._fds)
+
     def needs_sync(self, ino: int) -> bool:
         """Has ino unsynced chunk data or a new chunk directory? (No I/O.)"""
         with self._lock:

@@ -182,6 +182,22 @@ class LocalBackend(NamespaceOps, DataOps):
         """writeverf3 of this run (RFC 1813 §3.3.7)."""
         return self._verifier
 
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters for /metrics (names follow Prometheus conventions)."""
+        m = self._meta
+        return {
+            "fs_inodes": m.meta[keys.INODE_COUNT],
+            "fs_applied_index": m.meta[keys.APPLIED_INDEX],
+            "fs_inode_cache_entries": len(m._inodes),
+            "fs_dirent_cache_entries": len(m._dirents),
+            "fs_pending_inodes": len(m._pending),
+            "fs_pending_inline_bytes": m._pending_bytes,
+            "fs_metadata_batches_total": m._written_seq,
+            "fs_metadata_batches_durable": m._durable_seq,
+            "fs_open_chunk_fds": self._chunks.open_fds(),
+            "fs_dirty_chunk_inodes": len(self._chunks.dirty_inodes()),
+        }
+
     @property
     def kv(self) -> KvStore:
         """The node's LevelDB, for tenants that share it (the Raft log under its own prefix)."""

@@ -539,3 +539,15 @@ def test_disk_errors_map_to_their_nfsstat():
     assert isinstance(disk_error(ChunkIOError("quota", errno.EDQUOT)), DQuot)
     assert isinstance(disk_error(ChunkIOError("broken", errno.EIO)), IOError_)
     assert isinstance(disk_error(ChunkIOError("unknown")), IOError_)
+
+
+async def test_stats_for_metrics(fs, home):
+    f = await mkfile(fs, home, b"f")
+    await put(fs, f, 0, b"x" * (2 * CHUNK))
+    s = fs.stats()
+    assert s["fs_inodes"] == 3 and s["fs_pending_inodes"] == 1 and s["fs_dirty_chunk_inodes"] == 1
+    assert s["fs_metadata_batches_total"] >= 2 and s["fs_open_chunk_fds"] >= 1
+    await fs.commit(ROOT, f, 0, 0)
+    s = fs.stats()
+    assert s["fs_pending_inodes"] == 0 and s["fs_dirty_chunk_inodes"] == 0
+    assert s["fs_metadata_batches_durable"] == s["fs_metadata_batches_total"]
