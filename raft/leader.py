@@ -2,7 +2,8 @@
 
 Rules:
 - Proposals are appended to the leader's log and broadcast when the next Ready is built, so
-  proposals made between two Readies travel in one AppendEntries (batching).
+  proposals made between two Readies travel in one AppendEntries (batching). They are refused
+  during a leadership transfer and beyond max_uncommitted_bytes of unapplied payload.
 - Responses move the follower's Progress: success raises match (and may commit), a rejection
   lowers next using the follower's hint (fast backtracking).
 - CheckQuorum (§6.2): every election timeout the leader checks that a majority of voters was
