@@ -206,3 +206,45 @@ def test_random_namespace_operations_keep_the_invariants(tmp_path_factory, ops):
             assert ino in inodes and not inodes[ino].inline and inodes[ino].size > 0
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_concurrent_random_operations_keep_the_invariants(tmp_path, seed):
+    """Tasks race on one small namespace: locks must neither deadlock nor let a change slip
+    between its checks and its commit."""
+    import random
+
+    import trio
+
+    rng = random.Random(seed)
+    kinds = ["create", "mkdir", "link", "remove", "rmdir", "rename", "write", "truncate"]
+    async with LocalBackend(tmp_path, chunk_size=64 << 10) as fs:
+        dirs = [await fs.export_root("/")]
+
+        async def worker(ops):
+            for o in ops:
+                try:
+                    await run_op(fs, dirs, o)
+                except FsError:
+                    pass
+
+        plans = [
+            [
+                (
+                    rng.choice(kinds),
+                    rng.randrange(4),
+                    rng.choice(NAMES),
+                    rng.randrange(4),
+                    rng.choice(NAMES),
+                )
+                for _ in range(60)
+            ]
+            for _ in range(6)
+        ]
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                for plan in plans:
+                    n.start_soon(worker, plan)
+        await fs._flush(sync=False)
+        items = await fs.kv.iterate(prefix=b"fs.", limit=100_000)
+    assert fsck.check(items) == [], f"seed {seed}"
