@@ -17,7 +17,6 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +222,7 @@ _TAGS: dict[type, int] = {
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
+_FTYPE_AT = {cls: names.index("ftype") for cls, names in _FIELDS.items() if "ftype" in names}
 # How many leading fields an encoding must carry: those without defaults.
 _REQUIRED = {
     cls: sum(
@@ -238,14 +238,14 @@ def _to_wire(obj: Any) -> list[Any]:
     cls = type(obj)
     tag = _TAGS.get(cls)
     assert tag is not None, f"not an on-disk record: {cls.__name__}"
-    values: list[Any] = []
-    for name in _FIELDS[cls]:
-        v = getattr(obj, name)
-        if isinstance(v, enum.IntEnum):
-            v = int(v)
-        elif isinstance(v, tuple):
-            v = [_to_wire(r) for r in v] if cls is Multi else list(v)
-        values.append(v)
+    if cls is Multi:
+        return [VERSION, tag, [[_to_wire(r) for r in obj.records]]]
+    # Hot path (every metadata change encodes a few values): plain getattr, except the enum
+    # field, which goes out as its int. Tuples (rdev) encode as CBOR arrays by themselves.
+    values = [getattr(obj, name) for name in _FIELDS[cls]]
+    i = _FTYPE_AT.get(cls)
+    if i is not None:
+        values[i] = int(values[i])
     return [VERSION, tag, values]
 
 
