@@ -14,6 +14,7 @@ from nfs_gateway.backend import (
     CreateMode,
     Cred,
     Exists,
+    FBig,
     FileId,
     FileType,
     FsError,
@@ -83,6 +84,8 @@ class NamespaceOps(_Base):
             raise
         if s.size is not None and inode.ftype != FileType.REG:
             raise Inval(f"size of a {inode.ftype.name}")  # dirs raised IsDir above
+        if s.size is not None and s.size > self.config.max_file_size:
+            raise FBig(f"size {s.size}", wcc=wcc(inode, inode, self.fsid))
         now = self._now()
         mode = None if s.mode is None else perms.chmod_mode(cred, inode, s.mode)
         if inode.ftype == FileType.LNK:

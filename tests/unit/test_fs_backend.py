@@ -268,6 +268,8 @@ async def test_read_write_type_and_permission_errors(fs, root, home):
     await put(fs, ro, 0, b"owner may", ALICE)  # owner override (knfsd)
     with pytest.raises(FBig):
         await put(fs, f, (1 << 40) - 1, b"xx", ALICE)
+    with pytest.raises(FBig):
+        await fs.setattr(ALICE, f, SetAttrs(size=(1 << 40) + 1), None)
 
 
 async def test_write_by_non_root_clears_setuid(fs, home):
