@@ -149,6 +149,16 @@ class LocalBackend(NamespaceOps, DataOps):
 
         await chunks.run_sync(repair)
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Optional service (start it in the node's nursery, after open()): pending WRITE
+        metadata that waited pending_meta_max_age_s reaches LevelDB even if no further WRITE,
+        COMMIT or change comes (DESIGN: "or a short timer"). Unsynced, like any UNSTABLE data."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.pending_meta_max_age_s)
+            if self._kv is not None and self._meta.pending_due():
+                await self._flush(sync=False)
+
     async def close(self) -> None:
         """Make everything durable, then mark the shutdown clean (the verifier survives)."""
         if self._kv is None:

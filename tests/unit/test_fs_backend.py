@@ -553,3 +553,22 @@ async def test_stats_for_metrics(fs, home):
     s = fs.stats()
     assert s["fs_pending_inodes"] == 0 and s["fs_dirty_chunk_inodes"] == 0
     assert s["fs_metadata_batches_durable"] == s["fs_metadata_batches_total"]
+
+
+async def test_run_flushes_old_pending_metadata(tmp_path):
+    from server.fs import keys
+    from server.fs.records import decode
+
+    config = FsConfig(pending_meta_max_age_s=0.01)
+    async with LocalBackend(tmp_path, chunk_size=CHUNK, config=config) as fs:
+        f = await mkfile(fs, await fs.export_root("/"), b"f")
+        await put(fs, f, 0, b"x" * (2 * CHUNK))
+        assert fs.stats()["fs_pending_inodes"] == 1
+        async with trio.open_nursery() as n:
+            await n.start(fs.run)
+            with trio.fail_after(10):  # poll with a deadline
+                while fs.stats()["fs_pending_inodes"]:
+                    await trio.sleep(0.01)
+            n.cancel_scope.cancel()
+        raw = await fs.kv.get(keys.inode_key(f.ino))
+        assert decode(raw).size == 2 * CHUNK  # in LevelDB now, not only in memory
