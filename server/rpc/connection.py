@@ -32,7 +32,9 @@ from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.utilities import LocalProtocolError
 
+from server.rpc import ws_compat
 from server.rpc.codec import CodecError, decode, encode
 from server.rpc.frames import (
     Batch,
@@ -48,6 +50,7 @@ from server.rpc.frames import (
 )
 
 log = logging.getLogger("objcache.rpc")
+ws_compat.install()  # before any connection exists: see ws_compat.py (a peer could crash us)
 
 Handler = Callable[[int, Any], Awaitable[Any]]
 CHUNK_OVERHEAD_BYTES = 128  # the Chunk envelope around a slice: tag, ids, offsets, CBOR heads
@@ -64,6 +67,8 @@ class ConnectionLimits:
     send_queue_frames: int
     bulk_queue_messages: int
     max_concurrent_requests: int
+    keepalive_interval_s: float = 2.0  # ping a connection silent this long...
+    keepalive_timeout_s: float = 4.0  # ...and close it if no pong comes back in this time
 
 
 @dataclass(slots=True)
@@ -73,6 +78,8 @@ class Counters:
     auth_failures: int = 0
     protocol_errors: int = 0
     dropped_messages: int = 0
+    keepalive_timeouts: int = 0
+    connection_crashes: int = 0  # unexpected errors contained to one connection
     handler_errors: int = 0
     connections_accepted: int = 0
     connections_dialed: int = 0
@@ -107,6 +114,8 @@ class Connection:
         self._assembly: bytearray | None = None
         self._assembly_stream = 0
         self._scope = trio.CancelScope()
+        self._last_received = trio.current_time()
+        self._close_with: tuple[int, str | None] = (1000, None)  # WebSocket close code, reason
         self.closed = trio.Event()
 
     # ---- sending ----
@@ -200,6 +209,7 @@ class Connection:
     async def _reader(self, nursery: trio.Nursery) -> None:
         while True:
             data = await self.ws.get_message()
+            self._last_received = trio.current_time()
             if not isinstance(data, bytes):
                 raise ProtocolViolation("text frame")
             frame = decode(data)
@@ -301,6 +311,7 @@ class Connection:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._guard, self._writer, nursery)
+                    nursery.start_soon(self._guard, self._keepalive, nursery)
                     await self._guard(self._reader, nursery, nursery)
             finally:
                 self.closed.set()
@@ -310,7 +321,25 @@ class Connection:
                     pending.done.set()
         with trio.move_on_after(1) as scope:
             scope.shield = True
-            await self.ws.aclose()
+            await self.ws.aclose(*self._close_with)
+
+    async def _keepalive(self) -> None:
+        """A peer that vanished without a FIN or RST (host down, partition) leaves a connection
+        that looks alive; a WebSocket ping on a silent connection finds out, so the dialer can
+        redial. Raft traffic (heartbeats every tick) keeps busy connections from being pinged."""
+        interval = self._limits.keepalive_interval_s
+        while True:
+            await trio.sleep(interval)
+            if trio.current_time() - self._last_received < interval:
+                continue
+            with trio.move_on_after(self._limits.keepalive_timeout_s):
+                await self.ws.ping()
+                self._last_received = trio.current_time()
+                continue
+            self._counters.keepalive_timeouts += 1
+            log.warning("node %d did not answer a ping in %.1f s; closing its connection",
+                        self.peer_id, self._limits.keepalive_timeout_s)
+            return  # _guard cancels the connection
 
     async def _guard(self, task: Callable[..., Awaitable[None]], nursery: trio.Nursery,
                      *args: Any) -> None:
@@ -322,11 +351,15 @@ class Connection:
             if reason is not None and reason.code == MESSAGE_TOO_BIG:
                 self._counters.protocol_errors += 1
                 log.warning("node %d: oversized frame; connection closed", self.peer_id)
+        except LocalProtocolError as exc:
+            # wsproto refuses a send that raced with the close handshake: the connection is
+            # closing anyway (see ws_compat.py for the same race inside trio-websocket).
+            log.debug("node %d: send during close: %s", self.peer_id, exc)
         except (CodecError, ProtocolViolation) as exc:
             self._counters.protocol_errors += 1
             log.warning("node %d sent garbage (%s); closing its connection", self.peer_id, exc)
-            with trio.move_on_after(1) as scope:
-                scope.shield = True
-                await self.ws.aclose(POLICY_VIOLATION, str(exc)[:100])
+            # Closed by run() once the writer and keepalive are stopped: a frame they sent
+            # after our Close frame would be refused by wsproto.
+            self._close_with = (POLICY_VIOLATION, str(exc)[:100])
         finally:
             nursery.cancel_scope.cancel()

@@ -23,7 +23,7 @@ import logging
 import random
 import secrets
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -70,6 +70,8 @@ class RpcConfig:
     receive_buffer_bytes: int = 256 << 10  # one socket read
     max_concurrent_requests: int = 64  # per connection
     max_connections: int = 64  # accepted and dialed, all peers
+    keepalive_interval_s: float = 2.0  # a connection silent this long is pinged
+    keepalive_timeout_s: float = 4.0  # no pong in this time: the connection is closed
     handshake_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     disconnect_timeout_s: float = 1.0
@@ -88,7 +90,8 @@ class RpcConfig:
     def limits(self) -> ConnectionLimits:
         return ConnectionLimits(self.max_frame_bytes, self.max_message_bytes,
                                 self.send_queue_frames, self.bulk_queue_messages,
-                                self.max_concurrent_requests)
+                                self.max_concurrent_requests, self.keepalive_interval_s,
+                                self.keepalive_timeout_s)
 
 
 @dataclass(slots=True)
@@ -166,7 +169,8 @@ class RpcPlane:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(partial(
                 serve_websocket, self._on_request, cfg.host, cfg.port, self._server_ssl,
-                handler_nursery=nursery, message_queue_size=cfg.receive_queue_frames,
+                handler_nursery=_ContainingNursery(nursery, self),  # type: ignore[arg-type]
+                message_queue_size=cfg.receive_queue_frames,
                 max_message_size=cfg.max_frame_bytes,
                 receive_buffer_size=cfg.receive_buffer_bytes,
                 connect_timeout=cfg.connect_timeout_s,
@@ -284,24 +288,36 @@ class RpcPlane:
         self.counters.connections_accepted += 1
         await self._serve(adopted[0])
 
+    async def _contain(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run one connection's task. Errors a peer can provoke inside the WebSocket library
+        (it has had several) must not take down the plane and every other connection with it:
+        they end this connection, with a stack trace in the log and a counter."""
+        try:
+            return await fn(*args)
+        except Exception:
+            self.counters.connection_crashes += 1
+            log.exception("a connection task failed; that connection is closed, the node runs on")
+            return None
+
     async def _authenticate(self, ws: WebSocketConnection, steps: Awaitable[T]) -> T | None:
         """Run one side of the handshake; None (logged, counted, closed) if it fails."""
+        remote = _remote(ws)  # now: once the socket is closed its address is gone
         try:
             with trio.fail_after(self.config.handshake_timeout_s):
                 return await steps
         except AuthFailed as exc:
             self.counters.auth_failures += 1
-            log.warning("refused peer %s: %s", ws.remote, exc)
+            log.warning("refused peer %s: %s", remote, exc)
             await _close(ws, AUTH_FAILED_CLOSE_CODE, "authentication failed")
         except NotAdmitted as exc:
-            log.info("refused a second connection from %s: %s", ws.remote, exc)
+            log.info("refused a second connection from %s: %s", remote, exc)
             await _close(ws, handshake.DUPLICATE_CLOSE_CODE, str(exc))
         except (CodecError, ProtocolViolation, trio.TooSlowError) as exc:
             self.counters.protocol_errors += 1
-            log.warning("handshake with %s failed: %s", ws.remote, exc or "timeout")
+            log.warning("handshake with %s failed: %s", remote, exc or "timeout")
             await _close(ws, POLICY_VIOLATION, "bad handshake")
         except ConnectionClosed as exc:
-            log.info("peer %s closed during the handshake: %s", ws.remote, exc.reason)
+            log.info("peer %s closed during the handshake: %s", remote, exc.reason)
         return None
 
     async def _dialer(self, peer: _Peer) -> None:
@@ -313,7 +329,7 @@ class RpcPlane:
                 if conn is not None:
                     await conn.closed.wait()
                     continue
-                if await self._dial_once(peer):
+                if await self._contain(self._dial_once, peer):
                     backoff_s = self.config.backoff_initial_s
                 # Full jitter: spreads the redials of many nodes after a shared outage.
                 await trio.sleep(self._rng.uniform(0, backoff_s))
@@ -358,6 +374,24 @@ class RpcPlane:
             return False
         finally:
             self._connections -= 1
+
+
+class _ContainingNursery:
+    """What serve_websocket gets as its handler nursery: every accepted connection runs through
+    RpcPlane._contain, so an error that escapes it ends that connection, not the node."""
+
+    def __init__(self, nursery: trio.Nursery, plane: RpcPlane):
+        self._nursery, self._plane = nursery, plane
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self._nursery.start_soon(self._plane._contain, fn, *args)
+
+
+def _remote(ws: WebSocketConnection) -> str:
+    try:
+        return str(ws.remote)
+    except OSError:  # the peer already closed: getpeername() fails
+        return "(closed)"
 
 
 async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:

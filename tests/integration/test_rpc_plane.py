@@ -321,3 +321,71 @@ async def test_connection_limit_counts_handshakes(nursery):
         with pytest.raises(PeerUnavailable):  # refused with 503 while the slot is taken
             await b.plane.call(1, Ping(1), timeout_s=0.5)
     assert await b.plane.call(1, Ping(2), timeout_s=10) == Pong(2, by=1)
+
+
+# ---- a peer that goes silent without closing (partition, host down) ----
+
+
+class FreezableProxy:
+    """Forwards TCP to a port; while frozen it holds all bytes, as a partition would."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.frozen = False
+        self.port = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        async with client, upstream, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, upstream, nursery)
+            nursery.start_soon(self._pump, upstream, client, nursery)
+
+    async def _pump(self, src, dst, nursery: trio.Nursery) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                while self.frozen:
+                    await trio.sleep(0.01)
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the other side went away: so does this forwarding
+        nursery.cancel_scope.cancel()
+
+
+async def test_keepalive_closes_a_silent_connection_and_the_dialer_recovers(nursery):
+    fast = {"keepalive_interval_s": 0.2, "keepalive_timeout_s": 0.3}
+    a = await start(nursery, Node(1, **fast))
+    b = await start(nursery, Node(2, **fast))
+    proxy = FreezableProxy(b.plane.port)
+    await nursery.start(proxy.run)
+    a.plane.add_peer(2, f"ws://127.0.0.1:{proxy.port}/")
+    assert await a.plane.call(2, Ping(1), timeout_s=5) == Pong(1, by=2)
+    proxy.frozen = True  # no FIN, no RST: only silence
+    await eventually(lambda: a.plane.counters.keepalive_timeouts >= 1)
+    await eventually(lambda: not a.plane.connected(2))
+    proxy.frozen = False
+    assert await a.plane.call(2, Ping(2), timeout_s=10) == Pong(2, by=2)
+
+
+async def test_an_unexpected_error_in_one_connection_does_not_stop_the_node(nursery, monkeypatch):
+    # Stands in for a bug a peer can trigger inside the WebSocket library (see ws_compat.py).
+    a = await start(nursery, Node(1))
+    original, calls = RpcPlane._accept, []
+
+    async def flaky_accept(self, request):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom in the first connection")
+        await original(self, request)
+
+    monkeypatch.setattr(RpcPlane, "_accept", flaky_accept)
+    b = await start(nursery, Node(2, connect_timeout_s=0.5, handshake_timeout_s=0.5))
+    b.plane.add_peer(1, a.url)
+    assert await b.plane.call(1, Ping(1), timeout_s=10) == Pong(1, by=1)  # after a redial
+    assert a.plane.counters.connection_crashes == 1
