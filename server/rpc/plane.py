@@ -14,6 +14,9 @@ Rules:
   tolerate loss. `call()` waits for a connection and for queue space until its deadline.
 - Handlers are a table by message type: `async handler(peer_id, message) -> reply`. A handler
   answers an operating error by raising RemoteError(code, message).
+- A connection task that fails unexpectedly (e.g. a bug in the WebSocket library that a peer
+  can trigger) ends that connection only, logged with its stack and counted
+  (`counters.connection_crashes`); the plane and its other connections run on.
 - Every limit comes from RpcConfig.
 """
 
