@@ -126,8 +126,9 @@ def read_index(r: Raft, requester: int, context: bytes) -> None:
         r.pending_reads.append((requester, context))
     elif len(r.read_only) >= r.config.max_pending_read_index:
         raise ReadIndexDropped("too many reads wait for a heartbeat round")
-    elif r.read_only.add_request(r.log.committed, requester, context, r.id):
-        replication.bcast_heartbeat(r, context)
+    else:
+        key = r.read_only.add_request(r.log.committed, requester, context, r.id)
+        replication.bcast_heartbeat(r, key)
 
 
 def _answer_read(r: Raft, requester: int, index: int, context: bytes) -> None:

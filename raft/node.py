@@ -43,8 +43,8 @@ Concurrency: the core is not thread-safe, but `step`, `tick`, `propose`, `read_i
 called while a Ready is outstanding (between `ready()` and `advance()`), e.g. while the driver
 awaits `storage.save()`; their effects appear in the next Ready.
 
-ReadIndex contexts must be unique among outstanding reads of the whole group (a follower's
-read travels to the leader with its context): prefix them with the member id.
+ReadIndex contexts must be unique among this member's outstanding reads (the leader tells
+members' contexts apart). A read may never be answered (leader change, lost message): time out.
 
 Wire: `raft.messages.ALL_MESSAGE_TYPES` lists the dataclasses the RPC codec must carry; their
 fields are ints, bools, bytes, Entry tuples and SnapshotMeta (raft.types).

@@ -174,14 +174,13 @@ class World:
 
     async def get(self, client: int, key: str) -> bool:
         self.next_op += 1
-        ctx = f"read-{self.next_op}".encode()
         # Half the reads go where writes went last: possibly a deposed leader (§6.4's hazard).
         prefer = self.leader_hint if self.rng.random() < 0.5 else self.rng.choice(list(self.nodes))
         node = self._pick(prefer)
         call = trio.current_time()
         try:
             assert node is not None
-            event, result = node.read(ctx, key)
+            event, result = node.read(key)
         except (AssertionError, RaftError):
             await trio.sleep(0.005)
             return False

@@ -66,6 +66,7 @@ class SimNode:
         self.put_waiters: dict[int, trio.Event] = {}
         self.read_waiters: dict[bytes, tuple[str, trio.Event, list[str | None]]] = {}
         self.read_states: list[tuple[int, bytes]] = []
+        self.read_seq = 0
         self.cancel_scope: trio.CancelScope | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -224,8 +225,12 @@ class SimNode:
         self.poke()
         return event
 
-    def read(self, ctx: bytes, key: str) -> tuple[trio.Event, list[str | None]]:
+    def read(self, key: str) -> tuple[trio.Event, list[str | None]]:
         assert self.raw is not None
+        # Contexts are unique per member only (like the driver's counter): members' contexts
+        # collide at the leader on purpose.
+        self.read_seq += 1
+        ctx = b"%d" % self.read_seq
         self.raw.read_index(ctx)
         event, result = trio.Event(), []
         self.read_waiters[ctx] = (key, event, result)

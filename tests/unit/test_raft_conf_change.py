@@ -42,11 +42,19 @@ def test_last_voter_cannot_be_removed() -> None:
 
 def test_read_only_releases_earlier_requests_with_a_later_ack() -> None:
     ro = ReadOnly()
-    assert ro.add_request(5, 1, b"a", self_id=1)
-    assert ro.add_request(6, 2, b"b", self_id=1)
-    assert not ro.add_request(6, 2, b"b", self_id=1)  # duplicate context
-    assert ro.last_pending_context() == b"b"
-    assert ro.recv_ack(2, b"b") == {1, 2}
-    released = ro.advance(b"b")
-    assert [(s.index, s.context) for s in released] == [(5, b"a"), (6, b"b")]
+    assert ro.add_request(5, 1, b"a", self_id=1) == b"1:1:a"
+    assert ro.add_request(6, 2, b"a", self_id=1) == b"2:2:a"  # another member's context "a"
+    assert ro.last_pending_context() == b"2:2:a"
+    assert ro.recv_ack(3, b"2:2:a") == {1, 3}
+    released = ro.advance(b"2:2:a")
+    assert [(s.index, s.requester, s.context) for s in released] == [(5, 1, b"a"), (6, 2, b"a")]
     assert len(ro) == 0
+
+
+def test_read_only_a_repeated_request_replaces_the_earlier_one() -> None:
+    ro = ReadOnly()
+    old = ro.add_request(5, 2, b"a", self_id=1)
+    new = ro.add_request(9, 2, b"a", self_id=1)  # asked again, e.g. after a restart
+    assert ro.recv_ack(3, old) is None  # acks of the earlier round confirm nothing now
+    ro.recv_ack(3, new)
+    assert [(s.index, s.context) for s in ro.advance(new)] == [(9, b"a")]
