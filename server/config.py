@@ -94,6 +94,10 @@ class ExportConfig:
 class StorageConfig:
     chunk_size_bytes: int = 16 << 20
     kv_threads: int = 4
+    # Namespace changes fsynced before the reply (knfsd `sync`); false trades power-loss
+    # durability of the latest changes for metadata speed (knfsd `async`).
+    sync_metadata: bool = True
+    inline_max_bytes: int = 16 << 10  # files up to this size keep their bytes in LevelDB
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "limits.drc_max_bytes": (0, 1 << 30),
     "storage.chunk_size_bytes": (64 << 10, 1 << 30),
     "storage.kv_threads": (1, 64),
+    "storage.inline_max_bytes": (0, 1 << 20),
     "exports.anon_uid": (0, 2**32 - 1),
     "exports.anon_gid": (0, 2**32 - 1),
 }

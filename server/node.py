@@ -103,8 +103,12 @@ async def _open_backend(cfg: Config) -> LocalBackend:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StartupError(f"data directory {path}: {e.strerror}") from None
+    st = cfg.storage
     fs_config = FsConfig(
-        chunk_size=cfg.storage.chunk_size_bytes, kv=KvConfig(threads=cfg.storage.kv_threads)
+        chunk_size=st.chunk_size_bytes,
+        kv=KvConfig(threads=st.kv_threads),
+        sync_metadata=st.sync_metadata,
+        inline_max_bytes=st.inline_max_bytes,
     )
     backend = LocalBackend(path, fsid=FSID, config=fs_config)
     await backend.open()
@@ -124,7 +128,7 @@ async def serve(cfg: Config) -> None:
     backend = await _open_backend(cfg)
     try:
         server = make_rpc_server(cfg, backend)
-        await _run(cfg, server)
+        await _run(cfg, server, backend)
     except* StartupError as group:
         # trio wraps errors of a nursery in a group; a start-up failure is one plain error.
         raise group.exceptions[0] from None
@@ -134,22 +138,28 @@ async def serve(cfg: Config) -> None:
         log.info("objcache: stopped; data synced")
 
 
-async def _run(cfg: Config, server: RpcServer) -> None:
-    async with trio.open_nursery() as nursery:
-        try:
-            bound = await nursery.start(server.run)
-        except OSError as e:
-            reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
-            raise StartupError(f"cannot listen: {reason}") from None
-        metrics_addr = cfg.metrics_listen()
-        if metrics_addr is not None:
-            metrics.start_http(metrics_addr.host, metrics_addr.port)
-        nursery.start_soon(_watch_signals, server)
-        for host, port in bound[1:]:
-            log.info("objcache: portmapper on %s:%d", host, port)
-        host, port = bound[0]
-        log.info(
-            "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
-            "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
-            host, port, data_dir(cfg), port, port, host,
-        )
+async def _run(cfg: Config, server: RpcServer, backend: LocalBackend) -> None:
+    async with trio.open_nursery() as services:
+        await services.start(backend.run)
+        # The RPC server and the signal watcher live in an inner nursery: it ends when a signal
+        # has made the server answer what it read and return; then the services stop, and
+        # serve() syncs and closes the backend.
+        async with trio.open_nursery() as rpc:
+            try:
+                bound = await rpc.start(server.run)
+            except OSError as e:
+                reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
+                raise StartupError(f"cannot listen: {reason}") from None
+            metrics_addr = cfg.metrics_listen()
+            if metrics_addr is not None:
+                metrics.start_http(metrics_addr.host, metrics_addr.port)
+            rpc.start_soon(_watch_signals, server)
+            for host, port in bound[1:]:
+                log.info("objcache: portmapper on %s:%d", host, port)
+            host, port = bound[0]
+            log.info(
+                "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
+                "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
+                host, port, data_dir(cfg), port, port, host,
+            )
+        services.cancel_scope.cancel()

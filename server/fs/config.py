@@ -30,13 +30,12 @@ class FsConfig:
     max_pending_inline_bytes: int = 16 << 20  # small files' UNSTABLE bytes held the same way
     pending_meta_max_age_s: float = 1.0
     # Whether namespace and attribute changes (CREATE, REMOVE, SETATTR, ...) are fsynced before
-    # the reply. True is knfsd's `sync` export: safe against power loss, at one fsync per change
-    # (0.2-3 ms on the shared disk here). False (default) is what nfs-ganesha's VFS backend and
-    # knfsd's `async` export do: the LevelDB batch reaches the kernel before the reply, so a
-    # killed server loses nothing, and the next COMMIT, stable WRITE or synced change makes every
-    # earlier change durable too (one sequential log); only a power loss can drop the latest
-    # unsynced namespace changes. File data follows the NFS rules either way.
-    sync_metadata: bool = False
+    # the reply. True (default) is knfsd's `sync` export and what RFC 1813 §3.3.8 asks: an
+    # acknowledged change survives power loss; concurrent changes share one fsync (group
+    # commit). False is knfsd's `async` export (and nfs-ganesha VFS over a local fs): the batch
+    # reaches the kernel before the reply, so a killed server loses nothing, but a power loss
+    # can drop the latest unsynced namespace changes. File data follows the NFS rules either way.
+    sync_metadata: bool = True
     max_name_bytes: int = 255
     max_symlink_bytes: int = 4096
     max_links: int = 65_000
