@@ -37,9 +37,11 @@ class RaftLog:
         self.storage = storage
         self.unstable = Unstable(storage.last_index() + 1)
         first = storage.first_index()
-        self.committed = max(committed, first - 1)
         self.applied = max(applied, first - 1)
-        assert self.applied <= self.committed <= self.last_index(), (applied, committed)
+        # Only committed entries are applied: a commit index saved without fsync (storage may
+        # skip it for commit-only saves) can lag the applied index after a crash.
+        self.committed = max(committed, self.applied)
+        assert self.committed <= self.last_index(), (applied, committed, self.last_index())
 
     # -- reading -------------------------------------------------------------------------------
 
