@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 class SimDisk:
     """A member's disk: a synced part that survives crashes (the log, hard state and snapshot)
-    and an unsynced part: writes issued but not yet fsynced, lost by a crash."""
+    and an unsynced part: writes issued but not yet fsynced, lost by a crash. As in
+    storage/raftlog.py, a save that only moves the commit index is not fsynced by itself.
+    The application's snapshot is written synced (it lives in the same DB as its applied index)."""
 
     def __init__(self) -> None:
         self.storage = MemoryStorage()  # the synced log and hard state; the core reads these
@@ -34,6 +36,14 @@ class SimDisk:
 
     def write(self, rd: Ready) -> None:
         self.unsynced.append(rd)
+
+    def commit_only(self, rd: Ready) -> bool:
+        """storage/raftlog.py writes a save that only moves the commit index without fsync."""
+        hs, old = rd.hard_state, self.storage.hard_state
+        return (
+            not rd.entries and rd.snapshot is None and hs is not None
+            and (hs.term, hs.vote) == (old.term, old.vote)
+        )
 
     async def fsync(self, latency_s: float) -> None:
         await trio.sleep(latency_s)  # a crash now loses everything written since the last fsync
@@ -148,7 +158,9 @@ class SimNode:
         world = self.world
         for m in rd.messages:
             world.send(m)
-        if rd.must_sync():
+        if rd.must_sync() and self.disk.commit_only(rd):
+            self.disk.write(rd)  # no fsync: durable with the next one, lost by a crash before
+        elif rd.must_sync():
             self.disk.write(rd)
             await self.disk.fsync(world.rng.uniform(*world.params.disk_s))
             self._check_persisted(rd)
