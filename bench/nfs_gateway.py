@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -45,6 +46,7 @@ from serverproc import (  # noqa: E402
 )
 
 MiB = 1 << 20
+OUR_CODE = re.compile(r"\((server|nfs_gateway|storage|raft|txn)/")
 FIO_BUILD = SHARED_TOOLS / "build-fio-nfs.sh"
 WORKLOADS = ("seq-write", "seq-read", "rand-read", "create", "stat", "remove")
 UNITS = {
@@ -131,7 +133,8 @@ def stop_profiler(proc: subprocess.Popen, out: Path, top: int = 15) -> dict[str,
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
-        frames = stack.split(";")
+        # per function, not per line: "f (pkg/mod.py:12)" -> "f (pkg/mod.py)"
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
         total += n
         self_t[frames[-1]] = self_t.get(frames[-1], 0) + n
         for f in set(frames):
@@ -142,7 +145,13 @@ def stop_profiler(proc: subprocess.Popen, out: Path, top: int = 15) -> dict[str,
             :top
         ]
 
-    return {"samples": total, "self_pct": head(self_t), "inclusive_pct": head(incl)}
+    ours = {f: n for f, n in incl.items() if OUR_CODE.search(f)}
+    return {
+        "samples": total,
+        "self_pct": head(self_t),
+        "inclusive_pct": head(incl),
+        "inclusive_pct_objcache_code": head(ours),
+    }
 
 
 # ---------------------------------------------------------------------------- the runs ----
@@ -310,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if profile:
         print(f"\npy-spy on objcache ({profile['samples']} samples), self time:")
         for frame, pct in profile["self_pct"]:
+            print(f"  {pct:5.1f}%  {frame}")
+        print("inclusive time in objcache's own functions:")
+        for frame, pct in profile["inclusive_pct_objcache_code"]:
             print(f"  {pct:5.1f}%  {frame}")
     for name, errs in errors.items():
         for e in errs:
