@@ -37,7 +37,7 @@ from txn_sim_app import (
 
 from txn import coordinator as co
 from txn import participant as pa
-from txn.actions import Action, Propose, Reply, Send
+from txn.actions import Action, Propose, Reply, RetryConfig, Send
 from txn.ids import TxnId, txn_id
 from txn.kv import MemKv, Overlay
 from txn.messages import (
@@ -57,11 +57,12 @@ TRANSIENT = {CONFLICT, TIMEOUT, PRESUMED_ABORT}
 @dataclass(frozen=True)
 class Params:
     groups: int = 3
-    clients: int = 4
-    ops_per_client: int = 4
+    clients: int = 5
+    ops_per_client: int = 8
     accounts: int = 6
     dirs: int = 4
-    fault_steps: int = 1500
+    fault_steps: int = 3000
+    check_every: int = 7  # steps between runs of the safety checker
     max_steps: int = 40_000
     drop: float = 0.08
     dup: float = 0.05
@@ -106,6 +107,10 @@ class World:
         self.p = params or Params(groups=3 + seed % 3)
         self.rng = random.Random(seed)
         self.app = SimApp()
+        # Short timeouts in some seeds: presumed aborts race with commits, retries pile up.
+        retry = RetryConfig(self.rng.choice([1, 2, 4]), self.rng.choice([8, 32, 64]))
+        self.co_config = co.CoordinatorConfig(retry, self.rng.choice([6, 15, 40]))
+        self.pa_config = pa.ParticipantConfig(retry, self.rng.choice([3, 12, 80]))
         self.groups = [self._new_group(g) for g in range(self.p.groups)]
         self.net: list[tuple[str, int, object]] = []
         self.step = 0
@@ -120,8 +125,7 @@ class World:
     # -- setup ---------------------------------------------------------------------------
 
     def _new_group(self, gid: int) -> SimGroup:
-        g = SimGroup(gid, MemKv(), TxnState(self.app), co.Coordinator(gid),
-                     pa.Participant(gid, self.app))
+        g = SimGroup(gid, MemKv(), TxnState(self.app), *self._cores(gid))
         g.coord.handle(co.BecameLeader(()))
         g.part.handle(pa.BecameLeader(()))
         return g
@@ -138,6 +142,9 @@ class World:
             c.plan.insert(0, "race")
         return clients
 
+    def _cores(self, gid: int) -> tuple[co.Coordinator, pa.Participant]:
+        return co.Coordinator(gid, self.co_config), pa.Participant(gid, self.app, self.pa_config)
+
     def _fresh_ino(self) -> int:
         self.next_ino += 1
         return self.next_ino
@@ -153,6 +160,8 @@ class World:
         while self.step < self.p.max_steps:
             self.step += 1
             self._one_step()
+            if self.step % self.p.check_every == 0:
+                self.check_safety()
             if self.step > self.p.fault_steps and self._quiescent():
                 return self
         raise AssertionError(f"no quiescence after {self.step} steps: {self._stuck()}")
@@ -234,7 +243,7 @@ class World:
         g.down_until = self.step + self.rng.randint(5, 60)
 
     def _elect(self, g: SimGroup) -> None:
-        g.coord, g.part = co.Coordinator(g.gid), pa.Participant(g.gid, self.app)
+        g.coord, g.part = self._cores(g.gid)
         g.leader = True
         actions = g.coord.handle(co.BecameLeader(tuple(g.state.decisions(g.kv))))
         actions += g.part.handle(pa.BecameLeader(tuple(g.state.prepared(g.kv))))
@@ -388,7 +397,20 @@ class World:
             assert c.attempt < self.p.max_attempts, f"client {c.cid} gave up on {c.kind}"
             c.backoff = self.rng.randint(1, 10 + 5 * min(c.attempt, 8))
 
-    # -- the checker ---------------------------------------------------------------------
+    # -- the checkers --------------------------------------------------------------------
+
+    def check_safety(self) -> None:
+        """After any step: locks belong to prepared txns, and a txn's effects appear only once
+        its coordinator's log says commit (so an abort can never leave half of it behind)."""
+        for g in self.groups:
+            held = set(g.state.locks(g.kv).values())
+            prepared = {p.txn_id for p in g.state.prepared(g.kv)}
+            assert held <= prepared, f"group {g.gid}: locks of unprepared txns"
+        for t, groups in self.txn_groups.items():
+            if any(self.groups[g].kv.get(mark_key(t)) is not None for g in groups):
+                coord = self.groups[self.txn_coord[t]]
+                outcome = coord.state.outcome(coord.kv, t)
+                assert outcome is not None and outcome.commit, f"txn {t.hex()}: early effects"
 
     def check(self) -> None:
         for g in self.groups:
