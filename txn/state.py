@@ -245,6 +245,8 @@ class TxnState:
         return self.app.check(ops, view)
 
     def _check_and_apply(self, ops: bytes, view: KvView, batch: KvBatch) -> Outcome:
+        if not ops:  # b"" is "no effects here" (a coordinator with nothing of its own)
+            return COMMITTED
         reason = self._refusal(ops, view)
         if reason is not None:
             return Outcome(False, reason)
