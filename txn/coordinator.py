@@ -267,7 +267,9 @@ class Coordinator:
         if txn.outcome is None and txn.client_waiting:
             out.append(Reply(r.txn_id, r.outcome))
         txn.outcome, txn.phase = r.outcome, Phase.FINISHING
-        txn.participants = r.participants  # what the log holds wins over what we proposed
+        # A presumed abort logged on a query names only the asker: tell every participant we
+        # know of, so none has to wait for its own timeout to learn it.
+        txn.participants = tuple(sorted(set(r.participants) | set(txn.participants)))
         txn.retry.reset()
         if not r.participants:  # already forgotten: nothing left to finish
             del self._txns[r.txn_id]

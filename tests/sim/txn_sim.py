@@ -211,18 +211,22 @@ class World:
             self._client_tick(c)
 
     def _apply_one(self, g: SimGroup) -> None:
-        record = g.pending.pop(0)
+        """Apply the next 1-3 committed records in one batch (read-your-writes across
+        records), then let the leader act on each result."""
+        records = g.pending[: self.rng.randint(1, 3)]
+        del g.pending[: len(records)]
         batch = Overlay(g.kv)
-        result = g.state.apply(record, batch, batch)
+        results = [g.state.apply(record, batch, batch) for record in records]
         batch.commit()
-        if not g.leader:
-            return
-        if self.faulty and self.rng.random() < self.p.crash_at_step:
-            # After the record is durable, before the leader acts on it.
-            self._crash(g, f"after {type(record).__name__}")
-            return
-        event = co.LogApplied(result)
-        self._perform(g, g.coord.handle(event) + g.part.handle(pa.LogApplied(result)))
+        for record, result in zip(records, results, strict=True):
+            if not g.leader:
+                return
+            if self.faulty and self.rng.random() < self.p.crash_at_step:
+                # After the record is durable, before the leader acts on it.
+                self._crash(g, f"after {type(record).__name__}")
+                return
+            event = co.LogApplied(result)
+            self._perform(g, g.coord.handle(event) + g.part.handle(pa.LogApplied(result)))
 
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
