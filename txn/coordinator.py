@@ -230,9 +230,11 @@ class Coordinator:
         q = e.query
         txn = self._txns.get(q.txn_id)
         if txn is not None and txn.outcome is not None:
-            return [Send(q.group, OutcomeAnswer(q.txn_id, self.group, txn.outcome.commit))]
-        if not self.leader:
-            return []
+            # A group that already acknowledged holds only a stale duplicate prepare: drop it.
+            commit = txn.outcome.commit and q.group not in txn.acked
+            return [Send(q.group, OutcomeAnswer(q.txn_id, self.group, commit))]
+        if not self.leader or (txn is not None and txn.phase is Phase.LOCAL):
+            return []  # a local txn has no participants: the query is bogus
         waiting = self._queries.get(q.txn_id)
         if waiting is None and len(self._queries) >= self.config.max_pending_queries:
             return []  # the participant asks again later

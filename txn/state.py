@@ -194,6 +194,9 @@ class TxnState:
         outcome = Outcome(False, r.reason)
         if r.commit:
             outcome = self._check_and_apply(r.ops, view, batch)
+        if not r.participants:  # nothing to finish: remember the outcome straight away
+            self._remember(view, batch, r.txn_id, outcome)
+            return Decided(r.txn_id, outcome, ())
         stored = TxnDecision(r.txn_id, outcome.commit, r.participants, b"", outcome.reason)
         batch.put(self._dec + r.txn_id, to_cbor(stored))
         return Decided(r.txn_id, outcome, r.participants)

@@ -190,3 +190,14 @@ def test_followers_ignore_requests() -> None:
     c = Node(0)
     c.coord.handle(co.LostLeadership())
     assert c.coordinator(co.Start(T, ((0, b""),))) == [Reply(T, None)]
+
+
+def test_query_from_a_group_that_already_acknowledged_is_told_to_drop() -> None:
+    c = Node(0)
+    c.coordinator(co.Start(T, ((0, b""), (1, b"x"), (2, b"y"))))
+    c.coordinator(co.VoteReceived(PrepareVote(T, 1, True)))
+    c.coordinator(co.VoteReceived(PrepareVote(T, 2, True)))
+    c.coordinator(co.AckReceived(FinishAck(T, 1)))
+    answers = c.coordinator(co.QueryReceived(OutcomeQuery(T, 1)))
+    answers += c.coordinator(co.QueryReceived(OutcomeQuery(T, 2)))
+    assert [a.message for a in answers] == [OutcomeAnswer(T, 0, False), OutcomeAnswer(T, 0, True)]

@@ -167,3 +167,9 @@ def test_unsorted_locks_are_a_programmer_error() -> None:
     g.app.locks_of = lambda raw: (5, 3)  # type: ignore[method-assign]
     with pytest.raises(AssertionError):
         g.apply(prepare(T1, ops(("set", 3, "a"))))
+
+
+def test_decision_without_participants_is_remembered_not_kept_open() -> None:
+    g = Group()
+    assert g.apply(TxnDecision(T1, False, ())) == Decided(T1, Outcome(False), ())
+    assert g.state.decisions(g.kv) == [] and g.state.outcome(g.kv, T1) == Outcome(False)
