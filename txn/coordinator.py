@@ -238,6 +238,10 @@ class Coordinator:
         waiting = self._queries.get(q.txn_id)
         if waiting is None and len(self._queries) >= self.config.max_pending_queries:
             return []  # the participant asks again later
+        if waiting is not None and q.group not in waiting:
+            waiting.add(q.group)  # the abort proposed for the first asker answers this one too
+            return []
+        # First ask, or an asker asking again (our proposal may have been lost): propose.
         self._queries.setdefault(q.txn_id, set()).add(q.group)
         participants = txn.participants if txn is not None else (q.group,)
         # Presumed abort: log the abort before answering, so the answer can never change.
