@@ -90,6 +90,18 @@ class KvStatusReply:
     auth_failures: int
 
 
+@message("kv.commit_latencies")
+@dataclass(frozen=True, slots=True)
+class KvCommitLatencies:
+    """Take (and clear) this node's propose-to-applied times, measured in the node (bench)."""
+
+
+@message("kv.commit_latencies_reply")
+@dataclass(frozen=True, slots=True)
+class KvCommitLatenciesReply:
+    seconds: tuple[float, ...]
+
+
 class KvStateMachine:
     """Applies `[version, key, value]` CBOR records; keeps the applied index in the same batch."""
 
@@ -153,6 +165,7 @@ class KvNode:
         plane.register(KvPut, self.on_put)
         plane.register(KvGet, self.on_get)
         plane.register(KvStatus, self.on_status)
+        plane.register(KvCommitLatencies, self.on_commit_latencies)
 
     async def on_put(self, peer: int, msg: KvPut) -> KvPutReply:
         try:
@@ -204,6 +217,13 @@ class KvNode:
                              self.storage.first_index(), self.plane.counters.auth_failures)
 
 
+    async def on_commit_latencies(self, peer: int, msg: KvCommitLatencies
+                                  ) -> KvCommitLatenciesReply:
+        samples = tuple(self.driver.commit_latencies_s)
+        self.driver.commit_latencies_s.clear()
+        return KvCommitLatenciesReply(samples)
+
+
 class KvClient:
     """Finds the leader (following not_leader hints) and retries until the deadline."""
 
@@ -235,6 +255,10 @@ class KvClient:
                 except (RpcTimeout, PeerUnavailable, ConnectionLost):
                     self.leader_hint = self._next(target)
                 await trio.sleep(0.02)  # bounded by the deadline above; lets an election finish
+
+    async def take_commit_latencies(self, node_id: int, timeout_s: float = 10.0
+                                    ) -> tuple[float, ...]:
+        return (await self.plane.call(node_id, KvCommitLatencies(), timeout_s)).seconds
 
     def _next(self, node_id: int) -> int:
         i = self.node_ids.index(node_id) if node_id in self.node_ids else -1

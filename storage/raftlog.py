@@ -17,10 +17,12 @@ Rules:
   writer at a time writes a batch with sync=True through `trio.to_thread.run_sync` (bounded by a
   CapacityLimiter), and every caller returns only once its batch is on disk (STYLE habit 2).
 - One exception to "synced before save() returns", as etcd's MustSync: a save that only moves
-  the commit index (no entries, no snapshot, same term and vote) is written without fsync. The
-  commit index is not needed for safety (a restarted member relearns it from the leader), every
-  entry at or below it was synced earlier, and LevelDB's log is sequential, so the next synced
-  write makes it durable too. It saves one fsync per commit on every member.
+  the commit index (no entries, no snapshot, same term and vote) is neither synced nor written
+  at once: its op joins the open batch and reaches disk with the next batch (or `flush()`),
+  and save() returns without waiting. The commit index is not needed for safety (a restarted
+  member relearns it from the leader, and raft.log takes commit >= applied), every entry at or
+  below it was synced earlier, and the batch order keeps the newest hard state last. It saves
+  one fsync and one worker-thread round trip per commit on every member.
 - The in-memory view (terms of every retained entry, unsynced entries, a bounded cache of the
   tail) is updated when a save is *queued*, in call order, so the next save can compute which
   suffix it truncates. The core only reads it after awaiting save(), which is what the driver does.
@@ -126,10 +128,9 @@ class RaftLogStorage:
     async def open_on_store(cls, store: KvStore, *, prefix: bytes = b"raft/",
                             config: RaftLogConfig | None = None) -> RaftLogStorage:
         """Share the node's one LevelDB with the state machine (LevelDB allows one handle per
-        process, and DESIGN.md wants log and state in one DB). kv.py has no public accessor
-        for its handle yet, hence `_live()`; both adapters are in this package."""
+        process, and DESIGN.md wants log and state in one DB)."""
         config = config or RaftLogConfig()
-        return await cls.open(store._live(), prefix=prefix, config=config)
+        return await cls.open(store.handle(), prefix=prefix, config=config)
 
     # ---- LogStorage: synchronous reads ----
 
@@ -217,7 +218,16 @@ class RaftLogStorage:
             ops.append((self._prefix + b"h", encode_record(
                 [hard_state.term, hard_state.vote, hard_state.commit])))
         self.saves += 1
+        if not must_sync:
+            self._defer(ops)  # commit index only: rides with the next batch (module header)
+            return
         await self._commit(ops, entries, sync=must_sync)
+
+    async def flush(self) -> None:
+        """Write whatever waits in the open batch (a deferred commit index), unsynced."""
+        await self._wait_for_room()
+        if self._open_batch.ops:
+            await self._commit([], sync=False)
 
     async def create_snapshot(self, index: int, conf: ConfState) -> SnapshotMeta:
         """Record that the state machine holds a snapshot at `index` (its applied index, in the
@@ -297,6 +307,11 @@ class RaftLogStorage:
         while self._open_batch.nbytes >= self._config.max_batch_bytes and self._writing:
             await self._written.wait()
             self._check_ok()
+
+    def _defer(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        batch = self._open_batch
+        batch.ops.extend(ops)
+        batch.nbytes += sum(len(k) + len(v or b"") for k, v in ops)
 
     async def _commit(self, ops: list[tuple[bytes, bytes | None]],
                       entries: Sequence[Entry] = (), *, sync: bool = True) -> None:

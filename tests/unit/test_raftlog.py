@@ -269,14 +269,29 @@ async def test_failed_write_poisons_the_store(db, monkeypatch):
 
 async def test_commit_only_saves_are_not_synced(db):
     # As etcd's MustSync: moving only the commit index needs no fsync; term, vote, entries do.
+    # A commit-only save is not even written at once: it rides with the next batch.
     s = await RaftLogStorage.open(db)
     await s.save(HardState(term=1, vote=1), ents(1, 3, term=1))
     assert (s.batches_written, s.batches_synced) == (1, 1)
     await s.save(HardState(term=1, vote=1, commit=2), [])
-    assert (s.batches_written, s.batches_synced) == (2, 1)
+    assert (s.batches_written, s.batches_synced) == (1, 1)
+    assert s.initial_state()[0] == HardState(term=1, vote=1, commit=2)
     await s.save(HardState(term=2, vote=0, commit=2), [])
-    assert (s.batches_written, s.batches_synced) == (3, 2)
+    assert (s.batches_written, s.batches_synced) == (2, 2)
     assert s.initial_state()[0] == HardState(term=2, vote=0, commit=2)
+
+
+async def test_deferred_commit_reaches_disk_with_the_next_batch_or_flush(db):
+    s = await RaftLogStorage.open(db)
+    await s.save(HardState(term=1, vote=1), ents(1, 5, term=1))
+    await s.save(HardState(term=1, vote=1, commit=2), [])
+    await s.save(HardState(term=1, vote=1, commit=3), ents(5, 6, term=1))  # written together
+    assert (await RaftLogStorage.open(db)).initial_state()[0].commit == 3
+    await s.save(HardState(term=1, vote=1, commit=5), [])
+    assert (await RaftLogStorage.open(db)).initial_state()[0].commit == 3  # not yet written
+    await s.flush()
+    assert (s.batches_written, s.batches_synced) == (3, 2)
+    assert (await RaftLogStorage.open(db)).initial_state()[0].commit == 5
 
 
 # ---- conformance: the same operations on raft.memory_storage give the same log ----
