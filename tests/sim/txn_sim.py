@@ -49,7 +49,7 @@ from txn.messages import (
     PrepareVote,
 )
 from txn.records import CONFLICT, PRESUMED_ABORT, TIMEOUT, Outcome, TxnRecord
-from txn.state import TxnState
+from txn.state import TxnState, TxnStateConfig
 
 TRANSIENT = {CONFLICT, TIMEOUT, PRESUMED_ABORT}
 
@@ -67,10 +67,12 @@ class Params:
     drop: float = 0.08
     dup: float = 0.05
     leader_change: float = 0.002
+    partition: float = 0.001  # per step: cut one group off for a while (its leader stays)
     crash_at_step: float = 0.02  # before a proposal / after an apply, per txn record
     tick_every: int = 3
     client_timeout_ticks: int = 60
     max_attempts: int = 200
+    max_outcomes: int = 100_000  # remembered outcomes per group (exactly-once window)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class SimGroup:
     pending: list[TxnRecord] = field(default_factory=list)
     leader: bool = True
     down_until: int = 0
+    cut_until: int = 0  # partitioned: messages to and from this group are lost
 
 
 @dataclass
@@ -125,7 +128,8 @@ class World:
     # -- setup ---------------------------------------------------------------------------
 
     def _new_group(self, gid: int) -> SimGroup:
-        g = SimGroup(gid, MemKv(), TxnState(self.app), *self._cores(gid))
+        state = TxnState(self.app, TxnStateConfig(max_outcomes=self.p.max_outcomes))
+        g = SimGroup(gid, MemKv(), state, *self._cores(gid))
         g.coord.handle(co.BecameLeader(()))
         g.part.handle(pa.BecameLeader(()))
         return g
@@ -184,6 +188,12 @@ class World:
             self._deliver()
         if self.faulty and self.rng.random() < self.p.leader_change:
             self._crash(self.rng.choice(self.groups))
+        if self.faulty and self.rng.random() < self.p.partition:
+            self.rng.choice(self.groups).cut_until = self.step + self.rng.randint(20, 300)
+            self._count("partition")
+
+    def _cut(self, g: SimGroup) -> bool:
+        return self.step < g.cut_until
 
     def _quiescent(self) -> bool:
         return (
@@ -263,7 +273,8 @@ class World:
                     return
                 g.pending.append(a.record)
             elif isinstance(a, Send):
-                self.net.append(("g", a.group, a.message))
+                if not self._cut(g):
+                    self.net.append(("g", a.group, a.message))
             else:
                 assert isinstance(a, Reply)
                 self.net.append(("c", self.client_of[a.txn_id], a))
@@ -285,7 +296,7 @@ class World:
             self._client_reply(self.clients[dest], msg)  # type: ignore[arg-type]
             return
         g = self.groups[dest]
-        if g.leader:
+        if g.leader and not self._cut(g):
             self._perform(g, self._route(g, msg))
 
     def _route(self, g: SimGroup, msg: object) -> list[Action]:
