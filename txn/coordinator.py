@@ -169,7 +169,7 @@ class Coordinator:
             return []
         if not self.leader or len(self._txns) >= self.config.max_inflight:
             return [Reply(e.txn_id, None)]
-        parts = dict(e.parts)
+        parts = {g: ops for g, ops in e.parts if ops}  # a group with no ops takes no part
         own = parts.pop(self.group, b"")
         if not parts:
             return self._start_local(e.txn_id, own)

@@ -201,3 +201,9 @@ def test_query_from_a_group_that_already_acknowledged_is_told_to_drop() -> None:
     answers = c.coordinator(co.QueryReceived(OutcomeQuery(T, 1)))
     answers += c.coordinator(co.QueryReceived(OutcomeQuery(T, 2)))
     assert [a.message for a in answers] == [OutcomeAnswer(T, 0, False), OutcomeAnswer(T, 0, True)]
+
+
+def test_groups_without_ops_take_no_part() -> None:
+    n = Node(0)
+    out = n.coordinator(co.Start(T, ((0, ops(("set", 1, "a"))), (1, b""))))
+    assert out == [Reply(T, COMMITTED)] and n.proposed == [TxnLocal(T, ops(("set", 1, "a")))]
