@@ -203,7 +203,7 @@ class InprocGroup:
         self.store = await KvStore.open(self.path)
         storage = await RaftLogStorage.open_on_store(self.store)
         await storage.save(*bootstrap_log([1]))
-        sm = KvStateMachine(self.store)
+        sm = KvStateMachine(self.store, storage)
         node = RawNode(Config(id=1), storage, random.Random(1))
         driver = RaftDriver(node, storage, _NoPeers(), sm.apply)
         await nursery.start(driver.run)

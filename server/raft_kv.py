@@ -20,6 +20,7 @@ import secrets
 import signal
 import struct
 import sys
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +104,22 @@ class KvCommitLatenciesReply:
 
 
 class KvStateMachine:
-    """Applies `[version, key, value]` CBOR records; keeps the applied index in the same batch."""
+    """Applies `[version, key, value]` CBOR records; keeps the applied index in the same batch.
 
-    def __init__(self, store: KvStore):
+    With `log` (the RaftLogStorage sharing this store's DB) an apply costs no I/O of its own: its
+    batch joins the log's open batch (RaftLogStorage.defer_write) and reaches LevelDB with the
+    log's next write, usually the very next Ready's save; until then reads are served from an
+    in-memory overlay. The writes were unsynced before too: the entries are durable in the log,
+    and a restart replays from the applied index on disk (puts are idempotent). The unwritten
+    bytes are bounded by `max_unwritten_bytes` (past it, apply writes them out)."""
+
+    def __init__(self, store: KvStore, log: RaftLogStorage | None = None, *,
+                 max_unwritten_bytes: int = 4 << 20):
         self.store = store
+        self.log = log
+        self.max_unwritten_bytes = max_unwritten_bytes
+        self._overlay: dict[bytes, tuple[bytes | None, int]] = {}  # key -> (value, batch seq)
+        self._overlay_order: deque[tuple[int, bytes]] = deque()  # (batch seq, key), for pruning
 
     async def applied_index(self) -> int:
         raw = await self.store.get(APPLIED_KEY)
@@ -122,13 +135,41 @@ class KvStateMachine:
         batch.append((APPLIED_KEY, struct.pack(">Q", entries[-1].index)))
         # Not synced: the entries are durable in the log, and replay from the applied index
         # re-applies whatever a crash lost (puts are idempotent).
-        await self.store.write(batch, sync=False)
+        if self.log is None:
+            await self.store.write(batch, sync=False)
+            return
+        self._prune_overlay()
+        seq = self.log.defer_write(batch)
+        for key, value in batch:
+            self._overlay[key] = (value, seq)
+            self._overlay_order.append((seq, key))
+        if self.log.unwritten_bytes >= self.max_unwritten_bytes:
+            await self.log.flush()
+
+    def _prune_overlay(self) -> None:
+        written = self.log.written_seq if self.log is not None else 0
+        while self._overlay_order and self._overlay_order[0][0] <= written:
+            seq, key = self._overlay_order.popleft()
+            if self._overlay.get(key, (None, -1))[1] == seq:  # not overwritten since
+                del self._overlay[key]
 
     async def get(self, key: str) -> bytes | None:
-        return await self.store.get(DATA_PREFIX + key.encode())
+        k = DATA_PREFIX + key.encode()
+        self._prune_overlay()
+        if k in self._overlay:
+            return self._overlay[k][0]
+        return await self.store.get(k)
+
+    async def _write_out(self) -> None:
+        """Everything applied is in LevelDB afterwards (before iterating or replacing it)."""
+        if self.log is not None:
+            await self.log.flush()
+            self._prune_overlay()
+            assert not self._overlay, "overlay left after flush"
 
     async def snapshot_bytes(self) -> bytes:
         """The whole state as `[version, [[key, value], ...]]` (a LevelDB iteration)."""
+        await self._write_out()
         items = await self.store.iterate(prefix=DATA_PREFIX)
         assert len(items) < self.store.config.max_scan_items, "demo state too large to snapshot"
         return cbor2.dumps([RECORD_VERSION, [[k[len(DATA_PREFIX):], v] for k, v in items]])
@@ -137,6 +178,7 @@ class KvStateMachine:
         """Replace the state with a leader's snapshot, and its applied index, in one batch."""
         version, items = cbor2.loads(snapshot.data)
         assert version == RECORD_VERSION, f"snapshot record version {version}"
+        await self._write_out()
         old = await self.store.iterate(prefix=DATA_PREFIX)
         batch: list[tuple[bytes, bytes | None]] = [(k, None) for k, _ in old]
         batch += [(DATA_PREFIX + k, v) for k, v in items]
@@ -293,7 +335,7 @@ async def _serve_on(store: KvStore, node_id: int, peers: dict[int, str], host: s
     hard_state, _ = storage.initial_state()
     if storage.last_index() == 0 and hard_state.term == 0:
         await storage.save(*bootstrap_log(sorted(peers)))
-    sm = KvStateMachine(store)
+    sm = KvStateMachine(store, storage)
     seed = secrets.randbits(64)  # election jitter; logged so a run can be reproduced
     log.info("node %d: applied %d, rng seed %d", node_id, await sm.applied_index(), seed)
     hard_state, _ = storage.initial_state()

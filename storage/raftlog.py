@@ -23,6 +23,10 @@ Rules:
   member relearns it from the leader, and raft.log takes commit >= applied), every entry at or
   below it was synced earlier, and the batch order keeps the newest hard state last. It saves
   one fsync and one worker-thread round trip per commit on every member.
+- `defer_write(ops)` lets the other user of the shared DB (the state machine, whose writes are
+  unsynced anyway and replayed from the log after a crash) put its ops into the open batch the
+  same way. Batches are numbered; `written_seq` is the last one on disk, so a user can serve
+  its own reads from memory until then.
 - The in-memory view (terms of every retained entry, unsynced entries, a bounded cache of the
   tail) is updated when a save is *queued*, in call order, so the next save can compute which
   suffix it truncates. The core only reads it after awaiting save(), which is what the driver does.
@@ -80,6 +84,7 @@ class _Batch:
     ops: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
     nbytes: int = 0
+    seq: int = 0
     sync: bool = False  # fsync the batch: some op in it needs to be durable on return
     written: bool = False
     error: BaseException | None = None
@@ -103,7 +108,8 @@ class RaftLogStorage:
         self._cache_bytes = 0
         for e in loaded.tail:
             self._cache_put(e)
-        self._open_batch = _Batch()
+        self._open_batch = _Batch(seq=1)
+        self.written_seq = 0  # batches 1..written_seq are written
         self._writing = False
         self._written = trio.Event()  # replaced after every batch write
         self._failed: BaseException | None = None
@@ -223,6 +229,19 @@ class RaftLogStorage:
             return
         await self._commit(ops, entries, sync=must_sync)
 
+    def defer_write(self, ops: list[tuple[bytes, bytes | None]]) -> int:
+        """Queue ops of the DB's other user (outside our prefix) to be written, unsynced, with
+        the next batch; returns that batch's number (on disk once written_seq reaches it)."""
+        self._check_ok()
+        assert not any(k.startswith(self._prefix) for k, _ in ops), "ops inside the log's prefix"
+        self._defer(ops)
+        return self._open_batch.seq
+
+    @property
+    def unwritten_bytes(self) -> int:
+        """Bytes queued in the open batch (the caller of defer_write bounds this with flush)."""
+        return self._open_batch.nbytes
+
     async def flush(self) -> None:
         """Write whatever waits in the open batch (a deferred commit index), unsynced."""
         await self._wait_for_room()
@@ -331,7 +350,7 @@ class RaftLogStorage:
 
     async def _write_open_batch(self) -> None:
         self._writing = True
-        batch, self._open_batch = self._open_batch, _Batch()
+        batch, self._open_batch = self._open_batch, _Batch(seq=self._open_batch.seq + 1)
         try:
             # Not abandoned on cancel: the thread finishes and the outcome is known.
             await trio.to_thread.run_sync(self._write_sync, batch.ops, batch.sync,
@@ -346,6 +365,7 @@ class RaftLogStorage:
             self._writing = False
             self._written.set()
             self._written = trio.Event()
+        self.written_seq = batch.seq
         self.batches_written += 1
         self.batches_synced += batch.sync
         for e in batch.entries:

@@ -294,6 +294,23 @@ async def test_deferred_commit_reaches_disk_with_the_next_batch_or_flush(db):
     assert (await RaftLogStorage.open(db)).initial_state()[0].commit == 5
 
 
+async def test_deferred_writes_of_the_other_user_ride_with_the_next_batch(db):
+    # The state machine sharing the DB queues its unsynced ops; they are written, in order,
+    # with the log's next batch, and written_seq tells when.
+    s = await RaftLogStorage.open(db)
+    seq = s.defer_write([(b"kv/a", b"1"), (b"kv/b", b"2")])
+    assert s.written_seq < seq and db.get(b"kv/a") is None
+    s.defer_write([(b"kv/b", None)])
+    await s.save(HardState(term=1, vote=1), ents(1, 2, term=1))
+    assert s.written_seq >= seq and s.batches_written == 1
+    assert (db.get(b"kv/a"), db.get(b"kv/b")) == (b"1", None)
+    seq = s.defer_write([(b"kv/c", b"3")])
+    await s.flush()
+    assert s.written_seq == seq and db.get(b"kv/c") == b"3"
+    with pytest.raises(AssertionError):
+        s.defer_write([(b"raft/h", b"x")])
+
+
 # ---- conformance: the same operations on raft.memory_storage give the same log ----
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
