@@ -247,7 +247,12 @@ class Connection:
         if kind is OneWay:
             await self._handle_one_way(frame.body)
         elif kind is Request:
-            await self._request_slots.acquire()  # backpressure: stop reading when saturated
+            # Backpressure: stop reading when saturated. A free slot is taken without a
+            # scheduling round (acquire() always yields once; the reader yields per message).
+            try:
+                self._request_slots.acquire_nowait()
+            except trio.WouldBlock:
+                await self._request_slots.acquire()
             nursery.start_soon(self._handle_request, frame)
         elif kind is Reply or kind is Failure:
             pending = self._pending.get(frame.id)
