@@ -293,12 +293,13 @@ class Connection:
         if handler is None:
             return Failure(request.id, "no_handler", type(request.body).__name__)
         try:
-            with trio.fail_after(request.timeout_ms / 1000):
+            # A bare CancelScope, not fail_after (a generator context manager): this runs once
+            # per request and fail_after's wrapping showed up in profiles of the Raft leader.
+            with trio.move_on_after(request.timeout_ms / 1000):
                 return Reply(request.id, await handler(self.peer_id, request.body))
+            return Failure(request.id, "deadline", "the handler ran past the caller's deadline")
         except RemoteError as exc:
             return Failure(request.id, exc.code, exc.message)
-        except trio.TooSlowError:
-            return Failure(request.id, "deadline", "the handler ran past the caller's deadline")
         except Exception as exc:  # reported to the caller and logged; the node keeps serving
             self._counters.handler_errors += 1
             log.exception("handler for %s from node %d failed", type(request.body).__name__,
