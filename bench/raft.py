@@ -31,6 +31,9 @@ and the issue-3 ratios, writes bench/results/raft.json (medians, machine facts, 
 
   python bench/raft.py            # full: 3 repetitions of 3 s per cell
   python bench/raft.py --quick    # 2 repetitions of 0.6 s per cell (under a minute)
+
+Profiling a node under this load (py-spy is a benchmark-only tool, not a project dependency):
+  .venv/bin/pip install py-spy; .venv/bin/py-spy record --gil -p <leader pid> -d 5 -f raw -o x
 """
 
 from __future__ import annotations

@@ -158,3 +158,57 @@ async def test_proposal_overwritten_by_a_new_leader_is_reported_lost(nursery, au
         while kvs[old].applied[-1:] != [b"winner"]:
             await trio.sleep(0.05)
     assert b"lost" not in kvs[old].applied
+
+
+class GatedStorage(MemoryStorage):
+    """Saving an entry whose data has a gate waits until the gate is set."""
+
+    def __init__(self, gates: dict[bytes, trio.Event]) -> None:
+        super().__init__()
+        self.gates = gates
+        self.waiting: bytes | None = None
+
+    async def save(self, hard_state, entries, snapshot=None):  # type: ignore[no-untyped-def]
+        for e in entries:
+            if e.data in self.gates:
+                self.waiting = e.data
+                await self.gates[e.data].wait()
+                self.waiting = None
+        await super().save(hard_state, entries, snapshot)
+
+
+async def test_committed_entries_apply_while_the_next_entries_are_saved(nursery, autojump_clock):
+    # The driver overlaps persisting a Ready's new entries with applying its committed ones
+    # (already durable): a proposer is answered although the next save has not returned.
+    gates = {b"A": trio.Event(), b"B": trio.Event()}
+    storage = GatedStorage(gates)
+    storage.save_sync(*bootstrap_log([1]))
+    kv = KV()
+    driver = RaftDriver(RawNode(Config(id=1), storage, random.Random(1)), storage,
+                        Network().transport(1), kv.apply)
+    await nursery.start(driver.run)
+    with trio.fail_after(10):
+        while not driver.is_leader():
+            await trio.sleep(0.05)
+    done: list[bytes] = []
+
+    async def propose(data: bytes) -> None:
+        await driver.propose(data)
+        done.append(data)
+
+    nursery.start_soon(propose, b"A")
+    with trio.fail_after(5):
+        while storage.waiting != b"A":
+            await trio.sleep(0.01)
+    nursery.start_soon(propose, b"B")  # joins the next Ready, with A committed
+    await trio.sleep(0.01)
+    gates[b"A"].set()
+    with trio.fail_after(5):
+        while done != [b"A"]:
+            await trio.sleep(0.01)
+    assert storage.waiting == b"B" and kv.applied == [b"A"]
+    gates[b"B"].set()
+    with trio.fail_after(5):
+        while done != [b"A", b"B"]:
+            await trio.sleep(0.01)
+    assert kv.applied == [b"A", b"B"]

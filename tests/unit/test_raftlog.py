@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cbor2
 import plyvel
 import pytest
 import trio
@@ -309,6 +310,29 @@ async def test_deferred_writes_of_the_other_user_ride_with_the_next_batch(db):
     assert s.written_seq == seq and db.get(b"kv/c") == b"3"
     with pytest.raises(AssertionError):
         s.defer_write([(b"raft/h", b"x")])
+
+
+async def test_state_machine_applies_into_the_log_batch_and_reads_its_overlay(tmp_path):
+    # server.raft_kv.KvStateMachine with the log: an apply is no write of its own; reads see
+    # it at once; the next log batch writes it; a snapshot iteration sees everything.
+    from server.raft_kv import KvStateMachine, encode_put
+    from storage.kv import KvStore
+
+    store = await KvStore.open(tmp_path / "db")
+    try:
+        log = await RaftLogStorage.open_on_store(store)
+        sm = KvStateMachine(store, log)
+        await sm.apply([Entry(1, 1, EntryType.NORMAL, encode_put("a", b"1"))])
+        assert log.batches_written == 0 and await store.get(b"kv/a") is None
+        assert await sm.get("a") == b"1"
+        await log.save(HardState(term=1, vote=1), ents(1, 3, term=1))
+        assert await store.get(b"kv/a") == b"1" and await sm.applied_index() == 1
+        await sm.apply([Entry(1, 2, EntryType.NORMAL, encode_put("a", b"2"))])
+        assert await sm.get("a") == b"2"
+        assert cbor2.loads(await sm.snapshot_bytes())[1] == [[b"a", b"2"]]
+        assert await sm.applied_index() == 2
+    finally:
+        await store.close()
 
 
 # ---- conformance: the same operations on raft.memory_storage give the same log ----
