@@ -209,6 +209,7 @@ class InprocGroup:
         sm = KvStateMachine(self.store, storage)
         node = RawNode(Config(id=1), storage, random.Random(1))
         driver = RaftDriver(node, storage, _NoPeers(), sm.apply)
+        self.driver, self.storage = driver, storage
         await nursery.start(driver.run)
         with trio.fail_after(30):
             while not driver.is_leader():
@@ -368,6 +369,59 @@ class EtcdSession:
         await self.conn.post("/v3/kv/put", body)
 
 
+# ---- where one commit's time goes (one member, in process, one proposer) ----
+
+
+async def breakdown(group: InprocGroup, size: int, n: int = 400) -> dict[str, float]:
+    """Median µs from propose() to each step of one commit, by wrapping the instances' methods
+    (the library is not changed). The steps, in order: the Ready loop takes the proposal
+    (ready()), a worker thread starts the synced LevelDB batch, the batch returns in the
+    thread, save() returns in the loop, the Ready with the committed entry is built, the state
+    machine has applied it, propose() returns to the caller."""
+    driver, storage, node = group.driver, group.storage, group.driver.node
+    marks: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        marks.setdefault(name, time.perf_counter())
+
+    write_sync, ready, save, apply = storage._write_sync, node.ready, storage.save, driver._apply
+
+    def timed_write(ops, sync):  # type: ignore[no-untyped-def]
+        mark("2 thread starts synced write")
+        write_sync(ops, sync)
+        mark("3 synced write done (in thread)")
+
+    def timed_ready():  # type: ignore[no-untyped-def]
+        mark("5 committed Ready built" if "1 loop takes proposal (ready)" in marks
+             else "1 loop takes proposal (ready)")
+        return ready()
+
+    async def timed_save(*args):  # type: ignore[no-untyped-def]
+        await save(*args)
+        mark("4 save() back in loop")
+
+    async def timed_apply(entries):  # type: ignore[no-untyped-def]
+        await apply(entries)
+        mark("6 applied")
+
+    storage._write_sync, node.ready, storage.save, driver._apply = (
+        timed_write, timed_ready, timed_save, timed_apply)
+    rows = []
+    value = os.urandom(size)
+    try:
+        for i in range(n):
+            marks.clear()
+            start = time.perf_counter()
+            await driver.propose(encode_put(f"b{size}-{i}", value))
+            mark("7 propose() returns")
+            rows.append({k: (t - start) * 1e6 for k, t in marks.items()})
+            await trio.lowlevel.checkpoint()  # back to back, as in the 1-proposer cell
+    finally:
+        del storage._write_sync, node.ready, storage.save
+        driver._apply = apply
+    return {k: statistics.median(r[k] for r in rows if k in r) for k in sorted(rows[0])}
+
+
 # ---- the workload ----
 
 
@@ -405,9 +459,10 @@ async def run_cell(proposer, size: int, proposers: int, duration: float, tag: st
     return r
 
 
-async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict]:
+async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict, dict]:
     runs: dict[str, list[dict]] = {}
     rss: dict[str, dict[str, int]] = {}
+    steps: dict[str, dict[str, float]] = {}
     systems = [ObjcacheCluster] + ([] if a.no_etcd else [EtcdCluster])
     for n in GROUPS:
         clusters = [cls(work, n) for cls in systems] + ([InprocGroup(work, n)] if n == 1 else [])
@@ -429,11 +484,17 @@ async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict]:
                                 print(f"  {key:<22} rep {rep}: {r['commits_per_s']:9.0f}/s "
                                       f"client p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f}"
                                       f" ms{node}", flush=True)
+                for c in clusters:
+                    if isinstance(c, InprocGroup):
+                        for size in SIZES:
+                            steps[f"{size}"] = await breakdown(c, size)
+                            steps[f"{size}"]["fdatasync p50 (same minute)"] = floor_latencies(
+                                work, size)["fdatasync_p50_ms"] * 1e3
                 nursery.cancel_scope.cancel()
         finally:
             for c in clusters:
                 rss[f"{c.name}/{n}"] = c.stop()
-    return runs, rss
+    return runs, rss, steps
 
 
 def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
@@ -491,6 +552,13 @@ def compute_ratios(med: dict) -> dict[str, float]:
     return ratios
 
 
+def print_steps(steps: dict[str, dict[str, float]]) -> None:
+    print("\none commit, one member, in process, one proposer: median µs since propose()")
+    for size, row in steps.items():
+        print(f"  {size} B: " + "; ".join(f"{k[2:] if k[0].isdigit() else k} {v:.0f}"
+                                         for k, v in row.items()))
+
+
 def print_table(med: dict, ratios: dict[str, float]) -> None:
     title = "cell (system/members/bytes/proposers)"
     print(f"\n{title:<38}{'commits/s':>10}{'client p50':>11}{'p99':>8}{'node p50':>10}{'p99':>8}")
@@ -530,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     base = REPO / "var" if (REPO / "var").is_dir() else REPO / "bench"
     work = Path(tempfile.mkdtemp(prefix="bench-raft-", dir=base))
     try:
-        runs, rss = trio.run(run_all, a, work)
+        runs, rss, steps = trio.run(run_all, a, work)
         med = medians(runs)
         ratios = compute_ratios(med)
         result = {"benchmark": "raft", "parameters": {"duration_s": a.duration, "reps": a.reps,
@@ -540,10 +608,12 @@ def main(argv: list[str] | None = None) -> int:
                       "p50_ms": "client put through the RPC plane (etcd: HTTP/JSON gateway)",
                       "ratio_floor": "fdatasync of an appended file (floor/*/fdatasync_*)"},
                   "medians": med, "runs": runs, "ratios": ratios,
+                  "one_member_commit_steps_us": steps,
                   "peak_rss_kib": rss, "machine": machine(work), "versions": versions()}
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {a.out}")
+        print_steps(steps)
         print_table(med, ratios)  # the key ratios come last
     finally:
         shutil.rmtree(work, ignore_errors=True)
