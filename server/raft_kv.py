@@ -284,7 +284,8 @@ class KvClient:
         return await self.plane.call(node_id, KvStatus(), timeout_s)
 
     async def _call(self, msg: object, timeout_s: float):  # type: ignore[no-untyped-def]
-        with trio.fail_after(timeout_s):
+        # move_on_after + TooSlowError, as fail_after, without its generator wrapper (per put).
+        with trio.move_on_after(timeout_s):
             while True:
                 target = self.leader_hint
                 try:
@@ -297,6 +298,7 @@ class KvClient:
                 except (RpcTimeout, PeerUnavailable, ConnectionLost):
                     self.leader_hint = self._next(target)
                 await trio.sleep(0.02)  # bounded by the deadline above; lets an election finish
+        raise trio.TooSlowError(f"{type(msg).__name__} not answered within {timeout_s} s")
 
     async def take_commit_latencies(self, node_id: int, timeout_s: float = 10.0
                                     ) -> tuple[float, ...]:
