@@ -422,6 +422,19 @@ async def breakdown(group: InprocGroup, size: int, n: int = 400) -> dict[str, fl
     return {k: statistics.median(r[k] for r in rows if k in r) for k in sorted(rows[0])}
 
 
+async def breakdowns(group: InprocGroup, work: Path, reps: int) -> dict[str, dict[str, float]]:
+    """breakdown() `reps` times per size, each next to an fdatasync floor; medians per step."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    for _ in range(max(3, reps)):
+        for size in SIZES:
+            row = await breakdown(group, size, n=200)
+            row["fdatasync p50 (same minute)"] = floor_latencies(work, size, n=100)[
+                "fdatasync_p50_ms"] * 1e3
+            runs.setdefault(f"{size}", []).append(row)
+    return {size: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            for size, rows in runs.items()}
+
+
 # ---- the workload ----
 
 
@@ -486,10 +499,7 @@ async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict, dict]:
                                       f" ms{node}", flush=True)
                 for c in clusters:
                     if isinstance(c, InprocGroup):
-                        for size in SIZES:
-                            steps[f"{size}"] = await breakdown(c, size)
-                            steps[f"{size}"]["fdatasync p50 (same minute)"] = floor_latencies(
-                                work, size)["fdatasync_p50_ms"] * 1e3
+                        steps = await breakdowns(c, work, a.reps)
                 nursery.cancel_scope.cancel()
         finally:
             for c in clusters:
