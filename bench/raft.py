@@ -482,6 +482,9 @@ async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict, dict]:
         try:
             async with trio.open_nursery() as nursery:
                 proposers = {c.name: await c.connect(nursery) for c in clusters}
+                for c in clusters:  # first: no cell's writes are still being compacted
+                    if isinstance(c, InprocGroup):
+                        steps = await breakdowns(c, work, a.reps)
                 for rep in range(a.reps):
                     for size in SIZES:
                         # The floor is measured between the cells too: other users' I/O on the
@@ -497,9 +500,6 @@ async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict, dict]:
                                 print(f"  {key:<22} rep {rep}: {r['commits_per_s']:9.0f}/s "
                                       f"client p50 {r['p50_ms']:7.2f} ms p99 {r['p99_ms']:7.2f}"
                                       f" ms{node}", flush=True)
-                for c in clusters:
-                    if isinstance(c, InprocGroup):
-                        steps = await breakdowns(c, work, a.reps)
                 nursery.cancel_scope.cancel()
         finally:
             for c in clusters:
