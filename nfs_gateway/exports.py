@@ -81,6 +81,17 @@ class ExportTable:
     def by_path(self, path: str) -> Export | None:
         return self._by_path.get(normalize_path(path))
 
+    def containing(self, path: str) -> Export | None:
+        """The export whose path is the longest whole-component prefix of `path`: knfsd and
+        ganesha let a client mount a directory below an export (libnfs always mounts the
+        parent directory of the file it opens)."""
+        parts = normalize_path(path).split("/")
+        for n in range(len(parts), 0, -1):
+            export = self._by_path.get(normalize_path("/".join(parts[:n])))
+            if export is not None:
+                return export
+        return None
+
     def by_id(self, export_id: int) -> Export | None:
         return self._by_id.get(export_id)
 

@@ -180,20 +180,20 @@ class MountService:
         if len(raw_path) > MNTPATHLEN:
             return MntResult(MountStat.MNT3ERR_NAMETOOLONG)
         path = normalize_path(raw_path.decode("utf-8", "surrogateescape"))
-        export = self.exports.by_path(path)
+        export = self.exports.containing(path)
         if export is None:
             log.info("%s: MNT %r: no such export", ctx.client, path)
             return MntResult(MountStat.MNT3ERR_NOENT)
         try:
             self.exports.check_client(export, ctx.client)
-            fid = await self.backend.export_root(export.path)
+            fid = await self.backend.export_root(path)
         except be.FsError as e:
             status = _MNT_ERRORS.get(type(e), MountStat.MNT3ERR_SERVERFAULT)
             log.info("%s: MNT %s: %s (%s)", ctx.client, path, status.name, e)
             return MntResult(status)
         handle = self.make_handle(export, fid)
         assert len(handle) <= FHSIZE3, len(handle)
-        self._remember(MountEntry(ctx.client[0], export.path))
+        self._remember(MountEntry(ctx.client[0], path))
         return MntResult(MountStat.MNT3_OK, handle, (AUTH_SYS, AUTH_NONE))
 
     def _remember(self, entry: MountEntry) -> None:
