@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from txn.ids import TxnId
 from txn.messages import TxnMessage
 from txn.records import Outcome, TxnRecord
+from txn.state import Applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +70,21 @@ class Backoff:
     def reset(self) -> None:
         self._interval = self._config.retry_ticks
         self.due = self.age + self._interval
+
+
+# Events both cores take, in the same form.
+@dataclass(frozen=True, slots=True)
+class LogApplied:
+    """The result of applying a txn record in this group's log (TxnState.apply)."""
+
+    result: Applied
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LostLeadership:
+    pass

@@ -24,7 +24,17 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from txn.actions import Action, Backoff, Propose, Reply, RetryConfig, Send
+from txn.actions import (
+    Action,
+    Backoff,
+    LogApplied,
+    LostLeadership,
+    Propose,
+    Reply,
+    RetryConfig,
+    Send,
+    Tick,
+)
 from txn.ids import TxnId
 from txn.messages import (
     DecisionNotice,
@@ -35,7 +45,7 @@ from txn.messages import (
     PrepareVote,
 )
 from txn.records import PRESUMED_ABORT, TIMEOUT, Outcome, TxnDecision, TxnForget, TxnLocal
-from txn.state import Applied, Decided, Forgotten, LocalApplied
+from txn.state import Decided, Forgotten, LocalApplied
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,26 +85,12 @@ class QueryReceived:
     query: OutcomeQuery
 
 
-@dataclass(frozen=True, slots=True)
-class LogApplied:
-    """The result of applying a txn record in this group's log (TxnState.apply)."""
-
-    result: Applied
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
 class BecameLeader:
     decisions: tuple[Decided, ...]  # TxnState.decisions(view) after applying the whole log
 
-
-@dataclass(frozen=True, slots=True)
-class LostLeadership:
-    pass
 
 
 CoordinatorEvent = (

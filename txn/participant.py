@@ -20,7 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from txn.actions import Action, Backoff, Propose, RetryConfig, Send
+from txn.actions import (
+    Action,
+    Backoff,
+    LogApplied,
+    LostLeadership,
+    Propose,
+    RetryConfig,
+    Send,
+    Tick,
+)
 from txn.ids import TxnId
 from txn.messages import (
     DecisionNotice,
@@ -31,7 +40,7 @@ from txn.messages import (
     PrepareVote,
 )
 from txn.records import TxnFinish, TxnPrepare
-from txn.state import NO_GROUP, Applied, Finished, Voted
+from txn.state import NO_GROUP, Finished, Voted
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,24 +71,12 @@ class DecisionReceived:
     message: DecisionNotice | OutcomeAnswer
 
 
-@dataclass(frozen=True, slots=True)
-class LogApplied:
-    result: Applied
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    pass
 
 
 @dataclass(frozen=True, slots=True)
 class BecameLeader:
     prepared: tuple[TxnPrepare, ...]  # TxnState.prepared(view) after applying the whole log
 
-
-@dataclass(frozen=True, slots=True)
-class LostLeadership:
-    pass
 
 
 ParticipantEvent = (
