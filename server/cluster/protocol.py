@@ -1,0 +1,199 @@
+"""Requests from a gateway (any node) to a group's leader, their replies and error codes.
+
+Rules:
+- Each request is a frozen dataclass with an RPC codec tag ("cl.<name>"). The router sends it
+  to the leader of the group that owns the state it names (ring.py), or calls the local
+  handler directly when this node leads that group. Both paths run the same handler.
+- Every request carries `ring_version`. The handler compares it with its group's NodeList
+  version first and answers RemoteError(STALE_RING) when they differ: placement changed, the
+  caller refreshes its NodeList and retries.
+- Reads are served by the leader from its applied state after a read barrier (ReadIndex), so
+  a read sees every change acknowledged before it was sent (close-to-open for NFS clients).
+- Inode and Dirent values travel as `server.fs.records.encode` bytes; b"" means "none".
+- Failures are RemoteError(code, message) with the codes below; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.rpc.codec import message
+
+# RemoteError codes (server/rpc/frames.py). The router retries NOT_LEADER (message: the
+# leader's node id as decimal, "0" if unknown) and STALE_RING (message: the group's version);
+# UNAVAILABLE and timeouts past the request's deadline become NFS3ERR_JUKEBOX at the gateway.
+NOT_LEADER = "not-leader"
+STALE_RING = "stale-ring"
+UNAVAILABLE = "unavailable"
+WRONG_GROUP = "wrong-group"  # the named state is not placed in this group (a bug or a race
+# with a ring change; retried like STALE_RING after a refresh)
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+@message("cl.get_inodes")
+@dataclass(frozen=True, slots=True)
+class GetInodes:
+    """The inodes (all placed in the called group)."""
+
+    ring_version: int
+    inos: tuple[int, ...]
+
+
+@message("cl.inodes")
+@dataclass(frozen=True, slots=True)
+class InodesReply:
+    inodes: tuple[bytes, ...]  # encoded Inode per requested ino, b"" if it does not exist
+
+
+@message("cl.lookup")
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """One name in a directory placed in the called group."""
+
+    ring_version: int
+    dir_ino: int
+    name: bytes
+
+
+@message("cl.lookup_reply")
+@dataclass(frozen=True, slots=True)
+class LookupReply:
+    dir: bytes  # encoded Inode of the directory, b"" if it does not exist
+    dirent: bytes  # encoded Dirent, b"" if the name is absent
+    child: bytes  # encoded Inode of the child when it lives in this group too, else b""
+
+
+@message("cl.read_dir")
+@dataclass(frozen=True, slots=True)
+class ReadDir:
+    """A page of a directory's entries after `cookie` (0: from the start), in cookie order."""
+
+    ring_version: int
+    dir_ino: int
+    cookie: int
+    max_entries: int
+
+
+@message("cl.read_dir_reply")
+@dataclass(frozen=True, slots=True)
+class ReadDirReply:
+    dir: bytes  # encoded Inode of the directory, b"" if it does not exist
+    entries: tuple[tuple[int, bytes, int, int], ...]  # (cookie, name, ino, ftype)
+    eof: bool
+
+
+@message("cl.read_head")
+@dataclass(frozen=True, slots=True)
+class ReadHead:
+    """At the inode's group: the inode, and the bytes of [offset, offset+count) clipped to
+    the file size that lie inline or in chunk 0 (both live with the inode)."""
+
+    ring_version: int
+    ino: int
+    offset: int
+    count: int
+
+
+@message("cl.read_head_reply")
+@dataclass(frozen=True, slots=True)
+class ReadHeadReply:
+    inode: bytes  # b"" if the inode does not exist
+    data: bytes
+
+
+@message("cl.read_chunk")
+@dataclass(frozen=True, slots=True)
+class ReadChunk:
+    """At chunk (ino, index)'s group: bytes [offset, offset+count) of that chunk, offsets
+    within the chunk. Missing bytes (holes, past the chunk file's end) read as zeros; the
+    caller clips to the file size it got from the inode's group."""
+
+    ring_version: int
+    ino: int
+    index: int
+    offset: int
+    count: int
+
+
+@message("cl.read_chunk_reply")
+@dataclass(frozen=True, slots=True)
+class ReadChunkReply:
+    data: bytes
+
+
+@message("cl.fs_stat")
+@dataclass(frozen=True, slots=True)
+class FsStatRequest:
+    ring_version: int
+
+
+@message("cl.fs_stat_reply")
+@dataclass(frozen=True, slots=True)
+class FsStatReply:
+    total_bytes: int
+    free_bytes: int
+    avail_bytes: int
+    inodes: int  # inodes placed in this group
+
+
+# -- changes -----------------------------------------------------------------------------------
+
+
+@message("cl.run_txn")
+@dataclass(frozen=True, slots=True)
+class RunTxn:
+    """Run a transaction with the called group as coordinator. `parts` maps every group with
+    effects (this one included, if it has any) to its ops (fsops.encode_ops). Retrying with
+    the same txn_id is safe: a decided txn answers its remembered outcome."""
+
+    ring_version: int
+    txn_id: bytes
+    parts: tuple[tuple[int, bytes], ...]
+
+
+@message("cl.txn_reply")
+@dataclass(frozen=True, slots=True)
+class TxnReply:
+    decided: bool  # False: not decided here (leadership lost, too busy): retry the same txn_id
+    commit: bool
+    reason: str  # why it aborted: txn.records.CONFLICT, fsops reasons (fsops.EEXIST, ...)
+
+
+GroupRequest = GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
+
+
+# -- the gateway's view of the router (router.py implements it; simulations fake it) ---------
+
+
+class Unavailable(Exception):
+    """The group did not answer within the request's deadline (no leader, partitioned, down).
+    The gateway answers NFS3ERR_JUKEBOX: the client retries later."""
+
+
+class RingChanged(Exception):
+    """The placement changed under the request (STALE_RING / WRONG_GROUP). The router has
+    refreshed its ring; the gateway re-plans the whole operation against `router.ring`."""
+
+
+class RingView(Protocol):
+    version: int
+
+    def group_of_inode(self, ino: int) -> int: ...
+
+    def group_of_chunk(self, ino: int, index: int) -> int:
+        """Chunk 0 is always group_of_inode(ino)."""
+        ...
+
+
+class Router(Protocol):
+    @property
+    def ring(self) -> RingView: ...
+
+    async def call(self, group: int, request: GroupRequest) -> object:
+        """Send `request` (its ring_version is filled in from `ring`) to `group`'s leader and
+        return the reply. Leader changes are retried inside; raises Unavailable or
+        RingChanged."""
+        ...
