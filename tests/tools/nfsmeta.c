@@ -5,6 +5,9 @@
  *                                      then rmdir DIR
  *   nfsmeta URL count DIR              count entries of DIR (without . and ..)
  *   nfsmeta URL mkdir DIR              create the directory DIR (libnfs-utils has no nfs-mkdir)
+ *   nfsmeta URL ns DIR N               mkdir DIR; create N empty files, stat each, rename each
+ *                                      (fN -> rN), remove each; then rmdir DIR. Each phase line
+ *                                      also has per-call latency percentiles "p50_us", "p99_us".
  *
  * URL names the export, e.g. nfs://127.0.0.1/?nfsport=P&mountport=P&version=3; DIR is a
  * path inside it ("/d"). Each phase prints one JSON line: {"phase":..,"ops":..,"seconds":..}.
@@ -84,6 +87,67 @@ static void remove_files(const char *dir, long n) {
     }
 }
 
+/* Per-call latencies of one phase, in microseconds. */
+static double *lat;
+static long nlat;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void report_lat(const char *phase, long ops, double t0) {
+    qsort(lat, (size_t)nlat, sizeof *lat, cmp_double);
+    double p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[(nlat * 99) / 100] : 0;
+    printf("{\"phase\": \"%s\", \"ops\": %ld, \"seconds\": %.6f, \"p50_us\": %.1f, "
+           "\"p99_us\": %.1f}\n", phase, ops, now() - t0, p50, p99);
+    fflush(stdout);
+    nlat = 0;
+}
+
+static void ns_phases(const char *dir, long n) {
+    char path[4096], path2[4096];
+    double t0, t;
+    lat = calloc((size_t)(n > 0 ? n : 1), sizeof *lat);
+    t0 = now();
+    for (long i = 0; i < n; i++) {
+        struct nfsfh *fh;
+        name(path, sizeof path, dir, i);
+        t = now();
+        check(nfs_creat(nfs, path, 0644, &fh), "creat", path);
+        lat[nlat++] = (now() - t) * 1e6;
+        check(nfs_close(nfs, fh), "close", path);
+    }
+    report_lat("create", n, t0);
+    t0 = now();
+    for (long i = 0; i < n; i++) {
+        struct nfs_stat_64 st;
+        name(path, sizeof path, dir, i);
+        t = now();
+        check(nfs_stat64(nfs, path, &st), "stat64", path);
+        lat[nlat++] = (now() - t) * 1e6;
+    }
+    report_lat("stat", n, t0);
+    t0 = now();
+    for (long i = 0; i < n; i++) {
+        name(path, sizeof path, dir, i);
+        snprintf(path2, sizeof path2, "%s/r%06ld", dir, i);
+        t = now();
+        check(nfs_rename(nfs, path, path2), "rename", path);
+        lat[nlat++] = (now() - t) * 1e6;
+    }
+    report_lat("rename", n, t0);
+    t0 = now();
+    for (long i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/r%06ld", dir, i);
+        t = now();
+        check(nfs_unlink(nfs, path), "unlink", path);
+        lat[nlat++] = (now() - t) * 1e6;
+    }
+    report_lat("remove", n, t0);
+    free(lat);
+}
+
 static long count(const char *dir) {
     struct nfsdir *d;
     struct nfsdirent *e;
@@ -97,7 +161,7 @@ static long count(const char *dir) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: nfsmeta URL mkfiles|meta|count|mkdir DIR [N [BYTES]]\n");
+        fprintf(stderr, "usage: nfsmeta URL mkfiles|meta|ns|count|mkdir DIR [N [BYTES]]\n");
         return 2;
     }
     const char *op = argv[2], *dir = argv[3];
@@ -123,6 +187,12 @@ int main(int argc, char **argv) {
         t0 = now();
         create_files(dir, n, 0);
         report("create", n, t0);
+    } else if (strcmp(op, "ns") == 0) {
+        check(nfs_mkdir(nfs, dir), "mkdir", dir);
+        ns_phases(dir, n);
+        long left = count(dir);
+        if (left != 0) { fprintf(stderr, "nfsmeta: %ld entries left in %s\n", left, dir); return 1; }
+        check(nfs_rmdir(nfs, dir), "rmdir", dir);
     } else if (strcmp(op, "meta") == 0) {
         check(nfs_mkdir(nfs, dir), "mkdir", dir);
         t0 = now();
