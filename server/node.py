@@ -125,6 +125,14 @@ async def _watch_signals(server: RpcServer) -> None:
 
 async def serve(cfg: Config) -> None:
     """Run the node until SIGTERM/SIGINT."""
+    if getattr(cfg, "cluster", None) is not None and cfg.cluster.node_id:  # type: ignore[attr-defined]
+        from server.cluster.node import serve_cluster  # the cluster imports this module
+
+        try:
+            await serve_cluster(cfg, make_rpc_server)
+        except* StartupError as group:
+            raise group.exceptions[0] from None
+        return
     backend = await _open_backend(cfg)
     try:
         server = make_rpc_server(cfg, backend)

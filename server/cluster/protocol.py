@@ -162,6 +162,12 @@ class TxnReply:
     reason: str  # why it aborted: txn.records.CONFLICT, fsops reasons (fsops.EEXIST, ...)
 
 
+@message("cl.ack")
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to a txn message (txn/messages.py) that the leader took."""
+
+
 GroupRequest = GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
 
 

@@ -1,0 +1,406 @@
+"""GroupRuntime: this node's member of its Raft group, serving the group's requests.
+
+Rules:
+- One RaftDriver over the node's LevelDB (the log under `raft/`), applying committed entries
+  through the GroupStateMachine (statemachine.py) in a worker thread.
+- The leader serves: reads (protocol.py read requests) after a ReadIndex barrier, answered by
+  queries.answer over the applied state; RunTxn through the txn Coordinator core; the txn
+  messages of other groups through the Coordinator and Participant cores (txn/__init__.py
+  explains the wiring; it is followed here step by step). A member that is not the leader
+  answers NOT_LEADER with the leader it knows.
+- The cores hear about every applied txn record (LogApplied) only while they are "ready": from
+  the moment they got BecameLeader, built from a scan of the state made after a read barrier
+  (so everything earlier terms committed is applied). Applying and that scan exclude each other
+  (`_apply_lock`), so no result falls between the scan and the first LogApplied.
+- Proposals asked for by the cores are fire-and-forget: a lost one is retried by the cores on
+  their ticks; a result always comes back through the apply path.
+- A new leader of a founding group proposes the first NodeList if the state has none, and the
+  leader of inode 1's group creates the root directory if it is missing; both are idempotent.
+- Log compaction: past `compact_after_entries` applied entries, the applied state is made
+  durable (chunk files and LevelDB synced), a snapshot point is recorded and the log below it
+  (minus a margin for slow followers) is deleted. A follower too far behind gets the state as
+  a snapshot (statemachine.snapshot_sync), in pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from raft.config import Config as RaftConfig
+from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver
+from raft.errors import NotLeader, RaftError
+from raft.node import RawNode, bootstrap_log
+from raft.ready import Role, Snapshot, SnapshotRequest
+from raft.types import Entry, SnapshotMeta
+from server.cluster import protocol as p
+from server.cluster.statemachine import (
+    GroupStateMachine,
+    StateView,
+    encode_nodelist_entry,
+    encode_txn_entry,
+)
+from server.fs import keys as fs_keys
+from server.rpc.frames import RemoteError
+from server.rpc.plane import RpcPlane
+from server.rpc.raft_wire import PlaneTransport, route_raft_messages
+from storage.kv import KvStore
+from storage.raftlog import RaftLogStorage
+from txn import coordinator as co
+from txn import participant as pa
+from txn.actions import Action, LogApplied, LostLeadership, Propose, Reply, Send, Tick
+from txn.ids import TxnId, txn_id
+from txn.messages import (
+    DecisionNotice,
+    FinishAck,
+    OutcomeAnswer,
+    OutcomeQuery,
+    PrepareRequest,
+    PrepareVote,
+    TxnMessage,
+)
+from txn.records import Outcome, TxnLocal
+from txn.state import Applied
+
+log = logging.getLogger("objcache.group")
+
+ROOT_INO = 1
+_ROOT_TXN = txn_id(b"objcache-root", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    tick_interval_s: float = 0.05  # Raft ticks (10-tick election timeout: 0.5-1 s)
+    txn_tick_interval_s: float = 0.05  # txn core ticks (retries, timeouts)
+    txn_reply_timeout_s: float = 5.0  # RunTxn answers decided=False after this
+    compact_after_entries: int = 20_000
+    compact_keep_entries: int = 2_000
+    compact_check_interval_s: float = 1.0
+    snapshot_max_bytes: int = 1 << 30
+
+
+class GroupRuntime:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        group: int,
+        kv: KvStore,
+        storage: RaftLogStorage,
+        sm: GroupStateMachine,
+        plane: RpcPlane,
+        answer: Callable[..., Any],
+        root_ops: Callable[[], bytes] | None,
+        nodelist_bytes: bytes,
+        post: Callable[[int, TxnMessage], None],
+        config: GroupConfig,
+        applied: int,
+    ) -> None:
+        self.node_id = node_id
+        self.group = group
+        self.kv = kv
+        self.storage = storage
+        self.sm = sm
+        self.plane = plane
+        self.config = config
+        self._answer = answer  # queries.answer(request, view, chunks, group)
+        self._root_ops = root_ops  # set on the group that owns inode 1
+        self._initial_nodelist = nodelist_bytes
+        self._post = post  # send a txn message to another group's leader (router.post)
+        seed = secrets.randbits(64)
+        log.info("node %d (group %d): applied %d, election seed %d", node_id, group, applied,
+                 seed)
+        node = RawNode(RaftConfig(id=node_id, applied=applied), storage, random.Random(seed))
+        self.driver = RaftDriver(
+            node, storage, PlaneTransport(plane), self._apply,
+            config=DriverConfig(tick_interval_s=config.tick_interval_s),
+            install_snapshot=self._install, snapshot_source=self._snapshot_source)
+        route_raft_messages(plane, self.driver.step)
+        self.coordinator = co.Coordinator(group)
+        self.participant = pa.Participant(group, sm.app)
+        self._apply_lock = trio.Lock()
+        self._ready_term = 0  # the term whose leadership the cores know of (0: not ready)
+        self._ready_event = trio.Event()
+        self._becoming = False
+        self._txn_waiters: dict[TxnId, list[tuple[trio.Event, list[Outcome | None]]]] = {}
+        self._snapshot: tuple[SnapshotMeta, bytes] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._register(plane)
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, *, node_id: int, group: int, members: list[int], kv: KvStore,
+                   sm: GroupStateMachine, **kwargs: Any) -> GroupRuntime:
+        """Open the log on the node's LevelDB; founding members bootstrap it at first start."""
+        storage = await RaftLogStorage.open_on_store(kv)
+        hard_state, _ = storage.initial_state()
+        if storage.last_index() == 0 and hard_state.term == 0:
+            await storage.save(*bootstrap_log(sorted(members)))
+            hard_state, _ = storage.initial_state()
+        stored = await trio.to_thread.run_sync(sm.load_sync)
+        # The state may be ahead of the log's commit index only after a crash between
+        # installing a snapshot and saving it; replaying from the commit index is harmless.
+        applied = min(stored, hard_state.commit)
+        return cls(node_id=node_id, group=group, kv=kv, storage=storage, sm=sm,
+                   applied=applied, **kwargs)
+
+    def _register(self, plane: RpcPlane) -> None:
+        for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
+                    p.FsStatRequest, p.RunTxn):
+            plane.register(cls, self._on_request)
+        for cls in (PrepareRequest, PrepareVote, DecisionNotice, FinishAck, OutcomeQuery,
+                    OutcomeAnswer):
+            plane.register(cls, self.take_txn_message)
+
+    # -- service ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.driver.run)
+            nursery.start_soon(self._txn_ticker)
+            nursery.start_soon(self._compactor)
+            task_status.started()
+
+    def is_leader(self) -> bool:
+        return self.driver.node.raft.role is Role.LEADER
+
+    def leader_id(self) -> int:
+        return self.driver.node.raft.lead
+
+    def nodelist_bytes(self) -> bytes | None:
+        return self.sm.nodelist_bytes
+
+    async def wait_serving(self) -> None:
+        """Until this group has a leader whose cores are ready (anywhere, not only here)."""
+        while True:
+            lead = self.leader_id()
+            ready = lead and (lead != self.node_id or self._ready_term)
+            if ready and self.sm.nodelist_bytes is not None:
+                return
+            await trio.sleep(self.config.tick_interval_s)
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def handle(self, request: p.GroupRequest) -> Any:
+        """Answer a gateway request (in process, or from _on_request). RemoteError on refusal."""
+        self._check_version(request.ring_version)
+        await self._require_ready()
+        if isinstance(request, p.RunTxn):
+            return await self._run_txn(request)
+        try:
+            await self.driver.read_index()
+        except NotLeader as e:
+            raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
+        return await trio.to_thread.run_sync(
+            self._answer, request, StateView(self.kv), self.sm.chunks, self.group)
+
+    async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
+        return await self.handle(request)
+
+    def _check_version(self, version: int) -> None:
+        current = self.ring_version()
+        if current == 0:
+            raise RemoteError(p.UNAVAILABLE, "the group has no node list yet")
+        if version != current:
+            raise RemoteError(p.STALE_RING, str(current))
+
+    def ring_version(self) -> int:
+        raw = self.sm.nodelist_bytes
+        if raw is None:
+            return 0
+        from server.cluster.nodelist import NodeList
+
+        return NodeList.decode(raw).version
+
+    async def _require_ready(self) -> None:
+        """Leader with ready cores; waits briefly while this node is becoming leader."""
+        with trio.move_on_after(self.config.txn_reply_timeout_s):
+            while True:
+                if not self.is_leader():
+                    raise RemoteError(p.NOT_LEADER, str(self.leader_id()))
+                if self._ready_term == self.driver.node.raft.term:
+                    return
+                await self._ready_event.wait()
+        raise RemoteError(p.UNAVAILABLE, "leader not ready")
+
+    async def _run_txn(self, req: p.RunTxn) -> p.TxnReply:
+        known = await trio.to_thread.run_sync(
+            self.sm.txn.outcome, StateView(self.kv), req.txn_id)
+        done, box = trio.Event(), []
+        self._txn_waiters.setdefault(req.txn_id, []).append((done, box))
+        try:
+            self._do(self.coordinator.handle(co.Start(req.txn_id, req.parts, known)))
+            with trio.move_on_after(self.config.txn_reply_timeout_s):
+                await done.wait()
+        finally:
+            waiters = self._txn_waiters.get(req.txn_id, [])
+            if (done, box) in waiters:
+                waiters.remove((done, box))
+                if not waiters:
+                    del self._txn_waiters[req.txn_id]
+        outcome = box[0] if box else None
+        if outcome is None:
+            return p.TxnReply(False, False, "")
+        return p.TxnReply(True, outcome.commit, outcome.reason)
+
+    async def take_txn_message(self, peer: int, msg: TxnMessage) -> p.Ack:
+        if not self._ready_term or not self.is_leader():
+            raise RemoteError(p.NOT_LEADER, str(self.leader_id()))
+        self.deliver(msg)
+        return p.Ack()
+
+    def deliver(self, msg: TxnMessage) -> None:
+        """A txn message from another group, to the core that takes it."""
+        if isinstance(msg, PrepareRequest):
+            actions = self.participant.handle(pa.PrepareReceived(msg))
+        elif isinstance(msg, DecisionNotice | OutcomeAnswer):
+            actions = self.participant.handle(pa.DecisionReceived(msg))
+        elif isinstance(msg, PrepareVote):
+            actions = self.coordinator.handle(co.VoteReceived(msg))
+        elif isinstance(msg, FinishAck):
+            actions = self.coordinator.handle(co.AckReceived(msg))
+        else:
+            actions = self.coordinator.handle(co.QueryReceived(msg))
+        self._do(actions)
+
+    # -- the cores' actions -----------------------------------------------------------------
+
+    def _do(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Propose):
+                self._spawn(self._propose, encode_txn_entry(a.record))
+            elif isinstance(a, Send):
+                if a.group == self.group:
+                    self.deliver(a.message)
+                else:
+                    self._post(a.group, a.message)
+            elif isinstance(a, Reply):
+                for done, box in self._txn_waiters.get(a.txn_id, []):
+                    box.append(a.outcome)
+                    done.set()
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._nursery is not None, "not running"
+        self._nursery.start_soon(fn, *args)
+
+    async def _propose(self, data: bytes) -> None:
+        try:
+            await self.driver.propose(data)
+        except (RaftError, ProposalOutcomeUnknown) as e:
+            # The cores retry on their ticks; the result of one that did apply comes back
+            # through the apply path anyway.
+            log.debug("group %d: proposal lost: %s", self.group, e)
+
+    # -- applying ---------------------------------------------------------------------------
+
+    async def _apply(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        async with self._apply_lock:
+            results = await trio.to_thread.run_sync(self.sm.apply_sync, entries)
+            if self._ready_term:
+                for r in results:
+                    self._feed(r)
+
+    def _feed(self, result: Applied) -> None:
+        event = LogApplied(result)
+        self._do(self.coordinator.handle(event))
+        self._do(self.participant.handle(event))
+
+    async def _install(self, snapshot: Snapshot) -> None:
+        async with self._apply_lock:
+            await trio.to_thread.run_sync(
+                self.sm.install_sync, snapshot.data, snapshot.meta.index)
+        log.info("group %d: installed a snapshot at index %d", self.group, snapshot.meta.index)
+
+    async def _snapshot_source(self, request: SnapshotRequest
+                               ) -> tuple[SnapshotMeta, bytes, bool] | None:
+        if request.index == 0 or self._snapshot is None or (
+                self._snapshot[0].index != request.index):
+            meta = self.driver.node.snapshot_meta()  # after advance: matches the state
+            async with self._apply_lock:
+                data = await trio.to_thread.run_sync(
+                    self.sm.snapshot_sync, self.config.snapshot_max_bytes)
+            self._snapshot = (meta, data)
+            offset = 0
+        else:
+            offset = request.offset
+        meta, data = self._snapshot
+        piece = self.driver.node.raft.config.snapshot_chunk_bytes
+        end = min(len(data), offset + piece)
+        return meta, data[offset:end], end == len(data)
+
+    # -- leadership -------------------------------------------------------------------------
+
+    async def _txn_ticker(self) -> None:
+        while True:
+            await trio.sleep(self.config.txn_tick_interval_s)
+            term = self.driver.node.raft.term
+            if self._ready_term and (not self.is_leader() or term != self._ready_term):
+                self._lose_leadership()
+            if self.is_leader() and not self._ready_term and not self._becoming:
+                self._becoming = True
+                self._spawn(self._become_leader, term)
+            if self._ready_term:
+                self._do(self.coordinator.handle(Tick()))
+                self._do(self.participant.handle(Tick()))
+
+    async def _become_leader(self, term: int) -> None:
+        try:
+            await self.driver.read_index()  # everything earlier terms committed is applied
+            async with self._apply_lock:
+                if not self.is_leader() or self.driver.node.raft.term != term:
+                    return
+                view = StateView(self.kv)
+                decisions, prepared = await trio.to_thread.run_sync(
+                    lambda: (self.sm.txn.decisions(view), self.sm.txn.prepared(view)))
+                self._ready_term = term
+                self._do(self.coordinator.handle(co.BecameLeader(tuple(decisions))))
+                self._do(self.participant.handle(pa.BecameLeader(tuple(prepared))))
+            self._ready_event.set()
+            self._ready_event = trio.Event()
+            log.info("group %d: node %d leads in term %d (%d decisions, %d prepared to resume)",
+                     self.group, self.node_id, term, len(decisions), len(prepared))
+            await self._bootstrap_state()
+        except (RaftError, trio.TooSlowError) as e:
+            log.info("group %d: becoming leader in term %d failed: %s", self.group, term, e)
+        finally:
+            self._becoming = False
+
+    def _lose_leadership(self) -> None:
+        self._ready_term = 0
+        self._do(self.coordinator.handle(LostLeadership()))
+        self._do(self.participant.handle(LostLeadership()))
+        log.info("group %d: node %d no longer leads", self.group, self.node_id)
+
+    async def _bootstrap_state(self) -> None:
+        if self.sm.nodelist_bytes is None:
+            await self._propose(encode_nodelist_entry(self._initial_nodelist))
+        if self._root_ops is not None:
+            root = await self.kv.get(fs_keys.inode_key(ROOT_INO))
+            if root is None:
+                await self._propose(encode_txn_entry(TxnLocal(_ROOT_TXN, self._root_ops())))
+
+    # -- compaction -------------------------------------------------------------------------
+
+    async def _compactor(self) -> None:
+        cfg = self.config
+        while True:
+            await trio.sleep(cfg.compact_check_interval_s)
+            meta = self.driver.node.snapshot_meta()
+            if meta.index - self.storage.first_index() + 1 < cfg.compact_after_entries:
+                continue
+            async with self._apply_lock:
+                # The applied state must outlive the log entries that could rebuild it.
+                await trio.to_thread.run_sync(self.sm.chunks.sync_all_sync)
+                await self.kv.write([(fs_keys.SYNC_MARK, b"compact")], sync=True)
+            await self.storage.create_snapshot(meta.index, meta.conf)
+            await self.storage.compact(max(meta.index - cfg.compact_keep_entries, 1))
+            log.info("group %d: compacted the log to %d (snapshot at %d)", self.group,
+                     self.storage.first_index(), meta.index)

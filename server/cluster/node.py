@@ -1,0 +1,173 @@
+"""A cluster node: its group member, the router, and the NFS gateway over the whole namespace.
+
+Start-up, in order (each step needs the one before):
+1. Open the node's LevelDB and chunk directory; start the RPC plane (peers from config).
+2. Agree on the first NodeList with the peers (membership.bootstrap_nodelist) — or read the
+   one this node's group already applied, on a restart.
+3. Open the group member (GroupRuntime) and the router; start them.
+4. Wait until this node's group has a leader with the NodeList applied, then serve NFS through
+   a ClusterBackend, and write `ready.json` (server/cluster/ready.py) for `objcache cluster up`.
+SIGTERM/SIGINT: the NFS server answers what it read and stops; then everything stops and the
+LevelDB is closed (acknowledged writes are in the Raft log already; nothing else to flush).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import trio
+
+from server import metrics
+from server.cluster import fsops, queries
+from server.cluster.gateway import ClusterBackend
+from server.cluster.group import GroupConfig, GroupRuntime
+from server.cluster.inoalloc import InoAllocator
+from server.cluster.membership import bootstrap_nodelist
+from server.cluster.nodelist import NodeInfo, NodeList
+from server.cluster.ready import remove_ready, write_ready
+from server.cluster.router import GroupRouter
+from server.cluster.statemachine import NODELIST, GroupStateMachine
+from server.config import Config, data_dir
+from server.fs.config import FsConfig
+from server.node import StartupError
+from server.rpc.plane import RpcConfig, RpcPlane
+from storage.chunks import ChunkStore
+from storage.kv import KvConfig, KvStore
+from txn.state import TxnState
+
+log = logging.getLogger("objcache.node")
+
+FSID = 1  # the cluster serves one file system
+
+
+def fs_config(cfg: Config) -> FsConfig:
+    st = cfg.storage
+    return FsConfig(chunk_size=st.chunk_size_bytes, kv=KvConfig(threads=st.kv_threads),
+                    sync_metadata=st.sync_metadata, inline_max_bytes=st.inline_max_bytes)
+
+
+def _secret(cfg: Config) -> bytes:
+    path = Path(cfg.cluster.cluster_secret_file)
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as e:
+        raise StartupError(f"cluster.cluster_secret_file {path}: {e.strerror}") from None
+    if len(secret) < 16:
+        raise StartupError(f"cluster.cluster_secret_file {path}: under 16 bytes")
+    return secret
+
+
+async def serve_cluster(cfg: Config, make_rpc_server) -> None:  # type: ignore[no-untyped-def]
+    c = cfg.cluster
+    root = data_dir(cfg)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"data directory {root}: {e.strerror}") from None
+    fsc = fs_config(cfg)
+    kv = await KvStore.open(root / "meta", fsc.kv)
+    chunks = ChunkStore(root / "chunks", fsc.chunks)
+    try:
+        await _serve_on(cfg, kv, chunks, fsc, make_rpc_server)
+    finally:
+        with trio.CancelScope(shield=True):
+            remove_ready(root)
+            await trio.to_thread.run_sync(chunks.sync_all_sync)
+            chunks.close_sync()
+            await kv.close()
+        log.info("objcache: node %d stopped", c.node_id)
+
+
+async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
+                    make_rpc_server) -> None:  # type: ignore[no-untyped-def]
+    c = cfg.cluster
+    listen = cfg.cluster_listen()
+    plane = RpcPlane(RpcConfig(node_id=c.node_id, cluster_secret=_secret(cfg),
+                               host=listen.host, port=listen.port))
+    peers = {i: f"{a.host}:{a.port}" for i, a in cfg.cluster_peers().items() if i != c.node_id}
+    for peer_id, addr in peers.items():
+        plane.add_peer(peer_id, f"ws://{addr}/")
+    nfs = cfg.nfs_listen()
+    me = NodeInfo(c.node_id, cfg.cluster_group(), str(listen), f"{nfs.host}:{nfs.port}")
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(plane.run)
+        except OSError as e:
+            reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise StartupError(f"cluster.listen {listen}: {reason}") from None
+        stored = await kv.get(NODELIST)
+        if stored is not None:
+            nodelist = NodeList.decode(stored)
+        else:
+            log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
+            nodelist = await bootstrap_nodelist(plane, me, peers, c.bootstrap_timeout_s)
+        group = me.group
+        app = fsops.FsApplication(fsc)
+        sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync)
+        ring = nodelist.ring(c.vnodes)
+        router: GroupRouter
+        runtime = await GroupRuntime.open(
+            node_id=c.node_id, group=group, members=list(nodelist.members(group)), kv=kv, sm=sm,
+            plane=plane, answer=queries.answer,
+            root_ops=_root_ops(fsc) if ring.group_of_inode(1) == group else None,
+            nodelist_bytes=nodelist.encode(), post=lambda g, m: router.post(g, m),
+            config=GroupConfig())
+        router = GroupRouter(plane, c.node_id, nodelist, runtime, vnodes=c.vnodes,
+                             request_timeout_s=c.request_timeout_s)
+        await nursery.start(router.run)
+        await nursery.start(runtime.run)
+        with trio.move_on_after(c.bootstrap_timeout_s) as waited:
+            await runtime.wait_serving()
+        if waited.cancelled_caught:
+            raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
+        alloc = await InoAllocator.open(kv, c.node_id)
+        backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id)
+        await _serve_nfs(cfg, make_rpc_server(cfg, backend), me, listen)
+        nursery.cancel_scope.cancel()
+
+
+async def _serve_nfs(cfg: Config, server, me: NodeInfo, listen) -> None:  # type: ignore[no-untyped-def]
+    async with trio.open_nursery() as rpc:
+        try:
+            bound = await rpc.start(server.run)
+        except OSError as e:
+            reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise StartupError(f"cannot listen: {reason}") from None
+        metrics_addr = cfg.metrics_listen()
+        if metrics_addr is not None:
+            metrics.start_http(metrics_addr.host, metrics_addr.port)
+        rpc.start_soon(_watch_signals, server)
+        host, port = bound[0]
+        write_ready(data_dir(cfg), node_id=me.node_id, group=me.group, nfs=f"{host}:{port}",
+                    rpc=str(listen),
+                    metrics=None if metrics_addr is None else str(metrics_addr),
+                    pid=os.getpid())
+        log.info(
+            "objcache: node %d (group %d) serving NFS v3 on %s:%d; mount with: "
+            "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
+            me.node_id, me.group, host, port, port, port, host)
+
+
+async def _watch_signals(server) -> None:  # type: ignore[no-untyped-def]
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            server.shutdown()
+            return
+
+
+def _root_ops(fsc: FsConfig):  # type: ignore[no-untyped-def]
+    def make() -> bytes:
+        # The generation must differ between file systems made in the same data directory
+        # name, so handles from an older cluster are stale, never valid by accident.
+        gen = (secrets.randbits(31) << 1) | 1
+        return fsops.root_ops(gen, time.time_ns(), fsc.root_mode, fsc.root_uid, fsc.root_gid)
+
+    return make
+

@@ -1,0 +1,159 @@
+"""GroupRouter: sends a gateway's requests to the leader of the group that owns the state.
+
+Rules:
+- The router keeps a leader guess per group (first: the group's first member), follows
+  NOT_LEADER hints, and moves to the next member when one does not answer. When the leader is
+  this node, the request goes to the local GroupRuntime in process, through the same handler.
+- Each try has `try_timeout_s`; the whole call has `request_timeout_s`, after which the group
+  is Unavailable (the gateway answers NFS3ERR_JUKEBOX and the client retries later).
+- STALE_RING / WRONG_GROUP: the router reloads the NodeList (from its own group's applied
+  state) and raises RingChanged so the gateway re-plans against the new ring.
+- `post()` sends a txn message to a group's leader in the background (best effort: the txn
+  cores retry on ticks); a refusal still teaches the router where the leader is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import trio
+
+from server.cluster import protocol as p
+from server.cluster.group import GroupRuntime
+from server.cluster.nodelist import NodeList
+from server.cluster.ring import Ring
+from server.rpc import codec
+from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
+from server.rpc.plane import RpcPlane
+from txn.messages import (
+    DecisionNotice,
+    FinishAck,
+    OutcomeAnswer,
+    OutcomeQuery,
+    PrepareRequest,
+    PrepareVote,
+    TxnMessage,
+)
+
+log = logging.getLogger("objcache.router")
+
+TXN_MESSAGES = (PrepareRequest, PrepareVote, DecisionNotice, FinishAck, OutcomeQuery,
+                OutcomeAnswer)
+
+
+def register_txn_messages() -> None:
+    for cls in TXN_MESSAGES:
+        codec.register_type(cls, f"txn.{cls.__name__}", 1)
+
+
+class GroupRouter:
+    def __init__(self, plane: RpcPlane, node_id: int, nodelist: NodeList,
+                 local: GroupRuntime | None, *, vnodes: int, request_timeout_s: float,
+                 try_timeout_s: float = 2.0) -> None:
+        register_txn_messages()
+        self.plane = plane
+        self.node_id = node_id
+        self.local = local
+        self.vnodes = vnodes
+        self.request_timeout_s = request_timeout_s
+        self.try_timeout_s = try_timeout_s
+        self._leader: dict[int, int] = {}
+        self._set_nodelist(nodelist)
+        self._nursery: trio.Nursery | None = None
+        self.stats = {"calls": 0, "remote_calls": 0, "retries": 0, "unavailable": 0}
+
+    def _set_nodelist(self, nodelist: NodeList) -> None:
+        self.nodelist = nodelist
+        self._ring = nodelist.ring(self.vnodes)
+        self._members = nodelist.groups()
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def call(self, group: int, request: p.GroupRequest) -> Any:
+        self.stats["calls"] += 1
+        request = dataclasses.replace(request, ring_version=self._ring.version)
+        members = self._members.get(group)
+        if not members:
+            raise p.RingChanged(f"group {group} is not in ring version {self._ring.version}")
+        with trio.move_on_after(self.request_timeout_s):
+            while True:
+                target = self._leader.get(group, members[0])
+                try:
+                    return await self._call_once(target, request)
+                except RemoteError as e:
+                    if e.code == p.NOT_LEADER:
+                        hint = int(e.message) if e.message.isdigit() else 0
+                        self._leader[group] = hint if hint in members else _next(members, target)
+                        if hint not in members:
+                            await trio.sleep(0.05)  # an election is on: give it a moment
+                    elif e.code in (p.STALE_RING, p.WRONG_GROUP):
+                        await self._refresh()
+                        raise p.RingChanged(e.message) from e
+                    elif e.code == p.UNAVAILABLE:
+                        await trio.sleep(0.05)
+                    else:
+                        raise
+                except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
+                    log.debug("group %d: node %d did not answer: %s", group, target, e)
+                    self._leader[group] = _next(members, target)
+                    await trio.sleep(0.02)
+                self.stats["retries"] += 1
+        self.stats["unavailable"] += 1
+        raise p.Unavailable(f"group {group} did not answer in {self.request_timeout_s} s")
+
+    async def _call_once(self, target: int, request: Any) -> Any:
+        if target == self.node_id and self.local is not None:
+            return await self.local.handle(request)
+        self.stats["remote_calls"] += 1
+        return await self.plane.call(target, request, self.try_timeout_s)
+
+    async def _refresh(self) -> None:
+        if self.local is None:
+            return
+        raw = self.local.nodelist_bytes()
+        if raw is not None:
+            nodelist = NodeList.decode(raw)
+            if nodelist.version != self.nodelist.version:
+                log.info("ring version %d -> %d", self.nodelist.version, nodelist.version)
+                self._set_nodelist(nodelist)
+
+    # -- txn messages -----------------------------------------------------------------------
+
+    def post(self, group: int, msg: TxnMessage) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._post, group, msg)
+
+    async def _post(self, group: int, msg: TxnMessage) -> None:
+        members = self._members.get(group)
+        if not members:
+            log.warning("txn message for group %d, not in the ring", group)
+            return
+        target = self._leader.get(group, members[0])
+        try:
+            if target == self.node_id and self.local is not None:
+                await self.local.take_txn_message(self.node_id, msg)
+            else:
+                await self.plane.call(target, msg, self.try_timeout_s)
+        except RemoteError as e:
+            if e.code == p.NOT_LEADER:
+                hint = int(e.message) if e.message.isdigit() else 0
+                self._leader[group] = hint if hint in members else _next(members, target)
+        except (RpcTimeout, PeerUnavailable, ConnectionLost):
+            self._leader[group] = _next(members, target)
+
+
+def _next(members: tuple[int, ...], node_id: int) -> int:
+    i = members.index(node_id) if node_id in members else -1
+    return members[(i + 1) % len(members)]
