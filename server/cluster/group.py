@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from prometheus_client import Counter
 
 from raft.config import Config as RaftConfig
 from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver
@@ -66,9 +67,13 @@ from txn.messages import (
     TxnMessage,
 )
 from txn.records import Outcome, TxnLocal
-from txn.state import Applied
+from txn.state import Applied, Decided, LocalApplied
 
 log = logging.getLogger("objcache.group")
+
+# Decided here as coordinator: "local" (one TxnLocal record) or "two_phase" (prepare/decide).
+TXN_TOTAL = Counter("objcache_txn_total", "Transactions decided by this node as coordinator",
+                    ["kind", "outcome"])
 
 ROOT_INO = 1
 _ROOT_TXN = txn_id(b"objcache-root", 0)
@@ -309,6 +314,10 @@ class GroupRuntime:
                     self._feed(r)
 
     def _feed(self, result: Applied) -> None:
+        if isinstance(result, LocalApplied):
+            TXN_TOTAL.labels("local", _label(result.outcome)).inc()
+        elif isinstance(result, Decided) and result.participants:
+            TXN_TOTAL.labels("two_phase", _label(result.outcome)).inc()
         event = LogApplied(result)
         self._do(self.coordinator.handle(event))
         self._do(self.participant.handle(event))
@@ -404,3 +413,7 @@ class GroupRuntime:
             await self.storage.compact(max(meta.index - cfg.compact_keep_entries, 1))
             log.info("group %d: compacted the log to %d (snapshot at %d)", self.group,
                      self.storage.first_index(), meta.index)
+
+
+def _label(outcome: Outcome) -> str:
+    return "commit" if outcome.commit else "abort"

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Benchmark: namespace operations on an objcache cluster of one group and of three groups,
+against nfs-ganesha (VFS), through the same libnfs client.
+
+Workload: create, stat, rename and remove of --files files (10 000), split among 1 and 16
+concurrent clients (separate processes of tests/tools/nfsmeta.c `ns` mode, each in its own
+directory, one synchronous request at a time). On a cluster, client i talks to node i mod N's
+gateway, as clients of an elastic cluster spread over its nodes.
+
+Figures per setup, clients and phase: ops/s (all clients' operations over the phase's longest
+client time), p99 latency (the worst client's p99), and for objcache the share of transactions
+that needed two-phase commit (from the nodes' /metrics: objcache_txn_total by kind).
+Targets (issue 4): three groups >= 1.5x the create rate of one group with 16 clients, and
+>= 0.5x ganesha. Writes bench/results/namespace.json; prints the key ratios last.
+
+  python bench/namespace.py            # full run
+  python bench/namespace.py --quick    # small version, under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from serverproc import GaneshaServer, build_nfsmeta, free_port, nfs_url  # noqa: E402
+
+PHASES = ("create", "stat", "rename", "remove")
+TXN_METRIC = re.compile(r'^objcache_txn_total\{kind="(\w+)",outcome="(\w+)"\} ([0-9.e+]+)$',
+                        re.M)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 000 files, one repetition")
+    p.add_argument("--files", type=int, default=10_000)
+    p.add_argument("--clients", default="1,16", help="comma-separated client counts")
+    p.add_argument("--setups", default="objcache-1g,objcache-3g,ganesha")
+    p.add_argument("--work", type=Path, help="scratch directory (default: a temp dir)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "namespace.json")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.files = min(a.files, 1_000)
+    a.client_counts = [int(c) for c in a.clients.split(",")]
+    a.setup_names = a.setups.split(",")
+    return a
+
+
+# ------------------------------------------------------------------------------ servers ----
+
+
+class Cluster:
+    """`objcache cluster up/down` with N one-member groups."""
+
+    def __init__(self, nodes: int, work: Path) -> None:
+        self.nodes_n = nodes
+        self.dir = work / f"cluster-{nodes}"
+        self.nodes: list[dict] = []
+
+    def start(self) -> Cluster:
+        base = _free_block(3 * self.nodes_n)
+        out = subprocess.run(
+            [sys.executable, "-m", "server.cli", "cluster", "up", "--nodes", str(self.nodes_n),
+             "--replicas", "1", "--base-port", str(base), "--data-dir", str(self.dir),
+             "--json"],
+            capture_output=True, text=True, timeout=180, cwd=REPO)
+        if out.returncode != 0:
+            raise RuntimeError(f"cluster up failed:\n{out.stdout}\n{out.stderr[-3000:]}")
+        self.nodes = json.loads(out.stdout)["nodes"]
+        return self
+
+    def stop(self) -> None:
+        subprocess.run([sys.executable, "-m", "server.cli", "cluster", "down", "--data-dir",
+                        str(self.dir)], capture_output=True, timeout=120, cwd=REPO)
+
+    def urls(self) -> list[str]:
+        out = []
+        for n in self.nodes:
+            host, port = n["nfs"].rsplit(":", 1)
+            out.append(nfs_url(int(port), int(port), "/", host))
+        return out
+
+    def txn_counts(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for n in self.nodes:
+            if not n.get("metrics"):
+                continue
+            text = urllib.request.urlopen(f"http://{n['metrics']}/metrics", timeout=10).read()
+            for kind, _outcome, value in TXN_METRIC.findall(text.decode()):
+                counts[kind] = counts.get(kind, 0.0) + float(value)
+        return counts
+
+
+class Ganesha:
+    def __init__(self, work: Path) -> None:
+        self.srv = GaneshaServer(work / "ganesha-export")
+
+    def start(self) -> Ganesha:
+        self.srv.start()
+        return self
+
+    def stop(self) -> None:
+        self.srv.stop(check=False)
+
+    def urls(self) -> list[str]:
+        return [self.srv.export_url()]
+
+    def txn_counts(self) -> dict[str, float]:
+        return {}
+
+
+def _free_block(n: int) -> int:
+    """A base port with n free ports after it (best effort on a shared machine)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n < 65000 and all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------- runs ----
+
+
+def run_clients(urls: list[str], tag: str, files: int, clients: int) -> dict[str, dict]:
+    exe = build_nfsmeta()
+    per = max(files // clients, 1)
+
+    def one(i: int) -> dict[str, dict]:
+        url = urls[i % len(urls)]
+        res = subprocess.run([str(exe), url, "ns", f"/{tag}-{i}", str(per)],
+                             capture_output=True, text=True, timeout=3600)
+        if res.returncode != 0:
+            raise RuntimeError(f"client {i}: {res.stderr.strip()}")
+        return {d["phase"]: d for d in map(json.loads, res.stdout.splitlines())}
+
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(clients)))
+    out = {}
+    for phase in PHASES:
+        rows = [r[phase] for r in results]
+        seconds = max(r["seconds"] for r in rows)
+        out[phase] = {
+            "ops": sum(r["ops"] for r in rows),
+            "seconds": seconds,
+            "ops_per_s": sum(r["ops"] for r in rows) / seconds,
+            "p99_ms": max(r["p99_us"] for r in rows) / 1000,
+            "p50_ms": sorted(r["p50_us"] for r in rows)[len(rows) // 2] / 1000,
+        }
+    return out
+
+
+def run_setup(name: str, a: argparse.Namespace, work: Path) -> dict:
+    server = Cluster(1, work) if name == "objcache-1g" else (
+        Cluster(3, work) if name == "objcache-3g" else Ganesha(work))
+    server.start()
+    results = {}
+    try:
+        for c in a.client_counts:
+            before = server.txn_counts()
+            t0 = time.monotonic()
+            phases = run_clients(server.urls(), f"{name}-c{c}", a.files, c)
+            after = server.txn_counts()
+            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            total = sum(delta.values())
+            results[str(c)] = {
+                "phases": phases,
+                "txns": delta,
+                "two_phase_share": (delta.get("two_phase", 0) / total) if total else None,
+            }
+            shown = ", ".join(f"{p} {phases[p]['ops_per_s']:,.0f}/s" for p in PHASES)
+            print(f"  {name} {c:>2} clients: {shown} ({time.monotonic() - t0:.0f}s)",
+                  flush=True)
+    finally:
+        server.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    work = a.work or Path(tempfile.mkdtemp(prefix="objcache-bench-ns-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"bench/namespace.py: {a.files} files, clients {a.client_counts}, work in {work}")
+    results = {name: run_setup(name, a, work) for name in a.setup_names}
+
+    print(f"\n{'setup':<13}{'clients':>8}" + "".join(f"{p + ' /s':>12}" for p in PHASES)
+          + f"{'create p99':>12}{'2PC share':>11}")
+    for name, by_c in results.items():
+        for c, r in by_c.items():
+            ph = r["phases"]
+            share = r["two_phase_share"]
+            print(f"{name:<13}{c:>8}" + "".join(f"{ph[p]['ops_per_s']:>12,.0f}" for p in PHASES)
+                  + f"{ph['create']['p99_ms']:>10.2f}ms"
+                  + (f"{share:>10.1%}" if share is not None else f"{'-':>11}"))
+
+    def create_rate(setup: str, c: int) -> float | None:
+        r = results.get(setup, {}).get(str(c))
+        return r["phases"]["create"]["ops_per_s"] if r else None
+
+    cmax = max(a.client_counts)
+    ratios = {}
+    one, three, gan = (create_rate(s, cmax) for s in ("objcache-1g", "objcache-3g", "ganesha"))
+    if one and three:
+        ratios["create_3g_over_1g"] = three / one
+    if three and gan:
+        ratios["create_3g_over_ganesha"] = three / gan
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({
+        "files": a.files, "clients": a.client_counts, "results": results, "ratios": ratios,
+        "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=2))
+    print(f"\nwrote {a.out}")
+    for k, v in ratios.items():
+        target = 1.5 if k == "create_3g_over_1g" else 0.5
+        print(f"{k} ({cmax} clients): {v:.2f}x (target >= {target}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
