@@ -76,6 +76,7 @@ TXN_TOTAL = Counter("objcache_txn_total", "Transactions decided by this node as 
                     ["kind", "outcome"])
 
 ROOT_INO = 1
+SCAN_SPACES = (b"fs.", b"txn/")  # in key order
 _ROOT_TXN = txn_id(b"objcache-root", 0)
 
 
@@ -158,7 +159,7 @@ class GroupRuntime:
 
     def _register(self, plane: RpcPlane) -> None:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
-                    p.FsStatRequest, p.RunTxn):
+                    p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList):
             plane.register(cls, self._on_request)
         for cls in (PrepareRequest, PrepareVote, DecisionNotice, FinishAck, OutcomeQuery,
                     OutcomeAnswer):
@@ -196,6 +197,10 @@ class GroupRuntime:
 
     async def handle(self, request: p.GroupRequest) -> Any:
         """Answer a gateway request (in process, or from _on_request). RemoteError on refusal."""
+        if isinstance(request, p.GetNodeList):
+            if self.sm.nodelist_bytes is None:
+                raise RemoteError(p.UNAVAILABLE, "the group has no node list yet")
+            return p.NodeListReply(self.sm.nodelist_bytes)
         self._check_version(request.ring_version)
         await self._require_ready()
         if isinstance(request, p.RunTxn):
@@ -204,8 +209,24 @@ class GroupRuntime:
             await self.driver.read_index()
         except NotLeader as e:
             raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
+        if isinstance(request, p.ScanState):
+            return await trio.to_thread.run_sync(self._scan, request)
         return await trio.to_thread.run_sync(
             self._answer, request, StateView(self.kv), self.sm.chunks, self.group)
+
+    def _scan(self, req: p.ScanState) -> p.ScanStateReply:
+        """fsck's view of the state: the `fs.` then the `txn/` key space, in pages."""
+        limit = max(1, min(req.limit, 10_000))
+        items: list[tuple[bytes, bytes]] = []
+        start = req.start or SCAN_SPACES[0]
+        for space in SCAN_SPACES:
+            if start > space and not start.startswith(space):
+                continue
+            first = start if start.startswith(space) else space
+            items += self.kv.iterate_sync(prefix=space, start=first, limit=limit - len(items))
+            if len(items) >= limit:
+                return p.ScanStateReply(tuple(items), items[-1][0] + b"\x00")
+        return p.ScanStateReply(tuple(items), b"")
 
     async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
         return await self.handle(request)

@@ -139,6 +139,39 @@ class FsStatReply:
     inodes: int  # inodes placed in this group
 
 
+@message("cl.scan_state")
+@dataclass(frozen=True, slots=True)
+class ScanState:
+    """For fsck: the group's replicated state in key order, from `start` (inclusive), at most
+    `limit` pairs. Only the `fs.` and `txn/` key spaces and the group's NodeList."""
+
+    ring_version: int
+    start: bytes
+    limit: int
+
+
+@message("cl.scan_state_reply")
+@dataclass(frozen=True, slots=True)
+class ScanStateReply:
+    items: tuple[tuple[bytes, bytes], ...]
+    next_start: bytes  # b"" when the scan is complete
+
+
+@message("cl.get_nodelist")
+@dataclass(frozen=True, slots=True)
+class GetNodeList:
+    """The NodeList this node's group applied (ring_version is not checked: a caller with no
+    or an old ring asks this to learn the current one)."""
+
+    ring_version: int = 0
+
+
+@message("cl.nodelist_reply")
+@dataclass(frozen=True, slots=True)
+class NodeListReply:
+    nodelist: bytes  # NodeList.encode()
+
+
 # -- changes -----------------------------------------------------------------------------------
 
 

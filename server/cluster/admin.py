@@ -1,0 +1,92 @@
+"""`objcache admin ...`: operator commands against a running cluster over the node RPC plane.
+
+The admin client is a plane node of its own (a random id above every node id), authenticated
+with the cluster secret like any node. It asks one node for the NodeList, then talks to each
+group's leader through a GroupRouter, as a gateway would.
+
+Exit codes: 0 done and healthy, 1 the check found problems, 2 usage or the cluster could not be
+reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from pathlib import Path
+
+import trio
+
+from server.cluster import fsck as cluster_fsck
+from server.cluster import protocol as p
+from server.cluster.nodelist import NodeList
+from server.cluster.router import GroupRouter
+from server.rpc.frames import RpcError
+from server.rpc.plane import RpcConfig, RpcPlane
+
+ADMIN_ID_BASE = 1 << 40  # above every node id
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p_admin = sub.add_parser("admin", help="operate a running cluster")
+    admin_sub = p_admin.add_subparsers(dest="admin_command", required=True)
+    f = admin_sub.add_parser("fsck", help="check the namespace invariants across the cluster")
+    f.add_argument("--node", required=True, metavar="ID=HOST:PORT",
+                   help="any node's id and RPC address")
+    f.add_argument("--cluster-secret-file", required=True, type=Path)
+    f.add_argument("--vnodes", type=int, default=64, help="the cluster's cluster.vnodes")
+    f.add_argument("--settle", type=float, default=10.0,
+                   help="seconds to let in-flight transactions finish before reporting them")
+    f.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        node_id_s, _, addr = args.node.partition("=")
+        node_id = int(node_id_s)
+        if not addr:
+            raise ValueError
+    except ValueError:
+        print(f"objcache admin: --node: expected ID=HOST:PORT, got {args.node!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        secret = args.cluster_secret_file.read_bytes().strip()
+    except OSError as e:
+        print(f"objcache admin: {args.cluster_secret_file}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(_fsck, node_id, addr, secret, args)
+    except (RpcError, p.Unavailable, p.RingChanged) as e:
+        print(f"objcache admin: cluster unreachable: {e}", file=sys.stderr)
+        return 2
+
+
+async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    me = ADMIN_ID_BASE + secrets.randbits(20)
+    plane = RpcPlane(RpcConfig(node_id=me, cluster_secret=secret, host="127.0.0.1", port=0))
+    plane.add_peer(node_id, f"ws://{addr}/")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        reply = await plane.call(node_id, p.GetNodeList(), 10.0)
+        nodelist = NodeList.decode(reply.nodelist)
+        for n in nodelist.nodes:
+            if n.node_id != node_id:
+                plane.add_peer(n.node_id, f"ws://{n.rpc}/")
+        router = GroupRouter(plane, me, nodelist, None, vnodes=args.vnodes,
+                             request_timeout_s=30.0)
+        await nursery.start(router.run)
+        problems, per_group = await cluster_fsck.fsck(router, args.vnodes,
+                                                      settle_s=args.settle)
+        nursery.cancel_scope.cancel()
+    info = cluster_fsck.summary(per_group)
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems, **info}))
+    else:
+        print(f"fsck: {info['groups']} groups, {info['inodes']} inodes, "
+              f"{info['entries']} entries: " + ("consistent" if not problems else
+                                                 f"{len(problems)} problems"))
+        for line in problems:
+            print(f"  {line}")
+    return 0 if not problems else 1
