@@ -41,6 +41,7 @@ from raft.node import RawNode, bootstrap_log
 from raft.ready import Role, Snapshot, SnapshotRequest
 from raft.types import Entry, SnapshotMeta
 from server.cluster import protocol as p
+from server.cluster.nodelist import NodeList
 from server.cluster.statemachine import (
     GroupStateMachine,
     StateView,
@@ -137,6 +138,7 @@ class GroupRuntime:
         self._txn_waiters: dict[TxnId, list[tuple[trio.Event, list[Outcome | None]]]] = {}
         self._snapshot: tuple[SnapshotMeta, bytes] | None = None
         self._nursery: trio.Nursery | None = None
+        self._version_of: tuple[bytes | None, int] = (None, 0)
         self._register(plane)
 
     # -- construction -----------------------------------------------------------------------
@@ -242,9 +244,9 @@ class GroupRuntime:
         raw = self.sm.nodelist_bytes
         if raw is None:
             return 0
-        from server.cluster.nodelist import NodeList
-
-        return NodeList.decode(raw).version
+        if self._version_of[0] is not raw:  # decode once per applied NodeList
+            self._version_of = (raw, NodeList.decode(raw).version)
+        return self._version_of[1]
 
     async def _require_ready(self) -> None:
         """Leader with ready cores; waits briefly while this node is becoming leader."""

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import cbor2
 
 from raft.types import Entry, EntryType
+from server.cluster.nodelist import NodeList
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 from txn.codec import from_cbor, to_cbor
@@ -234,10 +235,6 @@ class GroupStateMachine:
 
 
 def _nodelist_version(payload: bytes) -> int:
-    # NodeList bytes are CBOR whose first field is the version (nodelist.py); decoding the
-    # whole list here would tie this module to its codec for one integer.
-    from server.cluster.nodelist import NodeList
-
     return NodeList.decode(payload).version
 
 
