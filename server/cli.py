@@ -27,6 +27,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--metrics-listen", metavar="HOST:PORT|off", help="Prometheus /metrics")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    c = p.add_argument_group("cluster (the [cluster] section; README: Configuration)")
+    c.add_argument("--node-id", type=int, metavar="ID", help="this node's id (>= 1): cluster mode")
+    c.add_argument("--listen", metavar="HOST:PORT", help="this node's RPC plane address")
+    c.add_argument("--peers", metavar="ID=HOST:PORT,...",
+                   help="the founding members' RPC addresses (this node included or not)")
+    c.add_argument("--join", metavar="HOST:PORT", help="join a running cluster (not supported yet)")
+    c.add_argument("--group", type=int, metavar="G", help="this node's group (default: its id)")
+    c.add_argument("--cluster-secret-file", metavar="FILE", help="the shared cluster secret")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
@@ -37,6 +45,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         ("nfs", "listen"): args.nfs_listen,
         ("nfs", "portmap_listen"): args.portmap_listen,
         ("metrics", "listen"): args.metrics_listen,
+        ("cluster", "node_id"): args.node_id,
+        ("cluster", "listen"): args.listen,
+        ("cluster", "peers"): _split_list(args.peers),
+        ("cluster", "join"): args.join,
+        ("cluster", "group"): args.group,
+        ("cluster", "cluster_secret_file"): args.cluster_secret_file,
     }
     out: dict[str, dict[str, object]] = {}
     for (section, key), value in table.items():
@@ -45,11 +59,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     return out
 
 
+def _split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         cfg = config_mod.load(args.config, _overrides(args))
     except config_mod.ConfigError as e:
         print(f"objcache: configuration error: {e}", file=sys.stderr)
+        return 2
+    if cfg.cluster.join:
+        print("objcache: cannot start: joining a running cluster (cluster.join / --join) is not "
+              "supported yet; start every founding node with the same cluster.peers (--peers)",
+              file=sys.stderr)
         return 2
     logging.basicConfig(
         level=cfg.node.log_level.upper(),

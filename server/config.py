@@ -106,12 +106,33 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Cluster membership of this node. node_id 0: a standalone node (no RPC plane)."""
+
+    node_id: int = 0  # >= 1 in a cluster; unique, never reused
+    listen: str = ""  # HOST:PORT of this node's RPC plane (what peers dial)
+    # Founding members "ID=HOST:PORT" (their RPC planes), this node included or not; every
+    # founding node must list the same members.
+    peers: tuple[str, ...] = ()
+    join: str = ""  # HOST:PORT of a running member to join through (not supported yet)
+    group: int = 0  # this node's Raft group; 0: the node id (one-member groups)
+    cluster_secret_file: str = ""  # shared by every node; authenticates the RPC plane
+    vnodes: int = 64  # ring points per group (ring.py)
+    request_timeout_s: float = 10.0  # a request to a group gives up (NFS3ERR_JUKEBOX) after this
+    bootstrap_timeout_s: float = 120.0  # waiting for the founding peers / a group leader
+    tls_cert_file: str = ""  # all three set: the RPC plane uses mutual TLS (wss://)
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     nfs: NfsConfig = field(default_factory=NfsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     exports: tuple[ExportConfig, ...] = (ExportConfig(),)
 
     # Derived, validated views.
@@ -127,6 +148,42 @@ class Config:
 
     def metrics_listen(self) -> Listen | None:
         return parse_listen("metrics.listen", self.metrics.listen)
+
+    def clustered(self) -> bool:
+        return self.cluster.node_id != 0
+
+    def cluster_listen(self) -> Listen:
+        listen = parse_listen("cluster.listen", self.cluster.listen)
+        assert listen is not None  # validate() refuses "off"
+        return listen
+
+    def cluster_peers(self) -> dict[int, Listen]:
+        """Every founding member's RPC address by node id, this node included (at its entry
+        in cluster.peers, else at cluster.listen); only this node when joining."""
+        peers = dict(parse_peer(f"cluster.peers[{i}]", p) for i, p in enumerate(self.cluster.peers))
+        peers.setdefault(self.cluster.node_id, self.cluster_listen())
+        return dict(sorted(peers.items()))
+
+    def cluster_rpc_address(self) -> Listen:
+        """The RPC address this node gives its peers: its own entry in cluster.peers when
+        there is one (cluster.listen may be a wildcard like 0.0.0.0), else cluster.listen."""
+        return self.cluster_peers()[self.cluster.node_id]
+
+    def cluster_group(self) -> int:
+        return self.cluster.group or self.cluster.node_id
+
+    def cluster_join(self) -> Listen | None:
+        return parse_listen("cluster.join", self.cluster.join) if self.cluster.join else None
+
+    def cluster_tls(self) -> tuple[str, str, str] | None:
+        """(cert, key, CA) file paths when the RPC plane uses TLS."""
+        c = self.cluster
+        return (c.tls_cert_file, c.tls_key_file, c.tls_ca_file) if c.tls_cert_file else None
+
+    def cluster_peer_url(self, address: Listen) -> str:
+        """The RpcPlane URL of a peer at `address`."""
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        return f"{'wss' if self.cluster_tls() else 'ws'}://{host}:{address.port}/"
 
 
 # Ranges for numeric keys: (min, max). Keys not listed only need the right type.
@@ -145,6 +202,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "storage.inline_max_bytes": (0, 1 << 20),
     "exports.anon_uid": (0, 2**32 - 1),
     "exports.anon_gid": (0, 2**32 - 1),
+    # Inode ids are (node id << 44) | a counter in 64 bits (cluster/inoalloc.py).
+    "cluster.node_id": (0, (1 << 20) - 1),
+    "cluster.group": (0, (1 << 20) - 1),
+    "cluster.vnodes": (1, 1024),
+    "cluster.request_timeout_s": (0.1, 3600),
+    "cluster.bootstrap_timeout_s": (1, 86_400),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -213,6 +276,7 @@ def _validate(cfg: Config) -> None:
         seen.add(exp.path)
     if cfg.limits.max_record_bytes < cfg.nfs.wtmax_bytes + 4096:
         raise ConfigError("limits.max_record_bytes: must exceed nfs.wtmax_bytes by 4096 or more")
+    _validate_cluster(cfg.cluster)
 
 
 def _validate_export(key: str, exp: ExportConfig) -> None:
@@ -223,6 +287,65 @@ def _validate_export(key: str, exp: ExportConfig) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"{key}.clients[{j}]: {net!r} is not a CIDR network") from None
+
+
+def parse_peer(key: str, value: str) -> tuple[int, Listen]:
+    """`ID=HOST:PORT` (a founding member's RPC plane)."""
+    node_id, sep, addr = value.partition("=")
+    if not sep or not node_id.strip().isdigit():
+        raise ConfigError(f"{key}: expected ID=HOST:PORT, got {value!r}")
+    listen = parse_listen(key, addr.strip())
+    if listen is None or int(node_id) < 1:
+        raise ConfigError(f"{key}: expected ID=HOST:PORT with ID >= 1, got {value!r}")
+    return int(node_id), listen
+
+
+def _validate_cluster(c: ClusterConfig) -> None:
+    if c.node_id == 0:
+        for name in ("listen", "peers", "join", "group", "cluster_secret_file"):
+            if getattr(c, name):
+                raise ConfigError(f"cluster.{name}: set, but cluster.node_id is 0 (standalone); "
+                                  "give this node an id >= 1 to run it in a cluster")
+        return
+    if not c.listen:
+        raise ConfigError("cluster.listen: required in a cluster (this node's RPC HOST:PORT)")
+    listen = parse_listen("cluster.listen", c.listen)
+    if listen is None:
+        raise ConfigError("cluster.listen: the RPC plane cannot be 'off'")
+    if not c.cluster_secret_file:
+        raise ConfigError("cluster.cluster_secret_file: required in a cluster")
+    if bool(c.peers) == bool(c.join):
+        raise ConfigError("cluster.peers: give either cluster.peers (the founding members) or "
+                          "cluster.join (a running member), not both or neither")
+    if c.join and parse_listen("cluster.join", c.join) is None:
+        raise ConfigError("cluster.join: expected HOST:PORT")
+    _validate_peers(c, listen)
+    tls = (c.tls_cert_file, c.tls_key_file, c.tls_ca_file)
+    if any(tls) and not all(tls):
+        raise ConfigError("cluster.tls_cert_file: tls_cert_file, tls_key_file and tls_ca_file "
+                          "go together (all three, or none)")
+
+
+def _validate_peers(c: ClusterConfig, listen: Listen) -> None:
+    ids: dict[int, int] = {}
+    addrs: dict[Listen, int] = {}
+    for i, text in enumerate(c.peers):
+        key = f"cluster.peers[{i}]"
+        node_id, addr = parse_peer(key, text)
+        if node_id in ids:
+            raise ConfigError(f"{key}: node {node_id} is listed twice")
+        if addr in addrs:
+            raise ConfigError(f"{key}: {addr} is also node {addrs[addr]}'s address")
+        # This node's own entry is the address it gives its peers; it listens there, or on
+        # that port of every interface (0.0.0.0 or ::).
+        if node_id == c.node_id and addr != listen and not (
+                addr.port == listen.port and listen.host in ("0.0.0.0", "::")):
+            raise ConfigError(f"{key}: this node ({node_id}) is listed at {addr}, "
+                              f"but cluster.listen is {listen}")
+        ids[node_id], addrs[addr] = i, node_id
+    if c.node_id not in ids and listen in addrs:
+        raise ConfigError(f"cluster.listen: {listen} is node {addrs[listen]}'s address "
+                          f"in cluster.peers, but this is node {c.node_id}")
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
