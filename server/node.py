@@ -125,7 +125,7 @@ async def _watch_signals(server: RpcServer) -> None:
 
 async def serve(cfg: Config) -> None:
     """Run the node until SIGTERM/SIGINT."""
-    if getattr(cfg, "cluster", None) is not None and cfg.cluster.node_id:  # type: ignore[attr-defined]
+    if cfg.cluster.node_id:
         from server.cluster.node import serve_cluster  # the cluster imports this module
 
         try:

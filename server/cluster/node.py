@@ -88,13 +88,18 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
                     make_rpc_server) -> None:  # type: ignore[no-untyped-def]
     c = cfg.cluster
     listen = cfg.cluster_listen()
+    tls = cfg.cluster_tls()
+    cert, key, ca = tls if tls else (None, None, None)
     plane = RpcPlane(RpcConfig(node_id=c.node_id, cluster_secret=_secret(cfg),
-                               host=listen.host, port=listen.port))
-    peers = {i: f"{a.host}:{a.port}" for i, a in cfg.cluster_peers().items() if i != c.node_id}
-    for peer_id, addr in peers.items():
-        plane.add_peer(peer_id, f"ws://{addr}/")
+                               host=listen.host, port=listen.port, tls_cert_path=cert,
+                               tls_key_path=key, tls_ca_path=ca))
+    peer_addrs = {i: a for i, a in cfg.cluster_peers().items() if i != c.node_id}
+    for peer_id, addr in peer_addrs.items():
+        plane.add_peer(peer_id, cfg.cluster_peer_url(addr))
+    peers = {i: str(a) for i, a in peer_addrs.items()}
     nfs = cfg.nfs_listen()
-    me = NodeInfo(c.node_id, cfg.cluster_group(), str(listen), f"{nfs.host}:{nfs.port}")
+    me = NodeInfo(c.node_id, cfg.cluster_group(), str(cfg.cluster_rpc_address()),
+                  f"{nfs.host}:{nfs.port}")
     async with trio.open_nursery() as nursery:
         try:
             await nursery.start(plane.run)
