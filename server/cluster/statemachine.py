@@ -143,12 +143,14 @@ class GroupStateMachine:
         app: EffectsApplication,
         txn: TxnState,
         perform_effects: Callable[[list[Any], ChunkStore], None],
+        state_prefixes: tuple[bytes, ...] = STATE_PREFIXES,
     ) -> None:
         self.kv = kv
         self.chunks = chunks
         self.app = app
         self.txn = txn
         self._perform_effects = perform_effects
+        self.state_prefixes = state_prefixes  # what a snapshot carries
         self.nodelist_bytes: bytes | None = None  # the applied NodeList, cached
 
     def load_sync(self) -> int:
@@ -202,7 +204,7 @@ class GroupStateMachine:
         (streaming chunk files is the bucket issue's job; a group that big must not compact)."""
         items: list[list[bytes]] = []
         size = 0
-        for prefix in STATE_PREFIXES:
+        for prefix in self.state_prefixes:
             for k, v in self.kv.iterate_sync(prefix=prefix, limit=self.kv.config.max_scan_items):
                 items.append([k, v])
                 size += len(k) + len(v)
@@ -221,7 +223,7 @@ class GroupStateMachine:
         if version != VERSION:
             raise GroupStateError(f"snapshot version {version}")
         batch: list[tuple[bytes, bytes | None]] = []
-        for prefix in STATE_PREFIXES:
+        for prefix in self.state_prefixes:
             old = self.kv.iterate_sync(prefix=prefix, limit=self.kv.config.max_scan_items)
             batch += [(k, None) for k, _ in old]
         for ino in self.chunks.stored_inodes_sync():

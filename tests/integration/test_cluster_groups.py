@@ -11,6 +11,7 @@ system.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +84,13 @@ class Node:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
-async def start_node(nursery: trio.Nursery, node: Node, nodelist: NodeList) -> None:
+async def start_node(nursery: trio.Nursery, node: Node, nodelist: NodeList,
+                     config: GroupConfig = FAST) -> None:
     node.kv = await KvStore.open(node.data / "meta")
     chunks = ChunkStore(node.data / "chunks")
     app = Bank()
-    sm = GroupStateMachine(node.kv, chunks, app, TxnState(app), lambda effects, chunks: None)
+    sm = GroupStateMachine(node.kv, chunks, app, TxnState(app), lambda effects, chunks: None,
+                           state_prefixes=(b"sm.", b"txn/", b"bank/"))
     host, port = node.info.rpc.rsplit(":", 1)
     plane = RpcPlane(RpcConfig(node_id=node.info.node_id, cluster_secret=SECRET, host=host,
                                port=int(port)))
@@ -99,7 +102,7 @@ async def start_node(nursery: trio.Nursery, node: Node, nodelist: NodeList) -> N
         node_id=node.info.node_id, group=node.info.group,
         members=list(nodelist.members(node.info.group)), kv=node.kv, sm=sm, plane=plane,
         answer=no_queries, root_ops=None, nodelist_bytes=nodelist.encode(),
-        post=lambda g, m: holder[0].post(g, m), config=FAST)
+        post=lambda g, m: holder[0].post(g, m), config=config)
     node.router = GroupRouter(plane, node.info.node_id, nodelist, node.runtime, vnodes=16,
                               request_timeout_s=20.0)
     holder.append(node.router)
@@ -259,5 +262,40 @@ async def test_three_member_group_survives_losing_its_leader(tmp_path: Path) -> 
         assert await new_leader.kv.get(acct_key(0)) == b"%d" % (START - 40)
         assert await new_leader.kv.get(acct_key(1)) == b"%d" % (START + 40)
         for n in alive:
+            await stop_node(n)
+        nursery.cancel_scope.cancel()
+
+
+async def test_follower_far_behind_catches_up_by_snapshot(tmp_path: Path, caplog) -> None:
+    """The log is compacted while a follower is down; it comes back to a snapshot of the
+    state (InstallSnapshot in pieces) and then follows the log again."""
+    caplog.set_level(logging.INFO, "objcache.group")
+    nodes, nodelist = make_nodes(tmp_path, {1: 1, 2: 1, 3: 1})
+    compacting = GroupConfig(txn_reply_timeout_s=3.0, compact_after_entries=40,
+                             compact_keep_entries=5, compact_check_interval_s=0.1)
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await start_node(nursery, n, nodelist, compacting)
+        await wait_leaders(nodes, [1])
+        leader = next(n for n in nodes if n.runtime.is_leader())
+        behind = next(n for n in nodes if n is not leader)
+        await stop_node(behind)
+        for i in range(120):
+            reply = await transfer(leader.router, [1], i % ACCOUNTS, (i + 1) % ACCOUNTS, 1,
+                                   txn_id(2, i))
+            assert reply.commit
+        with trio.fail_after(10):
+            while leader.runtime.storage.first_index() <= 2:
+                await trio.sleep(0.05)  # compacted: the follower cannot be sent the log
+        await start_node(nursery, behind, nodelist, compacting)
+        with trio.fail_after(20):
+            while behind.runtime.driver.applied < leader.runtime.driver.applied:
+                await trio.sleep(0.05)
+        assert "installed a snapshot" in caplog.text
+        for a in range(ACCOUNTS):
+            assert await behind.kv.get(acct_key(a)) == await leader.kv.get(acct_key(a))
+        reply = await transfer(leader.router, [1], 0, 1, 1, txn_id(3, 0))
+        assert reply.commit
+        for n in nodes:
             await stop_node(n)
         nursery.cancel_scope.cancel()
