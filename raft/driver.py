@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,6 +50,10 @@ InstallFn = Callable[[Snapshot], Awaitable[None]]
 SnapshotSourceFn = Callable[[SnapshotRequest], Awaitable[tuple[SnapshotMeta, bytes, bool] | None]]
 
 
+class ReadIndexTimeout(NotLeader):
+    """No answer to a ReadIndex in time (the leader changed, or no quorum): retry."""
+
+
 class ProposalOutcomeUnknown(RaftError):
     """A snapshot replaced the log around the proposal: it may or may not have been applied."""
 
@@ -66,6 +71,7 @@ class DriverConfig:
     max_pending_proposals: int = 4096
     max_pending_reads: int = 1024
     max_latency_samples: int = 100_000  # propose-to-applied times kept for metrics/benchmarks
+    read_timeout_s: float = 5.0  # a ReadIndex unanswered this long raises ReadIndexTimeout
 
 
 @dataclass(slots=True)
@@ -105,6 +111,7 @@ class RaftDriver:
         self._proposals: dict[int, _Waiter] = {}  # index -> waiter
         self._reads: dict[bytes, tuple[trio.Event, list[int]]] = {}  # context -> (done, [index])
         self._read_ids = itertools.count(1)
+        self._read_nonce = secrets.token_bytes(8)
         self._applied_waiters: list[tuple[int, trio.Event]] = []
         self.applied = node.status().applied
         self.dropped_messages = 0
@@ -142,19 +149,29 @@ class RaftDriver:
         self.commit_latencies_s.append(time.perf_counter() - start)
         return index
 
-    async def read_index(self) -> int:
+    async def read_index(self, timeout_s: float | None = None) -> int:
         """Linearizable read barrier (dissertation §6.4): returns an index such that the state
-        machine, now applied at least to it, reflects every write acknowledged before the call."""
+        machine, now applied at least to it, reflects every write acknowledged before the call.
+
+        The core never answers a request that a leadership change dropped, so without an
+        answer in `timeout_s` (default: DriverConfig.read_timeout_s) it raises
+        ReadIndexTimeout (a NotLeader with the leader known now): the caller retries."""
+        timeout_s = self.config.read_timeout_s if timeout_s is None else timeout_s
         async with self._read_slots:
-            context = next(self._read_ids).to_bytes(8, "big")
+            # A nonce per driver start: a late answer to a request of an earlier run of this
+            # node (same counter values) can never settle a request of this one.
+            context = self._read_nonce + next(self._read_ids).to_bytes(8, "big")
             done, result = trio.Event(), []
             self._reads[context] = (done, result)
             try:
                 self.node.read_index(context)  # NotLeader if no leader is known
                 self._wake.set()
-                await done.wait()
+                with trio.move_on_after(timeout_s):
+                    await done.wait()
             finally:
                 del self._reads[context]
+            if not result:
+                raise ReadIndexTimeout(self.node.lead)
             await self.wait_applied(result[0])
             return result[0]
 

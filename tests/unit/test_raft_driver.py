@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from raft.config import Config
-from raft.driver import DriverConfig, RaftDriver
+from raft.driver import DriverConfig, RaftDriver, ReadIndexTimeout
 from raft.errors import NotLeader
 from raft.memory_storage import MemoryStorage
 from raft.messages import Message
@@ -112,6 +112,21 @@ async def test_read_index_on_leader_and_follower(nursery, autojump_clock):
     follower = next(i for i in net.drivers if i != leader)
     assert await net.drivers[follower].read_index() >= index
     assert b"w" in kvs[follower].applied  # read after write, at a follower
+
+
+async def test_read_index_of_a_cut_off_leader_times_out(nursery, autojump_clock):
+    """A leader that cannot reach a quorum cannot confirm a read: the caller gets
+    ReadIndexTimeout (a NotLeader) after the timeout instead of waiting forever."""
+    net, _kvs = await start_group(nursery, [1, 2, 3])
+    leader = await wait_leader(net)
+    await net.drivers[leader].propose(b"w")
+    net.down.add(leader)
+    start = trio.current_time()
+    with pytest.raises(ReadIndexTimeout):
+        await net.drivers[leader].read_index(timeout_s=2.0)
+    assert trio.current_time() - start >= 2.0
+    with pytest.raises(NotLeader):  # the same failure to callers that retry on NotLeader
+        await net.drivers[leader].read_index(timeout_s=0.5)
 
 
 async def test_new_leader_after_the_leader_is_cut_off(nursery, autojump_clock):
