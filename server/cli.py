@@ -1,4 +1,5 @@
-"""The `objcache` command line: `objcache serve` starts a node.
+"""The `objcache` command line: `objcache serve` starts a node; `objcache cluster up|down` runs a
+local cluster of node processes (server/cluster/launcher.py).
 
 Exit codes: 0 clean shutdown, 2 usage or configuration error, 1 a failure while serving.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import trio
 
 from server import config as config_mod
+from server.cluster import launcher
 
 log = logging.getLogger("objcache")
 
@@ -93,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="objcache", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    launcher.add_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"serve": _cmd_serve}
+    commands = {"serve": _cmd_serve, "cluster": launcher.run}
     return commands[args.command](args)
 
 
