@@ -12,6 +12,10 @@ Rules:
 - Permission checks happen in the backend, from the Cred the gateway passes (after root squash).
 - Every method that changes something returns the weak cache consistency data (wcc_data,
   RFC 1813 §2.6) of what it changed: attributes before (size, mtime, ctime) and after.
+- Optional fast path (NowaitBackend): a backend may also offer synchronous `*_nowait` twins of
+  getattr, access, lookup and read that answer from memory or return None when they would need
+  I/O; the gateway then answers those calls without a task or a thread. A backend without them
+  works unchanged (every call takes the async method).
 """
 
 from __future__ import annotations
@@ -438,3 +442,19 @@ class Backend(Protocol):
     async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:
         """Everything written to the file so far is on disk before this returns (§3.3.21)."""
         ...
+
+
+class NowaitBackend(Protocol):
+    """The optional fast path: each method gives what its async twin would, raising the same
+    FsErrors, or None when answering needs I/O (then the gateway awaits the async method).
+    They must not block: no disk, no network, no locks that could wait."""
+
+    def getattr_nowait(self, fid: FileId) -> Attr | None: ...
+
+    def access_nowait(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr] | None: ...
+
+    def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None: ...
+
+    def read_nowait(
+        self, cred: Cred, fid: FileId, offset: int, count: int
+    ) -> ReadResult | None: ...

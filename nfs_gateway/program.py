@@ -8,6 +8,10 @@ Rules:
   duplicate request cache (CREATE, REMOVE, RENAME, LINK, ...; RFC 1813 §4.4 and RFC 5531 §8).
 - Operating errors are not exceptions at this level: an NFS handler returns a result carrying its
   nfsstat3. An exception escaping a handler is a server fault (RPC SYSTEM_ERR).
+- A procedure may also have `handle_nowait`, a synchronous twin of its handler for calls that
+  can be answered from memory (cached metadata, page-cache reads): it returns the result, or
+  NOT_READY when answering needs I/O, and the RPC layer then runs `handle`. The server answers
+  such calls without a task or a worker thread. Both must give the same answer.
 """
 
 from __future__ import annotations
@@ -22,6 +26,16 @@ from nfs_gateway.xdr import Packer, Unpacker
 # auth_flavor (RFC 5531 §8.2 and appendix A)
 AUTH_NONE = 0
 AUTH_SYS = 1
+
+
+class _NotReady:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_READY"
+
+
+NOT_READY: Any = _NotReady()  # what a `handle_nowait` returns when the call needs I/O
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +56,7 @@ class Procedure:
     handle: Callable[[CallContext, Any], Awaitable[Any]]
     encode: Callable[[Packer, Any], None]
     idempotent: bool = True
+    handle_nowait: Callable[[CallContext, Any], Any] | None = None  # result or NOT_READY
 
 
 @dataclass(frozen=True, slots=True)

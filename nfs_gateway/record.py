@@ -11,6 +11,9 @@ Rules:
   caller closes the connection. Nothing is buffered beyond the limit.
 - Records are handed out as bytearrays that the decoder no longer touches, so the RPC layer may
   keep memoryviews into them (WRITE data is not copied again).
+- A large last fragment that starts a record (a WRITE's payload) gets its final buffer at once;
+  `direct_view()` hands out its unfilled rest so the socket receives straight into it and
+  `received(n)` accounts for the bytes: the kernel's copy is then the only one.
 - `encode_record` emits one fragment: the marker, then the caller's buffers unchanged, ready for a
   single scatter-gather send.
 """
@@ -22,6 +25,8 @@ from collections.abc import Sequence
 
 LAST_FRAGMENT = 0x8000_0000
 MAX_FRAGMENT_LEN = 0x7FFF_FFFF
+# Fragments at least this long are received into their own buffer (direct_view), not copied.
+DIRECT_MIN_BYTES = 32 * 1024
 _U32 = struct.Struct(">I")
 
 Buffer = bytes | bytearray | memoryview
@@ -32,7 +37,16 @@ class RecordError(Exception):
 
 
 class RecordDecoder:
-    __slots__ = ("_hdr", "_in_fragment", "_last", "_need", "_rec", "max_record_bytes")
+    __slots__ = (
+        "_direct",
+        "_fill",
+        "_hdr",
+        "_in_fragment",
+        "_last",
+        "_need",
+        "_rec",
+        "max_record_bytes",
+    )
 
     def __init__(self, max_record_bytes: int) -> None:
         assert 0 < max_record_bytes <= MAX_FRAGMENT_LEN
@@ -42,6 +56,8 @@ class RecordDecoder:
         self._need = 0  # bytes still to come in the current fragment
         self._last = False
         self._in_fragment = False
+        self._direct: bytearray | None = None  # a whole record's buffer, being filled
+        self._fill = 0  # bytes of _direct filled so far
 
     @property
     def idle(self) -> bool:
@@ -64,7 +80,11 @@ class RecordDecoder:
                 self._start_fragment(_U32.unpack(self._hdr)[0])
                 self._hdr.clear()
             take = min(self._need, n - pos)
-            self._rec += mv[pos : pos + take]
+            if self._direct is not None:
+                self._direct[self._fill : self._fill + take] = mv[pos : pos + take]
+                self._fill += take
+            else:
+                self._rec += mv[pos : pos + take]
             pos += take
             self._need -= take
             if self._need == 0:
@@ -81,12 +101,34 @@ class RecordDecoder:
         self._need = length
         self._last = bool(marker & LAST_FRAGMENT)
         self._in_fragment = True
+        if self._last and not self._rec and length >= DIRECT_MIN_BYTES:
+            self._direct = bytearray(length)
+            self._fill = 0
 
     def _end_fragment(self, out: list[bytearray]) -> None:
         self._in_fragment = False
-        if self._last:
+        if self._direct is not None:
+            out.append(self._direct)
+            self._direct = None
+        elif self._last:
             out.append(self._rec)
             self._rec = bytearray()
+
+    def direct_view(self) -> memoryview | None:
+        """The unfilled rest of a large record, to receive into; None: use `feed`."""
+        if self._direct is None:
+            return None
+        return memoryview(self._direct)[self._fill :]
+
+    def received(self, n: int) -> list[bytearray]:
+        """Account for `n` bytes received into `direct_view()`; the record if it is complete."""
+        assert self._direct is not None and 0 < n <= self._need, (n, self._need)
+        self._fill += n
+        self._need -= n
+        out: list[bytearray] = []
+        if self._need == 0:
+            self._end_fragment(out)
+        return out
 
 
 def encode_record(buffers: Sequence[Buffer]) -> list[Buffer]:

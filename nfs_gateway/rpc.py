@@ -10,6 +10,9 @@ Rules of this module:
 - Procedures are found by table (Program.procedures[version][procedure]), never by `if` chains.
 - An exception escaping a handler or an encoder is a server fault: logged, answered SYSTEM_ERR.
 - Non-idempotent procedures go through the duplicate request cache (drc.py) when one is given.
+- `dispatch_nowait` answers a call without awaiting when its procedure has a `handle_nowait` that
+  can (program.py); else it says NOT_READY and the caller runs `dispatch`. The same decoding,
+  rejections and faults apply on both paths.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from dataclasses import dataclass
 
 from nfs_gateway.backend import Cred
 from nfs_gateway.drc import DrcKey, DuplicateRequestCache
-from nfs_gateway.program import AUTH_NONE, AUTH_SYS, CallContext, Procedure, Program
+from nfs_gateway.program import (
+    AUTH_NONE,
+    AUTH_SYS,
+    NOT_READY,
+    CallContext,
+    Procedure,
+    Program,
+)
 from nfs_gateway.xdr import Packer, Unpacker, XdrError
 
 log = logging.getLogger("objcache.rpc")
@@ -224,27 +234,62 @@ def decode_authsys(xid: int, body: bytes) -> Cred:
     return Cred(uid=uid, gid=gid, gids=gids, machine=machine)
 
 
-def _unpack_auth(u: Unpacker, xid: int, bad: AuthStat) -> OpaqueAuth:
-    flavor = u.unpack_uint()
-    n = u.unpack_uint()
-    if n > MAX_AUTH_BYTES:
-        raise AuthError(xid, bad)
-    return OpaqueAuth(flavor, bytes(u.unpack_fopaque(n)))
-
-
-def _check_auth(xid: int, auth: OpaqueAuth, verf: OpaqueAuth) -> Cred | None:
+def _check_auth(
+    xid: int, auth: OpaqueAuth, verf: OpaqueAuth, creds: CredCache | None = None
+) -> Cred | None:
     """Accept AUTH_NONE and AUTH_SYS credentials with an AUTH_NONE verifier (RFC 5531 §10)."""
     if verf.flavor != AUTH_NONE or verf.body:
         raise AuthError(xid, AuthStat.AUTH_BADVERF)
     if auth.flavor == AUTH_SYS:
-        return decode_authsys(xid, auth.body)
+        if creds is None:
+            return decode_authsys(xid, auth.body)
+        return creds.get(xid, auth.body)
     if auth.flavor == AUTH_NONE and not auth.body:
         return None
     # Unknown flavors (AUTH_DH, RPCSEC_GSS, ...) are bad credentials, as in Linux sunrpc.
     raise AuthError(xid, AuthStat.AUTH_BADCRED)
 
 
-def decode_call(record: bytes | bytearray | memoryview) -> tuple[CallHeader, Unpacker]:
+class CredCache:
+    """Decoded AUTH_SYS bodies by their bytes: a client sends the same body with every call.
+    Bounded (cleared when full); only valid bodies are kept."""
+
+    __slots__ = ("_d", "limit")
+
+    def __init__(self, limit: int = 256) -> None:
+        assert limit > 0
+        self.limit = limit
+        self._d: dict[bytes, Cred] = {}
+
+    def get(self, xid: int, body: bytes) -> Cred:
+        cred = self._d.get(body)
+        if cred is None:
+            cred = decode_authsys(xid, body)
+            if len(self._d) >= self.limit:
+                self._d.clear()
+            self._d[body] = cred
+        return cred
+
+
+def _auth_at(record: bytes | bytearray | memoryview, pos: int, xid: int, bad: AuthStat):
+    """opaque_auth at pos: (OpaqueAuth, next pos); lengths checked like Unpacker does."""
+    n = len(record)
+    if pos + 8 > n:
+        raise GarbageCall(xid, f"need 8 bytes at offset {pos}, have {max(n - pos, 0)}")
+    flavor, length = _WORDS2.unpack_from(record, pos)
+    if length > MAX_AUTH_BYTES:
+        raise AuthError(xid, bad)
+    end = pos + 8 + length
+    if end + (-length & 3) > n:
+        raise GarbageCall(xid, f"auth body of {length} bytes past the end")
+    if not length and flavor == AUTH_NONE:
+        return NULL_AUTH, end
+    return OpaqueAuth(flavor, bytes(record[pos + 8 : end])), end + (-length & 3)
+
+
+def decode_call(
+    record: bytes | bytearray | memoryview, creds: CredCache | None = None
+) -> tuple[CallHeader, Unpacker]:
     """The call header, and an Unpacker positioned at the procedure's arguments."""
     n = len(record)
     if n < 8:
@@ -258,14 +303,10 @@ def decode_call(record: bytes | bytearray | memoryview) -> tuple[CallHeader, Unp
         raise GarbageCall(xid, f"call header truncated at {n} bytes")
     # One struct call for the fixed words: this runs for every request.
     _, _, _, prog, vers, proc = _HDR6.unpack_from(record)
-    u = Unpacker(record, 24)
-    try:
-        auth = _unpack_auth(u, xid, AuthStat.AUTH_BADCRED)
-        verf = _unpack_auth(u, xid, AuthStat.AUTH_BADVERF)
-    except XdrError as e:
-        raise GarbageCall(xid, str(e)) from e
-    cred = _check_auth(xid, auth, verf)
-    return CallHeader(xid, prog, vers, proc, auth, verf, cred), u
+    auth, pos = _auth_at(record, 24, xid, AuthStat.AUTH_BADCRED)
+    verf, pos = _auth_at(record, pos, xid, AuthStat.AUTH_BADVERF)
+    cred = _check_auth(xid, auth, verf, creds)
+    return CallHeader(xid, prog, vers, proc, auth, verf, cred), Unpacker(record, pos)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,13 +362,14 @@ class Dispatcher:
         assert len(self.programs) == len(programs), "duplicate program numbers"
         self.drc = drc
         self.counters: Counter[str] = Counter()  # for metrics: calls, rejections, faults
+        self.creds = CredCache()
 
-    async def dispatch(
-        self, record: bytes | memoryview, client: tuple[str, int], transport: str = "tcp"
-    ) -> Buffers | None:
-        """The reply buffers for `record`, or None when no reply must be sent."""
+    def _header(
+        self, record: bytes | memoryview, client: tuple[str, int]
+    ) -> tuple[CallHeader, Procedure, Unpacker] | Buffers | None:
+        """The decoded header and its procedure, or the reply (None: none) that ends the call."""
         try:
-            hdr, u = decode_call(record)
+            hdr, u = decode_call(record, self.creds)
         except Unanswerable as e:
             self.counters["dropped"] += 1
             log.debug("%s: dropped: %s", client, e)
@@ -339,7 +381,44 @@ class Dispatcher:
         found = self._find(hdr)
         if isinstance(found, bytes):
             return [found]
-        return await self._call(hdr, found, u, record, client, transport)
+        return hdr, found, u
+
+    async def dispatch(
+        self, record: bytes | memoryview, client: tuple[str, int], transport: str = "tcp"
+    ) -> Buffers | None:
+        """The reply buffers for `record`, or None when no reply must be sent."""
+        found = self._header(record, client)
+        if not isinstance(found, tuple):
+            return found
+        hdr, proc, u = found
+        return await self._call(hdr, proc, u, record, client, transport)
+
+    def dispatch_nowait(
+        self,
+        record: bytes | memoryview,
+        client: tuple[str, int],
+        transport: str = "tcp",
+    ) -> Buffers | None:
+        """Like `dispatch` without awaiting, or NOT_READY: run `dispatch` instead."""
+        found = self._header(record, client)
+        if not isinstance(found, tuple):
+            return found
+        hdr, proc, u = found
+        nowait = proc.handle_nowait
+        if nowait is None or not (proc.idempotent or self.drc is None):
+            return NOT_READY
+        args = self._decode_args(hdr, proc, u, client)
+        if type(args) is _Reply:
+            return args.buffers
+        ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
+        try:
+            result = nowait(ctx, args)
+            if result is NOT_READY:
+                return NOT_READY
+            self.counters["calls"] += 1
+            return self._encode(ctx, proc, result)
+        except Exception:
+            return self._fault(ctx, proc)
 
     def _find(self, hdr: CallHeader) -> Procedure | bytes:
         """The procedure, or the PROG_UNAVAIL / PROG_MISMATCH / PROC_UNAVAIL reply."""
@@ -368,18 +447,9 @@ class Dispatcher:
         transport: str,
     ) -> Buffers | None:
         args_at = u.pos
-        try:
-            args = proc.decode(u)
-            u.done()
-        except XdrError as e:
-            self.counters["garbage_args"] += 1
-            log.debug("%s: xid %#x %s: garbage args: %s", client, hdr.xid, proc.name, e)
-            return [accepted_reply(hdr.xid, AcceptStat.GARBAGE_ARGS)]
-        except Exception:
-            # A decoder bug (decoders raise only XdrError): a server fault for this call only.
-            self.counters["system_err"] += 1
-            log.exception("%s: xid %#x %s: decoder failed", client, hdr.xid, proc.name)
-            return [accepted_reply(hdr.xid, AcceptStat.SYSTEM_ERR)]
+        args = self._decode_args(hdr, proc, u, client)
+        if type(args) is _Reply:
+            return args.buffers
         self.counters["calls"] += 1
         ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
         if proc.idempotent or self.drc is None:
@@ -407,15 +477,49 @@ class Dispatcher:
             else:  # cancelled (shutdown, closed connection): forget, so a retry runs it
                 self.drc.abandon(key)
 
+    def _decode_args(
+        self, hdr: CallHeader, proc: Procedure, u: Unpacker, client: tuple[str, int]
+    ) -> object:
+        """The procedure's arguments, or a _Reply with GARBAGE_ARGS or SYSTEM_ERR."""
+        try:
+            args = proc.decode(u)
+            u.done()
+            return args
+        except XdrError as e:
+            self.counters["garbage_args"] += 1
+            log.debug("%s: xid %#x %s: garbage args: %s", client, hdr.xid, proc.name, e)
+            return _Reply([accepted_reply(hdr.xid, AcceptStat.GARBAGE_ARGS)])
+        except Exception:
+            # A decoder bug (decoders raise only XdrError): a server fault for this call only.
+            self.counters["system_err"] += 1
+            log.exception("%s: xid %#x %s: decoder failed", client, hdr.xid, proc.name)
+            return _Reply([accepted_reply(hdr.xid, AcceptStat.SYSTEM_ERR)])
+
     async def _run(self, ctx: CallContext, proc: Procedure, args: object) -> Buffers:
         try:
-            result = await proc.handle(ctx, args)
-            p = Packer()
-            pack_accepted_header(p, ctx.xid, AcceptStat.SUCCESS)
-            proc.encode(p, result)
-            return p.buffers()
+            return self._encode(ctx, proc, await proc.handle(ctx, args))
         except Exception:
-            # A server fault, not an operating error: handlers return those as results.
-            self.counters["system_err"] += 1
-            log.exception("%s: xid %#x %s failed", ctx.client, ctx.xid, proc.name)
-            return [accepted_reply(ctx.xid, AcceptStat.SYSTEM_ERR)]
+            return self._fault(ctx, proc)
+
+    @staticmethod
+    def _encode(ctx: CallContext, proc: Procedure, result: object) -> Buffers:
+        p = Packer()
+        pack_accepted_header(p, ctx.xid, AcceptStat.SUCCESS)
+        proc.encode(p, result)
+        return p.buffers()
+
+    def _fault(self, ctx: CallContext, proc: Procedure) -> Buffers:
+        """A server fault, not an operating error (handlers return those as results); called
+        from an exception handler."""
+        self.counters["system_err"] += 1
+        log.exception("%s: xid %#x %s failed", ctx.client, ctx.xid, proc.name)
+        return [accepted_reply(ctx.xid, AcceptStat.SYSTEM_ERR)]
+
+
+class _Reply:
+    """A reply decided while decoding arguments (not the arguments themselves)."""
+
+    __slots__ = ("buffers",)
+
+    def __init__(self, buffers: Buffers) -> None:
+        self.buffers = buffers

@@ -16,6 +16,12 @@ Rules:
 - Replies on one connection may complete out of order, but each is written whole under the
   connection's send lock, with one scatter-gather `sendmsg` of the header and payload buffers:
   READ data is never copied into a joined buffer (small replies are joined; that is cheaper).
+- The per-request path is kept free of scheduling rounds: a connection's socket is a plain
+  non-blocking socket used with trio.lowlevel.wait_readable/wait_writable (only when it would
+  block), a call that can be answered from memory (Dispatcher.dispatch_nowait) is answered by the
+  read loop itself, and only the others get a task. The read loop still yields every few
+  receives, so a client that keeps its socket full cannot starve the other tasks.
+- Large records (WRITE) are received straight into their final buffer (RecordDecoder.direct_view).
 - Graceful shutdown: `shutdown()` stops accepting and reading; requests already read are answered
   (within `shutdown_grace_s`), then connections close and `run` returns.
 """
@@ -34,7 +40,7 @@ import trio
 
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
-from nfs_gateway.program import Program
+from nfs_gateway.program import NOT_READY, Program
 from nfs_gateway.record import (
     MAX_FRAGMENT_LEN,
     Buffer,
@@ -47,6 +53,7 @@ from nfs_gateway.rpc import AcceptStat, Dispatcher, accepted_reply
 log = logging.getLogger("objcache.rpc.server")
 
 _IOV_MAX = 1024  # Linux UIO_MAXIOV
+_RECEIVES_PER_YIELD = 8  # the read loop lets other tasks run at least this often
 _BIND_ATTEMPTS = 20
 _ACCEPT_BACKOFF_S = 0.1
 # accept(2) errors about one connection that died in the backlog, and about exhausted resources.
@@ -62,7 +69,7 @@ class RpcLimits:
     max_in_flight_per_connection: int = 64
     max_in_flight_bytes: int = 256 * 1024 * 1024  # request bytes held, all TCP connections
     idle_timeout_s: float = 600.0
-    recv_chunk_bytes: int = 256 * 1024
+    recv_chunk_bytes: int = 64 * 1024  # larger records are received into their own buffer
     max_udp_in_flight: int = 64
     max_udp_request_bytes: int = 65535
     max_udp_reply_bytes: int = 65507  # the largest IPv4 UDP payload
@@ -98,12 +105,14 @@ class _Connection:
         "sock",
     )
 
-    def __init__(self, sock: trio.socket.SocketType, peer: tuple[str, int], limit: int) -> None:
-        self.sock = sock
+    def __init__(self, sock: stdlib_socket.socket, peer: tuple[str, int], limit: int) -> None:
+        self.sock = sock  # non-blocking; waited on with trio.lowlevel.wait_readable/writable
         self.peer = peer
         self.limit = limit
         self.read_scope = trio.CancelScope()  # cancelled to stop reading: shutdown or idle
-        self.send_lock = trio.Lock()
+        # Held from the first byte of a reply to its last. A Semaphore, not a Lock: a reply that
+        # the read loop starts may be finished by another task.
+        self.send_lock = trio.Semaphore(1)
         self.in_flight = trio.Semaphore(limit)
         self.nursery: trio.Nursery | None = None
         self.last_active = trio.current_time()
@@ -138,17 +147,36 @@ class ByteBudget:
         self._released = trio.Event()
 
 
-async def send_buffers(sock: trio.socket.SocketType, buffers: Sequence[Buffer]) -> None:
-    """Write all of `buffers` with sendmsg, resuming after partial writes, without joining."""
-    views = [memoryview(b).cast("B") for b in buffers if len(b)]
-    while views:
-        sent = await sock.sendmsg(views[:_IOV_MAX])
-        while sent:
-            if sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            else:
-                views[0] = views[0][sent:]
-                sent = 0
+def send_some(sock: stdlib_socket.socket, buffers: list[Buffer]) -> list[Buffer]:
+    """One non-blocking sendmsg of `buffers`; what is left to send (empty when all went)."""
+    try:
+        sent = sock.sendmsg(buffers[:_IOV_MAX])
+    except BlockingIOError:
+        return buffers
+    i = 0
+    while sent:
+        n = len(buffers[i])
+        if sent < n:
+            rest = [memoryview(buffers[i]).cast("B")[sent:], *buffers[i + 1 :]]
+            return rest
+        sent -= n
+        i += 1
+    return buffers[i:]
+
+
+async def send_buffers(sock: stdlib_socket.socket, buffers: list[Buffer]) -> None:
+    """Write all of `buffers` (no copy), waiting for the socket only when it is full."""
+    buffers = send_some(sock, [b for b in buffers if len(b)])
+    while buffers:
+        await trio.lowlevel.wait_writable(sock)
+        buffers = send_some(sock, buffers)
+
+
+def _framed(reply: list[Buffer], join_below: int) -> list[Buffer]:
+    framed = encode_record(reply)
+    if len(framed) > 2 and sum(len(b) for b in framed) < join_below:
+        return [b"".join(framed)]
+    return framed
 
 
 class RpcServer:
@@ -259,7 +287,9 @@ class RpcServer:
                 log.debug("%s: %s", addr[:2], e)
                 sock.close()
                 continue
-            conn = _Connection(sock, addr[:2], self.limits.max_in_flight_per_connection)
+            raw = stdlib_socket.socket(fileno=sock.detach())
+            raw.setblocking(False)
+            conn = _Connection(raw, addr[:2], self.limits.max_in_flight_per_connection)
             self._conns.add(conn)
             conns.start_soon(self._serve_connection, conn, self.dispatchers[index])
 
@@ -305,9 +335,16 @@ class RpcServer:
         # One receive buffer per connection, reused: the decoder copies out what it keeps.
         buf = bytearray(self.limits.recv_chunk_bytes)
         view = memoryview(buf)
+        sock = conn.sock
+        receives = 0
         while True:
+            direct = decoder.direct_view()
             try:
-                nbytes = await conn.sock.recv_into(buf)
+                nbytes = sock.recv_into(view if direct is None else direct)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                receives = 0
+                continue
             except OSError as e:
                 log.debug("%s: receive failed: %s", conn.peer, e)
                 return
@@ -316,20 +353,75 @@ class RpcServer:
             if not nbytes:
                 return
             try:
-                records = decoder.feed(view[:nbytes])
+                records = (
+                    decoder.feed(view[:nbytes]) if direct is None else decoder.received(nbytes)
+                )
             except RecordError as e:
                 log.warning("%s: %s; closing", conn.peer, e)
                 nursery.cancel_scope.cancel()
                 return
             for record in records:
-                # Backpressure: at either limit this connection stops reading.
+                if not await self._take(conn, dispatcher, record, nursery):
+                    return
+            receives += 1
+            if receives >= _RECEIVES_PER_YIELD:
+                receives = 0
+                await trio.lowlevel.checkpoint()
+
+    async def _take(
+        self, conn: _Connection, dispatcher: Dispatcher, record: bytearray, nursery: trio.Nursery
+    ) -> bool:
+        """Answer `record` at once if it can be, else start a task for it. False: stop reading
+        (the connection failed)."""
+        try:
+            reply = dispatcher.dispatch_nowait(record, conn.peer, "tcp")
+        except Exception:
+            log.exception("%s: internal error; closing the connection", conn.peer)
+            nursery.cancel_scope.cancel()
+            return False
+        if reply is NOT_READY:
+            # Backpressure: at either limit this connection stops reading.
+            try:
+                conn.in_flight.acquire_nowait()
+            except trio.WouldBlock:
                 await conn.in_flight.acquire()
-                try:
-                    held = await self._budget.acquire(len(record))
-                except BaseException:
-                    conn.in_flight.release()
-                    raise
-                nursery.start_soon(self._answer, conn, dispatcher, record, held)
+            try:
+                held = await self._budget.acquire(len(record))
+            except BaseException:
+                conn.in_flight.release()
+                raise
+            nursery.start_soon(self._answer, conn, dispatcher, record, held)
+            return True
+        if reply is None:
+            return True
+        framed = _framed(reply, self.limits.join_below_bytes)
+        await _acquire(conn.send_lock)  # nothing is sent yet: cancelling here is harmless
+        try:
+            rest = send_some(conn.sock, framed)
+        except OSError as e:
+            conn.send_lock.release()
+            log.debug("%s: send failed: %s; closing", conn.peer, e)
+            nursery.cancel_scope.cancel()
+            return False
+        if rest:
+            # The socket is full: a task finishes this reply (holding the send lock) so that
+            # shutdown does not cut it; reading waits for the lock before the next reply.
+            nursery.start_soon(self._finish_send, conn, rest)
+        else:
+            conn.send_lock.release()
+        return True
+
+    async def _finish_send(self, conn: _Connection, rest: list[Buffer]) -> None:
+        try:
+            while rest:
+                await trio.lowlevel.wait_writable(conn.sock)
+                rest = send_some(conn.sock, rest)
+        except OSError as e:
+            log.debug("%s: send failed: %s; closing", conn.peer, e)
+            assert conn.nursery is not None
+            conn.nursery.cancel_scope.cancel()
+        finally:
+            conn.send_lock.release()
 
     async def _answer(
         self, conn: _Connection, dispatcher: Dispatcher, record: bytearray, held: int
@@ -338,11 +430,12 @@ class RpcServer:
             reply = await dispatcher.dispatch(record, conn.peer, "tcp")
             if reply is None:
                 return
-            framed = encode_record(reply)
-            if sum(len(b) for b in framed) < self.limits.join_below_bytes:
-                framed = [b"".join(framed)]
-            async with conn.send_lock:
+            framed = _framed(reply, self.limits.join_below_bytes)
+            await _acquire(conn.send_lock)
+            try:
                 await send_buffers(conn.sock, framed)
+            finally:
+                conn.send_lock.release()
         except OSError as e:
             log.debug("%s: send failed: %s; closing", conn.peer, e)
             assert conn.nursery is not None
@@ -395,6 +488,14 @@ class RpcServer:
             log.exception("%s: internal error answering a datagram", addr[:2])  # drop it
         finally:
             limiter.release()
+
+
+async def _acquire(sem: trio.Semaphore) -> None:
+    """Semaphore.acquire without its scheduling round when the semaphore is free."""
+    try:
+        sem.acquire_nowait()
+    except trio.WouldBlock:
+        await sem.acquire()
 
 
 async def _bind(

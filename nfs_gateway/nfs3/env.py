@@ -117,6 +117,9 @@ class Env:
     def handle(self, export: Export, fid: FileId) -> bytes:
         return encode_fhandle(export.export_id, self.backend.fsid, fid)
 
+    def export_root_nowait(self, export: Export) -> FileId | None:
+        return self._roots.get(export.export_id)
+
     async def export_root(self, export: Export) -> FileId:
         root = self._roots.get(export.export_id)
         if root is None:

@@ -3,7 +3,8 @@
 Rules (env.py): each handler resolves its handle, calls the backend, and returns the success
 result; an FsError escapes to program.py, which builds the failure result with the matching
 `*_fail` function below from the status and the error's wcc (its `after` holds the post-op
-attributes the failure arm returns).
+attributes the failure arm returns). The `*_nowait` twins (program.py's fast path) give the same
+answers from the backend's `*_nowait` methods, or NOT_READY.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from nfs_gateway.nfs3.types import (
     SetattrArgs,
     WccRes,
 )
-from nfs_gateway.program import CallContext
+from nfs_gateway.program import NOT_READY, CallContext
 
 OK = Stat.OK
 
@@ -32,10 +33,20 @@ async def null(env: Env, ctx: CallContext, args: None) -> None:
     return None
 
 
+def null_nowait(env: Env, ctx: CallContext, args: None) -> None:
+    return None
+
+
 async def getattr_(env: Env, ctx: CallContext, args: FhArgs) -> GetattrRes:
     """GETATTR (§3.3.1)."""
     t = env.resolve(ctx, args.fh)
     return GetattrRes(OK, await env.backend.getattr(t.fid))
+
+
+def getattr_nowait(env: Env, ctx: CallContext, args: FhArgs) -> GetattrRes:
+    t = env.resolve(ctx, args.fh)
+    attr = env.backend.getattr_nowait(t.fid)  # type: ignore[attr-defined]
+    return NOT_READY if attr is None else GetattrRes(OK, attr)
 
 
 def getattr_fail(status: Stat, wcc: Wcc) -> GetattrRes:
@@ -67,6 +78,24 @@ async def lookup(env: Env, ctx: CallContext, args: DirOpArgs) -> LookupRes:
     return LookupRes(OK, r.dir_attr, env.handle(t.export, r.fid), r.attr)
 
 
+def lookup_nowait(env: Env, ctx: CallContext, args: DirOpArgs) -> LookupRes:
+    t = env.resolve(ctx, args.dir)
+    check_name(args.name)
+    if args.name == b"..":
+        root = env.export_root_nowait(t.export)
+        if root is None:
+            return NOT_READY
+        if t.fid == root:
+            attr = env.backend.getattr_nowait(t.fid)  # type: ignore[attr-defined]
+            if attr is None:
+                return NOT_READY
+            return LookupRes(OK, attr, env.handle(t.export, t.fid), attr)
+    r = env.backend.lookup_nowait(t.cred, t.fid, args.name)  # type: ignore[attr-defined]
+    if r is None:
+        return NOT_READY
+    return LookupRes(OK, r.dir_attr, env.handle(t.export, r.fid), r.attr)
+
+
 def lookup_fail(status: Stat, wcc: Wcc) -> LookupRes:
     return LookupRes(status, wcc.after)
 
@@ -76,6 +105,17 @@ async def access(env: Env, ctx: CallContext, args: AccessArgs) -> AccessRes:
     granted, whatever the mode bits say: the client then fails early with the right error."""
     t = env.resolve(ctx, args.fh)
     granted, attr = await env.backend.access(t.cred, t.fid, args.access)
+    if t.export.read_only:
+        granted &= ~ACCESS_WRITE_BITS
+    return AccessRes(OK, attr, granted & args.access)
+
+
+def access_nowait(env: Env, ctx: CallContext, args: AccessArgs) -> AccessRes:
+    t = env.resolve(ctx, args.fh)
+    r = env.backend.access_nowait(t.cred, t.fid, args.access)  # type: ignore[attr-defined]
+    if r is None:
+        return NOT_READY
+    granted, attr = r
     if t.export.read_only:
         granted &= ~ACCESS_WRITE_BITS
     return AccessRes(OK, attr, granted & args.access)

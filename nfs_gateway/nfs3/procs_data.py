@@ -11,9 +11,14 @@ from nfs_gateway.backend import Inval, Wcc
 from nfs_gateway.nfs3.const import Stat
 from nfs_gateway.nfs3.env import Env
 from nfs_gateway.nfs3.types import CommitArgs, CommitRes, ReadArgs, ReadRes, WriteArgs, WriteRes
-from nfs_gateway.program import CallContext
+from nfs_gateway.program import NOT_READY, CallContext
 
 OK = Stat.OK
+
+
+def _read_count(env: Env, ctx: CallContext, count: int) -> int:
+    c = env.config
+    return min(count, c.rtmax if ctx.transport != "udp" else min(c.rtmax, c.udp_xfer_max))
 
 
 async def read(env: Env, ctx: CallContext, args: ReadArgs) -> ReadRes:
@@ -21,9 +26,18 @@ async def read(env: Env, ctx: CallContext, args: ReadArgs) -> ReadRes:
     and `eof` tells the client whether it reached the end of the file. Over UDP the cap is
     lower, so that the reply fits one datagram."""
     t = env.resolve(ctx, args.fh)
-    c = env.config
-    count = min(args.count, c.rtmax if ctx.transport != "udp" else min(c.rtmax, c.udp_xfer_max))
+    count = _read_count(env, ctx, args.count)
     r = await env.backend.read(t.cred, t.fid, args.offset, count)
+    return ReadRes(OK, r.attr, len(r.data), r.eof, r.data)
+
+
+def read_nowait(env: Env, ctx: CallContext, args: ReadArgs) -> ReadRes:
+    """READ from the page cache (the fast path), or NOT_READY."""
+    t = env.resolve(ctx, args.fh)
+    count = _read_count(env, ctx, args.count)
+    r = env.backend.read_nowait(t.cred, t.fid, args.offset, count)  # type: ignore[attr-defined]
+    if r is None:
+        return NOT_READY
     return ReadRes(OK, r.attr, len(r.data), r.eof, r.data)
 
 

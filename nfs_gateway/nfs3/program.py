@@ -9,6 +9,9 @@ Rules:
 - Non-idempotent procedures (CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR, RENAME, LINK) are
   marked so: a retransmission gets the first reply from the duplicate request cache (§4.4).
   SETATTR counts as idempotent: with a guard a replay answers NOT_SYNC instead of undoing.
+- NULL, GETATTR, LOOKUP, ACCESS and READ also have a synchronous twin (`nowait`), wired when the
+  backend offers the `*_nowait` method it needs (backend.NowaitBackend): the RPC layer answers
+  such calls from memory without a task, or falls back to the async handler.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Nfs3Config", "handle_maker", "make_handle", "make_nfs3_program"]
 
 Body = Callable[[Env, CallContext, Any], Awaitable[Any]]
+NowaitBody = Callable[[Env, CallContext, Any], Any]  # the result or NOT_READY
 Fail = Callable[[Stat, Wcc], Any]
 
 
@@ -46,17 +50,51 @@ class Row:
     fail: Fail | None  # None: the procedure cannot fail (NULL)
     encode: Callable[[Packer, Any], None]
     idempotent: bool = True
+    nowait: NowaitBody | None = None
+    needs: str = ""  # the backend method `nowait` calls (wired only if the backend has it)
 
 
 _p, _d, _r = procs_attr, procs_dir, procs_readdir
 TABLE: tuple[Row, ...] = (
-    Row(Proc.NULL, decode_void, _p.null, None, encode_void),
-    Row(Proc.GETATTR, da.decode_fh_args, _p.getattr_, _p.getattr_fail, er.encode_getattr),
+    Row(Proc.NULL, decode_void, _p.null, None, encode_void, nowait=_p.null_nowait),
+    Row(
+        Proc.GETATTR,
+        da.decode_fh_args,
+        _p.getattr_,
+        _p.getattr_fail,
+        er.encode_getattr,
+        nowait=_p.getattr_nowait,
+        needs="getattr_nowait",
+    ),
     Row(Proc.SETATTR, da.decode_setattr, _p.setattr_, _p.wcc_fail, er.encode_wcc_res),
-    Row(Proc.LOOKUP, da.unpack_diropargs, _p.lookup, _p.lookup_fail, er.encode_lookup),
-    Row(Proc.ACCESS, da.decode_access, _p.access, _p.access_fail, er.encode_access),
+    Row(
+        Proc.LOOKUP,
+        da.unpack_diropargs,
+        _p.lookup,
+        _p.lookup_fail,
+        er.encode_lookup,
+        nowait=_p.lookup_nowait,
+        needs="lookup_nowait",
+    ),
+    Row(
+        Proc.ACCESS,
+        da.decode_access,
+        _p.access,
+        _p.access_fail,
+        er.encode_access,
+        nowait=_p.access_nowait,
+        needs="access_nowait",
+    ),
     Row(Proc.READLINK, da.decode_fh_args, _p.readlink, _p.readlink_fail, er.encode_readlink),
-    Row(Proc.READ, da.decode_read, procs_data.read, procs_data.read_fail, er.encode_read),
+    Row(
+        Proc.READ,
+        da.decode_read,
+        procs_data.read,
+        procs_data.read_fail,
+        er.encode_read,
+        nowait=procs_data.read_nowait,
+        needs="read_nowait",
+    ),
     Row(Proc.WRITE, da.decode_write, procs_data.write, procs_data.write_fail, er.encode_write),
     Row(Proc.CREATE, da.decode_create, _d.create, _d.create_fail, er.encode_create, False),
     Row(Proc.MKDIR, da.decode_mkdir, _d.mkdir, _d.create_fail, er.encode_create, False),
@@ -103,6 +141,29 @@ def _guarded(env: Env, body: Body, fail: Fail | None) -> Callable[[CallContext, 
     return handle
 
 
+def _guarded_nowait(
+    env: Env, body: NowaitBody, fail: Fail | None
+) -> Callable[[CallContext, Any], Any]:
+    """`_guarded` for the synchronous twin."""
+
+    def handle_nowait(ctx: CallContext, args: Any) -> Any:
+        try:
+            return body(env, ctx, args)
+        except FsError as err:
+            if fail is None:
+                raise
+            return fail(status_of(err), err.wcc if err.wcc is not None else NO_WCC)
+
+    handle_nowait.__name__ = body.__name__
+    return handle_nowait
+
+
+def _nowait_of(env: Env, row: Row) -> Callable[[CallContext, Any], Any] | None:
+    if row.nowait is None or (row.needs and not hasattr(env.backend, row.needs)):
+        return None
+    return _guarded_nowait(env, row.nowait, row.fail)
+
+
 def make_nfs3_program(
     backend: Backend, exports: ExportTable, config: Nfs3Config | None = None
 ) -> Program:
@@ -115,6 +176,7 @@ def make_nfs3_program(
             _guarded(env, row.body, row.fail),
             row.encode,
             row.idempotent,
+            _nowait_of(env, row),
         )
         for row in TABLE
     }

@@ -17,6 +17,9 @@ Rules:
 - Inode ids are never reused (a persisted counter); the root is inode 1, made at first start,
   root-owned with mode 0755 like a fresh local file system (FsConfig.root_mode/uid/gid).
 - The data directory holds `meta/` (LevelDB) and `chunks/` (chunk files).
+- GETATTR, ACCESS, LOOKUP and READ also have `*_nowait` twins (the gateway's optional fast
+  path, nfs_gateway/backend.py): the same checks and answers from the caches and the page cache,
+  or None when I/O is needed. The async methods try them first.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from server.fs import keys, perms
 from server.fs.common import DOT, DOTDOT, check_name, disk_error, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.datapath import DataOps
-from server.fs.meta import MetaIOError, MetaStore
+from server.fs.meta import NOT_CACHED, MetaIOError, MetaStore
 from server.fs.namespace import NamespaceOps
 from server.fs.readdir import read_dir_page
 from server.fs.records import CreateInode, Inode
@@ -228,6 +231,15 @@ class LocalBackend(NamespaceOps, DataOps):
             raise Stale(f"no inode {fid.ino} generation {fid.gen}")
         return inode
 
+    def _get_nowait(self, fid: FileId) -> Inode | None:
+        """The inode if cached (None: not cached); Stale if it is known to be gone."""
+        inode = self._meta.inode_nowait(fid.ino)
+        if inode is NOT_CACHED:
+            return None
+        if inode is None or inode.gen != fid.gen:  # type: ignore[union-attr]
+            raise Stale(f"no inode {fid.ino} generation {fid.gen}")
+        return inode  # type: ignore[return-value]
+
     def _fid(self, inode: Inode) -> FileId:
         return FileId(inode.ino, inode.gen)
 
@@ -303,8 +315,18 @@ class LocalBackend(NamespaceOps, DataOps):
         require_dir(inode)
         return self._fid(inode)
 
+    def getattr_nowait(self, fid: FileId) -> Attr | None:
+        inode = self._get_nowait(fid)
+        return None if inode is None else self._attr(inode)
+
     async def getattr(self, fid: FileId) -> Attr:
         return self._attr(await self._get(fid))
+
+    def access_nowait(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr] | None:
+        inode = self._get_nowait(fid)
+        if inode is None:
+            return None
+        return perms.access_mask(cred, inode, mask), self._attr(inode)
 
     async def access(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr]:
         inode = await self._get(fid)
@@ -316,7 +338,36 @@ class LocalBackend(NamespaceOps, DataOps):
             raise Inval("not a symbolic link")
         return inode.target, self._attr(inode)
 
+    def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None:
+        d = self._get_nowait(dir_fid)
+        if d is None:
+            return None
+        require_dir(d)
+        perms.check(cred, d, perms.X)
+        if name == DOT:
+            child = d
+        elif name == DOTDOT:
+            child = self._meta.inode_nowait(d.parent)
+            if child is NOT_CACHED:
+                return None
+            if child is None:
+                raise ServerFault(f"directory {d.ino} has no parent {d.parent}")
+        else:
+            check_name(name, self.config.max_name_bytes)
+            ent = self._meta.dirent_nowait(d.ino, name)
+            if ent is NOT_CACHED:
+                return None
+            child = None if ent is None else self._meta.inode_nowait(ent.ino)  # type: ignore[union-attr]
+            if child is NOT_CACHED:
+                return None
+            if child is None:
+                raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
+        return LookupResult(self._fid(child), self._attr(child), self._attr(d))  # type: ignore[arg-type]
+
     async def lookup(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult:
+        found = self.lookup_nowait(cred, dir_fid, name)
+        if found is not None:
+            return found
         d = await self._get(dir_fid)
         require_dir(d)
         perms.check(cred, d, perms.X)

@@ -15,6 +15,8 @@ Rules:
 - No bytes ever lie past EOF in a chunk file outside a WRITE in progress (a failed WRITE cuts
   them, the start after a crash repairs them), so a WRITE past EOF needs no zeroing.
 - READ does not update atime (as with a noatime mount): reading must not cost a metadata write.
+- `read_nowait` answers from the caches and the page cache (the gateway's fast path) or says
+  None; `read` tries it first, then reads in a worker thread.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from nfs_gateway.backend import (
 )
 from server.fs import perms
 from server.fs.common import disk_error, require_reg, wcc
+from server.fs.meta import NOT_CACHED
 from server.fs.records import Inode, UnInline
 from storage.chunks import ChunkIOError
 
@@ -46,29 +49,50 @@ else:
 
 
 class DataOps(_Base):
-    async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
-        inode = await self._get(fid)
+    def read_nowait(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult | None:
+        inode = self._get_nowait(fid)
+        if inode is None:
+            return None
+        n = self._read_count(cred, inode, offset, count)
+        if n == 0:
+            return ReadResult(b"", offset >= inode.size, self._attr(inode))
+        if inode.inline:
+            blob = self._meta.inline_nowait(inode.ino)
+            if blob is NOT_CACHED:
+                return None
+            data = _inline_slice(blob, offset, n)  # type: ignore[arg-type]
+        else:
+            try:
+                # Page-cache hits only: RWF_NOWAIT refuses instead of blocking.
+                data = self._chunks.pread_nowait(inode.ino, inode.chunk_size, offset, n)
+            except ChunkIOError as e:
+                raise disk_error(e) from e
+            if data is None:
+                return None
+        return ReadResult(data, offset + n >= inode.size, self._attr(inode))
+
+    def _read_count(self, cred: Cred, inode: Inode, offset: int, count: int) -> int:
+        """Checks of READ; the bytes to read (0 at or past EOF)."""
         require_reg(inode)
         perms.check_io(cred, inode, perms.R)
         count = min(count, self.config.max_read_bytes)
         if offset >= inode.size or count <= 0:
+            return 0
+        return min(count, inode.size - offset)
+
+    async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
+        found = self.read_nowait(cred, fid, offset, count)
+        if found is not None:
+            return found
+        inode = await self._get(fid)
+        n = self._read_count(cred, inode, offset, count)
+        if n == 0:
             return ReadResult(b"", offset >= inode.size, self._attr(inode))
-        n = min(count, inode.size - offset)
         if inode.inline:
-            blob = await self._meta.inline(inode.ino)
-            data: bytes | bytearray = blob[offset : offset + n]
-            if len(data) < n:
-                data += bytes(n - len(data))  # set by a SETATTR that grew the file
+            data = _inline_slice(await self._meta.inline(inode.ino), offset, n)
         else:
             try:
-                # Page-cache hits are served on the event loop (no thread hop); misses block,
-                # so they go to a worker thread.
-                got = self._chunks.pread_nowait(inode.ino, inode.chunk_size, offset, n)
-                data = (
-                    got
-                    if got is not None
-                    else await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
-                )
+                data = await self._chunks.pread(inode.ino, inode.chunk_size, offset, n)
             except ChunkIOError as e:
                 raise disk_error(e) from e
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))
@@ -194,3 +218,10 @@ class DataOps(_Base):
             await self._sync_file(fid.ino, None)
             after = await self._get(fid)
         return CommitResult(self._verifier, wcc(before, after, self.fsid))
+
+
+def _inline_slice(blob: bytes, offset: int, n: int) -> bytes:
+    data = blob[offset : offset + n]
+    if len(data) < n:
+        data += bytes(n - len(data))  # set by a SETATTR that grew the file
+    return data

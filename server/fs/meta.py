@@ -2,8 +2,9 @@
 
 Rules:
 - Readers (getattr, lookup, readdir) never take a lock: they read the caches, else LevelDB in a
-  worker thread. Cached values are immutable (frozen dataclasses), so a reader sees either the
-  value before a change or after it.
+  worker thread. The `*_nowait` readers answer from the caches only (NOT_CACHED otherwise), for
+  the gateway's path that answers without a task or a thread. Cached values are immutable
+  (frozen dataclasses), so a reader sees either the value before a change or after it.
 - Writers hold the lock (`writing()`) from their first check to `commit()` returning, so what
   they checked is what they change (one writer at a time, as one Raft group applies one entry at
   a time).
@@ -40,6 +41,7 @@ from storage.kv import KvError, KvStore
 K = TypeVar("K")
 V = TypeVar("V")
 _MISSING = object()
+NOT_CACHED: object = _MISSING  # what the *_nowait readers return when they would need LevelDB
 _SUID_SGID = 0o6000
 _MAX_APPLY_ATTEMPTS = 16  # each retry loads what the previous attempt missed
 
@@ -174,6 +176,27 @@ class MetaStore:
             self._inodes.put(ino, inode)
             return inode
         return v  # type: ignore[return-value]
+
+    def inode_nowait(self, ino: int) -> Inode | object | None:
+        """The inode (None: absent) if known without I/O, else NOT_CACHED."""
+        p = self._pending.get(ino)
+        if p is not None:
+            return p.inode
+        return self._inodes.get(ino)
+
+    def dirent_nowait(self, dir_ino: int, name: bytes) -> Dirent | object | None:
+        """The entry (None: absent) if known without I/O, else NOT_CACHED."""
+        v = self._dirents.get((dir_ino, name))
+        if v is _MISSING and self.complete.has(dir_ino, name) is False:
+            return None
+        return v
+
+    def inline_nowait(self, ino: int) -> bytes | object:
+        """An inline file's bytes if known without I/O, else NOT_CACHED."""
+        p = self._pending.get(ino)
+        if p is not None and p.blob is not None:
+            return p.blob
+        return self._inlines.get(ino)
 
     async def inodes(self, inos: list[int]) -> list[Inode | None]:
         """Many inodes with at most one worker-thread hop (READDIRPLUS)."""

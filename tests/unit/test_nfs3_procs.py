@@ -22,7 +22,7 @@ from nfs_gateway.nfs3.codec_res import encode_readdir
 from nfs_gateway.nfs3.const import FSF3_CANSETTIME, FSF3_LINK, FSF3_SYMLINK, Proc, Stat
 from nfs_gateway.nfs3.fhandle import decode_fhandle, encode_fhandle
 from nfs_gateway.nfs3.program import Nfs3Config, handle_maker, make_nfs3_program
-from nfs_gateway.program import AUTH_SYS, CallContext
+from nfs_gateway.program import AUTH_SYS, NOT_READY, CallContext
 from nfs_gateway.xdr import Packer, Unpacker
 from server.fs.backend import LocalBackend
 
@@ -59,13 +59,24 @@ class Client:
         self.exports = exports
         self.procs = make_nfs3_program(backend, exports, CONFIG).procedures[3]
         self.handle_of = handle_maker(backend)
+        self.fast_answers = 0
 
     async def call(self, proc: Proc, args: Any, client: tuple[str, int] = CLIENT) -> Any:
+        """The decoded reply. A procedure with a synchronous twin (the fast path) must give
+        byte for byte the same reply whenever it answers."""
         p = self.procs[proc]
-        res = await p.handle(CallContext(client, AUTH_SYS, ROOT, 1), args)
+        ctx = CallContext(client, AUTH_SYS, ROOT, 1)
+        fast = NOT_READY if p.handle_nowait is None else p.handle_nowait(ctx, args)
+        res = await p.handle(ctx, args)
         packer = Packer()
         p.encode(packer, res)
-        u = Unpacker(packer.get_bytes())
+        wire = packer.get_bytes()
+        if fast is not NOT_READY:
+            fast_packer = Packer()
+            p.encode(fast_packer, fast)
+            assert fast_packer.get_bytes() == wire, f"{proc.name}: fast path differs"
+            self.fast_answers += 1
+        u = Unpacker(wire)
         decoded = CLIENT_CODECS[proc][1](u)
         u.done()
         return decoded
@@ -435,3 +446,45 @@ async def test_udp_caps_read_and_fsinfo(nfs: Client) -> None:
     assert r.status == Stat.OK and r.count == 1024
     r = await procs[Proc.FSINFO].handle(ctx, t.FhArgs(f))
     assert r.info.rtmax == r.info.wtmax == r.info.rtpref == r.info.wtpref == 1024
+
+
+class _WithoutFastPath:
+    """The Backend protocol only: what a backend without the *_nowait methods looks like."""
+
+    def __init__(self, inner: LocalBackend) -> None:
+        self._inner = inner
+        self.fsid = inner.fsid
+
+    def __getattr__(self, name: str) -> Any:
+        if name.endswith("_nowait"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_fast_path_is_used_for_cached_metadata_and_pages(backend):
+    c = Client(backend, _exports())
+    root = await c.root()
+    made = await c.create(root, b"f")
+    fh = made.fh
+    await c.call(Proc.WRITE, t.WriteArgs(fh, 0, 5, b.StableHow.FILE_SYNC, memoryview(b"hello")))
+    before = c.fast_answers
+    await c.call(Proc.GETATTR, t.FhArgs(fh))
+    await c.call(Proc.LOOKUP, t.DirOpArgs(root, b"f"))
+    await c.call(Proc.LOOKUP, t.DirOpArgs(root, b"missing"))
+    await c.call(Proc.LOOKUP, t.DirOpArgs(root, b".."))  # learns the export's root: async
+    await c.call(Proc.LOOKUP, t.DirOpArgs(root, b".."))
+    await c.call(Proc.ACCESS, t.AccessArgs(fh, 0x3F))
+    res = await c.call(Proc.READ, t.ReadArgs(fh, 0, 100))
+    assert bytes(res.data) == b"hello"
+    assert c.fast_answers - before == 6
+
+
+async def test_a_backend_without_the_fast_path_still_serves(backend):
+    c = Client(_WithoutFastPath(backend), _exports())  # type: ignore[arg-type]
+    assert c.procs[Proc.GETATTR].handle_nowait is None
+    assert c.procs[Proc.READ].handle_nowait is None
+    root = await c.root()
+    made = await c.create(root, b"f")
+    res = await c.call(Proc.GETATTR, t.FhArgs(made.fh))
+    assert res.status == Stat.OK
+    assert c.fast_answers == 0

@@ -96,3 +96,27 @@ def test_any_stream_gives_records_or_a_record_error(stream, cuts):
             assert len(record) <= 64
     except RecordError:
         pass  # the caller closes the connection
+
+
+@given(st.integers(0, 3), st.lists(st.integers(1, 70_000), min_size=1, max_size=6))
+def test_large_records_are_received_directly_into_their_buffer(pad, chunks):
+    """A large record is filled through direct_view()/received() after its first bytes came
+    through feed(); the bytes after it go through feed() again."""
+    big = bytes(range(256)) * 400 + bytes(pad)  # over DIRECT_MIN_BYTES
+    stream = encode_fragments(big, len(big)) + encode_fragments(b"next", 4)
+    decoder = RecordDecoder(1 << 20)
+    out: list[bytes] = [bytes(r) for r in decoder.feed(stream[:100])]
+    pos, i = 100, 0
+    while pos < len(stream):
+        view = decoder.direct_view()
+        n = min(chunks[i % len(chunks)], len(stream) - pos)
+        i += 1
+        if view is None:
+            out += [bytes(r) for r in decoder.feed(stream[pos : pos + n])]
+        else:
+            n = min(n, len(view))
+            view[:n] = stream[pos : pos + n]
+            out += [bytes(r) for r in decoder.received(n)]
+        pos += n
+    assert out == [big, b"next"]
+    assert decoder.idle
