@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import trio
 
 from server.cluster.nodelist import NodeInfo, NodeList
+from server.config import ConfigError, parse_listen
 from server.node import StartupError
 from server.rpc.codec import message
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
@@ -82,9 +83,8 @@ async def bootstrap_nodelist(plane: RpcPlane, me: NodeInfo, peers: dict[int, str
     others = {i: addr for i, addr in peers.items() if i != me.node_id}
     founders = tuple(sorted({*others, me.node_id}))
     serve_hello(plane, me, founders)
-    scheme = "wss" if plane.config.tls_cert_path else "ws"
     for peer_id, addr in others.items():
-        plane.add_peer(peer_id, f"{scheme}://{addr}/")  # a no-op if the peer is known
+        plane.add_peer(peer_id, peer_url(plane, addr))  # a no-op if the peer is known
     infos: dict[int, NodeInfo] = {}
     rng = random.Random(me.node_id)
     try:
@@ -106,6 +106,18 @@ async def bootstrap_nodelist(plane: RpcPlane, me: NodeInfo, peers: dict[int, str
         raise BootstrapError(f"the founders' node list is not valid: {e}") from None
     log.info("node %d: node list agreed: %s", me.node_id, nodelist.groups())
     return nodelist
+
+
+def peer_url(plane: RpcPlane, addr: str) -> str:
+    """The plane URL of a peer at HOST:PORT (ws, or wss when the plane uses TLS)."""
+    try:
+        listen = parse_listen(f"peer address {addr!r}", addr)
+    except ConfigError as e:
+        raise BootstrapError(str(e)) from None
+    if listen is None:
+        raise BootstrapError(f"peer address {addr!r}: expected HOST:PORT")
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    return f"{'wss' if plane.config.tls_cert_path else 'ws'}://{host}:{listen.port}/"
 
 
 async def _ask(plane: RpcPlane, my_id: int, peer_id: int, founders: tuple[int, ...],

@@ -8,7 +8,7 @@ import socket
 import pytest
 import trio
 
-from server.cluster.membership import BootstrapError, bootstrap_nodelist, serve_hello
+from server.cluster.membership import BootstrapError, bootstrap_nodelist, peer_url, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.rpc.plane import RpcConfig, RpcPlane
 
@@ -123,3 +123,12 @@ async def test_serve_hello_is_idempotent() -> None:
     me = NodeInfo(1, 1, "127.0.0.1:1", "127.0.0.1:2")
     serve_hello(plane, me, (1, 2))
     serve_hello(plane, me, (2,))  # the same founders: this node is always one
+
+
+def test_peer_urls() -> None:
+    plane = RpcPlane(RpcConfig(node_id=1, cluster_secret=SECRET))
+    assert peer_url(plane, "127.0.0.1:7001") == "ws://127.0.0.1:7001/"
+    assert peer_url(plane, "::1:7001") == "ws://[::1]:7001/"  # str(Listen) of an IPv6 host
+    assert peer_url(plane, "[::1]:7001") == "ws://[::1]:7001/"
+    with pytest.raises(BootstrapError, match="expected HOST:PORT"):
+        peer_url(plane, "nowhere")
