@@ -1,0 +1,143 @@
+"""A local objcache cluster for tests and benchmarks: `objcache cluster up/down` (the real CLI,
+separate node processes on loopback), plus what only tests do to it: kill -9 a node, restart
+it from its data directory, and run `objcache admin fsck`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from serverproc import REPO, free_port, nfs_url, wait_for
+
+UP_TIMEOUT_S = 180.0
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _cli(*args: str, timeout_s: float = UP_TIMEOUT_S) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True,
+                          text=True, timeout=timeout_s, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def free_port_block(n: int) -> int:
+    """A base port with n free ports from it (best effort on a shared machine)."""
+    from serverproc import _port_free
+
+    for _ in range(100):
+        base = free_port()
+        if base + n < 65000 and all(_port_free(base + i) for i in range(n)):
+            return base
+    raise ClusterError("no block of free ports")
+
+
+class LocalCluster:
+    def __init__(self, root: Path, nodes: int = 3, replicas: int = 1) -> None:
+        self.root = Path(root)
+        self.n = nodes
+        self.replicas = replicas
+        self.nodes: dict[int, dict] = {}
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def up(self) -> LocalCluster:
+        base = free_port_block(3 * self.n)
+        res = _cli("cluster", "up", "--nodes", str(self.n), "--replicas", str(self.replicas),
+                   "--base-port", str(base), "--data-dir", str(self.root), "--json")
+        if res.returncode != 0:
+            raise ClusterError(f"cluster up exited {res.returncode}:\n{res.stdout}\n"
+                               f"{res.stderr[-5000:]}")
+        self.nodes = {row["node_id"]: row for row in json.loads(res.stdout)["nodes"]}
+        return self
+
+    def down(self, *, check: bool = True) -> None:
+        res = _cli("cluster", "down", "--data-dir", str(self.root), timeout_s=120)
+        if check and res.returncode != 0:
+            raise ClusterError(f"cluster down exited {res.returncode}:\n{res.stdout}\n"
+                               f"{res.stderr}\n{self.log_tails()}")
+
+    def kill9(self, node_id: int) -> None:
+        pid = self.nodes[node_id]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(pid), timeout_s=30, what=f"node {node_id} to die")
+
+    def restart(self, node_id: int, timeout_s: float = 120.0) -> None:
+        """Start a stopped node again from its data directory and config."""
+        node_dir = self.root / f"n{node_id}"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        with open(node_dir / "node.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve", "--config",
+                 str(node_dir / "node.toml")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=REPO, start_new_session=True)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise ClusterError(f"node {node_id} exited {proc.returncode} at restart:\n"
+                                   f"{self.log_tail(node_id)}")
+            try:
+                info = json.loads((node_dir / "ready.json").read_text())
+            except (OSError, ValueError):
+                return False
+            return info.get("pid") == proc.pid
+
+        wait_for(ready, timeout_s=timeout_s, what=f"node {node_id} to restart")
+        self.nodes[node_id]["pid"] = proc.pid
+        self._record_pid(node_id, proc.pid)
+
+    def _record_pid(self, node_id: int, pid: int) -> None:
+        """Keep cluster.json current, so `cluster down` stops the restarted process."""
+        path = self.root / "cluster.json"
+        raw = json.loads(path.read_text())
+        for n in raw["nodes"]:
+            if n["node_id"] == node_id:
+                n["pid"] = pid
+        path.write_text(json.dumps(raw, indent=2) + "\n")
+
+    # -- access -----------------------------------------------------------------------------
+
+    def nfs_port(self, node_id: int) -> int:
+        return int(self.nodes[node_id]["nfs"].rsplit(":", 1)[1])
+
+    def url(self, node_id: int, path: str = "/") -> str:
+        port = self.nfs_port(node_id)
+        return nfs_url(port, port, path)
+
+    def export_url(self, node_id: int) -> str:
+        return self.url(node_id, "/")
+
+    def fsck(self, timeout_s: float = 120.0) -> dict:
+        node = self.nodes[1]
+        res = _cli("admin", "fsck", "--node", f"1={node['rpc']}", "--cluster-secret-file",
+                   str(self.root / "secret"), "--json", timeout_s=timeout_s)
+        if res.returncode not in (0, 1):
+            raise ClusterError(f"admin fsck exited {res.returncode}:\n{res.stdout}\n"
+                               f"{res.stderr}")
+        return json.loads(res.stdout)
+
+    def log_tail(self, node_id: int, lines: int = 40) -> str:
+        try:
+            text = (self.root / f"n{node_id}" / "node.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tails(self, lines: int = 25) -> str:
+        return "\n".join(f"--- node {i} ---\n{self.log_tail(i, lines)}" for i in self.nodes)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
