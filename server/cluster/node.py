@@ -28,7 +28,7 @@ from server.cluster import fsops, queries
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
 from server.cluster.inoalloc import InoAllocator
-from server.cluster.membership import bootstrap_nodelist
+from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
 from server.cluster.router import GroupRouter
@@ -106,6 +106,8 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         except OSError as e:
             reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
             raise StartupError(f"cluster.listen {listen}: {reason}") from None
+        # Peers still bootstrapping ask us even when we have our list already (a restart).
+        serve_hello(plane, me, tuple(sorted({*peers, c.node_id})))
         stored = await kv.get(NODELIST)
         if stored is not None:
             nodelist = NodeList.decode(stored)
