@@ -8,6 +8,8 @@ Rules:
 - `effective_cred` applies squashing exactly as Linux nfsd_setuser does: with root_squash, uid 0
   becomes anon_uid and gid 0 (also among the supplementary gids) becomes anon_gid; all_squash maps
   everyone; AUTH_NONE calls (no cred) run as anon.
+- Both run for every NFS call, so their answers are memoized (bounded: cleared when full).
+  Only admissions are remembered: every refusal is decided, logged and counted afresh.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ALL_NETWORKS: tuple[Network, ...] = (
     ipaddress.ip_network("::/0"),
 )
 MAX_EXPORTS = 4096
+MEMO_ENTRIES = 4096  # remembered admissions and squashed credentials (each)
 MAX_PATH_BYTES = 1024  # MNTPATHLEN (RFC 1813 appendix I)
 RESERVED_PORT_LIMIT = 1024
 
@@ -77,6 +80,8 @@ class ExportTable:
             raise ValueError("export paths and ids must be unique")
         self._all = tuple(exports)
         self.refusals: Counter[str] = Counter()  # by reason, for metrics
+        self._admitted: dict[tuple[int, str, bool], bool] = {}
+        self._creds: dict[tuple[int, Cred | None], Cred] = {}
 
     def by_path(self, path: str) -> Export | None:
         return self._by_path.get(normalize_path(path))
@@ -101,6 +106,16 @@ class ExportTable:
     def check_client(self, export: Export, client: tuple[str, int]) -> None:
         """Raise Access unless `client` (address, port) may use `export`."""
         host, port = client
+        key = (export.export_id, host, port < RESERVED_PORT_LIMIT)
+        if key in self._admitted:
+            return
+        self._check_client(export, client)
+        if len(self._admitted) >= MEMO_ENTRIES:
+            self._admitted.clear()
+        self._admitted[key] = True
+
+    def _check_client(self, export: Export, client: tuple[str, int]) -> None:
+        host, port = client
         try:
             addr = _parse_host(host)
         except ValueError:
@@ -117,6 +132,16 @@ class ExportTable:
 
     def effective_cred(self, export: Export, ctx_cred: Cred | None) -> Cred:
         """The identity the backend checks permissions for, after squashing."""
+        key = (export.export_id, ctx_cred)
+        cred = self._creds.get(key)
+        if cred is None:
+            cred = self._squash(export, ctx_cred)
+            if len(self._creds) >= MEMO_ENTRIES:
+                self._creds.clear()
+            self._creds[key] = cred
+        return cred
+
+    def _squash(self, export: Export, ctx_cred: Cred | None) -> Cred:
         anon = Cred(export.anon_uid, export.anon_gid, (), ctx_cred.machine if ctx_cred else "")
         if ctx_cred is None or export.all_squash:
             return anon

@@ -337,17 +337,24 @@ class RpcServer:
         view = memoryview(buf)
         sock = conn.sock
         receives = 0
+        drained = False  # the last receive emptied the socket: wait before the next one
         while True:
-            direct = decoder.direct_view()
-            try:
-                nbytes = sock.recv_into(view if direct is None else direct)
-            except BlockingIOError:
+            if drained:
                 await trio.lowlevel.wait_readable(sock)
                 receives = 0
+            direct = decoder.direct_view()
+            target = view if direct is None else direct
+            try:
+                nbytes = sock.recv_into(target)
+            except BlockingIOError:
+                drained = True
                 continue
             except OSError as e:
                 log.debug("%s: receive failed: %s", conn.peer, e)
                 return
+            # A short receive means the socket is empty now: a request-reply client sends the
+            # next call only after our reply, so trying again would just cost a syscall.
+            drained = nbytes < len(target)
             # Idle connections are closed by _idle_watchdog: a timer per receive costs more.
             conn.last_active = trio.current_time()
             if not nbytes:

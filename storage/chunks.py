@@ -10,7 +10,9 @@ Rules:
   New chunk files need their directory fsynced too, or a crash may lose the name.
 - Open descriptors are cached (bounded LRU). A descriptor in use by a worker thread is never
   closed under it: entries carry a use count and eviction skips busy ones.
-- Sync methods run in worker threads (they block); the async wrappers use one CapacityLimiter.
+- Sync methods run in worker threads (they block); the async wrappers use one CapacityLimiter,
+  and run the call on the event loop's thread instead when nothing else could run meanwhile
+  (storage/kv.py explains why: a thread round trip costs as much as a 1 MiB pwrite).
   The one exception is `pread_nowait`, which the event loop may call: it uses only descriptors
   already open and reads with RWF_NOWAIT, so the kernel answers from the page cache or refuses
   (EAGAIN) instead of blocking; the caller then takes the thread path.
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from storage.kv import loop_is_idle
 
 
 class ChunkIOError(Exception):
@@ -394,17 +398,23 @@ class ChunkStore:
     async def run_sync(self, fn, *args):  # type: ignore[no-untyped-def]
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
+    async def _run_when_idle(self, fn, *args):  # type: ignore[no-untyped-def]
+        """fn(*args) on the loop's thread if nothing else could run meanwhile, else run_sync."""
+        if loop_is_idle(self._limiter):
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
     async def pwrite(self, ino: int, chunk_size: int, offset: int, data: memoryview) -> list[int]:
-        return await self.run_sync(self.pwrite_sync, ino, chunk_size, offset, data)
+        return await self._run_when_idle(self.pwrite_sync, ino, chunk_size, offset, data)
 
     async def pread(self, ino: int, chunk_size: int, offset: int, count: int) -> bytes | bytearray:
-        return await self.run_sync(self.pread_sync, ino, chunk_size, offset, count)
+        return await self._run_when_idle(self.pread_sync, ino, chunk_size, offset, count)
 
     async def truncate(self, ino: int, chunk_size: int, size: int) -> None:
-        await self.run_sync(self.truncate_sync, ino, chunk_size, size)
+        await self._run_when_idle(self.truncate_sync, ino, chunk_size, size)
 
     async def delete(self, ino: int) -> None:
-        await self.run_sync(self.delete_sync, ino)
+        await self._run_when_idle(self.delete_sync, ino)
 
     async def fsync(self, ino: int, indexes: list[int] | None = None, *, data_only=False) -> None:
-        await self.run_sync(lambda: self.fsync_sync(ino, indexes, data_only=data_only))
+        await self._run_when_idle(lambda: self.fsync_sync(ino, indexes, data_only=data_only))

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from nfs_gateway.exports import Export, ExportTable
 
 
+HANDLE_MEMO_ENTRIES = 16384
+
+
 @dataclass(frozen=True, slots=True)
 class Nfs3Config:
     """Limits the server advertises (FSINFO, PATHCONF) and keeps to (RFC 1813 §3.3.19-20)."""
@@ -92,10 +95,19 @@ class Env:
     # export_id → the export's root FileId, so that ".." at an export's root stays inside it.
     # Bounded by the number of exports; durable ids, so it never goes stale silently.
     _roots: dict[int, FileId] = field(default_factory=dict)
+    # Decoded handles (every call decodes one or two): bounded, cleared when full. A handle's
+    # decoding never changes; whether its file still exists is the backend's answer each time.
+    _handles: dict[bytes, tuple[int, int, FileId]] = field(default_factory=dict)
 
     def resolve(self, ctx: CallContext, fh: bytes, *, modify: bool = False) -> Target:
         """The export, effective credentials and FileId a handle names (order: module rules)."""
-        export_id, fsid, fid = decode_fhandle(fh)
+        decoded = self._handles.get(fh)
+        if decoded is None:
+            decoded = decode_fhandle(fh)
+            if len(self._handles) >= HANDLE_MEMO_ENTRIES:
+                self._handles.clear()
+            self._handles[fh] = decoded
+        export_id, fsid, fid = decoded
         export = self.exports.by_id(export_id)
         if export is None or fsid != self.backend.fsid:
             raise Stale(f"handle of export {export_id} fsid {fsid}: not served here")

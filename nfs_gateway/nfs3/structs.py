@@ -7,6 +7,9 @@ Rules:
 - Times are nanoseconds in backend values and nfstime3 (seconds, nseconds) on the wire. A time
   outside nfstime3's range (before 1970, after 2106) is clamped: the wire cannot say it.
 - Enums are checked on decode (XdrError → GARBAGE_ARGS), lengths are bounded.
+- The encoded post_op_attr of recently packed Attr objects is remembered by identity (a backend
+  that hands out the same Attr object for an unchanged file saves the packing); the memo keeps
+  the object, so its id cannot be reused meanwhile. Bounded, cleared when full.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _fattr3_values(a: Attr) -> tuple[int, ...]:
 
 
 def pack_fattr3(p: Packer, a: Attr) -> None:
-    p.pack_fopaque(FATTR3_SIZE, _FATTR3.pack(*_fattr3_values(a)))
+    p.pack_fopaque(FATTR3_SIZE, _post_op_attr_some(a)[4:])
 
 
 def unpack_fattr3(u: Unpacker) -> Attr:
@@ -83,12 +86,28 @@ def unpack_fattr3(u: Unpacker) -> Attr:
     )  # fmt: skip
 
 
+_ATTR_MEMO_ENTRIES = 4096
+_attr_memo: dict[int, tuple[Attr, bytes]] = {}
+
+
 def pack_post_op_attr(p: Packer, a: Attr | None) -> None:
     """post_op_attr (§2.6): one struct call when the attributes are present."""
     if a is None:
         p.pack_bool(False)
         return
-    p.pack_fopaque(POST_OP_ATTR_SIZE_SOME, _POST_OP_ATTR_SOME.pack(1, *_fattr3_values(a)))
+    p.pack_fopaque(POST_OP_ATTR_SIZE_SOME, _post_op_attr_some(a))
+
+
+def _post_op_attr_some(a: Attr) -> bytes:
+    """post_op_attr with attributes: TRUE then fattr3, remembered by identity (module rules)."""
+    hit = _attr_memo.get(id(a))
+    if hit is not None and hit[0] is a:
+        return hit[1]
+    wire = _POST_OP_ATTR_SOME.pack(1, *_fattr3_values(a))
+    if len(_attr_memo) >= _ATTR_MEMO_ENTRIES:
+        _attr_memo.clear()
+    _attr_memo[id(a)] = (a, wire)
+    return wire
 
 
 def unpack_post_op_attr(u: Unpacker) -> Attr | None:

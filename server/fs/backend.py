@@ -52,7 +52,7 @@ from server.fs import keys, perms
 from server.fs.common import DOT, DOTDOT, check_name, disk_error, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.datapath import DataOps
-from server.fs.meta import NOT_CACHED, MetaIOError, MetaStore
+from server.fs.meta import NOT_CACHED, MetaIOError, MetaStore, acquire_lock
 from server.fs.namespace import NamespaceOps
 from server.fs.readdir import read_dir_page
 from server.fs.records import CreateInode, Inode
@@ -61,6 +61,7 @@ from storage.chunks import ChunkIOError, ChunkStore
 from storage.kv import KvStore
 
 ROOT_INO = 1
+_ATTR_MEMO_ENTRIES = 16384
 
 
 class LocalBackend(NamespaceOps, DataOps):
@@ -86,6 +87,9 @@ class LocalBackend(NamespaceOps, DataOps):
         self._ino_locks: dict[int, tuple[trio.Lock, int]] = {}
         self._kv: KvStore | None = None
         self._root_gen = 0
+        # fattr3 of the inode objects last seen, by inode id: inodes are immutable, so an
+        # unchanged inode (the same object) has the same Attr. Bounded, cleared when full.
+        self._attrs: dict[int, tuple[Inode, Attr]] = {}
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -244,7 +248,14 @@ class LocalBackend(NamespaceOps, DataOps):
         return FileId(inode.ino, inode.gen)
 
     def _attr(self, inode: Inode) -> Attr:
-        return to_attr(inode, self.fsid)
+        hit = self._attrs.get(inode.ino)
+        if hit is not None and hit[0] is inode:
+            return hit[1]
+        attr = to_attr(inode, self.fsid)
+        if len(self._attrs) >= _ATTR_MEMO_ENTRIES:
+            self._attrs.clear()
+        self._attrs[inode.ino] = (inode, attr)
+        return attr
 
     @asynccontextmanager
     async def _ino_lock(self, ino: int) -> AsyncIterator[None]:
@@ -252,8 +263,11 @@ class LocalBackend(NamespaceOps, DataOps):
         lock, users = self._ino_locks.get(ino) or (trio.Lock(), 0)
         self._ino_locks[ino] = (lock, users + 1)
         try:
-            async with lock:
+            await acquire_lock(lock)
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._ino_locks[ino]
             if users == 1:

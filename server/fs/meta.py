@@ -12,7 +12,8 @@ Rules:
   is pure), updates the caches before the LevelDB write so that no reader can see a value older
   than one it already saw, then writes the batch. A commit that must be durable fsyncs in that
   write when no other writer waits, else in one shared fsync after the lock is released (group
-  commit): `writing()` returns only when it is on disk.
+  commit): `writing()` returns only when it is on disk. LevelDB calls run on the event loop's
+  thread when nothing else could run meanwhile (storage/kv.py, inline_when_idle).
 - WRITE's metadata (size, mtime), and the bytes of small inline files, are pending in memory
   until the next commit or flush, which turns them into WriteMeta / WriteInline records; readers
   see them through `inode()` and `inline()`. Losing them in a crash is what the write verifier
@@ -44,6 +45,16 @@ _MISSING = object()
 NOT_CACHED: object = _MISSING  # what the *_nowait readers return when they would need LevelDB
 _SUID_SGID = 0o6000
 _MAX_APPLY_ATTEMPTS = 16  # each retry loads what the previous attempt missed
+
+
+async def acquire_lock(lock: trio.Lock) -> None:
+    """`lock.acquire()` without its scheduling round when the lock is free: a free lock is
+    taken at once (still a checkpoint when it is not). Every metadata change and WRITE takes
+    one or two locks, and each round costs a pass of the event loop."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
 
 
 class MetaIOError(IOError_):
@@ -307,10 +318,13 @@ class MetaStore:
         """Hold the writer lock; on leaving, wait until what was committed with sync=True is
         durable. The fsync happens after the lock is released, so writers that commit while one
         fsync runs share the next one (group commit)."""
-        async with self.lock:
+        await acquire_lock(self.lock)
+        try:
             self._txn_sync_seq = 0
             yield
             seq = self._txn_sync_seq
+        finally:
+            self.lock.release()
         if seq > self._durable_seq:
             await self._wait_durable(seq)
 
@@ -325,7 +339,7 @@ class MetaStore:
         sync_now = sync and self.lock.statistics().tasks_waiting == 0 and self._sync_done is None
         if changes or sync_now:
             try:
-                await self.kv.write(changes.batch(), sync=sync_now)
+                await self.kv.write(changes.batch(), sync=sync_now, inline_when_idle=True)
             except KvError as e:
                 self._reset_caches()
                 raise MetaIOError(str(e)) from e
@@ -346,7 +360,9 @@ class MetaStore:
             self._sync_done = done = trio.Event()
             target = self._written_seq
             try:
-                await self.kv.write([(keys.SYNC_MARK, keys.u64(target))], sync=True)
+                await self.kv.write(
+                    [(keys.SYNC_MARK, keys.u64(target))], sync=True, inline_when_idle=True
+                )
             except KvError as e:
                 raise MetaIOError(str(e)) from e
             finally:
@@ -429,13 +445,13 @@ class MetaStore:
 
     async def _get(self, key: bytes) -> bytes | None:
         try:
-            return await self.kv.get(key)
+            return await self.kv.get(key, inline_when_idle=True)
         except KvError as e:
             raise MetaIOError(str(e)) from e
 
     async def _get_many(self, keys_: list[bytes]) -> list[bytes | None]:
         try:
-            return await self.kv.get_many(keys_)
+            return await self.kv.get_many(keys_, inline_when_idle=True)
         except KvError as e:
             raise MetaIOError(str(e)) from e
 

@@ -60,3 +60,25 @@ async def test_concurrent_calls_share_a_bounded_pool(kv):
         for i in range(50):
             n.start_soon(lambda i=i: kv.write([(b"c%03d" % i, b"x")], sync=False))
     assert len(await kv.iterate(prefix=b"c")) == 50
+
+
+async def test_inline_when_idle_runs_on_the_loop_thread_only_when_nothing_else_could_run(kv):
+    import threading
+
+    threads: list[int] = []
+    real = kv.write_sync
+
+    def spy(batch, *, sync):
+        threads.append(threading.get_ident())
+        real(batch, sync=sync)
+
+    kv.write_sync = spy
+    loop_thread = threading.get_ident()
+    await kv.write([(b"a", b"1")], sync=True, inline_when_idle=True)
+    await kv.write([(b"b", b"2")], sync=True)  # not asked: always a worker thread
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 0)  # a runnable task: the loop is not idle
+        await kv.write([(b"c", b"3")], sync=True, inline_when_idle=True)
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread and threads[2] != loop_thread
+    assert await kv.get_many([b"a", b"b", b"c"], inline_when_idle=True) == [b"1", b"2", b"3"]
