@@ -21,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -163,9 +164,42 @@ class LookupResult:
     dir_attr: Attr | None
 
 
+class FileSlice:
+    """READ data still in a file: `count` bytes of descriptor `fd` from `offset`; bytes past the
+    file's end read as zeros. The gateway sends it with os.sendfile, so the data never passes
+    through user space; it is only for a `*_nowait` READ whose pages are in the page cache.
+
+    The slice owns `fd` (a dup) and closes it in `release()`, which the gateway calls once the
+    reply is sent or abandoned; a slice that is dropped unreleased closes it when collected."""
+
+    __slots__ = ("count", "fd", "offset")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        assert fd >= 0 and offset >= 0 and count > 0
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self) -> bytes:
+        """The bytes (copied: for paths that cannot send from a file, and tests)."""
+        data = os.pread(self.fd, self.count, self.offset)
+        return data + bytes(self.count - len(data))
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.release()
+
+
 @dataclass(frozen=True, slots=True)
 class ReadResult:
-    data: bytes | memoryview
+    data: bytes | memoryview | FileSlice  # FileSlice: from read_nowait only
     eof: bool
     attr: Attr | None
 
@@ -457,4 +491,6 @@ class NowaitBackend(Protocol):
 
     def read_nowait(
         self, cred: Cred, fid: FileId, offset: int, count: int
-    ) -> ReadResult | None: ...
+    ) -> ReadResult | None:
+        """May answer with a FileSlice (the gateway releases it) when the pages are cached."""
+        ...

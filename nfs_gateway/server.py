@@ -22,6 +22,9 @@ Rules:
   read loop itself, and only the others get a task. The read loop still yields every few
   receives, so a client that keeps its socket full cannot starve the other tasks.
 - Large records (WRITE) are received straight into their final buffer (RecordDecoder.direct_view).
+- READ data that the backend hands over as a FileSlice (pages in the page cache) is sent with
+  os.sendfile after the header (MSG_MORE): it never passes through user space. Every slice is
+  released once sent or when its reply is abandoned.
 - Graceful shutdown: `shutdown()` stops accepting and reading; requests already read are answered
   (within `shutdown_grace_s`), then connections close and `run` returns.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket as stdlib_socket
 import struct
 from collections import Counter
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 
 import trio
 
+from nfs_gateway.backend import FileSlice
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
 from nfs_gateway.program import NOT_READY, Program
@@ -147,29 +152,79 @@ class ByteBudget:
         self._released = trio.Event()
 
 
-def send_some(sock: stdlib_socket.socket, buffers: list[Buffer]) -> list[Buffer]:
-    """One non-blocking sendmsg of `buffers`; what is left to send (empty when all went)."""
+def send_some(sock: stdlib_socket.socket, buffers: list) -> list:
+    """Send what the socket takes now of `buffers` (bytes-likes and FileSlices) without
+    blocking; what is left (empty when all went). Slices are released once sent."""
+    while buffers:
+        first = buffers[0]
+        if type(first) is FileSlice:
+            buffers = _sendfile_some(sock, first, buffers)
+            if buffers and buffers[0] is first:
+                return buffers  # the socket is full
+            continue
+        end = _plain_run(buffers)
+        run = buffers[:end]
+        try:
+            # MSG_MORE: a slice follows, so TCP holds the header back to send it with the data.
+            sent = sock.sendmsg(run, [], stdlib_socket.MSG_MORE if end < len(buffers) else 0)
+        except BlockingIOError:
+            return buffers
+        i = 0
+        while sent:
+            n = len(buffers[i])
+            if sent < n:
+                return [memoryview(buffers[i]).cast("B")[sent:], *buffers[i + 1 :]]
+            sent -= n
+            i += 1
+        if i < end:
+            return buffers[i:]  # the socket took the run only in part
+        buffers = buffers[i:]
+    return buffers
+
+
+def _plain_run(buffers: list) -> int:
+    """How many leading buffers are plain bytes-likes (at most _IOV_MAX)."""
+    for i, b in enumerate(buffers):
+        if type(b) is FileSlice or i == _IOV_MAX:
+            return i
+    return len(buffers)
+
+
+def _sendfile_some(sock: stdlib_socket.socket, piece: FileSlice, buffers: list) -> list:
     try:
-        sent = sock.sendmsg(buffers[:_IOV_MAX])
+        n = os.sendfile(sock.fileno(), piece.fd, piece.offset, piece.count)
     except BlockingIOError:
         return buffers
-    i = 0
-    while sent:
-        n = len(buffers[i])
-        if sent < n:
-            rest = [memoryview(buffers[i]).cast("B")[sent:], *buffers[i + 1 :]]
-            return rest
-        sent -= n
-        i += 1
-    return buffers[i:]
+    if n == 0:  # the file ended early (truncated meanwhile): the rest reads as zeros
+        zeros = bytes(piece.count)
+        piece.release()
+        return [zeros, *buffers[1:]]
+    piece.offset += n
+    piece.count -= n
+    if piece.count:
+        return buffers
+    piece.release()
+    return buffers[1:]
 
 
-async def send_buffers(sock: stdlib_socket.socket, buffers: list[Buffer]) -> None:
-    """Write all of `buffers` (no copy), waiting for the socket only when it is full."""
-    buffers = send_some(sock, [b for b in buffers if len(b)])
-    while buffers:
-        await trio.lowlevel.wait_writable(sock)
+def release_slices(buffers: list) -> None:
+    """Release the FileSlices of a reply that will not be sent (in full)."""
+    for b in buffers:
+        if type(b) is FileSlice:
+            b.release()
+
+
+async def send_buffers(sock: stdlib_socket.socket, buffers: list) -> None:
+    """Write all of `buffers` (no copy), waiting for the socket only when it is full. The
+    FileSlices among them are released, also when sending fails."""
+    buffers = [b for b in buffers if len(b)]
+    try:
         buffers = send_some(sock, buffers)
+        while buffers:
+            await trio.lowlevel.wait_writable(sock)
+            buffers = send_some(sock, buffers)
+    finally:
+        release_slices(buffers)
 
 
 def _framed(reply: list[Buffer], join_below: int) -> list[Buffer]:
@@ -402,11 +457,16 @@ class RpcServer:
         if reply is None:
             return True
         framed = _framed(reply, self.limits.join_below_bytes)
-        await _acquire(conn.send_lock)  # nothing is sent yet: cancelling here is harmless
+        try:
+            await _acquire(conn.send_lock)  # nothing is sent yet: cancelling here is harmless
+        except BaseException:
+            release_slices(framed)
+            raise
         try:
             rest = send_some(conn.sock, framed)
         except OSError as e:
             conn.send_lock.release()
+            release_slices(framed)
             log.debug("%s: send failed: %s; closing", conn.peer, e)
             nursery.cancel_scope.cancel()
             return False
@@ -428,6 +488,7 @@ class RpcServer:
             assert conn.nursery is not None
             conn.nursery.cancel_scope.cancel()
         finally:
+            release_slices(rest)
             conn.send_lock.release()
 
     async def _answer(
@@ -438,7 +499,11 @@ class RpcServer:
             if reply is None:
                 return
             framed = _framed(reply, self.limits.join_below_bytes)
-            await _acquire(conn.send_lock)
+            try:
+                await _acquire(conn.send_lock)
+            except BaseException:
+                release_slices(framed)
+                raise
             try:
                 await send_buffers(conn.sock, framed)
             finally:
@@ -484,6 +549,10 @@ class RpcServer:
             reply = await dispatcher.dispatch(data, addr[:2], "udp")
             if reply is None:
                 return
+            # A datagram needs the bytes themselves (slices are for TCP's sendfile).
+            sent_as_bytes = [b.read() if type(b) is FileSlice else b for b in reply]
+            release_slices(reply)
+            reply = sent_as_bytes
             if sum(len(b) for b in reply) > self.limits.max_udp_reply_bytes:
                 log.error("%s: reply too large for UDP; answering SYSTEM_ERR", addr[:2])
                 (xid,) = struct.unpack_from(">I", data)

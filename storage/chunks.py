@@ -222,6 +222,39 @@ class ChunkStore:
         # path tells the two apart.
         return buf if got == n else None
 
+    def dup_nowait(
+        self, ino: int, chunk_size: int, offset: int, count: int
+    ) -> tuple[int, int] | None:
+        """A duplicate of the descriptor of the one chunk that holds [offset, offset+count), and
+        the offset inside it, if that descriptor is cached and the range's first and last bytes
+        are in the page cache (RWF_NOWAIT probes); else None. The caller closes the duplicate.
+        For sending with os.sendfile: only a page evicted from the middle of the range would be
+        read from disk, and the range is at most one READ."""
+        pieces = spans(offset, count, chunk_size)
+        if not self._nowait or len(pieces) != 1:
+            return None
+        index, inner, n = pieces[0]
+        with self._lock:
+            ent = self._fds.get((ino, index))
+            if ent is None:
+                return None
+            ent.busy += 1
+        try:
+            probe = bytearray(1)
+            for pos in (inner, inner + n - 1):
+                if os.preadv(ent.fd, [probe], pos, os.RWF_NOWAIT) != 1:
+                    return None  # past the chunk file's end: a hole, which the copy path fills
+            return os.dup(ent.fd), inner
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}", e.errno) from e
+            self._nowait = False
+            return None
+        finally:
+            self._release(ent)
+
     def _pread_one(self, ino: int, index: int, inner: int, n: int) -> bytes:
         ent = self._acquire(ino, index, create=False)
         if ent is None:

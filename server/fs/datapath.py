@@ -16,7 +16,9 @@ Rules:
   them, the start after a crash repairs them), so a WRITE past EOF needs no zeroing.
 - READ does not update atime (as with a noatime mount): reading must not cost a metadata write.
 - `read_nowait` answers from the caches and the page cache (the gateway's fast path) or says
-  None; `read` tries it first, then reads in a worker thread.
+  None; `read` tries it first, then reads in a worker thread. A large cached range is answered
+  as a FileSlice (a duplicate descriptor of the chunk file), which the gateway sends with
+  os.sendfile: the bytes are not copied through user space.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from nfs_gateway.backend import (
     Cred,
     FBig,
     FileId,
+    FileSlice,
     ReadResult,
     StableHow,
     Stale,
@@ -47,9 +50,19 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+# READs at least this large are answered from the page cache as a FileSlice (sendfile); smaller
+# ones are copied, which costs less than a dup, a sendfile and a close.
+SLICE_MIN_BYTES = 64 * 1024
+
 
 class DataOps(_Base):
     def read_nowait(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult | None:
+        return self._read_cached(cred, fid, offset, count, slices=True)
+
+    def _read_cached(
+        self, cred: Cred, fid: FileId, offset: int, count: int, *, slices: bool
+    ) -> ReadResult | None:
+        """READ from the caches and the page cache, or None; a FileSlice only if `slices`."""
         inode = self._get_nowait(fid)
         if inode is None:
             return None
@@ -64,12 +77,21 @@ class DataOps(_Base):
         else:
             try:
                 # Page-cache hits only: RWF_NOWAIT refuses instead of blocking.
-                data = self._chunks.pread_nowait(inode.ino, inode.chunk_size, offset, n)
+                data = self._cached_range(inode, offset, n, slices)
             except ChunkIOError as e:
                 raise disk_error(e) from e
             if data is None:
                 return None
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))
+
+    def _cached_range(
+        self, inode: Inode, offset: int, n: int, slices: bool
+    ) -> FileSlice | bytearray | None:
+        if slices and n >= SLICE_MIN_BYTES:
+            found = self._chunks.dup_nowait(inode.ino, inode.chunk_size, offset, n)
+            if found is not None:
+                return FileSlice(found[0], found[1], n)
+        return self._chunks.pread_nowait(inode.ino, inode.chunk_size, offset, n)
 
     def _read_count(self, cred: Cred, inode: Inode, offset: int, count: int) -> int:
         """Checks of READ; the bytes to read (0 at or past EOF)."""
@@ -81,7 +103,7 @@ class DataOps(_Base):
         return min(count, inode.size - offset)
 
     async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
-        found = self.read_nowait(cred, fid, offset, count)
+        found = self._read_cached(cred, fid, offset, count, slices=False)
         if found is not None:
             return found
         inode = await self._get(fid)

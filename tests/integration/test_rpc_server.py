@@ -7,6 +7,7 @@ new connection must still get NULL answered.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import trio
 import trio.testing
 from rpcclient import RpcClient, UdpRpcClient, authsys, u32, xdr_string
 
+from nfs_gateway.backend import FileSlice
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import MOUNT_PROG, MountStat, make_mount_program
@@ -49,6 +51,8 @@ class ToyProgram:
         self.gate = trio.Event()
         self.blocked = 0
         self.bumps = 0
+        self.slice_file: Path | None = None  # SLICE sends from this file
+        self.slices: list[FileSlice] = []
 
     async def null(self, ctx: CallContext, _args: None) -> None:
         return None
@@ -71,6 +75,16 @@ class ToyProgram:
     async def fail(self, ctx: CallContext, _args: None) -> None:
         raise RuntimeError("deliberate handler fault")
 
+    def slice_nowait(self, ctx: CallContext, count: int) -> FileSlice:
+        """`count` bytes of slice_file from offset 1 (past its end: zeros), as a FileSlice."""
+        assert self.slice_file is not None
+        piece = FileSlice(os.open(self.slice_file, os.O_RDONLY), 1, count)
+        self.slices.append(piece)
+        return piece
+
+    async def slice(self, ctx: CallContext, count: int) -> FileSlice:
+        return self.slice_nowait(ctx, count)
+
     def program(self) -> Program:
         uint_in, uint_out = Unpacker.unpack_uint, Packer.pack_uint
         procs = {
@@ -82,6 +96,9 @@ class ToyProgram:
             3: Procedure("BUMP", decode_void, self.bump, uint_out, idempotent=False),
             4: Procedure("BIG", uint_in, self.big, Packer.pack_opaque_ref),
             5: Procedure("FAIL", decode_void, self.fail, encode_void),
+            6: Procedure(
+                "SLICE", uint_in, self.slice, Packer.pack_opaque_ref, True, self.slice_nowait
+            ),
         }
         return Program(TEST_PROG, "test", {1: procs})
 
@@ -282,6 +299,22 @@ async def test_large_request_and_reply(server):
         assert body.unpack_opaque(2 * MiB) == data
         hdr, body = await c.call(TEST_PROG, 1, 4, u32(MiB + 3))
         assert len(body.unpack_opaque(2 * MiB)) == MiB + 3
+
+
+async def test_file_slices_are_sent_with_sendfile_and_released(server, prog, tmp_path):
+    """A reply with a FileSlice (READ data in the page cache) carries the file's bytes, zeros
+    past its end, and its padding; the slice's descriptor is closed afterwards."""
+    content = os.urandom(3 * MiB)
+    prog.slice_file = tmp_path / "data"
+    prog.slice_file.write_bytes(content)
+    async with await RpcClient.connect("127.0.0.1", port(server)) as c:
+        for count in (2 * MiB + 1, 3 * MiB + 2):  # the second runs 3 bytes past the end
+            hdr, body = await c.call(TEST_PROG, 1, 6, u32(count))
+            assert hdr.accept_stat == AcceptStat.SUCCESS
+            expected = content[1 : 1 + count]
+            assert body.unpack_opaque(4 * MiB) == expected + bytes(count - len(expected))
+            body.done()
+    assert [s.fd for s in prog.slices] == [-1, -1]
 
 
 async def test_multi_fragment_call(server):

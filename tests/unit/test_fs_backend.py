@@ -18,6 +18,7 @@ from nfs_gateway.backend import (
     Exists,
     FBig,
     FileId,
+    FileSlice,
     FileType,
     Inval,
     IsDir,
@@ -572,3 +573,19 @@ async def test_run_flushes_old_pending_metadata(tmp_path):
             n.cancel_scope.cancel()
         raw = await fs.kv.get(keys.inode_key(f.ino))
         assert decode(raw).size == 2 * CHUNK  # in LevelDB now, not only in memory
+
+
+async def test_read_nowait_hands_large_cached_ranges_out_as_file_slices(fs, home):
+    """The gateway's fast path: a large range in the page cache comes as a FileSlice (sent
+    with sendfile), a small one as bytes; the async read never gives a slice."""
+    fid = await mkfile(fs, home, b"big")
+    data = bytes(range(256)) * (CHUNK // 256)
+    await put(fs, fid, 0, data)  # one whole chunk: its descriptor is cached, its pages too
+    big = fs.read_nowait(ROOT, fid, 0, CHUNK)
+    small = fs.read_nowait(ROOT, fid, 10, 100)
+    assert big is not None and small is not None
+    assert isinstance(big.data, FileSlice) and big.eof
+    assert big.data.read() == data
+    big.data.release()
+    assert bytes(small.data) == data[10:110]
+    assert not isinstance((await fs.read(ROOT, fid, 0, CHUNK)).data, FileSlice)
