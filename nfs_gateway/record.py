@@ -71,6 +71,20 @@ class RecordDecoder:
         pos = 0
         out: list[bytearray] = []
         while pos < n:
+            if not (self._in_fragment or self._hdr or self._rec) and n - pos >= 4:
+                # The common case, a whole small record in one piece: one slice, one copy.
+                marker = _U32.unpack_from(mv, pos)[0]
+                length = marker & MAX_FRAGMENT_LEN
+                end = pos + 4 + length
+                if (
+                    marker & LAST_FRAGMENT
+                    and end <= n
+                    and length < DIRECT_MIN_BYTES
+                    and length <= self.max_record_bytes
+                ):
+                    out.append(bytearray(mv[pos + 4 : end]))
+                    pos = end
+                    continue
             if not self._in_fragment:
                 take = min(4 - len(self._hdr), n - pos)
                 self._hdr += mv[pos : pos + take]
