@@ -207,10 +207,11 @@ class GroupRuntime:
         await self._require_ready()
         if isinstance(request, p.RunTxn):
             return await self._run_txn(request)
-        try:
-            await self.driver.read_index()
-        except NotLeader as e:
-            raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
+        if not self._sole_voter():
+            try:
+                await self.driver.read_index()
+            except NotLeader as e:
+                raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
         if isinstance(request, p.ScanState):
             return await trio.to_thread.run_sync(self._scan, request)
         return await trio.to_thread.run_sync(
@@ -229,6 +230,11 @@ class GroupRuntime:
             if len(items) >= limit:
                 return p.ScanStateReply(tuple(items), items[-1][0] + b"\x00")
         return p.ScanStateReply(tuple(items), b"")
+
+    def _sole_voter(self) -> bool:
+        """A one-voter group's leader is the only one there can be, and every write it
+        acknowledged is applied (propose returns after apply): its reads need no barrier."""
+        return self.driver.node.raft.conf.voters == {self.node_id}
 
     async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
         return await self.handle(request)
@@ -260,8 +266,11 @@ class GroupRuntime:
         raise RemoteError(p.UNAVAILABLE, "leader not ready")
 
     async def _run_txn(self, req: p.RunTxn) -> p.TxnReply:
+        # Only a retry can have an outcome already; for a first attempt the lookup would cost a
+        # thread round trip for nothing (and a wrong "first attempt" flag is still safe: the
+        # records' apply answers a decided txn with its remembered outcome).
         known = await trio.to_thread.run_sync(
-            self.sm.txn.outcome, StateView(self.kv), req.txn_id)
+            self.sm.txn.outcome, StateView(self.kv), req.txn_id) if req.retry else None
         done, box = trio.Event(), []
         self._txn_waiters.setdefault(req.txn_id, []).append((done, box))
         try:

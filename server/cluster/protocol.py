@@ -185,6 +185,7 @@ class RunTxn:
     ring_version: int
     txn_id: bytes
     parts: tuple[tuple[int, bytes], ...]
+    retry: bool = False  # set when resending a txn_id whose answer was lost or undecided
 
 
 @message("cl.txn_reply")
