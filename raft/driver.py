@@ -50,6 +50,30 @@ InstallFn = Callable[[Snapshot], Awaitable[None]]
 SnapshotSourceFn = Callable[[SnapshotRequest], Awaitable[tuple[SnapshotMeta, bytes, bool] | None]]
 
 
+class SnapshotPieces:
+    """A SnapshotSourceFn's memory: the snapshot being sent, cut in the core's piece size.
+    A new one is taken (`take`: the state machine's bytes, which match node.snapshot_meta()
+    when called after advance) when a follower starts over (offset 0 of index 0) or asks for
+    another snapshot than the one kept."""
+
+    def __init__(self, take: Callable[[], Awaitable[bytes]]) -> None:
+        self._take = take
+        self._current: tuple[SnapshotMeta, bytes] | None = None
+
+    async def piece(self, node: RawNode, request: SnapshotRequest
+                    ) -> tuple[SnapshotMeta, bytes, bool]:
+        if request.index == 0 or self._current is None or (
+                self._current[0].index != request.index):
+            meta = node.snapshot_meta()
+            self._current = (meta, await self._take())
+            offset = 0
+        else:
+            offset = request.offset
+        meta, data = self._current
+        end = min(len(data), offset + node.raft.config.snapshot_chunk_bytes)
+        return meta, data[offset:end], end == len(data)
+
+
 class ReadIndexTimeout(NotLeader):
     """No answer to a ReadIndex in time (the leader changed, or no quorum): retry."""
 

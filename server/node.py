@@ -11,6 +11,7 @@ import errno
 import logging
 import signal
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -149,25 +150,36 @@ async def serve(cfg: Config) -> None:
 async def _run(cfg: Config, server: RpcServer, backend: LocalBackend) -> None:
     async with trio.open_nursery() as services:
         await services.start(backend.run)
-        # The RPC server and the signal watcher live in an inner nursery: it ends when a signal
-        # has made the server answer what it read and return; then the services stop, and
-        # serve() syncs and closes the backend.
-        async with trio.open_nursery() as rpc:
-            try:
-                bound = await rpc.start(server.run)
-            except OSError as e:
-                reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
-                raise StartupError(f"cannot listen: {reason}") from None
-            metrics_addr = cfg.metrics_listen()
-            if metrics_addr is not None:
-                metrics.start_http(metrics_addr.host, metrics_addr.port)
-            rpc.start_soon(_watch_signals, server)
-            for host, port in bound[1:]:
-                log.info("objcache: portmapper on %s:%d", host, port)
-            host, port = bound[0]
-            log.info(
-                "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
-                "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
-                host, port, data_dir(cfg), port, port, host,
-            )
+        # The RPC server and the signal watcher live in serve_nfs's nursery: it ends when a
+        # signal has made the server answer what it read and return; then the services stop,
+        # and serve() syncs and closes the backend.
+        host, port = await serve_nfs(cfg, server)
+        log.info("objcache: stopped serving %s:%d", host, port)
         services.cancel_scope.cancel()
+
+
+async def serve_nfs(cfg: Config, server: RpcServer,
+                    on_serving: Callable[[str, int], None] | None = None) -> tuple[str, int]:
+    """Run the NFS server (and /metrics) until SIGTERM/SIGINT has made it answer what it read
+    and return. `on_serving(host, port)` runs once it listens. Returns the NFS address."""
+    async with trio.open_nursery() as rpc:
+        try:
+            bound = await rpc.start(server.run)
+        except OSError as e:
+            reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
+            raise StartupError(f"cannot listen: {reason}") from None
+        metrics_addr = cfg.metrics_listen()
+        if metrics_addr is not None:
+            metrics.start_http(metrics_addr.host, metrics_addr.port)
+        rpc.start_soon(_watch_signals, server)
+        for host, port in bound[1:]:
+            log.info("objcache: portmapper on %s:%d", host, port)
+        host, port = bound[0]
+        if on_serving is not None:
+            on_serving(host, port)
+        log.info(
+            "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
+            "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
+            host, port, data_dir(cfg), port, port, host,
+        )
+    return host, port

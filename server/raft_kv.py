@@ -28,7 +28,7 @@ import cbor2
 import trio
 
 from raft.config import Config
-from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver
+from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver, SnapshotPieces
 from raft.errors import NotLeader, ProposalDropped
 from raft.node import RawNode, bootstrap_log
 from raft.ready import Snapshot, SnapshotRequest
@@ -203,7 +203,7 @@ class KvNode:
                  storage: RaftLogStorage, compaction: CompactionPolicy):
         self.driver, self.sm, self.plane = driver, sm, plane
         self.storage, self.compaction = storage, compaction
-        self._snapshot: tuple[SnapshotMeta, bytes] | None = None  # the one being sent
+        self._snapshot = SnapshotPieces(sm.snapshot_bytes)  # the one being sent
         plane.register(KvPut, self.on_put)
         plane.register(KvGet, self.on_get)
         plane.register(KvStatus, self.on_status)
@@ -227,17 +227,7 @@ class KvNode:
     async def snapshot_source(self, request: SnapshotRequest
                               ) -> tuple[SnapshotMeta, bytes, bool] | None:
         """Pieces of a snapshot for a follower too far behind (raft.ready.SnapshotRequest)."""
-        if request.index == 0 or self._snapshot is None or (
-                self._snapshot[0].index != request.index):
-            meta = self.driver.node.snapshot_meta()  # after advance: matches the state
-            self._snapshot = (meta, await self.sm.snapshot_bytes())
-            offset = 0
-        else:
-            offset = request.offset
-        meta, data = self._snapshot
-        piece = self.driver.node.raft.config.snapshot_chunk_bytes
-        end = min(len(data), offset + piece)
-        return meta, data[offset:end], end == len(data)
+        return await self._snapshot.piece(self.driver.node, request)
 
     async def compactor(self) -> None:
         """Snapshot = the state machine in LevelDB at its applied index; then drop the log

@@ -59,9 +59,10 @@ class MemKv:
 
 
 class Overlay:
-    """A write batch over a base store that reads its own writes; `commit()` applies it."""
+    """A write batch over a base view that reads its own writes; `commit()` applies it to a
+    MemKv base (the server writes `writes` to LevelDB itself)."""
 
-    def __init__(self, base: MemKv) -> None:
+    def __init__(self, base: KvView) -> None:
         self.base = base
         self.writes: dict[bytes, bytes | None] = {}
 
@@ -87,6 +88,7 @@ class Overlay:
         self.writes[key] = None
 
     def commit(self) -> None:
+        assert isinstance(self.base, MemKv), "commit() applies to a MemKv base"
         for k, v in self.writes.items():
             if v is None:
                 self.base.delete(k)

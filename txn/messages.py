@@ -73,3 +73,6 @@ class OutcomeAnswer:
 TxnMessage = (
     PrepareRequest | PrepareVote | DecisionNotice | FinishAck | OutcomeQuery | OutcomeAnswer
 )
+ALL_MESSAGE_TYPES: tuple[type, ...] = (
+    PrepareRequest, PrepareVote, DecisionNotice, FinishAck, OutcomeQuery, OutcomeAnswer,
+)

@@ -35,7 +35,7 @@ import trio
 from prometheus_client import Counter
 
 from raft.config import Config as RaftConfig
-from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver
+from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver, SnapshotPieces
 from raft.errors import NotLeader, RaftError
 from raft.node import RawNode, bootstrap_log
 from raft.ready import Role, Snapshot, SnapshotRequest
@@ -49,6 +49,7 @@ from server.cluster.statemachine import (
     encode_txn_entry,
 )
 from server.fs import keys as fs_keys
+from server.rpc import codec
 from server.rpc.frames import RemoteError
 from server.rpc.plane import RpcPlane
 from server.rpc.raft_wire import PlaneTransport, route_raft_messages
@@ -59,10 +60,10 @@ from txn import participant as pa
 from txn.actions import Action, LogApplied, LostLeadership, Propose, Reply, Send, Tick
 from txn.ids import TxnId, txn_id
 from txn.messages import (
+    ALL_MESSAGE_TYPES,
     DecisionNotice,
     FinishAck,
     OutcomeAnswer,
-    OutcomeQuery,
     PrepareRequest,
     PrepareVote,
     TxnMessage,
@@ -90,6 +91,12 @@ class GroupConfig:
     compact_keep_entries: int = 2_000
     compact_check_interval_s: float = 1.0
     snapshot_max_bytes: int = 1 << 30
+
+
+def register_txn_messages() -> None:
+    """Codec tags for the txn messages groups send each other (txn/messages.py)."""
+    for cls in ALL_MESSAGE_TYPES:
+        codec.register_type(cls, f"txn.{cls.__name__}", 1)
 
 
 class GroupRuntime:
@@ -136,7 +143,7 @@ class GroupRuntime:
         self._ready_event = trio.Event()
         self._becoming = False
         self._txn_waiters: dict[TxnId, list[tuple[trio.Event, list[Outcome | None]]]] = {}
-        self._snapshot: tuple[SnapshotMeta, bytes] | None = None
+        self._snapshot = SnapshotPieces(self._snapshot_bytes)  # the one being sent
         self._nursery: trio.Nursery | None = None
         self._version_of: tuple[bytes | None, int] = (None, 0)
         self._register(plane)
@@ -163,8 +170,8 @@ class GroupRuntime:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
                     p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList):
             plane.register(cls, self._on_request)
-        for cls in (PrepareRequest, PrepareVote, DecisionNotice, FinishAck, OutcomeQuery,
-                    OutcomeAnswer):
+        register_txn_messages()
+        for cls in ALL_MESSAGE_TYPES:
             plane.register(cls, self.take_txn_message)
 
     # -- service ----------------------------------------------------------------------------
@@ -362,20 +369,12 @@ class GroupRuntime:
 
     async def _snapshot_source(self, request: SnapshotRequest
                                ) -> tuple[SnapshotMeta, bytes, bool] | None:
-        if request.index == 0 or self._snapshot is None or (
-                self._snapshot[0].index != request.index):
-            meta = self.driver.node.snapshot_meta()  # after advance: matches the state
-            async with self._apply_lock:
-                data = await trio.to_thread.run_sync(
-                    self.sm.snapshot_sync, self.config.snapshot_max_bytes)
-            self._snapshot = (meta, data)
-            offset = 0
-        else:
-            offset = request.offset
-        meta, data = self._snapshot
-        piece = self.driver.node.raft.config.snapshot_chunk_bytes
-        end = min(len(data), offset + piece)
-        return meta, data[offset:end], end == len(data)
+        return await self._snapshot.piece(self.driver.node, request)
+
+    async def _snapshot_bytes(self) -> bytes:
+        async with self._apply_lock:
+            return await trio.to_thread.run_sync(
+                self.sm.snapshot_sync, self.config.snapshot_max_bytes)
 
     # -- leadership -------------------------------------------------------------------------
 

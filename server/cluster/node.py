@@ -17,13 +17,12 @@ import errno
 import logging
 import os
 import secrets
-import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from server import metrics
 from server.cluster import fsops, queries
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
@@ -33,9 +32,9 @@ from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import NODELIST, GroupStateMachine
-from server.config import Config, data_dir
+from server.config import Config, Listen, data_dir
 from server.fs.config import FsConfig
-from server.node import StartupError
+from server.node import StartupError, serve_nfs
 from server.rpc.plane import RpcConfig, RpcPlane
 from storage.chunks import ChunkStore
 from storage.kv import KvConfig, KvStore
@@ -135,38 +134,21 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
         alloc = await InoAllocator.open(kv, c.node_id)
         backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id)
-        await _serve_nfs(cfg, make_rpc_server(cfg, backend), me, listen)
+        await serve_nfs(cfg, make_rpc_server(cfg, backend),
+                        _announce(cfg, me, cfg.cluster_rpc_address()))
         nursery.cancel_scope.cancel()
 
 
-async def _serve_nfs(cfg: Config, server, me: NodeInfo, listen) -> None:  # type: ignore[no-untyped-def]
-    async with trio.open_nursery() as rpc:
-        try:
-            bound = await rpc.start(server.run)
-        except OSError as e:
-            reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
-            raise StartupError(f"cannot listen: {reason}") from None
+def _announce(cfg: Config, me: NodeInfo, rpc: Listen) -> Callable[[str, int], None]:
+    def on_serving(host: str, port: int) -> None:
         metrics_addr = cfg.metrics_listen()
-        if metrics_addr is not None:
-            metrics.start_http(metrics_addr.host, metrics_addr.port)
-        rpc.start_soon(_watch_signals, server)
-        host, port = bound[0]
         write_ready(data_dir(cfg), node_id=me.node_id, group=me.group, nfs=f"{host}:{port}",
-                    rpc=str(listen),
-                    metrics=None if metrics_addr is None else str(metrics_addr),
+                    rpc=str(rpc), metrics=None if metrics_addr is None else str(metrics_addr),
                     pid=os.getpid())
-        log.info(
-            "objcache: node %d (group %d) serving NFS v3 on %s:%d; mount with: "
-            "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
-            me.node_id, me.group, host, port, port, port, host)
+        log.info("objcache: node %d (group %d) serves the cluster's namespace", me.node_id,
+                 me.group)
 
-
-async def _watch_signals(server) -> None:  # type: ignore[no-untyped-def]
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s: shutting down", signal.Signals(signum).name)
-            server.shutdown()
-            return
+    return on_serving
 
 
 def _root_ops(fsc: FsConfig):  # type: ignore[no-untyped-def]

@@ -21,32 +21,14 @@ from typing import Any
 import trio
 
 from server.cluster import protocol as p
-from server.cluster.group import GroupRuntime
+from server.cluster.group import GroupRuntime, register_txn_messages
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
-from server.rpc import codec
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcPlane
-from txn.messages import (
-    DecisionNotice,
-    FinishAck,
-    OutcomeAnswer,
-    OutcomeQuery,
-    PrepareRequest,
-    PrepareVote,
-    TxnMessage,
-)
+from txn.messages import TxnMessage
 
 log = logging.getLogger("objcache.router")
-
-TXN_MESSAGES = (PrepareRequest, PrepareVote, DecisionNotice, FinishAck, OutcomeQuery,
-                OutcomeAnswer)
-
-
-def register_txn_messages() -> None:
-    for cls in TXN_MESSAGES:
-        codec.register_type(cls, f"txn.{cls.__name__}", 1)
-
 
 class GroupRouter:
     def __init__(self, plane: RpcPlane, node_id: int, nodelist: NodeList,

@@ -4,8 +4,8 @@ Rules:
 - An entry is `[VERSION, kind, payload]` in CBOR: a txn record (txn/records.py in txn/codec.py
   form), or a NodeList (server/cluster/nodelist.py). Everything a group stores changes through
   these entries, so all replicas hold the same state.
-- A batch of entries is applied in a worker thread through one `BatchView` (a txn KvView and
-  KvBatch over LevelDB that reads its own writes): the txn tables (TxnState), the file-system
+- A batch of entries is applied in a worker thread through one txn.kv.Overlay over LevelDB (a
+  KvView and KvBatch that reads its own writes): the txn tables (TxnState), the file-system
   state (through the Application, server/cluster/fsops.py) and the applied index end up in one
   atomic LevelDB write. The data effects of the batch (chunk writes, trims, deletes) are made
   first: if a crash comes between them and the batch, the log replays the records and makes
@@ -35,6 +35,7 @@ from server.cluster.nodelist import NodeList
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 from txn.codec import from_cbor, to_cbor
+from txn.kv import Overlay
 from txn.records import TxnRecord
 from txn.state import Applied, TxnState
 
@@ -89,39 +90,6 @@ def u64(raw: bytes | None) -> int:
     return 0 if raw is None else _U64.unpack(raw)[0]
 
 
-class BatchView:
-    """txn KvView + KvBatch over LevelDB for one apply call (worker thread): reads see this
-    batch's writes; `writes` is the batch."""
-
-    def __init__(self, kv: KvStore) -> None:
-        self.kv = kv
-        self.writes: dict[bytes, bytes | None] = {}
-
-    def get(self, key: bytes) -> bytes | None:
-        if key in self.writes:
-            return self.writes[key]
-        return self.kv.get_sync(key)
-
-    def scan(self, prefix: bytes, limit: int) -> list[tuple[bytes, bytes]]:
-        base = self.kv.iterate_sync(prefix=prefix, limit=limit + len(self.writes))
-        if not self.writes:
-            return base[:limit]
-        merged = dict(base)
-        for k, v in self.writes.items():
-            if k.startswith(prefix):
-                if v is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = v
-        return sorted(merged.items())[:limit]
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.writes[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.writes[key] = None
-
-
 class StateView:
     """A read-only txn KvView of the applied state (queries, recovery scans; worker thread)."""
 
@@ -161,7 +129,7 @@ class GroupStateMachine:
     def apply_sync(self, entries: Sequence[Entry]) -> list[Applied]:
         """Apply committed entries in one batch (worker thread). Results of txn records, in
         order, for the leader's coordinator and participant."""
-        view = BatchView(self.kv)
+        view = Overlay(StateView(self.kv))  # reads see this batch's writes
         results: list[Applied] = []
         nodelist = None
         try:
@@ -190,7 +158,7 @@ class GroupStateMachine:
             self.nodelist_bytes = nodelist
         return results
 
-    def _newer_nodelist(self, payload: bytes, view: BatchView) -> bool:
+    def _newer_nodelist(self, payload: bytes, view: Overlay) -> bool:
         """A NodeList entry takes effect only if its version is newer (duplicates are normal:
         every new leader of a founding group proposes the first one)."""
         current = view.get(NODELIST)
