@@ -377,7 +377,12 @@ class RpcServer:
             async with trio.open_nursery() as nursery:
                 conn.nursery = nursery
                 with conn.read_scope:
-                    await self._read_loop(conn, dispatcher, nursery)
+                    try:
+                        await self._read_loop(conn, dispatcher, nursery)
+                    except Exception:
+                        # A bug in the RPC layer: lose this connection, not the whole server.
+                        log.exception("%s: internal error; closing the connection", conn.peer)
+                        nursery.cancel_scope.cancel()
                 # EOF, idle or shutdown: requests already read are still answered.
         finally:
             self._conns.discard(conn)

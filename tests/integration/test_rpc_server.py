@@ -44,6 +44,13 @@ MiB = 1 << 20
 LIMITS = RpcLimits(max_connections=64, max_in_flight_per_connection=4, shutdown_grace_s=5.0)
 
 
+class _Unsendable:
+    """Claims 8 KiB but is no buffer: sending it fails with TypeError."""
+
+    def __len__(self) -> int:
+        return 8192
+
+
 class ToyProgram:
     """NULL, ECHO opaque, BLOCK until released, BUMP (non-idempotent), BIG n bytes, FAIL."""
 
@@ -85,6 +92,12 @@ class ToyProgram:
     async def slice(self, ctx: CallContext, count: int) -> FileSlice:
         return self.slice_nowait(ctx, count)
 
+    def unsendable_nowait(self, ctx: CallContext, _args: None) -> object:
+        return _Unsendable()
+
+    async def unsendable(self, ctx: CallContext, _args: None) -> object:
+        return _Unsendable()
+
     def program(self) -> Program:
         uint_in, uint_out = Unpacker.unpack_uint, Packer.pack_uint
         procs = {
@@ -98,6 +111,15 @@ class ToyProgram:
             5: Procedure("FAIL", decode_void, self.fail, encode_void),
             6: Procedure(
                 "SLICE", uint_in, self.slice, Packer.pack_opaque_ref, True, self.slice_nowait
+            ),
+            # A reply that cannot be sent: a bug in the send path, on the fast path.
+            7: Procedure(
+                "UNSENDABLE",
+                decode_void,
+                self.unsendable,
+                Packer.pack_opaque_ref,
+                True,
+                self.unsendable_nowait,
             ),
         }
         return Program(TEST_PROG, "test", {1: procs})
@@ -236,6 +258,14 @@ async def test_rpc_version_3_is_rpc_mismatch(server):
     async with await RpcClient.connect("127.0.0.1", port(server)) as c:
         hdr, _ = await c.call(TEST_PROG, 1, 0, rpcvers=3)
         assert (hdr.reply_stat, hdr.reject_stat, hdr.low, hdr.high) == (MSG_DENIED, 0, 2, 2)
+    await assert_null_answers(server)
+
+
+async def test_a_fault_while_sending_closes_only_that_connection(server, caplog):
+    async with await RpcClient.connect("127.0.0.1", port(server)) as c:
+        xid, record = await c.call_raw(TEST_PROG, 1, 7)
+        assert record is None  # closed, not answered
+    assert "internal error" in caplog.text
     await assert_null_answers(server)
 
 
