@@ -121,6 +121,7 @@ class UnlinkDirent:
     dir_ino: int
     name: bytes
     time_ns: int
+    expect_ino: int = 0  # if set: the name must still point at this inode (else STALE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +180,56 @@ class WriteInline:
 
 @dataclass(frozen=True, slots=True)
 class UnInline:
-    """The file outgrew inline storage; its bytes were copied to chunk 0 (durably) first."""
+    """The file outgrew inline storage; its bytes were copied to chunk 0 (durably) first.
+    With `to_chunk` (the cluster) the apply itself moves them: a chunk-0 write effect."""
 
     ino: int
+    to_chunk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWrite:
+    """Bytes of chunk `index` of `ino` at [offset, offset+len(data)) inside the chunk, in the
+    group that holds that chunk (the inode's group for chunk 0). The bytes travel in the record,
+    so the Raft log keeps them durable; the chunk file write is a data effect of the apply."""
+
+    ino: int
+    index: int
+    offset: int
+    data: bytes
+    chunk_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTrim:
+    """Truncate: drop the bytes at or past file offset `keep` from the chunks of `ino` that
+    this group holds (a data effect; the size itself changes by SetAttr in the inode's group)."""
+
+    ino: int
+    chunk_size: int
+    keep: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkDelete:
+    """The last link went: delete the chunks of `ino` this group holds (a data effect)."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectInode:
+    """Check only: the inode is still what the proposer read, else the batch is refused
+    (reasons in server/fs/state.py). -1 / 0 / False: that field is not checked. `empty`: a
+    directory with no entries (ENOTEMPTY); `parent`: a directory's `..` (rename's ancestor
+    walk: a racing rename that moves an ancestor makes this fail)."""
+
+    ino: int
+    gen: int = 0
+    nlink: int = -1
+    parent: int = -1
+    size: int = -1
+    empty: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +249,10 @@ Record = (
     | WriteMeta
     | WriteInline
     | UnInline
+    | ChunkWrite
+    | ChunkTrim
+    | ChunkDelete
+    | ExpectInode
     | Multi
 )
 
@@ -219,8 +271,15 @@ _TAGS: dict[type, int] = {
     Multi: 23,
     WriteInline: 24,
     UnInline: 25,
+    ChunkWrite: 26,
+    ChunkTrim: 27,
+    ChunkDelete: 28,
+    ExpectInode: 29,
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
+_DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _TAGS}
+# Types that gained fields after databases existed: how many leading fields are always written.
+_ALWAYS_ENCODED = {UnlinkDirent: 3, UnInline: 1}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 _FTYPE_AT = {cls: names.index("ftype") for cls, names in _FIELDS.items() if "ftype" in names}
 # How many leading fields an encoding must carry: those without defaults.
@@ -246,7 +305,15 @@ def _to_wire(obj: Any) -> list[Any]:
     i = _FTYPE_AT.get(cls)
     if i is not None:
         values[i] = int(values[i])
-    return [VERSION, tag, values]
+    # Fields added by the cluster are left out while at their defaults (they decode as the
+    # defaults), so records that do not use them keep their earlier encoding.
+    n = len(values)
+    keep = _ALWAYS_ENCODED.get(cls)
+    if keep is not None:
+        defaults = _DEFAULTS[cls]
+        while n > keep and values[n - 1] == defaults[n - 1]:
+            n -= 1
+    return [VERSION, tag, values if n == len(values) else values[:n]]
 
 
 def encode(obj: Any) -> bytes:
@@ -300,7 +367,7 @@ def _field(cls: type, name: str, v: Any) -> Any:
 
 
 _BYTES_FIELDS = {"name", "target", "verf", "data"}
-_BOOL_FIELDS = {"clear_suid", "inline"}
+_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty"}
 _OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
 
 

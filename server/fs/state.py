@@ -9,7 +9,12 @@ Rules:
   values for the caller's caches, and the data effects (chunks to delete or trim) that the caller
   performs after the batch is durable.
 - A record that does not fit the state (linking over an existing name, unlinking a missing one)
-  is the proposer's bug: StateError, and the caller drops the whole batch.
+  is the proposer's bug: StateError, and the caller drops the whole batch. In the cluster the
+  proposer is a gateway that read the state optimistically, so the same error is a normal
+  refusal: StateError.reason (EEXIST, ENOENT, ENOTEMPTY, STALE) is the transaction's abort
+  reason (server/cluster/fsops.py) and the gateway re-reads and rebuilds.
+- `changes.effects` lists every data effect (chunk writes, trims, deletes) in record order, for
+  the cluster's runtime; LocalBackend uses the `delete_data` / `trim_data` summaries.
 """
 
 from __future__ import annotations
@@ -17,15 +22,20 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from nfs_gateway.backend import FileType
 from server.fs import keys
 from server.fs.records import (
     AdjustLinks,
+    ChunkDelete,
+    ChunkTrim,
+    ChunkWrite,
     CookieEntry,
     CreateInode,
     Dirent,
+    ExpectInode,
     Inode,
     LinkDirent,
     Multi,
@@ -46,8 +56,48 @@ FIRST_COOKIE = 3
 _SUID_SGID = 0o6000
 
 
+# Why a record does not apply (StateError.reason; the cluster's txn abort reasons).
+EEXIST = "EEXIST"  # LinkDirent over an existing name
+ENOENT = "ENOENT"  # an inode or a name the record needs is gone
+ENOTEMPTY = "ENOTEMPTY"  # ExpectInode(empty=True) of a directory with entries
+STALE = "STALE"  # the state moved under the proposer in another way (re-read and rebuild)
+
+
 class StateError(Exception):
-    """A record that does not apply to the current state."""
+    """A record that does not apply to the current state; `reason` says why (above)."""
+
+    def __init__(self, msg: str, reason: str = STALE) -> None:
+        super().__init__(msg)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class WriteEffect:
+    """Write `data` at file offset `offset` of ino's chunk files."""
+
+    ino: int
+    chunk_size: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrimEffect:
+    """Drop the bytes at or past file offset `keep` of ino's chunk files held here."""
+
+    ino: int
+    chunk_size: int
+    keep: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEffect:
+    """Delete every chunk file of ino held here."""
+
+    ino: int
+
+
+Effect = WriteEffect | TrimEffect | DeleteEffect
 
 
 class View(Protocol):
@@ -63,6 +113,11 @@ class View(Protocol):
         """The stored bytes of an inline file (b"" if none)."""
         ...
 
+    def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
+        """Up to `limit` names of the directory (any order). Only the cluster's ExpectInode
+        (empty=True) asks; LocalBackend never applies one, so its cache view may omit it."""
+        ...
+
 
 class Changes:
     """The effects of one batch of records."""
@@ -75,6 +130,7 @@ class Changes:
         self.meta: dict[bytes, int] = {}
         self.delete_data: dict[int, int] = {}  # inodes gone (-> last size): remove chunks
         self.trim_data: dict[int, tuple[int, int]] = {}  # ino -> (chunk_size, keep bytes)
+        self.effects: list[Effect] = []  # every data effect, in order (module rules)
 
     def batch(self) -> list[tuple[bytes, bytes | None]]:
         return list(self.ops.items())
@@ -102,6 +158,15 @@ class Changes:
         if ino in self.inlines:
             return self.inlines[ino] or b""
         return view.inline(ino)
+
+    def has_entries(self, view: View, dir_ino: int) -> bool:
+        gone = set()
+        for (d, name), ent in self.dirents.items():
+            if d == dir_ino:
+                if ent is not None:
+                    return True
+                gone.add(name)
+        return any(n not in gone for n in view.entry_names(dir_ino, len(gone) + 1))
 
     # Writes.
     def put_inode(self, inode: Inode) -> None:
@@ -137,6 +202,7 @@ class Changes:
     def trim(self, ino: int, chunk_size: int, keep: int) -> None:
         prev = self.trim_data.get(ino)
         self.trim_data[ino] = (chunk_size, keep if prev is None else min(prev[1], keep))
+        self.effects.append(TrimEffect(ino, chunk_size, keep))
 
 
 def apply(record: object, view: View, changes: Changes, index: int) -> None:
@@ -156,7 +222,7 @@ def _apply_one(record: object, view: View, changes: Changes) -> None:
 def _live(view: View, changes: Changes, ino: int) -> Inode:
     inode = changes.inode(view, ino)
     if inode is None:
-        raise StateError(f"inode {ino} does not exist")
+        raise StateError(f"inode {ino} does not exist", ENOENT)
     return inode
 
 
@@ -200,7 +266,7 @@ def _create_inode(r: CreateInode, view: View, changes: Changes) -> None:
 def _link_dirent(r: LinkDirent, view: View, changes: Changes) -> None:
     d = _live_dir(view, changes, r.dir_ino)
     if changes.dirent(view, r.dir_ino, r.name) is not None:
-        raise StateError(f"{r.name!r} exists in {r.dir_ino}")
+        raise StateError(f"{r.name!r} exists in {r.dir_ino}", EEXIST)
     changes.put_dirent(r.dir_ino, r.name, Dirent(r.ino, d.next_cookie, r.ftype))
     subdir = 1 if r.ftype == FileType.DIR else 0  # the new directory's `..`
     changes.put_inode(
@@ -218,7 +284,9 @@ def _unlink_dirent(r: UnlinkDirent, view: View, changes: Changes) -> None:
     d = _live_dir(view, changes, r.dir_ino)
     old = changes.dirent(view, r.dir_ino, r.name)
     if old is None:
-        raise StateError(f"{r.name!r} missing in {r.dir_ino}")
+        raise StateError(f"{r.name!r} missing in {r.dir_ino}", ENOENT)
+    if r.expect_ino and old.ino != r.expect_ino:
+        raise StateError(f"{r.name!r} in {r.dir_ino} is {old.ino}, not {r.expect_ino}")
     changes.delete_dirent(r.dir_ino, r.name, old)
     subdir = 1 if old.ftype == FileType.DIR else 0
     changes.put_inode(
@@ -241,6 +309,7 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
     elif inode.ftype == FileType.REG:
         changes.delete_data[r.ino] = inode.size
         changes.trim_data.pop(r.ino, None)
+        changes.effects.append(DeleteEffect(r.ino))
 
 
 def _set_parent(r: SetParent, view: View, changes: Changes) -> None:
@@ -313,8 +382,41 @@ def _uninline(r: UnInline, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
     if not inode.inline:
         raise StateError(f"inode {r.ino} is not inline")
+    if r.to_chunk:
+        blob = changes.inline(view, r.ino)
+        if blob:
+            changes.effects.append(WriteEffect(r.ino, inode.chunk_size, 0, blob))
     changes.delete_inline(r.ino)
     changes.put_inode(dataclasses.replace(inode, inline=False))
+
+
+def _chunk_write(r: ChunkWrite, view: View, changes: Changes) -> None:
+    if not (r.offset >= 0 and r.offset + len(r.data) <= r.chunk_size):
+        raise StateError(f"chunk write of {len(r.data)} at {r.offset} past chunk {r.chunk_size}")
+    offset = r.index * r.chunk_size + r.offset
+    changes.effects.append(WriteEffect(r.ino, r.chunk_size, offset, r.data))
+
+
+def _chunk_trim(r: ChunkTrim, view: View, changes: Changes) -> None:
+    changes.effects.append(TrimEffect(r.ino, r.chunk_size, r.keep))
+
+
+def _chunk_delete(r: ChunkDelete, view: View, changes: Changes) -> None:
+    changes.effects.append(DeleteEffect(r.ino))
+
+
+def _expect_inode(r: ExpectInode, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    if r.gen and inode.gen != r.gen:
+        raise StateError(f"inode {r.ino}: generation {inode.gen}, expected {r.gen}")
+    if r.nlink >= 0 and inode.nlink != r.nlink:
+        raise StateError(f"inode {r.ino}: nlink {inode.nlink}, expected {r.nlink}")
+    if r.parent >= 0 and inode.parent != r.parent:
+        raise StateError(f"inode {r.ino}: parent {inode.parent}, expected {r.parent}")
+    if r.size >= 0 and inode.size != r.size:
+        raise StateError(f"inode {r.ino}: size {inode.size}, expected {r.size}")
+    if r.empty and changes.has_entries(view, r.ino):
+        raise StateError(f"directory {r.ino} is not empty", ENOTEMPTY)
 
 
 def _multi(r: Multi, view: View, changes: Changes) -> None:
@@ -332,6 +434,10 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     WriteMeta: _write_meta,
     WriteInline: _write_inline,
     UnInline: _uninline,
+    ChunkWrite: _chunk_write,
+    ChunkTrim: _chunk_trim,
+    ChunkDelete: _chunk_delete,
+    ExpectInode: _expect_inode,
     Multi: _multi,
 }
 
@@ -361,6 +467,10 @@ class KvView:
 
     def inline(self, ino: int) -> bytes:
         return self.kv.get_sync(keys.inline_key(ino)) or b""
+
+    def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
+        rows = self.kv.iterate_sync(prefix=keys.dirent_prefix(dir_ino), limit=limit)
+        return [keys.parse_dirent_key(k)[1] for k, _ in rows]
 
 
 def decode_u64(raw: bytes | None) -> int:
