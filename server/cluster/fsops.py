@@ -1,0 +1,211 @@
+"""The txn Application over the file-system state machine (txn/state.py, server/fs/state.py).
+
+Rules:
+- A group's ops are `records.encode(Multi(records))` (encode_ops / decode_ops): the records of
+  one transaction that live in this group, applied atomically and in order.
+- `locks_of(ops)`: the owning inode id of every record, sorted and unique. Every record reads
+  and writes only state owned by its inode (an inode's attributes, a directory's entries, a
+  chunk of a file in this group), so the locks cover everything `check` reads (txn rule).
+- `check(ops, view)` is a dry run of server/fs/state.apply into a throwaway Changes: None, or
+  the StateError's reason (EEXIST, ENOENT, ENOTEMPTY, STALE), which becomes the abort reason
+  the gateway sees in TxnReply.reason. Undecodable ops are a gateway bug: INVALID.
+- `apply(ops, view, batch)` is the real apply: the Changes' LevelDB puts and deletes go into the
+  txn batch, and its data effects (chunk writes, trims, deletes) are appended, in order, to a
+  list the runtime drains with `take_effects()` after the batch of entries is applied and
+  performs with `perform_effects_sync` BEFORE writing the LevelDB batch (statemachine.py). The
+  effects are idempotent (writing the same bytes, trimming, deleting again), so a crash between
+  the two replays the records and performs them again.
+- Pure: no clock, no I/O (perform_effects_sync is the I/O, called by the runtime).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from nfs_gateway.backend import FileType
+from server.fs import keys, records
+from server.fs import state as fs_state
+from server.fs.config import FsConfig
+from server.fs.records import (
+    AdjustLinks,
+    ChunkDelete,
+    ChunkTrim,
+    ChunkWrite,
+    CreateInode,
+    Dirent,
+    ExpectInode,
+    Inode,
+    LinkDirent,
+    Multi,
+    RecordError,
+    SetAttr,
+    SetParent,
+    UnInline,
+    UnlinkDirent,
+    WriteInline,
+    WriteMeta,
+)
+from server.fs.state import (
+    EEXIST,
+    ENOENT,
+    ENOTEMPTY,
+    STALE,
+    Changes,
+    DeleteEffect,
+    Effect,
+    StateError,
+    TrimEffect,
+    WriteEffect,
+    decode_u64,
+)
+from storage.chunks import ChunkStore
+from txn.kv import KvBatch, KvView
+
+__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "STALE", "FsApplication", "decode_ops",
+           "encode_ops", "perform_effects_sync", "root_ops"]
+
+INVALID = "INVALID"  # ops that do not decode: a gateway bug
+ROOT_INO = 1
+_DECODED_CACHE = 64  # locks_of, check and apply of one ops decode it once
+
+# The inode that owns each record's state (its lock).
+_OWNER = {
+    CreateInode: lambda r: r.ino,
+    LinkDirent: lambda r: r.dir_ino,
+    UnlinkDirent: lambda r: r.dir_ino,
+    AdjustLinks: lambda r: r.ino,
+    SetParent: lambda r: r.ino,
+    SetAttr: lambda r: r.ino,
+    WriteMeta: lambda r: r.ino,
+    WriteInline: lambda r: r.ino,
+    UnInline: lambda r: r.ino,
+    ChunkWrite: lambda r: r.ino,
+    ChunkTrim: lambda r: r.ino,
+    ChunkDelete: lambda r: r.ino,
+    ExpectInode: lambda r: r.ino,
+}
+
+
+def encode_ops(recs: Iterable[object]) -> bytes:
+    """The ops of one group: its records, applied atomically in order."""
+    return records.encode(Multi(tuple(recs)))
+
+
+def decode_ops(ops: bytes) -> tuple[object, ...]:
+    m = records.decode(ops)
+    if not isinstance(m, Multi):
+        raise records.CorruptRecord(f"ops are a {type(m).__name__}, not a Multi")
+    return m.records
+
+
+def root_ops(gen: int, time_ns: int, mode: int, uid: int, gid: int) -> bytes:
+    """The ops creating the root directory: inode 1, its own parent (the runtime proposes them
+    as a TxnLocal in inode 1's group when the state has no root)."""
+    return encode_ops([CreateInode(ino=ROOT_INO, gen=gen, ftype=FileType.DIR, mode=mode, uid=uid,
+                                   gid=gid, nlink=2, time_ns=time_ns, parent=ROOT_INO)])
+
+
+class KvFsView:
+    """server/fs/state.View over a txn KvView (get/scan): the applied state, plus the writes of
+    earlier records of the same batch when the runtime's view reads its own writes."""
+
+    __slots__ = ("kv",)
+
+    def __init__(self, kv: KvView) -> None:
+        self.kv = kv
+
+    def inode(self, ino: int) -> Inode | None:
+        raw = self.kv.get(keys.inode_key(ino))
+        return None if raw is None else records.decode(raw)
+
+    def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
+        raw = self.kv.get(keys.dirent_key(dir_ino, name))
+        return None if raw is None else records.decode(raw)
+
+    def meta_int(self, key: bytes) -> int:
+        return decode_u64(self.kv.get(key))
+
+    def inline(self, ino: int) -> bytes:
+        return self.kv.get(keys.inline_key(ino)) or b""
+
+    def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
+        rows = self.kv.scan(keys.dirent_prefix(dir_ino), limit)
+        return [keys.parse_dirent_key(k)[1] for k, _ in rows]
+
+
+class FsApplication:
+    """txn.state.Application for the file system, plus the data effects of its applies.
+
+    The runtime builds one per group: `TxnState(app)` for the txn tables, and after each
+    applied batch `perform_effects_sync(app.take_effects(), chunks)` before its LevelDB write.
+    """
+
+    def __init__(self, config: FsConfig | None = None) -> None:
+        self.config = config or FsConfig()
+        self._effects: list[Effect] = []
+        self._decoded: OrderedDict[bytes, tuple[object, ...]] = OrderedDict()
+
+    def _records(self, ops: bytes) -> tuple[object, ...]:
+        hit = self._decoded.get(ops)
+        if hit is not None:
+            return hit
+        recs = decode_ops(ops)
+        self._decoded[ops] = recs
+        if len(self._decoded) > _DECODED_CACHE:
+            self._decoded.popitem(last=False)
+        return recs
+
+    def locks_of(self, ops: bytes) -> tuple[int, ...]:
+        try:
+            recs = self._records(ops)
+        except RecordError:
+            return ()  # check() refuses them
+        return tuple(sorted({_OWNER[type(r)](r) for r in _flat(recs)}))
+
+    def check(self, ops: bytes, view: KvView) -> str | None:
+        try:
+            recs = self._records(ops)
+            fs_state.apply(Multi(recs), KvFsView(view), Changes(), 0)
+        except RecordError:
+            return INVALID
+        except StateError as e:
+            return e.reason
+        return None
+
+    def apply(self, ops: bytes, view: KvView, batch: KvBatch) -> None:
+        changes = Changes()
+        fs_state.apply(Multi(self._records(ops)), KvFsView(view), changes, 0)
+        for key, value in changes.ops.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self._effects.extend(changes.effects)
+
+    def take_effects(self) -> list[Effect]:
+        """The data effects applied since the last call, in order (the runtime drains them
+        once per applied batch, and also after a failed batch, to drop them)."""
+        out, self._effects = self._effects, []
+        return out
+
+
+def _flat(recs: Iterable[object]) -> Iterable[object]:
+    for r in recs:
+        if isinstance(r, Multi):
+            yield from _flat(r.records)
+        else:
+            yield r
+
+
+def perform_effects_sync(effects: list[Effect], chunks: ChunkStore) -> None:
+    """Make the data effects on this node's chunk files, in order (worker thread). Idempotent:
+    a crash before the batch that produced them is written replays them."""
+    for e in effects:
+        if isinstance(e, WriteEffect):
+            chunks.pwrite_sync(e.ino, e.chunk_size, e.offset, memoryview(e.data))
+        elif isinstance(e, TrimEffect):
+            chunks.truncate_sync(e.ino, e.chunk_size, e.keep)
+        else:
+            assert isinstance(e, DeleteEffect), e
+            chunks.delete_sync(e.ino)
