@@ -35,6 +35,7 @@ from nfs_gateway.backend import (
 )
 from server.fs import keys, perms
 from server.fs.common import DOT, DOTDOT, check_name, check_new_name, require_dir, wcc
+from server.fs.config import FsConfig
 from server.fs.records import (
     AdjustLinks,
     CreateInode,
@@ -76,30 +77,7 @@ class NamespaceOps(_Base):
         return wcc(before, changes.inodes[fid.ino], self.fsid)
 
     def _setattr_record(self, cred: Cred, inode: Inode, s: SetAttrs) -> SetAttr | None:
-        """The checked SetAttr for sattr, or None if nothing changes (knfsd does nothing then)."""
-        try:
-            perms.check_setattr(cred, inode, s)
-        except FsError as e:  # add the wcc the RFC wants in failure replies
-            e.wcc = e.wcc or wcc(inode, inode, self.fsid)
-            raise
-        if s.size is not None and inode.ftype != FileType.REG:
-            raise Inval(f"size of a {inode.ftype.name}")  # dirs raised IsDir above
-        if s.size is not None and s.size > self.config.max_file_size:
-            raise FBig(f"size {s.size}", wcc=wcc(inode, inode, self.fsid))
-        now = self._now()
-        mode = None if s.mode is None else perms.chmod_mode(cred, inode, s.mode)
-        if inode.ftype == FileType.LNK:
-            mode = None  # knfsd ignores mode changes on symlinks
-        if (s.uid is not None and s.uid != inode.uid) or (s.gid is not None and s.gid != inode.gid):
-            mode = perms.chown_clears(inode, inode.mode if mode is None else mode)
-        atime = _time(s.atime, s.atime_ns, now)
-        mtime = _time(s.mtime, s.mtime_ns, now)
-        if s.size is not None and mtime is None:
-            mtime = now  # a size change sets mtime (knfsd, RFC 5661 §18.30.4)
-        fields = (mode, s.uid, s.gid, s.size, atime, mtime)
-        if all(f is None for f in fields):
-            return None
-        return SetAttr(inode.ino, now, mode, s.uid, s.gid, s.size, atime, mtime)
+        return setattr_record(cred, inode, s, self._now(), self.config, self.fsid)
 
     # -- CREATE, MKDIR, SYMLINK, MKNOD ------------------------------------------------------
 
@@ -270,8 +248,8 @@ class NamespaceOps(_Base):
             ),
             LinkDirent(d.ino, name, ino, ftype, now),
         ]
-        atime = _time(sattr.atime, sattr.atime_ns, now)
-        mtime = _time(sattr.mtime, sattr.mtime_ns, now)
+        atime = set_time(sattr.atime, sattr.atime_ns, now)
+        mtime = set_time(sattr.mtime, sattr.mtime_ns, now)
         if atime is not None or mtime is not None:
             records.append(SetAttr(ino, now, atime_ns=atime, mtime_ns=mtime))
         changes = await self._commit(records)
@@ -432,6 +410,35 @@ class NamespaceOps(_Base):
         return LinkResult(self._attr(after), wcc(d, changes.inodes[d.ino], self.fsid))
 
 
+def setattr_record(
+    cred: Cred, inode: Inode, s: SetAttrs, now: int, config: FsConfig, fsid: int
+) -> SetAttr | None:
+    """The checked SetAttr for sattr, or None if nothing changes (knfsd does nothing then).
+    Shared with the cluster gateway (server/cluster/gateway_ns.py)."""
+    try:
+        perms.check_setattr(cred, inode, s)
+    except FsError as e:  # add the wcc the RFC wants in failure replies
+        e.wcc = e.wcc or wcc(inode, inode, fsid)
+        raise
+    if s.size is not None and inode.ftype != FileType.REG:
+        raise Inval(f"size of a {inode.ftype.name}")  # dirs raised IsDir above
+    if s.size is not None and s.size > config.max_file_size:
+        raise FBig(f"size {s.size}", wcc=wcc(inode, inode, fsid))
+    mode = None if s.mode is None else perms.chmod_mode(cred, inode, s.mode)
+    if inode.ftype == FileType.LNK:
+        mode = None  # knfsd ignores mode changes on symlinks
+    if (s.uid is not None and s.uid != inode.uid) or (s.gid is not None and s.gid != inode.gid):
+        mode = perms.chown_clears(inode, inode.mode if mode is None else mode)
+    atime = set_time(s.atime, s.atime_ns, now)
+    mtime = set_time(s.mtime, s.mtime_ns, now)
+    if s.size is not None and mtime is None:
+        mtime = now  # a size change sets mtime (knfsd, RFC 5661 §18.30.4)
+    fields = (mode, s.uid, s.gid, s.size, atime, mtime)
+    if all(f is None for f in fields):
+        return None
+    return SetAttr(inode.ino, now, mode, s.uid, s.gid, s.size, atime, mtime)
+
+
 def new_owner(cred: Cred, d: Inode, ftype: FileType, sattr: SetAttrs) -> tuple[int, int, int]:
     """(mode, uid, gid) of a new object: the creator's ids, the group of a setgid directory
     (BSD semantics, inherited by subdirectories), and sattr's ids only where a chown would be
@@ -456,7 +463,8 @@ def new_owner(cred: Cred, d: Inode, ftype: FileType, sattr: SetAttrs) -> tuple[i
     return mode, cred.uid if sattr.uid is None else sattr.uid, gid
 
 
-def _time(how: TimeHow, client_ns: int, now: int) -> int | None:
+def set_time(how: TimeHow, client_ns: int, now: int) -> int | None:
+    """The time a sattr3 time_how asks for, or None (leave it)."""
     if how == TimeHow.SET_TO_SERVER_TIME:
         return now
     if how == TimeHow.SET_TO_CLIENT_TIME:
