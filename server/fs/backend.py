@@ -27,8 +27,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -257,34 +256,18 @@ class LocalBackend(NamespaceOps, DataOps):
         self._attrs[inode.ino] = (inode, attr)
         return attr
 
-    @asynccontextmanager
-    async def _ino_lock(self, ino: int) -> AsyncIterator[None]:
+    def _ino_lock(self, ino: int) -> _InoLock:
         """Serializes data changes of one inode. The table holds only inodes in use."""
-        lock, users = self._ino_locks.get(ino) or (trio.Lock(), 0)
-        self._ino_locks[ino] = (lock, users + 1)
-        try:
-            await acquire_lock(lock)
-            try:
-                yield
-            finally:
-                lock.release()
-        finally:
-            lock, users = self._ino_locks[ino]
-            if users == 1:
-                del self._ino_locks[ino]
-            else:
-                self._ino_locks[ino] = (lock, users - 1)
+        return _InoLock(self._ino_locks, ino)
 
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[None]:
+    def _writing(self):  # type: ignore[no-untyped-def]
         """The metadata writer lock; leaving it waits for the fsync of what was committed."""
-        try:
-            async with self._meta.writing():
-                yield
-        except MetaIOError as e:
-            # Pending WRITE metadata may be gone with the batch: announce it like a crash.
-            self._regenerate_verifier()
-            raise IOError_(str(e)) from e
+        return self._meta.writing(self._metadata_lost)
+
+    def _metadata_lost(self, e: MetaIOError) -> IOError_:
+        # Pending WRITE metadata may be gone with the batch: announce it like a crash.
+        self._regenerate_verifier()
+        return IOError_(str(e))
 
     def _regenerate_verifier(self) -> None:
         """Unstable data may be lost: a new verifier makes clients send it again (§3.3.7)."""
@@ -439,3 +422,35 @@ class LocalBackend(NamespaceOps, DataOps):
         return await read_dir_page(
             self._meta, d, parent, cookie, cookieverf, max_entries, plus, self.fsid
         )
+
+
+class _InoLock:
+    """LocalBackend._ino_lock(ino): a plain async context manager (entered by every WRITE)."""
+
+    __slots__ = ("_ino", "_lock", "_table")
+
+    def __init__(self, table: dict[int, tuple[trio.Lock, int]], ino: int) -> None:
+        self._table = table
+        self._ino = ino
+
+    async def __aenter__(self) -> None:
+        lock, users = self._table.get(self._ino) or (trio.Lock(), 0)
+        self._table[self._ino] = (lock, users + 1)
+        self._lock = lock
+        try:
+            await acquire_lock(lock)
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        self._lock.release()
+        self._leave()
+        return False
+
+    def _leave(self) -> None:
+        lock, users = self._table[self._ino]
+        if users == 1:
+            del self._table[self._ino]
+        else:
+            self._table[self._ino] = (lock, users - 1)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -144,6 +143,40 @@ class _CacheView:
         if v is _MISSING:
             raise _Miss("inline", ino)
         return v  # type: ignore[return-value]
+
+
+class _Writing:
+    """MetaStore.writing(): a plain async context manager, not a generator-based one (it is
+    entered for every change and WRITE flush, and the generator machinery showed in profiles)."""
+
+    __slots__ = ("_on_error", "_store")
+
+    def __init__(
+        self, store: MetaStore, on_error: Callable[[MetaIOError], Exception] | None
+    ) -> None:
+        self._store = store
+        self._on_error = on_error
+
+    async def __aenter__(self) -> None:
+        await acquire_lock(self._store.lock)
+        self._store._txn_sync_seq = 0
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        s = self._store
+        seq = s._txn_sync_seq
+        s.lock.release()
+        if exc is not None:
+            if isinstance(exc, MetaIOError) and self._on_error is not None:
+                raise self._on_error(exc) from exc
+            return False
+        if seq > s._durable_seq:
+            try:
+                await s._wait_durable(seq)
+            except MetaIOError as e:
+                if self._on_error is None:
+                    raise
+                raise self._on_error(e) from e
+        return False
 
 
 class MetaStore:
@@ -313,20 +346,12 @@ class MetaStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def writing(self) -> AsyncIterator[None]:
+    def writing(self, on_error: Callable[[MetaIOError], Exception] | None = None) -> _Writing:
         """Hold the writer lock; on leaving, wait until what was committed with sync=True is
         durable. The fsync happens after the lock is released, so writers that commit while one
-        fsync runs share the next one (group commit)."""
-        await acquire_lock(self.lock)
-        try:
-            self._txn_sync_seq = 0
-            yield
-            seq = self._txn_sync_seq
-        finally:
-            self.lock.release()
-        if seq > self._durable_seq:
-            await self._wait_durable(seq)
+        fsync runs share the next one (group commit). `on_error` turns a MetaIOError raised in
+        the block or by that wait into the exception to raise instead."""
+        return _Writing(self, on_error)
 
     async def commit(self, records: list[object], *, sync: bool) -> Changes:
         """Apply records (after any pending WRITE metadata) in one batch, inside `writing()`."""

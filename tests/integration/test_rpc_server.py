@@ -263,7 +263,7 @@ async def test_rpc_version_3_is_rpc_mismatch(server):
 
 async def test_a_fault_while_sending_closes_only_that_connection(server, caplog):
     async with await RpcClient.connect("127.0.0.1", port(server)) as c:
-        xid, record = await c.call_raw(TEST_PROG, 1, 7)
+        _xid, record = await c.call_raw(TEST_PROG, 1, 7)
         assert record is None  # closed, not answered
     assert "internal error" in caplog.text
     await assert_null_answers(server)

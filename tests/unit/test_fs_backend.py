@@ -589,3 +589,24 @@ async def test_read_nowait_hands_large_cached_ranges_out_as_file_slices(fs, home
     big.data.release()
     assert bytes(small.data) == data[10:110]
     assert not isinstance((await fs.read(ROOT, fid, 0, CHUNK)).data, FileSlice)
+
+
+async def test_a_failed_metadata_write_is_an_io_error_and_changes_the_verifier(fs, home):
+    """LevelDB failing under a change: NFS3ERR_IO, and unstable data may be lost with the
+    batch, so the write verifier changes (RFC 1813 §3.3.7); the lock is free afterwards."""
+    from nfs_gateway.backend import IOError_
+    from storage.kv import KvError
+
+    f = await mkfile(fs, home, b"f")
+    await put(fs, f, 0, b"unstable")
+    before = fs.verifier
+
+    def broken(batch, *, sync):
+        raise KvError("disk on fire")
+
+    real, fs.kv.write_sync = fs.kv.write_sync, broken
+    with pytest.raises(IOError_):
+        await fs.mkdir(ROOT, home, b"d", SetAttrs())
+    fs.kv.write_sync = real
+    assert fs.verifier != before
+    await fs.mkdir(ROOT, home, b"d2", SetAttrs())  # the writer lock was released
