@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 
 from server import config as config_mod
-from server.cluster import launcher
+from server.cluster import admin, launcher
 
 log = logging.getLogger("objcache")
 
@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     launcher.add_parser(sub)
+    admin.add_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"serve": _cmd_serve, "cluster": launcher.run}
+    commands = {"serve": _cmd_serve, "cluster": launcher.run, "admin": admin.run}
     return commands[args.command](args)
 
 
