@@ -1,0 +1,357 @@
+"""ClusterBackend: the nfs_gateway Backend protocol over the cluster's groups (a protocol.Router).
+
+Rules:
+- Reads go to the owning group's leader (router.call): inodes, lookups and directory pages to
+  the inode's group, chunk bytes to the chunk's group. Reads are optimistic: they decide what
+  to propose and what the client is told, never what is applied.
+- Every change is one transaction (txn/), built as a Plan: records per group, the coordinator
+  being the group of the primary inode (the directory of a create/remove/link, the source
+  directory of a rename, the file of a setattr/write). One group: a TxnLocal; more: 2PC. The
+  records carry apply-time checks (LinkDirent: EEXIST; UnlinkDirent.expect_ino; ExpectInode:
+  empty directory, unchanged parent, nlink and size), so the groups refuse a plan whose reads
+  went stale. Then the gateway re-reads and rebuilds with attempt+1 (optimistic concurrency),
+  at most `max_attempts` times (then JUKEBOX); the re-read decides the NFS answer, except
+  ENOTEMPTY, which is the answer.
+- Exactly once: txn ids are txn.ids.txn_id(client id, request counter, attempt); the client id
+  is the node id plus a random per-start incarnation. A reply that is lost or undecided
+  (TxnReply.decided False) is retried with the SAME txn id (RunTxn.retry), so a txn never
+  applies twice; only a definitive abort moves to a new attempt.
+- protocol.Unavailable -> Jukebox (the client retries later); protocol.RingChanged -> re-plan
+  against the router's new ring.
+- The after-attributes of a change (wcc_data, new objects' attributes) are computed by applying
+  the plan's records to what was read (the state machine is pure); if that is not possible the
+  inodes are read again after the commit.
+- Data: see gateway_data.py. Namespace changes: gateway_ns.py. Permission checks, name rules
+  and sattr handling are the single-node backend's (server/fs/perms.py, common.py, namespace.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from nfs_gateway.backend import (
+    Attr,
+    Cred,
+    DirEntry,
+    FileId,
+    FileType,
+    FsStat,
+    Inval,
+    Jukebox,
+    LookupResult,
+    NoEnt,
+    NotDir,
+    NotEmpty,
+    ReadDirResult,
+    ServerFault,
+    Stale,
+)
+from server.cluster import protocol as p
+from server.cluster.fsops import ENOTEMPTY, encode_ops
+from server.cluster.gateway_data import DataOps
+from server.cluster.gateway_ns import NamespaceOps
+from server.cluster.gateway_plan import Done, Plan, PlanView
+from server.cluster.inoalloc import InoAllocator
+from server.fs import perms
+from server.fs import state as fs_state
+from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_dir, to_attr, wcc
+from server.fs.config import FsConfig
+from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
+from server.fs.records import Dirent, Inode, Multi, decode
+from txn.ids import txn_id
+
+ROOT_INO = 1
+MAX_ATTEMPTS = 30  # rebuilds of one operation after aborts, then JUKEBOX
+MAX_RESENDS = 20  # resends of one txn id whose answer was lost or undecided
+MAX_REPLANS = 8  # ring changes during one read
+BACKOFF_MAX_S = 0.05
+
+
+class ClusterBackend(NamespaceOps, DataOps):
+    """The Backend protocol over a Router. The node builds one with the node's InoAllocator
+    and its FsConfig; `incarnation` and `rng` are for simulations (default: random)."""
+
+    def __init__(
+        self,
+        router: p.Router,
+        alloc: InoAllocator,
+        config: FsConfig,
+        fsid: int,
+        node_id: int,
+        clock: Callable[[], int] = time.time_ns,
+        *,
+        incarnation: bytes | None = None,
+        rng: random.Random | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self.router = router
+        self.alloc = alloc
+        self.config = config
+        self.fsid = fsid
+        self.node_id = node_id
+        self._clock = clock
+        self._rng = rng or random.Random(secrets.randbits(64))
+        self._client_id = node_id.to_bytes(4, "big") + (incarnation or secrets.token_bytes(8))
+        self._requests = itertools.count()
+        self.max_attempts = max_attempts
+        # writeverf3: every acknowledged WRITE is in the groups' Raft logs (FILE_SYNC), so the
+        # verifier only has to differ between gateway starts.
+        self.verifier = bytes(self._rng.getrandbits(8) for _ in range(8))
+        self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0}
+
+    @property
+    def ring(self) -> p.RingView:
+        return self.router.ring
+
+    # -- small helpers ----------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return self._clock()
+
+    def _new_gen(self) -> int:
+        return self._rng.getrandbits(31) << 1 | 1  # never 0: FileId(ino, 0) is always stale
+
+    def _fid(self, inode: Inode) -> FileId:
+        return FileId(inode.ino, inode.gen)
+
+    def _attr(self, inode: Inode) -> Attr:
+        return to_attr(inode, self.fsid)
+
+    def _wcc(self, before: Inode | None, after: Inode | None) -> Any:
+        return wcc(before, after, self.fsid)
+
+    async def _backoff(self, attempt: int) -> None:
+        await trio.sleep(self._rng.uniform(0, min(0.001 * (1 << min(attempt, 10)), BACKOFF_MAX_S)))
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def _call(self, group: int, request: Any) -> Any:
+        try:
+            return await self.router.call(group, request)
+        except p.Unavailable as e:
+            raise Jukebox(str(e)) from e
+
+    async def _at(self, where: Callable[[], int], request: Any) -> Any:
+        """A read at the group `where()` names under the current ring; re-planned on a ring
+        change."""
+        for _ in range(MAX_REPLANS):
+            try:
+                return await self._call(where(), request)
+            except p.RingChanged:
+                self.stats["replans"] += 1
+        raise Jukebox("placement keeps changing")
+
+    async def _at_inode(self, ino: int, request: Any) -> Any:
+        return await self._at(lambda: self.ring.group_of_inode(ino), request)
+
+    async def _inode(self, ino: int) -> Inode | None:
+        reply = await self._at_inode(ino, p.GetInodes(0, (ino,)))
+        raw = reply.inodes[0]
+        return decode(raw) if raw else None
+
+    async def _inodes(self, inos: list[int]) -> dict[int, Inode | None]:
+        """Several inodes: one GetInodes per group."""
+        by_group: dict[int, list[int]] = {}
+        for ino in dict.fromkeys(inos):
+            by_group.setdefault(self.ring.group_of_inode(ino), []).append(ino)
+        out: dict[int, Inode | None] = {}
+        for group, some in sorted(by_group.items()):
+            try:
+                reply = await self._call(group, p.GetInodes(0, tuple(some)))
+            except p.RingChanged:
+                for ino in some:
+                    out[ino] = await self._inode(ino)
+                continue
+            for ino, raw in zip(some, reply.inodes, strict=True):
+                out[ino] = decode(raw) if raw else None
+        return out
+
+    async def _get(self, fid: FileId) -> Inode:
+        inode = await self._inode(fid.ino)
+        if inode is None or inode.gen != fid.gen:
+            raise Stale(f"no inode {fid.ino} generation {fid.gen}")
+        return inode
+
+    async def _lookup_at(
+        self, dir_fid: FileId, name: bytes
+    ) -> tuple[Inode, Dirent | None, Inode | None]:
+        """The directory (Stale if gone), its entry `name` and the entry's inode."""
+        reply = await self._at_inode(dir_fid.ino, p.Lookup(0, dir_fid.ino, name))
+        d = decode(reply.dir) if reply.dir else None
+        if d is None or d.gen != dir_fid.gen:
+            raise Stale(f"no directory {dir_fid.ino} generation {dir_fid.gen}")
+        if not reply.dirent:
+            return d, None, None
+        ent: Dirent = decode(reply.dirent)
+        child = decode(reply.child) if reply.child else await self._inode(ent.ino)
+        return d, ent, child
+
+    # -- changes ----------------------------------------------------------------------------
+
+    async def _change(self, build: Callable[[], Awaitable[Plan | Done]]) -> Any:
+        """Run a change: read and build, commit as one transaction, rebuild after an abort."""
+        request = next(self._requests)
+        for attempt in range(self.max_attempts):
+            try:
+                plan = await build()
+                if isinstance(plan, Done):
+                    return plan.value
+                after = self._after(plan)
+                reply = await self._run_txn(plan, request, attempt)
+            except p.RingChanged:
+                self.stats["replans"] += 1
+                continue
+            if reply.commit:
+                if after is None:
+                    after = dict(plan.before)
+                    after.update(await self._inodes(list(plan.before)))
+                return plan.finish(after)
+            self.stats["aborts"] += 1
+            if reply.reason == ENOTEMPTY:
+                raise NotEmpty("directory not empty")
+            await self._backoff(attempt)
+        raise Jukebox(f"gave up after {self.max_attempts} conflicting attempts")
+
+    def _after(self, plan: Plan) -> dict[int, Inode | None] | None:
+        """The inodes after the plan commits, from what it read (None: cannot tell)."""
+        view = PlanView(plan)
+        changes = fs_state.Changes()
+        try:
+            for recs in plan.parts.values():
+                fs_state.apply(Multi(tuple(recs)), view, changes, 0)
+        except fs_state.StateError:
+            return None
+        after: dict[int, Inode | None] = dict(plan.before)
+        after.update(changes.inodes)
+        return after
+
+    async def _run_txn(self, plan: Plan, request: int, attempt: int) -> p.TxnReply:
+        tid = txn_id(self._client_id, request, attempt)
+        parts = tuple(sorted((g, encode_ops(recs)) for g, recs in plan.parts.items() if recs))
+        self.stats["txns"] += 1
+        retry = False
+        for resend in range(MAX_RESENDS):
+            try:
+                reply = await self.router.call(plan.coordinator, p.RunTxn(0, tid, parts, retry))
+            except p.Unavailable:
+                reply = None
+            if reply is not None and reply.decided:
+                return reply
+            retry = True  # same txn id: applied at most once
+            self.stats["resends"] += 1
+            await self._backoff(resend)
+        raise Jukebox("transaction undecided")
+
+    # -- attributes -------------------------------------------------------------------------
+
+    async def export_root(self, path: str) -> FileId:
+        """`/` is the root (inode 1); deeper paths are walked like LOOKUPs by root."""
+        root = await self._inode(ROOT_INO)
+        if root is None:
+            raise Jukebox("the root directory is not made yet")
+        fid = self._fid(root)
+        for part in (x for x in path.split("/") if x):
+            fid = (await self.lookup(Cred(0, 0), fid, part.encode())).fid
+        require_dir(await self._get(fid))
+        return fid
+
+    async def getattr(self, fid: FileId) -> Attr:
+        return self._attr(await self._get(fid))
+
+    async def access(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr]:
+        inode = await self._get(fid)
+        return perms.access_mask(cred, inode, mask), self._attr(inode)
+
+    async def readlink(self, cred: Cred, fid: FileId) -> tuple[bytes, Attr]:
+        inode = await self._get(fid)
+        if inode.ftype != FileType.LNK:
+            raise Inval("not a symbolic link")
+        return inode.target, self._attr(inode)
+
+    async def lookup(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult:
+        if name in (DOT, DOTDOT):
+            d = await self._get(dir_fid)
+            require_dir(d)
+            perms.check(cred, d, perms.X)
+            child = d if name == DOT else await self._parent(d)
+            return LookupResult(self._fid(child), self._attr(child), self._attr(d))
+        check_name(name, self.config.max_name_bytes)
+        d, _, child = await self._lookup_at(dir_fid, name)
+        require_dir(d)
+        perms.check(cred, d, perms.X)
+        if child is None:
+            raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
+        return LookupResult(self._fid(child), self._attr(child), self._attr(d))
+
+    async def _parent(self, d: Inode) -> Inode:
+        parent = d if d.parent == d.ino else await self._inode(d.parent)
+        if parent is None:
+            raise ServerFault(f"directory {d.ino} has no parent {d.parent}")
+        return parent
+
+    async def fsstat(self, fid: FileId) -> tuple[FsStat, Attr]:
+        inode = await self._get(fid)
+        groups = getattr(self.ring, "groups", None) or (self.ring.group_of_inode(ROOT_INO),)
+        total = free = avail = used = 0
+        for g in groups:
+            try:
+                r = await self._call(g, p.FsStatRequest(0))
+            except p.RingChanged:
+                continue
+            total, free = total + r.total_bytes, free + r.free_bytes
+            avail, used = avail + r.avail_bytes, used + r.inodes
+        free_files = max(self.config.max_files - used, 0)
+        stat = FsStat(tbytes=total, fbytes=free, abytes=avail, tfiles=used + free_files,
+                      ffiles=free_files, afiles=free_files, invarsec=0)
+        return stat, self._attr(inode)
+
+    # -- directories ------------------------------------------------------------------------
+
+    async def readdir(
+        self, cred: Cred, dir_fid: FileId, cookie: int, cookieverf: bytes, max_entries: int,
+        plus: bool,
+    ) -> ReadDirResult:
+        """A page in cookie order (cookies are the directory's, stable for its life; the
+        verifier is its generation: server/fs/readdir.py), child attributes for READDIRPLUS
+        with one GetInodes per group."""
+        max_entries = max(1, min(max_entries, self.config.max_readdir_entries))
+        dots = (cookie < DOT_COOKIE) + (cookie < DOTDOT_COOKIE)
+        want = max(1, max_entries - dots)
+        reply = await self._at_inode(dir_fid.ino, p.ReadDir(0, dir_fid.ino, cookie, want))
+        d = decode(reply.dir) if reply.dir else None
+        if d is None or d.gen != dir_fid.gen:
+            raise Stale(f"no directory {dir_fid.ino} generation {dir_fid.gen}")
+        if d.ftype != FileType.DIR:
+            raise NotDir(f"inode {d.ino} is not a directory")
+        perms.check(cred, d, perms.R)
+        check_cookie(d, cookie, cookieverf)
+        rows = list(reply.entries)
+        eof = reply.eof
+        if dots + len(rows) > max_entries:
+            rows, eof = rows[: max_entries - dots], False
+        parent = await self._parent(d) if plus or cookie < DOTDOT_COOKIE else d
+        found = await self._inodes([ino for _, _, ino, _ in rows]) if plus and rows else {}
+        entries: list[DirEntry] = []
+        if cookie < DOT_COOKIE:
+            entries.append(self._dir_entry(DOT, DOT_COOKIE, d, plus))
+        if cookie < DOTDOT_COOKIE:
+            entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
+        for c, name, ino, _ftype in rows:
+            child = found.get(ino)
+            if plus and child is not None:
+                entries.append(DirEntry(ino, name, c, self._fid(child), self._attr(child)))
+            else:
+                entries.append(DirEntry(ino, name, c))
+        return ReadDirResult(self._attr(d), dir_cookieverf(d), tuple(entries), eof)
+
+    def _dir_entry(self, name: bytes, cookie: int, inode: Inode, plus: bool) -> DirEntry:
+        if not plus:
+            return DirEntry(inode.ino, name, cookie)
+        return DirEntry(inode.ino, name, cookie, self._fid(inode), self._attr(inode))
