@@ -105,6 +105,7 @@ class ClusterBackend(NamespaceOps, DataOps):
         # verifier only has to differ between gateway starts.
         self.verifier = bytes(self._rng.getrandbits(8) for _ in range(8))
         self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0}
+        self.last_abort = ""  # the reason of the latest abort (tests, logs)
 
     @property
     def ring(self) -> p.RingView:
@@ -214,6 +215,7 @@ class ClusterBackend(NamespaceOps, DataOps):
                     after.update(await self._inodes(list(plan.before)))
                 return plan.finish(after)
             self.stats["aborts"] += 1
+            self.last_abort = reply.reason
             if reply.reason == ENOTEMPTY:
                 raise NotEmpty("directory not empty")
             await self._backoff(attempt)

@@ -6,6 +6,11 @@ Rules:
   KvView (get/scan) of the applied state; `chunks` the node's ChunkStore.
 - Pure with respect to the state: reads only, no clock. Values travel encoded
   (server.fs.records.encode), b"" for "none" (protocol.py).
+- A read never answers from an inode that a prepared transaction holds locked in this group:
+  the participant applies its part only at TxnFinish, after the coordinator already told the
+  client "committed", so such a read could miss a change the client saw acknowledged (a file
+  made by MKDIR's other half, a WRITE's bytes). It answers RemoteError(UNAVAILABLE) instead,
+  which the router retries shortly; locks are held only between prepare and finish.
 - Misplaced requests are not detected here (it would need the ring): a gateway that asks the
   wrong group sees "no such inode", re-reads under the new ring (RingChanged) or answers STALE.
 - READDIR resumes after a cookie: one range scan of the cookie index from (dir, cookie + 1).
@@ -24,12 +29,22 @@ from server.cluster import protocol as p
 from server.fs import keys
 from server.fs.records import CookieEntry, Inode, decode
 from server.fs.state import FIRST_COOKIE, decode_u64
+from server.rpc.frames import RemoteError
 from storage.chunks import ChunkStore
 from txn.kv import KvView
+from txn.state import TxnStateConfig
 
 MAX_READ_BYTES = 16 << 20  # one request's bytes (a chunk at most)
 MAX_DIR_PAGE = 10_000  # entries per ReadDir
 _FALLBACK_SCAN = 200_000  # a directory scanned from its start (views without scan_from)
+_LOCK = TxnStateConfig().prefix + b"lock/"  # txn/state.py's lock table
+
+
+def _unlocked(view: KvView, *inos: int) -> None:
+    """Refuse (retryably) to read an inode a prepared transaction holds (module rules)."""
+    for ino in inos:
+        if view.get(_LOCK + ino.to_bytes(8, "big")) is not None:
+            raise RemoteError(p.UNAVAILABLE, f"inode {ino} is held by a prepared transaction")
 
 
 def answer(request: Any, view: KvView, chunks: ChunkStore, group: int) -> Any:
@@ -40,19 +55,24 @@ def answer(request: Any, view: KvView, chunks: ChunkStore, group: int) -> Any:
 
 
 def _get_inodes(r: p.GetInodes, view: KvView, chunks: ChunkStore) -> p.InodesReply:
+    _unlocked(view, *r.inos)
     return p.InodesReply(tuple(view.get(keys.inode_key(i)) or b"" for i in r.inos))
 
 
 def _lookup(r: p.Lookup, view: KvView, chunks: ChunkStore) -> p.LookupReply:
+    _unlocked(view, r.dir_ino)
     d = view.get(keys.inode_key(r.dir_ino)) or b""
     ent = view.get(keys.dirent_key(r.dir_ino, r.name)) if d else None
     if ent is None:
         return p.LookupReply(d, b"", b"")
-    child = view.get(keys.inode_key(decode(ent).ino)) or b""
+    child_ino = decode(ent).ino
+    _unlocked(view, child_ino)
+    child = view.get(keys.inode_key(child_ino)) or b""
     return p.LookupReply(d, ent, child)
 
 
 def _read_dir(r: p.ReadDir, view: KvView, chunks: ChunkStore) -> p.ReadDirReply:
+    _unlocked(view, r.dir_ino)
     d = view.get(keys.inode_key(r.dir_ino))
     if d is None:
         return p.ReadDirReply(b"", (), True)
@@ -80,6 +100,7 @@ def scan_from(view: Any, prefix: bytes, start: bytes, limit: int) -> list[tuple[
 
 
 def _read_head(r: p.ReadHead, view: KvView, chunks: ChunkStore) -> p.ReadHeadReply:
+    _unlocked(view, r.ino)
     raw = view.get(keys.inode_key(r.ino))
     if raw is None:
         return p.ReadHeadReply(b"", b"")
@@ -100,6 +121,7 @@ def _read_head(r: p.ReadHead, view: KvView, chunks: ChunkStore) -> p.ReadHeadRep
 
 
 def _read_chunk(r: p.ReadChunk, view: KvView, chunks: ChunkStore) -> p.ReadChunkReply:
+    _unlocked(view, r.ino)
     count = min(r.count, MAX_READ_BYTES)
     if count <= 0 or r.offset < 0:
         return p.ReadChunkReply(b"")
