@@ -76,15 +76,15 @@ TXN_WAIT_S = 1.0  # RunTxn answers "undecided" after this
 @dataclass(frozen=True)
 class Params:
     groups: int = 3
-    clients: int = 4
-    ops_per_client: int = 25
+    clients: int = 5
+    ops_per_client: int = 60
     chunk_size: int = 4096
     inline_max_bytes: int = 1024
     drop: float = 0.05
     dup: float = 0.05
     lose_reply: float = 0.03
     leader_change: float = 0.002
-    crash_at_step: float = 0.01
+    crash_at_step: float = 0.02
     tick_every: int = 3
     check_every: int = 11
     max_steps: int = 400_000
@@ -214,7 +214,7 @@ class SimRouter:
         with trio.move_on_after(CALL_TIMEOUT_S):
             while True:
                 while not g.leader:
-                    await trio.sleep(STEP_S * 5)
+                    await w.pause(5)
                 if isinstance(request, p.RunTxn):
                     return await w.run_txn(g, request)
                 try:
@@ -222,7 +222,7 @@ class SimRouter:
                 except RemoteError as e:  # held by a prepared txn: as router.py, retry soon
                     assert e.code == p.UNAVAILABLE, e
                     w.count("read waits for a lock")
-                    await trio.sleep(STEP_S * 5)
+                    await w.pause(5)
         raise p.Unavailable(f"group {group} has no leader")
 
 
@@ -259,6 +259,11 @@ class World:
     def count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
+    async def pause(self, steps: int) -> None:
+        """Sleep about `steps` world steps. Jittered: trio breaks ties between equal deadlines
+        by object identity, which would make a seed's run depend on memory addresses."""
+        await trio.sleep(STEP_S * steps * (1 + self.rng.random()))
+
     def now_ns(self) -> int:
         self.clock_ns += 1000
         return self.clock_ns
@@ -275,7 +280,7 @@ class World:
         g.waiters.setdefault(req.txn_id, []).append((done, box))
         try:
             self._perform(g, g.coord.handle(co.Start(req.txn_id, req.parts, known)))
-            with trio.move_on_after(TXN_WAIT_S):
+            with trio.move_on_after(TXN_WAIT_S * (1 + self.rng.random())):
                 await done.wait()
         finally:
             waiters = g.waiters.get(req.txn_id, [])
@@ -561,10 +566,11 @@ class Client:
                       count: int = 1 << 20) -> None:
         got = await self.retry(self.fs.read, ROOT, fid, offset, count)
         want = bytes(model[offset:offset + count])
-        assert bytes(got.data) == want, (
-            f"client {self.cid}: read {len(got.data)} bytes at {offset} of {fid}, model "
-            f"has {len(want)} (size {len(model)}); first difference at "
-            f"{next((i for i, (a, b) in enumerate(zip(got.data, want, strict=False)) if a != b), None)}")
+        data = bytes(got.data)
+        first = next((i for i, (a, b) in enumerate(zip(data, want, strict=False)) if a != b), None)
+        assert data == want, (
+            f"client {self.cid}: read {len(data)} bytes at {offset} of {fid}, model has "
+            f"{len(want)} (size {len(model)}); first difference at {first}")
         assert got.eof == (offset + len(want) >= len(model))
         attr = await self.retry(self.fs.getattr, fid)
         assert attr.size == len(model), (attr.size, len(model))
