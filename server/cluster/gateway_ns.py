@@ -18,9 +18,10 @@ Placement of the records (coordinator first):
   in their groups: a racing rename that moves one of them aborts this one, so a directory can
   never end up under itself. A replaced target is unlinked in the same transaction.
 - SETATTR/truncate: the file's group coordinates. A shrink of a chunked file also trims the
-  chunks in the other groups that hold bytes past the new size, in the same transaction, with
-  ExpectInode(size) guarding the old size the group set was computed from: no byte past EOF
-  ever survives to reappear in a later hole.
+  chunks in the other groups that hold bytes past the new size, in the same transaction, and
+  every size change carries ExpectInode(size) for the size it was computed from (a racing
+  WRITE may have moved the file into chunks of other groups): no byte past EOF ever survives
+  to reappear in a later hole.
 """
 
 from __future__ import annotations
@@ -102,12 +103,12 @@ class NamespaceOps(_Base):
         """A SetAttr in the inode's group; a shrink also trims the chunks held elsewhere."""
         group = self.ring.group_of_inode(inode.ino)
         plan = Plan(group, {inode.ino: inode})
-        if rec.size is not None and rec.size < inode.size and not inode.inline:
-            others = self._chunk_groups(inode, rec.size)
-            if others:
-                plan.add(group, ExpectInode(inode.ino, size=inode.size))
-                for g in sorted(others):
-                    plan.add(g, ChunkTrim(inode.ino, inode.chunk_size, rec.size))
+        if rec.size is not None:
+            # The groups to trim follow from the size read: a size change meanwhile (a WRITE
+            # into new chunks, an inline file moved to chunks) must abort this one.
+            plan.add(group, ExpectInode(inode.ino, size=inode.size))
+            for g in sorted(self._chunk_groups(inode, rec.size)):
+                plan.add(g, ChunkTrim(inode.ino, inode.chunk_size, rec.size))
         plan.add(group, rec)
         return plan
 
@@ -293,7 +294,10 @@ class NamespaceOps(_Base):
                      AdjustLinks(victim.ino, -2, now))
             return
         others = self._chunk_groups(victim, 0)
-        if others:  # which groups hold data follows from the size; the last link from nlink
+        if victim.ftype == FileType.REG:
+            # Which groups hold data follows from the size read, whether this is the last
+            # link from nlink: either changing meanwhile must abort this plan (else a chunk
+            # written meanwhile in another group would outlive its inode).
             plan.add(group, ExpectInode(victim.ino, nlink=victim.nlink, size=victim.size))
         plan.add(group, AdjustLinks(victim.ino, -1, now))
         if others and victim.nlink == 1:
