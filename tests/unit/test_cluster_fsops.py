@@ -1,0 +1,164 @@
+"""fsops: the txn Application over the fs state machine (server/cluster/fsops.py), with the real
+TxnState over MemKv and a real ChunkStore."""
+
+from __future__ import annotations
+
+import pytest
+
+from nfs_gateway.backend import FileType
+from server.cluster import fsops
+from server.fs import keys
+from server.fs import records as r
+from storage.chunks import ChunkStore
+from txn.ids import txn_id
+from txn.kv import MemKv, Overlay
+from txn.records import CONFLICT, COMMITTED, Outcome, TxnLocal, TxnPrepare
+from txn.state import LocalApplied, TxnState
+
+CS = 4096
+T = [txn_id(9, i) for i in range(20)]
+
+
+class Group:
+    def __init__(self) -> None:
+        self.kv = MemKv()
+        self.app = fsops.FsApplication()
+        self.state = TxnState(self.app)
+        self.n = 0
+
+    def run(self, *recs: object) -> Outcome:
+        self.n += 1
+        batch = Overlay(self.kv)
+        res = self.state.apply(TxnLocal(T[self.n], fsops.encode_ops(recs)), batch, batch)
+        batch.commit()
+        assert isinstance(res, LocalApplied)
+        return res.outcome
+
+    def inode(self, ino: int) -> r.Inode | None:
+        raw = self.kv.get(keys.inode_key(ino))
+        return None if raw is None else r.decode(raw)
+
+
+def mkroot(g: Group) -> None:
+    batch = Overlay(g.kv)
+    g.state.apply(TxnLocal(txn_id(b"root", 0), fsops.root_ops(7, 1, 0o755, 0, 0)), batch, batch)
+    batch.commit()
+
+
+def mkfile(ino: int, name: bytes, parent: int = 1) -> tuple[object, object]:
+    return (r.CreateInode(ino, 1, FileType.REG, 0o644, 0, 0, 1, 5, chunk_size=CS),
+            r.LinkDirent(parent, name, ino, FileType.REG, 5))
+
+
+def mkdir(ino: int, name: bytes, parent: int = 1) -> tuple[object, object]:
+    return (r.CreateInode(ino, 1, FileType.DIR, 0o755, 0, 0, 2, 5, parent=parent),
+            r.LinkDirent(parent, name, ino, FileType.DIR, 5))
+
+
+def test_root_ops_make_inode_1_its_own_parent() -> None:
+    g = Group()
+    mkroot(g)
+    root = g.inode(1)
+    assert root is not None and root.parent == 1 and root.nlink == 2 and root.gen == 7
+    assert root.ftype == FileType.DIR and root.mode == 0o755
+
+
+def test_ops_round_trip_and_locks_are_the_sorted_owners() -> None:
+    recs = (r.LinkDirent(9, b"a", 30, FileType.REG, 1), r.AdjustLinks(30, 1, 1),
+            r.ChunkWrite(12, 2, 0, b"x", CS), r.ExpectInode(9, parent=1),
+            r.UnlinkDirent(9, b"b", 1, expect_ino=4))
+    ops = fsops.encode_ops(recs)
+    assert fsops.decode_ops(ops) == recs
+    assert fsops.FsApplication().locks_of(ops) == (9, 12, 30)
+
+
+def test_check_reasons() -> None:
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(*mkdir(11, b"d")) == COMMITTED
+    assert g.run(*mkfile(12, b"g", parent=11)) == COMMITTED
+    assert g.run(r.LinkDirent(1, b"f", 10, FileType.REG, 6)) == Outcome(False, fsops.EEXIST)
+    assert g.run(r.UnlinkDirent(1, b"nope", 6)) == Outcome(False, fsops.ENOENT)
+    assert g.run(r.UnlinkDirent(1, b"f", 6, expect_ino=99)) == Outcome(False, fsops.STALE)
+    assert g.run(r.ExpectInode(11, empty=True)) == Outcome(False, fsops.ENOTEMPTY)
+    assert g.run(r.ExpectInode(11, parent=5)) == Outcome(False, fsops.STALE)
+    assert g.run(r.ExpectInode(10, nlink=2)) == Outcome(False, fsops.STALE)
+    assert g.run(r.ExpectInode(77)) == Outcome(False, fsops.ENOENT)
+    assert g.app.check(b"garbage", g.kv) == fsops.INVALID
+    # A refused batch changed nothing, and a removal inside the batch empties the directory.
+    assert g.inode(10) is not None and g.inode(10).nlink == 1
+    assert g.run(r.UnlinkDirent(11, b"g", 7, expect_ino=12), r.AdjustLinks(12, -1, 7),
+                 r.ExpectInode(11, empty=True), r.UnlinkDirent(1, b"d", 7),
+                 r.AdjustLinks(11, -2, 7)) == COMMITTED
+    assert g.inode(11) is None and g.inode(12) is None and g.inode(1).nlink == 2
+
+
+def test_a_prepared_txn_locks_its_inodes_against_local_ones() -> None:
+    g = Group()
+    mkroot(g)
+    g.run(*mkfile(10, b"f"))
+    batch = Overlay(g.kv)
+    ops = fsops.encode_ops([r.AdjustLinks(10, 1, 9)])
+    g.state.apply(TxnPrepare(T[15], 2, (1,), (10,), ops), batch, batch)
+    batch.commit()
+    assert g.run(r.SetAttr(10, 9, mode=0o600)) == Outcome(False, CONFLICT)
+    assert g.run(r.SetAttr(1, 9, mode=0o700)) == COMMITTED  # other inodes are free
+
+
+def test_data_effects_in_order_and_performed_on_a_chunk_store(tmp_path) -> None:
+    g = Group()
+    mkroot(g)
+    g.run(*mkfile(10, b"f"))
+    assert g.app.take_effects() == []
+    g.run(r.ChunkWrite(10, 0, 100, b"abc", CS), r.ChunkWrite(10, 1, 0, b"xyz", CS),
+          r.WriteMeta(10, CS + 3, 8))
+    g.run(r.SetAttr(10, 9, size=CS + 1))
+    effects = g.app.take_effects()
+    assert [type(e).__name__ for e in effects] == ["WriteEffect", "WriteEffect", "TrimEffect"]
+    assert g.app.take_effects() == []
+    chunks = ChunkStore(tmp_path)
+    fsops.perform_effects_sync(effects, chunks)
+    fsops.perform_effects_sync(effects, chunks)  # a replay after a crash: same result
+    assert chunks.pread_sync(10, CS, 100, 3) == b"abc"
+    assert chunks.pread_sync(10, CS, CS, 3) == b"x\0\0"
+    g.run(r.UnlinkDirent(1, b"f", 10), r.AdjustLinks(10, -1, 10))
+    fsops.perform_effects_sync(g.app.take_effects(), chunks)
+    assert chunks.stored_inodes_sync() == []
+
+
+def test_chunk_records_at_a_chunk_group_and_uninline_to_chunk_zero(tmp_path) -> None:
+    g = Group()
+    mkroot(g)
+    g.run(r.ChunkWrite(40, 3, 10, b"far", CS))  # a chunk group holds no inode 40
+    g.run(r.ChunkTrim(40, CS, 3 * CS + 11))
+    g.run(r.ChunkDelete(41))
+    chunks = ChunkStore(tmp_path)
+    fsops.perform_effects_sync(g.app.take_effects(), chunks)
+    assert chunks.pread_sync(40, CS, 3 * CS + 10, 3) == b"f\0\0"
+    g.run(*mkfile(10, b"f"))
+    g.run(r.WriteInline(10, 0, b"small", 3))
+    g.run(r.UnInline(10, to_chunk=True), r.ChunkWrite(10, 0, 5, b"!", CS), r.WriteMeta(10, 6, 4))
+    fsops.perform_effects_sync(g.app.take_effects(), chunks)
+    assert chunks.pread_sync(10, CS, 0, 6) == b"small!"
+    inode = g.inode(10)
+    assert inode is not None and not inode.inline and inode.size == 6
+    assert g.kv.get(keys.inline_key(10)) is None
+
+
+def test_chunk_write_past_its_chunk_is_refused() -> None:
+    g = Group()
+    assert g.run(r.ChunkWrite(10, 0, CS - 1, b"ab", CS)) == Outcome(False, fsops.STALE)
+
+
+@pytest.mark.parametrize("rec", [
+    r.ChunkWrite(1, 2, 3, b"d", 4096), r.ChunkTrim(1, 4096, 5), r.ChunkDelete(3),
+    r.ExpectInode(4, 5, 1, 2, 3, True), r.UnlinkDirent(1, b"a", 2, 9), r.UnInline(3, True),
+])
+def test_new_records_round_trip(rec: object) -> None:
+    assert r.decode(r.encode(rec)) == rec
+
+
+def test_records_without_new_fields_keep_their_encoding() -> None:
+    assert r.encode(r.UnlinkDirent(1, b"a", 2)) == r.encode(r.UnlinkDirent(1, b"a", 2, 0))
+    assert len(r.encode(r.UnlinkDirent(1, b"a", 2, 5))) > len(r.encode(r.UnlinkDirent(1, b"a", 2)))
