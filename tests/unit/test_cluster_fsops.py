@@ -12,7 +12,7 @@ from server.fs import records as r
 from storage.chunks import ChunkStore
 from txn.ids import txn_id
 from txn.kv import MemKv, Overlay
-from txn.records import CONFLICT, COMMITTED, Outcome, TxnLocal, TxnPrepare
+from txn.records import COMMITTED, CONFLICT, Outcome, TxnLocal, TxnPrepare
 from txn.state import LocalApplied, TxnState
 
 CS = 4096

@@ -1,4 +1,4 @@
-"""InoAllocator: node-unique, never reused inode ids placed by group (server/cluster/inoalloc.py)."""
+"""InoAllocator: node-unique, never reused inode ids by group (server/cluster/inoalloc.py)."""
 
 from __future__ import annotations
 
