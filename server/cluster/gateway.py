@@ -57,7 +57,7 @@ from server.cluster import protocol as p
 from server.cluster.fsops import ENOTEMPTY, encode_ops
 from server.cluster.gateway_data import DataOps
 from server.cluster.gateway_ns import NamespaceOps
-from server.cluster.gateway_plan import Done, Plan, PlanView
+from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
 from server.cluster.inoalloc import InoAllocator
 from server.fs import perms
 from server.fs import state as fs_state
@@ -104,7 +104,7 @@ class ClusterBackend(NamespaceOps, DataOps):
         # writeverf3: every acknowledged WRITE is in the groups' Raft logs (FILE_SYNC), so the
         # verifier only has to differ between gateway starts.
         self.verifier = bytes(self._rng.getrandbits(8) for _ in range(8))
-        self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0}
+        self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0, "rereads": 0}
         self.last_abort = ""  # the reason of the latest abort (tests, logs)
 
     @property
@@ -208,6 +208,10 @@ class ClusterBackend(NamespaceOps, DataOps):
                 reply = await self._run_txn(plan, request, attempt)
             except p.RingChanged:
                 self.stats["replans"] += 1
+                continue
+            except Reread:
+                self.stats["rereads"] += 1
+                await self._backoff(attempt)
                 continue
             if reply.commit:
                 if after is None:
