@@ -691,3 +691,22 @@ def run(seed: int, params: Params | None = None) -> tuple[World, list[Client]]:
     race = sorted(clients[0].shared.race)
     assert race == ["EEXIST"] * (len(clients) - 1) + ["ok"], f"racing creates: {race}"
     return world, clients
+
+
+def run_gateway(fn: Any, groups: int = 3, seed: int = 0, **params: Any) -> Any:
+    """`await fn(gateway, world)` against fault-free simulated groups (gateway tests)."""
+    quiet = dict(drop=0.0, dup=0.0, lose_reply=0.0, leader_change=0.0, crash_at_step=0.0)
+    world = World(seed, Params(groups=groups, **{**quiet, **params}))
+    world.faulty = False
+
+    async def main() -> Any:
+        world.make_root()
+        client = Client(world, 1, Shared([], [], FileId(0, 0)))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drive_quietly, world)
+            result = await fn(client.fs, world)
+            nursery.cancel_scope.cancel()
+        return result
+
+    result = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return result
