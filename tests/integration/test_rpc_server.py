@@ -485,3 +485,18 @@ async def test_a_connection_with_a_call_in_flight_is_not_idle(nursery, backend, 
         reply = await c.recv_record()
         assert reply is not None and reply[-4:] == u32(3)
     srv.shutdown()
+
+
+def test_busy_poll_limit_may_be_zero_but_is_bounded():
+    assert RpcLimits(busy_poll_us=0).busy_poll_us == 0
+    for bad in (-1, 10_001):
+        with pytest.raises(ValueError):
+            RpcLimits(busy_poll_us=bad)
+
+
+async def test_calls_are_answered_without_busy_polling(nursery, backend, prog):
+    srv = make_server(backend, prog, RpcLimits(busy_poll_us=0))
+    await nursery.start(srv.run)
+    for _ in range(3):
+        await assert_null_answers(srv)
+    srv.shutdown()
