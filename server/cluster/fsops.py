@@ -68,6 +68,7 @@ __all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "STALE", "FsApplication",
 INVALID = "INVALID"  # ops that do not decode: a gateway bug
 ROOT_INO = 1
 _DECODED_CACHE = 64  # locks_of, check and apply of one ops decode it once
+_DECODED_MAX_BYTES = 16 << 10  # larger ops are not kept
 
 # The inode that owns each record's state (its lock).
 _OWNER = {
@@ -151,6 +152,8 @@ class FsApplication:
         if hit is not None:
             return hit
         recs = decode_ops(ops)
+        if len(ops) > _DECODED_MAX_BYTES:
+            return recs  # a WRITE's bytes: decoding again is a copy, keeping it costs memory
         self._decoded[ops] = recs
         if len(self._decoded) > _DECODED_CACHE:
             self._decoded.popitem(last=False)

@@ -163,15 +163,23 @@ class ClusterBackend(NamespaceOps, DataOps):
         for ino in dict.fromkeys(inos):
             by_group.setdefault(self.ring.group_of_inode(ino), []).append(ino)
         out: dict[int, Inode | None] = {}
-        for group, some in sorted(by_group.items()):
+
+        async def ask(group: int, some: list[int]) -> None:
             try:
                 reply = await self._call(group, p.GetInodes(0, tuple(some)))
             except p.RingChanged:
                 for ino in some:
                     out[ino] = await self._inode(ino)
-                continue
+                return
             for ino, raw in zip(some, reply.inodes, strict=True):
                 out[ino] = decode(raw) if raw else None
+
+        if len(by_group) == 1:
+            await ask(*next(iter(by_group.items())))
+            return out
+        async with trio.open_nursery() as nursery:  # the groups answer in parallel
+            for group, some in sorted(by_group.items()):
+                nursery.start_soon(ask, group, some)
         return out
 
     async def _get(self, fid: FileId) -> Inode:
@@ -342,13 +350,19 @@ class ClusterBackend(NamespaceOps, DataOps):
         eof = reply.eof
         if dots + len(rows) > max_entries:
             rows, eof = rows[: max_entries - dots], False
-        parent = await self._parent(d) if plus or cookie < DOTDOT_COOKIE else d
-        found = await self._inodes([ino for _, _, ino, _ in rows]) if plus and rows else {}
+        want_inos = [ino for _, _, ino, _ in rows] if plus else []
+        if plus and cookie < DOTDOT_COOKIE:
+            want_inos.append(d.parent)
+        found = await self._inodes(want_inos) if want_inos else {}
         entries: list[DirEntry] = []
         if cookie < DOT_COOKIE:
             entries.append(self._dir_entry(DOT, DOT_COOKIE, d, plus))
         if cookie < DOTDOT_COOKIE:
-            entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
+            parent = found.get(d.parent) if plus else None
+            if parent is None:
+                entries.append(DirEntry(d.parent, DOTDOT, DOTDOT_COOKIE))
+            else:
+                entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
         for c, name, ino, _ftype in rows:
             child = found.get(ino)
             if plus and child is not None:
