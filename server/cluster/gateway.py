@@ -70,6 +70,7 @@ from txn.ids import txn_id
 ROOT_INO = 1
 MAX_ATTEMPTS = 30  # rebuilds of one operation after aborts, then JUKEBOX
 MAX_RESENDS = 20  # resends of one txn id whose answer was lost or undecided
+MAX_SILENT_RESENDS = 3  # of those, after the router gave up (Unavailable)
 MAX_REPLANS = 8  # ring changes during one read
 BACKOFF_MAX_S = 0.05
 
@@ -251,10 +252,16 @@ class ClusterBackend(NamespaceOps, DataOps):
         parts = tuple(sorted((g, encode_ops(recs)) for g, recs in plan.parts.items() if recs))
         self.stats["txns"] += 1
         retry = False
+        silent = 0
         for resend in range(MAX_RESENDS):
             try:
                 reply = await self.router.call(plan.coordinator, p.RunTxn(0, tid, parts, retry))
-            except p.Unavailable:
+            except p.Unavailable as e:
+                # The router already waited its whole request timeout: a few more tries (a
+                # lost reply), then the client hears JUKEBOX and retries the NFS call.
+                silent += 1
+                if silent > MAX_SILENT_RESENDS:
+                    raise Jukebox(str(e)) from e
                 reply = None
             if reply is not None and reply.decided:
                 return reply
