@@ -63,7 +63,7 @@ from storage.chunks import ChunkStore
 from txn.kv import KvBatch, KvView
 
 __all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "STALE", "FsApplication", "decode_ops",
-           "encode_ops", "perform_effects_sync", "root_ops"]
+           "encode_ops", "owner_of", "perform_effects_sync", "root_ops"]
 
 INVALID = "INVALID"  # ops that do not decode: a gateway bug
 ROOT_INO = 1
@@ -86,6 +86,11 @@ _OWNER = {
     ChunkDelete: lambda r: r.ino,
     ExpectInode: lambda r: r.ino,
 }
+
+
+def owner_of(record: object) -> int:
+    """The inode whose state `record` reads and writes (its lock)."""
+    return _OWNER[type(record)](record)
 
 
 def encode_ops(recs: Iterable[object]) -> bytes:
@@ -164,7 +169,7 @@ class FsApplication:
             recs = self._records(ops)
         except RecordError:
             return ()  # check() refuses them
-        return tuple(sorted({_OWNER[type(r)](r) for r in _flat(recs)}))
+        return tuple(sorted({owner_of(r) for r in _flat(recs)}))
 
     def check(self, ops: bytes, view: KvView) -> str | None:
         try:

@@ -54,7 +54,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.cluster import protocol as p
-from server.cluster.fsops import ENOTEMPTY, encode_ops
+from server.cluster.fsops import ENOTEMPTY, encode_ops, owner_of
 from server.cluster.gateway_data import DataOps
 from server.cluster.gateway_ns import NamespaceOps
 from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
@@ -223,9 +223,10 @@ class ClusterBackend(NamespaceOps, DataOps):
                 await self._backoff(attempt)
                 continue
             if reply.commit:
-                if after is None:
+                if after is None:  # read what the plan touched (new inodes too)
                     after = dict(plan.before)
-                    after.update(await self._inodes(list(plan.before)))
+                    touched = {owner_of(r) for recs in plan.parts.values() for r in recs}
+                    after.update(await self._inodes(sorted(touched | set(plan.before))))
                 return plan.finish(after)
             self.stats["aborts"] += 1
             self.last_abort = reply.reason
@@ -354,9 +355,6 @@ class ClusterBackend(NamespaceOps, DataOps):
         perms.check(cred, d, perms.R)
         check_cookie(d, cookie, cookieverf)
         rows = list(reply.entries)
-        eof = reply.eof
-        if dots + len(rows) > max_entries:
-            rows, eof = rows[: max_entries - dots], False
         want_inos = [ino for _, _, ino, _ in rows] if plus else []
         if plus and cookie < DOTDOT_COOKIE:
             want_inos.append(d.parent)
@@ -376,6 +374,9 @@ class ClusterBackend(NamespaceOps, DataOps):
                 entries.append(DirEntry(ino, name, c, self._fid(child), self._attr(child)))
             else:
                 entries.append(DirEntry(ino, name, c))
+        eof = reply.eof
+        if len(entries) > max_entries:  # a page of one: `.` alone, then `..`, then entries
+            entries, eof = entries[:max_entries], False
         return ReadDirResult(self._attr(d), dir_cookieverf(d), tuple(entries), eof)
 
     def _dir_entry(self, name: bytes, cookie: int, inode: Inode, plus: bool) -> DirEntry:

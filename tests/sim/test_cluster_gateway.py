@@ -234,3 +234,21 @@ def test_fsstat_and_export_paths() -> None:
         assert mask  # root dir mode 0777 in the simulation
 
     go(body)
+
+
+def test_readdir_pages_of_one_entry() -> None:
+    async def body(fs: ClusterBackend, world: World) -> None:
+        root = await fs.export_root("/")
+        for i in range(2):
+            await fs.create(ROOT, root, b"f%d" % i, CreateMode.GUARDED, SetAttrs(), None)
+        seen, cookie, verf = [], 0, bytes(8)
+        for _ in range(10):
+            page = await fs.readdir(ROOT, root, cookie, verf, 1, True)
+            assert len(page.entries) <= 1
+            seen += [e.name for e in page.entries]
+            if page.eof:
+                break
+            cookie, verf = page.entries[-1].cookie, page.cookieverf
+        assert seen == [b".", b"..", b"f0", b"f1"]
+
+    go(body)
