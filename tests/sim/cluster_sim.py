@@ -5,17 +5,23 @@ Each group is an atomic replicated log over a MemKv: the real TxnState + fsops.F
 the real Coordinator and Participant cores, queries.answer for reads, and an in-memory chunk
 store. A fake Router hands the gateways' requests to the groups (waiting while a group has no
 leader), and several real ClusterBackend clients run random mixes of namespace operations,
-writes, truncates and reads. Faults while the clients run: leader crashes at every protocol
-step (before a txn record is proposed, after it is applied and before the leader acts, and
-between a batch's data effects and its state write), random leader changes (in-memory core
-state lost, an unreplicated suffix of proposals lost, a new leader rebuilt with BecameLeader),
-txn messages dropped, duplicated and reordered, and RunTxn replies lost (the gateway resends
-the same txn id). Then the network heals, the world runs to quiescence and `check()` runs:
-no lock / prepared / open decision left; the fs invariants of server/fs/fsck.py over the union
-of the groups (entries point at live inodes, link counts, one name per directory, `..`); every
-inode reachable from the root and placed in its ring group; no orphan chunk and no chunk byte
-past EOF; each client's private files read back exactly as its model says; of two racing
-EXCLUSIVE creates of one name exactly one succeeds.
+writes, truncates and reads.
+
+Faults while the clients run: leader crashes at every protocol step (before a txn record is
+proposed, after it is applied and before the leader acts, and between a batch's data effects
+and its state write), random leader changes (in-memory core state lost, an unreplicated suffix
+of proposals lost, a new leader rebuilt with BecameLeader), partitions (a group cut off for a
+while: its messages lost, gateways wait), txn messages dropped, duplicated and reordered,
+RunTxn replies lost (the gateway resends the same txn id), and calls answered STALE_RING (the
+gateway re-plans).
+
+Then the network heals, the world runs to quiescence and `check()` runs: no lock, prepared
+record or open decision left; the fs invariants of server/fs/fsck.py over the union of the
+groups (entries point at live inodes, link counts, one name per directory, `..`); every inode
+reachable from the root and placed in its ring group; no orphan chunk and no chunk byte past
+EOF; each client's private files read back exactly as its model says (also during the run);
+of racing EXCLUSIVE creates of one name exactly one succeeds. Every transaction being
+all-or-nothing shows in these: a half-applied create, remove, rename or write breaks one.
 """
 
 from __future__ import annotations
@@ -84,6 +90,8 @@ class Params:
     dup: float = 0.05
     lose_reply: float = 0.03
     leader_change: float = 0.002
+    partition: float = 0.001  # per step: cut one group off for a while (its leader stays)
+    ring_changed: float = 0.01  # per gateway call: answered STALE_RING
     crash_at_step: float = 0.02
     tick_every: int = 3
     check_every: int = 11
@@ -181,6 +189,7 @@ class SimGroup:
     pending: list[TxnRecord] = field(default_factory=list)
     leader: bool = True
     down_until: int = 0
+    cut_until: int = 0  # partitioned: messages to and from it are lost, gateways wait
     waiters: dict[TxnId, list[tuple[trio.Event, list[Any]]]] = field(default_factory=dict)
 
 
@@ -211,9 +220,14 @@ class SimRouter:
         w = self.world
         g = w.groups[group]
         await trio.sleep(0)
+        if w.faulty and w.rng.random() < w.p.ring_changed:
+            # STALE_RING is answered before anything runs: the gateway re-plans (here against
+            # the same placement, which is what a ring change that moved nothing of it is).
+            w.count("ring changed")
+            raise p.RingChanged("simulated")
         with trio.move_on_after(CALL_TIMEOUT_S):
             while True:
-                while not g.leader:
+                while not g.leader or w.cut(g):
                     await w.pause(5)
                 if isinstance(request, p.RunTxn):
                     return await w.run_txn(g, request)
@@ -315,6 +329,13 @@ class World:
                 self._deliver()
         if self.faulty and self.rng.random() < self.p.leader_change:
             self._crash(self.rng.choice(list(self.groups.values())))
+        if self.faulty and self.rng.random() < self.p.partition:
+            self.rng.choice(list(self.groups.values())).cut_until = (
+                self.step + self.rng.randint(20, 300))
+            self.count("partition")
+
+    def cut(self, g: SimGroup) -> bool:
+        return self.step < g.cut_until
 
     def _apply_batch(self, g: SimGroup, allow_crash: bool = True) -> None:
         records = g.pending[: self.rng.randint(1, 3)]
@@ -370,7 +391,8 @@ class World:
                     return
                 g.pending.append(a.record)
             elif isinstance(a, Send):
-                self.net.append((a.group, a.message))
+                if not self.cut(g):
+                    self.net.append((a.group, a.message))
             else:
                 assert isinstance(a, Reply)
                 for done, box in g.waiters.get(a.txn_id, []):
@@ -387,7 +409,7 @@ class World:
             return
         dest, msg = item
         g = self.groups[dest]
-        if not g.leader:
+        if not g.leader or self.cut(g):
             return
         to_coord = _TO_COORDINATOR.get(type(msg))
         if to_coord is not None:
@@ -397,7 +419,7 @@ class World:
 
     def quiescent(self) -> bool:
         return (not self.net
-                and all(g.leader and not g.pending and not g.coord.inflight()
+                and all(g.leader and not self.cut(g) and not g.pending and not g.coord.inflight()
                         and not g.part.waiting() for g in self.groups.values()))
 
     # -- checks ----------------------------------------------------------------------------
@@ -695,7 +717,8 @@ def run(seed: int, params: Params | None = None) -> tuple[World, list[Client]]:
 
 def run_gateway(fn: Any, groups: int = 3, seed: int = 0, **params: Any) -> Any:
     """`await fn(gateway, world)` against fault-free simulated groups (gateway tests)."""
-    quiet = dict(drop=0.0, dup=0.0, lose_reply=0.0, leader_change=0.0, crash_at_step=0.0)
+    quiet = dict(drop=0.0, dup=0.0, lose_reply=0.0, leader_change=0.0, crash_at_step=0.0,
+                 partition=0.0, ring_changed=0.0)
     world = World(seed, Params(groups=groups, **{**quiet, **params}))
     world.faulty = False
 

@@ -48,7 +48,8 @@ def test_cluster_simulation() -> None:
         assert results["_dir_under_itself Inval"], results
         missing = [c for c in CRASH_POINTS if not stats[c]]
         assert not missing, f"crash points never hit: {missing}"
-        assert stats["reply lost"] and stats["read waits for a lock"], stats
+        for what in ("reply lost", "read waits for a lock", "partition", "ring changed"):
+            assert stats[what], (what, stats)
 
 
 @pytest.mark.parametrize("seed", [1])
