@@ -257,6 +257,8 @@ class World:
         self.faulty = True
         self.stats: dict[str, int] = {}
         self.clock_ns = 1_700_000_000 * 10**9
+        self.txns: dict[TxnId, tuple[int, tuple[int, ...]]] = {}  # -> coordinator, participants
+        self.told: dict[TxnId, bool] = {}  # what a gateway was told: committed?
 
     # -- groups ----------------------------------------------------------------------------
 
@@ -289,6 +291,8 @@ class World:
         self._apply_batch(g, allow_crash=False)
 
     async def run_txn(self, g: SimGroup, req: p.RunTxn) -> p.TxnReply:
+        parts = tuple(sorted(x for x, ops in req.parts if ops and x != g.gid))
+        assert self.txns.setdefault(req.txn_id, (g.gid, parts)) == (g.gid, parts), "txn id reused"
         known = g.state.outcome(g.kv, req.txn_id) if req.retry else None
         done, box = trio.Event(), []
         g.waiters.setdefault(req.txn_id, []).append((done, box))
@@ -305,6 +309,8 @@ class World:
         outcome = box[0] if box else None
         if outcome is None:
             return p.TxnReply(False, False, "")
+        told = self.told.setdefault(req.txn_id, outcome.commit)
+        assert told == outcome.commit, f"txn {req.txn_id.hex()}: told {told}, now {outcome}"
         if self.faulty and self.rng.random() < self.p.lose_reply:
             self.count("reply lost")
             raise p.Unavailable("reply lost")  # decided, but the gateway does not know
@@ -450,10 +456,25 @@ class World:
             assert got == count, f"group {g.gid}: inode count {got}, holds {count}"
         merged += [(keys.NEXT_INO, keys.u64(max(inodes) + 1)),
                    (keys.INODE_COUNT, keys.u64(len(inodes)))]
+        self._check_all_or_nothing()
         problems = fs_fsck.check(merged)
         assert not problems, problems[:10]
         self._check_reachable(merged, inodes)
         self._check_chunks(inodes)
+
+    def _check_all_or_nothing(self) -> None:
+        """Each txn's outcome in its coordinator's group and in every participant's agree,
+        and agree with what any gateway was told."""
+        for t, (coord, parts) in self.txns.items():
+            c = self.groups[coord]
+            outcome = c.state.outcome(c.kv, t)
+            committed = outcome is not None and outcome.commit
+            assert self.told.get(t, committed) == committed, f"txn {t.hex()}: told otherwise"
+            for gid in parts:
+                g = self.groups[gid]
+                there = g.state.outcome(g.kv, t)
+                assert (there is not None and there.commit) == committed, (
+                    f"txn {t.hex()}: {outcome} at coordinator {coord}, {there} at {gid}")
 
     def _check_reachable(self, items: list[tuple[bytes, bytes]], inodes: dict[int, Inode]) -> None:
         children: dict[int, list[int]] = {}
