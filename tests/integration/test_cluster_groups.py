@@ -304,3 +304,59 @@ async def test_follower_far_behind_catches_up_by_snapshot(tmp_path: Path, caplog
         for n in nodes:
             await stop_node(n)
         nursery.cancel_scope.cancel()
+
+
+async def test_two_phase_commits_survive_leader_changes_in_both_groups(tmp_path: Path) -> None:
+    """Two groups of three; transfers between them are two-phase. The leaders of both groups
+    are stopped while transfers are in flight: the new leaders resume the prepared and decided
+    transactions from their state (BecameLeader), every client gets a decided answer, and no
+    money is created or lost."""
+    nodes, nodelist = make_nodes(tmp_path, {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2})
+    groups = [1, 2]
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await start_node(nursery, n, nodelist)
+        await wait_leaders(nodes, groups)
+        # The clients' gateway is a node of no group (as `objcache admin` is), so stopping
+        # members never stops the gateway itself.
+        gateway_plane = RpcPlane(RpcConfig(node_id=100, cluster_secret=SECRET))
+        for n in nodes:
+            gateway_plane.add_peer(n.info.node_id, f"ws://{n.info.rpc}/")
+        gateway = GroupRouter(gateway_plane, 100, nodelist, None, vnodes=16,
+                              request_timeout_s=30.0)
+        await nursery.start(gateway_plane.run)
+        await nursery.start(gateway.run)
+        decided: list[p.TxnReply] = []
+        clients_done = trio.Event()
+
+        async def client(c: int) -> None:
+            rng = random.Random(c)
+            for i in range(30):
+                src, dst = rng.sample(range(ACCOUNTS), 2)
+                if group_of_account(src, groups) == group_of_account(dst, groups):
+                    dst = (dst + 1) % ACCOUNTS  # neighbours live in different groups
+                decided.append(await transfer(gateway, groups, src, dst, rng.randint(1, 50),
+                                              txn_id(200 + c, i)))
+
+        async def clients() -> None:
+            async with trio.open_nursery() as inner:
+                for c in range(4):
+                    inner.start_soon(client, c)
+            clients_done.set()
+
+        nursery.start_soon(clients)
+        await trio.sleep(1.0)
+        for g in groups:
+            leader = next(n for n in nodes if n.info.group == g and n.runtime.is_leader())
+            await stop_node(leader)
+            await trio.sleep(0.3)
+        with trio.fail_after(120):
+            await clients_done.wait()
+        assert len(decided) == 120
+        assert sum(r.commit for r in decided) > 60
+        alive = [n for n in nodes if not n.kv.closed]
+        await wait_leaders(alive, groups)
+        assert await total(alive, groups) == START * ACCOUNTS
+        for n in alive:
+            await stop_node(n)
+        nursery.cancel_scope.cancel()
