@@ -465,11 +465,13 @@ class RpcServer:
 
     def _may_poll(self, conn: _Connection) -> bool:
         """Whether to busy-poll `conn` (RpcLimits.busy_poll_us): it is the only connection,
-        none of its calls is in flight and no task waits to run, so polling delays nobody."""
+        none of its calls is in flight, no reply is being sent (a task finishing a large one
+        waits for the socket, and polling would hold it up) and no task waits to run."""
         return (
             self._poll_s > 0
             and len(self._conns) == 1
             and conn.in_flight.value == conn.limit
+            and conn.send_lock.value == 1
             and trio.lowlevel.current_statistics().tasks_runnable == 0
         )
 
