@@ -207,13 +207,25 @@ def _flat(recs: Iterable[object]) -> Iterable[object]:
 
 
 def perform_effects_sync(effects: list[Effect], chunks: ChunkStore) -> None:
-    """Make the data effects on this node's chunk files, in order (worker thread). Idempotent:
-    a crash before the batch that produced them is written replays them."""
+    """Make the data effects on this node's chunk files, in order, and durable (worker
+    thread). Idempotent: a crash before the batch that produced them is written replays them.
+
+    Durable before returning, because the caller then writes the batch that advances the
+    applied index: after a power loss that index must not be ahead of the chunk bytes, since
+    a replay answers records it finds decided from the txn tables without applying them again.
+    One fsync per touched inode per applied batch (deleted chunk files are only garbage if
+    their unlink is lost)."""
+    touched: set[int] = set()
     for e in effects:
         if isinstance(e, WriteEffect):
             chunks.pwrite_sync(e.ino, e.chunk_size, e.offset, memoryview(e.data))
+            touched.add(e.ino)
         elif isinstance(e, TrimEffect):
             chunks.truncate_sync(e.ino, e.chunk_size, e.keep)
+            touched.add(e.ino)
         else:
             assert isinstance(e, DeleteEffect), e
             chunks.delete_sync(e.ino)
+            touched.discard(e.ino)
+    for ino in sorted(touched):
+        chunks.fsync_sync(ino)

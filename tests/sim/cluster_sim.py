@@ -150,6 +150,9 @@ class MemChunks:
             elif key[1] == keep:
                 del self.data[key][inner:]
 
+    def fsync_sync(self, ino: int) -> None:
+        """Memory is as durable as the simulated node: nothing to do."""
+
     def delete_sync(self, ino: int) -> None:
         for key in [k for k in self.data if k[0] == ino]:
             del self.data[key]
