@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any
 
@@ -78,17 +79,22 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _build(cls: type, values: Any) -> Any:
+@functools.cache
+def _schema(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(field name, type) in order; typing.get_type_hints is far too slow per decode."""
     hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    if not isinstance(values, list) or len(values) != len(fields):
-        raise TxnCodecError(f"{cls.__name__}: expected {len(fields)} fields")
-    args = [_field(hints[f.name], v, f"{cls.__name__}.{f.name}") for f, v in zip(
-        fields, values, strict=True)]
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
+
+
+def _build(cls: type, values: Any) -> Any:
+    schema = _schema(cls)
+    if not isinstance(values, list) or len(values) != len(schema):
+        raise TxnCodecError(f"{cls.__name__}: expected {len(schema)} fields")
+    args = [_field(tp, v, cls, name) for (name, tp), v in zip(schema, values, strict=True)]
     return cls(*args)
 
 
-def _field(tp: Any, value: Any, where: str) -> Any:
+def _field(tp: Any, value: Any, cls: type, name: str) -> Any:
     if tp == _INTS:
         if isinstance(value, list) and all(_is_int(x) for x in value):
             return tuple(value)
@@ -97,7 +103,7 @@ def _field(tp: Any, value: Any, where: str) -> Any:
             return value
     elif isinstance(value, tp):
         return value
-    raise TxnCodecError(f"{where}: {type(value).__name__} does not fit {tp}")
+    raise TxnCodecError(f"{cls.__name__}.{name}: {type(value).__name__} does not fit {tp}")
 
 
 def _is_int(value: Any) -> bool:

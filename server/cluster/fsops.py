@@ -123,11 +123,11 @@ class KvFsView:
 
     def inode(self, ino: int) -> Inode | None:
         raw = self.kv.get(keys.inode_key(ino))
-        return None if raw is None else records.decode(raw)
+        return None if raw is None else records.decode_value(raw)
 
     def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
         raw = self.kv.get(keys.dirent_key(dir_ino, name))
-        return None if raw is None else records.decode(raw)
+        return None if raw is None else records.decode_value(raw)
 
     def meta_int(self, key: bytes) -> int:
         return decode_u64(self.kv.get(key))

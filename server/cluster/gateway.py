@@ -64,7 +64,7 @@ from server.fs import state as fs_state
 from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
-from server.fs.records import Dirent, Inode, Multi, decode
+from server.fs.records import Dirent, Inode, Multi, decode_value
 from txn.ids import txn_id
 
 ROOT_INO = 1
@@ -156,7 +156,7 @@ class ClusterBackend(NamespaceOps, DataOps):
     async def _inode(self, ino: int) -> Inode | None:
         reply = await self._at_inode(ino, p.GetInodes(0, (ino,)))
         raw = reply.inodes[0]
-        return decode(raw) if raw else None
+        return decode_value(raw) if raw else None
 
     async def _inodes(self, inos: list[int]) -> dict[int, Inode | None]:
         """Several inodes: one GetInodes per group."""
@@ -173,7 +173,7 @@ class ClusterBackend(NamespaceOps, DataOps):
                     out[ino] = await self._inode(ino)
                 return
             for ino, raw in zip(some, reply.inodes, strict=True):
-                out[ino] = decode(raw) if raw else None
+                out[ino] = decode_value(raw) if raw else None
 
         if len(by_group) == 1:
             await ask(*next(iter(by_group.items())))
@@ -194,13 +194,13 @@ class ClusterBackend(NamespaceOps, DataOps):
     ) -> tuple[Inode, Dirent | None, Inode | None]:
         """The directory (Stale if gone), its entry `name` and the entry's inode."""
         reply = await self._at_inode(dir_fid.ino, p.Lookup(0, dir_fid.ino, name))
-        d = decode(reply.dir) if reply.dir else None
+        d = decode_value(reply.dir) if reply.dir else None
         if d is None or d.gen != dir_fid.gen:
             raise Stale(f"no directory {dir_fid.ino} generation {dir_fid.gen}")
         if not reply.dirent:
             return d, None, None
-        ent: Dirent = decode(reply.dirent)
-        child = decode(reply.child) if reply.child else await self._inode(ent.ino)
+        ent: Dirent = decode_value(reply.dirent)
+        child = decode_value(reply.child) if reply.child else await self._inode(ent.ino)
         return d, ent, child
 
     # -- changes ----------------------------------------------------------------------------
@@ -347,7 +347,7 @@ class ClusterBackend(NamespaceOps, DataOps):
         dots = (cookie < DOT_COOKIE) + (cookie < DOTDOT_COOKIE)
         want = max(1, max_entries - dots)
         reply = await self._at_inode(dir_fid.ino, p.ReadDir(0, dir_fid.ino, cookie, want))
-        d = decode(reply.dir) if reply.dir else None
+        d = decode_value(reply.dir) if reply.dir else None
         if d is None or d.gen != dir_fid.gen:
             raise Stale(f"no directory {dir_fid.ino} generation {dir_fid.gen}")
         if d.ftype != FileType.DIR:

@@ -37,7 +37,7 @@ from server.cluster import protocol as p
 from server.cluster.gateway_plan import Done, Plan
 from server.fs import perms
 from server.fs.common import require_reg
-from server.fs.records import ChunkWrite, Inode, UnInline, WriteInline, WriteMeta, decode
+from server.fs.records import ChunkWrite, Inode, UnInline, WriteInline, WriteMeta, decode_value
 from storage.chunks import spans
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class DataOps(_Base):
     async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
         count = max(0, min(count, self.config.max_read_bytes))
         reply = await self._at_inode(fid.ino, p.ReadHead(0, fid.ino, offset, count))
-        inode = decode(reply.inode) if reply.inode else None
+        inode = decode_value(reply.inode) if reply.inode else None
         if inode is None or inode.gen != fid.gen:
             raise Stale(f"no inode {fid.ino} generation {fid.gen}")
         require_reg(inode)

@@ -270,6 +270,9 @@ class GroupRuntime:
 
     async def _require_ready(self) -> None:
         """Leader with ready cores; waits briefly while this node is becoming leader."""
+        if self._ready_term and self._ready_term == self.driver.node.raft.term and (
+                self.is_leader()):
+            return  # the common case, without a cancel scope
         with trio.move_on_after(self.config.txn_reply_timeout_s):
             while True:
                 if not self.is_leader():

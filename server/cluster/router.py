@@ -69,6 +69,18 @@ class GroupRouter:
         members = self._members.get(group)
         if not members:
             raise p.RingChanged(f"group {group} is not in ring version {self._ring.version}")
+        local = self.local
+        if local is not None and local.group == group and local.is_leader():
+            # The common case of a node serving its own group: the local handler bounds its
+            # own waits, so no deadline scope is needed; any refusal takes the slow path.
+            try:
+                return await local.handle(request)
+            except RemoteError as e:
+                if e.code in (p.STALE_RING, p.WRONG_GROUP):
+                    await self._refresh()
+                    raise p.RingChanged(e.message) from e
+                if e.code not in (p.NOT_LEADER, p.UNAVAILABLE):
+                    raise
         with trio.move_on_after(self.request_timeout_s):
             while True:
                 target = self._leader.get(group, members[0])

@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,6 +320,13 @@ def _to_wire(obj: Any) -> list[Any]:
 def encode(obj: Any) -> bytes:
     """The on-disk bytes of a record or stored value."""
     return cbor2.dumps(_to_wire(obj))
+
+
+@functools.lru_cache(maxsize=16384)
+def decode_value(data: bytes) -> Any:
+    """decode() for small stored values (Inode, Dirent, CookieEntry) read again and again:
+    they are immutable, so equal bytes can share one decoded object."""
+    return decode(data)
 
 
 def decode(data: bytes) -> Any:
