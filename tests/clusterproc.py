@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from serverproc import REPO, free_port, nfs_url, wait_for
+from serverproc import REPO, _join, free_port, nfs_url, wait_for
 
 UP_TIMEOUT_S = 180.0
+_LEADS = re.compile(r"group (\d+): node (\d+) leads in term (\d+)")
 
 
 class ClusterError(RuntimeError):
@@ -108,20 +110,38 @@ class LocalCluster:
         return int(self.nodes[node_id]["nfs"].rsplit(":", 1)[1])
 
     def url(self, node_id: int, path: str = "/") -> str:
+        """libnfs URL of `path` through node_id's gateway (export "/": see serverproc._join)."""
         port = self.nfs_port(node_id)
-        return nfs_url(port, port, path)
+        return nfs_url(port, port, _join("/", path))
 
     def export_url(self, node_id: int) -> str:
         return self.url(node_id, "/")
 
     def fsck(self, timeout_s: float = 120.0) -> dict:
-        node = self.nodes[1]
-        res = _cli("admin", "fsck", "--node", f"1={node['rpc']}", "--cluster-secret-file",
-                   str(self.root / "secret"), "--json", timeout_s=timeout_s)
+        """`objcache admin fsck --json` through the first node that runs."""
+        node_id = next(i for i, n in sorted(self.nodes.items()) if _alive(n["pid"]))
+        res = _cli("admin", "fsck", "--node", f"{node_id}={self.nodes[node_id]['rpc']}",
+                   "--cluster-secret-file", str(self.root / "secret"), "--json",
+                   timeout_s=timeout_s)
         if res.returncode not in (0, 1):
             raise ClusterError(f"admin fsck exited {res.returncode}:\n{res.stdout}\n"
                                f"{res.stderr}")
         return json.loads(res.stdout)
+
+    def leader(self, group: int) -> int:
+        """The node that most recently became leader of `group` (from the nodes' logs)."""
+        best = (0, 0)  # (term, node id)
+        for node_id in self.nodes:
+            try:
+                text = (self.root / f"n{node_id}" / "node.log").read_text(errors="replace")
+            except OSError:
+                continue
+            for m in _LEADS.finditer(text):
+                if int(m.group(1)) == group:
+                    best = max(best, (int(m.group(3)), int(m.group(2))))
+        if not best[1]:
+            raise ClusterError(f"no leader of group {group} in the logs")
+        return best[1]
 
     def log_tail(self, node_id: int, lines: int = 40) -> str:
         try:

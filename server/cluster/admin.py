@@ -58,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return trio.run(_fsck, node_id, addr, secret, args)
-    except (RpcError, p.Unavailable, p.RingChanged) as e:
-        print(f"objcache admin: cluster unreachable: {e}", file=sys.stderr)
-        return 2
+    except* (RpcError, p.Unavailable, p.RingChanged) as group:
+        # trio's nurseries wrap errors in groups; one line per failure is what a user needs.
+        for e in group.exceptions:
+            print(f"objcache admin: cluster unreachable: {e}", file=sys.stderr)
+    return 2
 
 
 async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:

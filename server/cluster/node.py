@@ -23,7 +23,9 @@ from pathlib import Path
 
 import trio
 
+from nfs_gateway.backend import FsError
 from server.cluster import fsops, queries
+from server.cluster import protocol as p
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
 from server.cluster.inoalloc import InoAllocator
@@ -134,9 +136,25 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
         alloc = await InoAllocator.open(kv, c.node_id)
         backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id)
+        with trio.move_on_after(c.bootstrap_timeout_s) as waited:
+            await _wait_root(backend)
+        if waited.cancelled_caught:
+            raise StartupError(f"the root directory was not made in {c.bootstrap_timeout_s} s")
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
                         _announce(cfg, me, cfg.cluster_rpc_address()))
         nursery.cancel_scope.cancel()
+
+
+async def _wait_root(backend: ClusterBackend) -> None:
+    """Until the root directory exists: its group's first leader makes it, maybe a moment after
+    this node's group is ready; a MOUNT before then would fail."""
+    while True:
+        try:
+            await backend.export_root("/")
+            return
+        except (FsError, p.Unavailable, p.RingChanged) as e:
+            log.debug("waiting for the root directory: %s", e)
+            await trio.sleep(0.05)
 
 
 def _announce(cfg: Config, me: NodeInfo, rpc: Listen) -> Callable[[str, int], None]:

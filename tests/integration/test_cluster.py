@@ -129,3 +129,29 @@ def test_kill9_of_a_node_mid_workload_loses_no_acknowledged_write(cluster, tmp_p
     # that exists is a whole inode with a name: fsck's invariants hold either way.
     phases = nfsmeta(cluster.export_url(2), "ns", "/after", 50)
     assert phases["remove"]["ops"] == 50
+
+
+def test_three_replica_group_serves_on_after_its_leader_is_killed(tmp_path):
+    """One group of three replicas (`--replicas 3`): kill -9 of the leader; the other two
+    elect a new one, writes through their gateways succeed, nothing acknowledged is lost."""
+    c = LocalCluster(tmp_path / "group3", nodes=3, replicas=3).up()
+    try:
+        before = {f"/b{i}": f"before {i}".encode() * 100 for i in range(5)}
+        for name, data in before.items():
+            (tmp_path / name[1:]).write_bytes(data)
+            nfs_cp(tmp_path / name[1:], c.url(1 + len(name) % 3, name))
+        leader = c.leader(1)
+        c.kill9(leader)
+        alive = [n for n in (1, 2, 3) if n != leader]
+        after = {f"/a{i}": f"after {i}".encode() * 1000 for i in range(5)}
+        for i, (name, data) in enumerate(after.items()):
+            (tmp_path / name[1:]).write_bytes(data)
+            nfs_cp(tmp_path / name[1:], c.url(alive[i % 2], name), timeout_s=60)
+        assert c.leader(1) in alive
+        for node in alive:
+            for name, data in {**before, **after}.items():
+                assert nfs_cat(c.url(node, name)) == data, (node, name)
+        report = c.fsck()
+        assert report["ok"], report["problems"]
+    finally:
+        c.down(check=False)
