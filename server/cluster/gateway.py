@@ -43,7 +43,6 @@ from nfs_gateway.backend import (
     FileId,
     FileType,
     FsStat,
-    Inval,
     Jukebox,
     LookupResult,
     NoEnt,
@@ -61,6 +60,7 @@ from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
 from server.cluster.inoalloc import InoAllocator
 from server.fs import perms
 from server.fs import state as fs_state
+from server.fs.attrops import AttrOps
 from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
@@ -75,7 +75,7 @@ MAX_REPLANS = 8  # ring changes during one read
 BACKOFF_MAX_S = 0.05
 
 
-class ClusterBackend(NamespaceOps, DataOps):
+class ClusterBackend(NamespaceOps, DataOps, AttrOps):
     """The Backend protocol over a Router. The node builds one with the node's InoAllocator
     and its FsConfig; `incarnation` and `rng` are for simulations (default: random)."""
 
@@ -283,19 +283,6 @@ class ClusterBackend(NamespaceOps, DataOps):
             fid = (await self.lookup(Cred(0, 0), fid, part.encode())).fid
         require_dir(await self._get(fid))
         return fid
-
-    async def getattr(self, fid: FileId) -> Attr:
-        return self._attr(await self._get(fid))
-
-    async def access(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr]:
-        inode = await self._get(fid)
-        return perms.access_mask(cred, inode, mask), self._attr(inode)
-
-    async def readlink(self, cred: Cred, fid: FileId) -> tuple[bytes, Attr]:
-        inode = await self._get(fid)
-        if inode.ftype != FileType.LNK:
-            raise Inval("not a symbolic link")
-        return inode.target, self._attr(inode)
 
     async def lookup(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult:
         if name in (DOT, DOTDOT):

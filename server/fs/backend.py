@@ -38,7 +38,6 @@ from nfs_gateway.backend import (
     FileId,
     FileType,
     FsStat,
-    Inval,
     IOError_,
     LookupResult,
     NoEnt,
@@ -48,6 +47,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.fs import keys, perms
+from server.fs.attrops import AttrOps
 from server.fs.common import DOT, DOTDOT, check_name, disk_error, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.datapath import DataOps
@@ -63,7 +63,7 @@ ROOT_INO = 1
 _ATTR_MEMO_ENTRIES = 16384
 
 
-class LocalBackend(NamespaceOps, DataOps):
+class LocalBackend(NamespaceOps, DataOps, AttrOps):
     """One node's file system. `async with LocalBackend(path) as fs:` or open()/close()."""
 
     def __init__(
@@ -316,24 +316,11 @@ class LocalBackend(NamespaceOps, DataOps):
         inode = self._get_nowait(fid)
         return None if inode is None else self._attr(inode)
 
-    async def getattr(self, fid: FileId) -> Attr:
-        return self._attr(await self._get(fid))
-
     def access_nowait(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr] | None:
         inode = self._get_nowait(fid)
         if inode is None:
             return None
         return perms.access_mask(cred, inode, mask), self._attr(inode)
-
-    async def access(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr]:
-        inode = await self._get(fid)
-        return perms.access_mask(cred, inode, mask), self._attr(inode)
-
-    async def readlink(self, cred: Cred, fid: FileId) -> tuple[bytes, Attr]:
-        inode = await self._get(fid)
-        if inode.ftype != FileType.LNK:
-            raise Inval("not a symbolic link")
-        return inode.target, self._attr(inode)
 
     def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None:
         d = self._get_nowait(dir_fid)
