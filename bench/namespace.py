@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from serverproc import GaneshaServer, build_nfsmeta, free_port, nfs_url  # noqa: E402
+from clusterproc import LocalCluster  # noqa: E402
+from serverproc import GaneshaServer, build_nfsmeta  # noqa: E402
 
 PHASES = ("create", "stat", "rename", "remove")
 TXN_METRIC = re.compile(r'^objcache_txn_total\{kind="(\w+)",outcome="(\w+)"\} ([0-9.e+]+)$',
@@ -61,39 +62,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Cluster:
-    """`objcache cluster up/down` with N one-member groups."""
+    """`objcache cluster up/down` with N one-member groups (tests/clusterproc.py)."""
 
     def __init__(self, nodes: int, work: Path) -> None:
-        self.nodes_n = nodes
-        self.dir = work / f"cluster-{nodes}"
-        self.nodes: list[dict] = []
+        self.local = LocalCluster(work / f"cluster-{nodes}", nodes=nodes)
 
     def start(self) -> Cluster:
-        base = _free_block(3 * self.nodes_n)
-        out = subprocess.run(
-            [sys.executable, "-m", "server.cli", "cluster", "up", "--nodes", str(self.nodes_n),
-             "--replicas", "1", "--base-port", str(base), "--data-dir", str(self.dir),
-             "--json"],
-            capture_output=True, text=True, timeout=180, cwd=REPO)
-        if out.returncode != 0:
-            raise RuntimeError(f"cluster up failed:\n{out.stdout}\n{out.stderr[-3000:]}")
-        self.nodes = json.loads(out.stdout)["nodes"]
+        self.local.up()
         return self
 
     def stop(self) -> None:
-        subprocess.run([sys.executable, "-m", "server.cli", "cluster", "down", "--data-dir",
-                        str(self.dir)], capture_output=True, timeout=120, cwd=REPO)
+        self.local.down(check=False)
 
     def urls(self) -> list[str]:
-        out = []
-        for n in self.nodes:
-            host, port = n["nfs"].rsplit(":", 1)
-            out.append(nfs_url(int(port), int(port), "/", host))
-        return out
+        return [self.local.export_url(i) for i in sorted(self.local.nodes)]
 
     def txn_counts(self) -> dict[str, float]:
         counts: dict[str, float] = {}
-        for n in self.nodes:
+        for n in self.local.nodes.values():
             if not n.get("metrics"):
                 continue
             text = urllib.request.urlopen(f"http://{n['metrics']}/metrics", timeout=10).read()
@@ -118,26 +104,6 @@ class Ganesha:
 
     def txn_counts(self) -> dict[str, float]:
         return {}
-
-
-def _free_block(n: int) -> int:
-    """A base port with n free ports after it (best effort on a shared machine)."""
-    for _ in range(50):
-        base = free_port()
-        if base + n < 65000 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 # --------------------------------------------------------------------------------- runs ----
