@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 
 from nfs_gateway.backend import FsError
+from server import metrics
 from server.cluster import fsops, queries
 from server.cluster import protocol as p
 from server.cluster.gateway import ClusterBackend
@@ -136,6 +137,10 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
         alloc = await InoAllocator.open(kv, c.node_id)
         backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id)
+        metrics.export_counters("objcache_gateway_changes", "Cluster gateway transactions: "
+                                "sent, aborted, re-planned, re-read, resent", backend.stats)
+        metrics.export_counters("objcache_router_calls", "Requests to group leaders: calls, "
+                                "remote calls, retries, unavailable", router.stats)
         with trio.move_on_after(c.bootstrap_timeout_s) as waited:
             await _wait_root(backend)
         if waited.cancelled_caught:
