@@ -27,6 +27,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import secrets
@@ -283,6 +284,53 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
             fid = (await self.lookup(Cred(0, 0), fid, part.encode())).fid
         require_dir(await self._get(fid))
         return fid
+
+    # -- the fast path (nfs_gateway.backend.NowaitBackend): reads of this node's own group --
+
+    def _answer_now(self, ino: int, request: Any) -> Any | None:
+        """The reply of the group placing `ino`, if that is this node's one-voter group and it
+        can answer without waiting; else None (the caller falls back to the async method)."""
+        local = getattr(self.router, "local", None)
+        ring = self.router.ring
+        if local is None or local.group != ring.group_of_inode(ino):
+            return None
+        return local.answer_now(dataclasses.replace(request, ring_version=ring.version))
+
+    def _inode_now(self, fid: FileId) -> Inode | None:
+        reply = self._answer_now(fid.ino, p.GetInodes(0, (fid.ino,)))
+        if reply is None or not reply.inodes[0]:
+            return None
+        inode: Inode = decode_value(reply.inodes[0])
+        return inode if inode.gen == fid.gen else None  # the async path answers Stale
+
+    def getattr_nowait(self, fid: FileId) -> Attr | None:
+        inode = self._inode_now(fid)
+        return None if inode is None else self._attr(inode)
+
+    def access_nowait(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr] | None:
+        inode = self._inode_now(fid)
+        if inode is None:
+            return None
+        return perms.access_mask(cred, inode, mask), self._attr(inode)
+
+    def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None:
+        if name in (DOT, DOTDOT):
+            return None
+        check_name(name, self.config.max_name_bytes)
+        reply = self._answer_now(dir_fid.ino, p.Lookup(0, dir_fid.ino, name))
+        if reply is None or not reply.dir:
+            return None
+        d: Inode = decode_value(reply.dir)
+        if d.gen != dir_fid.gen:
+            return None
+        require_dir(d)
+        perms.check(cred, d, perms.X)
+        if not reply.dirent:
+            raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
+        if not reply.child:
+            return None  # the child lives in another group
+        child: Inode = decode_value(reply.child)
+        return LookupResult(self._fid(child), self._attr(child), self._attr(d))
 
     async def lookup(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult:
         if name in (DOT, DOTDOT):

@@ -231,6 +231,19 @@ class GroupRuntime:
         return await trio.to_thread.run_sync(
             self._answer, request, StateView(self.kv), self.sm.chunks, self.group)
 
+    def answer_now(self, request: p.GroupRequest) -> Any | None:
+        """An INLINE_READS request answered synchronously (the gateway's fast path), or None
+        when that would need a wait: this node must lead a one-voter group whose cores are
+        ready, at the request's ring version; any refusal (a locked inode) is None too."""
+        if not (isinstance(request, INLINE_READS) and self._sole_voter() and self._ready_term
+                and self._ready_term == self.driver.node.raft.term and self.is_leader()
+                and request.ring_version == self.ring_version()):
+            return None
+        try:
+            return self._answer(request, StateView(self.kv), self.sm.chunks, self.group)
+        except RemoteError:
+            return None
+
     def _scan(self, req: p.ScanState) -> p.ScanStateReply:
         """fsck's view of the state: the `fs.` then the `txn/` key space, in pages."""
         limit = max(1, min(req.limit, 10_000))
