@@ -174,8 +174,7 @@ class GroupRuntime:
                     p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList):
             plane.register(cls, self._on_request)
         register_txn_messages()
-        for cls in ALL_MESSAGE_TYPES:
-            plane.register(cls, self.take_txn_message)
+        plane.register(p.TxnEnvelope, self._on_txn_envelope)
 
     # -- service ----------------------------------------------------------------------------
 
@@ -317,6 +316,10 @@ class GroupRuntime:
         if outcome is None:
             return p.TxnReply(False, False, "")
         return p.TxnReply(True, outcome.commit, outcome.reason)
+
+    async def _on_txn_envelope(self, peer: int, env: p.TxnEnvelope) -> p.Ack:
+        self._check_version(env.ring_version)
+        return await self.take_txn_message(peer, env.message)
 
     async def take_txn_message(self, peer: int, msg: TxnMessage) -> p.Ack:
         if not self._ready_term or not self.is_leader():

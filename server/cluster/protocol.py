@@ -19,6 +19,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.rpc.codec import message
+from txn.messages import (
+    DecisionNotice,
+    FinishAck,
+    OutcomeAnswer,
+    OutcomeQuery,
+    PrepareRequest,
+    PrepareVote,
+)
 
 # RemoteError codes (server/rpc/frames.py). The router retries NOT_LEADER (message: the
 # leader's node id as decimal, "0" if unknown) and STALE_RING (message: the group's version);
@@ -194,6 +202,18 @@ class TxnReply:
     decided: bool  # False: not decided here (leadership lost, too busy): retry the same txn_id
     commit: bool
     reason: str  # why it aborted: txn.records.CONFLICT, fsops reasons (fsops.EEXIST, ...)
+
+
+@message("cl.txn_message")
+@dataclass(frozen=True, slots=True)
+class TxnEnvelope:
+    """A txn message (txn/messages.py) from one group's leader to another's, with the
+    sender's ring version: a group on another version refuses it (STALE_RING) — the
+    transaction then times out and aborts, and its gateway re-plans on the new ring."""
+
+    ring_version: int
+    message: (PrepareRequest | PrepareVote | DecisionNotice | FinishAck | OutcomeQuery
+              | OutcomeAnswer)
 
 
 @message("cl.ack")

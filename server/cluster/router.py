@@ -139,11 +139,14 @@ class GroupRouter:
             if target == self.node_id and self.local is not None:
                 await self.local.take_txn_message(self.node_id, msg)
             else:
-                await self.plane.call(target, msg, self.try_timeout_s)
+                envelope = p.TxnEnvelope(self._ring.version, msg)
+                await self.plane.call(target, envelope, self.try_timeout_s)
         except RemoteError as e:
             if e.code == p.NOT_LEADER:
                 hint = int(e.message) if e.message.isdigit() else 0
                 self._leader[group] = hint if hint in members else _next(members, target)
+            elif e.code in (p.STALE_RING, p.WRONG_GROUP):
+                await self._refresh()  # the txn core retries on its ticks, on the new ring
         except (RpcTimeout, PeerUnavailable, ConnectionLost):
             self._leader[group] = _next(members, target)
 

@@ -27,11 +27,13 @@ from server.cluster.group import TXN_TOTAL, GroupConfig, GroupRuntime
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import GroupStateMachine
+from server.rpc.frames import RemoteError
 from server.rpc.plane import RpcConfig, RpcPlane
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 from txn.ids import txn_id
 from txn.kv import KvBatch, KvView
+from txn.messages import PrepareRequest
 from txn.state import TxnState
 
 pytestmark = pytest.mark.integration
@@ -358,5 +360,30 @@ async def test_two_phase_commits_survive_leader_changes_in_both_groups(tmp_path:
         await wait_leaders(alive, groups)
         assert await total(alive, groups) == START * ACCOUNTS
         for n in alive:
+            await stop_node(n)
+        nursery.cancel_scope.cancel()
+
+
+async def test_requests_and_txn_messages_of_another_ring_version_are_refused(
+        tmp_path: Path) -> None:
+    """Every request and every txn message carries the sender's ring version; a group on
+    another version answers STALE_RING (retryable: the caller refreshes its ring)."""
+    nodes, nodelist = make_nodes(tmp_path, {1: 1, 2: 2})
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await start_node(nursery, n, nodelist)
+        await wait_leaders(nodes, [1, 2])
+        client = RpcPlane(RpcConfig(node_id=100, cluster_secret=SECRET))
+        client.add_peer(1, f"ws://{nodes[0].info.rpc}/")
+        await nursery.start(client.run)
+        prepare = PrepareRequest(txn_id(9, 9), 2, (1,), cbor2.dumps([[1, 5]]))
+        for stale in (p.RunTxn(99, txn_id(9, 9), ((1, cbor2.dumps([[1, 5]])),)),
+                      p.TxnEnvelope(99, prepare)):
+            with pytest.raises(RemoteError) as refused:
+                await client.call(1, stale, 5.0)
+            assert refused.value.code == p.STALE_RING and refused.value.message == "1"
+        # The same prepare at the current version is taken (and is then the core's business).
+        assert await client.call(1, p.TxnEnvelope(1, prepare), 5.0) == p.Ack()
+        for n in nodes:
             await stop_node(n)
         nursery.cancel_scope.cancel()
