@@ -52,7 +52,7 @@ import trio
 
 from raft.log_storage import Compacted, Unavailable
 from raft.types import ConfState, Entry, HardState, SnapshotMeta
-from storage.kv import KvStore
+from storage.kv import KvStore, loop_is_idle
 from storage.raftlog_format import (
     ENTRY_OVERHEAD_BYTES,
     INDEX,
@@ -113,6 +113,12 @@ class RaftLogStorage:
         self._writing = False
         self._written = trio.Event()  # replaced after every batch write
         self._failed: BaseException | None = None
+        # Write a batch on the event loop's thread when nothing else could run meanwhile
+        # (storage/kv.py rules). Set by the owner of a one-voter group, where the save is the
+        # whole commit latency and the ~170 µs thread round trip is pure cost; left off when
+        # followers' answers could arrive during the fsync (measured: it cost a 3-member group
+        # 64 B throughput).
+        self.inline_when_idle = False
         self.batches_written = 0  # counters, for tests and metrics
         self.batches_synced = 0
         self.saves = 0
@@ -352,9 +358,12 @@ class RaftLogStorage:
         self._writing = True
         batch, self._open_batch = self._open_batch, _Batch(seq=self._open_batch.seq + 1)
         try:
-            # Not abandoned on cancel: the thread finishes and the outcome is known.
-            await trio.to_thread.run_sync(self._write_sync, batch.ops, batch.sync,
-                                          limiter=self._limiter)
+            if self.inline_when_idle and loop_is_idle(self._limiter):
+                self._write_sync(batch.ops, batch.sync)
+            else:
+                # Not abandoned on cancel: the thread finishes and the outcome is known.
+                await trio.to_thread.run_sync(self._write_sync, batch.ops, batch.sync,
+                                              limiter=self._limiter)
         except BaseException as exc:
             self._failed = batch.error = exc
             if isinstance(exc, Exception):

@@ -158,6 +158,8 @@ class GroupRuntime:
                    sm: GroupStateMachine, **kwargs: Any) -> GroupRuntime:
         """Open the log on the node's LevelDB; founding members bootstrap it at first start."""
         storage = await RaftLogStorage.open_on_store(kv)
+        # A one-member group: its save is the whole commit (a hint only; see RaftLogStorage).
+        storage.inline_when_idle = len(members) == 1
         hard_state, _ = storage.initial_state()
         if storage.last_index() == 0 and hard_state.term == 0:
             await storage.save(*bootstrap_log(sorted(members)))
