@@ -126,8 +126,12 @@ class GroupRouter:
     # -- txn messages -----------------------------------------------------------------------
 
     def post(self, group: int, msg: TxnMessage) -> None:
-        if self._nursery is not None:
+        if self._nursery is None:
+            return
+        try:
             self._nursery.start_soon(self._post, group, msg)
+        except RuntimeError:  # the router is shutting down: best effort means dropping it
+            log.debug("router stopped; txn message for group %d dropped", group)
 
     async def _post(self, group: int, msg: TxnMessage) -> None:
         members = self._members.get(group)
