@@ -228,20 +228,21 @@ class GroupRuntime:
         if isinstance(request, INLINE_READS):
             # A handful of LevelDB point reads, nearly always from its block cache (a few µs
             # each): a worker-thread round trip would cost 20 times more than the reads.
-            return self._answer(request, StateView(self.kv), self.sm.chunks, self.group)
-        return await trio.to_thread.run_sync(
-            self._answer, request, StateView(self.kv), self.sm.chunks, self.group)
+            return self._answer_sync(request)
+        return await trio.to_thread.run_sync(self._answer_sync, request)
+
+    def _answer_sync(self, request: p.GroupRequest) -> Any:
+        return self._answer(request, StateView(self.kv), self.sm.chunks, self.group)
 
     def answer_now(self, request: p.GroupRequest) -> Any | None:
         """An INLINE_READS request answered synchronously (the gateway's fast path), or None
         when that would need a wait: this node must lead a one-voter group whose cores are
         ready, at the request's ring version; any refusal (a locked inode) is None too."""
-        if not (isinstance(request, INLINE_READS) and self._sole_voter() and self._ready_term
-                and self._ready_term == self.driver.node.raft.term and self.is_leader()
+        if not (isinstance(request, INLINE_READS) and self._sole_voter() and self._serving()
                 and request.ring_version == self.ring_version()):
             return None
         try:
-            return self._answer(request, StateView(self.kv), self.sm.chunks, self.group)
+            return self._answer_sync(request)
         except RemoteError:
             return None
 
@@ -258,6 +259,11 @@ class GroupRuntime:
             if len(items) >= limit:
                 return p.ScanStateReply(tuple(items), items[-1][0] + b"\x00")
         return p.ScanStateReply(tuple(items), b"")
+
+    def _serving(self) -> bool:
+        """This node leads, and its cores know of the leadership of the current term."""
+        return bool(self._ready_term) and self._ready_term == self.driver.node.raft.term and (
+            self.is_leader())
 
     def _sole_voter(self) -> bool:
         """A one-voter group's leader is the only one there can be, and every write it
@@ -284,8 +290,7 @@ class GroupRuntime:
 
     async def _require_ready(self) -> None:
         """Leader with ready cores; waits briefly while this node is becoming leader."""
-        if self._ready_term and self._ready_term == self.driver.node.raft.term and (
-                self.is_leader()):
+        if self._serving():
             return  # the common case, without a cancel scope
         with trio.move_on_after(self.config.txn_reply_timeout_s):
             while True:

@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
@@ -76,29 +77,16 @@ class GroupRouter:
             try:
                 return await local.handle(request)
             except RemoteError as e:
-                if e.code in (p.STALE_RING, p.WRONG_GROUP):
-                    await self._refresh()
-                    raise p.RingChanged(e.message) from e
                 if e.code not in (p.NOT_LEADER, p.UNAVAILABLE):
-                    raise
+                    await self._refused(group, members, self.node_id, e)  # raises
         with trio.move_on_after(self.request_timeout_s):
             while True:
                 target = self._leader.get(group, members[0])
                 try:
                     return await self._call_once(target, request)
                 except RemoteError as e:
-                    if e.code == p.NOT_LEADER:
-                        hint = int(e.message) if e.message.isdigit() else 0
-                        self._leader[group] = hint if hint in members else _next(members, target)
-                        if hint not in members:
-                            await trio.sleep(0.05)  # an election is on: give it a moment
-                    elif e.code in (p.STALE_RING, p.WRONG_GROUP):
-                        await self._refresh()
-                        raise p.RingChanged(e.message) from e
-                    elif e.code == p.UNAVAILABLE:
-                        await trio.sleep(0.05)
-                    else:
-                        raise
+                    if await self._refused(group, members, target, e):
+                        await trio.sleep(0.05)  # an election is on: give it a moment
                 except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
                     log.debug("group %d: node %d did not answer: %s", group, target, e)
                     self._leader[group] = _next(members, target)
@@ -106,6 +94,22 @@ class GroupRouter:
                 self.stats["retries"] += 1
         self.stats["unavailable"] += 1
         raise p.Unavailable(f"group {group} did not answer in {self.request_timeout_s} s")
+
+    async def _refused(self, group: int, members: tuple[int, ...], target: int,
+                       e: RemoteError) -> bool:
+        """Learn from a refusal: follow a NOT_LEADER hint (else try the next member); on a
+        ring change refresh and raise RingChanged; raise anything that is not retryable.
+        True when the group has no known leader right now (worth a pause before retrying)."""
+        if e.code == p.NOT_LEADER:
+            hint = int(e.message) if e.message.isdigit() else 0
+            self._leader[group] = hint if hint in members else _next(members, target)
+            return hint not in members
+        if e.code in (p.STALE_RING, p.WRONG_GROUP):
+            await self._refresh()
+            raise p.RingChanged(e.message) from e
+        if e.code != p.UNAVAILABLE:
+            raise e
+        return True
 
     async def _call_once(self, target: int, request: Any) -> Any:
         if target == self.node_id and self.local is not None:
@@ -146,11 +150,9 @@ class GroupRouter:
                 envelope = p.TxnEnvelope(self._ring.version, msg)
                 await self.plane.call(target, envelope, self.try_timeout_s)
         except RemoteError as e:
-            if e.code == p.NOT_LEADER:
-                hint = int(e.message) if e.message.isdigit() else 0
-                self._leader[group] = hint if hint in members else _next(members, target)
-            elif e.code in (p.STALE_RING, p.WRONG_GROUP):
-                await self._refresh()  # the txn core retries on its ticks, on the new ring
+            # The txn core retries on its ticks (on the new ring after a refresh).
+            with contextlib.suppress(RemoteError, p.RingChanged):
+                await self._refused(group, members, target, e)
         except (RpcTimeout, PeerUnavailable, ConnectionLost):
             self._leader[group] = _next(members, target)
 
