@@ -417,6 +417,26 @@ class ChunkStore:
                 continue
         return out
 
+    def chunk_files_sync(self, ino: int) -> list[tuple[int, bytes]]:
+        """(index, whole contents) of every chunk file of `ino`, by index (for snapshots)."""
+        d = self.ino_dir(ino)
+        names = sorted(int(n) for n in os.listdir(d) if n.isdigit())
+        return [(index, self.chunk_path(ino, index).read_bytes()) for index in names]
+
+    def put_chunk_file_sync(self, ino: int, index: int, data: bytes) -> None:
+        """Make chunk `index` of `ino` exactly `data`, durably (installing a snapshot; the
+        caller deleted the inode's old chunks first, so no descriptor of it is cached)."""
+        path = self.chunk_path(ino, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def close_sync(self) -> None:
         with self._lock:
             for ent in self._fds.values():

@@ -23,7 +23,6 @@ Rules:
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -178,7 +177,7 @@ class GroupStateMachine:
                 size += len(k) + len(v)
         chunks: list[list[Any]] = []
         for ino in self.chunks.stored_inodes_sync():
-            for index, data in _read_chunk_files(self.chunks, ino):
+            for index, data in self.chunks.chunk_files_sync(ino):
                 chunks.append([ino, index, data])
                 size += len(data)
                 if size > max_bytes:
@@ -197,7 +196,7 @@ class GroupStateMachine:
         for ino in self.chunks.stored_inodes_sync():
             self.chunks.delete_sync(ino)
         for ino, idx, blob in chunks:
-            _write_chunk_file(self.chunks, ino, idx, blob)
+            self.chunks.put_chunk_file_sync(ino, idx, blob)
         batch += [(k, v) for k, v in items]
         batch.append((APPLIED, _U64.pack(index)))
         self.kv.write_sync(batch, sync=True)
@@ -207,24 +206,3 @@ class GroupStateMachine:
 def _nodelist_version(payload: bytes) -> int:
     return NodeList.decode(payload).version
 
-
-def _read_chunk_files(chunks: ChunkStore, ino: int) -> list[tuple[int, bytes]]:
-    d = chunks.ino_dir(ino)
-    out = []
-    for name in sorted(os.listdir(d)):
-        if name.isdigit():
-            out.append((int(name), (d / name).read_bytes()))
-    return out
-
-
-def _write_chunk_file(chunks: ChunkStore, ino: int, index: int, data: bytes) -> None:
-    path = chunks.chunk_path(ino, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)

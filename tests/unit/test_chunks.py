@@ -91,3 +91,19 @@ def test_pread_nowait_serves_cached_data_or_declines(store):
     assert got is None or bytes(got) == b"cdefg"  # None only where RWF_NOWAIT is unsupported
     assert store.pread_nowait(4, CS, 5, 10) is None  # short (end of the chunk file)
     assert store.pread_nowait(4, CS, CS - 2, 4) is None  # spans two chunks
+
+
+def test_whole_chunk_files_round_trip_for_snapshots(store, tmp_path):
+    """What a snapshot carries: every chunk file of an inode whole, put back byte for byte."""
+    store.pwrite_sync(7, CS, 0, memoryview(b"a" * 5000))
+    store.pwrite_sync(7, CS, 10 * CS + 3, memoryview(b"z"))
+    files = store.chunk_files_sync(7)
+    assert [i for i, _ in files] == [0, 1, 10]
+    assert files[0][1] == b"a" * CS and files[1][1] == b"a" * 904
+    assert files[2][1] == bytes(3) + b"z"
+    other = ChunkStore(tmp_path / "other")
+    for index, data in files:
+        other.put_chunk_file_sync(7, index, data)
+    assert other.chunk_files_sync(7) == files
+    assert other.pread_sync(7, CS, 0, 11 * CS) == store.pread_sync(7, CS, 0, 11 * CS)
+    other.close_sync()
