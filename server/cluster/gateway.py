@@ -296,22 +296,12 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
             return None
         return local.answer_now(dataclasses.replace(request, ring_version=ring.version))
 
-    def _inode_now(self, fid: FileId) -> Inode | None:
+    def _get_nowait(self, fid: FileId) -> Inode | None:
         reply = self._answer_now(fid.ino, p.GetInodes(0, (fid.ino,)))
         if reply is None or not reply.inodes[0]:
             return None
         inode: Inode = decode_value(reply.inodes[0])
         return inode if inode.gen == fid.gen else None  # the async path answers Stale
-
-    def getattr_nowait(self, fid: FileId) -> Attr | None:
-        inode = self._inode_now(fid)
-        return None if inode is None else self._attr(inode)
-
-    def access_nowait(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr] | None:
-        inode = self._inode_now(fid)
-        if inode is None:
-            return None
-        return perms.access_mask(cred, inode, mask), self._attr(inode)
 
     def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None:
         if name in (DOT, DOTDOT):

@@ -312,16 +312,6 @@ class LocalBackend(NamespaceOps, DataOps, AttrOps):
         require_dir(inode)
         return self._fid(inode)
 
-    def getattr_nowait(self, fid: FileId) -> Attr | None:
-        inode = self._get_nowait(fid)
-        return None if inode is None else self._attr(inode)
-
-    def access_nowait(self, cred: Cred, fid: FileId, mask: int) -> tuple[int, Attr] | None:
-        inode = self._get_nowait(fid)
-        if inode is None:
-            return None
-        return perms.access_mask(cred, inode, mask), self._attr(inode)
-
     def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None:
         d = self._get_nowait(dir_fid)
         if d is None:
