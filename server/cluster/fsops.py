@@ -34,12 +34,16 @@ from server.fs.records import (
     ChunkWrite,
     CreateInode,
     Dirent,
+    ExpectChunk,
     ExpectInode,
     Inode,
     LinkDirent,
+    MaterializeChunk,
     Multi,
     RecordError,
     SetAttr,
+    SetListed,
+    SetOrigin,
     SetParent,
     UnInline,
     UnlinkDirent,
@@ -51,6 +55,7 @@ from server.fs.state import (
     ENOENT,
     ENOTEMPTY,
     STALE,
+    UNMATERIALIZED,
     Changes,
     DeleteEffect,
     Effect,
@@ -62,13 +67,15 @@ from server.fs.state import (
 from storage.chunks import ChunkStore
 from txn.kv import KvBatch, KvView
 
-__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "STALE", "FsApplication", "decode_ops",
+__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "STALE", "UNMATERIALIZED", "FsApplication",
+           "decode_ops",
            "encode_ops", "owner_of", "perform_effects_sync", "root_ops"]
 
 INVALID = "INVALID"  # ops that do not decode: a gateway bug
 ROOT_INO = 1
 _DECODED_CACHE = 64  # locks_of, check and apply of one ops decode it once
 _DECODED_MAX_BYTES = 16 << 10  # larger ops are not kept
+_MAX_CHUNKS = 1 << 20  # chunks of one file (16 TiB at the default chunk size)
 
 # The inode that owns each record's state (its lock).
 _OWNER = {
@@ -85,6 +92,10 @@ _OWNER = {
     ChunkTrim: lambda r: r.ino,
     ChunkDelete: lambda r: r.ino,
     ExpectInode: lambda r: r.ino,
+    SetOrigin: lambda r: r.ino,
+    SetListed: lambda r: r.ino,
+    MaterializeChunk: lambda r: r.ino,
+    ExpectChunk: lambda r: r.ino,
 }
 
 
@@ -138,6 +149,10 @@ class KvFsView:
     def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
         rows = self.kv.scan(keys.dirent_prefix(dir_ino), limit)
         return [keys.parse_dirent_key(k)[1] for k, _ in rows]
+
+    def marked_chunks(self, ino: int) -> list[int]:
+        rows = self.kv.scan(keys.materialized_prefix(ino), _MAX_CHUNKS)
+        return [keys.parse_materialized_key(k)[1] for k, v in rows if decode_u64(v)]
 
 
 class FsApplication:

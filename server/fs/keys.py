@@ -18,6 +18,7 @@ DIRENT = b"fs.d"  # + dir ino + name         -> Dirent
 COOKIE = b"fs.c"  # + dir ino + cookie       -> CookieEntry
 META = b"fs.m"  # + meta name                -> Meta
 INLINE = b"fs.x"  # + ino                    -> the bytes of a small file (raw, not a record)
+MATERIALIZED = b"fs.k"  # + ino + chunk index  -> u64 1: the chunk's bucket bytes are local
 
 _U64 = struct.Struct(">Q")
 U64_MAX = (1 << 64) - 1
@@ -42,6 +43,18 @@ def inode_key(ino: int) -> bytes:
 
 def inline_key(ino: int) -> bytes:
     return INLINE + u64(ino)
+
+
+def materialized_key(ino: int, index: int) -> bytes:
+    return MATERIALIZED + u64(ino) + u64(index)
+
+
+def materialized_prefix(ino: int) -> bytes:
+    return MATERIALIZED + u64(ino)
+
+
+def parse_materialized_key(key: bytes) -> tuple[int, int]:
+    return _U64.unpack_from(key, 4)[0], _U64.unpack_from(key, 12)[0]
 
 
 def dirent_key(dir_ino: int, name: bytes) -> bytes:

@@ -68,6 +68,16 @@ class Inode:
     next_cookie: int = 0  # directories: cookie for the next entry
     chunk_size: int = 0  # regular files: fixed for the life of the file
     inline: bool = False  # small files: the bytes live in LevelDB (keys.inline_key), not chunks
+    # The bucket behind the file (server/cluster/bucket.py). `store` names the export whose
+    # object store holds it (0: none). Files: `okey` is the object's key and `etag` the version
+    # read; the first `obase` bytes of the file are still those of that object (a truncate
+    # lowers it). Directories: `okey` is the key prefix ("" or ending in "/"), `listed_ns`
+    # when the directory's listing was last loaded (0: never).
+    store: int = 0
+    okey: bytes = b""
+    etag: bytes = b""
+    obase: int = 0
+    listed_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +244,48 @@ class ExpectInode:
 
 
 @dataclass(frozen=True, slots=True)
+class SetOrigin:
+    """Bind the inode to the bucket (server/cluster/bucket.py): where its bytes or entries are,
+    and which version. Files: size and mtime become the object's, `obase` its size."""
+
+    ino: int
+    store: int
+    okey: bytes
+    etag: bytes = b""
+    size: int = -1  # files: the object's size (-1: directories, left alone)
+    mtime_ns: int = 0  # files: the object's LastModified (0: left alone)
+
+
+@dataclass(frozen=True, slots=True)
+class SetListed:
+    """The directory's listing was loaded from the bucket at `listed_ns` (the loader's clock)."""
+
+    ino: int
+    listed_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class MaterializeChunk:
+    """The bucket bytes of chunk `index` become part of the replicated state before a change
+    to that chunk: the whole chunk travels in the record. A chunk already materialized is left
+    alone (a racing writer's bytes are never overwritten by a stale base)."""
+
+    ino: int
+    index: int
+    chunk_size: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectChunk:
+    """Check only: chunk `index` of `ino` is materialized here (else UNMATERIALIZED: the
+    proposer fetches the bucket bytes and sends MaterializeChunk first)."""
+
+    ino: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Multi:
     """Records applied atomically, in order (a local transaction)."""
 
@@ -254,6 +306,10 @@ Record = (
     | ChunkTrim
     | ChunkDelete
     | ExpectInode
+    | SetOrigin
+    | SetListed
+    | MaterializeChunk
+    | ExpectChunk
     | Multi
 )
 
@@ -276,11 +332,15 @@ _TAGS: dict[type, int] = {
     ChunkTrim: 27,
     ChunkDelete: 28,
     ExpectInode: 29,
+    SetOrigin: 30,
+    SetListed: 31,
+    MaterializeChunk: 32,
+    ExpectChunk: 33,
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _TAGS}
 # Types that gained fields after databases existed: how many leading fields are always written.
-_ALWAYS_ENCODED = {UnlinkDirent: 3, UnInline: 1}
+_ALWAYS_ENCODED = {UnlinkDirent: 3, UnInline: 1, Inode: 18}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 _FTYPE_AT = {cls: names.index("ftype") for cls, names in _FIELDS.items() if "ftype" in names}
 # How many leading fields an encoding must carry: those without defaults.

@@ -35,11 +35,15 @@ from server.fs.records import (
     CookieEntry,
     CreateInode,
     Dirent,
+    ExpectChunk,
     ExpectInode,
     Inode,
     LinkDirent,
+    MaterializeChunk,
     Multi,
     SetAttr,
+    SetListed,
+    SetOrigin,
     SetParent,
     UnInline,
     UnlinkDirent,
@@ -61,6 +65,7 @@ EEXIST = "EEXIST"  # LinkDirent over an existing name
 ENOENT = "ENOENT"  # an inode or a name the record needs is gone
 ENOTEMPTY = "ENOTEMPTY"  # ExpectInode(empty=True) of a directory with entries
 STALE = "STALE"  # the state moved under the proposer in another way (re-read and rebuild)
+UNMATERIALIZED = "UNMATERIALIZED"  # ExpectChunk: the chunk's bucket bytes are not local yet
 
 
 class StateError(Exception):
@@ -117,6 +122,9 @@ class View(Protocol):
         """Up to `limit` names of the directory (any order). Only the cluster's ExpectInode
         (empty=True) asks; LocalBackend never applies one, so its cache view may omit it."""
         ...
+
+    # Optional (the cluster's views): `marked_chunks(ino)`, the indexes of ino's chunks that
+    # are materialized here (keys.materialized_key). Views without it have none.
 
 
 class Changes:
@@ -198,6 +206,10 @@ class Changes:
     def put_meta(self, key: bytes, value: int) -> None:
         self.meta[key] = value
         self.ops[key] = keys.u64(value)
+
+    def delete_meta(self, key: bytes) -> None:
+        self.meta[key] = 0
+        self.ops[key] = None
 
     def trim(self, ino: int, chunk_size: int, keep: int) -> None:
         prev = self.trim_data.get(ino)
@@ -328,6 +340,8 @@ def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
         atime_ns=inode.atime_ns if r.atime_ns is None else r.atime_ns,
         mtime_ns=inode.mtime_ns if r.mtime_ns is None else r.mtime_ns,
         ctime_ns=r.ctime_ns,
+        # Bucket bytes past a truncation are gone for good: growing again reads zeros there.
+        obase=inode.obase if r.size is None else min(inode.obase, r.size),
     )
     if r.size is not None and inode.ftype != FileType.REG:
         raise StateError(f"inode {r.ino}: size of a {inode.ftype.name}")
@@ -399,10 +413,65 @@ def _chunk_write(r: ChunkWrite, view: View, changes: Changes) -> None:
 
 def _chunk_trim(r: ChunkTrim, view: View, changes: Changes) -> None:
     changes.effects.append(TrimEffect(r.ino, r.chunk_size, r.keep))
+    # A chunk wholly past `keep` is deleted; the chunk `keep` falls in stays (trimmed), and
+    # its remaining bytes are still the materialized ones.
+    first_gone = -(-r.keep // r.chunk_size) if r.chunk_size > 0 else 0
+    _unmark_chunks(view, changes, r.ino, first_gone)
 
 
 def _chunk_delete(r: ChunkDelete, view: View, changes: Changes) -> None:
     changes.effects.append(DeleteEffect(r.ino))
+    _unmark_chunks(view, changes, r.ino, 0)
+
+
+def _unmark_chunks(view: View, changes: Changes, ino: int, first: int) -> None:
+    marked = getattr(view, "marked_chunks", None)
+    for index in marked(ino) if marked is not None else ():
+        if index >= first:
+            changes.delete_meta(keys.materialized_key(ino, index))
+    prefix = keys.materialized_prefix(ino)
+    for key, value in list(changes.meta.items()):  # marked earlier in this batch
+        if value and key.startswith(prefix) and keys.parse_materialized_key(key)[1] >= first:
+            changes.delete_meta(key)
+
+
+def _set_origin(r: SetOrigin, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    new = dataclasses.replace(inode, store=r.store, okey=r.okey, etag=r.etag)
+    if r.size >= 0:
+        if inode.ftype != FileType.REG or inode.inline:
+            raise StateError(f"inode {r.ino}: bucket size of a {inode.ftype.name}")
+        new = dataclasses.replace(new, size=r.size, obase=r.size)
+        # Bytes of an earlier version held here are stale now: drop them (and their marks).
+        changes.effects.append(TrimEffect(r.ino, inode.chunk_size, 0))
+        _unmark_chunks(view, changes, r.ino, 0)
+    if r.mtime_ns:
+        new = dataclasses.replace(new, mtime_ns=r.mtime_ns, ctime_ns=max(r.mtime_ns,
+                                                                         inode.ctime_ns))
+    changes.put_inode(new)
+
+
+def _set_listed(r: SetListed, view: View, changes: Changes) -> None:
+    inode = _live_dir(view, changes, r.ino)
+    changes.put_inode(dataclasses.replace(inode, listed_ns=r.listed_ns))
+
+
+def _materialize_chunk(r: MaterializeChunk, view: View, changes: Changes) -> None:
+    key = keys.materialized_key(r.ino, r.index)
+    if changes.meta_int(view, key):
+        return  # already local: its bytes may be newer than this base
+    if len(r.data) > r.chunk_size:
+        raise StateError(f"materialized chunk of {len(r.data)} bytes past {r.chunk_size}")
+    # The whole chunk: its base, and zeros to its end, so no stale byte of an earlier
+    # (evicted, clean) copy survives in the file.
+    data = r.data + bytes(r.chunk_size - len(r.data)) if len(r.data) < r.chunk_size else r.data
+    changes.effects.append(WriteEffect(r.ino, r.chunk_size, r.index * r.chunk_size, data))
+    changes.put_meta(key, 1)
+
+
+def _expect_chunk(r: ExpectChunk, view: View, changes: Changes) -> None:
+    if not changes.meta_int(view, keys.materialized_key(r.ino, r.index)):
+        raise StateError(f"chunk {r.index} of {r.ino} is not materialized", UNMATERIALIZED)
 
 
 def _expect_inode(r: ExpectInode, view: View, changes: Changes) -> None:
@@ -438,6 +507,10 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     ChunkTrim: _chunk_trim,
     ChunkDelete: _chunk_delete,
     ExpectInode: _expect_inode,
+    SetOrigin: _set_origin,
+    SetListed: _set_listed,
+    MaterializeChunk: _materialize_chunk,
+    ExpectChunk: _expect_chunk,
     Multi: _multi,
 }
 
