@@ -32,8 +32,8 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -54,6 +54,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.cluster import protocol as p
+from server.cluster.bucket import BucketConfig
 from server.cluster.fsops import ENOTEMPTY, encode_ops, owner_of
 from server.cluster.gateway_data import DataOps
 from server.cluster.gateway_ns import NamespaceOps
@@ -67,6 +68,9 @@ from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
 from server.fs.records import Dirent, Inode, Multi, decode_value
 from txn.ids import txn_id
+
+if TYPE_CHECKING:
+    from storage.objstore.base import ObjectStore
 
 ROOT_INO = 1
 MAX_ATTEMPTS = 30  # rebuilds of one operation after aborts, then JUKEBOX
@@ -92,8 +96,14 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
         incarnation: bytes | None = None,
         rng: random.Random | None = None,
         max_attempts: int = MAX_ATTEMPTS,
+        stores: Mapping[int, ObjectStore] | None = None,
+        bucket: BucketConfig | None = None,
     ) -> None:
         self.router = router
+        # The object stores by export id (server/cluster/bucket.py): a directory whose inode
+        # names a store is loaded from it on first use and revalidated after bucket.ttl_s.
+        self.stores: Mapping[int, ObjectStore] = stores or {}
+        self.bucket = bucket or BucketConfig()
         self.alloc = alloc
         self.config = config
         self.fsid = fsid

@@ -1,0 +1,82 @@
+"""The bucket behind the cluster's files: what every part of the data path shares about it.
+
+Picture:
+
+    NFS READ ──▶ gateway ──ReadHead / ReadChunk(+origin)──▶ chunk's owner group (leader)
+                                                             │ materialized? its chunk file
+                                                             │ clean copy in ChunkCache? that
+                                                             └ else ranged GETs (If-Match etag)
+                                                               into the ChunkCache, then serve
+    NFS LOOKUP/READDIR in a directory bound to a store ──▶ gateway_bucket.py: HEAD / listing,
+                                                             loaded by transactions (SetOrigin,
+                                                             SetListed, CreateInode, LinkDirent)
+
+Rules:
+- A store is bound to an export directory: its inode has `store` = the export id and
+  `okey` = b"" (the store's own prefix is in its URL). A directory loaded from the bucket has
+  `okey` = its key prefix ("a/b/"); a file its object key, `etag` the version read and `obase`
+  the length of that version still part of the file (a truncate lowers it).
+- Chunk `index` of a file is *backed* while index * chunk_size < obase and the chunk is not
+  *materialized*: its bytes are the object's [index * cs, min((index + 1) * cs, obase)), zeros
+  after obase. Backed bytes are read from the node-local ChunkCache (clean copies, evicted LRU,
+  never replicated) or fetched with ranged GETs carrying If-Match, so a changed object is never
+  read as a mix of two versions (PreconditionFailed -> the gateway re-reads the inode).
+- A change to a backed chunk first makes it materialized: MaterializeChunk carries the bucket
+  bytes in the replicated log, so every replica holds the whole chunk before the first write
+  to it lands. Write plans carry ExpectChunk for chunks they believe materialized; the abort
+  UNMATERIALIZED makes the gateway fetch the base and send MaterializeChunk first.
+- Keys are UTF-8; a name that is not valid UTF-8 or contains "/" cannot be an object key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.fs.records import Inode
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    """The [bucket] section (server/config.py): how the cluster caches and revalidates."""
+
+    capacity_bytes: int = 8 << 30  # per node: clean cached chunks are evicted above this
+    ttl_s: float = 30.0  # listings and attributes of clean files are revalidated after this
+    readahead_chunks: int = 2  # chunks fetched ahead of a sequential reader
+    fetch_parallel: int = 4  # ranged GETs in flight for one chunk
+    fetch_part_bytes: int = 4 << 20  # bytes per ranged GET
+    head_objects: bool = True  # listing loads HEAD each object for its x-amz-meta-* attributes
+    file_mode: int = 0o644  # attributes of objects we did not write
+    dir_mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+
+
+def is_backed(inode: Inode, index: int) -> bool:
+    """Chunk `index` may still be the bucket's bytes (unless materialized; module rules)."""
+    return bool(inode.etag) and not inode.inline and index * inode.chunk_size < inode.obase
+
+
+def backed_len(inode_obase: int, chunk_size: int, index: int) -> int:
+    """How many bytes at the start of chunk `index` come from the object (the rest: zeros)."""
+    return max(0, min(chunk_size, inode_obase - index * chunk_size))
+
+
+def key_text(key: bytes) -> str:
+    return key.decode("utf-8")
+
+
+def child_key(dir_okey: bytes, name: bytes, directory: bool) -> bytes:
+    """The key (or key prefix, for a directory) of `name` under a directory whose prefix is
+    `dir_okey`."""
+    return dir_okey + name + (b"/" if directory else b"")
+
+
+def name_ok(name: bytes) -> bool:
+    """Whether `name` can be part of an object key."""
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        return False
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
