@@ -24,6 +24,7 @@ import errno
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,10 @@ class ChunkStore:
         self._new_dirs: set[int] = set()  # inode dirs created since their last fsync
         self._limiter = trio.CapacityLimiter(self.config.io_threads)
         self._nowait = hasattr(os, "RWF_NOWAIT")
+        # Told (ino, first index, last index or None: all after first) whenever writes, trims
+        # or deletes change chunk files, so a cache of clean copies (storage/chunkcache.py)
+        # stops treating them as its own.
+        self.changed_hook: Callable[[int, int, int | None], None] | None = None
 
     def ino_dir(self, ino: int) -> Path:
         return self.root / f"{ino:016x}"
@@ -177,6 +182,8 @@ class ChunkStore:
             touched.append(index)
         with self._lock:
             self._dirty.setdefault(ino, set()).update(touched)
+        if self.changed_hook is not None and touched:
+            self.changed_hook(ino, touched[0], touched[-1])
         return touched
 
     def pread_sync(self, ino: int, chunk_size: int, offset: int, count: int) -> bytes | bytearray:
@@ -289,6 +296,8 @@ class ChunkStore:
             return
         keep, inner = divmod(size, chunk_size)
         first_gone = keep + 1 if inner else keep
+        if self.changed_hook is not None:
+            self.changed_hook(ino, keep, None)
         with self._lock:
             self._forget_locked(ino, first_gone)
         d = self.ino_dir(ino)
@@ -315,6 +324,8 @@ class ChunkStore:
 
     def delete_sync(self, ino: int) -> None:
         """Remove every chunk of ino."""
+        if self.changed_hook is not None:
+            self.changed_hook(ino, 0, None)
         with self._lock:
             self._forget_locked(ino, 0)
             self._dirty.pop(ino, None)
@@ -332,6 +343,26 @@ class ChunkStore:
             pass
         except OSError as e:
             raise ChunkIOError(f"rmdir {d}: {e}", e.errno) from e
+
+    def delete_chunk_sync(self, ino: int, index: int) -> int:
+        """Remove one chunk file (a clean cached copy being evicted); returns its size."""
+        with self._lock:
+            for key in [k for k in self._fds if k == (ino, index)]:
+                ent = self._fds.pop(key)
+                if ent.busy:
+                    ent.doomed = True
+                else:
+                    os.close(ent.fd)
+            dirty = self._dirty.get(ino)
+            if dirty:
+                dirty.discard(index)
+        path = self.chunk_path(ino, index)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+        self._unlink(path)
+        return size
 
     def _unlink(self, path: Path) -> None:
         try:

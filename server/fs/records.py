@@ -434,7 +434,7 @@ def _field(cls: type, name: str, v: Any) -> Any:
     return v
 
 
-_BYTES_FIELDS = {"name", "target", "verf", "data"}
+_BYTES_FIELDS = {"name", "target", "verf", "data", "okey", "etag"}
 _BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty"}
 _OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
 

@@ -1,0 +1,183 @@
+"""ChunkCache: the node's clean copies of bucket chunks, bounded in bytes, evicted LRU.
+
+Rules:
+- A clean copy is a chunk file (ChunkStore's layout) holding bytes read from the bucket, named
+  by (inode, chunk index) and valid only for the object version (ETag) it was read from. It is
+  node-local: never replicated, never in a snapshot's meaning, always re-readable from the
+  bucket, so dropping one loses nothing.
+- The index lives in the node's LevelDB under `lc.c` (outside the replicated `fs.` state):
+  the chunk file is written and fsynced before its index entry, and the entry is deleted before
+  the file, so an entry never names bytes that are not on disk.
+- Capacity counts clean copies plus the bytes this cache cannot drop (materialized and written
+  chunks, `pinned`, refreshed from the disk by `refresh_pinned_sync`). Admitting a copy evicts
+  least-recently-used clean copies until it fits; when it cannot fit, the caller serves the
+  bytes without keeping them.
+- A chunk file the replicated state writes, trims or deletes stops being a clean copy at once
+  (`untrack`, wired to ChunkStore.changed_hook): eviction never deletes bytes a write put
+  there. `is_pinned(ino, index)` (the replicated "materialized" mark) is asked too, as a
+  second guard, before a file is deleted.
+- Blocking (worker threads); one lock guards the in-memory LRU.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cbor2
+
+from storage.chunks import ChunkStore
+from storage.kv import KvStore
+
+PREFIX = b"lc.c"
+
+
+def _key(ino: int, index: int) -> bytes:
+    return PREFIX + ino.to_bytes(8, "big") + index.to_bytes(8, "big")
+
+
+def _parse(key: bytes) -> tuple[int, int]:
+    return int.from_bytes(key[4:12], "big"), int.from_bytes(key[12:20], "big")
+
+
+@dataclass(slots=True)
+class _Copy:
+    etag: bytes
+    nbytes: int
+
+
+class ChunkCache:
+    def __init__(self, kv: KvStore, chunks: ChunkStore, capacity_bytes: int,
+                 is_pinned: Callable[[int, int], bool] = lambda ino, index: False) -> None:
+        self.kv = kv
+        self.chunks = chunks
+        self.capacity = capacity_bytes
+        self.is_pinned = is_pinned
+        self._lock = threading.Lock()
+        self._lru: OrderedDict[tuple[int, int], _Copy] = OrderedDict()
+        self.clean_bytes = 0
+        self.pinned_bytes = 0
+        self.stats = {"hits": 0, "misses": 0, "admitted": 0, "evicted": 0, "refused": 0}
+
+    def open_sync(self) -> None:
+        """Load the index (oldest entries first is unknown after a restart: key order)."""
+        start = PREFIX
+        while True:
+            rows = self.kv.iterate_sync(prefix=PREFIX, start=start)
+            for key, value in rows:
+                etag, nbytes = cbor2.loads(value)
+                self._lru[_parse(key)] = _Copy(etag, nbytes)
+                self.clean_bytes += nbytes
+            if len(rows) < self.kv.config.max_scan_items:
+                break
+            start = rows[-1][0] + b"\0"
+        self.refresh_pinned_sync()
+
+    def refresh_pinned_sync(self) -> None:
+        """Recount the chunk bytes on disk that are not clean copies."""
+        total = 0
+        for dirent in os.scandir(self.chunks.root):
+            if not dirent.is_dir():
+                continue
+            for f in os.scandir(dirent.path):
+                try:
+                    total += f.stat().st_size
+                except FileNotFoundError:
+                    pass
+        with self._lock:
+            self.pinned_bytes = max(0, total - self.clean_bytes)
+
+    def valid(self, ino: int, index: int, etag: bytes) -> bool:
+        """Whether a clean copy of that version is here (and mark it recently used)."""
+        with self._lock:
+            c = self._lru.get((ino, index))
+            if c is None or c.etag != etag:
+                self.stats["misses"] += 1
+                return False
+            self._lru.move_to_end((ino, index))
+            self.stats["hits"] += 1
+            return True
+
+    def admit_sync(self, ino: int, index: int, etag: bytes, data: bytes) -> bool:
+        """Keep `data` as the clean copy of chunk (ino, index) at `etag`. False: it does not
+        fit even after evicting every clean copy (the caller serves it uncached)."""
+        need = len(data)
+        victims = self._make_room(need, (ino, index))
+        for v in victims:
+            self._drop(*v)
+        if self.clean_bytes + self.pinned_bytes + need > self.capacity:
+            with self._lock:
+                self.stats["refused"] += 1
+            return False
+        self.forget_sync(ino, index)
+        self.chunks.put_chunk_file_sync(ino, index, data)
+        self.kv.write_sync([(_key(ino, index), cbor2.dumps([etag, need]))], sync=False)
+        with self._lock:
+            self._lru[(ino, index)] = _Copy(etag, need)
+            self.clean_bytes += need
+            self.stats["admitted"] += 1
+        return True
+
+    def _make_room(self, need: int, keep: tuple[int, int]) -> list[tuple[int, int]]:
+        with self._lock:
+            if need > self.capacity - self.pinned_bytes:
+                return []
+            out = []
+            free = self.capacity - self.pinned_bytes - self.clean_bytes
+            for key, c in self._lru.items():
+                if free >= need:
+                    break
+                if key != keep:
+                    out.append(key)
+                    free += c.nbytes
+            return out
+
+    def _drop(self, ino: int, index: int) -> int:
+        """Forget one copy; delete its file unless the replicated state owns it now."""
+        with self._lock:
+            c = self._lru.pop((ino, index), None)
+            if c is None:
+                return 0
+            self.clean_bytes -= c.nbytes
+            self.stats["evicted"] += 1
+        self.kv.write_sync([(_key(ino, index), None)], sync=False)
+        if self.is_pinned(ino, index):
+            with self._lock:
+                self.pinned_bytes += c.nbytes
+            return 0
+        self.chunks.delete_chunk_sync(ino, index)
+        return c.nbytes
+
+    def untrack(self, ino: int, first: int, last: int | None) -> None:
+        """Chunks [first, last] of ino (all from first on if last is None) were changed by the
+        replicated state (ChunkStore.changed_hook): they are not clean copies any more. Their
+        index entries go (the files stay); called under the group's apply lock."""
+        with self._lock:
+            keys = [k for k in self._lru
+                    if k[0] == ino and k[1] >= first and (last is None or k[1] <= last)]
+            for k in keys:
+                c = self._lru.pop(k)
+                self.clean_bytes -= c.nbytes
+                self.pinned_bytes += c.nbytes
+        if keys:
+            self.kv.write_sync([(_key(*k), None) for k in keys], sync=False)
+
+    def forget_sync(self, ino: int, index: int | None = None) -> int:
+        """Drop the clean copies of ino (one chunk, or all): `objcache admin evict`, or an
+        inode whose bytes are gone. Returns the bytes freed."""
+        with self._lock:
+            keys = [k for k in self._lru if k[0] == ino and (index is None or k[1] == index)]
+        return sum(self._drop(*k) for k in keys)
+
+    def inodes(self) -> list[int]:
+        with self._lock:
+            return sorted({k[0] for k in self._lru})
+
+    def usage(self) -> dict[str, int]:
+        with self._lock:
+            return {"capacity_bytes": self.capacity, "clean_bytes": self.clean_bytes,
+                    "pinned_bytes": self.pinned_bytes, "clean_chunks": len(self._lru),
+                    **self.stats}

@@ -1,0 +1,125 @@
+"""The bucket records of the fs state machine (server/cluster/bucket.py rules): origins,
+listings, materialized chunks, and what truncates and deletes do to them."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.cluster import fsops
+from server.cluster.bucket import backed_len, is_backed
+from server.fs import keys
+from server.fs import records as r
+from storage.chunks import ChunkStore
+from tests.unit.test_cluster_fsops import CS, Group, mkdir, mkfile, mkroot
+from txn.records import COMMITTED, Outcome
+
+
+def loaded(g: Group, ino: int = 10, size: int = 3 * CS + 100) -> r.Inode:
+    g.run(*mkfile(ino, b"obj"), r.SetOrigin(ino, 7, b"a/obj", b"e1", size, 123))
+    inode = g.inode(ino)
+    assert inode is not None
+    return inode
+
+
+def marked(g: Group, ino: int, index: int) -> bool:
+    return keys.materialized_key(ino, index) in dict(g.kv.scan(keys.materialized_prefix(ino), 99))
+
+
+def test_set_origin_binds_a_file_to_its_object() -> None:
+    g = Group()
+    mkroot(g)
+    inode = loaded(g)
+    assert (inode.store, inode.okey, inode.etag) == (7, b"a/obj", b"e1")
+    assert inode.size == inode.obase == 3 * CS + 100 and inode.mtime_ns == 123
+    assert is_backed(inode, 3) and not is_backed(inode, 4)
+    assert backed_len(inode.obase, CS, 3) == 100 and backed_len(inode.obase, CS, 4) == 0
+
+
+def test_set_origin_of_a_directory_and_its_listing_time() -> None:
+    g = Group()
+    mkroot(g)
+    g.run(*mkdir(20, b"d"), r.SetOrigin(20, 7, b"d/"), r.SetListed(20, 99))
+    d = g.inode(20)
+    assert d is not None and (d.okey, d.listed_ns, d.size) == (b"d/", 99, 0)
+    assert g.run(r.SetListed(10, 1)) == Outcome(False, fsops.ENOENT)
+
+
+def test_truncate_lowers_obase_and_growing_again_keeps_it() -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.run(r.SetAttr(10, 9, size=CS + 5))
+    g.run(r.SetAttr(10, 9, size=5 * CS))
+    inode = g.inode(10)
+    assert inode is not None and inode.obase == CS + 5 and inode.size == 5 * CS
+    assert is_backed(inode, 1) and not is_backed(inode, 2)
+
+
+def test_a_write_to_a_backed_chunk_needs_it_materialized(tmp_path) -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.app.take_effects()
+    write = r.ChunkWrite(10, 1, 10, b"new", CS)
+    assert g.run(r.ExpectChunk(10, 1), write) == Outcome(False, fsops.UNMATERIALIZED)
+    base = bytes(range(256)) * (CS // 256)
+    assert g.run(r.MaterializeChunk(10, 1, CS, base), write) == COMMITTED
+    assert marked(g, 10, 1)
+    # A second materialize (a racing writer's stale base) does not overwrite the write.
+    assert g.run(r.MaterializeChunk(10, 1, CS, bytes(CS)), r.ExpectChunk(10, 1)) == COMMITTED
+    chunks = ChunkStore(tmp_path)
+    fsops.perform_effects_sync(g.app.take_effects(), chunks)
+    got = chunks.pread_sync(10, CS, CS, CS)
+    assert got[:10] == base[:10] and got[10:13] == b"new" and got[13:] == base[13:]
+
+
+def test_a_short_base_is_padded_with_zeros(tmp_path) -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.app.take_effects()
+    chunks = ChunkStore(tmp_path)
+    chunks.put_chunk_file_sync(10, 3, b"x" * CS)  # a stale clean copy of another version
+    assert g.run(r.MaterializeChunk(10, 3, CS, b"y" * 100)) == COMMITTED
+    fsops.perform_effects_sync(g.app.take_effects(), chunks)
+    assert chunks.pread_sync(10, CS, 3 * CS, CS) == b"y" * 100 + bytes(CS - 100)
+
+
+@pytest.mark.parametrize("keep,left", [(0, []), (CS, [0]), (CS + 1, [0, 1]), (2 * CS, [0, 1])])
+def test_trim_unmarks_the_chunks_it_removes(keep: int, left: list[int]) -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.run(r.MaterializeChunk(10, 0, CS, b"a"), r.MaterializeChunk(10, 1, CS, b"b"))
+    g.run(r.ChunkTrim(10, CS, keep))
+    assert [i for i in range(4) if marked(g, 10, i)] == left
+
+
+def test_delete_and_a_new_version_unmark_everything() -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.run(r.MaterializeChunk(10, 2, CS, b"a"))
+    g.run(r.SetOrigin(10, 7, b"a/obj", b"e2", 50, 124))  # the object changed in the bucket
+    assert not marked(g, 10, 2)
+    inode = g.inode(10)
+    assert inode is not None and (inode.etag, inode.size, inode.obase) == (b"e2", 50, 50)
+    effects = g.app.take_effects()
+    assert any(type(e).__name__ == "TrimEffect" and e.keep == 0 for e in effects)
+    g.run(r.MaterializeChunk(10, 0, CS, b"a"), r.ChunkDelete(10))  # same batch: unmarked too
+    assert not marked(g, 10, 0)
+
+
+@pytest.mark.parametrize("rec", [
+    r.SetOrigin(1, 2, b"k", b"e", 5, 6), r.SetOrigin(1, 2, b"k/"), r.SetListed(3, 4),
+    r.MaterializeChunk(1, 2, 3, b"abc"), r.ExpectChunk(1, 2),
+])
+def test_bucket_records_round_trip(rec: object) -> None:
+    assert r.decode(r.encode(rec)) == rec
+
+
+def test_inodes_without_a_bucket_keep_their_encoding() -> None:
+    plain = r.Inode(1, 2, r.FileType.REG, 0o644, 0, 0, 0, 1, (0, 0), 1, 1, 1)
+    bound = r.Inode(1, 2, r.FileType.REG, 0o644, 0, 0, 0, 1, (0, 0), 1, 1, 1, store=3)
+    assert len(r.encode(plain)) < len(r.encode(bound))
+    assert r.decode(r.encode(bound)) == bound and r.decode(r.encode(plain)) == plain

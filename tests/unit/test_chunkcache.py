@@ -1,0 +1,81 @@
+"""ChunkCache: clean copies of bucket chunks, bounded in bytes, evicted least recently used,
+never deleting bytes the replicated state owns (storage/chunkcache.py rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage.chunkcache import ChunkCache
+from storage.chunks import ChunkStore
+from storage.kv import KvConfig, KvStore
+
+CS = 1000
+
+
+def make(tmp_path: Path, capacity: int, pinned: set[tuple[int, int]] | None = None
+         ) -> tuple[ChunkCache, KvStore, ChunkStore]:
+    kv = KvStore.open_sync(tmp_path / "db", KvConfig(max_scan_items=3))
+    chunks = ChunkStore(tmp_path / "chunks")
+    pins = pinned if pinned is not None else set()
+    cache = ChunkCache(kv, chunks, capacity, lambda ino, index: (ino, index) in pins)
+    chunks.changed_hook = cache.untrack
+    cache.open_sync()
+    return cache, kv, chunks
+
+
+def test_admit_serve_and_evict_least_recently_used(tmp_path: Path) -> None:
+    cache, _, chunks = make(tmp_path, capacity=3 * CS)
+    for i in range(3):
+        assert cache.admit_sync(1, i, b"e", bytes([i]) * CS)
+    assert cache.valid(1, 0, b"e") and not cache.valid(1, 0, b"other-version")
+    assert cache.admit_sync(2, 0, b"e", b"z" * CS)  # evicts (1, 1): (1, 0) was used since
+    assert not cache.valid(1, 1, b"e") and cache.valid(1, 0, b"e") and cache.valid(1, 2, b"e")
+    assert not chunks.chunk_path(1, 1).exists()
+    assert chunks.pread_sync(2, CS, 0, CS) == b"z" * CS
+    assert cache.usage()["clean_bytes"] == 3 * CS and cache.usage()["evicted"] == 1
+
+
+def test_a_copy_larger_than_the_capacity_is_refused_and_nothing_is_dropped(tmp_path: Path):
+    cache, _, _ = make(tmp_path, capacity=2 * CS)
+    assert cache.admit_sync(1, 0, b"e", b"a" * CS)
+    assert not cache.admit_sync(1, 1, b"e", b"b" * (3 * CS))
+    assert cache.valid(1, 0, b"e") and cache.usage()["refused"] == 1
+
+
+def test_state_writes_take_chunks_out_of_the_cache_so_eviction_keeps_them(tmp_path: Path):
+    cache, _, chunks = make(tmp_path, capacity=2 * CS)
+    assert cache.admit_sync(5, 0, b"e", b"a" * CS)
+    assert cache.admit_sync(5, 1, b"e", b"b" * CS)
+    chunks.pwrite_sync(5, CS, 10, memoryview(b"written"))  # a ChunkWrite's effect on chunk 0
+    assert not cache.valid(5, 0, b"e") and cache.valid(5, 1, b"e")
+    chunks.truncate_sync(5, CS, CS + 10)  # trims chunk 1: not a clean copy any more either
+    assert not cache.valid(5, 1, b"e")
+    cache.refresh_pinned_sync()
+    assert cache.usage()["pinned_bytes"] == CS + 10
+    assert not cache.admit_sync(6, 0, b"e", b"c" * CS)  # nothing evictable is enough
+    assert chunks.pread_sync(5, CS, 10, 7) == b"written"
+
+
+def test_a_materialized_chunk_is_never_deleted_by_eviction(tmp_path: Path) -> None:
+    pins: set[tuple[int, int]] = set()
+    cache, _, chunks = make(tmp_path, capacity=CS, pinned=pins)
+    assert cache.admit_sync(1, 0, b"e", b"a" * CS)
+    pins.add((1, 0))  # materialized meanwhile (no ChunkStore write reached the cache)
+    # Evicting it only forgets the entry; the file now counts as pinned, so nothing fits.
+    assert cache.admit_sync(2, 0, b"e", b"b" * 10) is False
+    assert chunks.pread_sync(1, CS, 0, CS) == b"a" * CS
+    assert cache.usage()["pinned_bytes"] == CS and cache.usage()["clean_bytes"] == 0
+
+
+def test_the_index_survives_a_restart_and_forget_frees(tmp_path: Path) -> None:
+    cache, kv, chunks = make(tmp_path, capacity=10 * CS)
+    for i in range(5):  # more entries than one scan page (max_scan_items=3)
+        assert cache.admit_sync(3, i, b"v1", b"q" * CS)
+    chunks.close_sync()
+    kv.close_sync()
+    again, _, chunks2 = make(tmp_path, capacity=10 * CS)
+    assert all(again.valid(3, i, b"v1") for i in range(5))
+    assert again.usage()["clean_bytes"] == 5 * CS and again.usage()["pinned_bytes"] == 0
+    assert again.forget_sync(3) == 5 * CS
+    assert again.inodes() == []
+    assert not any(chunks2.chunk_path(3, i).exists() for i in range(5))
