@@ -14,12 +14,15 @@ import argparse
 import json
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import trio
+from tqdm import tqdm
 
 from server.cluster import fsck as cluster_fsck
 from server.cluster import protocol as p
+from server.cluster.bucket_admin import EvictRequest, JobRequest, JobStatus, WarmRequest
 from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
 from server.rpc.frames import RpcError
@@ -39,6 +42,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--settle", type=float, default=10.0,
                    help="seconds to let in-flight transactions finish before reporting them")
     f.add_argument("--json", action="store_true")
+    for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
+                       ("evict", "drop the clean cached copies of a tree's files")):
+        w = admin_sub.add_parser(name, help=text)
+        w.add_argument("path", help="a path in the namespace (/ is the root)")
+        w.add_argument("--node", required=True, metavar="ID=HOST:PORT",
+                       help="any node's id and RPC address (it runs the job)")
+        w.add_argument("--cluster-secret-file", required=True, type=Path)
+        w.add_argument("--json", action="store_true", help="one JSON status line at the end")
+        w.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
+                       help="auto: a bar on a terminal, plain lines otherwise")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"objcache admin: {args.cluster_secret_file}: {e.strerror}", file=sys.stderr)
         return 2
+    command = _fsck if args.admin_command == "fsck" else _job
     try:
-        return trio.run(_fsck, node_id, addr, secret, args)
+        return trio.run(command, node_id, addr, secret, args)
     except* (RpcError, p.Unavailable, p.RingChanged) as group:
         # trio's nurseries wrap errors in groups; one line per failure is what a user needs.
         for e in group.exceptions:
@@ -65,10 +79,74 @@ def run(args: argparse.Namespace) -> int:
     return 2
 
 
-async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+def _admin_plane(node_id: int, addr: str, secret: bytes) -> RpcPlane:
     me = ADMIN_ID_BASE + secrets.randbits(20)
     plane = RpcPlane(RpcConfig(node_id=me, cluster_secret=secret, host="127.0.0.1", port=0))
     plane.add_peer(node_id, f"ws://{addr}/")
+    return plane
+
+
+async def _job(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    """warm / evict: start the job on the node, follow it to its end."""
+    plane = _admin_plane(node_id, addr, secret)
+    start = (WarmRequest if args.admin_command == "warm" else EvictRequest)(args.path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        status = await plane.call(node_id, start, 30.0)
+        show = Progress(args.admin_command, args.progress)
+        while not status.finished:
+            show.update(status)
+            await trio.sleep(0.2)
+            status = await plane.call(node_id, JobRequest(status.job_id), 30.0)
+        show.close(status)
+        nursery.cancel_scope.cancel()
+    if args.json:
+        print(json.dumps({"ok": not status.errors, "files": status.files,
+                          "total_bytes": status.total_bytes, "done_bytes": status.done_bytes,
+                          "errors": list(status.errors)}))
+    else:
+        verb = "cached" if args.admin_command == "warm" else "freed"
+        print(f"{args.admin_command} {args.path}: {status.files} files, "
+              f"{status.done_bytes / 2**20:.1f} MiB {verb}"
+              + (f", {len(status.errors)} errors" if status.errors else ""))
+        for line in status.errors:
+            print(f"  {line}")
+    return 0 if not status.errors else 1
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain lines (one a second at most) otherwise."""
+
+    def __init__(self, kind: str, mode: str) -> None:
+        self.kind = kind
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode
+        self.bar: tqdm | None = None
+        self._last = 0.0
+
+    def update(self, s: JobStatus) -> None:
+        if self.mode == "bar":
+            if self.bar is None and s.walked:
+                self.bar = tqdm(total=s.total_bytes, unit="B", unit_scale=True,
+                                desc=f"{self.kind} {s.path}", file=sys.stderr)
+            if self.bar is not None:
+                self.bar.update(s.done_bytes - self.bar.n)
+        elif self.mode == "lines" and time.monotonic() - self._last >= 1.0:
+            self._last = time.monotonic()
+            stage = "walking" if not s.walked else f"{s.done_bytes}/{s.total_bytes} bytes"
+            print(f"{self.kind} {s.path}: {s.files} files, {stage}", file=sys.stderr,
+                  flush=True)
+
+    def close(self, s: JobStatus) -> None:
+        self.update(s)
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    plane = _admin_plane(node_id, addr, secret)
+    me = plane.config.node_id
     async with trio.open_nursery() as nursery:
         await nursery.start(plane.run)
         reply = await plane.call(node_id, p.GetNodeList(), 10.0)

@@ -75,7 +75,7 @@ INVALID = "INVALID"  # ops that do not decode: a gateway bug
 ROOT_INO = 1
 _DECODED_CACHE = 64  # locks_of, check and apply of one ops decode it once
 _DECODED_MAX_BYTES = 16 << 10  # larger ops are not kept
-_MAX_CHUNKS = 1 << 20  # chunks of one file (16 TiB at the default chunk size)
+_MAX_CHUNKS = 65_536  # materialized chunks of one file unmarked at once (1 TiB of 16 MiB chunks)
 
 # The inode that owns each record's state (its lock).
 _OWNER = {

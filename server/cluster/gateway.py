@@ -104,6 +104,10 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
         # names a store is loaded from it on first use and revalidated after bucket.ttl_s.
         self.stores: Mapping[int, ObjectStore] = stores or {}
         self.bucket = bucket or BucketConfig()
+        self._sequential: dict[int, int] = {}  # ino -> where its last READ ended (read-ahead)
+        self._prefetched: dict[tuple[int, int], None] = {}  # chunks asked ahead, oldest first
+        self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local
+        self._nursery: trio.Nursery | None = None  # background work (read-ahead); the node's
         self.alloc = alloc
         self.config = config
         self.fsid = fsid
@@ -241,6 +245,8 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
                 return plan.finish(after)
             self.stats["aborts"] += 1
             self.last_abort = reply.reason
+            if plan.on_abort is not None:
+                plan.on_abort(reply.reason)
             if reply.reason == ENOTEMPTY:
                 raise NotEmpty("directory not empty")
             await self._backoff(attempt)

@@ -17,10 +17,19 @@ Rules:
   COMMIT has nothing to do (its verifier is the gateway's, random per start).
 - READ: ReadHead at the inode's group gives the inode and the inline / chunk-0 bytes in one
   call; the rest comes from ReadChunk at each chunk's group. READ does not update atime.
+- Files backed by the bucket (server/cluster/bucket.py): ReadChunk carries the origin, and the
+  owners serve or fetch the object's bytes. A sequential reader (a READ that starts where the
+  previous one of that file ended) makes the gateway ask the owners of the next
+  `bucket.readahead_chunks` chunks to fetch them (fire and forget). A WRITE to a backed chunk
+  carries ExpectChunk when the gateway believes it materialized, else MaterializeChunk with
+  the chunk's bucket bytes (read through its owner) ahead of the ChunkWrite.
+- The object changed in the bucket (ORIGIN_CHANGED): the file is revalidated
+  (`_origin_changed`) and the client hears JUKEBOX, so its retry reads the new version.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from nfs_gateway.backend import (
@@ -28,17 +37,37 @@ from nfs_gateway.backend import (
     Cred,
     FBig,
     FileId,
+    Jukebox,
     ReadResult,
     StableHow,
     Stale,
     WriteResult,
 )
 from server.cluster import protocol as p
-from server.cluster.gateway_plan import Done, Plan
+from server.cluster.bucket import backed_len, is_backed
+from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
 from server.fs.common import require_reg
-from server.fs.records import ChunkWrite, Inode, UnInline, WriteInline, WriteMeta, decode_value
+from server.fs.records import (
+    ChunkWrite,
+    ExpectChunk,
+    Inode,
+    MaterializeChunk,
+    UnInline,
+    WriteInline,
+    WriteMeta,
+    decode_value,
+    encode,
+)
+from server.fs.state import UNMATERIALIZED
+from server.rpc.frames import RemoteError
 from storage.chunks import spans
+
+log = logging.getLogger("objcache.gateway")
+
+SEQUENTIAL_FILES = 1024  # files whose last read end the gateway remembers (read-ahead)
+PREFETCH_MEMORY = 4096  # chunks recently asked to be fetched ahead (not asked twice)
+MATERIALIZED_MEMORY = 65536  # backed chunks this gateway knows are materialized
 
 if TYPE_CHECKING:
     from server.cluster.gateway import ClusterBackend
@@ -50,6 +79,21 @@ else:
 
 class DataOps(_Base):
     async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
+        try:
+            return await self._read(cred, fid, offset, count)
+        except RemoteError as e:
+            if e.code != p.ORIGIN_CHANGED:
+                raise
+            await self._origin_changed(fid.ino)
+            raise Jukebox(f"the bucket object of inode {fid.ino} changed: {e.message}") from e
+
+    async def _origin_changed(self, ino: int) -> None:
+        """Revalidate a file whose object changed (gateway_bucket.py does it when present)."""
+        revalidate = getattr(self, "revalidate_file", None)
+        if revalidate is not None:
+            await revalidate(ino)
+
+    async def _read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
         count = max(0, min(count, self.config.max_read_bytes))
         reply = await self._at_inode(fid.ino, p.ReadHead(0, fid.ino, offset, count))
         inode = decode_value(reply.inode) if reply.inode else None
@@ -65,18 +109,55 @@ class DataOps(_Base):
             data = _padded(reply.data, n)
         else:
             data = head + await self._read_chunks(inode, offset + len(head), offset + n)
+        if inode.etag and not inode.inline:
+            self._read_ahead(inode, offset, n)
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))
+
+    def _chunk_request(self, inode: Inode, index: int, inner: int, n: int,
+                       prefetch: bool = False) -> p.ReadChunk:
+        if not is_backed(inode, index):
+            return p.ReadChunk(0, inode.ino, index, inner, n)
+        return p.ReadChunk(0, inode.ino, index, inner, n, inode.chunk_size, inode.store,
+                           inode.okey, inode.etag, inode.obase, prefetch)
 
     async def _read_chunks(self, inode: Inode, start: int, end: int) -> bytes:
         """Bytes [start, end) of a chunked file from the chunks' groups (holes read as 0)."""
         cs = inode.chunk_size
         pieces = []
         for index, inner, n in spans(start, end - start, cs):
-            req = p.ReadChunk(0, inode.ino, index, inner, n)
+            req = self._chunk_request(inode, index, inner, n)
             reply = await self._at(
                 lambda index=index: self.ring.group_of_chunk(inode.ino, index), req)
             pieces.append(_padded(reply.data, n))
         return b"".join(pieces)
+
+    def _read_ahead(self, inode: Inode, offset: int, n: int) -> None:
+        """A sequential reader: have the next chunks' owners fetch them now (module rules)."""
+        seq = self._sequential
+        sequential = seq.pop(inode.ino, None) == offset
+        seq[inode.ino] = offset + n
+        while len(seq) > SEQUENTIAL_FILES:
+            seq.pop(next(iter(seq)))
+        ahead = self.bucket.readahead_chunks
+        if not sequential or ahead <= 0 or self._nursery is None:
+            return
+        cs = inode.chunk_size
+        untouched = -(-(offset + n) // cs)  # the first chunk this read did not touch
+        for index in range(untouched, untouched + ahead):
+            if not is_backed(inode, index) or (inode.ino, index) in self._prefetched:
+                continue
+            self._prefetched[(inode.ino, index)] = None
+            while len(self._prefetched) > PREFETCH_MEMORY:
+                self._prefetched.pop(next(iter(self._prefetched)))
+            self._nursery.start_soon(self._prefetch, inode, index)
+
+    async def _prefetch(self, inode: Inode, index: int) -> None:
+        req = self._chunk_request(inode, index, 0, 0, prefetch=True)
+        try:
+            await self._at(lambda: self.ring.group_of_chunk(inode.ino, index), req)
+        except (Jukebox, RemoteError) as e:  # best effort: the read itself will fetch
+            self._prefetched.pop((inode.ino, index), None)
+            log.debug("read-ahead of chunk %d of %d: %s", index, inode.ino, e)
 
     async def write(
         self, cred: Cred, fid: FileId, offset: int, data: memoryview, stable: StableHow
@@ -93,7 +174,9 @@ class DataOps(_Base):
             if not blob:
                 return Done(WriteResult(0, StableHow.FILE_SYNC, self.verifier,
                                         self._wcc(before, before)))
-            plan = self._write_plan(before, offset, blob, perms.write_clears_suid(cred, before))
+            bases = await self._bases(before, offset, len(blob))
+            plan = self._write_plan(before, offset, blob, perms.write_clears_suid(cred, before),
+                                    bases)
             plan.finish = lambda after: WriteResult(
                 len(blob), StableHow.FILE_SYNC, self.verifier,
                 self._wcc(before, after[before.ino]))
@@ -101,7 +184,44 @@ class DataOps(_Base):
 
         return await self._change(build)
 
-    def _write_plan(self, inode: Inode, offset: int, blob: bytes, clear_suid: bool) -> Plan:
+    async def _bases(self, inode: Inode, offset: int, count: int) -> dict[int, bytes | None]:
+        """For each backed chunk the write touches: None when the gateway believes it is
+        materialized (the plan checks it), else its bucket bytes (read through its owner)."""
+        out: dict[int, bytes | None] = {}
+        if not inode.etag or inode.inline:
+            return out
+        for index, _, _ in spans(offset, count, inode.chunk_size):
+            if not is_backed(inode, index):
+                continue
+            if (inode.ino, index) in self._materialized:
+                out[index] = None
+                continue
+            n = backed_len(inode.obase, inode.chunk_size, index)
+            try:
+                if index == 0:
+                    reply = await self._at_inode(inode.ino, p.ReadHead(0, inode.ino, 0, n))
+                    if reply.inode != encode(inode):
+                        raise Reread(f"inode {inode.ino} changed while reading its base")
+                else:
+                    reply = await self._at(
+                        lambda index=index: self.ring.group_of_chunk(inode.ino, index),
+                        self._chunk_request(inode, index, 0, n))
+            except RemoteError as e:
+                if e.code != p.ORIGIN_CHANGED:
+                    raise
+                await self._origin_changed(inode.ino)
+                raise Jukebox(f"the bucket object of inode {inode.ino} changed") from e
+            out[index] = _padded(reply.data, n)
+        return out
+
+    def _note_materialized(self, ino: int, indexes: list[int]) -> None:
+        for index in indexes:
+            self._materialized[(ino, index)] = None
+        while len(self._materialized) > MATERIALIZED_MEMORY:
+            self._materialized.pop(next(iter(self._materialized)))
+
+    def _write_plan(self, inode: Inode, offset: int, blob: bytes, clear_suid: bool,
+                    bases: dict[int, bytes | None] | None = None) -> Plan:
         ring = self.ring
         group = ring.group_of_inode(inode.ino)
         plan = Plan(group, {inode.ino: inode})
@@ -115,11 +235,32 @@ class DataOps(_Base):
         cs = inode.chunk_size
         assert cs > 0, f"regular file {inode.ino} without a chunk size"
         pos = 0
+        bases = bases or {}
         for index, inner, n in spans(offset, len(blob), cs):
-            plan.add(ring.group_of_chunk(inode.ino, index),
-                     ChunkWrite(inode.ino, index, inner, blob[pos:pos + n], cs))
+            g = ring.group_of_chunk(inode.ino, index)
+            if index in bases:
+                base = bases[index]
+                plan.add(g, ExpectChunk(inode.ino, index) if base is None
+                         else MaterializeChunk(inode.ino, index, cs, base))
+            plan.add(g, ChunkWrite(inode.ino, index, inner, blob[pos:pos + n], cs))
             pos += n
         plan.add(group, WriteMeta(inode.ino, end, now, clear_suid))
+        if bases:
+            touched = sorted(bases)
+
+            def on_abort(reason: str) -> None:
+                if reason == UNMATERIALIZED:  # believed materialized, but it was not (evicted)
+                    for index in touched:
+                        self._materialized.pop((inode.ino, index), None)
+
+            plan.on_abort = on_abort
+            finish = plan.finish
+
+            def finished(after: dict[int, Inode | None]) -> WriteResult:
+                self._note_materialized(inode.ino, touched)
+                return finish(after)
+
+            plan.finish = finished
         return plan
 
     async def commit(self, cred: Cred, fid: FileId, offset: int, count: int) -> CommitResult:

@@ -25,6 +25,7 @@ class Plan:
     dirents: dict[tuple[int, bytes], Dirent] = field(default_factory=dict)
     parts: dict[int, list[object]] = field(default_factory=dict)
     finish: Callable[[dict[int, Inode | None]], Any] = lambda after: None
+    on_abort: Callable[[str], None] | None = None  # told the abort reason before a rebuild
 
     def add(self, group: int, *records: object) -> None:
         self.parts.setdefault(group, []).extend(records)

@@ -24,12 +24,13 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import Counter
@@ -70,6 +71,9 @@ from txn.messages import (
 )
 from txn.records import Outcome, TxnLocal
 from txn.state import Applied, Decided, LocalApplied
+
+if TYPE_CHECKING:
+    from server.cluster.bucket_reads import BucketReads
 
 log = logging.getLogger("objcache.group")
 
@@ -149,6 +153,7 @@ class GroupRuntime:
         self._snapshot = SnapshotPieces(self._snapshot_bytes)  # the one being sent
         self._nursery: trio.Nursery | None = None
         self._version_of: tuple[bytes | None, int] = (None, 0)
+        self.bucket: BucketReads | None = None  # set by the node when it has object stores
         self._register(plane)
 
     # -- construction -----------------------------------------------------------------------
@@ -173,7 +178,7 @@ class GroupRuntime:
 
     def _register(self, plane: RpcPlane) -> None:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
-                    p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList):
+                    p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList, p.DropCached):
             plane.register(cls, self._on_request)
         register_txn_messages()
         plane.register(p.TxnEnvelope, self._on_txn_envelope)
@@ -187,6 +192,11 @@ class GroupRuntime:
             nursery.start_soon(self._txn_ticker)
             nursery.start_soon(self._compactor)
             task_status.started()
+
+    @property
+    def apply_lock(self) -> trio.Lock:
+        """Held while a batch is applied (and by whoever must not interleave with one)."""
+        return self._apply_lock
 
     def is_leader(self) -> bool:
         return self.driver.node.raft.role is Role.LEADER
@@ -218,6 +228,9 @@ class GroupRuntime:
         await self._require_ready()
         if isinstance(request, p.RunTxn):
             return await self._run_txn(request)
+        if isinstance(request, p.DropCached):
+            freed = await self.bucket.drop(request.ino) if self.bucket is not None else 0
+            return p.DroppedReply(freed)
         if not self._sole_voter():
             try:
                 await self.driver.read_index()
@@ -225,14 +238,27 @@ class GroupRuntime:
                 raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
         if isinstance(request, p.ScanState):
             return await trio.to_thread.run_sync(self._scan, request)
+        if self.bucket is not None and isinstance(request, p.ReadHead | p.ReadChunk):
+            return await self._answer_backed(request)
         if isinstance(request, INLINE_READS):
             # A handful of LevelDB point reads, nearly always from its block cache (a few µs
             # each): a worker-thread round trip would cost 20 times more than the reads.
             return self._answer_sync(request)
         return await trio.to_thread.run_sync(self._answer_sync, request)
 
-    def _answer_sync(self, request: p.GroupRequest) -> Any:
-        return self._answer(request, StateView(self.kv), self.sm.chunks, self.group)
+    def _answer_sync(self, request: p.GroupRequest, fetched: Any = None) -> Any:
+        return self._answer(request, StateView(self.kv), self.sm.chunks, self.group,
+                            self.bucket, fetched)
+
+    async def _answer_backed(self, request: p.ReadHead | p.ReadChunk) -> Any:
+        """A read that may need chunk bytes from the bucket (bucket_reads.py)."""
+        assert self.bucket is not None
+        prefetch = isinstance(request, p.ReadChunk) and request.prefetch
+        if prefetch:  # read-ahead: make sure the chunk is cached, answer nothing
+            request = dataclasses.replace(request, offset=0, count=1, prefetch=False)
+        reply = await self.bucket.answer(
+            lambda fetched: trio.to_thread.run_sync(self._answer_sync, request, fetched))
+        return p.ReadChunkReply(b"") if prefetch else reply
 
     def answer_now(self, request: p.GroupRequest) -> Any | None:
         """An INLINE_READS request answered synchronously (the gateway's fast path), or None

@@ -34,6 +34,8 @@ from txn.messages import (
 NOT_LEADER = "not-leader"
 STALE_RING = "stale-ring"
 UNAVAILABLE = "unavailable"
+ORIGIN_CHANGED = "origin-changed"  # the bucket object changed since the inode was loaded: the
+# gateway revalidates the file (server/cluster/bucket.py)
 WRONG_GROUP = "wrong-group"  # the named state is not placed in this group (a bug or a race
 # with a ring change; retried like STALE_RING after a refresh)
 
@@ -117,19 +119,45 @@ class ReadHeadReply:
 class ReadChunk:
     """At chunk (ino, index)'s group: bytes [offset, offset+count) of that chunk, offsets
     within the chunk. Missing bytes (holes, past the chunk file's end) read as zeros; the
-    caller clips to the file size it got from the inode's group."""
+    caller clips to the file size it got from the inode's group.
+
+    A chunk the inode says is backed by the bucket (bucket.py) carries its origin: the owner
+    serves the object's bytes (cached or fetched) unless the chunk is materialized. With
+    `prefetch` the owner only makes sure the chunk is cached (read-ahead) and answers b""."""
 
     ring_version: int
     ino: int
     index: int
     offset: int
     count: int
+    chunk_size: int = 0
+    store: int = 0
+    okey: bytes = b""
+    etag: bytes = b""
+    obase: int = 0
+    prefetch: bool = False
 
 
 @message("cl.read_chunk_reply")
 @dataclass(frozen=True, slots=True)
 class ReadChunkReply:
     data: bytes
+
+
+@message("cl.drop_cached")
+@dataclass(frozen=True, slots=True)
+class DropCached:
+    """Drop the clean copies of `ino`'s chunks that the called group's leader caches
+    (`objcache admin evict`); materialized and written chunks stay."""
+
+    ring_version: int
+    ino: int
+
+
+@message("cl.dropped")
+@dataclass(frozen=True, slots=True)
+class DroppedReply:
+    freed_bytes: int
 
 
 @message("cl.fs_stat")
@@ -222,7 +250,8 @@ class Ack:
     """The answer to a txn message (txn/messages.py) that the leader took."""
 
 
-GroupRequest = GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
+GroupRequest = (GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
+                | DropCached)
 
 
 # -- the gateway's view of the router (router.py implements it; simulations fake it) ---------

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from server.cluster import protocol as p
+from server.cluster.bucket import is_backed
+from server.cluster.bucket_reads import BucketReads, Fetched, Origin
 from server.fs import keys
 from server.fs.records import CookieEntry, Inode, decode
 from server.fs.state import FIRST_COOKIE, decode_u64
@@ -47,8 +49,12 @@ def _unlocked(view: KvView, *inos: int) -> None:
             raise RemoteError(p.UNAVAILABLE, f"inode {ino} is held by a prepared transaction")
 
 
-def answer(request: Any, view: KvView, chunks: ChunkStore, group: int) -> Any:
-    """The reply to one read request (protocol.py), from the applied state (worker thread)."""
+def answer(request: Any, view: KvView, chunks: ChunkStore, group: int,
+           bucket: BucketReads | None = None, fetched: Fetched | None = None) -> Any:
+    """The reply to one read request (protocol.py), from the applied state (worker thread).
+    Backed chunks (server/cluster/bucket.py) need `bucket`; they may raise NeedFetch."""
+    if bucket is not None and isinstance(request, p.ReadHead | p.ReadChunk):
+        return _BACKED[type(request)](request, view, chunks, bucket, fetched)
     handler = _HANDLERS.get(type(request))
     assert handler is not None, f"not a read request: {type(request).__name__}"
     return handler(request, view, chunks)
@@ -120,6 +126,40 @@ def _read_head(r: p.ReadHead, view: KvView, chunks: ChunkStore) -> p.ReadHeadRep
     return p.ReadHeadReply(raw, bytes(data))
 
 
+def _read_head_backed(r: p.ReadHead, view: KvView, chunks: ChunkStore, bucket: BucketReads,
+                      fetched: Fetched | None) -> p.ReadHeadReply:
+    reply = _read_head(r, view, chunks)
+    if not reply.inode:
+        return reply
+    inode: Inode = decode(reply.inode)
+    if not reply.data or not is_backed(inode, 0):
+        return reply
+    origin = Origin(inode.store, inode.okey, inode.etag, inode.obase, inode.chunk_size)
+    base = bucket.backed_bytes(view, inode.ino, 0, origin, fetched)
+    if base is None:
+        return reply  # materialized: the chunk file is the truth
+    return p.ReadHeadReply(reply.inode, _window(base, r.offset, len(reply.data)))
+
+
+def _read_chunk_backed(r: p.ReadChunk, view: KvView, chunks: ChunkStore, bucket: BucketReads,
+                       fetched: Fetched | None) -> p.ReadChunkReply:
+    if not r.etag or r.chunk_size <= 0 or r.index * r.chunk_size >= r.obase:
+        return _read_chunk(r, view, chunks)
+    _unlocked(view, r.ino)
+    origin = Origin(r.store, r.okey, r.etag, r.obase, r.chunk_size)
+    base = bucket.backed_bytes(view, r.ino, r.index, origin, fetched)
+    if base is None:
+        return _read_chunk(r, view, chunks)
+    count = max(0, min(r.count, MAX_READ_BYTES, r.chunk_size - r.offset))
+    return p.ReadChunkReply(_window(base, r.offset, count))
+
+
+def _window(base: bytes, offset: int, n: int) -> bytes:
+    """Bytes [offset, offset+n) of a chunk whose object bytes are `base` (zeros after it)."""
+    piece = base[offset:offset + n]
+    return piece + bytes(n - len(piece)) if len(piece) < n else piece
+
+
 def _read_chunk(r: p.ReadChunk, view: KvView, chunks: ChunkStore) -> p.ReadChunkReply:
     _unlocked(view, r.ino)
     count = min(r.count, MAX_READ_BYTES)
@@ -139,6 +179,11 @@ def _fs_stat(r: p.FsStatRequest, view: KvView, chunks: ChunkStore) -> p.FsStatRe
     return p.FsStatReply(st.f_blocks * st.f_frsize, st.f_bfree * st.f_frsize,
                          st.f_bavail * st.f_frsize, inodes)
 
+
+_BACKED: dict[type, Callable[..., Any]] = {
+    p.ReadHead: _read_head_backed,
+    p.ReadChunk: _read_chunk_backed,
+}
 
 _HANDLERS: dict[type, Callable[[Any, KvView, ChunkStore], Any]] = {
     p.GetInodes: _get_inodes,

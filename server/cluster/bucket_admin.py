@@ -1,0 +1,217 @@
+"""`objcache admin warm PATH` and `objcache admin evict PATH`, on the node that is asked.
+
+Rules:
+- The node walks the tree under PATH through its own gateway (ClusterBackend, as root), so a
+  directory never listed is loaded from the bucket on the way, exactly as an NFS client's
+  READDIR would load it.
+- warm: first the walk (files and their backed bytes: the total), then every backed chunk is
+  fetched by its owner (ReadChunk with prefetch), `warm_parallel` at a time. It runs as a job
+  in the node's nursery; the admin client polls its status (JobStatus) to draw progress. A
+  chunk already cached costs its owner one index lookup.
+- evict: the walk, then DropCached at every group that may hold a chunk of each file. Only
+  clean copies go; materialized and written chunks are the replicated state's.
+- Errors of one file (gone meanwhile, a store error) are counted and the first few reported;
+  the job goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from nfs_gateway.backend import Cred, FileId, FileType, FsError
+from server.cluster import protocol as p
+from server.cluster.bucket import is_backed
+from server.cluster.gateway import ClusterBackend
+from server.fs.records import Inode
+from server.rpc.codec import message
+from server.rpc.frames import RemoteError
+from server.rpc.plane import RpcPlane
+
+log = logging.getLogger("objcache.admin")
+
+ROOT = Cred(0, 0)
+MAX_ERRORS = 20  # reported per job
+WARM_PARALLEL = 8  # chunks in flight
+READDIR_PAGE = 1000
+
+
+@message("adm.warm")
+@dataclass(frozen=True, slots=True)
+class WarmRequest:
+    path: str
+
+
+@message("adm.evict")
+@dataclass(frozen=True, slots=True)
+class EvictRequest:
+    path: str
+
+
+@message("adm.job")
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    job_id: int
+
+
+@message("adm.job_status")
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    job_id: int
+    kind: str
+    path: str
+    walked: bool  # the walk is over: the totals are final
+    files: int
+    total_bytes: int
+    done_bytes: int  # warm: backed bytes fetched or found cached; evict: bytes freed
+    finished: bool
+    errors: tuple[str, ...]
+
+
+@dataclass
+class _Job:
+    job_id: int
+    kind: str
+    path: str
+    walked: bool = False
+    files: int = 0
+    total_bytes: int = 0
+    done_bytes: int = 0
+    finished: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def status(self) -> JobStatus:
+        return JobStatus(self.job_id, self.kind, self.path, self.walked, self.files,
+                         self.total_bytes, self.done_bytes, self.finished,
+                         tuple(self.errors[:MAX_ERRORS]))
+
+    def error(self, what: str) -> None:
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(what)
+        log.info("%s %s: %s", self.kind, self.path, what)
+
+
+class BucketAdmin:
+    """The node's warm and evict jobs (module rules). `serve(nursery)` registers the
+    handlers on the plane."""
+
+    def __init__(self, backend: ClusterBackend, plane: RpcPlane) -> None:
+        self.backend = backend
+        self.plane = plane
+        self.jobs: dict[int, _Job] = {}
+        self._ids = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+
+    def serve(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.plane.register(WarmRequest, self._on_start)
+        self.plane.register(EvictRequest, self._on_start)
+        self.plane.register(JobRequest, self._on_job)
+
+    async def _on_start(self, peer: int, req: WarmRequest | EvictRequest) -> JobStatus:
+        kind = "warm" if isinstance(req, WarmRequest) else "evict"
+        job = self.start(kind, req.path)
+        return job.status()
+
+    async def _on_job(self, peer: int, req: JobRequest) -> JobStatus:
+        job = self.jobs.get(req.job_id)
+        if job is None:
+            raise RemoteError("no-such-job", f"no job {req.job_id} on this node")
+        return job.status()
+
+    def start(self, kind: str, path: str) -> _Job:
+        assert self._nursery is not None, "serve() first"
+        job = _Job(next(self._ids), kind, path)
+        self.jobs[job.job_id] = job
+        self._nursery.start_soon(self.run, job)
+        return job
+
+    async def run(self, job: _Job) -> None:
+        try:
+            files = await self._walk(job)
+            job.walked = True
+            if job.kind == "warm":
+                await self._warm(job, files)
+            else:
+                await self._evict(job, files)
+        except (FsError, p.Unavailable, p.RingChanged, RemoteError) as e:
+            job.error(f"{type(e).__name__}: {e}")
+        finally:
+            job.finished = True
+            log.info("%s %s: %d files, %d of %d bytes, %d errors", job.kind, job.path,
+                     job.files, job.done_bytes, job.total_bytes, len(job.errors))
+
+    async def _walk(self, job: _Job) -> list[Inode]:
+        """Every regular file under job.path (the path itself if it is a file)."""
+        b = self.backend
+        fid = await b.export_root("/")
+        for part in (x for x in job.path.split("/") if x):
+            fid = (await b.lookup(ROOT, fid, part.encode())).fid
+        files: list[Inode] = []
+        todo: list[FileId] = [fid]
+        while todo:
+            fid = todo.pop()
+            inode = await b._get(fid)
+            if inode.ftype == FileType.REG:
+                files.append(inode)
+                job.files += 1
+                job.total_bytes += _bytes_of(job.kind, inode)
+                continue
+            if inode.ftype != FileType.DIR:
+                continue
+            cookie, verf = 0, b"\0" * 8
+            while True:
+                page = await b.readdir(ROOT, fid, cookie, verf, READDIR_PAGE, True)
+                for e in page.entries:
+                    if e.name not in (b".", b"..") and e.fid is not None:
+                        todo.append(e.fid)
+                    cookie = e.cookie
+                verf = page.cookieverf
+                if page.eof or not page.entries:
+                    break
+        return files
+
+    async def _warm(self, job: _Job, files: list[Inode]) -> None:
+        limiter = trio.CapacityLimiter(WARM_PARALLEL)
+        b = self.backend
+
+        async def one(inode: Inode, index: int) -> None:
+            async with limiter:
+                req = b._chunk_request(inode, index, 0, 0, prefetch=True)
+                try:
+                    await b._at(lambda: b.ring.group_of_chunk(inode.ino, index), req)
+                except (FsError, RemoteError) as e:
+                    job.error(f"inode {inode.ino} chunk {index}: {e}")
+                    return
+                job.done_bytes += min(inode.chunk_size, inode.obase - index * inode.chunk_size)
+
+        async with trio.open_nursery() as nursery:
+            for inode in files:
+                for index in range(_chunks(inode)):
+                    if is_backed(inode, index):
+                        nursery.start_soon(one, inode, index)
+
+    async def _evict(self, job: _Job, files: list[Inode]) -> None:
+        b = self.backend
+        for inode in files:
+            groups = {b.ring.group_of_chunk(inode.ino, i) for i in range(_chunks(inode))}
+            for g in sorted(groups):
+                try:
+                    reply = await b._at(lambda g=g: g, p.DropCached(0, inode.ino))
+                except (FsError, RemoteError) as e:
+                    job.error(f"inode {inode.ino} group {g}: {e}")
+                    continue
+                job.done_bytes += reply.freed_bytes
+
+
+def _chunks(inode: Inode) -> int:
+    if inode.inline or inode.chunk_size <= 0:
+        return 0
+    return -(-max(inode.size, inode.obase) // inode.chunk_size)
+
+
+def _bytes_of(kind: str, inode: Inode) -> int:
+    return inode.obase if kind == "warm" and inode.etag and not inode.inline else 0

@@ -1,0 +1,220 @@
+"""The owner's side of backed chunks (bucket.py): serve them from the ChunkCache, fetch the
+missing ones from the bucket with parallel ranged GETs, keep what was fetched.
+
+Rules:
+- queries.py answers ReadHead / ReadChunk in a worker thread. For a backed chunk it calls
+  `backed_bytes`: the bytes when the chunk is materialized (None: read the chunk file as
+  usual), a clean copy of the right version, or bytes fetched for this request; otherwise it
+  raises NeedFetch. `answer` (on the trio thread) catches that, fetches, and asks again.
+- Fetches are single-flight per (inode, chunk, etag): concurrent readers and read-ahead share
+  one. Every GET carries If-Match on the etag the inode names; a PreconditionFailed or a short
+  object means the object changed under us: RemoteError(ORIGIN_CHANGED), and the gateway
+  revalidates the file. Store outages: RemoteError(UNAVAILABLE) (the client hears JUKEBOX).
+- Admission to the cache runs under the group's apply lock and only when the chunk is still
+  not materialized, so a clean copy never overwrites bytes a write just applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from server.cluster import protocol as p
+from server.cluster.bucket import BucketConfig, backed_len
+from server.fs import keys
+from server.fs.state import decode_u64
+from server.rpc.frames import RemoteError
+from storage.chunkcache import ChunkCache
+from storage.objstore.base import (
+    NoSuchKey,
+    ObjectStore,
+    PreconditionFailed,
+    StoreError,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from server.cluster.group import GroupRuntime
+
+log = logging.getLogger("objcache.bucket")
+
+MAX_FETCH_ROUNDS = 4  # a chunk evicted between its fetch and the re-read: fetch again
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a backed chunk's bytes are: what a ReadChunk carries from the inode."""
+
+    store: int
+    okey: bytes
+    etag: bytes
+    obase: int
+    chunk_size: int
+
+
+class _Flight:
+    """One fetch that concurrent readers of the same chunk version wait for."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: bytes | BaseException | None = None
+
+
+class NeedFetch(Exception):
+    def __init__(self, ino: int, index: int, origin: Origin) -> None:
+        super().__init__(f"chunk {index} of {ino} is not cached")
+        self.ino, self.index, self.origin = ino, index, origin
+
+
+Fetched = dict[tuple[int, int], bytes]
+
+
+class BucketReads:
+    def __init__(self, stores: Mapping[int, ObjectStore], cache: ChunkCache,
+                 config: BucketConfig, apply_lock: trio.Lock) -> None:
+        self.stores = stores
+        self.cache = cache
+        self.config = config
+        self.apply_lock = apply_lock
+        self._inflight: dict[tuple[int, int, bytes], _Flight] = {}
+        self.stats = {"fetches": 0, "fetched_bytes": 0, "gets": 0}
+
+    # -- worker thread (queries.py) ---------------------------------------------------------
+
+    def backed_bytes(self, view: Any, ino: int, index: int, origin: Origin,
+                     fetched: Fetched | None) -> bytes | None:
+        """The object's bytes of chunk `index` (clipped at obase), or None when the chunk is
+        materialized (the chunk file is the truth). Raises NeedFetch."""
+        if decode_u64(view.get(keys.materialized_key(ino, index))):
+            return None
+        n = backed_len(origin.obase, origin.chunk_size, index)
+        got = (fetched or {}).get((ino, index))
+        if got is not None:
+            return got[:n]
+        if self.cache.valid(ino, index, origin.etag):
+            data = self.cache.chunks.pread_sync(ino, origin.chunk_size,
+                                                index * origin.chunk_size, n)
+            return bytes(data)
+        raise NeedFetch(ino, index, origin)
+
+    # -- trio thread ------------------------------------------------------------------------
+
+    async def answer(self, ask: Callable[[Fetched], Awaitable[Any]]) -> Any:
+        """ask(fetched) until it needs nothing more from the bucket."""
+        fetched: Fetched = {}
+        for _ in range(MAX_FETCH_ROUNDS):
+            try:
+                return await ask(fetched)
+            except NeedFetch as nf:
+                fetched[(nf.ino, nf.index)] = await self.fill(nf.ino, nf.index, nf.origin)
+        raise RemoteError(p.UNAVAILABLE, "chunk kept being evicted while read")
+
+    async def fill(self, ino: int, index: int, origin: Origin) -> bytes:
+        """Fetch chunk `index` (single-flight) and keep it in the cache if it fits."""
+        key = (ino, index, origin.etag)
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = self._inflight[key] = _Flight()
+            try:
+                flight.result = await self._fetch_and_admit(ino, index, origin)
+            except BaseException as e:
+                flight.result = _as_remote(e)
+                raise flight.result from e
+            finally:
+                flight.done.set()
+                del self._inflight[key]
+            return flight.result
+        await flight.done.wait()
+        if isinstance(flight.result, BaseException) or flight.result is None:
+            raise RemoteError(p.UNAVAILABLE, f"fetching chunk {index} of {ino}: {flight.result}")
+        return flight.result
+
+    async def _fetch_and_admit(self, ino: int, index: int, origin: Origin) -> bytes:
+        store = self.stores.get(origin.store)
+        if store is None:
+            raise RemoteError(p.UNAVAILABLE, f"no object store {origin.store} on this node")
+        cs = origin.chunk_size
+        start = index * cs
+        n = backed_len(origin.obase, cs, index)
+        data = await self.fetch_range(store, origin.okey.decode(), origin.etag.decode(),
+                                      start, start + n)
+        self.stats["fetches"] += 1
+        self.stats["fetched_bytes"] += len(data)
+        async with self.apply_lock:
+            materialized = decode_u64(await self.cache.kv.get(keys.materialized_key(ino, index)))
+            if not materialized:
+                await trio.to_thread.run_sync(self.cache.admit_sync, ino, index, origin.etag,
+                                              data)
+        return data
+
+    async def drop(self, ino: int) -> int:
+        """Forget every clean copy of ino's chunks here (admin evict); the bytes freed."""
+        async with self.apply_lock:
+            return await trio.to_thread.run_sync(self.cache.forget_sync, ino)
+
+    async def fetch_range(self, store: ObjectStore, key: str, etag: str, start: int,
+                          end: int) -> bytes:
+        """[start, end) of the object at version `etag`, in parallel ranged GETs."""
+        step = max(1, self.config.fetch_part_bytes)
+        ranges = [(a, min(a + step, end)) for a in range(start, end, step)]
+        parts: list[bytes] = [b""] * len(ranges)
+        limiter = trio.CapacityLimiter(max(1, self.config.fetch_parallel))
+
+        async def get(i: int, a: int, b: int) -> None:
+            async with limiter:
+                self.stats["gets"] += 1
+                parts[i] = await store.get_range(key, a, b, if_match=etag)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, (a, b) in enumerate(ranges):
+                    nursery.start_soon(get, i, a, b)
+        except BaseExceptionGroup as eg:
+            raise _as_remote(_first(eg)) from eg
+        except StoreError as e:
+            raise _as_remote(e) from e
+        data = b"".join(parts)
+        if len(data) != end - start:
+            raise RemoteError(p.ORIGIN_CHANGED,
+                              f"{key}: {len(data)} bytes at {start}, expected {end - start}")
+        return data
+
+
+async def attach(runtime: GroupRuntime, stores: Mapping[int, ObjectStore],
+                 config: BucketConfig) -> BucketReads:
+    """Give a group member its ChunkCache and bucket reads (the node does this at start)."""
+    kv, chunks = runtime.kv, runtime.sm.chunks
+
+    def pinned(ino: int, index: int) -> bool:
+        return bool(decode_u64(kv.get_sync(keys.materialized_key(ino, index))))
+
+    cache = ChunkCache(kv, chunks, config.capacity_bytes, pinned)
+    await trio.to_thread.run_sync(cache.open_sync)
+    chunks.changed_hook = cache.untrack
+    runtime.bucket = BucketReads(stores, cache, config, runtime.apply_lock)
+    return runtime.bucket
+
+
+def _first(eg: BaseExceptionGroup) -> BaseException:
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
+
+
+def _as_remote(e: BaseException) -> BaseException:
+    if isinstance(e, RemoteError):
+        return e
+    if isinstance(e, PreconditionFailed):
+        return RemoteError(p.ORIGIN_CHANGED, str(e))
+    if isinstance(e, StoreUnavailable):
+        return RemoteError(p.UNAVAILABLE, f"object store: {e}")
+    if isinstance(e, StoreError):
+        log.warning("object store error: %s", e)
+        code = p.ORIGIN_CHANGED if isinstance(e, NoSuchKey) else p.UNAVAILABLE
+        return RemoteError(code, f"object store: {type(e).__name__}: {e}")
+    return e

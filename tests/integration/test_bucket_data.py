@@ -1,0 +1,275 @@
+"""The data path over the bucket (server/cluster/bucket.py), in one process: a real group
+(Raft, LevelDB, chunk files), the gateway, and a real object store (a local directory here;
+the SeaweedFS tests run the same paths over S3). Files are bound to their objects with
+SetOrigin directly, so these tests do not depend on how listings are loaded.
+
+- Cold reads return the object's bytes; a second read sends no GET; sequential readers make
+  the owner fetch the next chunks ahead.
+- Writes into a cold object materialize the chunk first: base + new bytes read back, and the
+  chunk is never evicted; truncating and growing reads zeros past the cut.
+- An object changed behind our back is never read as a mix: the read is refused (JUKEBOX).
+- A cache far smaller than the working set: every read is right, no written byte is lost.
+- `admin warm` / `admin evict` jobs fill and drop the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from serverproc import free_port
+
+from nfs_gateway.backend import CreateMode, Cred, FileId, Jukebox, SetAttrs, StableHow
+from server.cluster import bucket_reads, fsops, queries
+from server.cluster import node as cluster_node
+from server.cluster.bucket import BucketConfig
+from server.cluster.bucket_admin import BucketAdmin
+from server.cluster.gateway import ClusterBackend
+from server.cluster.gateway_plan import Plan
+from server.cluster.group import GroupConfig, GroupRuntime
+from server.cluster.inoalloc import InoAllocator
+from server.cluster.nodelist import NodeInfo, NodeList
+from server.cluster.router import GroupRouter
+from server.cluster.statemachine import GroupStateMachine
+from server.fs import keys
+from server.fs.config import FsConfig
+from server.fs.records import SetOrigin
+from server.rpc.plane import RpcConfig, RpcPlane
+from storage.chunks import ChunkStore
+from storage.kv import KvStore
+from storage.objstore.localdir import LocalDirStore
+from txn.state import TxnState
+
+pytestmark = pytest.mark.integration
+
+ROOT = Cred(0, 0)
+CS = 256 << 10  # small chunks: many chunks with little data
+STORE = 7
+
+
+class CountingStore:
+    """A real store, with its requests counted by operation (every call goes through)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
+@asynccontextmanager
+async def one_node(tmp_path: Path, store: Any, bucket: BucketConfig
+                   ) -> AsyncIterator[tuple[ClusterBackend, GroupRuntime, trio.Nursery]]:
+    kv = await KvStore.open(tmp_path / "meta")
+    chunks = ChunkStore(tmp_path / "chunks")
+    fsc = FsConfig(chunk_size=CS, inline_max_bytes=1024)
+    info = NodeInfo(1, 1, f"127.0.0.1:{free_port()}", "127.0.0.1:2049")
+    nodelist = NodeList(1, (info,))
+    plane = RpcPlane(RpcConfig(node_id=1, cluster_secret=b"s" * 20,
+                               port=int(info.rpc.rsplit(":", 1)[1])))
+    app = fsops.FsApplication(fsc)
+    sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync)
+    holder: list[GroupRouter] = []
+    runtime = await GroupRuntime.open(
+        node_id=1, group=1, members=[1], kv=kv, sm=sm, plane=plane, answer=queries.answer,
+        root_ops=cluster_node._root_ops(fsc), nodelist_bytes=nodelist.encode(),
+        post=lambda g, m: holder[0].post(g, m), config=GroupConfig())
+    router = GroupRouter(plane, 1, nodelist, runtime, vnodes=64, request_timeout_s=10)
+    holder.append(router)
+    stores = {STORE: store}
+    await bucket_reads.attach(runtime, stores, bucket)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            await nursery.start(router.run)
+            await nursery.start(runtime.run)
+            await runtime.wait_serving()
+            with trio.fail_after(10):
+                while await kv.get(keys.inode_key(1)) is None:
+                    await trio.sleep(0.01)
+            fs = ClusterBackend(router, await InoAllocator.open(kv, 1), fsc, 1, 1,
+                                stores=stores, bucket=bucket)
+            fs._nursery = nursery
+            yield fs, runtime, nursery
+            nursery.cancel_scope.cancel()
+    finally:
+        chunks.close_sync()
+        await kv.close()
+
+
+async def bound_file(fs: ClusterBackend, name: bytes, key: str) -> FileId:
+    """A file in / bound to object `key` (what the listing loader does for each object)."""
+    info = await fs.stores[STORE].head(key)
+    assert info is not None
+    root = await fs.export_root("/")
+    fid = (await fs.create(ROOT, root, name, CreateMode.GUARDED, SetAttrs(), None)).fid
+
+    async def build() -> Plan:
+        inode = await fs._get(fid)
+        plan = Plan(fs.ring.group_of_inode(fid.ino), {fid.ino: inode})
+        plan.add(plan.coordinator, SetOrigin(fid.ino, STORE, key.encode(), info.etag.encode(),
+                                             info.size, info.mtime_ns))
+        return plan
+
+    await fs._change(build)
+    return fid
+
+
+async def read_all(fs: ClusterBackend, fid: FileId, size: int, step: int = 128 << 10) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        r = await fs.read(ROOT, fid, len(out), step)
+        out += r.data
+        if r.eof:
+            break
+    return bytes(out)
+
+
+def blob(n: int, seed: int = 1) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        out += hashlib.sha256(b"%d:%d" % (seed, len(out))).digest()
+    return bytes(out[:n])
+
+
+async def put(store: Any, key: str, data: bytes) -> None:
+    await store.put(key, data)
+
+
+async def test_cold_read_then_cached_then_read_ahead(tmp_path: Path) -> None:
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    data = blob(10 * CS + 123)
+    await put(store, "model/shard-0", data)
+    bucket = BucketConfig(capacity_bytes=64 * CS, readahead_chunks=3, fetch_part_bytes=CS // 4)
+    async with one_node(tmp_path / "n1", store, bucket) as (fs, runtime, _):
+        fid = await bound_file(fs, b"shard", "model/shard-0")
+        attr = await fs.getattr(fid)
+        assert attr.size == len(data)
+        assert await read_all(fs, fid, len(data)) == data
+        gets = store.calls["get_range"]
+        assert gets >= 11 * 4 - 3  # every chunk fetched, in parallel parts
+        assert runtime.bucket is not None and runtime.bucket.stats["fetches"] == 11
+        assert await read_all(fs, fid, len(data), step=50_000) == data  # warm: no GET
+        assert store.calls["get_range"] == gets
+        # Read-ahead: after two sequential reads of chunk 0 of a fresh file, chunks 1..3
+        # are fetched without being read.
+        await put(store, "model/shard-1", data)
+        fid2 = await bound_file(fs, b"shard1", "model/shard-1")
+        await fs.read(ROOT, fid2, 0, 1000)
+        await fs.read(ROOT, fid2, 1000, 1000)
+        with trio.fail_after(10):
+            while runtime.bucket.stats["fetches"] < 11 + 4:
+                await trio.sleep(0.01)
+        before = runtime.bucket.stats["fetches"]
+        assert (await fs.read(ROOT, fid2, 2 * CS, 1000)).data == data[2 * CS:2 * CS + 1000]
+        assert runtime.bucket.stats["fetches"] == before
+
+
+async def test_writes_into_a_cold_object_materialize_its_chunk(tmp_path: Path) -> None:
+    store = LocalDirStore(tmp_path / "bucket")
+    data = blob(4 * CS + 10)
+    await put(store, "big", data)
+    bucket = BucketConfig(capacity_bytes=64 * CS)
+    async with one_node(tmp_path / "n1", store, bucket) as (fs, runtime, _):
+        fid = await bound_file(fs, b"big", "big")
+        mid = 2 * CS + 1000
+        w = await fs.write(ROOT, fid, mid, memoryview(b"NEW" * 100), StableHow.UNSTABLE)
+        assert w.count == 300
+        expect = data[:mid] + b"NEW" * 100 + data[mid + 300:]
+        assert await read_all(fs, fid, len(expect)) == expect
+        kv = runtime.kv
+        assert await kv.get(keys.materialized_key(fid.ino, 2)) is not None
+        assert await kv.get(keys.materialized_key(fid.ino, 1)) is None
+        # A second write to the same chunk needs no base (the gateway knows it is local).
+        gets = runtime.bucket.stats["gets"]
+        await fs.write(ROOT, fid, mid + 300, memoryview(b"x"), StableHow.UNSTABLE)
+        assert runtime.bucket.stats["gets"] == gets
+        expect = expect[:mid + 300] + b"x" + expect[mid + 301:]
+        # Truncate into chunk 1, grow again: zeros past the cut, the base before it.
+        await fs.setattr(ROOT, fid, SetAttrs(size=CS + 5), None)
+        await fs.setattr(ROOT, fid, SetAttrs(size=3 * CS), None)
+        got = await read_all(fs, fid, 3 * CS)
+        assert got == expect[:CS + 5] + bytes(3 * CS - CS - 5)
+        # Evicting everything clean keeps what the replicated state owns.
+        freed = await runtime.bucket.drop(fid.ino)
+        assert freed >= 0
+        assert await read_all(fs, fid, 3 * CS) == got
+
+
+async def test_an_object_changed_behind_our_back_is_never_read_mixed(tmp_path: Path) -> None:
+    store = LocalDirStore(tmp_path / "bucket")
+    old = blob(3 * CS, seed=1)
+    await put(store, "f", old)
+    async with one_node(tmp_path / "n1", store, BucketConfig()) as (fs, _runtime, _):
+        fid = await bound_file(fs, b"f", "f")
+        assert (await fs.read(ROOT, fid, 0, 100)).data == old[:100]  # chunk 0 cached
+        await put(store, "f", blob(3 * CS, seed=2))  # another writer replaces it
+        assert (await fs.read(ROOT, fid, 0, 100)).data == old[:100]  # the cached version
+        with pytest.raises(Jukebox):
+            await fs.read(ROOT, fid, CS, 100)  # chunk 1 of the old version is gone
+
+
+async def test_a_small_cache_serves_a_large_working_set(tmp_path: Path) -> None:
+    store = LocalDirStore(tmp_path / "bucket")
+    files = {f"ws/{i}": blob(4 * CS, seed=i) for i in range(8)}  # 32 chunks
+    for k, v in files.items():
+        await put(store, k, v)
+    bucket = BucketConfig(capacity_bytes=6 * CS, readahead_chunks=1)
+    async with one_node(tmp_path / "n1", store, bucket) as (fs, runtime, _):
+        fids = {k: await bound_file(fs, k.replace("/", "-").encode(), k) for k in files}
+        # Dirty bytes (a write into file 0's chunk 3) must survive all the eviction below.
+        f0 = fids["ws/0"]
+        await fs.write(ROOT, f0, 3 * CS + 7, memoryview(b"KEEP"), StableHow.FILE_SYNC)
+        expect0 = files["ws/0"][:3 * CS + 7] + b"KEEP" + files["ws/0"][3 * CS + 11:]
+        for _ in range(2):
+            for k, fid in fids.items():
+                want = expect0 if k == "ws/0" else files[k]
+                assert await read_all(fs, fid, len(want)) == want
+        usage = runtime.bucket.cache.usage()
+        assert usage["clean_bytes"] <= 6 * CS and usage["evicted"] > 0
+        assert await read_all(fs, f0, len(expect0)) == expect0
+
+
+async def test_warm_and_evict_jobs(tmp_path: Path) -> None:
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    data = {f"m{i}": blob(2 * CS + i, seed=i) for i in range(3)}
+    for k, v in data.items():
+        await put(store, k, v)
+    async with one_node(tmp_path / "n1", store, BucketConfig()) as (fs, runtime, nursery):
+        fids = {k: await bound_file(fs, k.encode(), k) for k in data}
+        admin = BucketAdmin(fs, runtime.plane)
+        admin.serve(nursery)
+        job = admin.start("warm", "/")
+        with trio.fail_after(20):
+            while not job.finished:
+                await trio.sleep(0.01)
+        assert job.errors == [] and job.files == 3
+        assert job.done_bytes == job.total_bytes == sum(len(v) for v in data.values())
+        gets = store.calls["get_range"]
+        for k, fid in fids.items():
+            assert await read_all(fs, fid, len(data[k])) == data[k]
+        assert store.calls["get_range"] == gets  # everything was cached by the warm
+        job = admin.start("evict", "/m1")
+        with trio.fail_after(20):
+            while not job.finished:
+                await trio.sleep(0.01)
+        assert job.errors == [] and job.files == 1 and job.done_bytes == len(data["m1"])
+        assert await read_all(fs, fids["m1"], len(data["m1"])) == data["m1"]
+        assert store.calls["get_range"] > gets
+
