@@ -37,6 +37,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--join", metavar="HOST:PORT", help="join a running cluster (not supported yet)")
     c.add_argument("--group", type=int, metavar="G", help="this node's group (default: its id)")
     c.add_argument("--cluster-secret-file", metavar="FILE", help="the shared cluster secret")
+    b = p.add_argument_group("object store (the [store] section)")
+    b.add_argument("--store", metavar="URL",
+                   help="the bucket behind '/': file:///PATH or s3://BUCKET/PREFIX")
+    b.add_argument("--s3-endpoint", metavar="URL", help="an S3-compatible server, e.g. "
+                   "http://127.0.0.1:8333 (default: AWS)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
@@ -53,6 +58,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         ("cluster", "join"): args.join,
         ("cluster", "group"): args.group,
         ("cluster", "cluster_secret_file"): args.cluster_secret_file,
+        ("store", "url"): args.store,
+        ("store", "s3_endpoint"): args.s3_endpoint,
     }
     out: dict[str, dict[str, object]] = {}
     for (section, key), value in table.items():

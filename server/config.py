@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage.objstore.url import ADDRESSING, StoreSpec, parse_store_url
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
@@ -88,6 +90,9 @@ class ExportConfig:
     anon_uid: int = 65534
     anon_gid: int = 65534
     insecure: bool = True
+    # The bucket behind this export: file:///PATH or s3://BUCKET/PREFIX. "" for "/": the
+    # [store] url; "" for any other export: a plain directory of the tree.
+    store: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,23 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The object store behind the tree (storage/objstore) and how to reach it."""
+
+    url: str = ""  # "" = file://DATA_DIR/bucket; or file:///PATH, s3://BUCKET/PREFIX
+    s3_endpoint: str = ""  # "" = AWS (from the region); e.g. http://127.0.0.1:8333
+    region: str = ""  # "" = the environment / AWS config
+    # Both "": the environment and the standard AWS credential chain.
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    addressing: str = "path"  # "path" (s3_endpoint/bucket/key) or "virtual" (bucket.host)
+    max_connections: int = 16  # requests in flight to the store
+    max_attempts: int = 8  # per request, retries of 5xx, throttling and timeouts included
+    timeout_s: float = 30.0  # connect and read timeout of one attempt
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     nfs: NfsConfig = field(default_factory=NfsConfig)
@@ -133,6 +155,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     exports: tuple[ExportConfig, ...] = (ExportConfig(),)
 
     # Derived, validated views.
@@ -208,6 +231,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.vnodes": (1, 1024),
     "cluster.request_timeout_s": (0.1, 3600),
     "cluster.bootstrap_timeout_s": (1, 86_400),
+    "store.max_connections": (1, 1024),
+    "store.max_attempts": (1, 100),
+    "store.timeout_s": (0.1, 3600),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -277,6 +303,7 @@ def _validate(cfg: Config) -> None:
     if cfg.limits.max_record_bytes < cfg.nfs.wtmax_bytes + 4096:
         raise ConfigError("limits.max_record_bytes: must exceed nfs.wtmax_bytes by 4096 or more")
     _validate_cluster(cfg.cluster)
+    _validate_store(cfg.store)
 
 
 def _validate_export(key: str, exp: ExportConfig) -> None:
@@ -287,6 +314,30 @@ def _validate_export(key: str, exp: ExportConfig) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise ConfigError(f"{key}.clients[{j}]: {net!r} is not a CIDR network") from None
+    if exp.store:
+        _check_store_url(f"{key}.store", exp.store)
+
+
+def _check_store_url(key: str, url: str) -> None:
+    try:
+        parse_store_url(url)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _validate_store(s: StoreConfig) -> None:
+    if s.url:
+        _check_store_url("store.url", s.url)
+    if s.addressing not in ADDRESSING:
+        raise ConfigError(f"store.addressing: expected one of {ADDRESSING}, got {s.addressing!r}")
+    if s.s3_endpoint:
+        scheme, sep, host = s.s3_endpoint.partition("://")
+        if scheme not in ("http", "https") or not sep or not host.strip("/"):
+            raise ConfigError(f"store.s3_endpoint: expected http(s)://HOST[:PORT], "
+                              f"got {s.s3_endpoint!r}")
+    if bool(s.access_key_id) != bool(s.secret_access_key):
+        raise ConfigError("store.secret_access_key: access_key_id and secret_access_key go "
+                          "together (both, or neither for the environment / AWS chain)")
 
 
 def parse_peer(key: str, value: str) -> tuple[int, Listen]:
@@ -375,3 +426,26 @@ def load(path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) 
 
 def data_dir(cfg: Config) -> Path:
     return Path(cfg.node.data_dir).resolve()
+
+
+def store_url(cfg: Config, export: ExportConfig) -> str | None:
+    """The URL of the bucket behind `export`; None: the export is a plain directory."""
+    if export.store:
+        return export.store
+    if export.path == "/":
+        return cfg.store.url or f"file://{data_dir(cfg) / 'bucket'}"
+    return None
+
+
+def store_spec(cfg: Config, export: ExportConfig) -> StoreSpec | None:
+    """How to open the bucket behind `export` (storage.objstore.url.open_store), or None."""
+    url = store_url(cfg, export)
+    if url is None:
+        return None
+    s = cfg.store
+    return StoreSpec(
+        url, s3_endpoint=s.s3_endpoint, region=s.region, access_key_id=s.access_key_id,
+        secret_access_key=s.secret_access_key, addressing=s.addressing,
+        max_connections=s.max_connections, max_attempts=s.max_attempts, timeout_s=s.timeout_s,
+        verify_tls=s.verify_tls,
+    )
