@@ -44,7 +44,8 @@ def _file_path(url: str, rest: str) -> str:
 def _bucket_prefix(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     if "@" in parts.netloc:
-        raise ValueError(f"{url!r}: credentials do not belong in the URL; use "
+        redacted = f"s3://***@{parts.netloc.rpartition('@')[2]}{parts.path}"
+        raise ValueError(f"{redacted!r}: credentials do not belong in the URL; use "
                          "access_key_id and secret_access_key or the environment")
     if parts.query or parts.fragment:
         raise ValueError(f"{url!r}: an s3 URL takes no query or fragment")
