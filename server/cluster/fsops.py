@@ -20,6 +20,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -36,13 +37,20 @@ from server.fs.records import (
     Dirent,
     ExpectChunk,
     ExpectInode,
+    ForgetGhost,
     Inode,
+    KeyClaim,
+    KeyGone,
+    KeyLive,
+    KeyRelease,
     LinkDirent,
     MaterializeChunk,
     Multi,
     RecordError,
     SetAttr,
+    SetClean,
     SetListed,
+    SetName,
     SetOrigin,
     SetParent,
     UnInline,
@@ -96,7 +104,21 @@ _OWNER = {
     SetListed: lambda r: r.ino,
     MaterializeChunk: lambda r: r.ino,
     ExpectChunk: lambda r: r.ino,
+    SetName: lambda r: r.ino,
+    SetClean: lambda r: r.ino,
+    ForgetGhost: lambda r: r.ino,
+    KeyClaim: lambda r: key_lock(r.store, r.key),
+    KeyLive: lambda r: key_lock(r.store, r.key),
+    KeyRelease: lambda r: key_lock(r.store, r.key),
+    KeyGone: lambda r: key_lock(r.store, r.key),
 }
+
+
+def key_lock(store: int, key: bytes) -> int:
+    """The txn lock of a bucket key (write-back's key table): above every inode id, which
+    are below 2**63 (inoalloc.py), so it never collides with an inode's lock."""
+    digest = hashlib.blake2b(store.to_bytes(4, "big") + key, digest_size=8).digest()
+    return (1 << 63) | (int.from_bytes(digest, "big") >> 1)
 
 
 def owner_of(record: object) -> int:
@@ -149,6 +171,9 @@ class KvFsView:
     def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
         rows = self.kv.scan(keys.dirent_prefix(dir_ino), limit)
         return [keys.parse_dirent_key(k)[1] for k, _ in rows]
+
+    def raw(self, key: bytes) -> bytes | None:
+        return self.kv.get(key)
 
     def marked_chunks(self, ino: int) -> list[int]:
         rows = self.kv.scan(keys.materialized_prefix(ino), _MAX_CHUNKS)

@@ -50,6 +50,7 @@ from nfs_gateway.backend import (
     RenameResult,
     SetAttrs,
     Wcc,
+    XDev,
 )
 from server.cluster import protocol as p
 from server.cluster.gateway_plan import Done, Plan, Reread
@@ -65,7 +66,7 @@ from server.fs.records import (
     Inode,
     LinkDirent,
     SetAttr,
-    SetParent,
+    SetName,
     UnlinkDirent,
 )
 
@@ -231,8 +232,9 @@ class NamespaceOps(_Base):
         plan.add(ig, CreateInode(
             ino=ino, gen=gen, ftype=ftype, mode=mode, uid=uid, gid=gid,
             nlink=2 if ftype == FileType.DIR else 1, time_ns=now, rdev=rdev, target=target,
-            parent=d.ino if ftype == FileType.DIR else 0, verf=verf,
-            chunk_size=self.config.chunk_size if ftype == FileType.REG else 0, size=size))
+            parent=d.ino, verf=verf,
+            chunk_size=self.config.chunk_size if ftype == FileType.REG else 0, size=size,
+            pname=name, store=d.store))
         atime = set_time(sattr.atime, sattr.atime_ns, now)
         mtime = set_time(sattr.mtime, sattr.mtime_ns, now)
         if atime is not None or mtime is not None:
@@ -279,16 +281,21 @@ class NamespaceOps(_Base):
             plan = Plan(self.ring.group_of_inode(d.ino), {d.ino: d, victim.ino: victim},
                         {(d.ino, name): ent})
             plan.add(plan.coordinator, UnlinkDirent(d.ino, name, now, expect_ino=victim.ino))
-            self._drop_link(plan, victim, now)
+            self._drop_link(plan, victim, now, d.ino, name)
             plan.finish = lambda after: self._wcc(d, after[d.ino])
             return plan
 
         return await self._change(build)
 
-    def _drop_link(self, plan: Plan, victim: Inode, now: int) -> None:
+    def _drop_link(self, plan: Plan, victim: Inode, now: int, dir_ino: int,
+                   name: bytes) -> None:
         """One name of `victim` goes (a directory's own `.` with it)."""
         group = self.ring.group_of_inode(victim.ino)
         plan.before[victim.ino] = victim
+        if victim.nlink > 1 and (victim.parent, victim.pname) == (dir_ino, name):
+            # Its primary name goes, others stay: write-back has no key for it any more
+            # (hard links have no place in a bucket; flush.py deletes its object).
+            plan.add(group, SetName(victim.ino, 0, b"", now))
         if victim.ftype == FileType.DIR:
             plan.add(group, ExpectInode(victim.ino, victim.gen, empty=True),
                      AdjustLinks(victim.ino, -2, now))
@@ -354,6 +361,8 @@ class NamespaceOps(_Base):
         dst: Inode | None, tw: Wcc,
     ) -> Plan:
         ring = self.ring
+        if src.store != td.store:
+            raise XDev("rename between directories of different buckets", wcc=tw)
         plan = Plan(ring.group_of_inode(fd.ino), {fd.ino: fd, td.ino: td, src.ino: src})
         moving_dir = src.ftype == FileType.DIR and fd.ino != td.ino
         if moving_dir:
@@ -368,12 +377,10 @@ class NamespaceOps(_Base):
             if dst.ftype == FileType.DIR and not await self._is_empty(dst.ino):
                 raise NotEmpty(f"{tname!r}", wcc=tw)  # RFC 1813 §3.3.14 allows EXIST too
             plan.add(ring.group_of_inode(td.ino), UnlinkDirent(td.ino, tname, now, dst.ino))
-            self._drop_link(plan, dst, now)
+            self._drop_link(plan, dst, now, td.ino, tname)
         plan.add(ring.group_of_inode(td.ino), LinkDirent(td.ino, tname, src.ino, src.ftype, now))
-        if moving_dir:
-            plan.add(ring.group_of_inode(src.ino), SetParent(src.ino, td.ino, now))
-        else:
-            plan.add(ring.group_of_inode(src.ino), SetAttr(src.ino, now))  # ctime changes
+        # Its name (and a directory's `..`) and ctime change; write-back moves its object.
+        plan.add(ring.group_of_inode(src.ino), SetName(src.ino, td.ino, tname, now))
         plan.finish = lambda after: RenameResult(
             self._wcc(fd, after.get(fd.ino, fd)), self._wcc(td, after.get(td.ino, td)))
         return plan

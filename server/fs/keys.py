@@ -19,6 +19,9 @@ COOKIE = b"fs.c"  # + dir ino + cookie       -> CookieEntry
 META = b"fs.m"  # + meta name                -> Meta
 INLINE = b"fs.x"  # + ino                    -> the bytes of a small file (raw, not a record)
 MATERIALIZED = b"fs.k"  # + ino + chunk index  -> u64 1: the chunk's bucket bytes are local
+DIRTY = b"fs.y"  # + ino                       -> b"": the bucket lacks the inode's version
+GHOST = b"fs.g"  # + ino                       -> cbor [store, okey]: a deleted inode's object
+BUCKET_KEY = b"fs.q"  # + u32 store + key       -> cbor [ino, state]: write-back's key table
 
 _U64 = struct.Struct(">Q")
 U64_MAX = (1 << 64) - 1
@@ -55,6 +58,22 @@ def materialized_prefix(ino: int) -> bytes:
 
 def parse_materialized_key(key: bytes) -> tuple[int, int]:
     return _U64.unpack_from(key, 4)[0], _U64.unpack_from(key, 12)[0]
+
+
+def dirty_key(ino: int) -> bytes:
+    return DIRTY + u64(ino)
+
+
+def ghost_key(ino: int) -> bytes:
+    return GHOST + u64(ino)
+
+
+def bucket_key(store: int, key: bytes) -> bytes:
+    return BUCKET_KEY + struct.pack(">I", store) + key
+
+
+def parse_bucket_key(k: bytes) -> tuple[int, bytes]:
+    return struct.unpack_from(">I", k, len(BUCKET_KEY))[0], k[len(BUCKET_KEY) + 4:]
 
 
 def dirent_key(dir_ino: int, name: bytes) -> bytes:

@@ -78,6 +78,14 @@ class Inode:
     etag: bytes = b""
     obase: int = 0
     listed_ns: int = 0
+    # Write-back (server/cluster/flush.py). `pname` is the name under `parent` the inode's key
+    # derives from (files too; `parent` of a file is the directory of that name). `dver`
+    # counts the changes the bucket must see (content, attributes, name); the bucket holds
+    # version `cver`; `cdirty`: the content changed since (else a copy of `okey` will do).
+    pname: bytes = b""
+    dver: int = 0
+    cver: int = 0
+    cdirty: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,8 @@ class CreateInode:
     verf: bytes = b""
     chunk_size: int = 0
     size: int = 0
+    pname: bytes = b""  # the name it is created under (write-back derives its key from it)
+    store: int = 0  # created in a directory bound to this store: dirty from the start
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +296,74 @@ class ExpectChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class SetName:
+    """The inode's primary name is now `pname` in directory `parent` (RENAME; pname b"":
+    the name it had is gone but other links remain). A directory's `..` moves with it."""
+
+    ino: int
+    parent: int
+    pname: bytes
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetClean:
+    """The bucket holds version `dver` of the inode at `okey` (write-back confirmed it, ETag
+    `etag`); refused (STALE) if the inode changed since. Files: `size` bytes of object."""
+
+    ino: int
+    dver: int
+    okey: bytes
+    etag: bytes
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetGhost:
+    """The bucket object of a deleted inode was dealt with: drop its ghost record."""
+
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """Write-back is about to write `key` (of `store`) for inode `ino` (flush.py key table)."""
+
+    store: int
+    key: bytes
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLive:
+    """`key` now holds inode `ino`'s confirmed version."""
+
+    store: int
+    key: bytes
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRelease:
+    """Inode `ino` no longer needs `key`: with `delete` the object is to be deleted (the
+    flusher does it, then KeyGone); else the entry just goes."""
+
+    store: int
+    key: bytes
+    ino: int
+    delete: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGone:
+    """The object at `key` was deleted for `ino`: drop the entry if it is still that."""
+
+    store: int
+    key: bytes
+    ino: int
+
+
+@dataclass(frozen=True, slots=True)
 class Multi:
     """Records applied atomically, in order (a local transaction)."""
 
@@ -310,6 +388,13 @@ Record = (
     | SetListed
     | MaterializeChunk
     | ExpectChunk
+    | SetName
+    | SetClean
+    | ForgetGhost
+    | KeyClaim
+    | KeyLive
+    | KeyRelease
+    | KeyGone
     | Multi
 )
 
@@ -336,6 +421,13 @@ _TAGS: dict[type, int] = {
     SetListed: 31,
     MaterializeChunk: 32,
     ExpectChunk: 33,
+    SetName: 34,
+    SetClean: 35,
+    ForgetGhost: 36,
+    KeyClaim: 37,
+    KeyLive: 38,
+    KeyRelease: 39,
+    KeyGone: 40,
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _TAGS}
@@ -434,8 +526,8 @@ def _field(cls: type, name: str, v: Any) -> Any:
     return v
 
 
-_BYTES_FIELDS = {"name", "target", "verf", "data", "okey", "etag"}
-_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty"}
+_BYTES_FIELDS = {"name", "target", "verf", "data", "okey", "etag", "pname", "key"}
+_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty", "cdirty", "delete"}
 _OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
 
 

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import cbor2
+
 from nfs_gateway.backend import FileType
 from server.fs import keys
 from server.fs.records import (
@@ -37,12 +39,19 @@ from server.fs.records import (
     Dirent,
     ExpectChunk,
     ExpectInode,
+    ForgetGhost,
     Inode,
+    KeyClaim,
+    KeyGone,
+    KeyLive,
+    KeyRelease,
     LinkDirent,
     MaterializeChunk,
     Multi,
     SetAttr,
+    SetClean,
     SetListed,
+    SetName,
     SetOrigin,
     SetParent,
     UnInline,
@@ -66,6 +75,12 @@ ENOENT = "ENOENT"  # an inode or a name the record needs is gone
 ENOTEMPTY = "ENOTEMPTY"  # ExpectInode(empty=True) of a directory with entries
 STALE = "STALE"  # the state moved under the proposer in another way (re-read and rebuild)
 UNMATERIALIZED = "UNMATERIALIZED"  # ExpectChunk: the chunk's bucket bytes are not local yet
+KEYBUSY = "KEYBUSY"  # KeyClaim: another inode holds that bucket key
+
+# Write-back's key table (keys.bucket_key): who a bucket key is for, and in which state.
+KEY_CLAIMED = 0  # being written for the inode (not confirmed yet)
+KEY_LIVE = 1  # holds the inode's confirmed version
+KEY_DELETE = 2  # to be deleted (the inode moved away or is gone)
 
 
 class StateError(Exception):
@@ -124,7 +139,8 @@ class View(Protocol):
         ...
 
     # Optional (the cluster's views): `marked_chunks(ino)`, the indexes of ino's chunks that
-    # are materialized here (keys.materialized_key). Views without it have none.
+    # are materialized here (keys.materialized_key); `raw(key)`, any stored value (write-back
+    # tables). Views without them have none.
 
 
 class Changes:
@@ -176,14 +192,26 @@ class Changes:
                 gone.add(name)
         return any(n not in gone for n in view.entry_names(dir_ino, len(gone) + 1))
 
+    def raw(self, view: View, key: bytes) -> bytes | None:
+        if key in self.ops:
+            return self.ops[key]
+        get = getattr(view, "raw", None)
+        return None if get is None else get(key)
+
     # Writes.
     def put_inode(self, inode: Inode) -> None:
         self.inodes[inode.ino] = inode
         self.ops[keys.inode_key(inode.ino)] = encode(inode)
+        if inode.store:  # the write-back index: inodes the bucket lacks (flush.py)
+            self.ops[keys.dirty_key(inode.ino)] = b"" if inode.dver != inode.cver else None
 
     def delete_inode(self, ino: int) -> None:
         self.inodes[ino] = None
         self.ops[keys.inode_key(ino)] = None
+        self.ops[keys.dirty_key(ino)] = None
+
+    def put_raw(self, key: bytes, value: bytes | None) -> None:
+        self.ops[key] = value
 
     def put_dirent(self, dir_ino: int, name: bytes, d: Dirent) -> None:
         self.dirents[(dir_ino, name)] = d
@@ -268,6 +296,10 @@ def _create_inode(r: CreateInode, view: View, changes: Changes) -> None:
             verf=r.verf,
             next_cookie=FIRST_COOKIE if r.ftype == FileType.DIR else 0,
             chunk_size=r.chunk_size,
+            store=r.store,
+            pname=r.pname,
+            dver=1 if r.store else 0,  # made in a bound directory: the bucket lacks it
+            cdirty=bool(r.store),
         )
     )
     if r.ino >= changes.meta_int(view, keys.NEXT_INO):
@@ -316,6 +348,8 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
         return
     changes.delete_inode(r.ino)
     changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) - 1)
+    if inode.store and inode.okey:  # its object must go from the bucket (flush.py)
+        changes.put_raw(keys.ghost_key(r.ino), cbor2.dumps([inode.store, inode.okey]))
     if inode.inline:
         changes.delete_inline(r.ino)
     elif inode.ftype == FileType.REG:
@@ -342,6 +376,8 @@ def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
         ctime_ns=r.ctime_ns,
         # Bucket bytes past a truncation are gone for good: growing again reads zeros there.
         obase=inode.obase if r.size is None else min(inode.obase, r.size),
+        dver=inode.dver + 1,
+        cdirty=inode.cdirty or (r.size is not None and r.size != inode.size),
     )
     if r.size is not None and inode.ftype != FileType.REG:
         raise StateError(f"inode {r.ino}: size of a {inode.ftype.name}")
@@ -367,6 +403,8 @@ def _write_meta(r: WriteMeta, view: View, changes: Changes) -> None:
             mode=mode,
             mtime_ns=r.time_ns,
             ctime_ns=r.time_ns,
+            dver=inode.dver + 1,
+            cdirty=True,
         )
     )
 
@@ -388,6 +426,8 @@ def _write_inline(r: WriteInline, view: View, changes: Changes) -> None:
             mtime_ns=r.time_ns,
             ctime_ns=r.time_ns,
             inline=True,
+            dver=inode.dver + 1,
+            cdirty=True,
         )
     )
 
@@ -437,7 +477,9 @@ def _unmark_chunks(view: View, changes: Changes, ino: int, first: int) -> None:
 
 def _set_origin(r: SetOrigin, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
-    new = dataclasses.replace(inode, store=r.store, okey=r.okey, etag=r.etag)
+    # The bucket holds this version of the inode now: clean.
+    new = dataclasses.replace(inode, store=r.store, okey=r.okey, etag=r.etag, cver=inode.dver,
+                              cdirty=False)
     if r.size >= 0:
         if inode.ftype != FileType.REG or inode.inline:
             raise StateError(f"inode {r.ino}: bucket size of a {inode.ftype.name}")
@@ -449,6 +491,63 @@ def _set_origin(r: SetOrigin, view: View, changes: Changes) -> None:
         new = dataclasses.replace(new, mtime_ns=r.mtime_ns, ctime_ns=max(r.mtime_ns,
                                                                          inode.ctime_ns))
     changes.put_inode(new)
+
+
+def _set_name(r: SetName, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    changes.put_inode(dataclasses.replace(inode, parent=r.parent, pname=r.pname,
+                                          ctime_ns=r.time_ns, dver=inode.dver + 1))
+
+
+def _set_clean(r: SetClean, view: View, changes: Changes) -> None:
+    inode = _live(view, changes, r.ino)
+    if inode.dver != r.dver:
+        raise StateError(f"inode {r.ino}: version {inode.dver}, flushed {r.dver}")
+    new = dataclasses.replace(inode, cver=r.dver, cdirty=False, okey=r.okey, etag=r.etag)
+    if inode.ftype == FileType.REG:
+        # The object is the file now: its first `size` bytes (all of them) are the bucket's,
+        # and every chunk stays as it is (materialized chunks hold exactly those bytes).
+        new = dataclasses.replace(new, obase=r.size)
+    changes.put_inode(new)
+
+
+def _forget_ghost(r: ForgetGhost, view: View, changes: Changes) -> None:
+    changes.put_raw(keys.ghost_key(r.ino), None)
+
+
+def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int] | None:
+    raw = changes.raw(view, keys.bucket_key(store, key))
+    return None if raw is None else cbor2.loads(raw)
+
+
+def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    # A key to be deleted is taken over: the new object replaces the old one.
+    if e is not None and e[0] != r.ino and e[1] != KEY_DELETE:
+        raise StateError(f"bucket key {r.key!r} is held by inode {e[0]}", KEYBUSY)
+    state = KEY_LIVE if e is not None and e[0] == r.ino and e[1] == KEY_LIVE else KEY_CLAIMED
+    changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, state]))
+
+
+def _key_live(r: KeyLive, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    if e is None or e[0] != r.ino:
+        raise StateError(f"bucket key {r.key!r} is not claimed by inode {r.ino}")
+    changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, KEY_LIVE]))
+
+
+def _key_release(r: KeyRelease, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    if e is not None and e[0] != r.ino:
+        return  # another inode's now: not ours to delete
+    value = cbor2.dumps([r.ino, KEY_DELETE]) if r.delete else None
+    changes.put_raw(keys.bucket_key(r.store, r.key), value)
+
+
+def _key_gone(r: KeyGone, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    if e is not None and e[0] == r.ino and e[1] == KEY_DELETE:
+        changes.put_raw(keys.bucket_key(r.store, r.key), None)
 
 
 def _set_listed(r: SetListed, view: View, changes: Changes) -> None:
@@ -511,6 +610,13 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     SetListed: _set_listed,
     MaterializeChunk: _materialize_chunk,
     ExpectChunk: _expect_chunk,
+    SetName: _set_name,
+    SetClean: _set_clean,
+    ForgetGhost: _forget_ghost,
+    KeyClaim: _key_claim,
+    KeyLive: _key_live,
+    KeyRelease: _key_release,
+    KeyGone: _key_gone,
     Multi: _multi,
 }
 

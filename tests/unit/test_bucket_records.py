@@ -3,12 +3,15 @@ listings, materialized chunks, and what truncates and deletes do to them."""
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 
+from nfs_gateway.backend import FileType
 from server.cluster import fsops
 from server.cluster.bucket import backed_len, is_backed
 from server.fs import keys
 from server.fs import records as r
+from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_LIVE, KEYBUSY
 from storage.chunks import ChunkStore
 from tests.unit.test_cluster_fsops import CS, Group, mkdir, mkfile, mkroot
 from txn.records import COMMITTED, Outcome
@@ -123,3 +126,88 @@ def test_inodes_without_a_bucket_keep_their_encoding() -> None:
     bound = r.Inode(1, 2, r.FileType.REG, 0o644, 0, 0, 0, 1, (0, 0), 1, 1, 1, store=3)
     assert len(r.encode(plain)) < len(r.encode(bound))
     assert r.decode(r.encode(bound)) == bound and r.decode(r.encode(plain)) == plain
+
+
+# -- write-back: versions, the dirty index, ghosts, the key table ------------------------------
+
+
+def dirty(g: Group) -> list[int]:
+    return [int.from_bytes(k[4:], "big") for k, _ in g.kv.scan(keys.DIRTY, 99)]
+
+
+def test_a_file_made_in_a_bound_directory_is_dirty_until_set_clean() -> None:
+    g = Group()
+    mkroot(g)
+    g.run(r.CreateInode(10, 1, FileType.REG, 0o644, 0, 0, 1, 5, parent=1, chunk_size=CS,
+                        pname=b"f", store=7), r.LinkDirent(1, b"f", 10, FileType.REG, 5))
+    inode = g.inode(10)
+    assert inode is not None and (inode.dver, inode.cver, inode.cdirty) == (1, 0, True)
+    assert (inode.parent, inode.pname) == (1, b"f") and dirty(g) == [10]
+    g.run(r.WriteInline(10, 0, b"hi", 6))
+    assert g.run(r.SetClean(10, 1, b"f", b"e1", 2)) == Outcome(False, fsops.STALE)  # v2 now
+    assert g.run(r.SetClean(10, 2, b"f", b"e1", 2)) == COMMITTED
+    inode = g.inode(10)
+    assert inode is not None and (inode.cver, inode.cdirty, inode.okey, inode.obase) == (
+        2, False, b"f", 2)
+    assert dirty(g) == []
+    g.run(r.SetName(10, 1, b"g", 7))  # a rename: dirty again, content still clean
+    inode = g.inode(10)
+    assert inode is not None and inode.pname == b"g" and not inode.cdirty and dirty(g) == [10]
+    g.run(r.SetAttr(10, 8, mode=0o600))
+    assert g.inode(10).cdirty is False  # attributes only: a copy of the object will do
+    g.run(r.SetAttr(10, 8, size=1))
+    assert g.inode(10).cdirty is True
+
+
+def test_loaded_inodes_are_clean_and_files_outside_buckets_are_never_indexed() -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.run(*mkfile(11, b"plain"))
+    g.run(r.WriteInline(11, 0, b"x", 6))
+    assert dirty(g) == []
+
+
+def test_deleting_an_inode_with_an_object_leaves_a_ghost() -> None:
+    g = Group()
+    mkroot(g)
+    loaded(g)
+    g.run(r.UnlinkDirent(1, b"obj", 9, 10), r.AdjustLinks(10, -1, 9))
+    ghost = g.kv.get(keys.ghost_key(10))
+    assert ghost is not None and cbor2.loads(ghost) == [7, b"a/obj"]
+    assert g.inode(10) is None and dirty(g) == []
+    g.run(r.ForgetGhost(10))
+    assert g.kv.get(keys.ghost_key(10)) is None
+
+
+def key_state(g: Group, key: bytes) -> list[int] | None:
+    raw = g.kv.get(keys.bucket_key(7, key))
+    return None if raw is None else cbor2.loads(raw)
+
+
+def test_the_key_table_serializes_writers_of_one_key() -> None:
+    g = Group()
+    assert g.run(r.KeyClaim(7, b"x", 10)) == COMMITTED
+    assert key_state(g, b"x") == [10, KEY_CLAIMED]
+    assert g.run(r.KeyClaim(7, b"x", 11)) == Outcome(False, KEYBUSY)
+    assert g.run(r.KeyLive(7, b"x", 11)) == Outcome(False, fsops.STALE)
+    assert g.run(r.KeyLive(7, b"x", 10)) == COMMITTED
+    assert g.run(r.KeyClaim(7, b"x", 10)) == COMMITTED and key_state(g, b"x") == [10, KEY_LIVE]
+    g.run(r.KeyRelease(7, b"x", 11))  # not 11's: nothing happens
+    assert key_state(g, b"x") == [10, KEY_LIVE]
+    g.run(r.KeyRelease(7, b"x", 10))
+    assert key_state(g, b"x") == [10, KEY_DELETE]
+    # A path made again before the delete ran: the new inode takes the key over.
+    assert g.run(r.KeyClaim(7, b"x", 12)) == COMMITTED and key_state(g, b"x") == [12,
+                                                                                 KEY_CLAIMED]
+    g.run(r.KeyGone(7, b"x", 10))  # the old delete finishing late removes nothing
+    assert key_state(g, b"x") == [12, KEY_CLAIMED]
+    g.run(r.KeyRelease(7, b"x", 12, delete=False))
+    assert key_state(g, b"x") is None
+
+
+def test_key_locks_never_collide_with_inode_locks() -> None:
+    lock = fsops.key_lock(7, b"a/b")
+    assert lock >= 1 << 63 and lock < 1 << 64 and lock != fsops.key_lock(7, b"a/c")
+    assert fsops.FsApplication().locks_of(fsops.encode_ops([r.KeyClaim(7, b"a/b", 1)])) == (
+        lock,)
