@@ -62,6 +62,15 @@ class StoreContract:
         assert await objstore.head("dir/absent") is None
         assert await objstore.head("dir/file") is None
 
+    @pytest.mark.parametrize("meta", [{"Upper": "x"}, {"sp ace": "x"}, {"": "x"},
+                                      {"k": "caf\u00e9"}, {"k": "line\nbreak"}])
+    async def test_metadata_must_be_header_safe(self, objstore, meta):
+        with pytest.raises(ValueError, match="metadata"):
+            await objstore.put("m", b"", metadata=meta)
+        with pytest.raises(ValueError, match="metadata"):
+            await objstore.create_multipart("m", metadata=meta)
+        assert await objstore.head("m") is None
+
     async def test_overwrite_changes_etag_and_metadata(self, objstore):
         first = await objstore.put("k", b"one", metadata={"a": "1"})
         second = await objstore.put("k", b"two!", metadata={})

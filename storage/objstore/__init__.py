@@ -4,7 +4,8 @@ Who owns what:
 - base.py: the contract — ObjectInfo, ListPage, the StoreError family and the ObjectStore
   protocol. The rest of objcache codes against base.py only.
 - s3.py: S3 over boto3; the only module that imports boto3 or botocore.
-- localdir.py: a local directory as the bucket (files at their key paths).
+- localdir.py: a local directory as the bucket (files at their key paths); localfs.py: its
+  blocking file-system helpers (key checks, stamps, scans in key order).
 - url.py: `file:///PATH` and `s3://BUCKET/PREFIX` URLs, StoreSpec, open_store(spec).
 - retry.py: the backoff loop of the S3 adapter.
 

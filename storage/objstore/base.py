@@ -5,6 +5,7 @@ The package docstring (storage/objstore/__init__.py) states the rules every adap
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,21 @@ def check_range(start: int, end: int) -> None:
     """get_range's arguments: a half-open byte range, possibly empty, possibly past EOF."""
     if not 0 <= start <= end:
         raise ValueError(f"bad byte range [{start}, {end})")
+
+
+# An HTTP header name (RFC 9110 token), lower-case: x-amz-meta-NAME.
+_META_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Metadata travels as x-amz-meta-* headers: lower-case token names, printable ASCII
+    values. Every adapter refuses the rest, so code tested on one works on the others."""
+    for k, v in metadata.items():
+        if not _META_NAME.fullmatch(k):
+            raise ValueError(f"metadata name {k!r}: expected a lower-case ASCII token")
+        if not (v.isascii() and v.isprintable()):
+            raise ValueError(f"metadata {k!r}: value {v!r} is not printable ASCII")
+    return dict(metadata)
 
 
 def check_part_number(part_number: int) -> None:

@@ -18,7 +18,8 @@ Rules:
 - Listings are emulated by directory scans, in UTF-8 byte order like S3 (for valid UTF-8 that
   is code point order, Python's str order); names that are not UTF-8 are skipped. The page
   token is the last key or prefix returned.
-- Blocking calls run in worker threads under one CapacityLimiter.
+- Blocking calls run in worker threads under one CapacityLimiter (localfs.py holds the
+  blocking helpers).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from storage.objstore import localfs
 from storage.objstore.base import (
     NO_METADATA,
     AccessDenied,
@@ -49,17 +51,18 @@ from storage.objstore.base import (
     PreconditionFailed,
     StoreError,
     StoreUnavailable,
+    check_metadata,
     check_part_number,
     check_range,
 )
 
 T = TypeVar("T")
 
-ADMIN = ".objcache"
+ADMIN = localfs.ADMIN
 XATTR = "user.objcache"
 EMPTY_MD5 = hashlib.md5(b"").hexdigest()
 MIN_PART_BYTES = 5 << 20  # like S3: every part but the last
-COPY_BLOCK = 1 << 20
+COPY_BLOCK = localfs.COPY_BLOCK
 TMP_MAX_AGE_S = 3600  # temp files older than this are a crash's leftovers
 
 _KINDS: dict[type[StoreError], str] = {
@@ -96,7 +99,7 @@ class LocalDirStore:
         t0 = time.perf_counter()
         try:
             value, nbytes = await trio.to_thread.run_sync(
-                _mapped, op, args[0] if args else "", fn, *args, limiter=self._limiter)
+                localfs.mapped, op, args[0] if args else "", fn, *args, limiter=self._limiter)
         except StoreError as e:
             if self._observe is not None:
                 self._observe(op, time.perf_counter() - t0, 0, _KINDS.get(type(e), "invalid"))
@@ -125,12 +128,13 @@ class LocalDirStore:
     async def put(
         self, key: str, data: bytes, *, metadata: Mapping[str, str] = NO_METADATA
     ) -> str:
-        return await self._run("put", self._put, key, data, dict(metadata))
+        return await self._run("put", self._put, key, data, check_metadata(metadata))
 
     async def create_multipart(
         self, key: str, *, metadata: Mapping[str, str] = NO_METADATA
     ) -> str:
-        return await self._run("create_multipart", self._create_multipart, key, dict(metadata))
+        meta = check_metadata(metadata)
+        return await self._run("create_multipart", self._create_multipart, key, meta)
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
         check_part_number(part_number)
@@ -170,7 +174,7 @@ class LocalDirStore:
         self, src_key: str, dst_key: str, *, metadata: Mapping[str, str] | None = None,
         if_match: str | None = None,
     ) -> str:
-        meta = None if metadata is None else dict(metadata)
+        meta = None if metadata is None else check_metadata(metadata)
         return await self._run("copy", self._copy, src_key, dst_key, meta, if_match)
 
     async def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
@@ -183,7 +187,7 @@ class LocalDirStore:
 
     def _path(self, key: str) -> tuple[Path, bool]:
         """The path of `key` and whether it is a directory marker; InvalidKey if it has none."""
-        check_key(key)
+        localfs.check_key(key)
         marker = key.endswith("/")
         return self.root / (key[:-1] if marker else key), marker
 
@@ -192,7 +196,7 @@ class LocalDirStore:
             meta = self._record(key, st, fd).get("meta", {}) if key else {}
             return ObjectInfo(key, 0, EMPTY_MD5, st.st_mtime_ns, meta)
         rec = self._record(key, st, fd)
-        etag = rec.get("etag") or stable_etag(st)
+        etag = rec.get("etag") or localfs.stable_etag(st)
         return ObjectInfo(key, st.st_size, etag, st.st_mtime_ns, rec.get("meta", {}))
 
     def _record(self, key: str, st: os.stat_result, fd: int | None) -> dict[str, Any]:
@@ -207,14 +211,15 @@ class LocalDirStore:
                 return {}
             raise
         rec = json.loads(raw)
-        return rec if rec.get("stamp") == list(_stamp(st)) else {}
+        return rec if rec.get("stamp") == list(localfs.stamp(st)) else {}
 
     def _sidecar(self, key: str) -> Path:
         return self._admin / "meta" / (hashlib.sha256(key.encode()).hexdigest() + ".json")
 
     def _write_record(self, key: str, fd: int, etag: str, meta: Mapping[str, str]) -> None:
         st = os.fstat(fd)
-        raw = json.dumps({"etag": etag, "meta": dict(meta), "stamp": list(_stamp(st))}).encode()
+        rec = {"etag": etag, "meta": dict(meta), "stamp": list(localfs.stamp(st))}
+        raw = json.dumps(rec).encode()
         if self.xattrs:
             os.setxattr(fd, XATTR, raw)
         else:
@@ -263,14 +268,14 @@ class LocalDirStore:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchKey(f"get {key!r}: no such key") from None
-        with contextlib.closing(_Fd(fd)):
+        with contextlib.closing(localfs.Fd(fd)):
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode) != marker or not (marker or stat.S_ISREG(st.st_mode)):
                 raise NoSuchKey(f"get {key!r}: no such key")
             info = self._info(key, st, fd)
             if if_match is not None and info.etag != if_match.strip('"'):
                 raise PreconditionFailed(f"get {key!r}: etag is {info.etag}, not {if_match}")
-            data = b"" if marker else _pread(fd, start, min(end, st.st_size))
+            data = b"" if marker else localfs.pread(fd, start, min(end, st.st_size))
         return data, len(data)
 
     def _list(
@@ -278,9 +283,10 @@ class LocalDirStore:
     ) -> tuple[ListPage, int]:
         items: Iterator[tuple[str, os.stat_result | None]]
         if delimiter == "/":
-            items = self._scan(prefix, descend=False, token=token)
+            items = localfs.scan(self.root, prefix, descend=False, token=token)
         else:
-            items = _group(self._scan(prefix, descend=True, token=token), prefix, delimiter)
+            flat = localfs.scan(self.root, prefix, descend=True, token=token)
+            items = localfs.group(flat, prefix, delimiter)
         objects: list[ObjectInfo] = []
         prefixes: list[str] = []
         last = None
@@ -296,41 +302,6 @@ class LocalDirStore:
                 info = self._info(key, st)
                 objects.append(ObjectInfo(info.key, info.size, info.etag, info.mtime_ns))
         return ListPage(tuple(objects), tuple(prefixes), None), 0
-
-    def _scan(
-        self, prefix: str, *, descend: bool, token: str | None
-    ) -> Iterator[tuple[str, os.stat_result | None]]:
-        """Keys starting with `prefix` in key order: (key, stat) for objects; with descend
-        False, a subdirectory is (its prefix, None)."""
-        dir_key, _, name_prefix = prefix.rpartition("/")
-        dir_key = dir_key + "/" if dir_key else ""
-        try:
-            base = self._path(dir_key)[0] if dir_key else self.root
-            st = os.stat(base)
-        except (InvalidKey, FileNotFoundError, NotADirectoryError):
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            return
-        if dir_key and not name_prefix:
-            yield dir_key, st  # the directory's own marker
-        yield from self._walk(base, dir_key, name_prefix, descend, token)
-
-    def _walk(
-        self, path: Path, dir_key: str, name_prefix: str, descend: bool, token: str | None
-    ) -> Iterator[tuple[str, os.stat_result | None]]:
-        for key, entry in _entries(path, dir_key, name_prefix):
-            if key.endswith("/"):
-                # Skip a whole subtree that the token is past.
-                if token is not None and key < token and not token.startswith(key):
-                    continue
-                if not descend:
-                    yield key, None
-                    continue
-                yield key, entry.stat()
-                yield from self._walk(Path(entry.path), key, "", descend, token)
-            else:
-                with contextlib.suppress(FileNotFoundError):  # removed since the scan
-                    yield key, entry.stat()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -353,7 +324,7 @@ class LocalDirStore:
         self._make_dirs(key, path)
         if meta:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-            with contextlib.closing(_Fd(fd)):
+            with contextlib.closing(localfs.Fd(fd)):
                 self._write_record(key, fd, EMPTY_MD5, meta)
                 os.fsync(fd)
         return EMPTY_MD5
@@ -378,7 +349,7 @@ class LocalDirStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(path.parent)
+        localfs.fsync_dir(path.parent)
 
     def _make_dirs(self, key: str, path: Path) -> None:
         """mkdir -p inside ROOT, each new directory made durable in its parent."""
@@ -393,7 +364,7 @@ class LocalDirStore:
         for d in reversed(missing):
             with contextlib.suppress(FileExistsError):  # made meanwhile by another put
                 d.mkdir()
-            _fsync_dir(d.parent)
+            localfs.fsync_dir(d.parent)
 
     def _copy(
         self, src_key: str, dst_key: str, meta: dict[str, str] | None, if_match: str | None
@@ -404,7 +375,7 @@ class LocalDirStore:
             fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise NoSuchKey(f"copy {src_key!r}: no such key") from None
-        with contextlib.closing(_Fd(fd)):
+        with contextlib.closing(localfs.Fd(fd)):
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode) != src_marker:
                 raise NoSuchKey(f"copy {src_key!r}: no such key")
@@ -420,7 +391,7 @@ class LocalDirStore:
             md5 = hashlib.md5()
 
             def write(f: Any) -> str:
-                for block in _blocks(fd, st.st_size):
+                for block in localfs.blocks(fd, st.st_size):
                     md5.update(block)
                     f.write(block)
                 return md5.hexdigest()
@@ -434,7 +405,7 @@ class LocalDirStore:
         for key in keys:
             try:
                 path, marker = self._path(key)
-                _remove(path, marker)
+                localfs.remove(path, marker)
             except InvalidKey as e:
                 failed[key] = f"InvalidKey: {e}"
                 continue
@@ -449,7 +420,7 @@ class LocalDirStore:
             parents.add(path.parent)
         for parent in parents:
             with contextlib.suppress(FileNotFoundError):
-                _fsync_dir(parent)
+                localfs.fsync_dir(parent)
         return failed, 0
 
     # -- multipart ------------------------------------------------------------------------
@@ -542,127 +513,3 @@ class LocalDirStore:
         return sorted(out), 0
 
 
-# -- helpers --------------------------------------------------------------------------------
-
-
-def check_key(key: str) -> None:
-    """InvalidKey unless `key` can be a path under ROOT (module rules)."""
-    body = key[:-1] if key.endswith("/") else key
-    parts = body.split("/")
-    bad = (not body or "\0" in key or parts[0] == ADMIN
-           or any(p in ("", ".", "..") or len(p.encode("utf-8", "replace")) > 255 for p in parts))
-    if bad:
-        raise InvalidKey(f"{key!r}: not a key a local directory can hold")
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKey(f"{key!r}: not valid UTF-8") from None
-
-
-def stable_etag(st: os.stat_result) -> str:
-    """The etag of a file we did not write: changes when it is replaced or modified."""
-    return hashlib.blake2b(repr(_stamp(st)).encode(), digest_size=16).hexdigest()
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    """What a record belongs to. A directory's mtime and size change with its entries."""
-    if stat.S_ISDIR(st.st_mode):
-        return st.st_ino, 0, 0
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _mapped(op: str, key: str, fn: Callable[..., tuple[T, int]], *args: Any) -> tuple[T, int]:
-    """Run `fn` in a worker thread; OS errors become StoreErrors naming the op and key."""
-    try:
-        return fn(*args)
-    except StoreError:
-        raise
-    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
-        cls = AccessDenied if isinstance(e, PermissionError) else InvalidKey
-        raise cls(f"{op} {key!r}: {e.strerror}: {e.filename}") from e
-    except OSError as e:
-        if e.errno == errno.ENAMETOOLONG:
-            raise InvalidKey(f"{op} {key!r}: name too long") from e
-        raise StoreUnavailable(f"{op} {key!r}: {e}") from e
-
-
-def _entries(path: Path, dir_key: str, name_prefix: str) -> list[tuple[str, os.DirEntry[str]]]:
-    """The entries of a directory as (key, entry) in key order; a directory's key ends in "/"."""
-    out = []
-    try:
-        it = os.scandir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    with it:
-        for entry in it:
-            name = entry.name
-            if not name.startswith(name_prefix) or (not dir_key and name == ADMIN):
-                continue
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                continue  # not UTF-8: cannot be a key
-            if entry.is_dir(follow_symlinks=False):
-                out.append((dir_key + name + "/", entry))
-            elif entry.is_file():
-                out.append((dir_key + name, entry))
-    out.sort(key=lambda item: item[0])
-    return out
-
-
-def _group(
-    items: Iterator[tuple[str, os.stat_result | None]], prefix: str, delimiter: str
-) -> Iterator[tuple[str, os.stat_result | None]]:
-    """S3's delimiter rule on a flat listing: keys with the delimiter after the prefix roll up
-    into one common prefix (they are adjacent in key order)."""
-    last = None
-    for key, st in items:
-        i = key.find(delimiter, len(prefix)) if delimiter else -1
-        if i < 0:
-            yield key, st
-            continue
-        common = key[: i + len(delimiter)]
-        if common != last:
-            last = common
-            yield common, None
-
-
-def _remove(path: Path, marker: bool) -> None:
-    if marker:
-        os.rmdir(path)  # ENOTEMPTY: reported; a directory with objects keeps its marker
-    elif path.is_dir():
-        return  # "a" when only "a/" exists: no such object
-    else:
-        os.unlink(path)
-
-
-def _pread(fd: int, start: int, end: int) -> bytes:
-    chunks = []
-    while start < end:
-        chunk = os.pread(fd, end - start, start)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        start += len(chunk)
-    return b"".join(chunks)
-
-
-def _blocks(fd: int, size: int) -> Iterator[bytes]:
-    for start in range(0, size, COPY_BLOCK):
-        yield _pread(fd, start, min(size, start + COPY_BLOCK))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def close(self) -> None:
-        os.close(self.fd)

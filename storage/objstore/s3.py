@@ -6,7 +6,9 @@ Rules:
   the budget is ours: 5xx, throttling, timeouts and connection failures are retried.
 - Every boto3 call runs in a worker thread (`trio.to_thread.run_sync`) under one
   CapacityLimiter(max_connections) per store, the size of botocore's connection pool.
-- The read timeout bounds a stalled request; the stall then counts as a failed attempt.
+- The read timeout bounds a stalled request; the stall then counts as a failed attempt. A
+  cancelled call waits for its worker thread (at most that timeout): threads are not abandoned,
+  so the limiter always counts the requests really in flight.
 - Errors: 404 -> NoSuchKey (head answers None), 412 -> PreconditionFailed, 403 -> AccessDenied,
   other 4xx -> StoreError; the retryable ones, once the budget is spent -> StoreUnavailable.
 - Keys are relative: the adapter prepends the URL's prefix, and strips it from listings.
@@ -15,6 +17,8 @@ Rules:
 - Not idempotent: CompleteMultipartUpload. When an attempt was lost after the server ran it,
   the retry finds NoSuchUpload; the adapter then accepts the object if its etag is a multipart
   etag of as many parts (`<md5>-N`). AbortMultipartUpload of an unknown upload is a success.
+- copy() HEADs the source first: its size picks CopyObject or UploadPartCopy (above
+  copy_max_bytes), and metadata=None keeps the source's in both.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from storage.objstore.base import (
     Observe,
     PreconditionFailed,
     StoreError,
+    check_metadata,
     check_part_number,
     check_range,
 )
@@ -215,7 +220,7 @@ class S3Store:
     async def put(
         self, key: str, data: bytes, *, metadata: Mapping[str, str] = NO_METADATA
     ) -> str:
-        meta = _check_metadata(metadata)
+        meta = check_metadata(metadata)
 
         def call() -> tuple[str, int]:
             r = self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
@@ -227,7 +232,7 @@ class S3Store:
     async def create_multipart(
         self, key: str, *, metadata: Mapping[str, str] = NO_METADATA
     ) -> str:
-        meta = _check_metadata(metadata)
+        meta = check_metadata(metadata)
 
         def call() -> tuple[str, int]:
             r = self._client.create_multipart_upload(Bucket=self.bucket, Key=self._k(key),
@@ -336,7 +341,7 @@ class S3Store:
             "MetadataDirective": "COPY" if metadata is None else "REPLACE",
         }
         if metadata is not None:
-            kw["Metadata"] = _check_metadata(metadata)
+            kw["Metadata"] = check_metadata(metadata)
         if if_match is not None:
             kw["CopySourceIfMatch"] = _quote(if_match)
 
@@ -368,7 +373,9 @@ class S3Store:
                     nursery.start_soon(one, n, start, end)
             return await self.complete_multipart(dst_key, upload_id, sorted(etags.items()))
         except BaseException:
-            with trio.CancelScope(shield=True):
+            # The copy's own error is the one to report; a failed abort leaves an upload that
+            # list_multipart shows (and a bucket lifecycle rule or a later sweep removes).
+            with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 await self.abort_multipart(dst_key, upload_id)
             raise
 
@@ -451,13 +458,3 @@ def _quote(etag: str) -> str:
 def _ns(when: dt.datetime) -> int:
     """LastModified (an aware datetime, whole microseconds at best) in ns since the epoch."""
     return calendar.timegm(when.utctimetuple()) * 1_000_000_000 + when.microsecond * 1000
-
-
-def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """x-amz-meta-* travel as HTTP headers: ASCII names and values, names lower-case."""
-    for k, v in metadata.items():
-        if not (k.isascii() and k.isprintable() and k == k.lower() and k and ":" not in k):
-            raise ValueError(f"metadata name {k!r}: expected lower-case printable ASCII")
-        if not (v.isascii() and v.isprintable()):
-            raise ValueError(f"metadata {k!r}: value {v!r} is not printable ASCII")
-    return dict(metadata)
