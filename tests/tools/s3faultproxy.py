@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import random
+import select
 import socket
 import struct
 import threading
@@ -161,7 +162,7 @@ class FaultProxy:
                 head = _read_head(client.rfile)
                 if head is None:
                     return
-                if up is None or up.closed:
+                if up is None or up.closed or up.stale():
                     if up is not None:
                         self._untrack(up)
                     up = self._track(_Peer(socket.create_connection(self.upstream)))
@@ -232,6 +233,16 @@ class _Peer:
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close()
+
+    def stale(self) -> bool:
+        """Whether the server closed this idle keep-alive connection (so that a request is
+        not lost to it: only injected faults may reach the client)."""
+        if not select.select([self.sock], [], [], 0)[0]:
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def wake(self) -> None:
         """From another thread: make a blocked read return (stop())."""
