@@ -56,6 +56,7 @@ from nfs_gateway.backend import (
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
 from server.cluster.fsops import ENOTEMPTY, encode_ops, owner_of
+from server.cluster.gateway_bucket import BucketOps
 from server.cluster.gateway_data import DataOps
 from server.cluster.gateway_ns import NamespaceOps
 from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
@@ -80,7 +81,7 @@ MAX_REPLANS = 8  # ring changes during one read
 BACKOFF_MAX_S = 0.05
 
 
-class ClusterBackend(NamespaceOps, DataOps, AttrOps):
+class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
     """The Backend protocol over a Router. The node builds one with the node's InoAllocator
     and its FsConfig; `incarnation` and `rng` are for simulations (default: random)."""
 
@@ -331,6 +332,8 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
             return None
         require_dir(d)
         perms.check(cred, d, perms.X)
+        if d.store and not self.bucket_nowait(d, name, reply):  # gateway_bucket.py
+            return None
         if not reply.dirent:
             raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
         if not reply.child:
@@ -346,9 +349,11 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
             child = d if name == DOT else await self._parent(d)
             return LookupResult(self._fid(child), self._attr(child), self._attr(d))
         check_name(name, self.config.max_name_bytes)
-        d, _, child = await self._lookup_at(dir_fid, name)
+        d, ent, child = await self._lookup_at(dir_fid, name)
         require_dir(d)
         perms.check(cred, d, perms.X)
+        if d.store:  # bound to the bucket: loaded or revalidated first (gateway_bucket.py)
+            d, child = await self.bucket_lookup(d, name, ent, child)
         if child is None:
             raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
         return LookupResult(self._fid(child), self._attr(child), self._attr(d))
@@ -394,6 +399,8 @@ class ClusterBackend(NamespaceOps, DataOps, AttrOps):
         if d.ftype != FileType.DIR:
             raise NotDir(f"inode {d.ino} is not a directory")
         perms.check(cred, d, perms.R)
+        if d.store and self.needs_listing(d):  # gateway_bucket.py
+            d, reply = await self.reload_dir(d, cookie, want)
         check_cookie(d, cookie, cookieverf)
         rows = list(reply.entries)
         want_inos = [ino for _, _, ino, _ in rows] if plus else []

@@ -1,0 +1,471 @@
+"""LOOKUP and READDIR in directories bound to the bucket: the namespace loaded lazily from
+ListObjectsV2 and HEAD, by transactions (server/cluster/bucket.py; what a listing means:
+bucket_listing.py, which also names the x-amz-meta-* attributes read).
+
+Rules:
+- A directory whose inode has `store` != 0 is *bound*; `okey` is its key prefix ("" at an
+  export's root, bound by `bind_store`), `listed_ns` when its listing was last loaded (0:
+  never), by the loading gateway's clock. A directory is *fresh* within bucket.ttl_s of that.
+  One made, renamed or changed here and not yet written back (dver != cver: its prefix is
+  not the bucket's yet) is served as it is until it is.
+- READDIR of a bound directory that is not fresh loads it first (`load_dir`): every page of
+  the listing, the directory's entries and their inodes, bucket_listing.diff; then each
+  action is checked against the bucket as it is now (`_confirm`, HEAD_PARALLEL at a time: a
+  HEAD of each new object, for its attributes with bucket.head_objects, and of each changed
+  or vanished one), so a listing older than a version written meanwhile (write-back, another
+  loader) never undoes it; then the actions commit in batches (gateway_bucket_plan.py), the
+  last with SetListed(the time the listing started).
+- Any abort (a loader on another node linked a name first: EEXIST; an entry changed under
+  us) makes the loader re-read the directory and diff again (at most MAX_REDIFFS times);
+  every batch is right on its own, so nothing is half-applied and concurrent loaders end
+  with each name once. One load per directory runs in a gateway; others wait for it.
+- LOOKUP does not list a big directory for one name. Fresh: the state answers. Listed but
+  stale and small (at most SMALL_DIR names ever linked): relisted. Otherwise a missing name
+  is probed (HEAD key; else a one-key listing of key + "/": a directory), and an existing
+  entry from the bucket is revalidated with HEAD (changed: SetOrigin and chunk trims; gone:
+  removed) unless this gateway checked it within ttl (`_checked`, an LRU of CHECKED_MEMORY
+  entries, also holding names found missing).
+- lookup_nowait declines (None) whenever LOOKUP would go to the bucket (`bucket_nowait`).
+- Store errors (`_store_errors`, the one place): StoreUnavailable -> JUKEBOX, AccessDenied
+  -> ACCES, any other -> SERVERFAULT. A directory whose store is not configured on this node
+  is served as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from nfs_gateway.backend import (
+    Access,
+    FileId,
+    FileType,
+    FsError,
+    Jukebox,
+    ServerFault,
+    Stale,
+)
+from server.cluster import protocol as p
+from server.cluster.bucket import child_key, name_ok
+from server.cluster.bucket_listing import (
+    Action,
+    Listed,
+    add_page,
+    confirm,
+    diff,
+    from_bucket,
+)
+from server.cluster.gateway_bucket_plan import BucketPlans
+from server.cluster.gateway_plan import Done, Plan
+from server.fs.common import require_dir
+from server.fs.records import (
+    Dirent,
+    ExpectInode,
+    Inode,
+    SetListed,
+    SetOrigin,
+    decode_value,
+)
+from server.fs.state import FIRST_COOKIE
+from storage.objstore.base import (
+    AccessDenied,
+    ObjectInfo,
+    ObjectStore,
+    StoreError,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from server.cluster.gateway import ClusterBackend
+
+    _Base = ClusterBackend
+else:
+    _Base = object
+
+log = logging.getLogger("objcache.bucket")
+
+HEAD_PARALLEL = 16  # HEADs in flight during one load
+MAX_REDIFFS = 8  # re-reads of a directory after aborts during one load, then JUKEBOX
+SMALL_DIR = 1000  # LOOKUP relists a stale directory that ever linked at most this many names
+CHECKED_MEMORY = 65536  # entries and missing names whose last HEAD this gateway remembers
+LIST_PAGE_KEYS = 1000
+MAX_LIST_PAGES = 1000  # a directory of more than a million names is refused (SERVERFAULT)
+DIR_PAGE = 10_000  # entries per ReadDir while diffing
+INODE_BATCH = 4096  # inodes per GetInodes round while diffing
+
+# What a LOOKUP must do first (_lookup_step).
+WAIT, LIST, PROBE, HEAD = "wait", "list", "probe", "head"
+
+
+class _Flight:
+    """One load of a directory that other LOOKUPs and READDIRs of it wait for."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class _Memory:
+    def __init__(self) -> None:
+        self.flights: dict[int, _Flight] = {}
+        # ino -> when this gateway last checked it; (dir ino, name) -> when found missing
+        self.checked: OrderedDict[object, int] = OrderedDict()
+        self.stats: Counter[str] = Counter()
+        self.missing_stores: set[int] = set()
+
+
+@contextmanager
+def _store_errors(store: ObjectStore, what: str) -> Iterator[None]:
+    """The one mapping of object-store errors to NFS errors (module rules)."""
+    try:
+        yield
+    except StoreUnavailable as e:
+        raise Jukebox(f"{store.url}: {what}: {e}") from e
+    except AccessDenied as e:
+        raise Access(f"{store.url}: {what}: {e}") from e
+    except StoreError as e:
+        raise ServerFault(f"{store.url}: {what}: {type(e).__name__}: {e}") from e
+
+
+class BucketOps(BucketPlans):
+    # -- hooks of gateway.py ----------------------------------------------------------------
+
+    def needs_listing(self, d: Inode) -> bool:
+        """READDIR: `d` is bound to a store of this node and not fresh."""
+        return self._store_of(d) is not None and not self._fresh(d)
+
+    async def reload_dir(self, d: Inode, cookie: int, want: int) -> tuple[Inode, Any]:
+        """READDIR: load `d`, then read the page again."""
+        await self.load_dir(d)
+        reply = await self._at_inode(d.ino, p.ReadDir(0, d.ino, cookie, want))
+        now = decode_value(reply.dir) if reply.dir else None
+        if now is None or now.gen != d.gen:
+            raise Stale(f"no directory {d.ino} generation {d.gen}")
+        return now, reply
+
+    def bucket_nowait(self, d: Inode, name: bytes, reply: Any) -> bool:
+        """lookup_nowait: whether the state alone answers LOOKUP of `name` in `d`."""
+        child = decode_value(reply.child) if reply.child else None
+        return self._lookup_step(d, name, bool(reply.dirent), child) is None
+
+    async def bucket_lookup(self, d: Inode, name: bytes, ent: Dirent | None,
+                            child: Inode | None) -> tuple[Inode, Inode | None]:
+        """LOOKUP: bring `name` in `d` up to date with the bucket (module rules); the
+        directory and the entry's inode as they are afterwards."""
+        step = self._lookup_step(d, name, ent is not None, child)
+        if step is None:
+            return d, child
+        if step == WAIT:
+            flight = self._bmem.flights.get(d.ino)
+            if flight is not None:
+                await self._wait(flight)
+        elif step == LIST:
+            await self.load_dir(d)
+        elif step == PROBE:
+            await self._probe(d, name)
+        else:
+            assert ent is not None and child is not None
+            await self._revalidate(d, name, ent, child)
+        d, _, child = await self._lookup_at(self._fid(d), name)
+        if child is not None and step in (PROBE, HEAD):
+            self._remember(child.ino)  # just read from the bucket
+        return d, child
+
+    # -- what LOOKUP needs ------------------------------------------------------------------
+
+    @property
+    def _bmem(self) -> _Memory:
+        mem = self.__dict__.get("_bucket_memory")
+        if mem is None:
+            mem = self.__dict__["_bucket_memory"] = _Memory()
+        return mem
+
+    def _store_of(self, d: Inode) -> ObjectStore | None:
+        if not d.store or d.dver != d.cver:
+            return None  # not bound, or changed here and not written back yet
+        store = self.stores.get(d.store)
+        if store is None and d.store not in self._bmem.missing_stores:
+            self._bmem.missing_stores.add(d.store)
+            log.warning("directory %d is bound to store %d, which this node does not have; "
+                        "served as it is", d.ino, d.store)
+        return store
+
+    def _ttl_ns(self) -> int:
+        return int(self.bucket.ttl_s * 1e9)
+
+    def _fresh(self, d: Inode) -> bool:
+        return d.listed_ns != 0 and abs(self._now() - d.listed_ns) < self._ttl_ns()
+
+    def _checked_recently(self, key: object) -> bool:
+        at = self._bmem.checked.get(key)
+        return at is not None and abs(self._now() - at) < self._ttl_ns()
+
+    def _remember(self, key: object) -> None:
+        checked = self._bmem.checked
+        checked[key] = self._now()
+        checked.move_to_end(key)
+        while len(checked) > CHECKED_MEMORY:
+            checked.popitem(last=False)
+
+    def _lookup_step(self, d: Inode, name: bytes, has_entry: bool,
+                     child: Inode | None) -> str | None:
+        if self._store_of(d) is None or not name_ok(name):
+            return None
+        if d.ino in self._bmem.flights:
+            return WAIT
+        if self._fresh(d):
+            return None
+        if d.listed_ns and d.next_cookie - FIRST_COOKIE <= SMALL_DIR:
+            return LIST
+        if not has_entry:
+            return None if self._checked_recently((d.ino, name)) else PROBE
+        if child is None or child.ftype == FileType.DIR or not from_bucket(d, name, child):
+            return None  # directories go only with a listing; local entries stay
+        return None if self._checked_recently(child.ino) else HEAD
+
+    async def _probe(self, d: Inode, name: bytes) -> None:
+        """A name missing in `d`: the object, else a directory of that name, else nothing."""
+        store = self._store_of(d)
+        assert store is not None
+        key = child_key(d.okey, name, False).decode()
+        info = await self._head(store, key)
+        if info is not None:
+            lst = Listed(name, key.encode(), False, info.size, info.etag.encode(), info.mtime_ns)
+        else:
+            with _store_errors(store, f"list {key}/"):
+                page = await store.list_page(key + "/", max_keys=1)
+            self._bmem.stats["lists"] += 1
+            if not (page.objects or page.prefixes):
+                self._remember((d.ino, name))
+                return
+            lst = Listed(name, key.encode() + b"/", True)
+            info = await self._head(store, key + "/") if self.bucket.head_objects else None
+        meta = {name: info.metadata} if info is not None else {}
+        await self._run_batch(d, [Action(name, create=lst)], meta, None)
+        self._remember((d.ino, name))
+
+    async def _revalidate(self, d: Inode, name: bytes, ent: Dirent, child: Inode) -> None:
+        """An entry from the bucket not checked within ttl: HEAD its object."""
+        store = self._store_of(d)
+        assert store is not None
+        info = await self._head(store, child.okey.decode())
+        self._remember(child.ino)
+        if info is not None and info.etag.encode() == child.etag:
+            return
+        if info is None:
+            action = Action(name, old=child, old_dirent=ent)
+        else:
+            lst = Listed(name, child.okey, False, info.size, info.etag.encode(), info.mtime_ns)
+            kind = "change" if child.ftype == FileType.REG else "create"
+            action = Action(name, old=child, old_dirent=ent, **{kind: lst})
+        meta = {name: info.metadata} if info is not None else {}
+        await self._run_batch(d, [action], meta, None)
+
+    async def _head(self, store: ObjectStore, key: str) -> ObjectInfo | None:
+        self._bmem.stats["heads"] += 1
+        with _store_errors(store, f"head {key}"):
+            return await store.head(key)
+
+    # -- loading a whole directory ----------------------------------------------------------
+
+    async def load_dir(self, d: Inode) -> None:
+        """Load the listing of bound directory `d` (single flight in this gateway)."""
+        flights = self._bmem.flights
+        flight = flights.get(d.ino)
+        if flight is not None:
+            await self._wait(flight)
+            return
+        flight = flights[d.ino] = _Flight()
+        try:
+            await self._load(d)
+        except BaseException as e:
+            flight.error = e
+            raise
+        finally:
+            del flights[d.ino]
+            flight.done.set()
+
+    async def _wait(self, flight: _Flight) -> None:
+        await flight.done.wait()
+        e = flight.error
+        if isinstance(e, FsError):
+            raise type(e)(str(e))
+        if e is not None:
+            raise Jukebox(f"the directory's load failed: {type(e).__name__}")
+
+    async def _load(self, d: Inode) -> None:
+        store = self._store_of(d)
+        assert store is not None
+        started = self._now()
+        listed = await self._list_all(store, d.okey.decode())
+        meta: dict[bytes, Mapping[str, str]] = {}
+        self._bmem.stats["loads"] += 1
+        for _ in range(MAX_REDIFFS):
+            d, current = await self._entries(d)
+            inodes = await self._entry_inodes(current)
+            actions = await self._removable(diff(d, listed, current, inodes))
+            actions = await self._confirm(store, actions, meta)
+            if await self._commit(d, actions, meta, started):
+                return
+            self._bmem.stats["rediffs"] += 1
+        raise Jukebox(f"directory {d.ino} kept changing while it was loaded")
+
+    async def _list_all(self, store: ObjectStore, prefix: str) -> dict[bytes, Listed]:
+        listed: dict[bytes, Listed] = {}
+        token = None
+        for _ in range(MAX_LIST_PAGES):
+            with _store_errors(store, f"list {prefix}"):
+                page = await store.list_page(prefix, delimiter="/", token=token,
+                                             max_keys=LIST_PAGE_KEYS)
+            self._bmem.stats["lists"] += 1
+            add_page(listed, prefix, page, self.config.max_name_bytes)
+            if page.next_token is None:
+                return listed
+            token = page.next_token
+        raise ServerFault(f"{store.url}: {prefix!r} has more than "
+                          f"{MAX_LIST_PAGES * LIST_PAGE_KEYS} names")
+
+    async def _entries(self, d: Inode) -> tuple[Inode, dict[bytes, Dirent]]:
+        """The directory (Stale if gone) and all of its entries."""
+        out: dict[bytes, Dirent] = {}
+        cookie = 0
+        for _ in range(MAX_LIST_PAGES):
+            reply = await self._at_inode(d.ino, p.ReadDir(0, d.ino, cookie, DIR_PAGE))
+            now = decode_value(reply.dir) if reply.dir else None
+            if now is None or now.gen != d.gen:
+                raise Stale(f"no directory {d.ino} generation {d.gen}")
+            for c, name, ino, ftype in reply.entries:
+                out[name] = Dirent(ino, c, FileType(ftype))
+            if reply.eof or not reply.entries:
+                return now, out
+            cookie = reply.entries[-1][0]
+        raise ServerFault(f"directory {d.ino} has too many entries to load")
+
+    async def _entry_inodes(self, current: Mapping[bytes, Dirent]) -> dict[int, Inode | None]:
+        inos = sorted({ent.ino for ent in current.values()})
+        out: dict[int, Inode | None] = {}
+        for i in range(0, len(inos), INODE_BATCH):
+            out.update(await self._inodes(inos[i:i + INODE_BATCH]))
+        return out
+
+    async def _removable(self, actions: list[Action]) -> list[Action]:
+        """Drop the removals of loaded directories that still have entries (left alone)."""
+        out = []
+        for a in actions:
+            old = a.old
+            if old is not None and old.ftype == FileType.DIR and not await self._is_empty(old.ino):
+                log.info("bucket: directory %r is gone from the bucket but not empty; kept",
+                         old.okey)
+                continue
+            out.append(a)
+        return out
+
+    async def _confirm(self, store: ObjectStore, actions: list[Action],
+                       meta: dict[bytes, Mapping[str, str]]) -> list[Action]:
+        """Each action checked against the bucket as it is now (bucket_listing.confirm): a
+        HEAD of a new object (with bucket.head_objects: for its attributes) or of a changed
+        or vanished one, a one-key listing of a vanished directory. The listing may be older
+        than a version written meanwhile (write-back, another loader): it never undoes one."""
+        out: list[Action | None] = list(actions)
+        limiter = trio.CapacityLimiter(HEAD_PARALLEL)
+
+        async def one(i: int, a: Action) -> None:
+            async with limiter:
+                if a.old is not None and a.old.ftype == FileType.DIR and a.create is None:
+                    with _store_errors(store, f"list {a.old.okey!r}"):
+                        page = await store.list_page(a.old.okey.decode(), max_keys=1)
+                    if page.objects or page.prefixes:
+                        out[i] = None  # there again
+                    return
+                key = a.create.key if a.create is not None else a.old.okey  # type: ignore[union-attr]
+                info = await self._head(store, key.decode())
+                meta[a.name] = info.metadata if info is not None else {}
+                out[i] = confirm(a, info)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, a in enumerate(actions):
+                    if a.create is None or self.bucket.head_objects or a.old is not None:
+                        nursery.start_soon(one, i, a)
+        except BaseExceptionGroup as eg:
+            first = _first_leaf(eg)
+            if isinstance(first, FsError):
+                raise first from eg
+            raise
+        return [a for a in out if a is not None]
+
+    # -- the data path and the node ---------------------------------------------------------
+
+    async def revalidate_file(self, ino: int) -> None:
+        """gateway_data.py: the object of file `ino` changed under a read. Its new version is
+        loaded; an object that is gone leaves the file empty until its directory's next
+        listing removes it. A file changed here and not written back is left to write-back
+        (its bytes are not the bucket's to replace)."""
+        inode = await self._inode(ino)
+        if (inode is None or inode.ftype != FileType.REG or not inode.etag or inode.inline
+                or inode.dver != inode.cver):
+            return
+        store = self.stores.get(inode.store)
+        if store is None:
+            return
+        info = await self._head(store, inode.okey.decode())
+        self._remember(ino)
+        if info is not None and info.etag.encode() == inode.etag:
+            return
+        if info is None:
+            lst = Listed(b"", inode.okey, False, 0, inode.etag, 0)
+        else:
+            lst = Listed(b"", inode.okey, False, info.size, info.etag.encode(), info.mtime_ns)
+
+        async def build() -> Plan | Done:
+            now = await self._inode(ino)
+            if now is None or (now.etag, now.okey, now.dver) != (inode.etag, inode.okey,
+                                                                 inode.cver):
+                return Done(None)  # revalidated meanwhile, or no longer the bucket's
+            plan = Plan(self.ring.group_of_inode(ino), {ino: now})
+            self._plan_change(plan, now.store, now, lst)
+            return plan
+
+        await self._change(build)
+
+    async def bind_store(self, export: str | FileId | int, store_id: int) -> None:
+        """Bind an export's directory to object store `store_id` (key prefix ""), unless it
+        is bound to it already; its first READDIR or LOOKUP loads it."""
+        if isinstance(export, str):
+            fid = await self.export_root(export)
+        elif isinstance(export, FileId):
+            fid = export
+        else:
+            inode = await self._inode(export)
+            if inode is None:
+                raise Stale(f"no inode {export}")
+            fid = self._fid(inode)
+
+        async def build() -> Plan | Done:
+            d = await self._get(fid)
+            require_dir(d)
+            if d.store == store_id and d.okey == b"":
+                return Done(None)
+            plan = Plan(self.ring.group_of_inode(d.ino), {d.ino: d})
+            plan.add(plan.coordinator, ExpectInode(d.ino, d.gen),
+                     SetOrigin(d.ino, store_id, b""), SetListed(d.ino, 0))
+            return plan
+
+        await self._change(build)
+
+    def bucket_stats(self) -> dict[str, int]:
+        """Loads, listings, HEADs and entries created, changed and removed by this gateway."""
+        return dict(self._bmem.stats)
+
+
+def _first_leaf(eg: BaseExceptionGroup) -> BaseException:
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
+
