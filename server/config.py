@@ -148,6 +148,26 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """How a node caches the bucket and writes back to it (server/cluster/bucket.py, flush.py)."""
+
+    capacity_bytes: int = 8 << 30  # clean cached chunks are evicted (LRU) above this
+    ttl_s: float = 30.0  # listings and clean files' attributes are revalidated after this
+    readahead_chunks: int = 2  # chunks fetched ahead of a sequential reader
+    fetch_parallel: int = 4  # ranged GETs in flight for one chunk
+    fetch_part_bytes: int = 4 << 20  # bytes per ranged GET
+    head_objects: bool = True  # a listing HEADs new objects for their x-amz-meta-* attributes
+    file_mode: int = 0o644  # attributes of objects objcache did not write
+    dir_mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    flush_delay_s: float = 5.0  # a changed file is written back this long after its change
+    flush_interval_s: float = 1.0  # how often the write-back looks for work
+    flush_parallel: int = 8  # files uploaded at once
+    flush_part_parallel: int = 4  # parts of one multipart upload at once
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     nfs: NfsConfig = field(default_factory=NfsConfig)
@@ -156,6 +176,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     exports: tuple[ExportConfig, ...] = (ExportConfig(),)
 
     # Derived, validated views.
@@ -234,6 +255,19 @@ _RANGES: dict[str, tuple[float, float]] = {
     "store.max_connections": (1, 1024),
     "store.max_attempts": (1, 100),
     "store.timeout_s": (0.1, 3600),
+    "cache.capacity_bytes": (1 << 20, 1 << 60),
+    "cache.ttl_s": (0, 86_400 * 365),
+    "cache.readahead_chunks": (0, 64),
+    "cache.fetch_parallel": (1, 64),
+    "cache.fetch_part_bytes": (64 << 10, 1 << 30),
+    "cache.file_mode": (0, 0o7777),
+    "cache.dir_mode": (0, 0o7777),
+    "cache.uid": (0, 2**32 - 1),
+    "cache.gid": (0, 2**32 - 1),
+    "cache.flush_delay_s": (0, 86_400),
+    "cache.flush_interval_s": (0.01, 3600),
+    "cache.flush_parallel": (1, 256),
+    "cache.flush_part_parallel": (1, 64),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -22,7 +22,13 @@ from tqdm import tqdm
 
 from server.cluster import fsck as cluster_fsck
 from server.cluster import protocol as p
-from server.cluster.bucket_admin import EvictRequest, JobRequest, JobStatus, WarmRequest
+from server.cluster.bucket_admin import (
+    EvictRequest,
+    FlushRequest,
+    JobRequest,
+    JobStatus,
+    WarmRequest,
+)
 from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
 from server.rpc.frames import RpcError
@@ -43,9 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds to let in-flight transactions finish before reporting them")
     f.add_argument("--json", action="store_true")
     for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
-                       ("evict", "drop the clean cached copies of a tree's files")):
+                       ("evict", "drop the clean cached copies of a tree's files"),
+                       ("flush", "write a tree's changes back to the bucket now")):
         w = admin_sub.add_parser(name, help=text)
-        w.add_argument("path", help="a path in the namespace (/ is the root)")
+        w.add_argument("path", nargs="?" if name == "flush" else None, default="/",
+                       help="a path in the namespace (/ is the root)")
         w.add_argument("--node", required=True, metavar="ID=HOST:PORT",
                        help="any node's id and RPC address (it runs the job)")
         w.add_argument("--cluster-secret-file", required=True, type=Path)
@@ -89,7 +97,8 @@ def _admin_plane(node_id: int, addr: str, secret: bytes) -> RpcPlane:
 async def _job(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
     """warm / evict: start the job on the node, follow it to its end."""
     plane = _admin_plane(node_id, addr, secret)
-    start = (WarmRequest if args.admin_command == "warm" else EvictRequest)(args.path)
+    kinds = {"warm": WarmRequest, "evict": EvictRequest, "flush": FlushRequest}
+    start = kinds[args.admin_command](args.path)
     async with trio.open_nursery() as nursery:
         await nursery.start(plane.run)
         status = await plane.call(node_id, start, 30.0)
@@ -105,10 +114,14 @@ async def _job(node_id: int, addr: str, secret: bytes, args: argparse.Namespace)
                           "total_bytes": status.total_bytes, "done_bytes": status.done_bytes,
                           "errors": list(status.errors)}))
     else:
-        verb = "cached" if args.admin_command == "warm" else "freed"
-        print(f"{args.admin_command} {args.path}: {status.files} files, "
-              f"{status.done_bytes / 2**20:.1f} MiB {verb}"
-              + (f", {len(status.errors)} errors" if status.errors else ""))
+        if args.admin_command == "flush":
+            print(f"flush {args.path}: {status.done_bytes} files written or deleted"
+                  + (f", {len(status.errors)} errors" if status.errors else ""))
+        else:
+            verb = "cached" if args.admin_command == "warm" else "freed"
+            print(f"{args.admin_command} {args.path}: {status.files} files, "
+                  f"{status.done_bytes / 2**20:.1f} MiB {verb}"
+                  + (f", {len(status.errors)} errors" if status.errors else ""))
         for line in status.errors:
             print(f"  {line}")
     return 0 if not status.errors else 1

@@ -51,6 +51,11 @@ class BucketConfig:
     gid: int = 0
 
 
+# The etag of an export's root directory once bound to its store: a directory made here has
+# no key prefix yet (b"") and must not be listed, the root's prefix is b"" too.
+ROOT_MARK = b"/"
+
+
 def is_backed(inode: Inode, index: int) -> bool:
     """Chunk `index` may still be the bucket's bytes (unless materialized; module rules)."""
     return bool(inode.etag) and not inode.inline and index * inode.chunk_size < inode.obase

@@ -10,6 +10,8 @@ Rules:
   chunk already cached costs its owner one index lookup.
 - evict: the walk, then DropCached at every group that may hold a chunk of each file. Only
   clean copies go; materialized and written chunks are the replicated state's.
+- flush: forced write-back rounds (flush.py) for the tree under PATH until nothing there is
+  dirty or waiting to be deleted; progress counts files written and objects deleted.
 - Errors of one file (gone meanwhile, a store error) are counted and the first few reported;
   the job goes on with the rest.
 """
@@ -25,6 +27,7 @@ import trio
 from nfs_gateway.backend import Cred, FileId, FileType, FsError
 from server.cluster import protocol as p
 from server.cluster.bucket import is_backed
+from server.cluster.flush import Flusher
 from server.cluster.gateway import ClusterBackend
 from server.fs.records import Inode
 from server.rpc.codec import message
@@ -37,6 +40,8 @@ ROOT = Cred(0, 0)
 MAX_ERRORS = 20  # reported per job
 WARM_PARALLEL = 8  # chunks in flight
 READDIR_PAGE = 1000
+FLUSH_STALLED_ROUNDS = 5  # forced rounds in a row that wrote nothing: give up and report
+FLUSH_RETRY_S = 0.2
 
 
 @message("adm.warm")
@@ -48,6 +53,12 @@ class WarmRequest:
 @message("adm.evict")
 @dataclass(frozen=True, slots=True)
 class EvictRequest:
+    path: str
+
+
+@message("adm.flush")
+@dataclass(frozen=True, slots=True)
+class FlushRequest:
     path: str
 
 
@@ -98,9 +109,11 @@ class BucketAdmin:
     """The node's warm and evict jobs (module rules). `serve(nursery)` registers the
     handlers on the plane."""
 
-    def __init__(self, backend: ClusterBackend, plane: RpcPlane) -> None:
+    def __init__(self, backend: ClusterBackend, plane: RpcPlane,
+                 flusher: Flusher | None = None) -> None:
         self.backend = backend
         self.plane = plane
+        self.flusher = flusher
         self.jobs: dict[int, _Job] = {}
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
@@ -109,10 +122,12 @@ class BucketAdmin:
         self._nursery = nursery
         self.plane.register(WarmRequest, self._on_start)
         self.plane.register(EvictRequest, self._on_start)
+        self.plane.register(FlushRequest, self._on_start)
         self.plane.register(JobRequest, self._on_job)
 
-    async def _on_start(self, peer: int, req: WarmRequest | EvictRequest) -> JobStatus:
-        kind = "warm" if isinstance(req, WarmRequest) else "evict"
+    async def _on_start(self, peer: int, req: WarmRequest | EvictRequest | FlushRequest
+                        ) -> JobStatus:
+        kind = {WarmRequest: "warm", EvictRequest: "evict", FlushRequest: "flush"}[type(req)]
         job = self.start(kind, req.path)
         return job.status()
 
@@ -131,6 +146,9 @@ class BucketAdmin:
 
     async def run(self, job: _Job) -> None:
         try:
+            if job.kind == "flush":
+                await self._flush(job)
+                return
             files = await self._walk(job)
             job.walked = True
             if job.kind == "warm":
@@ -143,6 +161,39 @@ class BucketAdmin:
             job.finished = True
             log.info("%s %s: %d files, %d of %d bytes, %d errors", job.kind, job.path,
                      job.files, job.done_bytes, job.total_bytes, len(job.errors))
+
+    async def _flush(self, job: _Job) -> None:
+        """Force write-back rounds for the tree under job.path until nothing there is dirty
+        or to be deleted, or rounds stop making progress (what is left is reported)."""
+        if self.flusher is None:
+            job.error("this node has no write-back")
+            return
+        b = self.backend
+        fid = await b.export_root("/")
+        for part in (x for x in job.path.split("/") if x):
+            fid = (await b.lookup(ROOT, fid, part.encode())).fid
+        inode = await b._get(fid)
+        stores = [inode.store] if inode.store else sorted(b.store_roots)
+        job.walked = True
+        for store in stores:
+            if store not in b.store_roots:
+                continue
+            under = await self.flusher._key_of(inode, {}) if inode.store else None
+            stalled = 0
+            while stalled < FLUSH_STALLED_ROUNDS:
+                res = await self.flusher.round(store, force=True, under=under or None)
+                job.done_bytes += res.flushed + res.deleted
+                job.files = job.done_bytes
+                job.total_bytes = job.done_bytes + res.dirty_left + res.deletes_left
+                for e in res.errors:
+                    job.error(e)
+                if not res.dirty_left and not res.deletes_left:
+                    break
+                stalled = 0 if res.flushed or res.deleted else stalled + 1
+                await trio.sleep(FLUSH_RETRY_S)
+            else:
+                job.error(f"store {store}: {res.dirty_left} files and {res.deletes_left} "
+                          f"deletes could not be written back")
 
     async def _walk(self, job: _Job) -> list[Inode]:
         """Every regular file under job.path (the path itself if it is a file)."""

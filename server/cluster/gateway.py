@@ -105,6 +105,9 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         # names a store is loaded from it on first use and revalidated after bucket.ttl_s.
         self.stores: Mapping[int, ObjectStore] = stores or {}
         self.bucket = bucket or BucketConfig()
+        # The root directory of each store (export id -> inode): its group keeps the store's
+        # key table (flush.py). Set by the node once the export roots are bound.
+        self.store_roots: dict[int, int] = {}
         self._sequential: dict[int, int] = {}  # ino -> where its last READ ended (read-ahead)
         self._prefetched: dict[tuple[int, int], None] = {}  # chunks asked ahead, oldest first
         self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local

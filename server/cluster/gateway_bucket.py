@@ -51,7 +51,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.cluster import protocol as p
-from server.cluster.bucket import child_key, name_ok
+from server.cluster.bucket import ROOT_MARK, child_key, name_ok
 from server.cluster.bucket_listing import (
     Action,
     Listed,
@@ -186,8 +186,8 @@ class BucketOps(BucketPlans):
         return mem
 
     def _store_of(self, d: Inode) -> ObjectStore | None:
-        if not d.store or d.dver != d.cver:
-            return None  # not bound, or changed here and not written back yet
+        if not d.store or not (d.okey or d.etag == ROOT_MARK):
+            return None  # not bound, or made here and not written back yet (no prefix)
         store = self.stores.get(d.store)
         if store is None and d.store not in self._bmem.missing_stores:
             self._bmem.missing_stores.add(d.store)
@@ -233,6 +233,10 @@ class BucketOps(BucketPlans):
         store = self._store_of(d)
         assert store is not None
         key = child_key(d.okey, name, False).decode()
+        taken = await self._keys_in_flight(d)
+        if key.encode() in taken or key.encode() + b"/" in taken:
+            self._remember((d.ino, name))
+            return
         info = await self._head(store, key)
         if info is not None:
             lst = Listed(name, key.encode(), False, info.size, info.etag.encode(), info.mtime_ns)
@@ -303,6 +307,8 @@ class BucketOps(BucketPlans):
         assert store is not None
         started = self._now()
         listed = await self._list_all(store, d.okey.decode())
+        taken = await self._keys_in_flight(d)
+        listed = {name: lst for name, lst in listed.items() if lst.key not in taken}
         meta: dict[bytes, Mapping[str, str]] = {}
         self._bmem.stats["loads"] += 1
         for _ in range(MAX_REDIFFS):
@@ -314,6 +320,15 @@ class BucketOps(BucketPlans):
                 return
             self._bmem.stats["rediffs"] += 1
         raise Jukebox(f"directory {d.ino} kept changing while it was loaded")
+
+    async def _keys_in_flight(self, d: Inode) -> frozenset[bytes]:
+        """Keys under `d`'s prefix that write-back is moving, writing or deleting (its key
+        table, flush.py): objects there are not new entries, whatever the listing says."""
+        root = self.store_roots.get(d.store)
+        if root is None:
+            return frozenset()
+        reply = await self._at_inode(root, p.KeysUnder(0, d.store, d.okey))
+        return frozenset(reply.keys)
 
     async def _list_all(self, store: ObjectStore, prefix: str) -> dict[bytes, Listed]:
         listed: dict[bytes, Listed] = {}
@@ -449,11 +464,12 @@ class BucketOps(BucketPlans):
         async def build() -> Plan | Done:
             d = await self._get(fid)
             require_dir(d)
-            if d.store == store_id and d.okey == b"":
+            self.store_roots[store_id] = d.ino
+            if d.store == store_id and d.okey == b"" and d.etag == ROOT_MARK:
                 return Done(None)
             plan = Plan(self.ring.group_of_inode(d.ino), {d.ino: d})
             plan.add(plan.coordinator, ExpectInode(d.ino, d.gen),
-                     SetOrigin(d.ino, store_id, b""), SetListed(d.ino, 0))
+                     SetOrigin(d.ino, store_id, b"", ROOT_MARK), SetListed(d.ino, 0))
             return plan
 
         await self._change(build)

@@ -30,6 +30,7 @@ from server.fs.records import (
     Dirent,
     ExpectInode,
     Inode,
+    KeyRelease,
     LinkDirent,
     SetListed,
     SetOrigin,
@@ -138,6 +139,10 @@ class BucketPlans(_Base):
         plan.before[old.ino] = old
         plan.dirents[(d.ino, name)] = dirent
         plan.add(plan.coordinator, UnlinkDirent(d.ino, name, now, expect_ino=old.ino))
+        root = self.store_roots.get(old.store)
+        if root is not None and old.okey:  # write-back's entry of that key, if any, goes
+            plan.add(self.ring.group_of_inode(root),
+                     KeyRelease(old.store, old.okey, old.ino, delete=False))
         if old.ftype == FileType.DIR:
             plan.add(group, ExpectInode(old.ino, old.gen, empty=True), SetOrigin(old.ino, 0, b""),
                      AdjustLinks(old.ino, -2, now))

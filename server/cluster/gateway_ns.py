@@ -64,6 +64,8 @@ from server.fs.records import (
     CreateInode,
     ExpectInode,
     Inode,
+    KeyHold,
+    KeyRelease,
     LinkDirent,
     SetAttr,
     SetName,
@@ -292,10 +294,14 @@ class NamespaceOps(_Base):
         """One name of `victim` goes (a directory's own `.` with it)."""
         group = self.ring.group_of_inode(victim.ino)
         plan.before[victim.ino] = victim
-        if victim.nlink > 1 and (victim.parent, victim.pname) == (dir_ino, name):
+        last = victim.ftype == FileType.DIR or victim.nlink == 1
+        if not last and (victim.parent, victim.pname) == (dir_ino, name):
             # Its primary name goes, others stay: write-back has no key for it any more
             # (hard links have no place in a bucket; flush.py deletes its object).
             plan.add(group, SetName(victim.ino, 0, b"", now))
+            self._hold_key(plan, victim)
+        elif last:
+            self._release_key(plan, victim)
         if victim.ftype == FileType.DIR:
             plan.add(group, ExpectInode(victim.ino, victim.gen, empty=True),
                      AdjustLinks(victim.ino, -2, now))
@@ -310,6 +316,27 @@ class NamespaceOps(_Base):
         if others and victim.nlink == 1:
             for g in sorted(others):
                 plan.add(g, ChunkDelete(victim.ino))
+
+    def _key_group(self, inode: Inode) -> int | None:
+        """The group keeping the key table of the inode's bucket (its store's root), if the
+        inode has an object there (server/cluster/flush.py)."""
+        if not (inode.store and inode.okey):
+            return None
+        root = self.store_roots.get(inode.store)
+        return None if root is None else self.ring.group_of_inode(root)
+
+    def _hold_key(self, plan: Plan, inode: Inode) -> None:
+        """The inode moves away from its object's key: nobody may write there until the
+        write-back moved the object (flush.py)."""
+        g = self._key_group(inode)
+        if g is not None:
+            plan.add(g, KeyHold(inode.store, inode.okey, inode.ino))
+
+    def _release_key(self, plan: Plan, inode: Inode) -> None:
+        """The inode goes: its object is to be deleted from the bucket."""
+        g = self._key_group(inode)
+        if g is not None:
+            plan.add(g, KeyRelease(inode.store, inode.okey, inode.ino, delete=True))
 
     def _check_sticky(self, cred: Cred, d: Inode, victim: Inode, dw: Wcc) -> None:
         try:
@@ -381,6 +408,7 @@ class NamespaceOps(_Base):
         plan.add(ring.group_of_inode(td.ino), LinkDirent(td.ino, tname, src.ino, src.ftype, now))
         # Its name (and a directory's `..`) and ctime change; write-back moves its object.
         plan.add(ring.group_of_inode(src.ino), SetName(src.ino, td.ino, tname, now))
+        self._hold_key(plan, src)
         plan.finish = lambda after: RenameResult(
             self._wcc(fd, after.get(fd.ino, fd)), self._wcc(td, after.get(td.ino, td)))
         return plan

@@ -41,6 +41,7 @@ from raft.errors import NotLeader, RaftError
 from raft.node import RawNode, bootstrap_log
 from raft.ready import Role, Snapshot, SnapshotRequest
 from raft.types import Entry, SnapshotMeta
+from server.cluster import bucket_upload
 from server.cluster import protocol as p
 from server.cluster.nodelist import NodeList
 from server.cluster.statemachine import (
@@ -178,7 +179,8 @@ class GroupRuntime:
 
     def _register(self, plane: RpcPlane) -> None:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
-                    p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList, p.DropCached):
+                    p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList, p.DropCached,
+                    p.ScanFlush, p.PutObject, p.PutPart, p.KeysUnder):
             plane.register(cls, self._on_request)
         register_txn_messages()
         plane.register(p.TxnEnvelope, self._on_txn_envelope)
@@ -231,6 +233,10 @@ class GroupRuntime:
         if isinstance(request, p.DropCached):
             freed = await self.bucket.drop(request.ino) if self.bucket is not None else 0
             return p.DroppedReply(freed)
+        if isinstance(request, p.PutObject):
+            return await bucket_upload.put_object(self, request)
+        if isinstance(request, p.PutPart):
+            return await bucket_upload.put_part(self, request)
         if not self._sole_voter():
             try:
                 await self.driver.read_index()
@@ -238,6 +244,10 @@ class GroupRuntime:
                 raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
         if isinstance(request, p.ScanState):
             return await trio.to_thread.run_sync(self._scan, request)
+        if isinstance(request, p.ScanFlush):
+            return await trio.to_thread.run_sync(self._scan_flush, request)
+        if isinstance(request, p.KeysUnder):
+            return await trio.to_thread.run_sync(self._keys_under, request)
         if self.bucket is not None and isinstance(request, p.ReadHead | p.ReadChunk):
             return await self._answer_backed(request)
         if isinstance(request, INLINE_READS):
@@ -271,6 +281,27 @@ class GroupRuntime:
             return self._answer_sync(request)
         except RemoteError:
             return None
+
+    def _keys_under(self, req: p.KeysUnder) -> p.KeysReply:
+        prefix = fs_keys.bucket_key(req.store, req.prefix)
+        rows = self.kv.iterate_sync(prefix=prefix)
+        return p.KeysReply(tuple(fs_keys.parse_bucket_key(k)[1] for k, _ in rows))
+
+    def _scan_flush(self, req: p.ScanFlush) -> p.ScanFlushReply:
+        """Write-back's tables, in key order (keys.BUCKET_KEY < keys.DIRTY)."""
+        limit = max(1, min(req.limit, 10_000))
+        out: list[tuple[bytes, bytes]] = []
+        for prefix in (fs_keys.BUCKET_KEY, fs_keys.DIRTY):
+            if req.start > prefix and not req.start.startswith(prefix):
+                continue
+            start = max(req.start, prefix)
+            for k, v in self.kv.iterate_sync(prefix=prefix, start=start, limit=limit - len(out)):
+                if prefix == fs_keys.DIRTY:
+                    v = self.kv.get_sync(fs_keys.inode_key(int.from_bytes(k[4:], "big"))) or b""
+                out.append((k, v))
+            if len(out) >= limit:
+                return p.ScanFlushReply(tuple(out), out[-1][0] + b"\0")
+        return p.ScanFlushReply(tuple(out), b"")
 
     def _scan(self, req: p.ScanState) -> p.ScanStateReply:
         """fsck's view of the state: the `fs.` then the `txn/` key space, in pages."""

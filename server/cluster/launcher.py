@@ -35,10 +35,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from server.cluster.nodelist import MAX_GROUP_MEMBERS
 from server.cluster.ready import Ready, read_ready, remove_ready
@@ -104,10 +104,16 @@ def plan(nodes: int, replicas: int, base_port: int) -> list[NodePlan]:
     return out
 
 
-def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path) -> str:
-    """One node's config: loopback addresses, no portmapper (one port 111 per machine)."""
+def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
+              sections: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """One node's config: loopback addresses, no portmapper (one port 111 per machine);
+    `sections`: more TOML tables every node gets ([store], [cache])."""
     q = json.dumps  # a JSON string is a TOML basic string
     peers = ", ".join(q(f"{n.node_id}={n.rpc}") for n in nodes)
+    more: list[str] = []
+    for name, table in sorted((sections or {}).items()):
+        if table:
+            more += [f"[{name}]", *(f"{k} = {q(v)}" for k, v in sorted(table.items())), ""]
     return "\n".join([
         f"# objcache cluster up: node {node.node_id} of {len(nodes)} (group {node.group})",
         "[node]", f"data_dir = {q(str(node.dir(root)))}", "",
@@ -116,6 +122,7 @@ def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path) -> str:
         "[cluster]", f"node_id = {node.node_id}", f"listen = {q(node.rpc)}",
         f"peers = [{peers}]", f"group = {node.group}",
         f"cluster_secret_file = {q(str(root / SECRET_FILE))}", "",
+        *more,
     ])
 
 
@@ -211,11 +218,12 @@ class Started:
 
 def up(root: Path, nodes: int, replicas: int = 1, base_port: int = DEFAULT_BASE_PORT, *,
        timeout_s: float = 120.0, as_json: bool = False, out: TextIO = sys.stdout,
-       err: TextIO = sys.stderr, node_argv: Callable[[Path], list[str]] = serve_argv) -> int:
+       err: TextIO = sys.stderr, node_argv: Callable[[Path], list[str]] = serve_argv,
+       sections: Mapping[str, Mapping[str, Any]] | None = None) -> int:
     root = root.resolve()
     try:
         layout = plan(nodes, replicas, base_port)
-        _prepare(root, layout)
+        _prepare(root, layout, sections)
     except LaunchError as e:
         print(f"objcache cluster up: {e}", file=err)
         return 2
@@ -241,7 +249,8 @@ def up(root: Path, nodes: int, replicas: int = 1, base_port: int = DEFAULT_BASE_
     return 0
 
 
-def _prepare(root: Path, layout: list[NodePlan]) -> None:
+def _prepare(root: Path, layout: list[NodePlan],
+             sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Check DIR and the ports, then write the secret and every node's config."""
     if (root / CLUSTER_FILE).exists():
         if any(_is_node(pid, cfg) for pid, cfg in _recorded(root)):
@@ -250,7 +259,7 @@ def _prepare(root: Path, layout: list[NodePlan]) -> None:
         (root / CLUSTER_FILE).unlink()  # left by a cluster whose nodes are all gone
     for n in layout:
         existing = n.dir(root) / CONFIG_FILE
-        if existing.exists() and existing.read_text() != node_toml(n, layout, root):
+        if existing.exists() and existing.read_text() != node_toml(n, layout, root, sections):
             raise LaunchError(f"{root} holds a cluster of another shape (see {existing}); "
                               "use another --data-dir")
     extra = sorted(p.name for p in root.glob("n*") if (p / CONFIG_FILE).exists()
@@ -267,7 +276,7 @@ def _prepare(root: Path, layout: list[NodePlan]) -> None:
     for n in layout:
         n.dir(root).mkdir(exist_ok=True)
         remove_ready(n.dir(root))  # left by a node that was killed
-        (n.dir(root) / CONFIG_FILE).write_text(node_toml(n, layout, root))
+        (n.dir(root) / CONFIG_FILE).write_text(node_toml(n, layout, root, sections))
 
 
 def _port_free(port: int, *, udp: bool) -> bool:
@@ -418,6 +427,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="how long to wait for every node to serve (default 120)")
     u.add_argument("--json", action="store_true", help="print the addresses as JSON")
+    b = u.add_argument_group("the bucket (every node gets the same [store] and [cache])")
+    b.add_argument("--store", metavar="URL",
+                   help="file:///PATH or s3://BUCKET/PREFIX (credentials: the AWS environment)")
+    b.add_argument("--s3-endpoint", metavar="URL", help="e.g. http://127.0.0.1:8333")
+    b.add_argument("--cache-capacity", type=int, metavar="BYTES",
+                   help="clean cached bytes per node (cache.capacity_bytes)")
+    b.add_argument("--flush-delay", type=float, metavar="SECONDS",
+                   help="write-back delay after a change (cache.flush_delay_s)")
+    b.add_argument("--ttl", type=float, metavar="SECONDS",
+                   help="revalidate listings after this (cache.ttl_s)")
     d = cmds.add_parser("down", help="stop the cluster started in DIR")
     d.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
     d.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -426,6 +445,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.cluster_command == "up":
+        store = {k: v for k, v in (("url", args.store), ("s3_endpoint", args.s3_endpoint))
+                 if v is not None}
+        cache = {k: v for k, v in (("capacity_bytes", args.cache_capacity),
+                                   ("flush_delay_s", args.flush_delay), ("ttl_s", args.ttl))
+                 if v is not None}
         return up(args.data_dir, args.nodes, args.replicas, args.base_port,
-                  timeout_s=args.timeout, as_json=args.json)
+                  timeout_s=args.timeout, as_json=args.json,
+                  sections={"store": store, "cache": cache})
     return down(args.data_dir, timeout_s=args.timeout)

@@ -23,10 +23,14 @@ from pathlib import Path
 
 import trio
 
-from nfs_gateway.backend import FsError
+from nfs_gateway.backend import Cred, FsError, NoEnt, SetAttrs
+from nfs_gateway.exports import normalize_path
 from server import metrics
-from server.cluster import fsops, queries
+from server.cluster import bucket_reads, fsops, queries
 from server.cluster import protocol as p
+from server.cluster.bucket import BucketConfig
+from server.cluster.bucket_admin import BucketAdmin
+from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
 from server.cluster.inoalloc import InoAllocator
@@ -35,17 +39,20 @@ from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import NODELIST, GroupStateMachine
-from server.config import Config, Listen, data_dir
+from server.config import Config, Listen, data_dir, store_spec
 from server.fs.config import FsConfig
-from server.node import StartupError, serve_nfs
+from server.node import StartupError, export_id, serve_nfs
 from server.rpc.plane import RpcConfig, RpcPlane
 from storage.chunks import ChunkStore
 from storage.kv import KvConfig, KvStore
+from storage.objstore.base import ObjectStore
+from storage.objstore.url import open_store
 from txn.state import TxnState
 
 log = logging.getLogger("objcache.node")
 
 FSID = 1  # the cluster serves one file system
+ROOT_CRED = Cred(0, 0)
 
 
 def fs_config(cfg: Config) -> FsConfig:
@@ -136,7 +143,13 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         if waited.cancelled_caught:
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
         alloc = await InoAllocator.open(kv, c.node_id)
-        backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id)
+        stores = _open_stores(cfg)
+        bucket = bucket_config(cfg)
+        if stores:
+            await bucket_reads.attach(runtime, stores, bucket)
+        backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id, stores=stores,
+                                 bucket=bucket)
+        backend._nursery = nursery
         metrics.export_counters("objcache_gateway_changes", "Cluster gateway transactions: "
                                 "sent, aborted, re-planned, re-read, resent", backend.stats)
         metrics.export_counters("objcache_router_calls", "Requests to group leaders: calls, "
@@ -145,9 +158,74 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             await _wait_root(backend)
         if waited.cancelled_caught:
             raise StartupError(f"the root directory was not made in {c.bootstrap_timeout_s} s")
+        with trio.move_on_after(c.bootstrap_timeout_s) as waited:
+            await _bind_exports(cfg, backend, stores)
+        if waited.cancelled_caught:
+            raise StartupError(f"the exports' buckets were not bound in "
+                               f"{c.bootstrap_timeout_s} s")
+        flusher = Flusher(backend, flush_config(cfg))
+        await nursery.start(flusher.run,
+                            lambda g: runtime.group == g and runtime.is_leader())
+        BucketAdmin(backend, plane, flusher).serve(nursery)
+        metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
+                                "deletes, bytes, errors, rounds", flusher.stats)
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
                         _announce(cfg, me, cfg.cluster_rpc_address()))
         nursery.cancel_scope.cancel()
+
+
+def bucket_config(cfg: Config) -> BucketConfig:
+    c = cfg.cache
+    return BucketConfig(capacity_bytes=c.capacity_bytes, ttl_s=c.ttl_s,
+                        readahead_chunks=c.readahead_chunks, fetch_parallel=c.fetch_parallel,
+                        fetch_part_bytes=c.fetch_part_bytes, head_objects=c.head_objects,
+                        file_mode=c.file_mode, dir_mode=c.dir_mode, uid=c.uid, gid=c.gid)
+
+
+def flush_config(cfg: Config) -> FlushConfig:
+    c = cfg.cache
+    return FlushConfig(delay_s=c.flush_delay_s, interval_s=c.flush_interval_s,
+                       parallel=c.flush_parallel, part_parallel=c.flush_part_parallel)
+
+
+def _open_stores(cfg: Config) -> dict[int, ObjectStore]:
+    """The object store of each export that names one (by export id, which inodes carry).
+    A cluster has no default bucket: a local directory per node would not be shared."""
+    stores: dict[int, ObjectStore] = {}
+    for e in cfg.exports:
+        if not (e.store or (e.path == "/" and cfg.store.url)):
+            continue
+        spec = store_spec(cfg, e)
+        if spec is not None:
+            stores[export_id(normalize_path(e.path))] = open_store(spec)
+            log.info("export %s: bucket %s", e.path, spec.url)
+    return stores
+
+
+async def _bind_exports(cfg: Config, backend: ClusterBackend,
+                        stores: dict[int, ObjectStore]) -> None:
+    """Each export with a store: its directory exists (made as root if missing) and is bound
+    to the store; the write-back learns the store's root."""
+    for e in cfg.exports:
+        path = normalize_path(e.path)
+        store_id = export_id(path)
+        if store_id not in stores:
+            continue
+        while True:
+            try:
+                fid = await backend.export_root("/")
+                for part in (x for x in path.split("/") if x):
+                    try:
+                        fid = (await backend.lookup(ROOT_CRED, fid, part.encode())).fid
+                    except NoEnt:
+                        fid = (await backend.mkdir(ROOT_CRED, fid, part.encode(),
+                                                   SetAttrs(mode=0o755))).fid
+                await backend.bind_store(fid, store_id)
+                backend.store_roots[store_id] = fid.ino
+                break
+            except (FsError, p.Unavailable, p.RingChanged) as err:
+                log.info("binding export %s to its bucket: %s (retrying)", path, err)
+                await trio.sleep(0.2)
 
 
 async def _wait_root(backend: ClusterBackend) -> None:

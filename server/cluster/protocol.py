@@ -160,6 +160,95 @@ class DroppedReply:
     freed_bytes: int
 
 
+# -- write-back (flush.py asks, bucket_upload.py / queries.py answer) ----------------------------
+
+MAX_PUT_BYTES = 16 << 20  # a PutObject's file (the flusher sends larger files in parts)
+
+
+@message("cl.scan_flush")
+@dataclass(frozen=True, slots=True)
+class ScanFlush:
+    """What write-back has to do in the called group, in key order from `start`: the key
+    table (keys.BUCKET_KEY) and dirty inodes (keys.DIRTY: value the encoded Inode), at most
+    `limit` rows."""
+
+    ring_version: int
+    start: bytes
+    limit: int
+
+
+@message("cl.scan_flush_reply")
+@dataclass(frozen=True, slots=True)
+class ScanFlushReply:
+    items: tuple[tuple[bytes, bytes], ...]
+    next_start: bytes  # b"" when complete
+
+
+@message("cl.keys_under")
+@dataclass(frozen=True, slots=True)
+class KeysUnder:
+    """At a store's root group: the keys of the write-back key table that start with
+    `prefix` (a listing must not bring back an object that is being moved or deleted)."""
+
+    ring_version: int
+    store: int
+    prefix: bytes
+
+
+@message("cl.keys_reply")
+@dataclass(frozen=True, slots=True)
+class KeysReply:
+    keys: tuple[bytes, ...]
+
+
+@message("cl.put_object")
+@dataclass(frozen=True, slots=True)
+class PutObject:
+    """At the inode's group: PUT the whole file (at most one chunk) if it is at `dver`."""
+
+    ring_version: int
+    ino: int
+    dver: int
+    store: int
+    key: bytes
+    metadata: tuple[tuple[str, str], ...]
+
+
+@message("cl.put_reply")
+@dataclass(frozen=True, slots=True)
+class PutReply:
+    ok: bool  # False: the inode is gone or at another version (nothing was written)
+    etag: str
+    size: int
+
+
+@message("cl.put_part")
+@dataclass(frozen=True, slots=True)
+class PutPart:
+    """At chunk (ino, index)'s group: that chunk's first `length` bytes as part
+    `part_number` of multipart upload `upload_id` of `key`; the origin as in ReadChunk."""
+
+    ring_version: int
+    ino: int
+    index: int
+    chunk_size: int
+    length: int
+    store: int
+    key: bytes
+    upload_id: str
+    part_number: int
+    okey: bytes = b""
+    etag: bytes = b""
+    obase: int = 0
+
+
+@message("cl.part_reply")
+@dataclass(frozen=True, slots=True)
+class PartReply:
+    etag: str
+    copied: bool  # copied inside the store from the origin object (no bytes moved)
+
+
 @message("cl.fs_stat")
 @dataclass(frozen=True, slots=True)
 class FsStatRequest:
@@ -251,7 +340,7 @@ class Ack:
 
 
 GroupRequest = (GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
-                | DropCached)
+                | DropCached | ScanFlush | PutObject | PutPart | KeysUnder)
 
 
 # -- the gateway's view of the router (router.py implements it; simulations fake it) ---------

@@ -20,7 +20,6 @@ META = b"fs.m"  # + meta name                -> Meta
 INLINE = b"fs.x"  # + ino                    -> the bytes of a small file (raw, not a record)
 MATERIALIZED = b"fs.k"  # + ino + chunk index  -> u64 1: the chunk's bucket bytes are local
 DIRTY = b"fs.y"  # + ino                       -> b"": the bucket lacks the inode's version
-GHOST = b"fs.g"  # + ino                       -> cbor [store, okey]: a deleted inode's object
 BUCKET_KEY = b"fs.q"  # + u32 store + key       -> cbor [ino, state]: write-back's key table
 
 _U64 = struct.Struct(">Q")
@@ -62,10 +61,6 @@ def parse_materialized_key(key: bytes) -> tuple[int, int]:
 
 def dirty_key(ino: int) -> bytes:
     return DIRTY + u64(ino)
-
-
-def ghost_key(ino: int) -> bytes:
-    return GHOST + u64(ino)
 
 
 def bucket_key(store: int, key: bytes) -> bytes:

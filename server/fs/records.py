@@ -319,15 +319,19 @@ class SetClean:
 
 
 @dataclass(frozen=True, slots=True)
-class ForgetGhost:
-    """The bucket object of a deleted inode was dealt with: drop its ghost record."""
+class KeyClaim:
+    """Write-back is about to write `key` (of `store`) for inode `ino` (flush.py key table)."""
 
+    store: int
+    key: bytes
     ino: int
 
 
 @dataclass(frozen=True, slots=True)
-class KeyClaim:
-    """Write-back is about to write `key` (of `store`) for inode `ino` (flush.py key table)."""
+class KeyHold:
+    """A RENAME or a link's removal moves inode `ino` away from `key`, where the bucket has
+    its version: nobody else may write there until write-back released it (a directory's
+    prefix holds every key under it)."""
 
     store: int
     key: bytes
@@ -390,7 +394,7 @@ Record = (
     | ExpectChunk
     | SetName
     | SetClean
-    | ForgetGhost
+    | KeyHold
     | KeyClaim
     | KeyLive
     | KeyRelease
@@ -423,7 +427,7 @@ _TAGS: dict[type, int] = {
     ExpectChunk: 33,
     SetName: 34,
     SetClean: 35,
-    ForgetGhost: 36,
+    KeyHold: 36,
     KeyClaim: 37,
     KeyLive: 38,
     KeyRelease: 39,

@@ -39,10 +39,10 @@ from server.fs.records import (
     Dirent,
     ExpectChunk,
     ExpectInode,
-    ForgetGhost,
     Inode,
     KeyClaim,
     KeyGone,
+    KeyHold,
     KeyLive,
     KeyRelease,
     LinkDirent,
@@ -81,6 +81,8 @@ KEYBUSY = "KEYBUSY"  # KeyClaim: another inode holds that bucket key
 KEY_CLAIMED = 0  # being written for the inode (not confirmed yet)
 KEY_LIVE = 1  # holds the inode's confirmed version
 KEY_DELETE = 2  # to be deleted (the inode moved away or is gone)
+KEY_HELD = 3  # the inode moved away from it (RENAME): its object, and for a directory's
+# prefix every key under it, stays until the write-back moved them
 
 
 class StateError(Exception):
@@ -348,8 +350,6 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
         return
     changes.delete_inode(r.ino)
     changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) - 1)
-    if inode.store and inode.okey:  # its object must go from the bucket (flush.py)
-        changes.put_raw(keys.ghost_key(r.ino), cbor2.dumps([inode.store, inode.okey]))
     if inode.inline:
         changes.delete_inline(r.ino)
     elif inode.ftype == FileType.REG:
@@ -511,10 +511,6 @@ def _set_clean(r: SetClean, view: View, changes: Changes) -> None:
     changes.put_inode(new)
 
 
-def _forget_ghost(r: ForgetGhost, view: View, changes: Changes) -> None:
-    changes.put_raw(keys.ghost_key(r.ino), None)
-
-
 def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int] | None:
     raw = changes.raw(view, keys.bucket_key(store, key))
     return None if raw is None else cbor2.loads(raw)
@@ -525,8 +521,25 @@ def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
     # A key to be deleted is taken over: the new object replaces the old one.
     if e is not None and e[0] != r.ino and e[1] != KEY_DELETE:
         raise StateError(f"bucket key {r.key!r} is held by inode {e[0]}", KEYBUSY)
+    # A moved directory holds its old prefix, with every key under it.
+    for prefix in key_prefixes(r.key):
+        pe = _key_entry(view, changes, r.store, prefix)
+        if pe is not None and pe[0] != r.ino and pe[1] == KEY_HELD:
+            raise StateError(f"bucket prefix {prefix!r} is held by inode {pe[0]}", KEYBUSY)
     state = KEY_LIVE if e is not None and e[0] == r.ino and e[1] == KEY_LIVE else KEY_CLAIMED
     changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, state]))
+
+
+def key_prefixes(key: bytes) -> list[bytes]:
+    """The directory prefixes above `key`: b"a/b/c" -> [b"a/", b"a/b/"]."""
+    parts = key.rstrip(b"/").split(b"/")[:-1]
+    return [b"/".join(parts[:i]) + b"/" for i in range(1, len(parts) + 1)]
+
+
+def _key_hold(r: KeyHold, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    if e is None or e[0] == r.ino:
+        changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, KEY_HELD]))
 
 
 def _key_live(r: KeyLive, view: View, changes: Changes) -> None:
@@ -612,7 +625,7 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     ExpectChunk: _expect_chunk,
     SetName: _set_name,
     SetClean: _set_clean,
-    ForgetGhost: _forget_ghost,
+    KeyHold: _key_hold,
     KeyClaim: _key_claim,
     KeyLive: _key_live,
     KeyRelease: _key_release,

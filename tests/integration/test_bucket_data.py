@@ -15,102 +15,25 @@ SetOrigin directly, so these tests do not depend on how listings are loaded.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from serverproc import free_port
+from bucketnode import CS, STORE, CountingStore, one_node
 
 from nfs_gateway.backend import CreateMode, Cred, FileId, Jukebox, SetAttrs, StableHow
-from server.cluster import bucket_reads, fsops, queries
-from server.cluster import node as cluster_node
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_admin import BucketAdmin
 from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
-from server.cluster.group import GroupConfig, GroupRuntime
-from server.cluster.inoalloc import InoAllocator
-from server.cluster.nodelist import NodeInfo, NodeList
-from server.cluster.router import GroupRouter
-from server.cluster.statemachine import GroupStateMachine
 from server.fs import keys
-from server.fs.config import FsConfig
 from server.fs.records import SetOrigin
-from server.rpc.plane import RpcConfig, RpcPlane
-from storage.chunks import ChunkStore
-from storage.kv import KvStore
 from storage.objstore.localdir import LocalDirStore
-from txn.state import TxnState
 
 pytestmark = pytest.mark.integration
 
 ROOT = Cred(0, 0)
-CS = 256 << 10  # small chunks: many chunks with little data
-STORE = 7
-
-
-class CountingStore:
-    """A real store, with its requests counted by operation (every call goes through)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls: Counter[str] = Counter()
-        self.url = inner.url
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not callable(attr):
-            return attr
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return await attr(*args, **kwargs)
-
-        return counted
-
-
-@asynccontextmanager
-async def one_node(tmp_path: Path, store: Any, bucket: BucketConfig
-                   ) -> AsyncIterator[tuple[ClusterBackend, GroupRuntime, trio.Nursery]]:
-    kv = await KvStore.open(tmp_path / "meta")
-    chunks = ChunkStore(tmp_path / "chunks")
-    fsc = FsConfig(chunk_size=CS, inline_max_bytes=1024)
-    info = NodeInfo(1, 1, f"127.0.0.1:{free_port()}", "127.0.0.1:2049")
-    nodelist = NodeList(1, (info,))
-    plane = RpcPlane(RpcConfig(node_id=1, cluster_secret=b"s" * 20,
-                               port=int(info.rpc.rsplit(":", 1)[1])))
-    app = fsops.FsApplication(fsc)
-    sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync)
-    holder: list[GroupRouter] = []
-    runtime = await GroupRuntime.open(
-        node_id=1, group=1, members=[1], kv=kv, sm=sm, plane=plane, answer=queries.answer,
-        root_ops=cluster_node._root_ops(fsc), nodelist_bytes=nodelist.encode(),
-        post=lambda g, m: holder[0].post(g, m), config=GroupConfig())
-    router = GroupRouter(plane, 1, nodelist, runtime, vnodes=64, request_timeout_s=10)
-    holder.append(router)
-    stores = {STORE: store}
-    await bucket_reads.attach(runtime, stores, bucket)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(plane.run)
-            await nursery.start(router.run)
-            await nursery.start(runtime.run)
-            await runtime.wait_serving()
-            with trio.fail_after(10):
-                while await kv.get(keys.inode_key(1)) is None:
-                    await trio.sleep(0.01)
-            fs = ClusterBackend(router, await InoAllocator.open(kv, 1), fsc, 1, 1,
-                                stores=stores, bucket=bucket)
-            fs._nursery = nursery
-            yield fs, runtime, nursery
-            nursery.cancel_scope.cancel()
-    finally:
-        chunks.close_sync()
-        await kv.close()
 
 
 async def bound_file(fs: ClusterBackend, name: bytes, key: str) -> FileId:

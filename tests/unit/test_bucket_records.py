@@ -11,7 +11,14 @@ from server.cluster import fsops
 from server.cluster.bucket import backed_len, is_backed
 from server.fs import keys
 from server.fs import records as r
-from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_LIVE, KEYBUSY
+from server.fs.state import (
+    KEY_CLAIMED,
+    KEY_DELETE,
+    KEY_HELD,
+    KEY_LIVE,
+    KEYBUSY,
+    key_prefixes,
+)
 from storage.chunks import ChunkStore
 from tests.unit.test_cluster_fsops import CS, Group, mkdir, mkfile, mkroot
 from txn.records import COMMITTED, Outcome
@@ -128,7 +135,7 @@ def test_inodes_without_a_bucket_keep_their_encoding() -> None:
     assert r.decode(r.encode(bound)) == bound and r.decode(r.encode(plain)) == plain
 
 
-# -- write-back: versions, the dirty index, ghosts, the key table ------------------------------
+# -- write-back: versions, the dirty index, the key table ------- ------------------------------
 
 
 def dirty(g: Group) -> list[int]:
@@ -168,18 +175,6 @@ def test_loaded_inodes_are_clean_and_files_outside_buckets_are_never_indexed() -
     assert dirty(g) == []
 
 
-def test_deleting_an_inode_with_an_object_leaves_a_ghost() -> None:
-    g = Group()
-    mkroot(g)
-    loaded(g)
-    g.run(r.UnlinkDirent(1, b"obj", 9, 10), r.AdjustLinks(10, -1, 9))
-    ghost = g.kv.get(keys.ghost_key(10))
-    assert ghost is not None and cbor2.loads(ghost) == [7, b"a/obj"]
-    assert g.inode(10) is None and dirty(g) == []
-    g.run(r.ForgetGhost(10))
-    assert g.kv.get(keys.ghost_key(10)) is None
-
-
 def key_state(g: Group, key: bytes) -> list[int] | None:
     raw = g.kv.get(keys.bucket_key(7, key))
     return None if raw is None else cbor2.loads(raw)
@@ -204,6 +199,24 @@ def test_the_key_table_serializes_writers_of_one_key() -> None:
     assert key_state(g, b"x") == [12, KEY_CLAIMED]
     g.run(r.KeyRelease(7, b"x", 12, delete=False))
     assert key_state(g, b"x") is None
+
+
+def test_holds_keep_others_off_a_key_and_every_key_under_a_prefix() -> None:
+    g = Group()
+    assert g.run(r.KeyHold(7, b"a/", 20)) == COMMITTED  # directory 20 moved away from a/
+    assert key_state(g, b"a/") == [20, KEY_HELD]
+    assert g.run(r.KeyClaim(7, b"a/x", 11)) == Outcome(False, KEYBUSY)
+    assert g.run(r.KeyClaim(7, b"a/b/y", 11)) == Outcome(False, KEYBUSY)
+    assert g.run(r.KeyClaim(7, b"ab", 11)) == COMMITTED  # not under the prefix
+    assert g.run(r.KeyHold(7, b"ab", 12)) == COMMITTED and key_state(g, b"ab") == [11,
+                                                                                   KEY_CLAIMED]
+    # A directory's own marker (live) does not keep others off the keys under it.
+    assert g.run(r.KeyClaim(7, b"m/", 30), r.KeyLive(7, b"m/", 30)) == COMMITTED
+    assert g.run(r.KeyClaim(7, b"m/x", 31)) == COMMITTED
+    g.run(r.KeyRelease(7, b"a/", 20))  # the move was written back: the old prefix goes
+    assert g.run(r.KeyClaim(7, b"a/x", 11)) == COMMITTED
+    assert key_prefixes(b"a/b/c") == [b"a/", b"a/b/"] and key_prefixes(b"a/b/") == [b"a/"]
+    assert key_prefixes(b"top") == []
 
 
 def test_key_locks_never_collide_with_inode_locks() -> None:

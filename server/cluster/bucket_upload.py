@@ -1,0 +1,79 @@
+"""Write-back's hands in each group: the uploads a flusher asks of the group that holds the
+bytes (flush.py decides what and when; this module only moves bytes to the bucket).
+
+Rules:
+- PutObject (at the inode's group): the whole file (inline bytes or chunk 0 — the flusher
+  sends this only for files of at most one chunk), read from the applied state like a READ
+  (backed bytes from the cache or fetched), PUT with the given metadata. The inode's version
+  is read BEFORE the bytes: an answer names a version whose bytes are at least that new, so
+  SetClean can never mark newer changes clean with older bytes in the bucket.
+- PutPart (at a chunk's group): one chunk as one part of a multipart upload. A chunk that is
+  wholly the object's bytes (backed, not materialized, inside obase) is copied inside the
+  store (UploadPartCopy with If-Match), never read through the cluster; any other chunk is
+  read like a READ and uploaded.
+- Failures: store errors travel as RemoteError (UNAVAILABLE: retry later; ORIGIN_CHANGED:
+  the source object changed) and the flusher keeps the file dirty.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from server.cluster import protocol as p
+from server.cluster.bucket import backed_len
+from server.fs import keys
+from server.fs.records import Inode, decode_value
+from server.fs.state import decode_u64
+from server.rpc.frames import RemoteError
+from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
+
+if TYPE_CHECKING:
+    from server.cluster.group import GroupRuntime
+
+
+def _store(runtime: GroupRuntime, store: int) -> ObjectStore:
+    bucket = runtime.bucket
+    s = bucket.stores.get(store) if bucket is not None else None
+    if s is None:
+        raise RemoteError(p.UNAVAILABLE, f"no object store {store} on node {runtime.node_id}")
+    return s
+
+
+async def put_object(runtime: GroupRuntime, req: p.PutObject) -> p.PutReply:
+    head = await runtime.handle(p.ReadHead(req.ring_version, req.ino, 0, p.MAX_PUT_BYTES))
+    if not head.inode:
+        return p.PutReply(False, "", 0)
+    inode: Inode = decode_value(head.inode)
+    if inode.dver != req.dver or inode.size > p.MAX_PUT_BYTES:
+        return p.PutReply(False, "", 0)
+    data = head.data[:inode.size]
+    data += bytes(inode.size - len(data))
+    try:
+        etag = await _store(runtime, req.store).put(req.key.decode(), data,
+                                                    metadata=dict(req.metadata))
+    except StoreError as e:
+        raise RemoteError(p.UNAVAILABLE, f"PUT {req.key!r}: {type(e).__name__}: {e}") from e
+    return p.PutReply(True, etag, inode.size)
+
+
+async def put_part(runtime: GroupRuntime, req: p.PutPart) -> p.PartReply:
+    store = _store(runtime, req.store)
+    cs = req.chunk_size
+    start = req.index * cs
+    materialized = decode_u64(await runtime.kv.get(keys.materialized_key(req.ino, req.index)))
+    try:
+        if (req.etag and not materialized
+                and backed_len(req.obase, cs, req.index) >= req.length):
+            etag = await store.upload_part_copy(
+                req.key.decode(), req.upload_id, req.part_number, req.okey.decode(), start,
+                start + req.length, if_match=req.etag.decode())
+            return p.PartReply(etag, True)
+        reply = await runtime.handle(p.ReadChunk(
+            req.ring_version, req.ino, req.index, 0, req.length, cs, req.store, req.okey,
+            req.etag, req.obase))
+        data = reply.data + bytes(req.length - len(reply.data))
+        etag = await store.upload_part(req.key.decode(), req.upload_id, req.part_number, data)
+    except StoreError as e:
+        code = p.ORIGIN_CHANGED if isinstance(e, PreconditionFailed) else p.UNAVAILABLE
+        raise RemoteError(code, f"part {req.part_number} of {req.key!r}: {e}") from e
+    return p.PartReply(etag, False)

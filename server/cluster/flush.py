@@ -1,0 +1,475 @@
+"""Write-back: make the bucket hold every inode's current version, and mark it clean only then.
+
+Picture (one store; the flusher runs on the leader of the group of the store's root inode):
+
+    every group ──ScanFlush──▶ dirty inodes (dver != cver), and the root group's key table
+    flusher: for each inode dirty for `delay_s` (or on `admin flush`):
+      key = its path under the store's root (parent / pname up to the root; dirs end in "/")
+      1. KeyClaim(key)                     root group: nobody else writes `key` meanwhile
+      2. the bytes to the bucket:
+           a directory        PUT "key/" (an empty marker: empty directories survive)
+           content unchanged  CopyObject(okey -> key) with the new x-amz-meta-* (no bytes
+                              through the cluster; a rename or a chmod)
+           one chunk at most  PutObject at the inode's group (bucket_upload.py)
+           larger             multipart: PutPart at each chunk's group, in parallel (a chunk
+                              still wholly the old object's is UploadPartCopy'd)
+      3. SetClean(ino, dver, key, etag) + KeyLive(key) [+ KeyRelease(old okey)] in one txn:
+         refused if the inode changed meanwhile (it stays dirty; the next round uploads again)
+    key table entries to delete (released keys: removed files, old names) ──▶ DeleteObjects,
+    then KeyGone.
+
+Rules:
+- "Clean" means the bucket holds exactly that version: SetClean is applied only after the
+  store confirmed the upload (its ETag), and only if the inode's version did not move.
+- One writer per key: the key table (server/fs/state.py KeyClaim/KeyHold/KeyRelease/KeyLive/
+  KeyGone) lives in the root's group. A RENAME or REMOVE of an inode that has an object puts
+  KeyHold / KeyRelease there in the same transaction (gateway_ns.py), so a name made again
+  at that path cannot be written before the old object was moved or deleted; a directory's
+  prefix held by a moved directory keeps every key under it.
+- A directory moved (its key differs from its okey): its whole subtree is walked (directories
+  never listed are loaded on the way, from their old prefix), every descendant is written at
+  its new key and released at the old one, then the directory itself.
+- Metadata written: mode, uid, gid, mtime-ns, symlink-target, type (bucket_listing.py reads
+  the same names back after a cold start).
+- Claimed keys whose inode is gone or wants another key now (a crash or a race mid-upload)
+  are released for deletion; their multipart uploads are aborted.
+- Uploads in flight are bounded (`parallel` inodes, `part_parallel` parts each).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from urllib.parse import quote_from_bytes
+
+import cbor2
+import trio
+
+from nfs_gateway.backend import Cred, FileType, FsError
+from server.cluster import protocol as p
+from server.cluster.bucket_listing import (
+    META_GID,
+    META_MODE,
+    META_MTIME_NS,
+    META_SYMLINK_TARGET,
+    META_TYPE,
+    META_UID,
+    TYPE_SYMLINK,
+)
+from server.cluster.gateway import ClusterBackend
+from server.cluster.gateway_plan import Plan
+from server.fs import keys
+from server.fs.records import (
+    Inode,
+    KeyClaim,
+    KeyGone,
+    KeyLive,
+    KeyRelease,
+    SetClean,
+    decode_value,
+)
+from server.fs.state import KEY_CLAIMED, KEY_DELETE
+from server.rpc.frames import RemoteError
+from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
+
+log = logging.getLogger("objcache.flush")
+
+ROOT = Cred(0, 0)
+MAX_DEPTH = 256
+DELETE_BATCH = 1000
+MIN_PART_BYTES = 5 << 20  # S3's smallest part but the last
+MAX_GATHER_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class FlushConfig:
+    delay_s: float = 5.0  # a dirty inode is uploaded this long after it was first seen dirty
+    interval_s: float = 1.0  # how often the flusher scans for work
+    parallel: int = 8  # inodes uploaded at once
+    part_parallel: int = 4  # parts of one multipart upload at once
+    scan_page: int = 1000
+
+
+@dataclass
+class RoundResult:
+    """What one pass did (admin flush reports it; tests check it)."""
+
+    flushed: int = 0
+    deleted: int = 0
+    dirty_left: int = 0
+    deletes_left: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Scan:
+    dirty: dict[int, Inode] = field(default_factory=dict)
+    table: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # key -> (ino, state)
+
+
+class Flusher:
+    def __init__(self, backend: ClusterBackend, config: FlushConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.b = backend
+        self.config = config or FlushConfig()
+        self._clock = clock
+        self._first_seen: dict[int, float] = {}
+        self._claimed_seen: set[tuple[int, bytes]] = set()
+        self._busy_keys: set[tuple[int, bytes]] = set()
+        self._requests = itertools.count()
+        self.stats = {"uploads": 0, "copies": 0, "parts": 0, "parts_copied": 0, "deletes": 0,
+                      "bytes": 0, "errors": 0, "rounds": 0}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, leads: Callable[[int], bool],
+                  *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Every interval: a round for each store whose root's group this node leads."""
+        task_status.started()
+        while True:
+            await trio.sleep(self.config.interval_s)
+            for store, root in sorted(self.b.store_roots.items()):
+                if not leads(self.b.ring.group_of_inode(root)):
+                    continue
+                try:
+                    await self.round(store)
+                except (FsError, p.Unavailable, p.RingChanged, RemoteError, StoreError) as e:
+                    log.info("write-back of store %d: %s", store, e)
+
+    async def round(self, store: int, *, force: bool = False, under: bytes | None = None
+                    ) -> RoundResult:
+        """One pass over the store's dirty inodes and released keys. `force`: ignore the
+        delay; `under`: only keys under that prefix (admin flush PATH)."""
+        self.stats["rounds"] += 1
+        res = RoundResult()
+        scan = await self._scan(store)
+        await self._reclaim(store, scan, res)
+        now = self._clock()
+        for ino in list(self._first_seen):
+            if ino not in scan.dirty:
+                del self._first_seen[ino]
+        ready = []
+        for ino, inode in sorted(scan.dirty.items()):
+            first = self._first_seen.setdefault(ino, now)
+            if force or now - first >= self.config.delay_s:
+                ready.append(inode)
+        limiter = trio.CapacityLimiter(max(1, self.config.parallel))
+        paths: dict[int, bytes | None] = {}
+
+        async def one(inode: Inode) -> None:
+            async with limiter:
+                key = await self._key_of(inode, paths)
+                if under is not None and (key is None or not key.startswith(under)):
+                    res.dirty_left += 1
+                    return
+                try:
+                    if await self.flush_inode(store, inode, key, paths):
+                        res.flushed += 1
+                    else:
+                        res.dirty_left += 1
+                except (FsError, p.Unavailable, p.RingChanged, RemoteError, StoreError) as e:
+                    self.stats["errors"] += 1
+                    res.dirty_left += 1
+                    res.errors.append(f"inode {inode.ino} ({key!r}): {type(e).__name__}: {e}")
+
+        async with trio.open_nursery() as nursery:
+            for inode in ready:
+                nursery.start_soon(one, inode)
+        res.dirty_left += len(scan.dirty) - len(ready)
+        await self._deletes(store, res, under)
+        return res
+
+    # -- reading the groups -----------------------------------------------------------------
+
+    async def _scan(self, store: int) -> _Scan:
+        out = _Scan()
+        root_group = self.b.ring.group_of_inode(self.b.store_roots[store])
+        groups = getattr(self.b.ring, "groups", None) or (root_group,)
+        for g in groups:
+            start = b""
+            while True:
+                reply = await self.b._at(lambda g=g: g,
+                                         p.ScanFlush(0, start, self.config.scan_page))
+                for k, v in reply.items:
+                    if k.startswith(keys.DIRTY) and v:
+                        inode: Inode = decode_value(v)
+                        if inode.store == store and inode.dver != inode.cver:
+                            out.dirty[inode.ino] = inode
+                    elif k.startswith(keys.BUCKET_KEY) and g == root_group:
+                        s, key = keys.parse_bucket_key(k)
+                        if s == store:
+                            ino, state = cbor2.loads(v)
+                            out.table[key] = (ino, state)
+                if not reply.next_start:
+                    break
+                start = reply.next_start
+        return out
+
+    async def _key_of(self, inode: Inode, paths: dict[int, bytes | None]) -> bytes | None:
+        """The inode's key under its store's root (directories: their prefix, "x/"), or None
+        when it has no path there (unnamed, or not under the root)."""
+        root = self.b.store_roots.get(inode.store)
+        chain: list[Inode] = []
+        cur: Inode | None = inode
+        prefix: bytes | None = None
+        for _ in range(MAX_DEPTH):
+            if cur is None:
+                return None
+            if cur.ino == root:
+                prefix = b""
+                break
+            if cur.ino in paths and cur is not inode:
+                prefix = paths[cur.ino]
+                break
+            if not cur.pname or cur.parent in (0, cur.ino):
+                return None
+            chain.append(cur)
+            cur = await self.b._inode(cur.parent)
+        if prefix is None:
+            return None
+        for node in reversed(chain):
+            if node.ftype == FileType.DIR:
+                prefix = prefix + node.pname + b"/"
+                paths[node.ino] = prefix
+            else:
+                return prefix + node.pname
+        return prefix
+
+    # -- one inode --------------------------------------------------------------------------
+
+    async def flush_inode(self, store_id: int, inode: Inode, key: bytes | None,
+                          paths: dict[int, bytes | None]) -> bool:
+        """Upload `inode` at `key` and mark it clean; False when it must wait (its key is
+        busy, it changed meanwhile)."""
+        store = self.b.stores[store_id]
+        if inode.ftype == FileType.DIR and key is not None and inode.okey and inode.okey != key:
+            await self._move_subtree(store_id, inode, paths)
+        if key is None:  # no path in the bucket (unnamed): its object, if any, goes
+            return await self._mark(store_id, inode, b"", "", 0)
+        if not key:  # the store's root itself: nothing to write
+            return await self._mark(store_id, inode, b"", inode.etag.decode(), 0)
+        busy = (store_id, key)
+        if busy in self._busy_keys:
+            return False
+        self._busy_keys.add(busy)
+        try:
+            if not await self._txn(self._root_group(store_id),
+                                   [KeyClaim(store_id, key, inode.ino)]):
+                return False
+            etag, size = await self._upload(store, store_id, inode, key)
+            if etag is None:
+                return False
+            return await self._mark(store_id, inode, key, etag, size)
+        finally:
+            self._busy_keys.discard(busy)
+
+    async def _upload(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes
+                      ) -> tuple[str | None, int]:
+        meta = metadata_of(inode)
+        k = key.decode()
+        if inode.ftype != FileType.REG:  # a directory's marker, a symlink, a device node
+            self.stats["uploads"] += 1
+            return await store.put(k, b"", metadata=meta), 0
+        if not inode.cdirty and inode.okey and inode.etag:
+            try:
+                etag = await store.copy(inode.okey.decode(), k, metadata=meta,
+                                        if_match=inode.etag.decode())
+            except PreconditionFailed:
+                # The object we read is not there any more: upload our bytes instead.
+                log.warning("write-back: %r changed in the bucket; uploading inode %d",
+                            inode.okey, inode.ino)
+            else:
+                self.stats["copies"] += 1
+                return etag, inode.size
+        if inode.inline or inode.size <= min(inode.chunk_size, p.MAX_PUT_BYTES):
+            reply = await self.b._at_inode(inode.ino, p.PutObject(
+                0, inode.ino, inode.dver, store_id, key, tuple(sorted(meta.items()))))
+            if not reply.ok:
+                return None, 0
+            self.stats["uploads"] += 1
+            self.stats["bytes"] += reply.size
+            return reply.etag, reply.size
+        if inode.chunk_size < MIN_PART_BYTES:  # parts this small: S3 refuses them
+            return await self._gathered(store, inode, key, meta), inode.size
+        return await self._multipart(store, store_id, inode, key, meta), inode.size
+
+    async def _gathered(self, store: ObjectStore, inode: Inode, key: bytes,
+                        meta: dict[str, str]) -> str | None:
+        """A file whose chunks are below S3's part size, read through the gateway and PUT
+        whole (configurations with small chunks; at most MAX_GATHER_BYTES)."""
+        if inode.size > MAX_GATHER_BYTES:
+            raise StoreError(f"{key!r}: {inode.size} bytes in chunks of {inode.chunk_size} "
+                             f"(below {MIN_PART_BYTES}): too large to upload in one PUT")
+        out = bytearray()
+        fid = self.b._fid(inode)
+        while len(out) < inode.size:
+            r = await self.b.read(ROOT, fid, len(out), min(1 << 20, inode.size - len(out)))
+            if not r.data:
+                break
+            out += r.data
+        out += bytes(inode.size - len(out))
+        self.stats["uploads"] += 1
+        self.stats["bytes"] += inode.size
+        return await store.put(key.decode(), bytes(out[:inode.size]), metadata=meta)
+
+    async def _multipart(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,
+                         meta: dict[str, str]) -> str:
+        k = key.decode()
+        cs = inode.chunk_size
+        count = -(-inode.size // cs)
+        upload_id = await store.create_multipart(k, metadata=meta)
+        etags: list[str] = [""] * count
+        limiter = trio.CapacityLimiter(max(1, self.config.part_parallel))
+
+        async def part(index: int) -> None:
+            async with limiter:
+                req = p.PutPart(0, inode.ino, index, cs, min(cs, inode.size - index * cs),
+                                store_id, key, upload_id, index + 1, inode.okey,
+                                inode.etag, inode.obase)
+                reply = await self.b._at(
+                    lambda: self.b.ring.group_of_chunk(inode.ino, index), req)
+                etags[index] = reply.etag
+                self.stats["parts"] += 1
+                self.stats["parts_copied"] += reply.copied
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(count):
+                    nursery.start_soon(part, index)
+            etag = await store.complete_multipart(k, upload_id,
+                                                  [(i + 1, e) for i, e in enumerate(etags)])
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await store.abort_multipart(k, upload_id)
+                except StoreError as e:
+                    log.warning("write-back: aborting upload %s of %r: %s", upload_id, k, e)
+            raise
+        self.stats["bytes"] += inode.size
+        return etag
+
+    async def _mark(self, store_id: int, inode: Inode, key: bytes, etag: str, size: int
+                    ) -> bool:
+        """SetClean + KeyLive (+ KeyRelease of the old key) in one transaction."""
+        recs: dict[int, list[object]] = {}
+        ig = self.b.ring.group_of_inode(inode.ino)
+        rg = self._root_group(store_id)
+        recs.setdefault(ig, []).append(SetClean(inode.ino, inode.dver, key, etag.encode(), size))
+        if key:
+            recs.setdefault(rg, []).append(KeyLive(store_id, key, inode.ino))
+        if inode.okey and inode.okey != key:
+            recs.setdefault(rg, []).append(KeyRelease(store_id, inode.okey, inode.ino, True))
+        plan = Plan(ig, {})
+        for g, rs in recs.items():
+            plan.add(g, *rs)
+        return await self._run(plan)
+
+    async def _move_subtree(self, store_id: int, d: Inode, paths: dict[int, bytes | None]
+                            ) -> None:
+        """Write every descendant of a moved directory at its new key (module rules)."""
+        b = self.b
+        todo = [d]
+        while todo:
+            cur = todo.pop()
+            cookie, verf = 0, b"\0" * 8
+            while True:
+                page = await b.readdir(ROOT, b._fid(cur), cookie, verf, 1000, False)
+                inos = [e.fileid for e in page.entries if e.name not in (b".", b"..")]
+                found = await b._inodes(inos) if inos else {}
+                for child in found.values():
+                    if child is None:
+                        continue
+                    key = await self._key_of(child, paths)
+                    if child.ftype == FileType.DIR:
+                        todo.append(child)
+                    if key is not None and (child.okey != key or child.dver != child.cver):
+                        if child.ftype == FileType.DIR:
+                            await self._flush_dir_itself(store_id, child, key)
+                        else:
+                            await self.flush_inode(store_id, child, key, paths)
+                for e in page.entries:
+                    cookie = e.cookie
+                verf = page.cookieverf
+                if page.eof or not page.entries:
+                    break
+
+    async def _flush_dir_itself(self, store_id: int, d: Inode, key: bytes) -> None:
+        """A descendant directory of a moved one: its marker and clean mark only (its own
+        entries are walked by the caller)."""
+        store = self.b.stores[store_id]
+        if not await self._txn(self._root_group(store_id), [KeyClaim(store_id, key, d.ino)]):
+            return
+        etag = await store.put(key.decode(), b"", metadata=metadata_of(d))
+        await self._mark(store_id, d, key, etag, 0)
+
+    # -- keys to delete, claims left behind -------------------------------------------------
+
+    async def _deletes(self, store_id: int, res: RoundResult, under: bytes | None) -> None:
+        scan = await self._scan(store_id)
+        # Deepest first: a directory's marker after the keys under it (a store that keeps
+        # directories, like a local one, refuses to delete a non-empty one).
+        doomed = [(key, ino) for key, (ino, state) in sorted(scan.table.items(), reverse=True)
+                  if state == KEY_DELETE and (under is None or key.startswith(under))]
+        store = self.b.stores[store_id]
+        for i in range(0, len(doomed), DELETE_BATCH):
+            batch = doomed[i:i + DELETE_BATCH]
+            failed = await store.delete_many([k.decode() for k, _ in batch])
+            gone = [(k, ino) for k, ino in batch if k.decode() not in failed]
+            for k, why in failed.items():
+                res.errors.append(f"delete {k!r}: {why}")
+            if gone and await self._txn(self._root_group(store_id),
+                                        [KeyGone(store_id, k, ino) for k, ino in gone]):
+                res.deleted += len(gone)
+                self.stats["deletes"] += len(gone)
+        res.deletes_left = len(doomed) - res.deleted
+
+    async def _reclaim(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
+        """Claims seen in two rounds in a row whose inode is gone or now wants another key
+        (an upload that crashed or lost a race) are released for deletion."""
+        claimed = {(ino, key) for key, (ino, state) in scan.table.items()
+                   if state == KEY_CLAIMED and (store_id, key) not in self._busy_keys}
+        stale = claimed & self._claimed_seen
+        self._claimed_seen = claimed
+        store = self.b.stores[store_id]
+        for ino, key in sorted(stale):
+            inode = scan.dirty.get(ino) or await self.b._inode(ino)
+            if inode is not None and await self._key_of(inode, {}) == key:
+                continue  # still its key: the inode is dirty and will be written again
+            try:
+                for k, upload_id, _ in await store.list_multipart(key.decode()):
+                    if k == key.decode():
+                        await store.abort_multipart(k, upload_id)
+            except StoreError as e:
+                res.errors.append(f"abort uploads of {key!r}: {e}")
+            await self._txn(self._root_group(store_id), [KeyRelease(store_id, key, ino, True)])
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _root_group(self, store_id: int) -> int:
+        return self.b.ring.group_of_inode(self.b.store_roots[store_id])
+
+    async def _txn(self, group: int, records: Iterable[object]) -> bool:
+        plan = Plan(group, {})
+        plan.add(group, *records)
+        return await self._run(plan)
+
+    async def _run(self, plan: Plan) -> bool:
+        reply = await self.b._run_txn(plan, next(self.b._requests), 0)
+        if not reply.commit:
+            log.debug("write-back txn aborted: %s", reply.reason)
+        return reply.commit
+
+
+def metadata_of(inode: Inode) -> dict[str, str]:
+    """The x-amz-meta-* attributes written with an inode's object (bucket_listing.py)."""
+    meta = {META_MODE: str(inode.mode), META_UID: str(inode.uid), META_GID: str(inode.gid),
+            META_MTIME_NS: str(inode.mtime_ns)}
+    if inode.ftype == FileType.LNK:
+        meta[META_TYPE] = TYPE_SYMLINK
+        meta[META_SYMLINK_TARGET] = quote_from_bytes(inode.target, safe="/")
+    elif inode.ftype not in (FileType.REG, FileType.DIR):
+        meta[META_TYPE] = inode.ftype.name.lower()
+    return meta
