@@ -240,7 +240,8 @@ def reduction_pct(seconds: float, direct_s: float) -> float:
 
 def table(pass_name: str, res: dict, total_bytes: int) -> str:
     d = res["direct"]["median_s"]
-    lines = [f"\n{pass_name}: {res['network']['qdisc']}",
+    lines = [f"\n{pass_name}: {res['network']['qdisc']}; added delay: none (no netem here); "
+             "page cache dropped before every timed copy and read",
              f"{'system':<18}{'mode':<12}{'seconds':>9}{'read s':>9}{'prep s':>9}"
              f"{'MiB/s':>9}{'time saved':>12}  notes",
              f"{'direct copy':<18}{'copy':<12}{d:>9.2f}{d:>9.2f}{0:>9.2f}"
