@@ -40,10 +40,12 @@ def free_port_block(n: int) -> int:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3, replicas: int = 1) -> None:
+    def __init__(self, root: Path, nodes: int = 3, replicas: int = 1,
+                 up_args: tuple[str, ...] = ()) -> None:
         self.root = Path(root)
         self.n = nodes
         self.replicas = replicas
+        self.up_args = up_args  # more `cluster up` options (--store, --flush-delay, ...)
         self.nodes: dict[int, dict] = {}
 
     # -- life cycle -------------------------------------------------------------------------
@@ -51,7 +53,8 @@ class LocalCluster:
     def up(self) -> LocalCluster:
         base = free_port_block(3 * self.n)
         res = _cli("cluster", "up", "--nodes", str(self.n), "--replicas", str(self.replicas),
-                   "--base-port", str(base), "--data-dir", str(self.root), "--json")
+                   "--base-port", str(base), "--data-dir", str(self.root), "--json",
+                   *self.up_args)
         if res.returncode != 0:
             raise ClusterError(f"cluster up exited {res.returncode}:\n{res.stdout}\n"
                                f"{res.stderr[-5000:]}")
@@ -127,6 +130,23 @@ class LocalCluster:
             raise ClusterError(f"admin fsck exited {res.returncode}:\n{res.stdout}\n"
                                f"{res.stderr}")
         return json.loads(res.stdout)
+
+    def admin(self, command: str, *args: str, node_id: int = 1,
+              timeout_s: float = 300.0) -> subprocess.CompletedProcess:
+        """`objcache admin COMMAND ARGS --node ... --cluster-secret-file ...` (its exit code
+        is the caller's to check)."""
+        return _cli("admin", command, *args, "--node", f"{node_id}={self.nodes[node_id]['rpc']}",
+                    "--cluster-secret-file", str(self.root / "secret"), timeout_s=timeout_s)
+
+    def metric(self, node_id: int, name: str, label: str = "") -> float:
+        """The sum of a metric's samples on one node's /metrics (those with `label`, e.g.
+        'event="gets"', if given)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.nodes[node_id]['metrics']}/metrics") as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name) and label in line)
 
     def leader(self, group: int) -> int:
         """The node that most recently became leader of `group` (from the nodes' logs)."""

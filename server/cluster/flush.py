@@ -119,6 +119,7 @@ class Flusher:
         self._first_seen: dict[int, float] = {}
         self._claimed_seen: set[tuple[int, bytes]] = set()
         self._busy_keys: set[tuple[int, bytes]] = set()
+        self._recovered: set[int] = set()  # stores whose orphaned uploads were aborted
         self._requests = itertools.count()
         self.stats = {"uploads": 0, "copies": 0, "parts": 0, "parts_copied": 0, "deletes": 0,
                       "bytes": 0, "errors": 0, "rounds": 0}
@@ -146,6 +147,9 @@ class Flusher:
         self.stats["rounds"] += 1
         res = RoundResult()
         scan = await self._scan(store)
+        if store not in self._recovered:
+            await self._abort_orphans(store, scan, res)
+            self._recovered.add(store)
         await self._reclaim(store, scan, res)
         now = self._clock()
         for ino in list(self._first_seen):
@@ -426,6 +430,25 @@ class Flusher:
                 self.stats["deletes"] += len(gone)
         res.deletes_left = len(doomed) - res.deleted
 
+    async def _abort_orphans(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
+        """A new flusher has no upload in flight: multipart uploads of keys claimed in the
+        table were left by an earlier one that crashed or lost its leadership. Abort them
+        (the claims stay; the inodes are dirty and are written again)."""
+        store = self.b.stores[store_id]
+        for key, (_, state) in sorted(scan.table.items()):
+            if state != KEY_CLAIMED:
+                continue
+            await self._abort_uploads(store, key, res)
+
+    async def _abort_uploads(self, store: ObjectStore, key: bytes, res: RoundResult) -> None:
+        try:
+            for k, upload_id, _ in await store.list_multipart(key.decode()):
+                if k == key.decode():
+                    await store.abort_multipart(k, upload_id)
+                    log.info("write-back: aborted the orphaned upload %s of %r", upload_id, k)
+        except StoreError as e:
+            res.errors.append(f"abort uploads of {key!r}: {e}")
+
     async def _reclaim(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
         """Claims seen in two rounds in a row whose inode is gone or now wants another key
         (an upload that crashed or lost a race) are released for deletion."""
@@ -438,12 +461,7 @@ class Flusher:
             inode = scan.dirty.get(ino) or await self.b._inode(ino)
             if inode is not None and await self._key_of(inode, {}) == key:
                 continue  # still its key: the inode is dirty and will be written again
-            try:
-                for k, upload_id, _ in await store.list_multipart(key.decode()):
-                    if k == key.decode():
-                        await store.abort_multipart(k, upload_id)
-            except StoreError as e:
-                res.errors.append(f"abort uploads of {key!r}: {e}")
+            await self._abort_uploads(store, key, res)
             await self._txn(self._root_group(store_id), [KeyRelease(store_id, key, ino, True)])
 
     # -- transactions -----------------------------------------------------------------------

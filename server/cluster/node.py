@@ -146,7 +146,11 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         stores = _open_stores(cfg)
         bucket = bucket_config(cfg)
         if stores:
-            await bucket_reads.attach(runtime, stores, bucket)
+            reads = await bucket_reads.attach(runtime, stores, bucket)
+            metrics.export_counters("objcache_bucket_fetch", "Chunks fetched from the bucket: "
+                                    "fetches, fetched bytes, ranged GETs", reads.stats)
+            metrics.export_counters("objcache_chunk_cache", "The clean chunk cache: hits, "
+                                    "misses, admitted, evicted, refused", reads.cache.stats)
         backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id, stores=stores,
                                  bucket=bucket)
         backend._nursery = nursery
