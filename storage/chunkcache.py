@@ -165,6 +165,44 @@ class ChunkCache:
         if keys:
             self.kv.write_sync([(_key(*k), None) for k in keys], sync=False)
 
+    def adopt(self, ino: int, index: int, etag: bytes) -> None:
+        """A chunk file the replicated state held is a clean copy of `etag` now (write-back
+        uploaded it; ChunkStore.adopted_hook): it counts as clean and may be evicted."""
+        try:
+            nbytes = os.stat(self.chunks.chunk_path(ino, index)).st_size
+        except FileNotFoundError:
+            return
+        with self._lock:
+            old = self._lru.pop((ino, index), None)
+            if old is not None:
+                self.clean_bytes -= old.nbytes
+            self._lru[(ino, index)] = _Copy(etag, nbytes)
+            self.clean_bytes += nbytes
+            self.pinned_bytes = max(0, self.pinned_bytes - nbytes)
+        self.kv.write_sync([(_key(ino, index), cbor2.dumps([etag, nbytes]))], sync=False)
+
+    def trim_sync(self) -> int:
+        """Evict least-recently-used clean copies until everything fits the capacity."""
+        with self._lock:
+            over = self.clean_bytes + self.pinned_bytes - self.capacity
+            victims = []
+            for key, c in self._lru.items():
+                if over <= 0:
+                    break
+                victims.append(key)
+                over -= c.nbytes
+        return sum(self._drop(*k) for k in victims)
+
+    def full(self) -> bool:
+        """Nothing more fits and nothing clean is left to evict: only write-back frees room."""
+        with self._lock:
+            return self.pinned_bytes >= self.capacity
+
+    def pressed(self, share: float = 0.9) -> bool:
+        """Bytes the cache cannot drop fill `share` of it: write-back should not wait."""
+        with self._lock:
+            return self.pinned_bytes >= share * self.capacity
+
     def forget_sync(self, ino: int, index: int | None = None) -> int:
         """Drop the clean copies of ino (one chunk, or all): `objcache admin evict`, or an
         inode whose bytes are gone. Returns the bytes freed."""

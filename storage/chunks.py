@@ -84,6 +84,9 @@ class ChunkStore:
         # or deletes change chunk files, so a cache of clean copies (storage/chunkcache.py)
         # stops treating them as its own.
         self.changed_hook: Callable[[int, int, int | None], None] | None = None
+        # Told (ino, index, etag) when a chunk file became a clean copy of that object
+        # version (write-back uploaded it): the cache takes it over.
+        self.adopted_hook: Callable[[int, int, bytes], None] | None = None
 
     def ino_dir(self, ino: int) -> Path:
         return self.root / f"{ino:016x}"

@@ -184,6 +184,37 @@ class BucketReads:
         return data
 
 
+ADMIT_CHECK_BYTES = 64 << 10  # transactions carrying less are never refused for space
+HOUSEKEEPING_S = 2.0  # how often the pinned bytes on disk are recounted
+
+
+def admission(cache: ChunkCache, stalled: Callable[[], bool]) -> Callable[[int], None]:
+    """The group's admission check of data-carrying transactions: a full cache (only bytes
+    write-back must upload first) answers UNAVAILABLE, which the router retries while the
+    write-back makes room (flush first), and NOSPC once write-back cannot free anything."""
+
+    def admit(nbytes: int) -> None:
+        if nbytes < ADMIT_CHECK_BYTES or not cache.full():
+            return
+        if stalled():
+            raise RemoteError(p.NOSPC, "the cache is full and write-back cannot free it")
+        raise RemoteError(p.UNAVAILABLE, "the cache is full; writing back to make room")
+
+    return admit
+
+
+async def housekeeping(reads: BucketReads, interval_s: float = HOUSEKEEPING_S) -> None:
+    """Now and then: recount the pinned bytes (writes grow them without telling the cache)
+    and evict clean copies down to the capacity (write-back's unpinned chunks join the
+    clean copies without passing through an admission). Under the apply lock: a chunk file
+    is never deleted while an apply writes it."""
+    while True:
+        await trio.sleep(interval_s)
+        async with reads.apply_lock:
+            await trio.to_thread.run_sync(reads.cache.refresh_pinned_sync)
+            await trio.to_thread.run_sync(reads.cache.trim_sync)
+
+
 async def attach(runtime: GroupRuntime, stores: Mapping[int, ObjectStore],
                  config: BucketConfig) -> BucketReads:
     """Give a group member its ChunkCache and bucket reads (the node does this at start)."""
@@ -195,6 +226,7 @@ async def attach(runtime: GroupRuntime, stores: Mapping[int, ObjectStore],
     cache = ChunkCache(kv, chunks, config.capacity_bytes, pinned)
     await trio.to_thread.run_sync(cache.open_sync)
     chunks.changed_hook = cache.untrack
+    chunks.adopted_hook = cache.adopt
     runtime.bucket = BucketReads(stores, cache, config, runtime.apply_lock)
     return runtime.bucket
 

@@ -11,8 +11,12 @@ Rules:
   wholly the object's bytes (backed, not materialized, inside obase) is copied inside the
   store (UploadPartCopy with If-Match), never read through the cluster; any other chunk is
   read like a READ and uploaded.
-- Failures: store errors travel as RemoteError (UNAVAILABLE: retry later; ORIGIN_CHANGED:
-  the source object changed) and the flusher keeps the file dirty.
+- Both answer the pin version (keys.materialized_key) the chunk had before its bytes were
+  read: after the clean mark, write-back unpins exactly that version (Unpin), so a chunk
+  written meanwhile stays pinned.
+- Failures: store errors travel as RemoteError (STORE_FAILED, which the router does not
+  retry: the flusher's next round does; ORIGIN_CHANGED: the source object changed) and the
+  flusher keeps the file dirty.
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ def _store(runtime: GroupRuntime, store: int) -> ObjectStore:
     return s
 
 
+async def _pin_version(runtime: GroupRuntime, ino: int, index: int) -> int:
+    return decode_u64(await runtime.kv.get(keys.materialized_key(ino, index)))
+
+
 async def put_object(runtime: GroupRuntime, req: p.PutObject) -> p.PutReply:
+    version = await _pin_version(runtime, req.ino, 0)  # before the bytes (module rules)
     head = await runtime.handle(p.ReadHead(req.ring_version, req.ino, 0, p.MAX_PUT_BYTES))
     if not head.inode:
         return p.PutReply(False, "", 0)
@@ -52,15 +61,15 @@ async def put_object(runtime: GroupRuntime, req: p.PutObject) -> p.PutReply:
         etag = await _store(runtime, req.store).put(req.key.decode(), data,
                                                     metadata=dict(req.metadata))
     except StoreError as e:
-        raise RemoteError(p.UNAVAILABLE, f"PUT {req.key!r}: {type(e).__name__}: {e}") from e
-    return p.PutReply(True, etag, inode.size)
+        raise RemoteError(p.STORE_FAILED, f"PUT {req.key!r}: {type(e).__name__}: {e}") from e
+    return p.PutReply(True, etag, inode.size, 0 if inode.inline else version)
 
 
 async def put_part(runtime: GroupRuntime, req: p.PutPart) -> p.PartReply:
     store = _store(runtime, req.store)
     cs = req.chunk_size
     start = req.index * cs
-    materialized = decode_u64(await runtime.kv.get(keys.materialized_key(req.ino, req.index)))
+    materialized = await _pin_version(runtime, req.ino, req.index)
     try:
         if (req.etag and not materialized
                 and backed_len(req.obase, cs, req.index) >= req.length):
@@ -74,6 +83,6 @@ async def put_part(runtime: GroupRuntime, req: p.PutPart) -> p.PartReply:
         data = reply.data + bytes(req.length - len(reply.data))
         etag = await store.upload_part(req.key.decode(), req.upload_id, req.part_number, data)
     except StoreError as e:
-        code = p.ORIGIN_CHANGED if isinstance(e, PreconditionFailed) else p.UNAVAILABLE
+        code = p.ORIGIN_CHANGED if isinstance(e, PreconditionFailed) else p.STORE_FAILED
         raise RemoteError(code, f"part {req.part_number} of {req.key!r}: {e}") from e
-    return p.PartReply(etag, False)
+    return p.PartReply(etag, False, materialized)

@@ -69,6 +69,7 @@ from server.fs.records import (
     KeyLive,
     KeyRelease,
     SetClean,
+    Unpin,
     decode_value,
 )
 from server.fs.state import KEY_CLAIMED, KEY_DELETE
@@ -80,6 +81,7 @@ log = logging.getLogger("objcache.flush")
 ROOT = Cred(0, 0)
 MAX_DEPTH = 256
 DELETE_BATCH = 1000
+STALLED_ROUNDS = 5  # forced rounds in a row that freed nothing: writes get NOSPC
 MIN_PART_BYTES = 5 << 20  # S3's smallest part but the last
 MAX_GATHER_BYTES = 1 << 30
 
@@ -120,6 +122,7 @@ class Flusher:
         self._claimed_seen: set[tuple[int, bytes]] = set()
         self._busy_keys: set[tuple[int, bytes]] = set()
         self._recovered: set[int] = set()  # stores whose orphaned uploads were aborted
+        self._stalled_rounds = 0
         self._requests = itertools.count()
         self.stats = {"uploads": 0, "copies": 0, "parts": 0, "parts_copied": 0, "deletes": 0,
                       "bytes": 0, "errors": 0, "rounds": 0}
@@ -127,18 +130,33 @@ class Flusher:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, leads: Callable[[int], bool],
+                  pressed: Callable[[], bool] = lambda: False,
                   *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Every interval: a round for each store whose root's group this node leads."""
+        """Every interval: a round for each store whose root's group this node leads; on
+        any node whose cache is pressed by bytes only write-back can free, forced rounds
+        (flush first, whatever the delay)."""
         task_status.started()
         while True:
             await trio.sleep(self.config.interval_s)
+            force = pressed()
             for store, root in sorted(self.b.store_roots.items()):
-                if not leads(self.b.ring.group_of_inode(root)):
+                if not (force or leads(self.b.ring.group_of_inode(root))):
                     continue
                 try:
-                    await self.round(store)
+                    res = await self.round(store, force=force)
                 except (FsError, p.Unavailable, p.RingChanged, RemoteError, StoreError) as e:
                     log.info("write-back of store %d: %s", store, e)
+                    res = None
+                if force:
+                    progress = res is not None and bool(res.flushed or res.deleted)
+                    self._stalled_rounds = 0 if progress else self._stalled_rounds + 1
+            if not force:
+                self._stalled_rounds = 0
+
+    def stalled(self) -> bool:
+        """Forced rounds keep freeing nothing (the store is down, or nothing is dirty and
+        the cache is still full): a write that needs room gets NOSPC."""
+        return self._stalled_rounds >= STALLED_ROUNDS
 
     async def round(self, store: int, *, force: bool = False, under: bytes | None = None
                     ) -> RoundResult:
@@ -263,15 +281,21 @@ class Flusher:
             if not await self._txn(self._root_group(store_id),
                                    [KeyClaim(store_id, key, inode.ino)]):
                 return False
-            etag, size = await self._upload(store, store_id, inode, key)
+            versions: dict[int, int] = {}
+            etag, size = await self._upload(store, store_id, inode, key, versions)
             if etag is None:
                 return False
-            return await self._mark(store_id, inode, key, etag, size)
+            if not await self._mark(store_id, inode, key, etag, size):
+                return False
+            await self._unpin(inode, etag, versions)
+            return True
         finally:
             self._busy_keys.discard(busy)
 
-    async def _upload(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes
-                      ) -> tuple[str | None, int]:
+    async def _upload(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,
+                      versions: dict[int, int]) -> tuple[str | None, int]:
+        """The inode's bytes (or marker) to the bucket: (etag, size), etag None when the
+        inode changed first. `versions` gets the pin version of each chunk uploaded."""
         meta = metadata_of(inode)
         k = key.decode()
         if inode.ftype != FileType.REG:  # a directory's marker, a symlink, a device node
@@ -293,12 +317,14 @@ class Flusher:
                 0, inode.ino, inode.dver, store_id, key, tuple(sorted(meta.items()))))
             if not reply.ok:
                 return None, 0
+            if reply.chunk_version:
+                versions[0] = reply.chunk_version
             self.stats["uploads"] += 1
             self.stats["bytes"] += reply.size
             return reply.etag, reply.size
         if inode.chunk_size < MIN_PART_BYTES:  # parts this small: S3 refuses them
             return await self._gathered(store, inode, key, meta), inode.size
-        return await self._multipart(store, store_id, inode, key, meta), inode.size
+        return await self._multipart(store, store_id, inode, key, meta, versions), inode.size
 
     async def _gathered(self, store: ObjectStore, inode: Inode, key: bytes,
                         meta: dict[str, str]) -> str | None:
@@ -320,7 +346,7 @@ class Flusher:
         return await store.put(key.decode(), bytes(out[:inode.size]), metadata=meta)
 
     async def _multipart(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,
-                         meta: dict[str, str]) -> str:
+                         meta: dict[str, str], versions: dict[int, int]) -> str:
         k = key.decode()
         cs = inode.chunk_size
         count = -(-inode.size // cs)
@@ -336,6 +362,8 @@ class Flusher:
                 reply = await self.b._at(
                     lambda: self.b.ring.group_of_chunk(inode.ino, index), req)
                 etags[index] = reply.etag
+                if reply.version:
+                    versions[index] = reply.version
                 self.stats["parts"] += 1
                 self.stats["parts_copied"] += reply.copied
 
@@ -370,6 +398,20 @@ class Flusher:
         for g, rs in recs.items():
             plan.add(g, *rs)
         return await self._run(plan)
+
+    async def _unpin(self, inode: Inode, etag: str, versions: dict[int, int]) -> None:
+        """The chunks just uploaded become clean cached copies of the new object in their
+        groups (unless written since: Unpin checks the version). Best effort: a chunk left
+        pinned is only not evictable."""
+        by_group: dict[int, list[object]] = {}
+        for index, version in sorted(versions.items()):
+            g = self.b.ring.group_of_chunk(inode.ino, index)
+            by_group.setdefault(g, []).append(Unpin(inode.ino, index, version, etag.encode()))
+        for g, recs in sorted(by_group.items()):
+            try:
+                await self._txn(g, recs)
+            except (FsError, p.Unavailable, p.RingChanged, RemoteError) as e:
+                log.info("write-back: unpinning chunks of inode %d: %s", inode.ino, e)
 
     async def _move_subtree(self, store_id: int, d: Inode, paths: dict[int, bytes | None]
                             ) -> None:

@@ -55,6 +55,7 @@ from server.fs.records import (
     SetParent,
     UnInline,
     UnlinkDirent,
+    Unpin,
     WriteInline,
     WriteMeta,
 )
@@ -64,6 +65,7 @@ from server.fs.state import (
     ENOTEMPTY,
     STALE,
     UNMATERIALIZED,
+    AdoptEffect,
     Changes,
     DeleteEffect,
     Effect,
@@ -106,6 +108,7 @@ _OWNER = {
     ExpectChunk: lambda r: r.ino,
     SetName: lambda r: r.ino,
     SetClean: lambda r: r.ino,
+    Unpin: lambda r: r.ino,
     KeyHold: lambda r: key_lock(r.store, r.key),
     KeyClaim: lambda r: key_lock(r.store, r.key),
     KeyLive: lambda r: key_lock(r.store, r.key),
@@ -263,6 +266,9 @@ def perform_effects_sync(effects: list[Effect], chunks: ChunkStore) -> None:
         elif isinstance(e, TrimEffect):
             chunks.truncate_sync(e.ino, e.chunk_size, e.keep)
             touched.add(e.ino)
+        elif isinstance(e, AdoptEffect):
+            if chunks.adopted_hook is not None:
+                chunks.adopted_hook(e.ino, e.index, e.etag)
         else:
             assert isinstance(e, DeleteEffect), e
             chunks.delete_sync(e.ino)

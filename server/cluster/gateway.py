@@ -47,6 +47,7 @@ from nfs_gateway.backend import (
     Jukebox,
     LookupResult,
     NoEnt,
+    NoSpc,
     NotDir,
     NotEmpty,
     ReadDirResult,
@@ -68,6 +69,7 @@ from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_di
 from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
 from server.fs.records import Dirent, Inode, Multi, decode_value
+from server.rpc.frames import RemoteError
 from txn.ids import txn_id
 
 if TYPE_CHECKING:
@@ -278,6 +280,10 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         for resend in range(MAX_RESENDS):
             try:
                 reply = await self.router.call(plan.coordinator, p.RunTxn(0, tid, parts, retry))
+            except RemoteError as e:
+                if e.code == p.NOSPC:  # the coordinator's cache is full for good
+                    raise NoSpc(e.message) from e
+                raise
             except p.Unavailable as e:
                 # The router already waited its whole request timeout: a few more tries (a
                 # lost reply), then the client hears JUKEBOX and retries the NFS call.

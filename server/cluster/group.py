@@ -155,6 +155,9 @@ class GroupRuntime:
         self._nursery: trio.Nursery | None = None
         self._version_of: tuple[bytes | None, int] = (None, 0)
         self.bucket: BucketReads | None = None  # set by the node when it has object stores
+        # Asked with the bytes a new transaction carries; raises RemoteError to refuse it
+        # (the node's cache is full of bytes only write-back can free: bucket_reads.py).
+        self.admit: Callable[[int], None] | None = None
         self._register(plane)
 
     # -- construction -----------------------------------------------------------------------
@@ -359,6 +362,8 @@ class GroupRuntime:
         raise RemoteError(p.UNAVAILABLE, "leader not ready")
 
     async def _run_txn(self, req: p.RunTxn) -> p.TxnReply:
+        if self.admit is not None and not req.retry:
+            self.admit(sum(len(ops) for _, ops in req.parts))  # may refuse: cache full
         # Only a retry can have an outcome already; for a first attempt the lookup would cost a
         # thread round trip for nothing (and a wrong "first attempt" flag is still safe: the
         # records' apply answers a decided txn with its remembered outcome).

@@ -146,11 +146,11 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         stores = _open_stores(cfg)
         bucket = bucket_config(cfg)
         if stores:
-            reads = await bucket_reads.attach(runtime, stores, bucket)
+            fetch = await bucket_reads.attach(runtime, stores, bucket)
             metrics.export_counters("objcache_bucket_fetch", "Chunks fetched from the bucket: "
-                                    "fetches, fetched bytes, ranged GETs", reads.stats)
+                                    "fetches, fetched bytes, ranged GETs", fetch.stats)
             metrics.export_counters("objcache_chunk_cache", "The clean chunk cache: hits, "
-                                    "misses, admitted, evicted, refused", reads.cache.stats)
+                                    "misses, admitted, evicted, refused", fetch.cache.stats)
         backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id, stores=stores,
                                  bucket=bucket)
         backend._nursery = nursery
@@ -168,8 +168,13 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"the exports' buckets were not bound in "
                                f"{c.bootstrap_timeout_s} s")
         flusher = Flusher(backend, flush_config(cfg))
-        await nursery.start(flusher.run,
-                            lambda g: runtime.group == g and runtime.is_leader())
+        reads = runtime.bucket
+        pressed = (lambda: reads.cache.pressed()) if reads is not None else (lambda: False)
+        await nursery.start(flusher.run, lambda g: runtime.group == g and runtime.is_leader(),
+                            pressed)
+        if reads is not None:
+            runtime.admit = bucket_reads.admission(reads.cache, flusher.stalled)
+            nursery.start_soon(bucket_reads.housekeeping, reads)
         BucketAdmin(backend, plane, flusher).serve(nursery)
         metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
                                 "deletes, bytes, errors, rounds", flusher.stats)

@@ -34,6 +34,9 @@ from txn.messages import (
 NOT_LEADER = "not-leader"
 STALE_RING = "stale-ring"
 UNAVAILABLE = "unavailable"
+STORE_FAILED = "store-failed"  # an upload the object store refused after its retries: the
+# caller (write-back) decides when to try again, the router does not retry it
+NOSPC = "nospc"  # the node's cache is full of bytes write-back cannot upload (NFS3ERR_NOSPC)
 ORIGIN_CHANGED = "origin-changed"  # the bucket object changed since the inode was loaded: the
 # gateway revalidates the file (server/cluster/bucket.py)
 WRONG_GROUP = "wrong-group"  # the named state is not placed in this group (a bug or a race
@@ -220,6 +223,7 @@ class PutReply:
     ok: bool  # False: the inode is gone or at another version (nothing was written)
     etag: str
     size: int
+    chunk_version: int = 0  # chunk 0's pin version before its bytes were read (0: none)
 
 
 @message("cl.put_part")
@@ -247,6 +251,7 @@ class PutPart:
 class PartReply:
     etag: str
     copied: bool  # copied inside the store from the origin object (no bytes moved)
+    version: int = 0  # the chunk's pin version before its bytes were read (0: not pinned)
 
 
 @message("cl.fs_stat")

@@ -18,7 +18,8 @@ DIRENT = b"fs.d"  # + dir ino + name         -> Dirent
 COOKIE = b"fs.c"  # + dir ino + cookie       -> CookieEntry
 META = b"fs.m"  # + meta name                -> Meta
 INLINE = b"fs.x"  # + ino                    -> the bytes of a small file (raw, not a record)
-MATERIALIZED = b"fs.k"  # + ino + chunk index  -> u64 1: the chunk's bucket bytes are local
+MATERIALIZED = b"fs.k"  # + ino + chunk index  -> u64 version >= 1: the chunk's bytes held
+#                                              here are the replicated truth (pinned)
 DIRTY = b"fs.y"  # + ino                       -> b"": the bucket lacks the inode's version
 BUCKET_KEY = b"fs.q"  # + u32 store + key       -> cbor [ino, state]: write-back's key table
 

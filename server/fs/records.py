@@ -307,6 +307,18 @@ class SetName:
 
 
 @dataclass(frozen=True, slots=True)
+class Unpin:
+    """Chunk `index` of `ino` here is exactly object version `etag` (write-back uploaded it at
+    chunk version `version`, keys.materialized_key): unless it changed since, it becomes a
+    clean cached copy that eviction may drop."""
+
+    ino: int
+    index: int
+    version: int
+    etag: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SetClean:
     """The bucket holds version `dver` of the inode at `okey` (write-back confirmed it, ETag
     `etag`); refused (STALE) if the inode changed since. Files: `size` bytes of object."""
@@ -394,6 +406,7 @@ Record = (
     | ExpectChunk
     | SetName
     | SetClean
+    | Unpin
     | KeyHold
     | KeyClaim
     | KeyLive
@@ -432,6 +445,7 @@ _TAGS: dict[type, int] = {
     KeyLive: 38,
     KeyRelease: 39,
     KeyGone: 40,
+    Unpin: 41,
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _TAGS}

@@ -56,6 +56,7 @@ from server.fs.records import (
     SetParent,
     UnInline,
     UnlinkDirent,
+    Unpin,
     WriteInline,
     WriteMeta,
     decode,
@@ -119,7 +120,17 @@ class DeleteEffect:
     ino: int
 
 
-Effect = WriteEffect | TrimEffect | DeleteEffect
+@dataclass(frozen=True, slots=True)
+class AdoptEffect:
+    """Chunk `index` of ino held here is a clean copy of object version `etag` now (the
+    node's chunk cache takes it: storage/chunkcache.py)."""
+
+    ino: int
+    index: int
+    etag: bytes
+
+
+Effect = WriteEffect | TrimEffect | DeleteEffect | AdoptEffect
 
 
 class View(Protocol):
@@ -440,6 +451,7 @@ def _uninline(r: UnInline, view: View, changes: Changes) -> None:
         blob = changes.inline(view, r.ino)
         if blob:
             changes.effects.append(WriteEffect(r.ino, inode.chunk_size, 0, blob))
+            _bump_chunk(view, changes, r.ino, 0)
     changes.delete_inline(r.ino)
     changes.put_inode(dataclasses.replace(inode, inline=False))
 
@@ -449,6 +461,14 @@ def _chunk_write(r: ChunkWrite, view: View, changes: Changes) -> None:
         raise StateError(f"chunk write of {len(r.data)} at {r.offset} past chunk {r.chunk_size}")
     offset = r.index * r.chunk_size + r.offset
     changes.effects.append(WriteEffect(r.ino, r.chunk_size, offset, r.data))
+    _bump_chunk(view, changes, r.ino, r.index)
+
+
+def _bump_chunk(view: View, changes: Changes, ino: int, index: int) -> None:
+    """The chunk's bytes here changed: it is pinned (the replicated truth), at a new version
+    (so an Unpin for the bytes write-back uploaded before no longer applies)."""
+    key = keys.materialized_key(ino, index)
+    changes.put_meta(key, changes.meta_int(view, key) + 1)
 
 
 def _chunk_trim(r: ChunkTrim, view: View, changes: Changes) -> None:
@@ -457,6 +477,10 @@ def _chunk_trim(r: ChunkTrim, view: View, changes: Changes) -> None:
     # its remaining bytes are still the materialized ones.
     first_gone = -(-r.keep // r.chunk_size) if r.chunk_size > 0 else 0
     _unmark_chunks(view, changes, r.ino, first_gone)
+    kept = first_gone - 1  # the chunk `keep` falls in, if it falls inside one
+    if r.chunk_size > 0 and r.keep % r.chunk_size and changes.meta_int(
+            view, keys.materialized_key(r.ino, kept)):
+        _bump_chunk(view, changes, r.ino, kept)
 
 
 def _chunk_delete(r: ChunkDelete, view: View, changes: Changes) -> None:
@@ -509,6 +533,14 @@ def _set_clean(r: SetClean, view: View, changes: Changes) -> None:
         # and every chunk stays as it is (materialized chunks hold exactly those bytes).
         new = dataclasses.replace(new, obase=r.size)
     changes.put_inode(new)
+
+
+def _unpin(r: Unpin, view: View, changes: Changes) -> None:
+    key = keys.materialized_key(r.ino, r.index)
+    if changes.meta_int(view, key) != r.version:
+        return  # written since it was uploaded (or unpinned already): stays as it is
+    changes.delete_meta(key)
+    changes.effects.append(AdoptEffect(r.ino, r.index, r.etag))
 
 
 def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int] | None:
@@ -625,6 +657,7 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     ExpectChunk: _expect_chunk,
     SetName: _set_name,
     SetClean: _set_clean,
+    Unpin: _unpin,
     KeyHold: _key_hold,
     KeyClaim: _key_claim,
     KeyLive: _key_live,

@@ -15,7 +15,8 @@ import trio
 from bucketnode import STORE, CountingStore, one_node
 from tools.s3faultproxy import FaultProxy
 
-from nfs_gateway.backend import CreateMode, Cred, FileId, SetAttrs, StableHow
+from nfs_gateway.backend import CreateMode, Cred, FileId, NoSpc, SetAttrs, StableHow
+from server.cluster import bucket_reads
 from server.cluster.bucket import BucketConfig
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.gateway import ClusterBackend
@@ -283,3 +284,42 @@ async def test_an_upload_cut_by_a_crash_is_aborted_and_redone(store: Any, tmp_pa
         assert [u for u in await store.list_multipart("") if u[0] == "big"] == []
         inode = await fs._get(fid)
         assert inode.cver == inode.dver
+
+
+async def test_a_full_cache_writes_back_first_and_answers_nospc_only_when_it_cannot(
+        tmp_path: Path, s3_bucket: Any) -> None:
+    """Capacity 4 chunks, 8 chunks written: writes wait while write-back makes room (their
+    chunks become clean copies, evicted as needed); with the store down, NOSPC."""
+    cs = 5 * MIB
+    with FaultProxy(s3_bucket.server.endpoint, seed=3) as proxy:
+        store = CountingStore(open_store(s3_bucket.spec("full", endpoint=proxy.endpoint,
+                                                        max_attempts=2, timeout_s=5.0)))
+        cfg = BucketConfig(capacity_bytes=4 * cs)
+        async with one_node(tmp_path / "n", store, cfg, chunk_size=cs,
+                            bind_root=True) as (fs, rt, nursery):
+            reads = rt.bucket
+            assert reads is not None
+            flusher = Flusher(fs, FlushConfig(delay_s=3600, interval_s=0.05))
+            await nursery.start(flusher.run, lambda g: False, lambda: reads.cache.pressed())
+            rt.admit = bucket_reads.admission(reads.cache, flusher.stalled)
+            nursery.start_soon(bucket_reads.housekeeping, reads, 0.05)
+            root = await fs.export_root("/")
+            files = {f"f{i}": blob(cs, 20 + i) for i in range(8)}
+            with trio.fail_after(120):
+                for name, data in files.items():
+                    await write_file(fs, root, name.encode(), data)
+            assert flusher.stats["uploads"] >= 4  # pressure wrote back before the delay
+            for name, data in files.items():  # every byte is right, evicted or not
+                fid = (await fs.lookup(ROOT, root, name.encode())).fid
+                got = b"".join([(await fs.read(ROOT, fid, off, MIB)).data
+                                for off in range(0, cs, MIB)])
+                assert got == data, name
+            await trio.sleep(0.2)
+            usage = reads.cache.usage()
+            assert usage["clean_bytes"] + usage["pinned_bytes"] <= 4 * cs + cs
+            # The store goes down: write-back cannot free anything, writes get NOSPC.
+            proxy.set_rates(slowdown=1.0)
+            with pytest.raises(NoSpc), trio.fail_after(300):
+                for i in range(8):
+                    await write_file(fs, root, f"g{i}".encode(), blob(cs, 40 + i))
+            proxy.set_rates(slowdown=0.0)
