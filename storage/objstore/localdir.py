@@ -356,7 +356,8 @@ class LocalDirStore:
         missing: list[Path] = []
         p = path
         while p != self.root and not p.is_dir():
-            if p.exists() or p.is_symlink():
+            # is_dir again: another put may have made the directory since the loop's check.
+            if (p.exists() or p.is_symlink()) and not p.is_dir():
                 raise InvalidKey(f"{key!r}: {p.relative_to(self.root)} is an object, "
                                  "not a directory")
             missing.append(p)

@@ -48,6 +48,21 @@ async def test_objects_and_directories_clash(store):
     assert await store.head("d") is None  # a directory is the object "d/", not "d"
 
 
+async def test_a_marker_and_an_object_under_it_put_at_once(store):
+    """Regression: a put making the directory raced another put's check and answered
+    InvalidKey ("is an object, not a directory") for a key that was fine."""
+    import trio
+
+    for i in range(40):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.put, f"d{i}/", b"")
+            for j in range(3):
+                nursery.start_soon(store.put, f"d{i}/x{j}", b"data")
+    for i in range(40):
+        for key in (f"d{i}/", f"d{i}/x0", f"d{i}/x1", f"d{i}/x2"):
+            assert await store.head(key) is not None, key
+
+
 async def test_every_directory_is_a_marker(store):
     await store.put("x/y/z", b"1")
     info = await store.head("x/y/")
