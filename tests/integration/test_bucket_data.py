@@ -15,6 +15,7 @@ SetOrigin directly, so these tests do not depend on how listings are loaded.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,29 @@ async def test_warm_and_evict_jobs(tmp_path: Path) -> None:
         assert await read_all(fs, fids["m1"], len(data["m1"])) == data["m1"]
         assert store.calls["get_range"] > gets
 
+
+
+async def test_capacity_64_mib_under_a_512_mib_working_set(tmp_path: Path) -> None:
+    """The issue's numbers: every read right, the cache within its capacity, the one dirty
+    chunk never dropped."""
+    store = LocalDirStore(tmp_path / "bucket")
+    mib = 1 << 20
+    files = {f"w{i}": os.urandom(64 * mib) for i in range(8)}
+    for k, v in files.items():
+        await put(store, k, v)
+    bucket = BucketConfig(capacity_bytes=64 * mib, readahead_chunks=1)
+    async with one_node(tmp_path / "n1", store, bucket, chunk_size=16 * mib,
+                        bind_root=True) as (fs, runtime, _):
+        root = await fs.export_root("/")
+        fids = {k: (await fs.lookup(ROOT, root, k.encode())).fid for k in files}
+        w0 = fids["w0"]
+        await fs.write(ROOT, w0, 40 * mib + 3, memoryview(b"DIRTY"), StableHow.FILE_SYNC)
+        files["w0"] = files["w0"][:40 * mib + 3] + b"DIRTY" + files["w0"][40 * mib + 8:]
+        for _ in range(2):
+            for k, fid in fids.items():
+                got = await read_all(fs, fid, len(files[k]), step=mib)
+                assert hashlib.sha256(got).digest() == hashlib.sha256(files[k]).digest(), k
+        usage = runtime.bucket.cache.usage()
+        assert usage["clean_bytes"] <= 64 * mib and usage["evicted"] >= 20
+        got = await fs.read(ROOT, w0, 40 * mib, 16)
+        assert got.data == files["w0"][40 * mib:40 * mib + 16]
