@@ -150,9 +150,12 @@ class ChunkStore:
                 del self._fds[key]
                 os.close(ent.fd)
 
-    def _forget_locked(self, ino: int, min_index: int) -> None:
-        """Drop cached descriptors of chunks >= min_index of ino (their files are going away)."""
-        for key in [k for k in self._fds if k[0] == ino and k[1] >= min_index]:
+    def _forget_locked(self, ino: int, min_index: int, max_index: int | None = None) -> None:
+        """Drop cached descriptors of chunks min_index.. (..max_index) of ino (their files
+        are going away)."""
+        last = max_index
+        for key in [k for k in self._fds if k[0] == ino and k[1] >= min_index
+                    and (last is None or k[1] <= last)]:
             ent = self._fds.pop(key)
             if ent.busy:
                 ent.doomed = True
@@ -160,7 +163,8 @@ class ChunkStore:
                 os.close(ent.fd)
         dirty = self._dirty.get(ino)
         if dirty:
-            dirty.difference_update([i for i in dirty if i >= min_index])
+            dirty.difference_update([i for i in dirty
+                                     if i >= min_index and (last is None or i <= last)])
 
     # -- data -------------------------------------------------------------------------------
 
@@ -350,15 +354,7 @@ class ChunkStore:
     def delete_chunk_sync(self, ino: int, index: int) -> int:
         """Remove one chunk file (a clean cached copy being evicted); returns its size."""
         with self._lock:
-            for key in [k for k in self._fds if k == (ino, index)]:
-                ent = self._fds.pop(key)
-                if ent.busy:
-                    ent.doomed = True
-                else:
-                    os.close(ent.fd)
-            dirty = self._dirty.get(ino)
-            if dirty:
-                dirty.discard(index)
+            self._forget_locked(ino, index, index)
         path = self.chunk_path(ino, index)
         try:
             size = os.stat(path).st_size

@@ -53,13 +53,15 @@ class CountingStore:
 
 
 @asynccontextmanager
-async def one_node(tmp_path: Path, store: Any, bucket: BucketConfig, *, chunk_size: int = CS,
-                   bind_root: bool = False,
+async def one_node(tmp_path: Path, store: Any = None, bucket: BucketConfig | None = None, *,
+                   chunk_size: int = CS, bind_root: bool = False, fsc: FsConfig | None = None,
                    ) -> AsyncIterator[tuple[ClusterBackend, GroupRuntime, trio.Nursery]]:
-    """With bind_root, "/" is the store's root (write-back's key table lives with it)."""
+    """One node, one one-member group. `store`: the bucket (store id STORE); with bind_root,
+    "/" is its root (write-back's key table lives with it). Without a store: no bucket."""
     kv = await KvStore.open(tmp_path / "meta")
     chunks = ChunkStore(tmp_path / "chunks")
-    fsc = FsConfig(chunk_size=chunk_size, inline_max_bytes=1024)
+    fsc = fsc or FsConfig(chunk_size=chunk_size, inline_max_bytes=1024)
+    bucket = bucket or BucketConfig()
     info = NodeInfo(1, 1, f"127.0.0.1:{free_port()}", "127.0.0.1:2049")
     nodelist = NodeList(1, (info,))
     plane = RpcPlane(RpcConfig(node_id=1, cluster_secret=b"s" * 20,
@@ -73,8 +75,9 @@ async def one_node(tmp_path: Path, store: Any, bucket: BucketConfig, *, chunk_si
         post=lambda g, m: holder[0].post(g, m), config=GroupConfig())
     router = GroupRouter(plane, 1, nodelist, runtime, vnodes=64, request_timeout_s=10)
     holder.append(router)
-    stores = {STORE: store}
-    await bucket_reads.attach(runtime, stores, bucket)
+    stores = {STORE: store} if store is not None else {}
+    if stores:
+        await bucket_reads.attach(runtime, stores, bucket)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(plane.run)

@@ -30,25 +30,11 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from server.config import CacheConfig
 from server.fs.records import Inode
 
-
-@dataclass(frozen=True, slots=True)
-class BucketConfig:
-    """The [bucket] section (server/config.py): how the cluster caches and revalidates."""
-
-    capacity_bytes: int = 8 << 30  # per node: clean cached chunks are evicted above this
-    ttl_s: float = 30.0  # listings and attributes of clean files are revalidated after this
-    readahead_chunks: int = 2  # chunks fetched ahead of a sequential reader
-    fetch_parallel: int = 4  # ranged GETs in flight for one chunk
-    fetch_part_bytes: int = 4 << 20  # bytes per ranged GET
-    head_objects: bool = True  # listing loads HEAD each object for its x-amz-meta-* attributes
-    file_mode: int = 0o644  # attributes of objects we did not write
-    dir_mode: int = 0o755
-    uid: int = 0
-    gid: int = 0
+# How the cluster caches the bucket and writes back to it: the [cache] section itself.
+BucketConfig = CacheConfig
 
 
 # The etag of an export's root directory once bound to its store: a directory made here has

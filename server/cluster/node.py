@@ -28,7 +28,6 @@ from nfs_gateway.exports import normalize_path
 from server import metrics
 from server.cluster import bucket_reads, fsops, queries
 from server.cluster import protocol as p
-from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_admin import BucketAdmin
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.gateway import ClusterBackend
@@ -144,7 +143,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
         alloc = await InoAllocator.open(kv, c.node_id)
         stores = _open_stores(cfg)
-        bucket = bucket_config(cfg)
+        bucket = cfg.cache
         if stores:
             fetch = await bucket_reads.attach(runtime, stores, bucket)
             metrics.export_counters("objcache_bucket_fetch", "Chunks fetched from the bucket: "
@@ -181,14 +180,6 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
                         _announce(cfg, me, cfg.cluster_rpc_address()))
         nursery.cancel_scope.cancel()
-
-
-def bucket_config(cfg: Config) -> BucketConfig:
-    c = cfg.cache
-    return BucketConfig(capacity_bytes=c.capacity_bytes, ttl_s=c.ttl_s,
-                        readahead_chunks=c.readahead_chunks, fetch_parallel=c.fetch_parallel,
-                        fetch_part_bytes=c.fetch_part_bytes, head_objects=c.head_objects,
-                        file_mode=c.file_mode, dir_mode=c.dir_mode, uid=c.uid, gid=c.gid)
 
 
 def flush_config(cfg: Config) -> FlushConfig:

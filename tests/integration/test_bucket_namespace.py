@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 import trio
+from bucketnode import CountingStore
 from serverproc import free_port
 
 from nfs_gateway.backend import (
@@ -82,26 +82,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.ns += int(seconds * 1e9)
-
-
-class CountingStore:
-    """A real store, with its requests counted by operation (every call goes through)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls: Counter[str] = Counter()
-        self.url = inner.url
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not callable(attr):
-            return attr
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return await attr(*args, **kwargs)
-
-        return counted
 
 
 @asynccontextmanager
