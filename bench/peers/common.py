@@ -187,18 +187,6 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def du_bytes(path: Path) -> int:
-    """Bytes allocated under path (a cache's size on disk)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_blocks * 512
-            except OSError:
-                pass
-    return total
-
-
 # ------------------------------------------------------------------------ the peer shape ----
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
-from .common import ACCESS_KEY, REGION, SECRET_KEY, Daemon, PeerError, run, tool, wait_for
+from .common import ACCESS_KEY, REGION, SECRET_KEY, Daemon, run, tool, wait_for
 
 NAME = "objc-bench"
 HOST_IF = "objc-bh"
@@ -129,7 +130,7 @@ class S3Server:
             with socket.create_connection((NS_IP, S3_PORT), timeout=1.0):
                 pass
             self.client().list_buckets()
-        except Exception:  # not up yet: refused, or the S3 gateway has no filer yet
+        except (OSError, BotoCoreError, ClientError):  # not up yet: refused, or no filer yet
             return False
         return True
 
@@ -147,8 +148,3 @@ class S3Server:
             self.daemon.stop(timeout_s=10.0)  # it stops in ~2 s when idle
             self.daemon = None
 
-
-def check_root() -> None:
-    if not Path("/proc/self").exists() or subprocess.run(["id", "-u"], capture_output=True,
-                                                         text=True).stdout.strip() != "0":
-        raise PeerError("the namespace and tc shaping need root")
