@@ -29,6 +29,7 @@ from server.fs import keys
 from server.fs.state import decode_u64
 from server.rpc.frames import RemoteError
 from storage.chunkcache import ChunkCache
+from storage.chunks import ChunkIOError
 from storage.objstore.base import (
     NoSuchKey,
     ObjectStore,
@@ -81,23 +82,27 @@ class BucketReads:
         self.config = config
         self.apply_lock = apply_lock
         self._inflight: dict[tuple[int, int, bytes], _Flight] = {}
+        self.nursery: trio.Nursery | None = None  # background admissions (the node's)
         self.stats = {"fetches": 0, "fetched_bytes": 0, "gets": 0}
 
     # -- worker thread (queries.py) ---------------------------------------------------------
 
     def backed_bytes(self, view: Any, ino: int, index: int, origin: Origin,
-                     fetched: Fetched | None) -> bytes | None:
-        """The object's bytes of chunk `index` (clipped at obase), or None when the chunk is
-        materialized (the chunk file is the truth). Raises NeedFetch."""
+                     fetched: Fetched | None, offset: int, count: int) -> bytes | None:
+        """The object's bytes at [offset, offset+count) of chunk `index`, clipped at obase
+        (shorter: zeros follow), or None when the chunk is materialized (the chunk file is
+        the truth). Raises NeedFetch."""
         if decode_u64(view.get(keys.materialized_key(ino, index))):
             return None
-        n = backed_len(origin.obase, origin.chunk_size, index)
+        end = min(offset + count, backed_len(origin.obase, origin.chunk_size, index))
+        if end <= offset:
+            return b""
         got = (fetched or {}).get((ino, index))
         if got is not None:
-            return got[:n]
+            return got[offset:end]
         if self.cache.valid(ino, index, origin.etag):
             data = self.cache.chunks.pread_sync(ino, origin.chunk_size,
-                                                index * origin.chunk_size, n)
+                                                index * origin.chunk_size + offset, end - offset)
             return bytes(data)
         raise NeedFetch(ino, index, origin)
 
@@ -110,30 +115,44 @@ class BucketReads:
             try:
                 return await ask(fetched)
             except NeedFetch as nf:
-                fetched[(nf.ino, nf.index)] = await self.fill(nf.ino, nf.index, nf.origin)
+                data = await self.fill(nf.ino, nf.index, nf.origin)
+                if data is not None:
+                    fetched[(nf.ino, nf.index)] = data
         raise RemoteError(p.UNAVAILABLE, "chunk kept being evicted while read")
 
-    async def fill(self, ino: int, index: int, origin: Origin) -> bytes:
-        """Fetch chunk `index` (single-flight) and keep it in the cache if it fits."""
+    async def fill(self, ino: int, index: int, origin: Origin) -> bytes | None:
+        """Fetch chunk `index` (single-flight) and keep it in the cache if it fits. The bytes
+        are answered as soon as they arrive; keeping them (a 16 MiB write and fsync) goes on
+        in the background when the node gave a nursery, and the flight stays until then so
+        a reader meanwhile takes its bytes instead of fetching again. None: the chunk is
+        cached now (a fetch ended after the caller looked), read it from there."""
         key = (ino, index, origin.etag)
         flight = self._inflight.get(key)
-        if flight is None:
-            flight = self._inflight[key] = _Flight()
-            try:
-                flight.result = await self._fetch_and_admit(ino, index, origin)
-            except BaseException as e:
-                flight.result = _as_remote(e)
-                raise flight.result from e
-            finally:
-                flight.done.set()
-                del self._inflight[key]
+        if flight is not None:
+            await flight.done.wait()
+            if isinstance(flight.result, BaseException) or flight.result is None:
+                raise RemoteError(p.UNAVAILABLE, f"fetching chunk {index} of {ino}: "
+                                  f"{flight.result}")
             return flight.result
-        await flight.done.wait()
-        if isinstance(flight.result, BaseException) or flight.result is None:
-            raise RemoteError(p.UNAVAILABLE, f"fetching chunk {index} of {ino}: {flight.result}")
-        return flight.result
+        if self.cache.valid(ino, index, origin.etag):
+            return None  # a fetch that ended since the caller looked: ask again
+        flight = self._inflight[key] = _Flight()
+        try:
+            data = await self._fetch(index, origin)
+        except BaseException as e:
+            flight.result = _as_remote(e)
+            flight.done.set()
+            del self._inflight[key]
+            raise flight.result from e
+        flight.result = data
+        flight.done.set()
+        if self.nursery is None:
+            await self._admit(key, data)
+        else:
+            self.nursery.start_soon(self._admit, key, data)
+        return data
 
-    async def _fetch_and_admit(self, ino: int, index: int, origin: Origin) -> bytes:
+    async def _fetch(self, index: int, origin: Origin) -> bytes:
         store = self.stores.get(origin.store)
         if store is None:
             raise RemoteError(p.UNAVAILABLE, f"no object store {origin.store} on this node")
@@ -144,12 +163,20 @@ class BucketReads:
                                       start, start + n)
         self.stats["fetches"] += 1
         self.stats["fetched_bytes"] += len(data)
-        async with self.apply_lock:
-            materialized = decode_u64(await self.cache.kv.get(keys.materialized_key(ino, index)))
-            if not materialized:
-                await trio.to_thread.run_sync(self.cache.admit_sync, ino, index, origin.etag,
-                                              data)
         return data
+
+    async def _admit(self, key: tuple[int, int, bytes], data: bytes) -> None:
+        ino, index, etag = key
+        try:
+            async with self.apply_lock:
+                pinned = decode_u64(await self.cache.kv.get(keys.materialized_key(ino, index)))
+                if not pinned:
+                    await trio.to_thread.run_sync(self.cache.admit_sync, ino, index, etag,
+                                                  data)
+        except (OSError, ChunkIOError) as e:  # a full or failing disk: the bytes were served
+            log.warning("caching chunk %d of %d: %s", index, ino, e)
+        finally:
+            self._inflight.pop(key, None)
 
     async def drop(self, ino: int) -> int:
         """Forget every clean copy of ino's chunks here (admin evict); the bytes freed."""

@@ -146,6 +146,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         bucket = cfg.cache
         if stores:
             fetch = await bucket_reads.attach(runtime, stores, bucket)
+            fetch.nursery = nursery
             metrics.export_counters("objcache_bucket_fetch", "Chunks fetched from the bucket: "
                                     "fetches, fetched bytes, ranged GETs", fetch.stats)
             metrics.export_counters("objcache_chunk_cache", "The clean chunk cache: hits, "

@@ -135,10 +135,11 @@ def _read_head_backed(r: p.ReadHead, view: KvView, chunks: ChunkStore, bucket: B
     if not reply.data or not is_backed(inode, 0):
         return reply
     origin = Origin(inode.store, inode.okey, inode.etag, inode.obase, inode.chunk_size)
-    base = bucket.backed_bytes(view, inode.ino, 0, origin, fetched)
+    n = len(reply.data)
+    base = bucket.backed_bytes(view, inode.ino, 0, origin, fetched, r.offset, n)
     if base is None:
         return reply  # materialized: the chunk file is the truth
-    return p.ReadHeadReply(reply.inode, _window(base, r.offset, len(reply.data)))
+    return p.ReadHeadReply(reply.inode, _padded(base, n))
 
 
 def _read_chunk_backed(r: p.ReadChunk, view: KvView, chunks: ChunkStore, bucket: BucketReads,
@@ -147,16 +148,15 @@ def _read_chunk_backed(r: p.ReadChunk, view: KvView, chunks: ChunkStore, bucket:
         return _read_chunk(r, view, chunks)
     _unlocked(view, r.ino)
     origin = Origin(r.store, r.okey, r.etag, r.obase, r.chunk_size)
-    base = bucket.backed_bytes(view, r.ino, r.index, origin, fetched)
+    count = max(0, min(r.count, MAX_READ_BYTES, r.chunk_size - r.offset))
+    base = bucket.backed_bytes(view, r.ino, r.index, origin, fetched, r.offset, count)
     if base is None:
         return _read_chunk(r, view, chunks)
-    count = max(0, min(r.count, MAX_READ_BYTES, r.chunk_size - r.offset))
-    return p.ReadChunkReply(_window(base, r.offset, count))
+    return p.ReadChunkReply(_padded(base, count))
 
 
-def _window(base: bytes, offset: int, n: int) -> bytes:
-    """Bytes [offset, offset+n) of a chunk whose object bytes are `base` (zeros after it)."""
-    piece = base[offset:offset + n]
+def _padded(piece: bytes, n: int) -> bytes:
+    """`piece` followed by zeros up to n bytes (the object ends before the window does)."""
     return piece + bytes(n - len(piece)) if len(piece) < n else piece
 
 
