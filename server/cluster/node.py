@@ -37,7 +37,7 @@ from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
 from server.cluster.router import GroupRouter
-from server.cluster.statemachine import NODELIST, GroupStateMachine
+from server.cluster.statemachine import APPLIED, NODELIST, GroupStateMachine
 from server.config import Config, Listen, data_dir, store_spec
 from server.fs.config import FsConfig
 from server.node import StartupError, export_id, serve_nfs
@@ -80,6 +80,11 @@ async def serve_cluster(cfg: Config, make_rpc_server) -> None:  # type: ignore[n
         raise StartupError(f"data directory {root}: {e.strerror}") from None
     fsc = fs_config(cfg)
     kv = await KvStore.open(root / "meta", fsc.kv)
+    try:
+        await _refuse_standalone_data(kv, root)
+    except StartupError:
+        await kv.close()
+        raise
     chunks = ChunkStore(root / "chunks", fsc.chunks)
     try:
         await _serve_on(cfg, kv, chunks, fsc, make_rpc_server)
@@ -90,6 +95,16 @@ async def serve_cluster(cfg: Config, make_rpc_server) -> None:  # type: ignore[n
             chunks.close_sync()
             await kv.close()
         log.info("objcache: node %d stopped", c.node_id)
+
+
+async def _refuse_standalone_data(kv: KvStore, root: Path) -> None:
+    """A standalone node's data (a file system but no group state) is not a cluster node's:
+    serving it would mix two state machines."""
+    if await kv.get(APPLIED) is not None:
+        return
+    if await kv.iterate(prefix=b"fs.", limit=1):
+        raise StartupError(f"{root} holds a standalone node's data (objcache serve without "
+                           "[cluster]); a cluster node needs its own data directory")
 
 
 async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,

@@ -42,3 +42,26 @@ def test_busy_port_fails_fast(tmp_path: Path) -> None:
             srv.start(timeout_s=60)
         assert time.monotonic() - t0 < 30, "a bind failure must stop the start, not hang"
     assert srv.proc is not None and srv.proc.returncode not in (0, None)
+
+
+def test_a_cluster_node_refuses_a_standalone_nodes_data(tmp_path: Path) -> None:
+    """The two keep different state machines in the same layout: mixing them would serve
+    garbage, so the cluster node refuses at start and says why."""
+    import subprocess
+    import sys
+
+    from serverproc import REPO, free_port
+
+    data = tmp_path / "data"
+    srv = ObjcacheServer(data).start()
+    srv.stop()
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    rpc = free_port()
+    res = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data), "--nfs-listen",
+         f"127.0.0.1:{free_port()}", "--portmap-listen", "off", "--node-id", "1", "--listen",
+         f"127.0.0.1:{rpc}", "--peers", f"1=127.0.0.1:{rpc}", "--cluster-secret-file",
+         str(secret)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert res.returncode == 1
+    assert "holds a standalone node's data" in res.stderr
