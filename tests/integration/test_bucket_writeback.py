@@ -326,3 +326,42 @@ async def test_a_full_cache_writes_back_first_and_answers_nospc_only_when_it_can
                 for i in range(8):
                     await write_file(fs, root, f"g{i}".encode(), blob(cs, 40 + i))
             proxy.set_rates(slowdown=0.0)
+
+
+async def test_several_exports_each_with_its_bucket(tmp_path: Path) -> None:
+    """"/" over one bucket and "/other" over another (config as a user writes it): each
+    directory lists its own bucket, and what is written under each goes back to it."""
+    from server import config as config_mod
+    from server.cluster import node as cluster_node
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    await LocalDirStore(a).put("in-a", b"A")
+    await LocalDirStore(b).put("in-b", b"B")
+    cfg = config_mod.from_dict({
+        "store": {"url": f"file://{a}"},
+        "exports": [{"path": "/"}, {"path": "/other", "store": f"file://{b}"}],
+    })
+    stores = cluster_node._open_stores(cfg)
+    assert len(stores) == 2
+    async with one_node(tmp_path / "n") as (fs, rt, _):
+        fs.stores = stores
+        await bucket_reads.attach(rt, stores, cfg.cache)
+        await cluster_node._bind_exports(cfg, fs, stores)
+        root = await fs.export_root("/")
+        names = {e.name for e in (await fs.readdir(ROOT, root, 0, b"\0" * 8, 100,
+                                                   False)).entries}
+        assert {b"in-a", b"other"} <= names and b"in-b" not in names
+        other = await fs.export_root("/other")
+        names = {e.name for e in (await fs.readdir(ROOT, other, 0, b"\0" * 8, 100,
+                                                   False)).entries}
+        assert b"in-b" in names and b"in-a" not in names
+        await write_file(fs, other, b"new", b"to b")
+        await write_file(fs, root, b"new", b"to a")
+        flusher = Flusher(fs, FlushConfig(delay_s=0))
+        for store in stores:
+            for _ in range(5):
+                res = await flusher.round(store, force=True)
+                if not res.dirty_left and not res.deletes_left:
+                    break
+        assert (a / "new").read_bytes() == b"to a" and (b / "new").read_bytes() == b"to b"
+        assert not (a / "other" / "new").exists()
