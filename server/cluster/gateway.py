@@ -327,7 +327,16 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         if reply is None or not reply.inodes[0]:
             return None
         inode: Inode = decode_value(reply.inodes[0])
-        return inode if inode.gen == fid.gen else None  # the async path answers Stale
+        if inode.gen != fid.gen or (inode.store and self.attrs_due(inode)):
+            return None  # the async path answers Stale, or asks the bucket first
+        return inode
+
+    async def getattr(self, fid: FileId) -> Attr:
+        inode = await self._get(fid)
+        if inode.store and self.attrs_due(inode):
+            await self.revalidate_attrs(inode)
+            inode = await self._get(fid)
+        return self._attr(inode)
 
     def lookup_nowait(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult | None:
         if name in (DOT, DOTDOT):

@@ -416,6 +416,27 @@ class BucketOps(BucketPlans):
 
     # -- the data path and the node ---------------------------------------------------------
 
+    def attrs_due(self, inode: Inode) -> bool:
+        """GETATTR of a clean file from the bucket that this gateway has not checked within
+        ttl: its object is HEADed first (`revalidate_attrs`), so a change others made in the
+        bucket shows without a LOOKUP (clients revalidate cached files with GETATTR)."""
+        return (inode.ftype == FileType.REG and bool(inode.store) and bool(inode.etag)
+                and not inode.inline and inode.dver == inode.cver
+                and inode.store in self.stores and not self._checked_recently(inode.ino))
+
+    async def revalidate_attrs(self, inode: Inode) -> None:
+        """HEAD the file's object: a new version is loaded; a vanished object makes its
+        directory list again, which removes the entry (its handle then answers STALE)."""
+        await self.revalidate_file(inode.ino)
+        store = self.stores.get(inode.store)
+        if store is None:
+            return
+        if await self._head(store, inode.okey.decode()) is not None:
+            return
+        d = await self._inode(inode.parent) if inode.parent else None
+        if d is not None and d.ftype == FileType.DIR and self._store_of(d) is not None:
+            await self.load_dir(d)
+
     async def revalidate_file(self, ino: int) -> None:
         """gateway_data.py: the object of file `ino` changed under a read. Its new version is
         loaded; an object that is gone leaves the file empty until its directory's next

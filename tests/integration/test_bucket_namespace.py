@@ -475,3 +475,30 @@ async def test_the_same_over_s3(tmp_path: Path, s3_bucket: Any) -> None:
             assert await read_all(fs, a.fid) == b"changed!"
     finally:
         await store.aclose()
+
+
+async def test_getattr_revalidates_a_file_after_the_ttl(tmp_path: Path) -> None:
+    """Clients revalidate cached files with GETATTR (no LOOKUP while the directory looks
+    unchanged): after the ttl a GETATTR HEADs the object, shows a new version, and a file
+    whose object is gone answers STALE."""
+    store = CountingStore(await fill(tmp_path / "bucket"))
+    clock = Clock()
+    async with cluster(tmp_path, 1, store, BucketConfig(ttl_s=30), clock) as (fs,):
+        big = await path(fs, "big")
+        f = (await fs.lookup(ROOT, big, b"f0003")).fid
+        await store.put("big/f0003", b"three, now longer")
+        clock.advance(10)
+        assert (await fs.getattr(f)).size == 1  # within the ttl: the state answers
+        assert fs.getattr_nowait(f) is not None
+        clock.advance(21)
+        assert fs.getattr_nowait(f) is None  # the bucket must be asked
+        store.calls.clear()
+        assert (await fs.getattr(f)).size == len(b"three, now longer")
+        assert store.calls["head"] >= 1
+        assert await read_all(fs, f) == b"three, now longer"
+        await store.delete_many(["big/f0003"])
+        clock.advance(31)
+        with pytest.raises(Stale):
+            await fs.getattr(f)
+        with pytest.raises(NoEnt):
+            await fs.lookup(ROOT, big, b"f0003")
