@@ -213,7 +213,20 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
     async def _lookup_at(
         self, dir_fid: FileId, name: bytes
     ) -> tuple[Inode, Dirent | None, Inode | None]:
-        """The directory (Stale if gone), its entry `name` and the entry's inode."""
+        """The directory (Stale if gone), its entry `name` and the entry's inode; in a
+        directory bound to the bucket, brought up to date with it first (gateway_bucket.py:
+        a name only the bucket has yet exists for CREATE, REMOVE, RENAME... as for LOOKUP)."""
+        d, ent, child = await self._lookup_state(dir_fid, name)
+        if d.store and self._lookup_step(d, name, ent is not None, child) is not None:
+            await self.bucket_lookup(d, name, ent, child)
+            d, ent, child = await self._lookup_state(dir_fid, name)
+        return d, ent, child
+
+    async def _lookup_state(
+        self, dir_fid: FileId, name: bytes
+    ) -> tuple[Inode, Dirent | None, Inode | None]:
+        """The directory (Stale if gone), its entry `name` and the entry's inode, as the
+        state has them."""
         reply = await self._at_inode(dir_fid.ino, p.Lookup(0, dir_fid.ino, name))
         d = decode_value(reply.dir) if reply.dir else None
         if d is None or d.gen != dir_fid.gen:
@@ -367,11 +380,10 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
             child = d if name == DOT else await self._parent(d)
             return LookupResult(self._fid(child), self._attr(child), self._attr(d))
         check_name(name, self.config.max_name_bytes)
-        d, ent, child = await self._lookup_at(dir_fid, name)
+        # In a directory bound to the bucket, loaded or revalidated first (gateway_bucket.py).
+        d, _, child = await self._lookup_at(dir_fid, name)
         require_dir(d)
         perms.check(cred, d, perms.X)
-        if d.store:  # bound to the bucket: loaded or revalidated first (gateway_bucket.py)
-            d, child = await self.bucket_lookup(d, name, ent, child)
         if child is None:
             raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
         return LookupResult(self._fid(child), self._attr(child), self._attr(d))

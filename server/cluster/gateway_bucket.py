@@ -171,7 +171,7 @@ class BucketOps(BucketPlans):
         else:
             assert ent is not None and child is not None
             await self._revalidate(d, name, ent, child)
-        d, _, child = await self._lookup_at(self._fid(d), name)
+        d, _, child = await self._lookup_state(self._fid(d), name)
         if child is not None and step in (PROBE, HEAD):
             self._remember(child.ino)  # just read from the bucket
         return d, child

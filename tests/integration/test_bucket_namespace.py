@@ -34,6 +34,7 @@ from nfs_gateway.backend import (
     Access,
     CreateMode,
     Cred,
+    Exists,
     FileId,
     FileType,
     Jukebox,
@@ -502,3 +503,20 @@ async def test_getattr_revalidates_a_file_after_the_ttl(tmp_path: Path) -> None:
             await fs.getattr(f)
         with pytest.raises(NoEnt):
             await fs.lookup(ROOT, big, b"f0003")
+
+
+async def test_changes_see_names_only_the_bucket_has(tmp_path: Path) -> None:
+    """CREATE, REMOVE and RENAME in a directory never listed find the bucket's names as
+    LOOKUP does: a GUARDED create answers EXIST, a remove removes, a rename moves."""
+    store = CountingStore(await fill(tmp_path / "bucket"))
+    clock = Clock()
+    async with cluster(tmp_path, 1, store, BucketConfig(ttl_s=30), clock) as (fs,):
+        big = await path(fs, "big")  # never listed
+        with pytest.raises(Exists):
+            await fs.create(ROOT, big, b"f0001", CreateMode.GUARDED, SetAttrs(), None)
+        await fs.remove(ROOT, big, b"f0002")
+        with pytest.raises(NoEnt):
+            await fs.lookup(ROOT, big, b"f0002")
+        await fs.rename(ROOT, big, b"f0003", big, b"renamed")
+        got = await fs.lookup(ROOT, big, b"renamed")
+        assert await read_all(fs, got.fid) == b"3"
