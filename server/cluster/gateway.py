@@ -32,7 +32,6 @@ import itertools
 import random
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -112,9 +111,6 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         # key table (flush.py). Set by the node once the export roots are bound.
         self.store_roots: dict[int, int] = {}
         self._sequential: dict[int, int] = {}  # ino -> where its last READ ended (read-ahead)
-        # READs fetched ahead for sequential readers: ino -> {((dver, etag), start, end):
-        # window}, least recently read first (gateway_data.py).
-        self._ahead: OrderedDict[int, dict[tuple[Any, int, int], Any]] = OrderedDict()
         self._prefetched: dict[tuple[int, int], None] = {}  # chunks asked ahead, oldest first
         self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local
         self._nursery: trio.Nursery | None = None  # background work (read-ahead); the node's
@@ -130,8 +126,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         # writeverf3: every acknowledged WRITE is in the groups' Raft logs (FILE_SYNC), so the
         # verifier only has to differ between gateway starts.
         self.verifier = bytes(self._rng.getrandbits(8) for _ in range(8))
-        self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0, "rereads": 0,
-                      "read_ahead_hits": 0}
+        self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0, "rereads": 0}
         self.last_abort = ""  # the reason of the latest abort (tests, logs)
 
     @property

@@ -32,14 +32,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import trio
-
 from nfs_gateway.backend import (
     CommitResult,
     Cred,
     FBig,
     FileId,
-    FsError,
     Jukebox,
     ReadResult,
     StableHow,
@@ -71,16 +68,6 @@ log = logging.getLogger("objcache.gateway")
 SEQUENTIAL_FILES = 1024  # files whose last read end the gateway remembers (read-ahead)
 PREFETCH_MEMORY = 4096  # chunks recently asked to be fetched ahead (not asked twice)
 MATERIALIZED_MEMORY = 65536  # backed chunks this gateway knows are materialized
-AHEAD_WINDOWS = 4  # READs of a sequential reader fetched ahead by the gateway
-AHEAD_FILES = 32  # files with READs fetched ahead (at most AHEAD_FILES * AHEAD_WINDOWS READs)
-
-
-class _Window:
-    """A READ fetched ahead: its bytes once `done` (None if the fetch failed)."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.data: bytes | None = None
 
 if TYPE_CHECKING:
     from server.cluster.gateway import ClusterBackend
@@ -118,65 +105,13 @@ class DataOps(_Base):
             return ReadResult(b"", offset >= inode.size, self._attr(inode))
         n = min(count, inode.size - offset)
         head = _padded(reply.data, min(n, len(reply.data)))
-        sequential = self._sequential.get(inode.ino) == offset
         if inode.inline or offset + n <= inode.chunk_size:
             data = _padded(reply.data, n)
         else:
-            data = (await self._from_pipeline(inode, offset + len(head), offset + n)
-                    or await self._read_chunks(inode, offset + len(head), offset + n))
-            data = head + data
-        if not inode.inline:
-            if sequential:
-                self._pipeline(inode, offset + n, n)
-            if inode.etag:
-                self._read_ahead(inode, offset, n)
-            else:
-                self._note_sequential(inode.ino, offset + n)
+            data = head + await self._read_chunks(inode, offset + len(head), offset + n)
+        if inode.etag and not inode.inline:
+            self._read_ahead(inode, offset, n)
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))
-
-    # -- the gateway's own read-ahead: READs of a sequential reader fetched before they come --
-
-    async def _from_pipeline(self, inode: Inode, start: int, end: int) -> bytes | None:
-        """Bytes [start, end) fetched ahead for this version of the file, if they were."""
-        windows = self._ahead.get(inode.ino)
-        if not windows:
-            return None
-        tag = (inode.dver, inode.etag)
-        w = windows.pop((tag, start, end), None)
-        for key in [k for k in windows if k[0] != tag or k[2] <= start]:
-            del windows[key]  # another version, or behind the reader
-        if w is None:
-            return None
-        await w.done.wait()
-        if w.data is not None:
-            self.stats["read_ahead_hits"] += 1
-        return w.data
-
-    def _pipeline(self, inode: Inode, start: int, n: int) -> None:
-        """A sequential reader: fetch its next AHEAD_WINDOWS READs of n bytes now."""
-        if self._nursery is None or n <= 0:
-            return
-        windows = self._ahead.setdefault(inode.ino, {})
-        self._ahead.move_to_end(inode.ino)
-        while len(self._ahead) > AHEAD_FILES:
-            self._ahead.popitem(last=False)
-        tag = (inode.dver, inode.etag)
-        for k in range(AHEAD_WINDOWS):
-            a = max(start + k * n, inode.chunk_size)
-            b = min(start + (k + 1) * n, inode.size)
-            if a >= b or (tag, a, b) in windows:
-                continue
-            w = _Window()
-            windows[(tag, a, b)] = w
-            self._nursery.start_soon(self._fill_window, inode, a, b, w)
-
-    async def _fill_window(self, inode: Inode, start: int, end: int, w: _Window) -> None:
-        try:
-            w.data = await self._read_chunks(inode, start, end)
-        except (FsError, p.Unavailable, p.RingChanged, RemoteError) as e:
-            log.debug("read-ahead of %d [%d, %d): %s", inode.ino, start, end, e)
-        finally:
-            w.done.set()
 
     def _chunk_request(self, inode: Inode, index: int, inner: int, n: int,
                        prefetch: bool = False) -> p.ReadChunk:
@@ -196,18 +131,13 @@ class DataOps(_Base):
             pieces.append(_padded(reply.data, n))
         return b"".join(pieces)
 
-    def _note_sequential(self, ino: int, end: int) -> None:
-        """Remember where a READ of `ino` ended (the next one from there is sequential)."""
-        seq = self._sequential
-        seq.pop(ino, None)
-        seq[ino] = end
-        while len(seq) > SEQUENTIAL_FILES:
-            seq.pop(next(iter(seq)))
-
     def _read_ahead(self, inode: Inode, offset: int, n: int) -> None:
         """A sequential reader: have the next chunks' owners fetch them now (module rules)."""
-        sequential = self._sequential.get(inode.ino) == offset
-        self._note_sequential(inode.ino, offset + n)
+        seq = self._sequential
+        sequential = seq.pop(inode.ino, None) == offset
+        seq[inode.ino] = offset + n
+        while len(seq) > SEQUENTIAL_FILES:
+            seq.pop(next(iter(seq)))
         ahead = self.bucket.readahead_chunks
         if not sequential or ahead <= 0 or self._nursery is None:
             return

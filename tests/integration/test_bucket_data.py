@@ -223,26 +223,3 @@ async def test_capacity_64_mib_under_a_512_mib_working_set(tmp_path: Path) -> No
         assert usage["clean_bytes"] <= 64 * mib and usage["evicted"] >= 20
         got = await fs.read(ROOT, w0, 40 * mib, 16)
         assert got.data == files["w0"][40 * mib:40 * mib + 16]
-
-
-async def test_reads_fetched_ahead_never_hide_a_write(tmp_path: Path) -> None:
-    """A sequential reader's next READs are fetched ahead by the gateway; a write landing in
-    between makes them stale, and the reader sees the write."""
-    async with one_node(tmp_path / "n1") as (fs, _, _):
-        root = await fs.export_root("/")
-        fid = (await fs.create(ROOT, root, b"f", CreateMode.GUARDED, SetAttrs(), None)).fid
-        data = bytearray(blob(4 * CS))
-        for off in range(0, len(data), CS):
-            await fs.write(ROOT, fid, off, memoryview(data[off:off + CS]), StableHow.FILE_SYNC)
-        step = 64 << 10
-        off = CS
-        for _ in range(6):  # sequential reads past chunk 0: the pipeline fills
-            assert (await fs.read(ROOT, fid, off, step)).data == data[off:off + step]
-            off += step
-        assert fs.stats["read_ahead_hits"] >= 3
-        await trio.sleep(0.05)  # the windows ahead are fetched by now
-        await fs.write(ROOT, fid, off + 10, memoryview(b"NEW"), StableHow.FILE_SYNC)
-        data[off + 10:off + 13] = b"NEW"
-        for _ in range(3):
-            assert (await fs.read(ROOT, fid, off, step)).data == data[off:off + step]
-            off += step
