@@ -504,6 +504,8 @@ def _set_origin(r: SetOrigin, view: View, changes: Changes) -> None:
     # The bucket holds this version of the inode now: clean.
     new = dataclasses.replace(inode, store=r.store, okey=r.okey, etag=r.etag, cver=inode.dver,
                               cdirty=False)
+    if inode.store and not r.store:  # unbound: out of the write-back index too
+        changes.put_raw(keys.dirty_key(r.ino), None)
     if r.size >= 0:
         if inode.ftype != FileType.REG or inode.inline:
             raise StateError(f"inode {r.ino}: bucket size of a {inode.ftype.name}")
