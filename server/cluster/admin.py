@@ -31,6 +31,7 @@ from server.cluster.bucket_admin import (
 )
 from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
+from server.cluster.status import NodeStatus, StatusRequest
 from server.rpc.frames import RpcError
 from server.rpc.plane import RpcConfig, RpcPlane
 
@@ -48,6 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--settle", type=float, default=10.0,
                    help="seconds to let in-flight transactions finish before reporting them")
     f.add_argument("--json", action="store_true")
+    st = admin_sub.add_parser("status", help="nodes, groups, leaders, ring version, dirty "
+                              "files and bytes, cache use")
+    st.add_argument("--node", required=True, metavar="ID=HOST:PORT",
+                    help="any node's id and RPC address")
+    st.add_argument("--cluster-secret-file", required=True, type=Path)
+    st.add_argument("--json", action="store_true")
     for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
                        ("evict", "drop the clean cached copies of a tree's files"),
                        ("flush", "write a tree's changes back to the bucket now")):
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"objcache admin: {args.cluster_secret_file}: {e.strerror}", file=sys.stderr)
         return 2
-    command = _fsck if args.admin_command == "fsck" else _job
+    command = {"fsck": _fsck, "status": _status}.get(args.admin_command, _job)
     try:
         return trio.run(command, node_id, addr, secret, args)
     except* (RpcError, p.Unavailable, p.RingChanged) as group:
@@ -85,6 +92,67 @@ def run(args: argparse.Namespace) -> int:
         for e in group.exceptions:
             print(f"objcache admin: cluster unreachable: {e}", file=sys.stderr)
     return 2
+
+
+async def _status(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    """Ask every node of the cluster for its status; exit 0 when every node answered and
+    every group has a leader, 1 otherwise."""
+    plane = _admin_plane(node_id, addr, secret)
+    rows: dict[int, NodeStatus | str] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        reply = await plane.call(node_id, p.GetNodeList(), 10.0)
+        nodelist = NodeList.decode(reply.nodelist)
+        for n in nodelist.nodes:
+            if n.node_id != node_id:
+                plane.add_peer(n.node_id, f"ws://{n.rpc}/")
+
+        async def ask(nid: int) -> None:
+            try:
+                rows[nid] = await plane.call(nid, StatusRequest(), 10.0)
+            except RpcError as e:
+                rows[nid] = f"unreachable: {e}"
+
+        async with trio.open_nursery() as asks:
+            for n in nodelist.nodes:
+                asks.start_soon(ask, n.node_id)
+        nursery.cancel_scope.cancel()
+    groups = {n.group for n in nodelist.nodes}
+    led = {r.group for r in rows.values() if isinstance(r, NodeStatus) and r.leader}
+    ok = all(isinstance(r, NodeStatus) for r in rows.values()) and groups <= led
+    if args.json:
+        print(json.dumps({
+            "ok": ok, "ring_version": nodelist.version,
+            "nodes": [{"node_id": nid, "rpc": n.rpc, "nfs": n.nfs,
+                       **({"error": r} if isinstance(r, str) else _status_dict(r))}
+                      for n in nodelist.nodes for nid in [n.node_id]
+                      for r in [rows[nid]]]}))
+        return 0 if ok else 1
+    print(f"cluster: {len(nodelist.nodes)} nodes, {len(groups)} groups, ring version "
+          f"{nodelist.version}" + ("" if ok else "  (NOT HEALTHY)"))
+    print(f"{'node':>5} {'group':>5} {'role':<10} {'leader':>6} {'term':>5} {'commit':>8} "
+          f"{'applied':>8} {'ring':>4} {'dirty':>6} {'dirty MiB':>9} {'cache MiB':>9}")
+    for n in nodelist.nodes:
+        r = rows[n.node_id]
+        if isinstance(r, str):
+            print(f"{n.node_id:>5} {n.group:>5} {r}")
+            continue
+        cache = dict(r.cache)
+        used = (cache.get("clean_bytes", 0) + cache.get("pinned_bytes", 0)) / 2**20
+        print(f"{r.node_id:>5} {r.group:>5} {r.role:<10} {r.leader:>6} {r.term:>5} "
+              f"{r.commit:>8} {r.applied:>8} {r.ring_version:>4} {r.dirty_files:>6} "
+              f"{r.dirty_bytes / 2**20:>9.1f} {used:>9.1f}")
+    stores = sorted({u for r in rows.values() if isinstance(r, NodeStatus) for u in r.stores})
+    for url in stores:
+        print(f"bucket: {url}")
+    return 0 if ok else 1
+
+
+def _status_dict(r: NodeStatus) -> dict:
+    return {"group": r.group, "role": r.role, "leader": r.leader, "term": r.term,
+            "commit": r.commit, "applied": r.applied, "log_first": r.log_first,
+            "ring_version": r.ring_version, "dirty_files": r.dirty_files,
+            "dirty_bytes": r.dirty_bytes, "cache": dict(r.cache), "stores": list(r.stores)}
 
 
 def _admin_plane(node_id: int, addr: str, secret: bytes) -> RpcPlane:

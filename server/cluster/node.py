@@ -38,6 +38,7 @@ from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import APPLIED, NODELIST, GroupStateMachine
+from server.cluster.status import serve_status
 from server.config import Config, Listen, data_dir, store_spec
 from server.fs.config import FsConfig
 from server.node import StartupError, export_id, serve_nfs
@@ -191,6 +192,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             runtime.admit = bucket_reads.admission(reads.cache, flusher.stalled)
             nursery.start_soon(bucket_reads.housekeeping, reads)
         BucketAdmin(backend, plane, flusher).serve(nursery)
+        serve_status(plane, runtime, backend)
         metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
                                 "deletes, bytes, errors, rounds", flusher.stats)
         await serve_nfs(cfg, make_rpc_server(cfg, backend),

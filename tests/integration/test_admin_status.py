@@ -1,0 +1,47 @@
+"""`objcache admin status` against three node processes: every node's Raft state, ring
+version and write-back work; a node that is down shows as unreachable and the exit code
+says the cluster is not healthy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from clusterproc import LocalCluster
+from serverproc import nfs_cp
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_of_every_node_and_of_one_that_is_down(tmp_path: Path) -> None:
+    (tmp_path / "bucket").mkdir()
+    c = LocalCluster(tmp_path / "c", nodes=3, up_args=(
+        "--store", f"file://{tmp_path / 'bucket'}", "--flush-delay", "3600"))
+    c.up()
+    try:
+        src = tmp_path / "f"
+        src.write_bytes(b"x" * 1000)
+        nfs_cp(src, c.url(2, "f"))
+        res = c.admin("status", "--json", node_id=3)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["ok"] and doc["ring_version"] >= 1
+        nodes = {n["node_id"]: n for n in doc["nodes"]}
+        assert sorted(nodes) == [1, 2, 3]
+        for n in nodes.values():
+            assert n["role"] == "leader" and n["leader"] == n["node_id"]  # one-member groups
+            assert n["applied"] <= n["commit"] and n["ring_version"] == doc["ring_version"]
+            assert n["stores"] == [f"file://{tmp_path / 'bucket'}"]
+        assert sum(n["dirty_files"] for n in nodes.values()) == 1  # f, not written back yet
+        assert sum(n["dirty_bytes"] for n in nodes.values()) == 1000
+        text = c.admin("status", node_id=1)
+        assert text.returncode == 0 and "ring version" in text.stdout
+        c.kill9(2)
+        res = c.admin("status", "--json", node_id=1)
+        assert res.returncode == 1
+        doc = json.loads(res.stdout)
+        assert not doc["ok"]
+        assert "unreachable" in {n["node_id"]: n for n in doc["nodes"]}[2]["error"]
+    finally:
+        c.down(check=False)
