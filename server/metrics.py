@@ -1,24 +1,79 @@
-"""Prometheus metrics: the registry and the /metrics endpoint.
+"""Prometheus metrics: the registry, and the node's HTTP endpoint: /metrics, /healthz, /readyz.
 
-prometheus-client serves /metrics from its own small HTTP server thread; scraping never runs
-on the trio loop, so a slow scraper cannot stall NFS requests.
+The endpoint is a small threaded WSGI server (prometheus-client's app for /metrics); scraping
+never runs on the trio loop, so a slow scraper cannot stall NFS requests.
+- /healthz: 200 while the node's trio loop beats (`heartbeat`, every HEARTBEAT_S); 503 when
+  the loop has not beaten for HEALTH_STALE_S (stuck: a liveness probe should restart it).
+- /readyz: 200 once the node serves NFS and `set_ready`'s check holds (the node's group has
+  a leader); 503 otherwise (a readiness probe keeps traffic away).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, start_http_server
+import trio
+from prometheus_client import REGISTRY, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily
 
 log = logging.getLogger("objcache.metrics")
 
+HEARTBEAT_S = 1.0
+HEALTH_STALE_S = 10.0
+_state: dict[str, Any] = {"beat": time.monotonic(), "ready": lambda: False}
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # probes every few seconds would flood the node's log
+
+
+def _app(metrics_app: Callable[..., Any]) -> Callable[..., Any]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            ok = time.monotonic() - _state["beat"] < HEALTH_STALE_S
+        elif path == "/readyz":
+            ok = bool(_state["ready"]())
+        else:
+            return metrics_app(environ, start_response)
+        body = b"ok\n" if ok else b"not ok\n"
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
 
 def start_http(host: str, port: int) -> None:
-    """Serve /metrics on host:port (daemon thread; it ends with the process)."""
-    start_http_server(port, addr=host)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+    """Serve /metrics, /healthz and /readyz on host:port (daemon threads; they end with the
+    process)."""
+    server = make_server(host, port, _app(make_wsgi_app(REGISTRY)), server_class=_Server,
+                         handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="objcache-metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics (and /healthz, /readyz)", host, port)
+
+
+def set_ready(check: Callable[[], bool]) -> None:
+    """What /readyz answers from now on (the node calls this once it serves NFS)."""
+    _state["ready"] = check
+
+
+async def heartbeat() -> None:
+    """Beat for /healthz while the trio loop runs (a task of the node)."""
+    while True:
+        _state["beat"] = time.monotonic()
+        await trio.sleep(HEARTBEAT_S)
 
 
 class _CountersOf:

@@ -159,9 +159,21 @@ async def _run(cfg: Config, server: RpcServer, backend: LocalBackend) -> None:
 
 
 async def serve_nfs(cfg: Config, server: RpcServer,
-                    on_serving: Callable[[str, int], None] | None = None) -> tuple[str, int]:
-    """Run the NFS server (and /metrics) until SIGTERM/SIGINT has made it answer what it read
-    and return. `on_serving(host, port)` runs once it listens. Returns the NFS address."""
+                    on_serving: Callable[[str, int], None] | None = None,
+                    ready: Callable[[], bool] = lambda: True) -> tuple[str, int]:
+    """Run the NFS server (and /metrics, /healthz, /readyz) until SIGTERM/SIGINT has made it
+    answer what it read and return. `on_serving(host, port)` runs once it listens; from then
+    on /readyz answers `ready()`. Returns the NFS address."""
+    beat = trio.CancelScope()
+
+    async def heartbeat() -> None:
+        with beat:
+            await metrics.heartbeat()
+
+    async def watch_signals() -> None:
+        await _watch_signals(server)
+        beat.cancel()  # the server is stopping: nothing left to beat for
+
     async with trio.open_nursery() as rpc:
         try:
             bound = await rpc.start(server.run)
@@ -171,12 +183,14 @@ async def serve_nfs(cfg: Config, server: RpcServer,
         metrics_addr = cfg.metrics_listen()
         if metrics_addr is not None:
             metrics.start_http(metrics_addr.host, metrics_addr.port)
-        rpc.start_soon(_watch_signals, server)
+        rpc.start_soon(heartbeat)
+        rpc.start_soon(watch_signals)
         for host, port in bound[1:]:
             log.info("objcache: portmapper on %s:%d", host, port)
         host, port = bound[0]
         if on_serving is not None:
             on_serving(host, port)
+        metrics.set_ready(ready)
         log.info(
             "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
             "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",

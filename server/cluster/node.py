@@ -196,7 +196,8 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
                                 "deletes, bytes, errors, rounds", flusher.stats)
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
-                        _announce(cfg, me, cfg.cluster_rpc_address()))
+                        _announce(cfg, me, cfg.cluster_rpc_address()),
+                        ready=lambda: runtime.leader_id() != 0)
         nursery.cancel_scope.cancel()
 
 

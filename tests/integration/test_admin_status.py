@@ -5,6 +5,7 @@ says the cluster is not healthy."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,11 @@ def test_status_of_every_node_and_of_one_that_is_down(tmp_path: Path) -> None:
         assert sum(n["dirty_bytes"] for n in nodes.values()) == 1000
         text = c.admin("status", node_id=1)
         assert text.returncode == 0 and "ring version" in text.stdout
+        for node in (1, 2, 3):  # the probes an orchestrator uses
+            for probe in ("healthz", "readyz"):
+                url = f"http://{c.nodes[node]['metrics']}/{probe}"
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    assert r.status == 200 and r.read() == b"ok\n"
         c.kill9(2)
         res = c.admin("status", "--json", node_id=1)
         assert res.returncode == 1
