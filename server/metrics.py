@@ -19,8 +19,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import trio
-from prometheus_client import REGISTRY, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger("objcache.metrics")
 
@@ -93,3 +93,38 @@ class _CountersOf:
 def export_counters(name: str, documentation: str, counters: Mapping[str, int]) -> None:
     """Publish `counters` on /metrics as `<name>_total{event="..."}` (once per process)."""
     REGISTRY.register(_CountersOf(name, documentation, counters))
+
+
+# -- the object store (storage/objstore's observe hook) -----------------------------------------
+
+STORE_REQUESTS = Counter("objcache_store_requests_total",
+                         "Object-store requests (attempts) by operation and outcome",
+                         ["op", "outcome"])
+STORE_BYTES = Counter("objcache_store_bytes_total", "Bytes moved by object-store requests",
+                      ["op"])
+STORE_SECONDS = Histogram("objcache_store_request_seconds",
+                          "Latency of object-store request attempts", ["op"])
+
+
+def observe_store(op: str, seconds: float, nbytes: int, error: str | None) -> None:
+    """storage.objstore's Observe hook: one call per request attempt."""
+    STORE_REQUESTS.labels(op, error or "ok").inc()
+    if nbytes:
+        STORE_BYTES.labels(op).inc(nbytes)
+    STORE_SECONDS.labels(op).observe(seconds)
+
+
+class _GaugesOf:
+    """Exports gauges read when scraped: `read()` returns {name: (documentation, value)}."""
+
+    def __init__(self, read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, (doc, value) in sorted(self.read().items()):
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+def export_gauges(read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
+    """Publish gauges computed at scrape time (once per process)."""
+    REGISTRY.register(_GaugesOf(read))

@@ -13,6 +13,7 @@ LevelDB is closed (acknowledged writes are in the Raft log already; nothing else
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -193,12 +194,37 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             nursery.start_soon(bucket_reads.housekeeping, reads)
         BucketAdmin(backend, plane, flusher).serve(nursery)
         serve_status(plane, runtime, backend)
+        metrics.export_gauges(lambda: _gauges(runtime))
         metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
                                 "deletes, bytes, errors, rounds", flusher.stats)
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
                         _announce(cfg, me, cfg.cluster_rpc_address()),
                         ready=lambda: runtime.leader_id() != 0)
         nursery.cancel_scope.cancel()
+
+
+def _gauges(runtime: GroupRuntime) -> dict[str, tuple[str, float]]:
+    """The node's Raft and cache state, read when /metrics is scraped."""
+    st = runtime.driver.node.status()
+    out = {
+        "objcache_raft_term": ("This node's Raft term", st.term),
+        "objcache_raft_commit_index": ("Highest log index known committed", st.commit),
+        "objcache_raft_applied_index": ("Highest log index applied", st.applied),
+        "objcache_raft_is_leader": ("1 when this node leads its group", float(
+            st.lead == runtime.node_id)),
+        "objcache_raft_log_entries": ("Entries kept in the Raft log (after compaction)",
+                                      max(0, runtime.storage.last_index()
+                                          - runtime.storage.first_index() + 1)),
+        "objcache_ring_version": ("The NodeList version this node's group applied",
+                                  runtime.ring_version()),
+    }
+    if runtime.bucket is not None:
+        u = runtime.bucket.cache.usage()
+        out["objcache_cache_clean_bytes"] = ("Clean cached chunk bytes", u["clean_bytes"])
+        out["objcache_cache_pinned_bytes"] = ("Chunk bytes only write-back can free",
+                                              u["pinned_bytes"])
+        out["objcache_cache_capacity_bytes"] = ("The cache's capacity", u["capacity_bytes"])
+    return out
 
 
 def flush_config(cfg: Config) -> FlushConfig:
@@ -216,6 +242,7 @@ def _open_stores(cfg: Config) -> dict[int, ObjectStore]:
             continue
         spec = store_spec(cfg, e)
         if spec is not None:
+            spec = dataclasses.replace(spec, observe=metrics.observe_store)
             stores[export_id(normalize_path(e.path))] = open_store(spec)
             log.info("export %s: bucket %s", e.path, spec.url)
     return stores

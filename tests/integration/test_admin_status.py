@@ -43,6 +43,13 @@ def test_status_of_every_node_and_of_one_that_is_down(tmp_path: Path) -> None:
                 url = f"http://{c.nodes[node]['metrics']}/{probe}"
                 with urllib.request.urlopen(url, timeout=10) as r:
                     assert r.status == 200 and r.read() == b"ok\n"
+        # Raft and cache gauges, and the object store's requests, on /metrics.
+        assert c.metric(1, "objcache_raft_is_leader") == 1
+        assert c.metric(2, "objcache_raft_applied_index") >= 1
+        assert c.metric(2, "objcache_cache_capacity_bytes") > 0
+        c.admin("flush", "/", node_id=2)
+        assert sum(c.metric(n, "objcache_store_requests_total", 'outcome="ok"')
+                   for n in (1, 2, 3)) >= 1
         c.kill9(2)
         res = c.admin("status", "--json", node_id=1)
         assert res.returncode == 1
