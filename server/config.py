@@ -122,6 +122,9 @@ class ClusterConfig:
     join: str = ""  # HOST:PORT of a running member to join through (not supported yet)
     group: int = 0  # this node's Raft group; 0: the node id (one-member groups)
     cluster_secret_file: str = ""  # shared by every node; authenticates the RPC plane
+    # `objcache admin` proves this token (not the cluster secret) and may only read status
+    # and run admin jobs; "": admins use the cluster secret.
+    admin_token_file: str = ""
     vnodes: int = 64  # ring points per group (ring.py)
     request_timeout_s: float = 10.0  # a request to a group gives up (NFS3ERR_JUKEBOX) after this
     bootstrap_timeout_s: float = 120.0  # waiting for the founding peers / a group leader
@@ -387,7 +390,8 @@ def parse_peer(key: str, value: str) -> tuple[int, Listen]:
 
 def _validate_cluster(c: ClusterConfig) -> None:
     if c.node_id == 0:
-        for name in ("listen", "peers", "join", "group", "cluster_secret_file"):
+        for name in ("listen", "peers", "join", "group", "cluster_secret_file",
+                     "admin_token_file"):
             if getattr(c, name):
                 raise ConfigError(f"cluster.{name}: set, but cluster.node_id is 0 (standalone); "
                                   "give this node an id >= 1 to run it in a cluster")

@@ -124,7 +124,7 @@ class LocalCluster:
         """`objcache admin fsck --json` through the first node that runs."""
         node_id = next(i for i, n in sorted(self.nodes.items()) if _alive(n["pid"]))
         res = _cli("admin", "fsck", "--node", f"{node_id}={self.nodes[node_id]['rpc']}",
-                   "--cluster-secret-file", str(self.root / "secret"), "--json",
+                   "--admin-token-file", str(self.root / "admin-token"), "--json",
                    timeout_s=timeout_s)
         if res.returncode not in (0, 1):
             raise ClusterError(f"admin fsck exited {res.returncode}:\n{res.stdout}\n"
@@ -136,7 +136,7 @@ class LocalCluster:
         """`objcache admin COMMAND ARGS --node ... --cluster-secret-file ...` (its exit code
         is the caller's to check)."""
         return _cli("admin", command, *args, "--node", f"{node_id}={self.nodes[node_id]['rpc']}",
-                    "--cluster-secret-file", str(self.root / "secret"), timeout_s=timeout_s)
+                    "--admin-token-file", str(self.root / "admin-token"), timeout_s=timeout_s)
 
     def metric(self, node_id: int, name: str, label: str = "") -> float:
         """The sum of a metric's samples on one node's /metrics (those with `label`, e.g.

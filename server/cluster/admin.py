@@ -33,9 +33,11 @@ from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
 from server.cluster.status import NodeStatus, StatusRequest
 from server.rpc.frames import RpcError
-from server.rpc.plane import RpcConfig, RpcPlane
-
-ADMIN_ID_BASE = 1 << 40  # above every node id
+from server.rpc.plane import (
+    ADMIN_ID_BASE,
+    RpcConfig,
+    RpcPlane,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f = admin_sub.add_parser("fsck", help="check the namespace invariants across the cluster")
     f.add_argument("--node", required=True, metavar="ID=HOST:PORT",
                    help="any node's id and RPC address")
-    f.add_argument("--cluster-secret-file", required=True, type=Path)
+    _credentials(f)
     f.add_argument("--vnodes", type=int, default=64, help="the cluster's cluster.vnodes")
     f.add_argument("--settle", type=float, default=10.0,
                    help="seconds to let in-flight transactions finish before reporting them")
@@ -53,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "files and bytes, cache use")
     st.add_argument("--node", required=True, metavar="ID=HOST:PORT",
                     help="any node's id and RPC address")
-    st.add_argument("--cluster-secret-file", required=True, type=Path)
+    _credentials(st)
     st.add_argument("--json", action="store_true")
     for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
                        ("evict", "drop the clean cached copies of a tree's files"),
@@ -63,10 +65,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="a path in the namespace (/ is the root)")
         w.add_argument("--node", required=True, metavar="ID=HOST:PORT",
                        help="any node's id and RPC address (it runs the job)")
-        w.add_argument("--cluster-secret-file", required=True, type=Path)
+        _credentials(w)
         w.add_argument("--json", action="store_true", help="one JSON status line at the end")
         w.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                        help="auto: a bar on a terminal, plain lines otherwise")
+
+
+def _credentials(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--admin-token-file", type=Path,
+                     help="the cluster's admin token (cluster.admin_token_file)")
+    who.add_argument("--cluster-secret-file", type=Path,
+                     help="the cluster secret (when no admin token is configured)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"objcache admin: --node: expected ID=HOST:PORT, got {args.node!r}",
               file=sys.stderr)
         return 2
+    path = args.admin_token_file or args.cluster_secret_file
     try:
-        secret = args.cluster_secret_file.read_bytes().strip()
+        secret = path.read_bytes().strip()
     except OSError as e:
-        print(f"objcache admin: {args.cluster_secret_file}: {e.strerror}", file=sys.stderr)
+        print(f"objcache admin: {path}: {e.strerror}", file=sys.stderr)
         return 2
     command = {"fsck": _fsck, "status": _status}.get(args.admin_command, _job)
     try:

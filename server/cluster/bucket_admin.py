@@ -120,10 +120,9 @@ class BucketAdmin:
 
     def serve(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        self.plane.register(WarmRequest, self._on_start)
-        self.plane.register(EvictRequest, self._on_start)
-        self.plane.register(FlushRequest, self._on_start)
-        self.plane.register(JobRequest, self._on_job)
+        for cls in (WarmRequest, EvictRequest, FlushRequest):
+            self.plane.register(cls, self._on_start, admin=True)
+        self.plane.register(JobRequest, self._on_job, admin=True)
 
     async def _on_start(self, peer: int, req: WarmRequest | EvictRequest | FlushRequest
                         ) -> JobStatus:

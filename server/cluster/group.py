@@ -182,9 +182,11 @@ class GroupRuntime:
 
     def _register(self, plane: RpcPlane) -> None:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
-                    p.FsStatRequest, p.RunTxn, p.ScanState, p.GetNodeList, p.DropCached,
-                    p.ScanFlush, p.PutObject, p.PutPart, p.KeysUnder):
+                    p.FsStatRequest, p.RunTxn, p.DropCached, p.ScanFlush, p.PutObject,
+                    p.PutPart, p.KeysUnder):
             plane.register(cls, self._on_request)
+        for cls in (p.ScanState, p.GetNodeList):  # read-only: fsck and status from admins
+            plane.register(cls, self._on_request, admin=True)
         register_txn_messages()
         plane.register(p.TxnEnvelope, self._on_txn_envelope)
 

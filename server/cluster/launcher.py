@@ -49,6 +49,7 @@ PORTS_PER_NODE = 3
 MAX_NODES = 64
 CLUSTER_FILE = "cluster.json"
 SECRET_FILE = "secret"
+ADMIN_TOKEN_FILE = "admin-token"  # what `objcache admin` proves (not the cluster secret)
 CONFIG_FILE = "node.toml"
 LOG_FILE = "node.log"
 LOG_TAIL_LINES = 30
@@ -121,7 +122,8 @@ def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
         "[metrics]", f"listen = {q(node.metrics)}", "",
         "[cluster]", f"node_id = {node.node_id}", f"listen = {q(node.rpc)}",
         f"peers = [{peers}]", f"group = {node.group}",
-        f"cluster_secret_file = {q(str(root / SECRET_FILE))}", "",
+        f"cluster_secret_file = {q(str(root / SECRET_FILE))}",
+        f"admin_token_file = {q(str(root / ADMIN_TOKEN_FILE))}", "",
         *more,
     ])
 
@@ -273,6 +275,7 @@ def _prepare(root: Path, layout: list[NodePlan],
         raise LaunchError(f"ports in use: {', '.join(busy)}; choose another --base-port")
     root.mkdir(parents=True, exist_ok=True)
     _write_secret(root / SECRET_FILE)
+    _write_secret(root / ADMIN_TOKEN_FILE)
     for n in layout:
         n.dir(root).mkdir(exist_ok=True)
         remove_ready(n.dir(root))  # left by a node that was killed

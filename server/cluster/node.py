@@ -62,14 +62,14 @@ def fs_config(cfg: Config) -> FsConfig:
                     sync_metadata=st.sync_metadata, inline_max_bytes=st.inline_max_bytes)
 
 
-def _secret(cfg: Config) -> bytes:
-    path = Path(cfg.cluster.cluster_secret_file)
+def _secret(cfg: Config, key: str = "cluster_secret_file") -> bytes:
+    path = Path(getattr(cfg.cluster, key))
     try:
         secret = path.read_bytes().strip()
     except OSError as e:
-        raise StartupError(f"cluster.cluster_secret_file {path}: {e.strerror}") from None
+        raise StartupError(f"cluster.{key} {path}: {e.strerror}") from None
     if len(secret) < 16:
-        raise StartupError(f"cluster.cluster_secret_file {path}: under 16 bytes")
+        raise StartupError(f"cluster.{key} {path}: under 16 bytes")
     return secret
 
 
@@ -115,9 +115,10 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
     listen = cfg.cluster_listen()
     tls = cfg.cluster_tls()
     cert, key, ca = tls if tls else (None, None, None)
+    admin_token = _secret(cfg, "admin_token_file") if c.admin_token_file else None
     plane = RpcPlane(RpcConfig(node_id=c.node_id, cluster_secret=_secret(cfg),
-                               host=listen.host, port=listen.port, tls_cert_path=cert,
-                               tls_key_path=key, tls_ca_path=ca))
+                               admin_token=admin_token, host=listen.host, port=listen.port,
+                               tls_cert_path=cert, tls_key_path=key, tls_ca_path=ca))
     peer_addrs = {i: a for i, a in cfg.cluster_peers().items() if i != c.node_id}
     for peer_id, addr in peer_addrs.items():
         plane.add_peer(peer_id, cfg.cluster_peer_url(addr))

@@ -59,7 +59,7 @@ def serve_status(plane: RpcPlane, runtime: GroupRuntime, backend: ClusterBackend
     async def on_status(peer: int, req: StatusRequest) -> NodeStatus:
         return await node_status(runtime, backend)
 
-    plane.register(StatusRequest, on_status)
+    plane.register(StatusRequest, on_status, admin=True)
 
 
 async def node_status(runtime: GroupRuntime, backend: ClusterBackend) -> NodeStatus:

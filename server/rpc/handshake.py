@@ -80,14 +80,17 @@ async def dial(ws: WebSocketConnection, *, secret: bytes, my_id: int, incarnatio
     return peer_id, challenge.incarnation
 
 
-async def accept(ws: WebSocketConnection, *, secret: bytes, my_id: int, incarnation: int,
-                 admit: Callable[[int, int], str | None]) -> int:
+async def accept(ws: WebSocketConnection, *, secret: bytes | Callable[[int], bytes], my_id: int,
+                 incarnation: int, admit: Callable[[int, int], str | None]) -> int:
     """Authenticate as the acceptor; returns the dialer's node id.
 
-    `admit(peer_id, peer_incarnation)` returns None to take the connection (and has then
-    adopted it) or the reason to refuse it, which raises NotAdmitted.
+    `secret` may depend on who the dialer says it is (`secret(dialer id)`: the admin token
+    for admin clients). `admit(peer_id, peer_incarnation)` returns None to take the
+    connection (and has then adopted it) or the reason to refuse it, which raises NotAdmitted.
     """
     hello = await _receive(ws, Hello)
+    if callable(secret):
+        secret = secret(hello.node_id)
     if hello.protocol != PROTOCOL:
         raise ProtocolViolation(f"protocol {hello.protocol}; this node speaks {PROTOCOL}")
     if hello.node_id < 1 or hello.node_id == my_id:

@@ -56,6 +56,7 @@ from server.rpc.handshake import AuthFailed, NotAdmitted
 T = TypeVar("T")
 
 log = logging.getLogger("objcache.rpc")
+ADMIN_ID_BASE = 1 << 40  # plane ids of admin clients (`objcache admin`); node ids are smaller
 AUTH_FAILED_CLOSE_CODE = 4001  # application range of WebSocket close codes (RFC 6455 §7.4.2)
 
 
@@ -63,6 +64,10 @@ AUTH_FAILED_CLOSE_CODE = 4001  # application range of WebSocket close codes (RFC
 class RpcConfig:
     node_id: int
     cluster_secret: bytes
+    # Admin clients (node ids >= ADMIN_ID_BASE) prove this token instead of the cluster
+    # secret, and reach only the messages registered with admin=True. None: the cluster
+    # secret admits them too (no separate token configured).
+    admin_token: bytes | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port (tests); see RpcPlane.port
     max_frame_bytes: int = 1 << 20  # one WebSocket message; larger messages are chunked
@@ -119,6 +124,7 @@ class RpcPlane:
         self.incarnation = secrets.randbits(63)  # identity of this process, not seeded
         self._rng = rng or random.Random(config.node_id)
         self._handlers: dict[type, Handler] = {}
+        self._admin_handlers: dict[type, Handler] = {}  # what admin clients may call
         self._peers: dict[int, _Peer] = {}
         self._connections = 0
         self._nursery: trio.Nursery | None = None
@@ -126,9 +132,20 @@ class RpcPlane:
 
     # ---- public API ----
 
-    def register(self, msg_type: type, handler: Handler) -> None:
+    def register(self, msg_type: type, handler: Handler, *, admin: bool = False) -> None:
+        """`admin`: admin clients may send it too (status, jobs, fsck's reads)."""
         assert msg_type not in self._handlers, f"{msg_type.__name__} already has a handler"
         self._handlers[msg_type] = handler
+        if admin:
+            self._admin_handlers[msg_type] = handler
+
+    def _secret_for(self, peer_id: int) -> bytes:
+        token = self.config.admin_token
+        return token if peer_id >= ADMIN_ID_BASE and token is not None else (
+            self.config.cluster_secret)
+
+    def _handlers_for(self, peer_id: int) -> dict[type, Handler]:
+        return self._admin_handlers if peer_id >= ADMIN_ID_BASE else self._handlers
 
     def add_peer(self, node_id: int, url: str) -> None:
         """Know `node_id` at `url` (ws://host:port/ or wss://...) and keep a connection to it."""
@@ -279,14 +296,14 @@ class RpcPlane:
             if reason is None:
                 conn = Connection(ws, peer_id=peer_id, peer_incarnation=incarnation,
                                   dialer_id=peer_id, limits=self.config.limits,
-                                  handlers=self._handlers, counters=self.counters)
+                                  handlers=self._handlers_for(peer_id),
+                                  counters=self.counters)
                 self._adopt(conn)
                 adopted.append(conn)
             return reason
 
-        cfg = self.config
         ok = await self._authenticate(ws, handshake.accept(
-            ws, secret=cfg.cluster_secret, my_id=self.node_id, incarnation=self.incarnation,
+            ws, secret=self._secret_for, my_id=self.node_id, incarnation=self.incarnation,
             admit=admit))
         if ok is None:
             for conn in adopted:  # the Welcome did not get through

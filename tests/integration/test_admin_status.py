@@ -58,3 +58,48 @@ def test_status_of_every_node_and_of_one_that_is_down(tmp_path: Path) -> None:
         assert "unreachable" in {n["node_id"]: n for n in doc["nodes"]}[2]["error"]
     finally:
         c.down(check=False)
+
+
+def test_admin_needs_its_token_and_reaches_only_admin_messages(tmp_path: Path) -> None:
+    """`cluster up` gives the cluster an admin token: `objcache admin` with it works; with the
+    cluster secret or a wrong token the nodes refuse the handshake; and an admin client that
+    is in cannot send the messages nodes send each other (a transaction, a read)."""
+    import subprocess
+    import sys
+
+    import trio
+    from serverproc import REPO
+
+    from server.cluster import protocol as p
+    from server.rpc.frames import RemoteError
+    from server.rpc.plane import ADMIN_ID_BASE, RpcConfig, RpcPlane
+
+    c = LocalCluster(tmp_path / "c", nodes=1)
+    c.up()
+    try:
+        assert c.admin("status").returncode == 0
+        wrong = tmp_path / "wrong"
+        wrong.write_text("w" * 64)
+        for flag, path in (("--cluster-secret-file", c.root / "secret"),
+                           ("--admin-token-file", wrong)):
+            res = subprocess.run(
+                [sys.executable, "-m", "server.cli", "admin", "status", "--node",
+                 f"1={c.nodes[1]['rpc']}", flag, str(path)], capture_output=True, text=True,
+                timeout=120, cwd=REPO)
+            assert res.returncode == 2 and "unreachable" in res.stderr, (flag, res.stderr)
+        token = (c.root / "admin-token").read_bytes().strip()
+
+        async def as_admin() -> None:
+            plane = RpcPlane(RpcConfig(node_id=ADMIN_ID_BASE + 7, cluster_secret=token))
+            plane.add_peer(1, f"ws://{c.nodes[1]['rpc']}/")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(plane.run)
+                reply = await plane.call(1, p.GetNodeList(), 10.0)  # an admin message
+                assert reply.nodelist
+                with pytest.raises(RemoteError, match=r"no_handler|GetInodes"):
+                    await plane.call(1, p.GetInodes(1, (1,)), 10.0)
+                nursery.cancel_scope.cancel()
+
+        trio.run(as_admin)
+    finally:
+        c.down(check=False)
