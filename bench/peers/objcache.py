@@ -51,7 +51,7 @@ def cluster_up_argv(s3: S3Target, root: Path, nodes: int, base_port: int | str) 
 def admin_warm_argv(root: Path, node_id: int, rpc: str, path: str) -> list[str]:
     # Any node's RPC address runs the job; --json prints one status line at the end.
     return [sys.executable, "-m", "server.cli", "admin", "warm", path, "--node",
-            f"{node_id}={rpc}", "--cluster-secret-file", str(root / "secret"), "--json",
+            f"{node_id}={rpc}", "--admin-token-file", str(root / "admin-token"), "--json",
             "--progress", "none"]
 
 
