@@ -112,11 +112,7 @@ async def _status(node_id: int, addr: str, secret: bytes, args: argparse.Namespa
     rows: dict[int, NodeStatus | str] = {}
     async with trio.open_nursery() as nursery:
         await nursery.start(plane.run)
-        reply = await plane.call(node_id, p.GetNodeList(), 10.0)
-        nodelist = NodeList.decode(reply.nodelist)
-        for n in nodelist.nodes:
-            if n.node_id != node_id:
-                plane.add_peer(n.node_id, f"ws://{n.rpc}/")
+        nodelist = await _learn_nodes(plane, node_id)
 
         async def ask(nid: int) -> None:
             try:
@@ -164,6 +160,16 @@ def _status_dict(r: NodeStatus) -> dict:
             "commit": r.commit, "applied": r.applied, "log_first": r.log_first,
             "ring_version": r.ring_version, "dirty_files": r.dirty_files,
             "dirty_bytes": r.dirty_bytes, "cache": dict(r.cache), "stores": list(r.stores)}
+
+
+async def _learn_nodes(plane: RpcPlane, node_id: int) -> NodeList:
+    """The cluster's NodeList from the node given, and every node added as a peer."""
+    reply = await plane.call(node_id, p.GetNodeList(), 10.0)
+    nodelist = NodeList.decode(reply.nodelist)
+    for n in nodelist.nodes:
+        if n.node_id != node_id:
+            plane.add_peer(n.node_id, f"ws://{n.rpc}/")
+    return nodelist
 
 
 def _admin_plane(node_id: int, addr: str, secret: bytes) -> RpcPlane:
@@ -241,11 +247,7 @@ async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace
     me = plane.config.node_id
     async with trio.open_nursery() as nursery:
         await nursery.start(plane.run)
-        reply = await plane.call(node_id, p.GetNodeList(), 10.0)
-        nodelist = NodeList.decode(reply.nodelist)
-        for n in nodelist.nodes:
-            if n.node_id != node_id:
-                plane.add_peer(n.node_id, f"ws://{n.rpc}/")
+        nodelist = await _learn_nodes(plane, node_id)
         router = GroupRouter(plane, me, nodelist, None, vnodes=args.vnodes,
                              request_timeout_s=30.0)
         await nursery.start(router.run)
