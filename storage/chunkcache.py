@@ -105,8 +105,9 @@ class ChunkCache:
         """Keep `data` as the clean copy of chunk (ino, index) at `etag`. False: it does not
         fit even after evicting every clean copy (the caller serves it uncached)."""
         need = len(data)
-        victims = self._make_room(need, (ino, index))
-        for v in victims:
+        with self._lock:
+            fits = need <= self.capacity - self.pinned_bytes  # with every clean copy gone
+        for v in self._victims(need, (ino, index)) if fits else ():
             self._drop(*v)
         if self.clean_bytes + self.pinned_bytes + need > self.capacity:
             with self._lock:
@@ -121,10 +122,11 @@ class ChunkCache:
             self.stats["admitted"] += 1
         return True
 
-    def _make_room(self, need: int, keep: tuple[int, int]) -> list[tuple[int, int]]:
+    def _victims(self, need: int, keep: tuple[int, int] | None = None
+                 ) -> list[tuple[int, int]]:
+        """Clean copies to evict, least recently used first, so that `need` more bytes fit
+        (never `keep`)."""
         with self._lock:
-            if need > self.capacity - self.pinned_bytes:
-                return []
             out = []
             free = self.capacity - self.pinned_bytes - self.clean_bytes
             for key, c in self._lru.items():
@@ -183,15 +185,7 @@ class ChunkCache:
 
     def trim_sync(self) -> int:
         """Evict least-recently-used clean copies until everything fits the capacity."""
-        with self._lock:
-            over = self.clean_bytes + self.pinned_bytes - self.capacity
-            victims = []
-            for key, c in self._lru.items():
-                if over <= 0:
-                    break
-                victims.append(key)
-                over -= c.nbytes
-        return sum(self._drop(*k) for k in victims)
+        return sum(self._drop(*k) for k in self._victims(0))
 
     def full(self) -> bool:
         """Nothing more fits and nothing clean is left to evict: only write-back frees room."""
