@@ -71,3 +71,12 @@ def name_ok(name: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def first_leaf(eg: BaseExceptionGroup) -> BaseException:
+    """The first error inside a (nested) group: what a nursery of parallel store requests
+    raises, reported as the one error it is."""
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from server.cluster import protocol as p
-from server.cluster.bucket import BucketConfig, backed_len
+from server.cluster.bucket import BucketConfig, backed_len, first_leaf
 from server.fs import keys
 from server.fs.state import decode_u64
 from server.rpc.frames import RemoteError
@@ -167,12 +167,14 @@ class BucketReads:
 
     async def _admit(self, key: tuple[int, int, bytes], data: bytes) -> None:
         ino, index, etag = key
+
+        def admit_unless_pinned() -> None:
+            if not self.cache.is_pinned(ino, index):
+                self.cache.admit_sync(ino, index, etag, data)
+
         try:
             async with self.apply_lock:
-                pinned = decode_u64(await self.cache.kv.get(keys.materialized_key(ino, index)))
-                if not pinned:
-                    await trio.to_thread.run_sync(self.cache.admit_sync, ino, index, etag,
-                                                  data)
+                await trio.to_thread.run_sync(admit_unless_pinned)
         except (OSError, ChunkIOError) as e:  # a full or failing disk: the bytes were served
             log.warning("caching chunk %d of %d: %s", index, ino, e)
         finally:
@@ -201,7 +203,7 @@ class BucketReads:
                 for i, (a, b) in enumerate(ranges):
                     nursery.start_soon(get, i, a, b)
         except BaseExceptionGroup as eg:
-            raise _as_remote(_first(eg)) from eg
+            raise _as_remote(first_leaf(eg)) from eg
         except StoreError as e:
             raise _as_remote(e) from e
         data = b"".join(parts)
@@ -256,13 +258,6 @@ async def attach(runtime: GroupRuntime, stores: Mapping[int, ObjectStore],
     chunks.adopted_hook = cache.adopt
     runtime.bucket = BucketReads(stores, cache, config, runtime.apply_lock)
     return runtime.bucket
-
-
-def _first(eg: BaseExceptionGroup) -> BaseException:
-    e: BaseException = eg
-    while isinstance(e, BaseExceptionGroup):
-        e = e.exceptions[0]
-    return e
 
 
 def _as_remote(e: BaseException) -> BaseException:

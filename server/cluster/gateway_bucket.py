@@ -51,7 +51,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.cluster import protocol as p
-from server.cluster.bucket import ROOT_MARK, child_key, name_ok
+from server.cluster.bucket import ROOT_MARK, child_key, first_leaf, name_ok
 from server.cluster.bucket_listing import (
     Action,
     Listed,
@@ -408,7 +408,7 @@ class BucketOps(BucketPlans):
                     if a.create is None or self.bucket.head_objects or a.old is not None:
                         nursery.start_soon(one, i, a)
         except BaseExceptionGroup as eg:
-            first = _first_leaf(eg)
+            first = first_leaf(eg)
             if isinstance(first, FsError):
                 raise first from eg
             raise
@@ -498,11 +498,4 @@ class BucketOps(BucketPlans):
     def bucket_stats(self) -> dict[str, int]:
         """Loads, listings, HEADs and entries created, changed and removed by this gateway."""
         return dict(self._bmem.stats)
-
-
-def _first_leaf(eg: BaseExceptionGroup) -> BaseException:
-    e: BaseException = eg
-    while isinstance(e, BaseExceptionGroup):
-        e = e.exceptions[0]
-    return e
 
