@@ -39,7 +39,6 @@ log = logging.getLogger("objcache.admin")
 ROOT = Cred(0, 0)
 MAX_ERRORS = 20  # reported per job
 WARM_PARALLEL = 8  # chunks in flight
-READDIR_PAGE = 1000
 FLUSH_STALLED_ROUNDS = 5  # forced rounds in a row that wrote nothing: give up and report
 FLUSH_RETRY_S = 0.2
 
@@ -168,10 +167,7 @@ class BucketAdmin:
             job.error("this node has no write-back")
             return
         b = self.backend
-        fid = await b.export_root("/")
-        for part in (x for x in job.path.split("/") if x):
-            fid = (await b.lookup(ROOT, fid, part.encode())).fid
-        inode = await b._get(fid)
+        inode = await b._get(await self._resolve(job.path))
         stores = [inode.store] if inode.store else sorted(b.store_roots)
         job.walked = True
         for store in stores:
@@ -194,12 +190,17 @@ class BucketAdmin:
                 job.error(f"store {store}: {res.dirty_left} files and {res.deletes_left} "
                           f"deletes could not be written back")
 
+    async def _resolve(self, path: str) -> FileId:
+        """The file or directory at `path` (LOOKUPs from the root, as root)."""
+        fid = await self.backend.export_root("/")
+        for part in (x for x in path.split("/") if x):
+            fid = (await self.backend.lookup(ROOT, fid, part.encode())).fid
+        return fid
+
     async def _walk(self, job: _Job) -> list[Inode]:
         """Every regular file under job.path (the path itself if it is a file)."""
         b = self.backend
-        fid = await b.export_root("/")
-        for part in (x for x in job.path.split("/") if x):
-            fid = (await b.lookup(ROOT, fid, part.encode())).fid
+        fid = await self._resolve(job.path)
         files: list[Inode] = []
         todo: list[FileId] = [fid]
         while todo:
@@ -210,18 +211,9 @@ class BucketAdmin:
                 job.files += 1
                 job.total_bytes += _bytes_of(job.kind, inode)
                 continue
-            if inode.ftype != FileType.DIR:
-                continue
-            cookie, verf = 0, b"\0" * 8
-            while True:
-                page = await b.readdir(ROOT, fid, cookie, verf, READDIR_PAGE, True)
-                for e in page.entries:
-                    if e.name not in (b".", b"..") and e.fid is not None:
-                        todo.append(e.fid)
-                    cookie = e.cookie
-                verf = page.cookieverf
-                if page.eof or not page.entries:
-                    break
+            if inode.ftype == FileType.DIR:
+                todo.extend([e.fid async for e in b.children(fid, plus=True)
+                             if e.fid is not None])
         return files
 
     async def _warm(self, job: _Job, files: list[Inode]) -> None:

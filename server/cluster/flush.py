@@ -38,7 +38,6 @@ Rules:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -123,7 +122,6 @@ class Flusher:
         self._busy_keys: set[tuple[int, bytes]] = set()
         self._recovered: set[int] = set()  # stores whose orphaned uploads were aborted
         self._stalled_rounds = 0
-        self._requests = itertools.count()
         self.stats = {"uploads": 0, "copies": 0, "parts": 0, "parts_copied": 0, "deletes": 0,
                       "bytes": 0, "errors": 0, "rounds": 0}
 
@@ -206,10 +204,13 @@ class Flusher:
 
     # -- reading the groups -----------------------------------------------------------------
 
-    async def _scan(self, store: int) -> _Scan:
+    async def _scan(self, store: int, *, table_only: bool = False) -> _Scan:
+        """Every group's dirty inodes and the root group's key table (`table_only`: the key
+        table alone, a scan of the root's group)."""
         out = _Scan()
         root_group = self.b.ring.group_of_inode(self.b.store_roots[store])
-        groups = getattr(self.b.ring, "groups", None) or (root_group,)
+        groups = (root_group,) if table_only else (
+            getattr(self.b.ring, "groups", None) or (root_group,))
         for g in groups:
             start = b""
             while True:
@@ -263,11 +264,13 @@ class Flusher:
     # -- one inode --------------------------------------------------------------------------
 
     async def flush_inode(self, store_id: int, inode: Inode, key: bytes | None,
-                          paths: dict[int, bytes | None]) -> bool:
+                          paths: dict[int, bytes | None], *, walk: bool = True) -> bool:
         """Upload `inode` at `key` and mark it clean; False when it must wait (its key is
-        busy, it changed meanwhile)."""
+        busy, it changed meanwhile). A moved directory's subtree is moved first (`walk`:
+        unless the caller is walking it already)."""
         store = self.b.stores[store_id]
-        if inode.ftype == FileType.DIR and key is not None and inode.okey and inode.okey != key:
+        if (walk and inode.ftype == FileType.DIR and key is not None and inode.okey
+                and inode.okey != key):
             await self._move_subtree(store_id, inode, paths)
         if key is None:  # no path in the bucket (unnamed): its object, if any, goes
             return await self._mark(store_id, inode, b"", "", 0)
@@ -415,46 +418,26 @@ class Flusher:
 
     async def _move_subtree(self, store_id: int, d: Inode, paths: dict[int, bytes | None]
                             ) -> None:
-        """Write every descendant of a moved directory at its new key (module rules)."""
+        """Write every descendant of a moved directory at its new key (module rules); the
+        directories below it are written here too, without walking them again."""
         b = self.b
         todo = [d]
         while todo:
             cur = todo.pop()
-            cookie, verf = 0, b"\0" * 8
-            while True:
-                page = await b.readdir(ROOT, b._fid(cur), cookie, verf, 1000, False)
-                inos = [e.fileid for e in page.entries if e.name not in (b".", b"..")]
-                found = await b._inodes(inos) if inos else {}
-                for child in found.values():
-                    if child is None:
-                        continue
-                    key = await self._key_of(child, paths)
-                    if child.ftype == FileType.DIR:
-                        todo.append(child)
-                    if key is not None and (child.okey != key or child.dver != child.cver):
-                        if child.ftype == FileType.DIR:
-                            await self._flush_dir_itself(store_id, child, key)
-                        else:
-                            await self.flush_inode(store_id, child, key, paths)
-                for e in page.entries:
-                    cookie = e.cookie
-                verf = page.cookieverf
-                if page.eof or not page.entries:
-                    break
-
-    async def _flush_dir_itself(self, store_id: int, d: Inode, key: bytes) -> None:
-        """A descendant directory of a moved one: its marker and clean mark only (its own
-        entries are walked by the caller)."""
-        store = self.b.stores[store_id]
-        if not await self._txn(self._root_group(store_id), [KeyClaim(store_id, key, d.ino)]):
-            return
-        etag = await store.put(key.decode(), b"", metadata=metadata_of(d))
-        await self._mark(store_id, d, key, etag, 0)
+            inos = [e.fileid async for e in b.children(b._fid(cur))]
+            for child in (await b._inodes(inos)).values() if inos else ():
+                if child is None:
+                    continue
+                if child.ftype == FileType.DIR:
+                    todo.append(child)
+                key = await self._key_of(child, paths)
+                if key is not None and (child.okey != key or child.dver != child.cver):
+                    await self.flush_inode(store_id, child, key, paths, walk=False)
 
     # -- keys to delete, claims left behind -------------------------------------------------
 
     async def _deletes(self, store_id: int, res: RoundResult, under: bytes | None) -> None:
-        scan = await self._scan(store_id)
+        scan = await self._scan(store_id, table_only=True)  # with this round's releases
         # Deepest first: a directory's marker after the keys under it (a store that keeps
         # directories, like a local one, refuses to delete a non-empty one).
         doomed = [(key, ino) for key, (ino, state) in sorted(scan.table.items(), reverse=True)

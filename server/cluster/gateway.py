@@ -32,7 +32,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -81,6 +81,7 @@ MAX_RESENDS = 20  # resends of one txn id whose answer was lost or undecided
 MAX_SILENT_RESENDS = 3  # of those, after the router gave up (Unavailable)
 MAX_REPLANS = 8  # ring changes during one read
 BACKOFF_MAX_S = 0.05
+CHILDREN_PAGE = 1000  # entries per READDIR when a tree is walked
 
 
 class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
@@ -456,6 +457,20 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         if len(entries) > max_entries:  # a page of one: `.` alone, then `..`, then entries
             entries, eof = entries[:max_entries], False
         return ReadDirResult(self._attr(d), dir_cookieverf(d), tuple(entries), eof)
+
+    async def children(self, fid: FileId, plus: bool = False) -> AsyncIterator[DirEntry]:
+        """Every entry of a directory but `.` and `..`, READDIR page after page, as root
+        (admin jobs and write-back walk trees with it)."""
+        cookie, verf = 0, b"\0" * 8
+        while True:
+            page = await self.readdir(Cred(0, 0), fid, cookie, verf, CHILDREN_PAGE, plus)
+            for e in page.entries:
+                if e.name not in (DOT, DOTDOT):
+                    yield e
+                cookie = e.cookie
+            verf = page.cookieverf
+            if page.eof or not page.entries:
+                return
 
     def _dir_entry(self, name: bytes, cookie: int, inode: Inode, plus: bool) -> DirEntry:
         if not plus:
