@@ -24,13 +24,14 @@ Rules:
   carries ExpectChunk when the gateway believes it materialized, else MaterializeChunk with
   the chunk's bucket bytes (read through its owner) ahead of the ChunkWrite.
 - The object changed in the bucket (ORIGIN_CHANGED): the file is revalidated
-  (`_origin_changed`) and the client hears JUKEBOX, so its retry reads the new version.
+  (`_origin_checked`) and the client hears JUKEBOX, so its retry reads the new version.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 from nfs_gateway.backend import (
     CommitResult,
@@ -64,6 +65,9 @@ from server.rpc.frames import RemoteError
 from storage.chunks import spans
 
 log = logging.getLogger("objcache.gateway")
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 SEQUENTIAL_FILES = 1024  # files whose last read end the gateway remembers (read-ahead)
 PREFETCH_MEMORY = 4096  # chunks recently asked to be fetched ahead (not asked twice)
@@ -79,19 +83,21 @@ else:
 
 class DataOps(_Base):
     async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
+        return await self._origin_checked(fid.ino, self._read(cred, fid, offset, count))
+
+    async def _origin_checked(self, ino: int, call: Awaitable[T]) -> T:
+        """`call`; if it found the file's bucket object changed (ORIGIN_CHANGED), the file
+        is revalidated (gateway_bucket.py does it when present) and the client hears
+        JUKEBOX, so its retry reads the new version."""
         try:
-            return await self._read(cred, fid, offset, count)
+            return await call
         except RemoteError as e:
             if e.code != p.ORIGIN_CHANGED:
                 raise
-            await self._origin_changed(fid.ino)
-            raise Jukebox(f"the bucket object of inode {fid.ino} changed: {e.message}") from e
-
-    async def _origin_changed(self, ino: int) -> None:
-        """Revalidate a file whose object changed (gateway_bucket.py does it when present)."""
-        revalidate = getattr(self, "revalidate_file", None)
-        if revalidate is not None:
-            await revalidate(ino)
+            revalidate = getattr(self, "revalidate_file", None)
+            if revalidate is not None:
+                await revalidate(ino)
+            raise Jukebox(f"the bucket object of inode {ino} changed: {e.message}") from e
 
     async def _read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
         count = max(0, min(count, self.config.max_read_bytes))
@@ -133,11 +139,8 @@ class DataOps(_Base):
 
     def _read_ahead(self, inode: Inode, offset: int, n: int) -> None:
         """A sequential reader: have the next chunks' owners fetch them now (module rules)."""
-        seq = self._sequential
-        sequential = seq.pop(inode.ino, None) == offset
-        seq[inode.ino] = offset + n
-        while len(seq) > SEQUENTIAL_FILES:
-            seq.pop(next(iter(seq)))
+        sequential = self._sequential.pop(inode.ino, None) == offset
+        _bounded_put(self._sequential, inode.ino, offset + n, SEQUENTIAL_FILES)
         ahead = self.bucket.readahead_chunks
         if not sequential or ahead <= 0 or self._nursery is None:
             return
@@ -146,9 +149,7 @@ class DataOps(_Base):
         for index in range(untouched, untouched + ahead):
             if not is_backed(inode, index) or (inode.ino, index) in self._prefetched:
                 continue
-            self._prefetched[(inode.ino, index)] = None
-            while len(self._prefetched) > PREFETCH_MEMORY:
-                self._prefetched.pop(next(iter(self._prefetched)))
+            _bounded_put(self._prefetched, (inode.ino, index), None, PREFETCH_MEMORY)
             self._nursery.start_soon(self._prefetch, inode, index)
 
     async def _prefetch(self, inode: Inode, index: int) -> None:
@@ -197,28 +198,21 @@ class DataOps(_Base):
                 out[index] = None
                 continue
             n = backed_len(inode.obase, inode.chunk_size, index)
-            try:
-                if index == 0:
-                    reply = await self._at_inode(inode.ino, p.ReadHead(0, inode.ino, 0, n))
-                    if reply.inode != encode(inode):
-                        raise Reread(f"inode {inode.ino} changed while reading its base")
-                else:
-                    reply = await self._at(
-                        lambda index=index: self.ring.group_of_chunk(inode.ino, index),
-                        self._chunk_request(inode, index, 0, n))
-            except RemoteError as e:
-                if e.code != p.ORIGIN_CHANGED:
-                    raise
-                await self._origin_changed(inode.ino)
-                raise Jukebox(f"the bucket object of inode {inode.ino} changed") from e
+            if index == 0:
+                reply = await self._origin_checked(
+                    inode.ino, self._at_inode(inode.ino, p.ReadHead(0, inode.ino, 0, n)))
+                if reply.inode != encode(inode):
+                    raise Reread(f"inode {inode.ino} changed while reading its base")
+            else:
+                reply = await self._origin_checked(inode.ino, self._at(
+                    lambda index=index: self.ring.group_of_chunk(inode.ino, index),
+                    self._chunk_request(inode, index, 0, n)))
             out[index] = _padded(reply.data, n)
         return out
 
     def _note_materialized(self, ino: int, indexes: list[int]) -> None:
         for index in indexes:
-            self._materialized[(ino, index)] = None
-        while len(self._materialized) > MATERIALIZED_MEMORY:
-            self._materialized.pop(next(iter(self._materialized)))
+            _bounded_put(self._materialized, (ino, index), None, MATERIALIZED_MEMORY)
 
     def _write_plan(self, inode: Inode, offset: int, blob: bytes, clear_suid: bool,
                     bases: dict[int, bytes | None] | None = None) -> Plan:
@@ -268,6 +262,14 @@ class DataOps(_Base):
         inode = await self._get(fid)
         require_reg(inode)
         return CommitResult(self.verifier, self._wcc(inode, inode))
+
+
+def _bounded_put(memory: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Remember key (as the newest), forgetting the oldest entries past `limit`."""
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > limit:
+        memory.pop(next(iter(memory)))
 
 
 def _padded(data: bytes, n: int) -> bytes:

@@ -610,7 +610,7 @@ def _materialize_chunk(r: MaterializeChunk, view: View, changes: Changes) -> Non
         raise StateError(f"materialized chunk of {len(r.data)} bytes past {r.chunk_size}")
     # The whole chunk: its base, and zeros to its end, so no stale byte of an earlier
     # (evicted, clean) copy survives in the file.
-    data = r.data + bytes(r.chunk_size - len(r.data)) if len(r.data) < r.chunk_size else r.data
+    data = r.data.ljust(r.chunk_size, b"\0")
     changes.effects.append(WriteEffect(r.ino, r.chunk_size, r.index * r.chunk_size, data))
     changes.put_meta(key, 1)
 
