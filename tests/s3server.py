@@ -22,7 +22,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serverproc import _port_free  # TCP and UDP free on loopback
 
 ACCESS_KEY = "K"
 SECRET_KEY = "S"
@@ -50,21 +50,12 @@ def weed_binary() -> str:
     return found
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_pair(rng: random.Random) -> int:
     """A port p with p and p + 10000 both free: SeaweedFS puts a component's gRPC service at
     its HTTP port + 10000 (and some of its parts assume so even when told otherwise)."""
     for _ in range(1000):
         p = rng.randrange(20000, 30000)
-        if _bindable(p) and _bindable(p + 10000):
+        if _port_free(p) and _port_free(p + 10000):
             return p
     raise RuntimeError("no free pair of loopback ports")
 

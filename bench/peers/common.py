@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from serverproc import _port_free  # TCP and UDP free on loopback
+
 MiB = 1 << 20
 ACCESS_KEY = "benchkey"
 SECRET_KEY = "benchsecret"
@@ -276,15 +278,6 @@ def free_port(*, grpc_offset: int = 0) -> int:
         if port + grpc_offset < 65536 and all(_port_free(p) for p in {port, port + grpc_offset}):
             return port
     raise PeerError("no free loopback port")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def tcp_answers(host: str, port: int) -> bool:
