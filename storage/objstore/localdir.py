@@ -263,20 +263,28 @@ class LocalDirStore:
     def _get_range(
         self, key: str, start: int, end: int, if_match: str | None
     ) -> tuple[bytes, int]:
+        with self._opened("get", key, if_match) as (fd, st, _, marker):
+            data = b"" if marker else localfs.pread(fd, start, min(end, st.st_size))
+        return data, len(data)
+
+    @contextlib.contextmanager
+    def _opened(self, op: str, key: str, if_match: str | None
+                ) -> Iterator[tuple[int, os.stat_result, ObjectInfo, bool]]:
+        """The object at `key` open for reading: (fd, stat, info, is a marker); NoSuchKey
+        when there is none, PreconditionFailed when its etag is not `if_match`."""
         path, marker = self._path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
-            raise NoSuchKey(f"get {key!r}: no such key") from None
+            raise NoSuchKey(f"{op} {key!r}: no such key") from None
         with contextlib.closing(localfs.Fd(fd)):
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode) != marker or not (marker or stat.S_ISREG(st.st_mode)):
-                raise NoSuchKey(f"get {key!r}: no such key")
+                raise NoSuchKey(f"{op} {key!r}: no such key")
             info = self._info(key, st, fd)
             if if_match is not None and info.etag != if_match.strip('"'):
-                raise PreconditionFailed(f"get {key!r}: etag is {info.etag}, not {if_match}")
-            data = b"" if marker else localfs.pread(fd, start, min(end, st.st_size))
-        return data, len(data)
+                raise PreconditionFailed(f"{op} {key!r}: etag is {info.etag}, not {if_match}")
+            yield fd, st, info, marker
 
     def _list(
         self, prefix: str, delimiter: str, token: str | None, max_keys: int
@@ -370,19 +378,8 @@ class LocalDirStore:
     def _copy(
         self, src_key: str, dst_key: str, meta: dict[str, str] | None, if_match: str | None
     ) -> tuple[str, int]:
-        src, src_marker = self._path(src_key)
         dst, dst_marker = self._path(dst_key)
-        try:
-            fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NoSuchKey(f"copy {src_key!r}: no such key") from None
-        with contextlib.closing(localfs.Fd(fd)):
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode) != src_marker:
-                raise NoSuchKey(f"copy {src_key!r}: no such key")
-            info = self._info(src_key, st, fd)
-            if if_match is not None and info.etag != if_match.strip('"'):
-                raise PreconditionFailed(f"copy {src_key!r}: etag is {info.etag}, not {if_match}")
+        with self._opened("copy", src_key, if_match) as (fd, st, info, src_marker):
             meta = dict(info.metadata) if meta is None else meta
             if src_marker or dst_marker:
                 if src_marker != dst_marker:
