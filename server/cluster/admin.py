@@ -5,7 +5,9 @@ with the cluster secret like any node. It asks one node for the NodeList, then t
 group's leader through a GroupRouter, as a gateway would.
 
 Exit codes: 0 done and healthy, 1 the check found problems, 2 usage or the cluster could not be
-reached.
+reached. drain: 0 every change is in the bucket, verified, and every node is shutting down; 1 the
+drain failed (each path not in the bucket is listed with why; writes are unfenced again and the
+nodes keep running with their data); 2 as above.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from server.cluster.bucket_admin import (
     JobStatus,
     WarmRequest,
 )
+from server.cluster.drain import DrainPoll, DrainRequest, DrainStatus
 from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
 from server.cluster.status import NodeStatus, StatusRequest
@@ -57,6 +60,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="any node's id and RPC address")
     _credentials(st)
     st.add_argument("--json", action="store_true")
+    dr = admin_sub.add_parser("drain", help="scale to zero: write every change back, verify "
+                              "the bucket, then stop every node")
+    dr.add_argument("--node", required=True, metavar="ID=HOST:PORT",
+                    help="any node's id and RPC address (it coordinates the drain)")
+    _credentials(dr)
+    dr.add_argument("--json", action="store_true", help="one JSON status line at the end")
+    dr.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
+                    help="auto: a bar on a terminal, plain lines otherwise")
     for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
                        ("evict", "drop the clean cached copies of a tree's files"),
                        ("flush", "write a tree's changes back to the bucket now")):
@@ -95,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"objcache admin: {path}: {e.strerror}", file=sys.stderr)
         return 2
-    command = {"fsck": _fsck, "status": _status}.get(args.admin_command, _job)
+    command = {"fsck": _fsck, "status": _status, "drain": _drain}.get(args.admin_command, _job)
     try:
         return trio.run(command, node_id, addr, secret, args)
     except* (RpcError, p.Unavailable, p.RingChanged) as group:
@@ -237,6 +248,72 @@ class Progress:
                   flush=True)
 
     def close(self, s: JobStatus) -> None:
+        self.update(s)
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def _drain(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    """Start the drain on the node, follow it to its end (server/cluster/drain.py)."""
+    plane = _admin_plane(node_id, addr, secret)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        status = await plane.call(node_id, DrainRequest(), 30.0)
+        show = DrainProgress(args.progress)
+        while not status.finished:
+            show.update(status)
+            await trio.sleep(0.2)
+            status = await plane.call(node_id, DrainPoll(status.drain_id), 30.0)
+        show.close(status)
+        nursery.cancel_scope.cancel()
+    if args.json:
+        print(json.dumps({"ok": status.ok, "drain_id": status.drain_id, "phase": status.phase,
+                          "flushed": status.flushed, "verified": status.verified,
+                          "problem_count": status.problem_count,
+                          "problems": [{"path": path, "why": why}
+                                       for path, why in status.problems]}))
+    elif status.ok:
+        print(f"drain: {status.flushed} files written back or deleted, {status.verified} "
+              "objects verified in the bucket; every node is shutting down")
+    else:
+        print(f"drain FAILED ({status.problem_count} problems): writes are unfenced again and "
+              "every node keeps running with its data")
+        for path, why in status.problems:
+            print(f"  {path or '(drain)'}: {why}")
+        if status.problem_count > len(status.problems):
+            print(f"  ... and {status.problem_count - len(status.problems)} more")
+    return 0 if status.ok else 1
+
+
+class DrainProgress:
+    """A tqdm bar per phase on a terminal, plain lines (one a second at most) otherwise."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = "bar" if mode == "auto" and sys.stderr.isatty() else (
+            "lines" if mode == "auto" else mode)
+        self.bar: tqdm | None = None
+        self.phase = ""
+        self._last = 0.0
+
+    def update(self, s: DrainStatus) -> None:
+        done, total = ((s.verified, s.to_verify) if s.phase == "verifying" else
+                       (s.flushed, s.to_flush))
+        if self.mode == "bar":
+            if s.phase != self.phase:
+                if self.bar is not None:
+                    self.bar.close()
+                self.bar = tqdm(total=total, unit="file", desc=f"drain: {s.phase}",
+                                file=sys.stderr)
+            assert self.bar is not None
+            self.bar.total = total
+            self.bar.update(done - self.bar.n)
+        elif self.mode == "lines" and (time.monotonic() - self._last >= 1.0
+                                       or s.phase != self.phase):
+            self._last = time.monotonic()
+            print(f"drain: {s.phase} {done}/{total}", file=sys.stderr, flush=True)
+        self.phase = s.phase
+
+    def close(self, s: DrainStatus) -> None:
         self.update(s)
         if self.bar is not None:
             self.bar.close()

@@ -103,6 +103,8 @@ class RoundResult:
     dirty_left: int = 0
     deletes_left: int = 0
     errors: list[str] = field(default_factory=list)
+    failed: dict[int, tuple[bytes | None, str]] = field(default_factory=dict)  # ino -> (its
+    # key, the error that kept it dirty): what a drain reports
 
 
 @dataclass
@@ -136,6 +138,8 @@ class Flusher:
         task_status.started()
         while True:
             await trio.sleep(self.config.interval_s)
+            if self.b.fence.closed(trio.current_time()):
+                continue  # a drain runs its own rounds (drain.py)
             force = pressed()
             for store, root in sorted(self.b.store_roots.items()):
                 if not (force or leads(self.b.ring.group_of_inode(root))):
@@ -156,12 +160,13 @@ class Flusher:
         the cache is still full): a write that needs room gets NOSPC."""
         return self._stalled_rounds >= STALLED_ROUNDS
 
-    async def round(self, store: int, *, force: bool = False, under: bytes | None = None
-                    ) -> RoundResult:
+    async def round(self, store: int, *, force: bool = False, under: bytes | None = None,
+                    res: RoundResult | None = None) -> RoundResult:
         """One pass over the store's dirty inodes and released keys. `force`: ignore the
-        delay; `under`: only keys under that prefix (admin flush PATH)."""
+        delay; `under`: only keys under that prefix (admin flush PATH); `res`: filled in as
+        the round goes (a caller showing progress reads it meanwhile)."""
         self.stats["rounds"] += 1
-        res = RoundResult()
+        res = res if res is not None else RoundResult()
         scan = await self._scan(store)
         if store not in self._recovered:
             await self._abort_orphans(store, scan, res)
@@ -194,6 +199,7 @@ class Flusher:
                     self.stats["errors"] += 1
                     res.dirty_left += 1
                     res.errors.append(f"inode {inode.ino} ({key!r}): {type(e).__name__}: {e}")
+                    res.failed[inode.ino] = (key, f"{type(e).__name__}: {e}")
 
         async with trio.open_nursery() as nursery:
             for inode in ready:
@@ -201,6 +207,15 @@ class Flusher:
         res.dirty_left += len(scan.dirty) - len(ready)
         await self._deletes(store, res, under)
         return res
+
+    async def pending(self, store: int) -> tuple[int, int]:
+        """(dirty inodes, keys to delete) of the store, as the groups hold them now."""
+        scan = await self._scan(store)
+        return len(scan.dirty), sum(1 for _, st in scan.table.values() if st == KEY_DELETE)
+
+    async def key_table(self, store: int) -> dict[bytes, tuple[int, int]]:
+        """The store's key table: key -> (inode, state) (server/fs/state.py KEY_*)."""
+        return (await self._scan(store, table_only=True)).table
 
     # -- reading the groups -----------------------------------------------------------------
 
@@ -235,6 +250,8 @@ class Flusher:
         """The inode's key under its store's root (directories: their prefix, "x/"), or None
         when it has no path there (unnamed, or not under the root)."""
         root = self.b.store_roots.get(inode.store)
+        if root is not None:
+            paths.setdefault(root, b"")
         chain: list[Inode] = []
         cur: Inode | None = inode
         prefix: bytes | None = None
@@ -250,6 +267,9 @@ class Flusher:
             if not cur.pname or cur.parent in (0, cur.ino):
                 return None
             chain.append(cur)
+            if paths.get(cur.parent) is not None:  # a directory already placed: no read
+                prefix = paths[cur.parent]
+                break
             cur = await self.b._inode(cur.parent)
         if prefix is None:
             return None

@@ -21,6 +21,7 @@ Rules:
 - The after-attributes of a change (wcc_data, new objects' attributes) are computed by applying
   the plan's records to what was read (the state machine is pure); if that is not possible the
   inodes are read again after the commit.
+- While a drain holds `fence` (fence.py), client changes answer JUKEBOX; reads go on.
 - Data: see gateway_data.py. Namespace changes: gateway_ns.py. Permission checks, name rules
   and sattr handling are the single-node backend's (server/fs/perms.py, common.py, namespace.py).
 """
@@ -56,6 +57,7 @@ from nfs_gateway.backend import (
 )
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
+from server.cluster.fence import WriteFence
 from server.cluster.fsops import ENOTEMPTY, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
 from server.cluster.gateway_data import DataOps
@@ -129,6 +131,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         self.verifier = bytes(self._rng.getrandbits(8) for _ in range(8))
         self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0, "rereads": 0}
         self.last_abort = ""  # the reason of the latest abort (tests, logs)
+        self.fence = WriteFence()  # held by a drain (drain.py): client changes wait
 
     @property
     def ring(self) -> p.RingView:

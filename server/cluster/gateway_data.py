@@ -46,6 +46,7 @@ from nfs_gateway.backend import (
 )
 from server.cluster import protocol as p
 from server.cluster.bucket import backed_len, is_backed
+from server.cluster.fence import fenced
 from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
 from server.fs.common import require_reg
@@ -160,6 +161,7 @@ class DataOps(_Base):
             self._prefetched.pop((inode.ino, index), None)
             log.debug("read-ahead of chunk %d of %d: %s", index, inode.ino, e)
 
+    @fenced
     async def write(
         self, cred: Cred, fid: FileId, offset: int, data: memoryview, stable: StableHow
     ) -> WriteResult:

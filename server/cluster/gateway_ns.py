@@ -53,6 +53,7 @@ from nfs_gateway.backend import (
     XDev,
 )
 from server.cluster import protocol as p
+from server.cluster.fence import fenced
 from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
 from server.fs.common import DOT, DOTDOT, check_name, check_new_name, require_dir
@@ -86,6 +87,7 @@ MAX_DEPTH = 1 << 16
 class NamespaceOps(_Base):
     # -- SETATTR ----------------------------------------------------------------------------
 
+    @fenced
     async def setattr(
         self, cred: Cred, fid: FileId, sattr: SetAttrs, guard_ctime_ns: int | None
     ) -> Wcc:
@@ -130,6 +132,7 @@ class NamespaceOps(_Base):
 
     # -- CREATE, MKDIR, SYMLINK, MKNOD ------------------------------------------------------
 
+    @fenced
     async def create(
         self, cred: Cred, dir_fid: FileId, name: bytes, how: CreateMode, sattr: SetAttrs,
         verf: bytes | None,
@@ -170,10 +173,12 @@ class NamespaceOps(_Base):
             return plan
         return Done(Created(self._fid(child), self._attr(child), dw))
 
+    @fenced
     async def mkdir(self, cred: Cred, dir_fid: FileId, name: bytes, sattr: SetAttrs) -> Created:
         check_new_name(name, self.config.max_name_bytes)
         return await self._make(cred, dir_fid, name, FileType.DIR, sattr)
 
+    @fenced
     async def symlink(
         self, cred: Cred, dir_fid: FileId, name: bytes, target: bytes, sattr: SetAttrs
     ) -> Created:
@@ -184,6 +189,7 @@ class NamespaceOps(_Base):
             raise NameTooLong(f"symlink target of {len(target)} bytes")
         return await self._make(cred, dir_fid, name, FileType.LNK, sattr, target=target)
 
+    @fenced
     async def mknod(
         self, cred: Cred, dir_fid: FileId, name: bytes, ftype: FileType, sattr: SetAttrs,
         rdev: tuple[int, int],
@@ -253,9 +259,11 @@ class NamespaceOps(_Base):
 
     # -- REMOVE, RMDIR ----------------------------------------------------------------------
 
+    @fenced
     async def remove(self, cred: Cred, dir_fid: FileId, name: bytes) -> Wcc:
         return await self._unlink(cred, dir_fid, name, want_dir=False)
 
+    @fenced
     async def rmdir(self, cred: Cred, dir_fid: FileId, name: bytes) -> Wcc:
         return await self._unlink(cred, dir_fid, name, want_dir=True)
 
@@ -351,6 +359,7 @@ class NamespaceOps(_Base):
 
     # -- RENAME -----------------------------------------------------------------------------
 
+    @fenced
     async def rename(
         self, cred: Cred, from_dir: FileId, from_name: bytes, to_dir: FileId, to_name: bytes
     ) -> RenameResult:
@@ -440,6 +449,7 @@ class NamespaceOps(_Base):
 
     # -- LINK -------------------------------------------------------------------------------
 
+    @fenced
     async def link(self, cred: Cred, fid: FileId, dir_fid: FileId, name: bytes) -> LinkResult:
         check_new_name(name, self.config.max_name_bytes)
 

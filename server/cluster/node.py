@@ -7,8 +7,9 @@ Start-up, in order (each step needs the one before):
 3. Open the group member (GroupRuntime) and the router; start them.
 4. Wait until this node's group has a leader with the NodeList applied, then serve NFS through
    a ClusterBackend, and write `ready.json` (server/cluster/ready.py) for `objcache cluster up`.
-SIGTERM/SIGINT: the NFS server answers what it read and stops; then everything stops and the
-LevelDB is closed (acknowledged writes are in the Raft log already; nothing else to flush).
+SIGTERM/SIGINT, or a drain that verified the bucket (drain.py): the NFS server answers what it
+read and stops; then everything stops and the LevelDB is closed (acknowledged writes are in the
+Raft log already; nothing else to flush).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import errno
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,7 @@ from server import metrics
 from server.cluster import bucket_reads, fsops, queries
 from server.cluster import protocol as p
 from server.cluster.bucket_admin import BucketAdmin
+from server.cluster.drain import Drains
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
@@ -37,10 +40,11 @@ from server.cluster.inoalloc import InoAllocator
 from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
+from server.cluster.ringchange import JoinError, RingMember, join_cluster
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import APPLIED, NODELIST, GroupStateMachine
 from server.cluster.status import serve_status
-from server.config import Config, Listen, data_dir, store_spec
+from server.config import Config, Listen, data_dir, parse_listen, store_spec
 from server.fs.config import FsConfig
 from server.node import StartupError, export_id, serve_nfs
 from server.rpc.plane import RpcConfig, RpcPlane
@@ -135,26 +139,52 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         # Peers still bootstrapping ask us even when we have our list already (a restart).
         serve_hello(plane, me, tuple(sorted({*peers, c.node_id})))
         stored = await kv.get(NODELIST)
+        nodelist: NodeList | None = None
         if stored is not None:
             nodelist = NodeList.decode(stored)
-        else:
+            if c.node_id not in {n.node_id for n in nodelist.nodes}:
+                raise StartupError(f"node {c.node_id} left the cluster (node list version "
+                                   f"{nodelist.version}); to serve again, start it with an "
+                                   "empty data directory and --join")
+        elif not c.join:
             log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
             nodelist = await bootstrap_nodelist(plane, me, peers, c.bootstrap_timeout_s)
         group = me.group
         app = fsops.FsApplication(fsc)
-        sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync)
-        ring = nodelist.ring(c.vnodes)
-        router: GroupRouter
+        sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync,
+                               group=group, vnodes=c.vnodes)
+        router: GroupRouter | None = None
         runtime = await GroupRuntime.open(
-            node_id=c.node_id, group=group, members=list(nodelist.members(group)), kv=kv, sm=sm,
+            node_id=c.node_id, group=group,
+            members=list(nodelist.members(group)) if nodelist else [c.node_id], kv=kv, sm=sm,
             plane=plane, answer=queries.answer,
-            root_ops=_root_ops(fsc) if ring.group_of_inode(1) == group else None,
-            nodelist_bytes=nodelist.encode(), post=lambda g, m: router.post(g, m),
-            config=GroupConfig())
+            root_ops=_root_ops(fsc) if nodelist and nodelist.ring(c.vnodes).group_of_inode(
+                1) == group else None,
+            nodelist_bytes=nodelist.encode() if nodelist else None,
+            post=lambda g, m: router.post(g, m) if router is not None else None,
+            config=GroupConfig(), vnodes=c.vnodes)
+        flusher_box: list[Flusher] = []
+
+        async def flush_all() -> None:  # before this node's group leaves (ringchange.py)
+            for f in flusher_box:
+                for store in sorted(f.b.store_roots):
+                    await f.round(store, force=True)
+
+        rings = RingMember(runtime, plane, fsc.chunk_size, flush_all)
+        await nursery.start(runtime.run)
+        nursery.start_soon(rings.run)
+        if nodelist is None:  # joining: the ring change brings our group its NodeList
+            join = cfg.cluster_join()
+            assert join is not None
+            log.info("node %d: joining the cluster through %s", c.node_id, join)
+            try:
+                nodelist = await join_cluster(plane, runtime, me, cfg.cluster_peer_url(join),
+                                              c.bootstrap_timeout_s)
+            except JoinError as e:
+                raise StartupError(str(e)) from None
         router = GroupRouter(plane, c.node_id, nodelist, runtime, vnodes=c.vnodes,
                              request_timeout_s=c.request_timeout_s)
         await nursery.start(router.run)
-        await nursery.start(runtime.run)
         with trio.move_on_after(c.bootstrap_timeout_s) as waited:
             await runtime.wait_serving()
         if waited.cancelled_caught:
@@ -186,6 +216,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"the exports' buckets were not bound in "
                                f"{c.bootstrap_timeout_s} s")
         flusher = Flusher(backend, flush_config(cfg))
+        flusher_box.append(flusher)
         reads = runtime.bucket
         pressed = (lambda: reads.cache.pressed()) if reads is not None else (lambda: False)
         await nursery.start(flusher.run, lambda g: runtime.group == g and runtime.is_leader(),
@@ -198,6 +229,13 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         metrics.export_gauges(lambda: _gauges(runtime))
         metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
                                 "deletes, bytes, errors, rounds", flusher.stats)
+        # A drain that verified the bucket stops the node with a SIGTERM to itself: the one
+        # path by which a node stops cleanly (server/node.py serve_nfs watches for it).
+        Drains(backend, flusher, plane, router,
+               stop=lambda: os.kill(os.getpid(), signal.SIGTERM),
+               peer_url=lambda rpc: cfg.cluster_peer_url(_listen(rpc)),
+               export_paths={export_id(normalize_path(e.path)): normalize_path(e.path)
+                             for e in cfg.exports}).serve(nursery)
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
                         _announce(cfg, me, cfg.cluster_rpc_address()),
                         ready=lambda: runtime.leader_id() != 0)
@@ -226,6 +264,12 @@ def _gauges(runtime: GroupRuntime) -> dict[str, tuple[str, float]]:
                                               u["pinned_bytes"])
         out["objcache_cache_capacity_bytes"] = ("The cache's capacity", u["capacity_bytes"])
     return out
+
+
+def _listen(rpc: str) -> Listen:
+    listen = parse_listen("a node's rpc address", rpc)
+    assert listen is not None, rpc  # NodeInfo.rpc is always an address
+    return listen
 
 
 def flush_config(cfg: Config) -> FlushConfig:

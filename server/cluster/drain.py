@@ -1,0 +1,434 @@
+"""`objcache admin drain`: scale to zero. Every change goes to the bucket, is verified there,
+and only then does every node exit.
+
+Picture (the node the admin asked coordinates; every node, itself included, takes part):
+
+    admin ──DrainRequest──▶ coordinator            (then DrainPoll until the status is final)
+      1. fence    FenceWrites(drain, lease) ──▶ every node: its gateway answers JUKEBOX to
+                  client changes (fence.py) and waits for the changes already running; the
+                  coordinator renews the lease while it works (a dead coordinator's fence
+                  lapses by itself)
+      2. flush    forced write-back rounds (flush.py) of every store, until nothing is dirty
+                  or waiting to be deleted, or rounds stop making progress
+      3. verify   every inode (ScanState of each group): what the bucket must hold
+                  (drain_check.py), and a HEAD of each such object: size and ETag as the
+                  replicated state records them; then nothing became dirty since step 1
+      4. stop     StopNode ──▶ every other node: its fence closes for good and it shuts down
+                  as on SIGTERM; the coordinator last, once the admin has read the result
+    a failure in 1-3: LiftFence ──▶ every node; nodes and data stay; the status lists each
+    path that is not in the bucket as it should be, and why.
+
+Rules:
+- Nothing is lost: a node exits only after step 3 found every change in the bucket, and no
+  client change can land after that (the fence; step 3's last scan catches a transaction
+  that a gateway gave up on but its group still decided).
+- A drain never half-stops a cluster it could not verify; a node that cannot be fenced
+  (unreachable) fails the drain before anything was flushed.
+- One drain at a time per coordinator: a DrainRequest while one runs gets its status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from nfs_gateway.backend import FsError
+from server.cluster import drain_check
+from server.cluster import protocol as p
+from server.cluster.flush import Flusher, RoundResult
+from server.cluster.gateway import ClusterBackend
+from server.cluster.router import GroupRouter
+from server.fs import keys
+from server.fs.records import Inode, decode_value
+from server.rpc.codec import message
+from server.rpc.frames import RemoteError, RpcError
+from server.rpc.plane import RpcPlane
+from storage.objstore.base import StoreError
+
+log = logging.getLogger("objcache.drain")
+
+LEASE_S = 30.0  # a fence lapses this long after the coordinator's last renewal
+RENEW_S = 5.0
+IDLE_WAIT_S = 10.0  # for client changes that passed the fence before it closed
+CALL_TIMEOUT_S = IDLE_WAIT_S + 10.0
+STALLED_ROUNDS = 3  # write-back rounds in a row that wrote nothing: what is left is reported
+ROUND_PAUSE_S = 0.2
+VERIFY_PARALLEL = 16  # HEADs in flight
+SCAN_PAGE = 5_000
+MAX_PROBLEMS = 1_000  # listed in a status (the count says how many there were)
+EXIT_DELAY_S = 0.2  # between answering StopNode and stopping: the answer gets out first
+EXIT_GRACE_S = 30.0  # the coordinator stops this long after success even if nobody asked
+
+ANY_ERROR = (FsError, p.Unavailable, p.RingChanged, RpcError, StoreError)
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+@message("adm.drain")
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    pass
+
+
+@message("adm.drain_poll")
+@dataclass(frozen=True, slots=True)
+class DrainPoll:
+    drain_id: int
+
+
+@message("adm.drain_status")
+@dataclass(frozen=True, slots=True)
+class DrainStatus:
+    drain_id: int
+    phase: str  # fencing, flushing, verifying, stopping, done, failed
+    flushed: int  # files written and objects deleted
+    to_flush: int  # what was dirty or to delete when the flush began (grows if more came)
+    verified: int  # objects HEADed
+    to_verify: int
+    finished: bool
+    ok: bool  # finished and every node was told to stop
+    problems: tuple[tuple[str, str], ...]  # (path, why), at most MAX_PROBLEMS
+    problem_count: int
+
+
+@message("cl.fence")
+@dataclass(frozen=True, slots=True)
+class FenceWrites:
+    drain_id: int
+    lease_s: float
+    wait_s: float  # for the client changes already running (0: do not wait)
+
+
+@message("cl.fence_reply")
+@dataclass(frozen=True, slots=True)
+class FenceReply:
+    in_flight: int  # client changes still running when the wait ended (0: fenced and idle)
+
+
+@message("cl.unfence")
+@dataclass(frozen=True, slots=True)
+class LiftFence:
+    drain_id: int
+
+
+@message("cl.stop")
+@dataclass(frozen=True, slots=True)
+class StopNode:
+    drain_id: int
+
+
+class DrainFailed(Exception):
+    pass
+
+
+# -- one drain ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    drain_id: int
+    phase: str = "fencing"
+    flushed: int = 0
+    to_flush: int = 0
+    verified: int = 0
+    to_verify: int = 0
+    finished: bool = False
+    ok: bool = False
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    problem_count: int = 0
+    round: RoundResult | None = None  # the write-back round running (its live counts)
+    why_dirty: dict[int, str] = field(default_factory=dict)  # ino -> last write-back error
+    renew_error: str = ""
+
+    def status(self) -> DrainStatus:
+        flushed = self.flushed + (self.round.flushed + self.round.deleted if self.round else 0)
+        return DrainStatus(self.drain_id, self.phase, flushed, max(self.to_flush, flushed),
+                           self.verified, self.to_verify, self.finished, self.ok,
+                           tuple(self.problems[:MAX_PROBLEMS]), self.problem_count)
+
+    def problem(self, path: str, why: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append((path, why))
+        log.warning("drain %d: %s: %s", self.drain_id, path, why)
+
+
+class Drains:
+    """A node's side of drains: the participant's handlers (fence, lift, stop) and, when the
+    admin asks this node, the coordinator's job (module picture). `stop()` makes the node
+    shut down as on SIGTERM; `peer_url(rpc)` is the plane URL of a node's RPC address;
+    `export_paths`: store -> its export path (for the paths reported)."""
+
+    def __init__(self, backend: ClusterBackend, flusher: Flusher, plane: RpcPlane,
+                 router: GroupRouter, stop: Callable[[], None],
+                 peer_url: Callable[[str], str], export_paths: dict[int, str]) -> None:
+        self.b = backend
+        self.flusher = flusher
+        self.plane = plane
+        self.router = router
+        self.stop = stop
+        self.peer_url = peer_url
+        self.export_paths = export_paths
+        self.job: _Job | None = None
+        self._ids = itertools.count(secrets.randbits(20) << 20)
+        self._nursery: trio.Nursery | None = None
+        self._exit_scope: trio.CancelScope | None = None
+
+    def serve(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.plane.register(DrainRequest, self._on_drain, admin=True)
+        self.plane.register(DrainPoll, self._on_poll, admin=True)
+        self.plane.register(FenceWrites, self._on_fence)
+        self.plane.register(LiftFence, self._on_lift)
+        self.plane.register(StopNode, self._on_stop)
+
+    # -- the participant --------------------------------------------------------------------
+
+    async def _on_fence(self, peer: int, req: FenceWrites) -> FenceReply:
+        fence = self.b.fence
+        fence.hold(req.drain_id, trio.current_time() + req.lease_s)
+        with trio.move_on_after(req.wait_s):
+            await fence.wait_idle()
+        return FenceReply(fence.in_flight)
+
+    async def _on_lift(self, peer: int, req: LiftFence) -> FenceReply:
+        self.b.fence.release(req.drain_id)
+        return FenceReply(self.b.fence.in_flight)
+
+    async def _on_stop(self, peer: int, req: StopNode) -> FenceReply:
+        self._exit(EXIT_DELAY_S)
+        return FenceReply(self.b.fence.in_flight)
+
+    def _exit(self, delay_s: float) -> None:
+        """Fence for good, and shut down within `delay_s` (an earlier exit wins)."""
+        self.b.fence.close_for_good()
+        deadline = trio.current_time() + delay_s
+        if self._exit_scope is not None:
+            self._exit_scope.deadline = min(self._exit_scope.deadline, deadline)
+            return
+        assert self._nursery is not None, "serve() first"
+        scope = self._exit_scope = trio.CancelScope(deadline=deadline)
+
+        async def later() -> None:
+            with scope:
+                await trio.sleep_forever()
+            log.info("drained: node %d shuts down", self.plane.node_id)
+            self.stop()
+
+        self._nursery.start_soon(later)
+
+    # -- the coordinator --------------------------------------------------------------------
+
+    async def _on_drain(self, peer: int, req: DrainRequest) -> DrainStatus:
+        if self.job is None or (self.job.finished and not self.job.ok):
+            assert self._nursery is not None, "serve() first"
+            self.job = _Job(next(self._ids))
+            self._nursery.start_soon(self.run, self.job)
+        return self.job.status()
+
+    async def _on_poll(self, peer: int, req: DrainPoll) -> DrainStatus:
+        job = self.job
+        if job is None or job.drain_id != req.drain_id:
+            raise RemoteError("no-such-drain", f"no drain {req.drain_id} on this node")
+        if job.finished and job.ok:
+            self._exit(EXIT_DELAY_S)  # the admin has the result: the coordinator goes last
+        return job.status()
+
+    async def run(self, job: _Job) -> None:
+        log.info("drain %d: fencing writes on every node", job.drain_id)
+        try:
+            await self._phases(job)
+            job.ok = True
+            job.phase = "done"
+            self._exit(EXIT_GRACE_S)
+        except* DrainFailed as group:
+            for e in group.exceptions:
+                job.problem("", str(e))
+        except* ANY_ERROR as group:
+            for e in group.exceptions:
+                job.problem("", f"{type(e).__name__}: {e}")
+        finally:
+            if not job.ok:
+                job.phase = "failed"
+                with trio.CancelScope(shield=True), trio.move_on_after(CALL_TIMEOUT_S):
+                    await self._lift_all(job)
+            job.finished = True
+            log.info("drain %d: %s (%d problems)", job.drain_id, job.phase, job.problem_count)
+
+    async def _phases(self, job: _Job) -> None:
+        async with trio.open_nursery() as nursery:
+            await self._fence_all(job)
+            nursery.start_soon(self._renew, job)
+            await self._flush(job)
+            await self._verify(job)
+            await self._stop_others(job)
+            nursery.cancel_scope.cancel()
+
+    async def _each_node(self, msg: FenceWrites | LiftFence | StopNode, *, me_too: bool = True
+                         ) -> dict[int, FenceReply | str]:
+        """`msg` to every node (this one through its own handler, if `me_too`), in parallel:
+        each reply, or the error that kept it."""
+        out: dict[int, FenceReply | str] = {}
+        me = self.plane.node_id
+        local = {FenceWrites: self._on_fence, LiftFence: self._on_lift, StopNode: self._on_stop}
+
+        async def one(node_id: int) -> None:
+            try:
+                if node_id == me:
+                    out[node_id] = await local[type(msg)](me, msg)  # type: ignore[operator]
+                else:
+                    out[node_id] = await self.plane.call(node_id, msg, CALL_TIMEOUT_S)
+            except RpcError as e:
+                out[node_id] = f"{type(e).__name__}: {e}"
+
+        async with trio.open_nursery() as nursery:
+            for n in self.router.nodelist.nodes:
+                if n.node_id != me:
+                    self.plane.add_peer(n.node_id, self.peer_url(n.rpc))
+                    nursery.start_soon(one, n.node_id)
+                elif me_too:
+                    nursery.start_soon(one, me)
+        return out
+
+    async def _fence_all(self, job: _Job) -> None:
+        replies = await self._each_node(FenceWrites(job.drain_id, LEASE_S, IDLE_WAIT_S))
+        bad = [f"node {n}: {r}" if isinstance(r, str) else
+               f"node {n}: {r.in_flight} client changes still running"
+               for n, r in sorted(replies.items()) if isinstance(r, str) or r.in_flight]
+        if bad:
+            raise DrainFailed("could not fence writes: " + "; ".join(bad))
+
+    async def _renew(self, job: _Job) -> None:
+        while True:
+            await trio.sleep(RENEW_S)
+            replies = await self._each_node(FenceWrites(job.drain_id, LEASE_S, 0.0))
+            bad = [f"node {n}: {r}" for n, r in sorted(replies.items()) if isinstance(r, str)]
+            if bad:
+                job.renew_error = "the write fence could not be renewed: " + "; ".join(bad)
+
+    async def _lift_all(self, job: _Job) -> None:
+        replies = await self._each_node(LiftFence(job.drain_id))
+        for n, r in sorted(replies.items()):
+            if isinstance(r, str):
+                log.warning("drain %d: lifting the fence of node %d: %s (its lease lapses in "
+                            "%.0f s)", job.drain_id, n, r, LEASE_S)
+
+    def _check_renewed(self, job: _Job) -> None:
+        if job.renew_error:
+            raise DrainFailed(job.renew_error)
+
+    # -- 2. flush ---------------------------------------------------------------------------
+
+    async def _flush(self, job: _Job) -> None:
+        job.phase = "flushing"
+        stores = sorted(self.b.store_roots)
+        if not stores:
+            raise DrainFailed("no export is backed by a bucket: draining would lose the data")
+        for store in stores:
+            dirty, deletes = await self.flusher.pending(store)
+            job.to_flush += dirty + deletes
+        for store in stores:
+            await self._flush_store(job, store)
+        self._check_renewed(job)
+
+    async def _flush_store(self, job: _Job, store: int) -> None:
+        stalled = 0
+        while stalled < STALLED_ROUNDS:
+            res = job.round = RoundResult()
+            await self.flusher.round(store, force=True, res=res)
+            job.round = None
+            job.flushed += res.flushed + res.deleted
+            for ino, (_key, why) in res.failed.items():
+                job.why_dirty[ino] = why
+            for e in res.errors:
+                log.info("drain %d: write-back: %s", job.drain_id, e)
+            if not res.dirty_left and not res.deletes_left:
+                return
+            stalled = 0 if res.flushed or res.deleted else stalled + 1
+            await trio.sleep(ROUND_PAUSE_S)
+        log.warning("drain %d: store %d: write-back stopped making progress", job.drain_id,
+                    store)
+
+    # -- 3. verify --------------------------------------------------------------------------
+
+    async def _verify(self, job: _Job) -> None:
+        job.phase = "verifying"
+        inodes = await self._all_inodes()
+        roots = dict(self.b.store_roots)
+        tables = {s: await self.flusher.key_table(s) for s in sorted(roots)}
+        expected, problems = drain_check.expected_objects(inodes, roots, tables, job.why_dirty)
+        job.to_verify = len(expected)
+        for pr in problems:
+            job.problem(self._path(pr.store, pr.key, pr.ino), pr.why)
+        await self._heads(job, expected)
+        if job.problem_count:
+            raise DrainFailed(f"{job.problem_count} files or objects are not in the bucket as "
+                              "they should be; nothing was stopped")
+        for store in sorted(roots):  # a change decided after the scan (module rules)
+            dirty, deletes = await self.flusher.pending(store)
+            if dirty or deletes:
+                raise DrainFailed(f"store {store}: {dirty} files changed during the drain")
+        self._check_renewed(job)
+
+    async def _all_inodes(self) -> dict[int, Inode]:
+        """Every inode of every group (ScanState pages of the inode key range)."""
+        out: dict[int, Inode] = {}
+        for g in sorted(self.router.nodelist.groups()):
+            start = keys.INODE
+            while start:
+                reply = await self.b._at(lambda g=g: g, p.ScanState(0, start, SCAN_PAGE))
+                rows = [(k, v) for k, v in reply.items if k.startswith(keys.INODE)]
+                for _, v in rows:
+                    inode: Inode = decode_value(v)
+                    out[inode.ino] = inode
+                done = len(rows) < len(reply.items) or not reply.next_start
+                start = b"" if done else reply.next_start
+        return out
+
+    async def _heads(self, job: _Job, expected: list[drain_check.Expected]) -> None:
+        limiter = trio.CapacityLimiter(VERIFY_PARALLEL)
+
+        async def one(e: drain_check.Expected) -> None:
+            async with limiter:
+                path = self._path(e.store, e.key, e.ino)
+                try:
+                    info = await self.b.stores[e.store].head(e.key.decode())
+                except StoreError as err:
+                    job.problem(path, f"HEAD failed: {type(err).__name__}: {err}")
+                    return
+                finally:
+                    job.verified += 1
+                if info is None:
+                    job.problem(path, "missing from the bucket")
+                elif info.size != e.size:
+                    job.problem(path, f"the bucket's object has {info.size} bytes, the file "
+                                f"{e.size}")
+                elif info.etag != e.etag:
+                    job.problem(path, f"the bucket's object has ETag {info.etag}, the "
+                                f"cluster wrote {e.etag}")
+
+        async with trio.open_nursery() as nursery:
+            for e in expected:
+                nursery.start_soon(one, e)
+
+    def _path(self, store: int, key: bytes | None, ino: int) -> str:
+        if key is None:
+            return f"(inode {ino}, no path)"
+        export = self.export_paths.get(store, f"(store {store})").rstrip("/")
+        return f"{export}/{key.decode(errors='replace')}"
+
+    # -- 4. stop ----------------------------------------------------------------------------
+
+    async def _stop_others(self, job: _Job) -> None:
+        job.phase = "stopping"
+        replies = await self._each_node(StopNode(job.drain_id), me_too=False)
+        bad = [f"node {n}: {r}" for n, r in sorted(replies.items()) if isinstance(r, str)]
+        if bad:
+            raise DrainFailed("every change is in the bucket, but some nodes could not be "
+                              "told to stop: " + "; ".join(bad))

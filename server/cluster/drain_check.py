@@ -1,0 +1,134 @@
+"""What a drain must find in the bucket before the nodes may exit (drain.py). Pure.
+
+Rules:
+- Given every inode of the cluster and each store's key table (server/fs/state.py), decide
+  which objects the bucket must hold — the key, size and ETag of each — and what already
+  stands in the way of exiting. The HEADs are drain.py's.
+- An inode the cluster changed (dver > 0) must be clean (cver == dver: write-back confirmed
+  that version, flush.py) and sit at its path: its recorded key (okey) is the key its path
+  gives now. Its object then has the inode's ETag and size (a file's bytes; 0 for a
+  directory's marker, a symlink, a device node). An inode never changed (dver == 0) is the
+  bucket's own: nothing of it lives only in the cluster.
+- An inode outside every store (store 0) would be lost, except the directories on the way
+  from the root down to each store's root (the exports recreate them at start).
+- A key table entry that is not live (claimed, to delete, held by a moved directory) is an
+  upload or a delete the bucket has not seen.
+- An unnamed inode (removed while still referenced) has no key: nothing to hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nfs_gateway.backend import FileType
+from server.fs.records import Inode
+from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
+
+MAX_DEPTH = 256
+PENDING = {KEY_CLAIMED: "an upload to it was not confirmed",
+           KEY_DELETE: "it is still to be deleted from the bucket",
+           KEY_HELD: "a moved directory still holds it"}
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    store: int
+    ino: int
+    key: bytes
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    store: int
+    ino: int  # 0: a key table entry of no inode
+    key: bytes | None  # None: the inode has no path in its store
+    why: str
+
+
+def expected_objects(inodes: Mapping[int, Inode], roots: Mapping[int, int],
+                     tables: Mapping[int, Mapping[bytes, tuple[int, int]]],
+                     why_dirty: Mapping[int, str] | None = None
+                     ) -> tuple[list[Expected], list[Problem]]:
+    """The objects to HEAD and the problems found without the bucket (module rules).
+    `roots`: store -> its root inode; `tables`: store -> key -> (ino, state); `why_dirty`:
+    ino -> the error that kept it dirty (write-back's), if known."""
+    why_dirty = why_dirty or {}
+    keys: dict[int, bytes | None] = {root: b"" for root in roots.values()}
+    stores_of_roots = set(roots.values())
+    above = _above_roots(inodes, roots)
+    expected: list[Expected] = []
+    problems: list[Problem] = []
+    for ino, inode in sorted(inodes.items()):
+        if inode.store not in roots:
+            if ino not in above:
+                problems.append(Problem(inode.store, ino, None, "in no bucket: it would be lost"))
+            continue
+        if inode.dver == 0 or ino in stores_of_roots:
+            continue
+        key = key_of(inode, inodes, roots[inode.store], keys)
+        if inode.dver != inode.cver:
+            why = why_dirty.get(ino, "not written back (still dirty)")
+            problems.append(Problem(inode.store, ino, key, why))
+        elif key is None:
+            continue
+        elif inode.okey != key:
+            problems.append(Problem(inode.store, ino, key, f"the bucket holds it at "
+                                    f"{inode.okey.decode(errors='replace')!r}"))
+        else:
+            size = inode.size if inode.ftype == FileType.REG else 0
+            expected.append(Expected(inode.store, ino, key, size, inode.etag.decode()))
+    for store, table in sorted(tables.items()):
+        for key, (ino, state) in sorted(table.items()):
+            if state != KEY_LIVE:
+                problems.append(Problem(store, ino, key, PENDING.get(state, f"state {state}")))
+    return expected, problems
+
+
+def key_of(inode: Inode, inodes: Mapping[int, Inode], root: int,
+           keys: dict[int, bytes | None]) -> bytes | None:
+    """The inode's key under its store's root, from its ancestors (flush.py's rule: a
+    directory's key ends in "/"); None without a path there. `keys` memoizes directories."""
+    chain: list[Inode] = []
+    cur = inode
+    for _ in range(MAX_DEPTH):
+        if cur.ino in keys and cur is not inode:
+            prefix = keys[cur.ino]
+            break
+        if cur.ino == root:
+            prefix = b""
+            break
+        parent = inodes.get(cur.parent)
+        if not cur.pname or cur.parent in (0, cur.ino) or parent is None:
+            prefix = None
+            break
+        chain.append(cur)
+        cur = parent
+    else:
+        prefix = None
+    for node in reversed(chain):
+        if prefix is None:
+            keys[node.ino] = None
+        elif node.ftype == FileType.DIR:
+            prefix = prefix + node.pname + b"/"
+            keys[node.ino] = prefix
+        else:
+            return prefix + node.pname
+    return prefix
+
+
+def _above_roots(inodes: Mapping[int, Inode], roots: Mapping[int, int]) -> set[int]:
+    """The directories from the file system's root down to each store's root."""
+    out: set[int] = set()
+    for root in roots.values():
+        cur = inodes.get(root)
+        for _ in range(MAX_DEPTH):
+            if cur is None or cur.ino in out:
+                break
+            out.add(cur.ino)
+            if cur.parent in (0, cur.ino):
+                break
+            cur = inodes.get(cur.parent)
+    return out
