@@ -34,7 +34,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--listen", metavar="HOST:PORT", help="this node's RPC plane address")
     c.add_argument("--peers", metavar="ID=HOST:PORT,...",
                    help="the founding members' RPC addresses (this node included or not)")
-    c.add_argument("--join", metavar="HOST:PORT", help="join a running cluster (not supported yet)")
+    c.add_argument("--join", metavar="HOST:PORT",
+                   help="join a running cluster through any member's RPC address (a new group)")
     c.add_argument("--group", type=int, metavar="G", help="this node's group (default: its id)")
     c.add_argument("--cluster-secret-file", metavar="FILE", help="the shared cluster secret")
     b = p.add_argument_group("object store (the [store] section)")
@@ -77,11 +78,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cfg = config_mod.load(args.config, _overrides(args))
     except config_mod.ConfigError as e:
         print(f"objcache: configuration error: {e}", file=sys.stderr)
-        return 2
-    if cfg.cluster.join:
-        print("objcache: cannot start: joining a running cluster (cluster.join / --join) is not "
-              "supported yet; start every founding node with the same cluster.peers (--peers)",
-              file=sys.stderr)
         return 2
     logging.basicConfig(
         level=cfg.node.log_level.upper(),

@@ -119,7 +119,7 @@ class ClusterConfig:
     # Founding members "ID=HOST:PORT" (their RPC planes), this node included or not; every
     # founding node must list the same members.
     peers: tuple[str, ...] = ()
-    join: str = ""  # HOST:PORT of a running member to join through (not supported yet)
+    join: str = ""  # HOST:PORT of a running member to join through (a new group)
     group: int = 0  # this node's Raft group; 0: the node id (one-member groups)
     cluster_secret_file: str = ""  # shared by every node; authenticates the RPC plane
     # `objcache admin` proves this token (not the cluster secret) and may only read status
@@ -403,9 +403,13 @@ def _validate_cluster(c: ClusterConfig) -> None:
         raise ConfigError("cluster.listen: the RPC plane cannot be 'off'")
     if not c.cluster_secret_file:
         raise ConfigError("cluster.cluster_secret_file: required in a cluster")
-    if bool(c.peers) == bool(c.join):
+    if not c.peers and not c.join:
         raise ConfigError("cluster.peers: give either cluster.peers (the founding members) or "
-                          "cluster.join (a running member), not both or neither")
+                          "cluster.join (a running member)")
+    if c.join and any(parse_peer(f"cluster.peers[{i}]", text)[0] != c.node_id
+                      for i, text in enumerate(c.peers)):
+        raise ConfigError("cluster.peers: a joining node lists only itself there (the "
+                          "address it gives the others); the cluster tells it the rest")
     if c.join and parse_listen("cluster.join", c.join) is None:
         raise ConfigError("cluster.join: expected HOST:PORT")
     _validate_peers(c, listen)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nfs_gateway.backend import FileType
 from server.fs import keys, records
@@ -77,11 +77,12 @@ from server.fs.state import (
 from storage.chunks import ChunkStore
 from txn.kv import KvBatch, KvView
 
-__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "STALE", "UNMATERIALIZED", "FsApplication",
-           "decode_ops",
-           "encode_ops", "owner_of", "perform_effects_sync", "root_ops"]
+__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "MOVING", "STALE", "UNMATERIALIZED",
+           "FsApplication", "decode_ops", "encode_ops", "owner_of", "perform_effects_sync",
+           "root_ops"]
 
 INVALID = "INVALID"  # ops that do not decode: a gateway bug
+MOVING = "MOVING"  # the state is moving to another group (a ring change): wait and retry
 ROOT_INO = 1
 _DECODED_CACHE = 64  # locks_of, check and apply of one ops decode it once
 _DECODED_MAX_BYTES = 16 << 10  # larger ops are not kept
@@ -194,6 +195,10 @@ class FsApplication:
         self.config = config or FsConfig()
         self._effects: list[Effect] = []
         self._decoded: OrderedDict[bytes, tuple[object, ...]] = OrderedDict()
+        # Set by the state machine while a ring change is pending (ringstate.Freeze.blocks):
+        # records it answers True for abort with MOVING. Derived from the replicated state,
+        # so every replica decides alike.
+        self.frozen: Callable[[tuple[object, ...]], bool] | None = None
 
     def _records(self, ops: bytes) -> tuple[object, ...]:
         hit = self._decoded.get(ops)
@@ -217,6 +222,8 @@ class FsApplication:
     def check(self, ops: bytes, view: KvView) -> str | None:
         try:
             recs = self._records(ops)
+            if self.frozen is not None and self.frozen(recs):
+                return MOVING
             fs_state.apply(Multi(recs), KvFsView(view), Changes(), 0)
         except RecordError:
             return INVALID

@@ -58,7 +58,7 @@ from nfs_gateway.backend import (
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
 from server.cluster.fence import WriteFence
-from server.cluster.fsops import ENOTEMPTY, encode_ops, owner_of
+from server.cluster.fsops import ENOTEMPTY, MOVING, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
 from server.cluster.gateway_data import DataOps
 from server.cluster.gateway_ns import NamespaceOps
@@ -83,6 +83,7 @@ MAX_RESENDS = 20  # resends of one txn id whose answer was lost or undecided
 MAX_SILENT_RESENDS = 3  # of those, after the router gave up (Unavailable)
 MAX_REPLANS = 8  # ring changes during one read
 BACKOFF_MAX_S = 0.05
+MOVING_WAIT_S = 0.01  # between tries of a change a ring change holds (ringstate.py)
 CHILDREN_PAGE = 1000  # entries per READDIR when a tree is walked
 
 
@@ -246,18 +247,24 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
     async def _change(self, build: Callable[[], Awaitable[Plan | Done]]) -> Any:
         """Run a change: read and build, commit as one transaction, rebuild after an abort."""
         request = next(self._requests)
-        for attempt in range(self.max_attempts):
+        moving_since = None
+        attempt = 0
+        for tries in itertools.count():  # each try has its own txn id
+            if attempt >= self.max_attempts:
+                break
             try:
                 plan = await build()
                 if isinstance(plan, Done):
                     return plan.value
                 after = self._after(plan)
-                reply = await self._run_txn(plan, request, attempt)
+                reply = await self._run_txn(plan, request, tries)
             except p.RingChanged:
                 self.stats["replans"] += 1
+                attempt += 1
                 continue
             except Reread:
                 self.stats["rereads"] += 1
+                attempt += 1
                 await self._backoff(attempt)
                 continue
             if reply.commit:
@@ -268,6 +275,16 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 return plan.finish(after)
             self.stats["aborts"] += 1
             self.last_abort = reply.reason
+            if reply.reason == MOVING:
+                # A ring change holds this state (ringstate.py): wait for the new placement
+                # without spending the conflict budget, up to the request timeout.
+                now = trio.current_time()
+                moving_since = now if moving_since is None else moving_since
+                if now - moving_since > self.router.request_timeout_s:
+                    raise Jukebox("the state stayed frozen by a ring change")
+                await trio.sleep(MOVING_WAIT_S)
+                continue
+            attempt += 1
             if plan.on_abort is not None:
                 plan.on_abort(reply.reason)
             if reply.reason == ENOTEMPTY:

@@ -119,12 +119,14 @@ class GroupRuntime:
         plane: RpcPlane,
         answer: Callable[..., Any],
         root_ops: Callable[[], bytes] | None,
-        nodelist_bytes: bytes,
+        nodelist_bytes: bytes | None,
         post: Callable[[int, TxnMessage], None],
         config: GroupConfig,
         applied: int,
+        vnodes: int = 64,
     ) -> None:
         self.node_id = node_id
+        self.vnodes = vnodes
         self.group = group
         self.kv = kv
         self.storage = storage
@@ -158,6 +160,7 @@ class GroupRuntime:
         # Asked with the bytes a new transaction carries; raises RemoteError to refuse it
         # (the node's cache is full of bytes only write-back can free: bucket_reads.py).
         self.admit: Callable[[int], None] | None = None
+        self.ring_event = trio.Event()  # set (and replaced) when the applied ring state changes
         self._register(plane)
 
     # -- construction -----------------------------------------------------------------------
@@ -233,6 +236,8 @@ class GroupRuntime:
             return p.NodeListReply(self.sm.nodelist_bytes)
         self._check_version(request.ring_version)
         await self._require_ready()
+        if self.sm.freeze is not None and self._hidden(request):
+            raise RemoteError(p.MOVING, "the state is moving to its new group")
         if isinstance(request, p.RunTxn):
             return await self._run_txn(request)
         if isinstance(request, p.DropCached):
@@ -261,6 +266,23 @@ class GroupRuntime:
             return self._answer_sync(request)
         return await trio.to_thread.run_sync(self._answer_sync, request)
 
+    def _hidden(self, request: p.GroupRequest) -> bool:
+        """While a ring change is pending and this group has sent what it gives away, reads
+        of that state wait for the new ring (its new owner may take writes at any moment);
+        transactions are refused at apply time instead (ringstate.Freeze.blocks)."""
+        freeze = self.sm.freeze
+        if freeze is None or not freeze.exported or isinstance(request, p.RunTxn):
+            return False
+        if isinstance(request, p.GetInodes):
+            return any(freeze.hides(ino) for ino in request.inos)
+        if isinstance(request, p.Lookup | p.ReadDir):
+            return freeze.hides(request.dir_ino)
+        if isinstance(request, p.ReadHead):
+            return freeze.hides(request.ino)
+        if isinstance(request, p.ReadChunk):
+            return freeze.hides(request.ino, request.index)
+        return True  # scans, uploads, cache drops: a moment's wait
+
     def _answer_sync(self, request: p.GroupRequest, fetched: Any = None) -> Any:
         return self._answer(request, StateView(self.kv), self.sm.chunks, self.group,
                             self.bucket, fetched)
@@ -280,7 +302,7 @@ class GroupRuntime:
         when that would need a wait: this node must lead a one-voter group whose cores are
         ready, at the request's ring version; any refusal (a locked inode) is None too."""
         if not (isinstance(request, INLINE_READS) and self._sole_voter() and self._serving()
-                and request.ring_version == self.ring_version()):
+                and request.ring_version == self.ring_version() and self.sm.freeze is None):
             return None
         try:
             return self._answer_sync(request)
@@ -444,10 +466,20 @@ class GroupRuntime:
 
     async def _apply(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         async with self._apply_lock:
+            ring_events = self.sm.ring_events
             results = await trio.to_thread.run_sync(self.sm.apply_sync, entries)
             if self._ready_term:
                 for r in results:
                     self._feed(r)
+        if self.sm.ring_events != ring_events:
+            self._ring_changed()
+
+    def _ring_changed(self) -> None:
+        """A NodeList or ring-change entry was applied (or a snapshot installed)."""
+        event, self.ring_event = self.ring_event, trio.Event()
+        event.set()
+        if self.bucket is not None:  # imported or purged chunk files: recount pinned bytes
+            self._spawn(trio.to_thread.run_sync, self.bucket.cache.refresh_pinned_sync)
 
     def _feed(self, result: Applied) -> None:
         if isinstance(result, LocalApplied):
@@ -462,6 +494,7 @@ class GroupRuntime:
         async with self._apply_lock:
             await trio.to_thread.run_sync(
                 self.sm.install_sync, snapshot.data, snapshot.meta.index)
+        self._ring_changed()
         log.info("group %d: installed a snapshot at index %d", self.group, snapshot.meta.index)
 
     async def _snapshot_source(self, request: SnapshotRequest
@@ -518,7 +551,13 @@ class GroupRuntime:
 
     async def _bootstrap_state(self) -> None:
         if self.sm.nodelist_bytes is None:
+            if self._initial_nodelist is None:
+                return  # joining: the ring change brings the NodeList (ringchange.py)
             await self._propose(encode_nodelist_entry(self._initial_nodelist))
+        current = self.sm.nodelist_bytes
+        if current is not None and NodeList.decode(current).ring(
+                self.vnodes).group_of_inode(ROOT_INO) != self.group:
+            return  # inode 1 lives elsewhere now (a ring change moved it)
         if self._root_ops is not None:
             root = await self.kv.get(fs_keys.inode_key(ROOT_INO))
             if root is None:

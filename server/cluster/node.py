@@ -236,6 +236,9 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
                peer_url=lambda rpc: cfg.cluster_peer_url(_listen(rpc)),
                export_paths={export_id(normalize_path(e.path)): normalize_path(e.path)
                              for e in cfg.exports}).serve(nursery)
+        # A node whose group left the cluster stops the same way.
+        nursery.start_soon(_stop_when_left, runtime, c.node_id,
+                           lambda: os.kill(os.getpid(), signal.SIGTERM))
         await serve_nfs(cfg, make_rpc_server(cfg, backend),
                         _announce(cfg, me, cfg.cluster_rpc_address()),
                         ready=lambda: runtime.leader_id() != 0)
@@ -264,6 +267,19 @@ def _gauges(runtime: GroupRuntime) -> dict[str, tuple[str, float]]:
                                               u["pinned_bytes"])
         out["objcache_cache_capacity_bytes"] = ("The cache's capacity", u["capacity_bytes"])
     return out
+
+
+async def _stop_when_left(runtime: GroupRuntime, node_id: int, stop: Callable[[], None]
+                          ) -> None:
+    """A node whose group left the cluster (ringchange.py) holds nothing any more: it stops
+    as on SIGTERM."""
+    while True:
+        await runtime.ring_event.wait()
+        raw = runtime.nodelist_bytes()
+        if raw is not None and node_id not in {n.node_id for n in NodeList.decode(raw).nodes}:
+            log.info("node %d: left the cluster; stopping", node_id)
+            stop()
+            return
 
 
 def _listen(rpc: str) -> Listen:

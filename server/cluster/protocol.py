@@ -39,6 +39,8 @@ STORE_FAILED = "store-failed"  # an upload the object store refused after its re
 NOSPC = "nospc"  # the node's cache is full of bytes write-back cannot upload (NFS3ERR_NOSPC)
 ORIGIN_CHANGED = "origin-changed"  # the bucket object changed since the inode was loaded: the
 # gateway revalidates the file (server/cluster/bucket.py)
+MOVING = "moving"  # the state is moving to another group (a ring change, ringstate.py): the
+# router waits and retries until the new ring is installed
 WRONG_GROUP = "wrong-group"  # the named state is not placed in this group (a bug or a race
 # with a ring change; retried like STALE_RING after a refresh)
 

@@ -6,6 +6,7 @@ Rules:
   this node, the request goes to the local GroupRuntime in process, through the same handler.
 - Each try has `try_timeout_s`; the whole call has `request_timeout_s`, after which the group
   is Unavailable (the gateway answers NFS3ERR_JUKEBOX and the client retries later).
+- UNAVAILABLE and MOVING (a ring change holds the state) are retried after a pause.
 - STALE_RING / WRONG_GROUP: the router reloads the NodeList (from its own group's applied
   state) and raises RingChanged so the gateway re-plans against the new ring.
 - `post()` sends a txn message to a group's leader in the background (best effort: the txn
@@ -23,6 +24,7 @@ import trio
 
 from server.cluster import protocol as p
 from server.cluster.group import GroupRuntime, register_txn_messages
+from server.cluster.membership import peer_url
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
@@ -48,6 +50,9 @@ class GroupRouter:
         self.stats = {"calls": 0, "remote_calls": 0, "retries": 0, "unavailable": 0}
 
     def _set_nodelist(self, nodelist: NodeList) -> None:
+        for n in nodelist.nodes:  # nodes that joined since (a no-op for known peers)
+            if n.node_id != self.node_id:
+                self.plane.add_peer(n.node_id, peer_url(self.plane, n.rpc))
         self.nodelist = nodelist
         self._ring = nodelist.ring(self.vnodes)
         self._members = nodelist.groups()
@@ -77,7 +82,7 @@ class GroupRouter:
             try:
                 return await local.handle(request)
             except RemoteError as e:
-                if e.code not in (p.NOT_LEADER, p.UNAVAILABLE):
+                if e.code not in (p.NOT_LEADER, p.UNAVAILABLE, p.MOVING):
                     await self._refused(group, members, self.node_id, e)  # raises
         with trio.move_on_after(self.request_timeout_s):
             while True:
@@ -104,10 +109,13 @@ class GroupRouter:
             hint = int(e.message) if e.message.isdigit() else 0
             self._leader[group] = hint if hint in members else _next(members, target)
             return hint not in members
+        if e.code == p.STALE_RING and e.message.isdigit() and (
+                int(e.message) < self._ring.version):
+            return True  # the group has not installed our (newer) ring yet: it will
         if e.code in (p.STALE_RING, p.WRONG_GROUP):
             await self._refresh()
             raise p.RingChanged(e.message) from e
-        if e.code != p.UNAVAILABLE:
+        if e.code not in (p.UNAVAILABLE, p.MOVING):
             raise e
         return True
 

@@ -2,8 +2,10 @@
 
 Rules:
 - An entry is `[VERSION, kind, payload]` in CBOR: a txn record (txn/records.py in txn/codec.py
-  form), or a NodeList (server/cluster/nodelist.py). Everything a group stores changes through
-  these entries, so all replicas hold the same state.
+  form), a NodeList (server/cluster/nodelist.py), or a step of a ring change (ringstate.py).
+  Everything a group stores changes through these entries, so all replicas hold the same state.
+- A NodeList or ring-change entry is applied on its own: the entries before it are written
+  first (their own LevelDB batch), because it scans the whole state and must see them.
 - A batch of entries is applied in a worker thread through one txn.kv.Overlay over LevelDB (a
   KvView and KvBatch that reads its own writes): the txn tables (TxnState), the file-system
   state (through the Application, server/cluster/fsops.py) and the applied index end up in one
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 import cbor2
 
 from raft.types import Entry, EntryType
+from server.cluster import ringstate
 from server.cluster.nodelist import NodeList
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
@@ -43,6 +46,7 @@ log = logging.getLogger("objcache.group")
 VERSION = 1
 KIND_TXN = 0
 KIND_NODELIST = 1
+KIND_RING = 2
 
 APPLIED = b"sm.applied"
 NODELIST = b"sm.nodelist"
@@ -74,12 +78,16 @@ def encode_nodelist_entry(nodelist_bytes: bytes) -> bytes:
     return cbor2.dumps([VERSION, KIND_NODELIST, nodelist_bytes])
 
 
+def encode_ring_entry(entry: dict[str, Any]) -> bytes:
+    return cbor2.dumps([VERSION, KIND_RING, cbor2.dumps(entry)])
+
+
 def decode_entry(data: bytes) -> tuple[int, bytes]:
     try:
         version, kind, payload = cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
         raise GroupStateError(f"entry is not CBOR [version, kind, payload]: {e}") from e
-    if version != VERSION or kind not in (KIND_TXN, KIND_NODELIST) or not isinstance(
+    if version != VERSION or kind not in (KIND_TXN, KIND_NODELIST, KIND_RING) or not isinstance(
             payload, bytes):
         raise GroupStateError(f"entry of version {version!r} kind {kind!r}")
     return kind, payload
@@ -111,37 +119,61 @@ class GroupStateMachine:
         txn: TxnState,
         perform_effects: Callable[[list[Any], ChunkStore], None],
         state_prefixes: tuple[bytes, ...] = STATE_PREFIXES,
+        *,
+        group: int = 0,
+        vnodes: int = 64,
     ) -> None:
         self.kv = kv
+        self.group = group  # 0: a test's group that never changes rings
+        self.vnodes = vnodes
         self.chunks = chunks
         self.app = app
         self.txn = txn
         self._perform_effects = perform_effects
         self.state_prefixes = state_prefixes  # what a snapshot carries
         self.nodelist_bytes: bytes | None = None  # the applied NodeList, cached
+        self.freeze: ringstate.Freeze | None = None  # a pending ring change (ringstate.py)
+        self.ring_events = 0  # counts applied ring entries (the runtime watches it)
 
     def load_sync(self) -> int:
-        """At start: the applied index and the NodeList on disk."""
+        """At start: the applied index, the NodeList and a pending ring change on disk."""
         self.nodelist_bytes = self.kv.get_sync(NODELIST)
+        self._load_freeze()
         return u64(self.kv.get_sync(APPLIED))
 
+    def _load_freeze(self) -> None:
+        self.freeze = ringstate.load_freeze(self.kv, self.vnodes)
+        self.app.frozen = self.freeze.blocks if self.freeze is not None else None
+
     def apply_sync(self, entries: Sequence[Entry]) -> list[Applied]:
-        """Apply committed entries in one batch (worker thread). Results of txn records, in
-        order, for the leader's coordinator and participant."""
+        """Apply committed entries (worker thread): runs of txn records in one batch each, a
+        NodeList or ring entry alone. Results of txn records, in order, for the leader's
+        coordinator and participant."""
+        results: list[Applied] = []
+        run: list[tuple[int, bytes]] = []  # (index, txn payload)
+        last = entries[-1].index
+        for e in entries:
+            if e.type is not EntryType.NORMAL or not e.data:
+                continue  # configuration changes and a new leader's empty entry
+            kind, payload = decode_entry(e.data)
+            if kind == KIND_TXN:
+                run.append((e.index, payload))
+                continue
+            if run:
+                results += self._apply_txns(run, e.index - 1)
+                run = []
+            self._apply_ring(kind, payload, e.index)
+        if run or u64(self.kv.get_sync(APPLIED)) < last:
+            results += self._apply_txns(run, last)
+        return results
+
+    def _apply_txns(self, run: list[tuple[int, bytes]], applied: int) -> list[Applied]:
         view = Overlay(StateView(self.kv))  # reads see this batch's writes
         results: list[Applied] = []
-        nodelist = None
         try:
-            for e in entries:
-                if e.type is not EntryType.NORMAL or not e.data:
-                    continue  # configuration changes and a new leader's empty entry
-                kind, payload = decode_entry(e.data)
-                if kind == KIND_TXN:
-                    results.append(self.txn.apply(from_cbor(payload), view, view))
-                elif self._newer_nodelist(payload, view):
-                    view.put(NODELIST, payload)
-                    nodelist = payload
-            view.put(APPLIED, _U64.pack(entries[-1].index))
+            for _, payload in run:
+                results.append(self.txn.apply(from_cbor(payload), view, view))
+            view.put(APPLIED, _U64.pack(applied))
             effects = self.app.take_effects()
             if effects:
                 self._perform_effects(effects, self.chunks)
@@ -150,17 +182,37 @@ class GroupStateMachine:
             raise
         except Exception as e:  # see the module rules: stop rather than diverge
             self.app.take_effects()
+            first = run[0][0] if run else applied
             raise GroupStateError(
-                f"applying entries {entries[0].index}..{entries[-1].index}: "
-                f"{type(e).__name__}: {e}") from e
-        if nodelist is not None:
-            self.nodelist_bytes = nodelist
+                f"applying entries {first}..{applied}: {type(e).__name__}: {e}") from e
         return results
 
-    def _newer_nodelist(self, payload: bytes, view: Overlay) -> bool:
+    def _apply_ring(self, kind: int, payload: bytes, index: int) -> None:
+        """A NodeList or ring-change entry, alone in its batch (ringstate.py)."""
+        try:
+            step = ringstate.RingApply(self.kv, self.chunks, self.group, self.vnodes)
+            installed = None
+            if kind == KIND_RING:
+                step.apply(ringstate.decode_entry(payload))
+            elif self._newer_nodelist(payload):
+                step.writes[NODELIST] = payload
+                if self.group:
+                    step.install(payload)
+                installed = payload
+            step.writes[APPLIED] = _U64.pack(index)
+            self.kv.write_sync(step.writes.items(), sync=False)
+        except Exception as e:  # see the module rules: stop rather than diverge
+            raise GroupStateError(
+                f"applying ring entry {index}: {type(e).__name__}: {e}") from e
+        if installed is not None:
+            self.nodelist_bytes = installed
+        self._load_freeze()
+        self.ring_events += 1
+
+    def _newer_nodelist(self, payload: bytes) -> bool:
         """A NodeList entry takes effect only if its version is newer (duplicates are normal:
         every new leader of a founding group proposes the first one)."""
-        current = view.get(NODELIST)
+        current = self.kv.get_sync(NODELIST)
         return current is None or _nodelist_version(payload) > _nodelist_version(current)
 
     # -- snapshots --------------------------------------------------------------------------
@@ -201,6 +253,8 @@ class GroupStateMachine:
         batch.append((APPLIED, _U64.pack(index)))
         self.kv.write_sync(batch, sync=True)
         self.nodelist_bytes = self.kv.get_sync(NODELIST)
+        self._load_freeze()
+        self.ring_events += 1
 
 
 def _nodelist_version(payload: bytes) -> int:

@@ -155,6 +155,25 @@ class RpcPlane:
         if self._nursery is not None and peer.dialer_scope is None:
             self._nursery.start_soon(self._dialer, peer)
 
+    async def identify(self, url: str, timeout_s: float) -> int:
+        """The node id of whoever serves the plane at `url` (a node joining through an address
+        only): one authenticated handshake, then the connection is closed. Raises
+        PeerUnavailable if it cannot be reached or authenticated in time."""
+        cfg = self.config
+        try:
+            with trio.fail_after(timeout_s):
+                async with open_websocket_url(
+                        url, self._client_ssl, max_message_size=cfg.max_frame_bytes,
+                        connect_timeout=cfg.connect_timeout_s,
+                        disconnect_timeout=cfg.disconnect_timeout_s) as ws:
+                    who = await handshake.dial(
+                        ws, secret=cfg.cluster_secret, my_id=self.node_id,
+                        incarnation=self.incarnation, expected_id=None)
+        except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, AuthFailed,
+                ProtocolViolation, CodecError) as exc:
+            raise PeerUnavailable(f"no plane answered at {url}: {exc!r}") from None
+        return who[0]
+
     def remove_peer(self, node_id: int) -> None:
         peer = self._peers.pop(node_id, None)
         if peer is None:

@@ -86,12 +86,11 @@ def test_join_is_accepted_by_the_config() -> None:
     assert cfg.cluster_peers() == {1: Listen("127.0.0.1", 7001)}
 
 
-def test_serve_with_join_refuses_to_start_clearly(tmp_path: Path, capsys) -> None:
-    argv = ["serve", "--node-id", "4", "--listen", "127.0.0.1:7004", "--join", "127.0.0.1:7001",
-            "--cluster-secret-file", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d")]
-    assert cli.main(argv) == 2
-    assert "joining a running cluster" in capsys.readouterr().err
-    assert not (tmp_path / "d").exists()
+def test_a_joining_node_may_name_its_own_announced_address() -> None:
+    cfg = load_cluster(listen="0.0.0.0:7001", peers=["1=10.0.0.1:7001"], join="10.0.0.2:7002")
+    assert cfg.cluster_rpc_address() == Listen("10.0.0.1", 7001)
+    with pytest.raises(cfgmod.ConfigError, match="cluster.peers: a joining node lists only"):
+        load_cluster(peers=["1=127.0.0.1:7001", "2=127.0.0.1:7002"], join="127.0.0.1:7002")
 
 
 @pytest.mark.parametrize(
@@ -105,7 +104,7 @@ def test_serve_with_join_refuses_to_start_clearly(tmp_path: Path, capsys) -> Non
         ({"listen": "host:1"}, "cluster.listen"),
         ({"cluster_secret_file": ""}, "cluster.cluster_secret_file"),
         ({"peers": []}, "cluster.peers"),
-        ({"join": "127.0.0.1:7009"}, "cluster.peers"),
+        ({"join": "127.0.0.1:7009", "peers": ["2=127.0.0.1:7002"]}, "cluster.peers"),
         ({"peers": [], "join": "nowhere"}, "cluster.join"),
         ({"peers": "1=127.0.0.1:7001"}, "cluster.peers"),
         ({"peers": ["1=127.0.0.1:7001", "x=127.0.0.1:7002"]}, "cluster.peers[1]"),

@@ -1,0 +1,319 @@
+"""A ring change as the state machine sees it: which keys a group holds, the freeze while they
+move, and the entries that prepare, import, abort and install a new NodeList.
+
+A ring change (join or leave of a group: ringchange.py drives it) is a two-phase change over
+every group of the old and the new ring. In each group it is these log entries (`KIND_RING` in
+statemachine.py), applied here in a worker thread:
+
+- prepare(new NodeList): the group records the pending list and freezes what it gives away:
+  every inode with state that moves (its metadata, entries, inline bytes, materialized chunks,
+  dirty mark) and every store whose key table moves. A transaction that would change frozen
+  state, or create state that would move, aborts with MOVING (the gateway waits and retries);
+  transactions on everything else go on.
+- import(version, items, chunks): keys and materialized chunk bytes another group gives this
+  one. They stay invisible: no request reaches them before the new ring is installed here.
+- exported(version): this group has sent everything it gives away; from now on its leader
+  answers reads of frozen state with MOVING too, because the new owner may install the new
+  ring (and take writes) at any moment.
+- install: the NodeList entry itself (version above the current one). The group keeps only
+  the keys it owns under the new ring: the rest are deleted with their chunk files.
+- abort(version): the pending change is dropped; keys imported for it are deleted (the group
+  keeps only what it owns under its current ring) and the freeze ends.
+
+Rules:
+- Ownership of a key is a pure function of the ring and the key (`owner`): an inode's record,
+  inline bytes and dirty mark, a directory's entries and cookies go with the inode; a
+  materialized chunk with its chunk; a store's key table with the store's root inode. `fs.m`
+  (group-local counters), `sm.` and `txn/` stay in their group.
+- Only materialized chunks (the replicated truth) move; clean cached copies stay behind and
+  age out of the chunk cache; the new owner reads them from the bucket.
+- Every entry here is idempotent and deterministic (a function of the entry and the state), so
+  replicas agree and a replayed entry changes nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from server.cluster.fsops import owner_of
+from server.cluster.nodelist import NodeList
+from server.cluster.ring import Ring
+from server.fs import keys
+from server.fs import records as fs_records
+from server.fs.records import KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease
+from storage.chunks import ChunkStore
+from storage.kv import KvStore
+
+PENDING = b"sm.ring.pending"  # the NodeList being moved to (its encoding)
+EXPORTED = b"sm.ring.exported"  # u64 version: this group sent all it gives away
+FROZEN_INO = b"sm.ring.fi/"  # + u64 ino: an inode with state leaving this group
+FROZEN_STORE = b"sm.ring.fs/"  # + u32 store: a store whose key table leaves this group
+ROOT_MARK = b"/"  # the etag of a store's root directory (server/cluster/bucket.py)
+
+# The key spaces that belong to some inode (and move with it); fs.m stays.
+MOVABLE = (keys.COOKIE, keys.DIRENT, keys.INODE, keys.MATERIALIZED, keys.BUCKET_KEY,
+           keys.INLINE, keys.DIRTY)
+_KEY_RECORDS = (KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease)
+_U64 = struct.Struct(">Q")
+
+
+def encode_prepare(nodelist: bytes) -> dict[str, Any]:
+    return {"op": "prepare", "nodelist": nodelist}
+
+
+def encode_import(version: int, items: list[tuple[bytes, bytes]],
+                  chunks: list[tuple[int, int, bytes]]) -> dict[str, Any]:
+    return {"op": "import", "version": version, "items": [list(i) for i in items],
+            "chunks": [list(c) for c in chunks]}
+
+
+def encode_exported(version: int) -> dict[str, Any]:
+    return {"op": "exported", "version": version}
+
+
+def encode_abort(version: int) -> dict[str, Any]:
+    return {"op": "abort", "version": version}
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+
+def scan_all(kv: KvStore, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Every item under `prefix`, in pages (worker thread)."""
+    start = prefix
+    page = kv.config.max_scan_items
+    while True:
+        rows = kv.iterate_sync(prefix=prefix, start=start, limit=page)
+        yield from rows
+        if len(rows) < page:
+            return
+        start = rows[-1][0] + b"\0"
+
+
+def store_roots(kv: KvStore) -> dict[int, int]:
+    """Store id -> the inode of its root directory, for the roots held in this group."""
+    out: dict[int, int] = {}
+    for k, v in scan_all(kv, keys.INODE):
+        inode = fs_records.decode(v)
+        if inode.store and inode.okey == b"" and inode.etag == ROOT_MARK:
+            out[inode.store] = keys.parse_inode_key(k)
+    return out
+
+
+def owner(key: bytes, ring: Ring, roots: dict[int, int]) -> tuple[int, int] | None:
+    """(the group that holds `key` under `ring`, the inode it belongs to), or None for a key
+    that stays in its group (or a key table row of a store whose root is not here)."""
+    space = key[:4]
+    if space in (keys.INODE, keys.INLINE, keys.DIRTY):
+        ino = _U64.unpack_from(key, 4)[0]
+        return ring.group_of_inode(ino), ino
+    if space in (keys.DIRENT, keys.COOKIE):
+        ino = _U64.unpack_from(key, 4)[0]
+        return ring.group_of_inode(ino), ino
+    if space == keys.MATERIALIZED:
+        ino, index = keys.parse_materialized_key(key)
+        return ring.group_of_chunk(ino, index), ino
+    if space == keys.BUCKET_KEY:
+        store, _ = keys.parse_bucket_key(key)
+        root = roots.get(store)
+        return None if root is None else (ring.group_of_inode(root), root)
+    return None
+
+
+def leaving(kv: KvStore, ring: Ring | None, group: int,
+            roots: dict[int, int]) -> Iterator[tuple[int, bytes, bytes]]:
+    """(new owner, key, value) of every key this group holds but does not own under `ring`
+    (None: a group outside every ring owns nothing; its owner is reported as 0)."""
+    for space in MOVABLE:
+        for k, v in scan_all(kv, space):
+            if ring is None:
+                yield 0, k, v
+                continue
+            where = owner(k, ring, roots)
+            if where is not None and where[0] != group:
+                yield where[0], k, v
+
+
+# -- the freeze ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """What a group with a pending ring change must not change (module rules)."""
+
+    nodelist: NodeList  # the pending one
+    old: Ring | None  # None: this group is in no ring yet (it is joining)
+    new: Ring
+    inos: frozenset[int]
+    stores: frozenset[int]
+    exported: bool
+
+    def blocks(self, recs: Any) -> bool:
+        """Whether any of these fs records changes frozen state or creates state that moves."""
+        for r in recs:
+            if isinstance(r, fs_records.Multi):
+                if self.blocks(r.records):
+                    return True
+                continue
+            if isinstance(r, _KEY_RECORDS):
+                if r.store in self.stores:
+                    return True
+                continue
+            ino = owner_of(r)
+            if ino in self.inos:
+                return True
+            if self.old is None:
+                continue
+            index = getattr(r, "index", None)
+            if index is not None:
+                if self.old.group_of_chunk(ino, index) != self.new.group_of_chunk(ino, index):
+                    return True
+            elif self.old.group_of_inode(ino) != self.new.group_of_inode(ino):
+                return True
+        return False
+
+    def hides(self, ino: int, index: int | None = None) -> bool:
+        """Whether a read of this inode (or one chunk of it) must wait for the new ring."""
+        if not self.exported:
+            return False
+        if ino in self.inos:
+            return True
+        if self.old is None:
+            return False
+        if index is None:
+            return self.old.group_of_inode(ino) != self.new.group_of_inode(ino)
+        return self.old.group_of_chunk(ino, index) != self.new.group_of_chunk(ino, index)
+
+
+def load_freeze(kv: KvStore, vnodes: int) -> Freeze | None:
+    """The freeze the state records (worker thread), or None when no change is pending."""
+    pending = kv.get_sync(PENDING)
+    if pending is None:
+        return None
+    current = kv.get_sync(b"sm.nodelist")
+    old = NodeList.decode(current).ring(vnodes) if current is not None else None
+    new = NodeList.decode(pending)
+    inos = frozenset(_U64.unpack_from(k, len(FROZEN_INO))[0]
+                     for k, _ in scan_all(kv, FROZEN_INO))
+    stores = frozenset(struct.unpack_from(">I", k, len(FROZEN_STORE))[0]
+                       for k, _ in scan_all(kv, FROZEN_STORE))
+    exported = _u64(kv.get_sync(EXPORTED)) == new.version
+    return Freeze(new, old, new.ring(vnodes), inos, stores, exported)
+
+
+# -- applying the entries (worker thread; `writes` is the batch, applied state in `kv`) ------
+
+
+class RingApply:
+    """Applies one ring entry to `kv` (already holding every earlier entry) into `writes`;
+    chunk file changes are made at once and durably (the caller writes `writes` after)."""
+
+    def __init__(self, kv: KvStore, chunks: ChunkStore, group: int, vnodes: int) -> None:
+        self.kv, self.chunks, self.group, self.vnodes = kv, chunks, group, vnodes
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def current(self) -> NodeList | None:
+        raw = self.kv.get_sync(b"sm.nodelist")
+        return NodeList.decode(raw) if raw is not None else None
+
+    def pending(self) -> NodeList | None:
+        raw = self.kv.get_sync(PENDING)
+        return NodeList.decode(raw) if raw is not None else None
+
+    def apply(self, entry: dict[str, Any]) -> None:
+        op = entry.get("op")
+        pending = self.pending()
+        if op == "prepare":
+            self._prepare(entry["nodelist"], pending)
+        elif pending is None or entry.get("version") != pending.version:
+            return  # for a change that is over (or never reached this group): nothing to do
+        elif op == "import":
+            self._import(entry["items"], entry["chunks"])
+        elif op == "exported":
+            self.writes[EXPORTED] = _U64.pack(pending.version)
+        elif op == "abort":
+            self._end()
+            current = self.current()
+            self._keep_owned(current.ring(self.vnodes) if current is not None else None)
+
+    def install(self, nodelist: bytes) -> None:
+        """A newer NodeList is installed (the caller writes it): keep only what it places
+        here, and end the pending change it completes."""
+        self._end()
+        self._keep_owned(NodeList.decode(nodelist).ring(self.vnodes))
+
+    def _prepare(self, nodelist: bytes, pending: NodeList | None) -> None:
+        new = NodeList.decode(nodelist)
+        current = self.current()
+        if pending is not None or (current is not None and new.version <= current.version):
+            return  # a duplicate, or one change at a time (the driver aborts the other first)
+        self.writes[PENDING] = nodelist
+        ring = new.ring(self.vnodes)
+        roots = store_roots(self.kv)
+        for _, k, _ in leaving(self.kv, ring if self.group in ring.groups else None,
+                               self.group, roots):
+            if k[:4] == keys.BUCKET_KEY:
+                store, _ = keys.parse_bucket_key(k)
+                self.writes[FROZEN_STORE + struct.pack(">I", store)] = b""
+            else:  # every other movable key starts with its inode
+                self.writes[FROZEN_INO + k[4:12]] = b""
+
+    def _import(self, items: list[list[bytes]], chunks: list[list[Any]]) -> None:
+        added = 0
+        for k, v in items:
+            if k[:4] not in MOVABLE:
+                raise ValueError(f"import of a key outside the movable spaces: {k[:4]!r}")
+            if k[:4] == keys.INODE and self.kv.get_sync(k) is None and k not in self.writes:
+                added += 1
+            self.writes[k] = v
+        for ino, index, data in chunks:
+            if self.chunks.changed_hook is not None:
+                self.chunks.changed_hook(ino, index, index)  # not a clean cached copy
+            self.chunks.delete_chunk_sync(ino, index)
+            self.chunks.put_chunk_file_sync(ino, index, data)
+        if added:
+            self._count(added)
+
+    def _end(self) -> None:
+        for prefix in (FROZEN_INO, FROZEN_STORE):
+            for k, _ in scan_all(self.kv, prefix):
+                self.writes[k] = None
+        self.writes[PENDING] = None
+        self.writes[EXPORTED] = None
+
+    def _keep_owned(self, ring: Ring | None) -> None:
+        if ring is not None and self.group not in ring.groups:
+            ring = None  # a group that left owns nothing
+        roots = store_roots(self.kv)
+        removed = 0
+        for _, k, _ in list(leaving(self.kv, ring, self.group, roots)):
+            self.writes[k] = None
+            if k[:4] == keys.INODE:
+                removed += 1
+            elif k[:4] == keys.MATERIALIZED:
+                ino, index = keys.parse_materialized_key(k)
+                if self.chunks.changed_hook is not None:
+                    self.chunks.changed_hook(ino, index, index)
+                self.chunks.delete_chunk_sync(ino, index)
+        if removed:
+            self._count(-removed)
+
+    def _count(self, delta: int) -> None:
+        raw = self.writes.get(keys.INODE_COUNT) or self.kv.get_sync(keys.INODE_COUNT)
+        self.writes[keys.INODE_COUNT] = keys.u64(max(0, _u64(raw) + delta))
+
+
+def decode_entry(payload: bytes) -> dict[str, Any]:
+    entry = cbor2.loads(payload)
+    if not isinstance(entry, dict) or "op" not in entry:
+        raise ValueError("a ring entry is a map with an op")
+    return entry
+
+
+def _u64(raw: bytes | None) -> int:
+    return 0 if raw is None else _U64.unpack(raw)[0]
