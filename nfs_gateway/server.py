@@ -48,6 +48,7 @@ import trio
 
 from nfs_gateway.backend import FileSlice
 from nfs_gateway.drc import DuplicateRequestCache
+from nfs_gateway.opstats import OpStats
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
 from nfs_gateway.program import NOT_READY, Program
 from nfs_gateway.record import (
@@ -272,7 +273,10 @@ class RpcServer:
         self.listeners = tuple(listeners)
         self.limits = limits
         self.drc = drc
-        self.dispatchers = [Dispatcher(lst.programs, drc) for lst in self.listeners]
+        # The clock times each call for its procedure's latency (opstats.py).
+        self.dispatchers = [
+            Dispatcher(lst.programs, drc, time.perf_counter) for lst in self.listeners
+        ]
         self.bound: list[tuple[str, int]] = []  # (host, port) per listener, once running
         self.refused_connections = 0
         self._conns: set[_Connection] = set()
@@ -284,11 +288,17 @@ class RpcServer:
     def connection_count(self) -> int:
         return len(self._conns)
 
+    def op_stats(self) -> list[OpStats]:
+        """What each procedure did, over every listener (for metrics)."""
+        return [st for d in self.dispatchers for st in d.ops.values()]
+
     def stats(self) -> dict[str, int]:
-        """Counters and gauges for metrics: connections, calls and rejections by kind, DRC."""
+        """Counters and gauges for metrics: connections, calls and rejections by kind, DRC.
+        Callable from another thread (a scrape): each dispatcher's counters are copied in one
+        step first, so a key added meanwhile cannot break the iteration."""
         out: Counter[str] = Counter()
         for d in self.dispatchers:
-            out.update(d.counters)
+            out.update(dict(d.counters))
         out["connections"] = len(self._conns)
         out["refused_connections"] = self.refused_connections
         out["in_flight_bytes"] = self._budget.used

@@ -13,14 +13,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import trio
 from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from nfs_gateway.nfs3.const import Stat
+from nfs_gateway.opstats import LATENCY_BOUNDS_S, OpStats
+
+if TYPE_CHECKING:
+    from nfs_gateway.server import RpcServer
 
 log = logging.getLogger("objcache.metrics")
 
@@ -128,3 +141,128 @@ class _GaugesOf:
 def export_gauges(read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
     """Publish gauges computed at scrape time (once per process)."""
     REGISTRY.register(_GaugesOf(read))
+
+
+# -- the NFS gateway: procedures (nfs_gateway/opstats.py) and the RPC server ---------------------
+
+# Calls refused before a procedure was known (nfs_gateway/rpc.py's counters), by reason.
+_REJECTED = {"dropped": "dropped", "RpcMismatch": "rpc_mismatch", "AuthError": "auth_error",
+             "GarbageCall": "garbage_call", "prog_unavail": "prog_unavail",
+             "prog_mismatch": "prog_mismatch", "proc_unavail": "proc_unavail"}
+_LE = [*(floatToGoString(b) for b in LATENCY_BOUNDS_S), "+Inf"]
+
+
+def error_label(status: object) -> str:
+    """An error's label: NFS3ERR_* for an nfsstat3 (RFC 1813 §2.6), the name of a mountstat3
+    or an RPC accept_stat (GARBAGE_ARGS, SYSTEM_ERR) as it is."""
+    if isinstance(status, Stat):
+        return f"NFS3ERR_{status.name}"
+    return str(getattr(status, "name", status))
+
+
+def op_families(ops: Iterable[OpStats]) -> Iterator[Metric]:
+    """The procedures' latency histograms and error counters (every procedure is present from
+    the start, so a rate over its first calls is not lost)."""
+    seconds = HistogramMetricFamily(
+        "objcache_nfs_op_seconds",
+        "NFS, MOUNT and portmap calls answered, by program and procedure: time from the "
+        "request's record to its encoded reply. _count is the calls; errors among them are "
+        "objcache_nfs_op_errors_total", labels=["program", "proc"])
+    errors = CounterMetricFamily(
+        "objcache_nfs_op_errors", "Calls answered with an error, by program, procedure and "
+        "error: an nfsstat3 (NFS3ERR_*), a mountstat3 (MNT3ERR_*) or an RPC accept_stat "
+        "(GARBAGE_ARGS, SYSTEM_ERR)", labels=["program", "proc", "error"])
+    # One row per (program, procedure): several listeners may serve the same program.
+    buckets: dict[tuple[str, str], list[int]] = {}
+    sums: dict[tuple[str, str], float] = {}
+    errs: dict[tuple[str, str, str], int] = {}
+    for st in ops:
+        counts, sum_s, by_status = st.snapshot()
+        key = (st.program, st.proc)
+        buckets[key] = [a + b for a, b in zip(buckets.get(key, [0] * len(counts)), counts,
+                                              strict=True)]
+        sums[key] = sums.get(key, 0.0) + sum_s
+        for status, n in by_status.items():
+            ekey = (*key, error_label(status))
+            errs[ekey] = errs.get(ekey, 0) + n
+    for key, counts in sorted(buckets.items()):
+        seconds.add_metric(key, list(zip(_LE, accumulate(counts), strict=True)), sums[key])
+    for ekey, n in sorted(errs.items()):
+        errors.add_metric(ekey, n)
+    yield seconds
+    yield errors
+
+
+def rpc_families(stats: Mapping[str, int]) -> Iterator[Metric]:
+    """RpcServer.stats(): refused calls, duplicate-request-cache replays, connections."""
+    rejected = CounterMetricFamily(
+        "objcache_rpc_rejected", "RPC calls refused before a procedure ran, by reason "
+        "(RFC 5531 §9: rpc_mismatch, auth_error, prog_unavail, ...; dropped: unanswerable)",
+        labels=["reason"])
+    for key, reason in sorted(_REJECTED.items(), key=lambda kv: kv[1]):
+        rejected.add_metric([reason], stats.get(key, 0))
+    yield rejected
+    drc = CounterMetricFamily(
+        "objcache_rpc_drc", "Retransmitted non-idempotent calls the duplicate request cache "
+        "answered (replay) or dropped while the first was running (in_progress); calls run "
+        "unprotected because it was full (uncached)", labels=["event"])
+    for event, key in (("in_progress", "drc_in_progress"), ("replay", "drc_replay"),
+                       ("uncached", "drc_uncached")):
+        drc.add_metric([event], stats.get(key, 0))
+    yield drc
+    yield CounterMetricFamily("objcache_rpc_refused_connections",
+                              "Connections closed at once: the connection limit was reached",
+                              value=stats.get("refused_connections", 0))
+    yield GaugeMetricFamily("objcache_rpc_connections", "Open NFS/MOUNT client connections",
+                            value=stats.get("connections", 0))
+    yield GaugeMetricFamily("objcache_rpc_in_flight_bytes", "Request bytes being served",
+                            value=stats.get("in_flight_bytes", 0))
+
+
+class _RpcCollector:
+    """The node's RPC server, when it has one (`watch_rpc`)."""
+
+    def __init__(self) -> None:
+        self.server: RpcServer | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        server = self.server
+        if server is None:
+            return
+        yield from op_families(server.op_stats())
+        yield from rpc_families(server.stats())
+
+
+_rpc = _RpcCollector()
+REGISTRY.register(_rpc)
+
+
+def watch_rpc(server: RpcServer) -> None:
+    """Export `server`'s procedures and connections on /metrics. A node process has one RPC
+    server; the latest one given is exported (a test that builds several in one process)."""
+    _rpc.server = server
+
+
+# -- transactions, membership ------------------------------------------------------------------
+
+# Where the gateway tries again (server/cluster/gateway.py). Committed and aborted transactions
+# by kind are objcache_txn_total{kind="local"|"two_phase", outcome} (server/cluster/group.py);
+# the two-phase share of committed ones is
+#   sum(rate(objcache_txn_total{kind="two_phase",outcome="committed"}[5m]))
+#     / sum(rate(objcache_txn_total{outcome="committed"}[5m]))
+TXN_RETRIES = Counter(
+    "objcache_txn_retries", "Gateway transactions tried again: rebuilt with a new id after a "
+    "definitive abort (aborted: a conflict, or state a ring change holds), or re-sent with the "
+    "same id after a lost or undecided answer (resent)", ["reason"])
+for _reason in ("aborted", "resent"):
+    TXN_RETRIES.labels(_reason)
+
+# Incremented by the membership changes (join, leave, replica changes) where they commit.
+MEMBERSHIP_CHANGES = Counter(
+    "objcache_membership_changes", "Cluster membership changes committed, by kind: a group "
+    "joined or left the ring, a replica added to or removed from a group", ["kind"])
+for _kind in ("join", "leave", "replica_add", "replica_remove"):
+    MEMBERSHIP_CHANGES.labels(_kind)
+MIGRATED_BYTES = Counter("objcache_migrated_bytes",
+                         "Bytes moved to their new owner group by membership changes (metadata "
+                         "and dirty chunks; clean chunks stay and are re-read from the bucket)")

@@ -95,6 +95,7 @@ def make_rpc_server(cfg: Config, backend: LocalBackend) -> RpcServer:
         ),
         DuplicateRequestCache(DrcLimits(lim.drc_max_entries, lim.drc_max_bytes)),
     )
+    metrics.watch_rpc(server)  # its procedures and connections on /metrics
     return server
 
 
