@@ -56,7 +56,7 @@ LEASE_S = 30.0  # a fence lapses this long after the coordinator's last renewal
 RENEW_S = 5.0
 IDLE_WAIT_S = 10.0  # for client changes that passed the fence before it closed
 CALL_TIMEOUT_S = IDLE_WAIT_S + 10.0
-STALLED_ROUNDS = 3  # write-back rounds in a row that wrote nothing: what is left is reported
+STALLED_ROUNDS = 2  # write-back rounds in a row that wrote nothing: what is left is reported
 ROUND_PAUSE_S = 0.2
 VERIFY_PARALLEL = 16  # HEADs in flight
 SCAN_PAGE = 5_000
@@ -156,7 +156,7 @@ class _Job:
         self.problem_count += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append((path, why))
-        log.warning("drain %d: %s: %s", self.drain_id, path, why)
+        log.warning("drain %d: %s%s", self.drain_id, f"{path}: " if path else "", why)
 
 
 class Drains:
