@@ -139,6 +139,10 @@ class RaftDriver:
         self._applied_waiters: list[tuple[int, trio.Event]] = []
         self.applied = node.status().applied
         self.dropped_messages = 0
+        # Times this node saw its group get a new leader (elections it learned of included),
+        # as etcd's leader_changes_seen: a leader known, and not the one known before.
+        self.leader_changes = 0
+        self._known_lead = node.lead
         # Seconds from propose() to its entry applied here (the leader): the commit latency.
         self.commit_latencies_s: deque[float] = deque(maxlen=self.config.max_latency_samples)
 
@@ -253,6 +257,9 @@ class RaftDriver:
         if rd.soft_state is not None:
             log.info("node %d: %s, leader %d, term %d", self.node.id, rd.soft_state.role.value,
                      rd.soft_state.lead, self.node.term)
+            if rd.soft_state.lead not in (0, self._known_lead):
+                self.leader_changes += 1
+            self._known_lead = rd.soft_state.lead
         self._send(rd.messages)
         if rd.snapshot is not None:
             assert self._install_snapshot is not None, "received a snapshot but cannot install"

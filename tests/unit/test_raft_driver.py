@@ -139,6 +139,28 @@ async def test_new_leader_after_the_leader_is_cut_off(nursery, autojump_clock):
     assert kvs[new].applied[-2:] == [b"before", b"after"]
 
 
+async def test_leader_changes_are_counted_by_every_member(nursery, autojump_clock):
+    """`leader_changes` (a metric): one per new leader a member learns of, as etcd counts."""
+    net, _ = await start_group(nursery, [1, 2, 3])
+    old = await wait_leader(net)
+    with trio.fail_after(5):
+        while any(d.leader_id() != old for d in net.drivers.values()):
+            await trio.sleep(0.05)
+    assert [d.leader_changes for d in net.drivers.values()] == [1, 1, 1]
+    net.down.add(old)
+    new = await wait_leader(net, exclude={old})
+    with trio.fail_after(5):
+        while any(d.leader_id() != new for i, d in net.drivers.items() if i != old):
+            await trio.sleep(0.05)
+    assert {i: d.leader_changes for i, d in net.drivers.items()} == {
+        i: 1 if i == old else 2 for i in net.drivers}
+    net.down.clear()  # the old leader hears of the new one
+    with trio.fail_after(5):
+        while net.drivers[old].leader_id() != new:
+            await trio.sleep(0.05)
+    assert net.drivers[old].leader_changes == 2
+
+
 async def test_one_member_group_commits_alone(nursery, autojump_clock):
     net, kvs = await start_group(nursery, [1])
     await wait_leader(net)
