@@ -98,6 +98,37 @@ class LocalCluster:
         self.nodes[node_id]["pid"] = proc.pid
         self._record_pid(node_id, proc.pid)
 
+    def add_node(self, node_id: int, *, through: int = 1, timeout_s: float = 180.0) -> None:
+        """Start node `node_id` with `--join` through node `through`: it becomes a new
+        one-member group (ringchange.py); returns once it serves NFS."""
+        import tomllib
+
+        from server.cluster.launcher import CONFIG_FILE, NodePlan, node_toml
+
+        base = free_port_block(3)
+        plan = NodePlan(node_id, node_id, base, base + 1, base + 2)
+        first = tomllib.loads((self.root / f"n{through}" / CONFIG_FILE).read_text())
+        sections = {k: v for k, v in first.items()
+                    if k not in ("node", "nfs", "metrics", "cluster")}
+        plan.dir(self.root).mkdir(parents=True)
+        (plan.dir(self.root) / CONFIG_FILE).write_text(
+            node_toml(plan, [plan], self.root, sections, join=self.nodes[through]["rpc"]))
+        self.nodes[node_id] = {"node_id": node_id, "group": node_id, "nfs": plan.nfs,
+                               "rpc": plan.rpc, "metrics": plan.metrics, "pid": 0}
+        path = self.root / "cluster.json"
+        raw = json.loads(path.read_text())
+        node_dir = plan.dir(self.root)
+        raw["nodes"].append({**self.nodes[node_id], "dir": str(node_dir),
+                             "config": str(node_dir / CONFIG_FILE),
+                             "log": str(node_dir / "node.log")})
+        path.write_text(json.dumps(raw, indent=2) + "\n")
+        self.restart(node_id, timeout_s=timeout_s)
+
+    def wait_exit(self, node_id: int, timeout_s: float = 120.0) -> None:
+        """Until node `node_id`'s process is gone (it left the cluster, or was drained)."""
+        pid = self.nodes[node_id]["pid"]
+        wait_for(lambda: not _alive(pid), timeout_s=timeout_s, what=f"node {node_id} to exit")
+
     def _record_pid(self, node_id: int, pid: int) -> None:
         """Keep cluster.json current, so `cluster down` stops the restarted process."""
         path = self.root / "cluster.json"

@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 from tqdm import tqdm
 
+from server.cluster import admin_ring
 from server.cluster import fsck as cluster_fsck
 from server.cluster import protocol as p
 from server.cluster.bucket_admin import (
@@ -68,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dr.add_argument("--json", action="store_true", help="one JSON status line at the end")
     dr.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
                     help="auto: a bar on a terminal, plain lines otherwise")
+    admin_ring.add_parsers(admin_sub, _credentials)
     for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
                        ("evict", "drop the clean cached copies of a tree's files"),
                        ("flush", "write a tree's changes back to the bucket now")):
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"objcache admin: {path}: {e.strerror}", file=sys.stderr)
         return 2
-    command = {"fsck": _fsck, "status": _status, "drain": _drain}.get(args.admin_command, _job)
+    command = {"fsck": _fsck, "status": _status, "drain": _drain,
+               "leave": _leave}.get(args.admin_command, _job)
     try:
         return trio.run(command, node_id, addr, secret, args)
     except* (RpcError, p.Unavailable, p.RingChanged) as group:
@@ -253,6 +256,10 @@ class Progress:
             self.bar.close()
 
 
+async def _leave(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    return await admin_ring.leave(_admin_plane(node_id, addr, secret), node_id, args)
+
+
 async def _drain(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
     """Start the drain on the node, follow it to its end (server/cluster/drain.py)."""
     plane = _admin_plane(node_id, addr, secret)
@@ -270,6 +277,7 @@ async def _drain(node_id: int, addr: str, secret: bytes, args: argparse.Namespac
         print(json.dumps({"ok": status.ok, "drain_id": status.drain_id, "phase": status.phase,
                           "flushed": status.flushed, "verified": status.verified,
                           "problem_count": status.problem_count,
+                          "phase_s": dict(status.timings),
                           "problems": [{"path": path, "why": why}
                                        for path, why in status.problems]}))
     elif status.ok:

@@ -106,9 +106,10 @@ def plan(nodes: int, replicas: int, base_port: int) -> list[NodePlan]:
 
 
 def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
-              sections: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+              sections: Mapping[str, Mapping[str, Any]] | None = None, join: str = "") -> str:
     """One node's config: loopback addresses, no portmapper (one port 111 per machine);
-    `sections`: more TOML tables every node gets ([store], [cache])."""
+    `sections`: more TOML tables every node gets ([store], [cache]); `join`: a running
+    member's RPC address, for a node that joins as a new group (`nodes` is then itself)."""
     q = json.dumps  # a JSON string is a TOML basic string
     peers = ", ".join(q(f"{n.node_id}={n.rpc}") for n in nodes)
     more: list[str] = []
@@ -121,7 +122,7 @@ def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
         "[nfs]", f"listen = {q(node.nfs)}", 'portmap_listen = "off"', "",
         "[metrics]", f"listen = {q(node.metrics)}", "",
         "[cluster]", f"node_id = {node.node_id}", f"listen = {q(node.rpc)}",
-        f"peers = [{peers}]", f"group = {node.group}",
+        f"peers = [{peers}]", f"group = {node.group}", *([f"join = {q(join)}"] if join else []),
         f"cluster_secret_file = {q(str(root / SECRET_FILE))}",
         f"admin_token_file = {q(str(root / ADMIN_TOKEN_FILE))}", "",
         *more,

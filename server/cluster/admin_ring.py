@@ -1,0 +1,61 @@
+"""`objcache admin leave`: take a node's group out of the cluster (ringchange.py).
+
+The node given with --node takes the request to the change's coordinator; the leaving group
+writes back what it can, hands the rest of its state to the groups that own it under the new
+ring, and its node stops. Exit codes as admin.py: 0 done, 1 the cluster refused the change
+(the message says why), 2 the cluster could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import trio
+
+from server.cluster.nodelist import NodeList
+from server.cluster.ringchange import BAD_CHANGE, RING_BUSY, ChangeReply, LeaveRequest
+from server.rpc.frames import RemoteError
+from server.rpc.plane import RpcPlane
+
+CHANGE_TIMEOUT_S = 900.0  # a leave writes back and moves a group's state
+
+
+def add_parsers(admin_sub: argparse._SubParsersAction,
+                credentials: object) -> None:
+    lv = admin_sub.add_parser("leave", help="take a node (its one-member group) out of the "
+                              "cluster: write back, hand its state to the others, stop it")
+    lv.add_argument("leaving", type=int, metavar="NODE_ID", help="the node that leaves")
+    lv.add_argument("--node", required=True, metavar="ID=HOST:PORT",
+                    help="any node's id and RPC address")
+    credentials(lv)  # type: ignore[operator]
+    lv.add_argument("--json", action="store_true")
+
+
+async def leave(plane: RpcPlane, node_id: int, args: argparse.Namespace) -> int:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        if not args.json:
+            print(f"node {args.leaving}: leaving (writing back, then moving its state)...",
+                  flush=True)
+        try:
+            reply = await plane.call(node_id, LeaveRequest(args.leaving), CHANGE_TIMEOUT_S)
+        except RemoteError as e:
+            if e.code not in (BAD_CHANGE, RING_BUSY):
+                raise
+            print(f"objcache admin leave: {e.message}", file=sys.stderr)
+            return 1
+        finally:
+            nursery.cancel_scope.cancel()
+    assert isinstance(reply, ChangeReply), reply
+    nodelist = NodeList.decode(reply.nodelist)
+    if args.json:
+        print(json.dumps({"ok": True, "left": args.leaving, "ring_version": nodelist.version,
+                          "groups": sorted(nodelist.groups()),
+                          "moved_bytes": reply.moved_bytes, "seconds": reply.seconds}))
+    else:
+        print(f"node {args.leaving} left: ring version {nodelist.version}, groups "
+              f"{sorted(nodelist.groups())}, {reply.moved_bytes} bytes moved in "
+              f"{reply.seconds:.2f} s")
+    return 0
