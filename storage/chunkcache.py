@@ -17,6 +17,10 @@ Rules:
   there. `is_pinned(ino, index)` (the replicated "materialized" mark) is asked too, as a
   second guard, before a file is deleted.
 - Blocking (worker threads); one lock guards the in-memory LRU.
+- `stats` counts for metrics: lookups that found the version asked for (hits) or not
+  (misses), copies kept (admitted) or refused, and copies dropped: to make room (evicted) or
+  because they were asked to go (forgotten: admin evict, an inode whose bytes are gone, a
+  copy replaced by a newer version).
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ class ChunkCache:
         self._lru: OrderedDict[tuple[int, int], _Copy] = OrderedDict()
         self.clean_bytes = 0
         self.pinned_bytes = 0
-        self.stats = {"hits": 0, "misses": 0, "admitted": 0, "evicted": 0, "refused": 0}
+        self.stats = {"hits": 0, "misses": 0, "admitted": 0, "evicted": 0, "forgotten": 0,
+                      "refused": 0}
 
     def open_sync(self) -> None:
         """Load the index (oldest entries first is unknown after a restart: key order)."""
@@ -90,15 +95,18 @@ class ChunkCache:
         with self._lock:
             self.pinned_bytes = max(0, total - self.clean_bytes)
 
-    def valid(self, ino: int, index: int, etag: bytes) -> bool:
-        """Whether a clean copy of that version is here (and mark it recently used)."""
+    def valid(self, ino: int, index: int, etag: bytes, *, count: bool = True) -> bool:
+        """Whether a clean copy of that version is here (and mark it recently used).
+        `count=False`: a second look by the same read, not another hit or miss."""
         with self._lock:
             c = self._lru.get((ino, index))
             if c is None or c.etag != etag:
-                self.stats["misses"] += 1
+                if count:
+                    self.stats["misses"] += 1
                 return False
             self._lru.move_to_end((ino, index))
-            self.stats["hits"] += 1
+            if count:
+                self.stats["hits"] += 1
             return True
 
     def admit_sync(self, ino: int, index: int, etag: bytes, data: bytes) -> bool:
@@ -137,14 +145,15 @@ class ChunkCache:
                     free += c.nbytes
             return out
 
-    def _drop(self, ino: int, index: int) -> int:
-        """Forget one copy; delete its file unless the replicated state owns it now."""
+    def _drop(self, ino: int, index: int, why: str = "evicted") -> int:
+        """Forget one copy (`why`: its stats counter); delete its file unless the replicated
+        state owns it now."""
         with self._lock:
             c = self._lru.pop((ino, index), None)
             if c is None:
                 return 0
             self.clean_bytes -= c.nbytes
-            self.stats["evicted"] += 1
+            self.stats[why] += 1
         self.kv.write_sync([(_key(ino, index), None)], sync=False)
         if self.is_pinned(ino, index):
             with self._lock:
@@ -202,7 +211,7 @@ class ChunkCache:
         inode whose bytes are gone. Returns the bytes freed."""
         with self._lock:
             keys = [k for k in self._lru if k[0] == ino and (index is None or k[1] == index)]
-        return sum(self._drop(*k) for k in keys)
+        return sum(self._drop(*k, "forgotten") for k in keys)
 
     def inodes(self) -> list[int]:
         with self._lock:

@@ -134,7 +134,7 @@ class BucketReads:
                 raise RemoteError(p.UNAVAILABLE, f"fetching chunk {index} of {ino}: "
                                   f"{flight.result}")
             return flight.result
-        if self.cache.valid(ino, index, origin.etag):
+        if self.cache.valid(ino, index, origin.etag, count=False):
             return None  # a fetch that ended since the caller looked: ask again
         flight = self._inflight[key] = _Flight()
         try:

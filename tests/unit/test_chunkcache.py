@@ -79,3 +79,20 @@ def test_the_index_survives_a_restart_and_forget_frees(tmp_path: Path) -> None:
     assert again.forget_sync(3) == 5 * CS
     assert again.inodes() == []
     assert not any(chunks2.chunk_path(3, i).exists() for i in range(5))
+
+
+def test_stats_count_lookups_and_say_why_a_copy_went(tmp_path: Path) -> None:
+    """The metrics' counters: a hit or a miss per lookup (a second look by the same read,
+    count=False, is neither); a copy dropped for room is evicted, one asked to go forgotten."""
+    cache, _, _ = make(tmp_path, capacity=2 * CS)
+    assert not cache.valid(1, 0, b"e")
+    assert cache.admit_sync(1, 0, b"e", b"a" * CS)
+    assert cache.valid(1, 0, b"e") and cache.valid(1, 0, b"e", count=False)
+    assert not cache.valid(1, 0, b"newer") and not cache.valid(1, 1, b"e", count=False)
+    assert cache.admit_sync(1, 1, b"e", b"b" * CS)
+    assert cache.admit_sync(2, 0, b"e", b"c" * CS)  # no room: (1, 0) is evicted
+    assert cache.forget_sync(1) == CS  # admin evict: (1, 1)
+    assert cache.admit_sync(2, 0, b"f", b"d" * CS)  # a newer version replaces the older
+    u = cache.usage()
+    assert (u["hits"], u["misses"]) == (1, 2)
+    assert (u["admitted"], u["evicted"], u["forgotten"]) == (4, 1, 2)
