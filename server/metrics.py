@@ -251,10 +251,10 @@ def watch_rpc(server: RpcServer) -> None:
 #   sum(rate(objcache_txn_total{kind="two_phase",outcome="committed"}[5m]))
 #     / sum(rate(objcache_txn_total{outcome="committed"}[5m]))
 TXN_RETRIES = Counter(
-    "objcache_txn_retries", "Gateway transactions tried again: rebuilt with a new id after a "
-    "definitive abort (aborted: a conflict, or state a ring change holds), or re-sent with the "
-    "same id after a lost or undecided answer (resent)", ["reason"])
-for _reason in ("aborted", "resent"):
+    "objcache_txn_retries", "Gateway changes whose transaction was tried again: rebuilt with a "
+    "new id after a definitive abort (aborted: a conflict; moving: state a ring change holds), "
+    "or re-sent with the same id after a lost or undecided answer (resent)", ["reason"])
+for _reason in ("aborted", "moving", "resent"):
     TXN_RETRIES.labels(_reason)
 
 # Incremented by the membership changes (join, leave, replica changes) where they commit.

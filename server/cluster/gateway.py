@@ -71,6 +71,7 @@ from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_di
 from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
 from server.fs.records import Dirent, Inode, Multi, decode_value
+from server.metrics import TXN_RETRIES
 from server.rpc.frames import RemoteError
 from txn.ids import txn_id
 
@@ -85,6 +86,9 @@ MAX_REPLANS = 8  # ring changes during one read
 BACKOFF_MAX_S = 0.05
 MOVING_WAIT_S = 0.01  # between tries of a change a ring change holds (ringstate.py)
 CHILDREN_PAGE = 1000  # entries per READDIR when a tree is walked
+# Where a change tries its transaction again (objcache_txn_retries_total, server/metrics.py).
+_RETRY_ABORTED, _RETRY_MOVING, _RETRY_RESENT = (
+    TXN_RETRIES.labels(reason) for reason in ("aborted", "moving", "resent"))
 
 
 class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
@@ -282,6 +286,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 moving_since = now if moving_since is None else moving_since
                 if now - moving_since > self.router.request_timeout_s:
                     raise Jukebox("the state stayed frozen by a ring change")
+                _RETRY_MOVING.inc()
                 await trio.sleep(MOVING_WAIT_S)
                 continue
             attempt += 1
@@ -289,6 +294,8 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 plan.on_abort(reply.reason)
             if reply.reason == ENOTEMPTY:
                 raise NotEmpty("directory not empty")
+            if attempt < self.max_attempts:
+                _RETRY_ABORTED.inc()
             await self._backoff(attempt)
         raise Jukebox(f"gave up after {self.max_attempts} conflicting attempts")
 
@@ -329,6 +336,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 return reply
             retry = True  # same txn id: applied at most once
             self.stats["resends"] += 1
+            _RETRY_RESENT.inc()
             await self._backoff(resend)
         raise Jukebox("transaction undecided")
 

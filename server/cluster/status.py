@@ -64,7 +64,7 @@ def serve_status(plane: RpcPlane, runtime: GroupRuntime, backend: ClusterBackend
 
 async def node_status(runtime: GroupRuntime, backend: ClusterBackend) -> NodeStatus:
     st = runtime.driver.node.status()
-    files, nbytes = await trio.to_thread.run_sync(_dirty_sync, runtime)
+    files, nbytes = await trio.to_thread.run_sync(dirty_sync, runtime)
     cache = runtime.bucket.cache.usage() if runtime.bucket is not None else {}
     return NodeStatus(
         node_id=runtime.node_id, group=runtime.group, role=st.role.value,
@@ -74,7 +74,7 @@ async def node_status(runtime: GroupRuntime, backend: ClusterBackend) -> NodeSta
         stores=tuple(s.url for _, s in sorted(backend.stores.items())))
 
 
-def _dirty_sync(runtime: GroupRuntime) -> tuple[int, int]:
+def dirty_sync(runtime: GroupRuntime) -> tuple[int, int]:
     """Dirty inodes of this node's group and their sizes (its applied state)."""
     kv = runtime.kv
     rows = kv.iterate_sync(prefix=keys.DIRTY, limit=min(MAX_DIRTY_COUNTED,
