@@ -74,6 +74,10 @@ class LocalCluster:
 
     def restart(self, node_id: int, timeout_s: float = 120.0) -> None:
         """Start a stopped node again from its data directory and config."""
+        self.wait_ready(node_id, self.start(node_id), timeout_s)
+
+    def start(self, node_id: int) -> subprocess.Popen:
+        """Start node `node_id`'s process from its config (see wait_ready)."""
         node_dir = self.root / f"n{node_id}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -83,6 +87,13 @@ class LocalCluster:
                  str(node_dir / "node.toml")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=REPO, start_new_session=True)
+        self.nodes[node_id]["pid"] = proc.pid
+        self._record_pid(node_id, proc.pid)
+        return proc
+
+    def wait_ready(self, node_id: int, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+        """Until the node started as `proc` serves (its ready.json names it)."""
+        node_dir = self.root / f"n{node_id}"
 
         def ready() -> bool:
             if proc.poll() is not None:
@@ -94,13 +105,12 @@ class LocalCluster:
                 return False
             return info.get("pid") == proc.pid
 
-        wait_for(ready, timeout_s=timeout_s, what=f"node {node_id} to restart")
-        self.nodes[node_id]["pid"] = proc.pid
-        self._record_pid(node_id, proc.pid)
+        wait_for(ready, timeout_s=timeout_s, what=f"node {node_id} to start")
 
-    def add_node(self, node_id: int, *, through: int = 1, timeout_s: float = 180.0) -> None:
+    def add_node(self, node_id: int, *, through: int = 1, timeout_s: float = 180.0,
+                 wait: bool = True) -> subprocess.Popen:
         """Start node `node_id` with `--join` through node `through`: it becomes a new
-        one-member group (ringchange.py); returns once it serves NFS."""
+        one-member group (ringchange.py); returns once it serves NFS (unless not `wait`)."""
         import tomllib
 
         from server.cluster.launcher import CONFIG_FILE, NodePlan, node_toml
@@ -122,7 +132,10 @@ class LocalCluster:
                              "config": str(node_dir / CONFIG_FILE),
                              "log": str(node_dir / "node.log")})
         path.write_text(json.dumps(raw, indent=2) + "\n")
-        self.restart(node_id, timeout_s=timeout_s)
+        proc = self.start(node_id)
+        if wait:
+            self.wait_ready(node_id, proc, timeout_s)
+        return proc
 
     def wait_exit(self, node_id: int, timeout_s: float = 120.0) -> None:
         """Until node `node_id`'s process is gone (it left the cluster, or was drained)."""

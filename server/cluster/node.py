@@ -168,7 +168,10 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         async def flush_all() -> None:  # before this node's group leaves (ringchange.py)
             for f in flusher_box:
                 for store in sorted(f.b.store_roots):
-                    await f.round(store, force=True)
+                    try:
+                        await f.round(store, force=True)
+                    except Exception as e:  # what is not written back moves with the rest
+                        log.warning("leave: writing back store %d: %r", store, e)
 
         rings = RingMember(runtime, plane, fsc.chunk_size, flush_all)
         await nursery.start(runtime.run)

@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from server import metrics
+from server import failpoints, metrics
 from server.cluster import protocol as p
 from server.cluster import ringstate
 from server.cluster.group import GroupRuntime
@@ -372,9 +372,10 @@ class RingMember:
         new = joined(current, msg.info) if isinstance(msg, JoinRequest) else left(
             current, msg.node_id)
         coord = coordinator_of(current, new)
-        if coord != self.rt.group or not self.rt.is_leader():
-            # Not ours to drive: hand it to the coordinator's leader.
+        if coord != self.rt.group:  # not ours to drive: hand it to the coordinator's leader
             return await self.caller.call(current.members(coord), coord, msg, 600.0)
+        if not self.rt.is_leader():
+            raise RemoteError(p.NOT_LEADER, str(self.rt.leader_id()))
         if isinstance(msg, LeaveRequest) and self.flush_all is not None:
             with trio.move_on_after(STEP_TIMEOUT_S):
                 await self.flush_all()
@@ -423,7 +424,9 @@ class RingMember:
                 await self.take(RingAbort(new.version))
                 await self._each(members, others, RingAbort(new.version), check=False)
             raise
+        await failpoints.reach("ring.before_commit")
         await self.take(RingCommit(raw))  # the commit point
+        await failpoints.reach("ring.after_commit")
         await self._each(members, others, RingCommit(raw), timeout_s=600.0)
         return moved
 

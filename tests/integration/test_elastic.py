@@ -138,3 +138,49 @@ def test_writes_during_a_join_are_all_kept(cluster, tmp_path):
         t.join()
     assert len(acked) > 10
     _check(cluster, acked, [1, 2])
+
+
+def _wait_log(cluster: LocalCluster, node: int, text: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in cluster.log_tail(node, 400):
+        assert time.monotonic() < deadline, f"node {node} never logged {text!r}:\n" + (
+            cluster.log_tails())
+        time.sleep(0.1)
+
+
+def test_join_whose_coordinator_is_killed_before_the_commit_rolls_back_then_joins(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("OBJCACHE_FAILPOINTS", "ring.before_commit=30")
+    c = LocalCluster(tmp_path / "cluster", nodes=1).up()
+    try:
+        want = _write_tree(c, tmp_path, 1, "a", [100, 70_000, 3 * MiB + 1] + [5000] * 30, 1)
+        joiner = c.add_node(2, wait=False)
+        _wait_log(c, 1, "failpoint ring.before_commit")
+        c.kill9(1)
+        monkeypatch.delenv("OBJCACHE_FAILPOINTS")
+        c.restart(1)
+        # The coordinator's group aborts the change it no longer drives; the joiner learns it,
+        # drops what it imported, and asks again: this time the join completes.
+        c.wait_ready(2, joiner, timeout_s=180)
+        assert "has no driver: aborting" in c.log_tail(1, 400)
+        assert "aborted (learned from group 1)" in c.log_tail(2, 400)
+        _check(c, want, [1, 2])
+        assert _ring(c, 2) == (2, [1, 2])  # the aborted version 2 was never installed
+    finally:
+        c.down(check=False)
+
+
+def test_join_whose_new_node_is_killed_after_the_commit_point_completes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OBJCACHE_FAILPOINTS", "ring.after_commit=15")
+    c = LocalCluster(tmp_path / "cluster", nodes=1).up()
+    try:
+        want = _write_tree(c, tmp_path, 1, "a", [100, 70_000, 3 * MiB + 1] + [5000] * 30, 1)
+        c.add_node(2, wait=False)
+        _wait_log(c, 1, "failpoint ring.after_commit")
+        c.kill9(2)
+        monkeypatch.delenv("OBJCACHE_FAILPOINTS")
+        c.restart(2, timeout_s=180)  # it learns the commit from group 1 (or is told it)
+        _check(c, want, [1, 2])
+        assert _ring(c, 1) == (2, [1, 2])
+    finally:
+        c.down(check=False)

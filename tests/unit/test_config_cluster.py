@@ -89,7 +89,7 @@ def test_join_is_accepted_by_the_config() -> None:
 def test_a_joining_node_may_name_its_own_announced_address() -> None:
     cfg = load_cluster(listen="0.0.0.0:7001", peers=["1=10.0.0.1:7001"], join="10.0.0.2:7002")
     assert cfg.cluster_rpc_address() == Listen("10.0.0.1", 7001)
-    with pytest.raises(cfgmod.ConfigError, match="cluster.peers: a joining node lists only"):
+    with pytest.raises(cfgmod.ConfigError, match=r"cluster\.peers: a joining node lists only"):
         load_cluster(peers=["1=127.0.0.1:7001", "2=127.0.0.1:7002"], join="127.0.0.1:7002")
 
 
