@@ -95,6 +95,7 @@ class DrainStatus:
     ok: bool  # finished and every node was told to stop
     problems: tuple[tuple[str, str], ...]  # (path, why), at most MAX_PROBLEMS
     problem_count: int
+    timings: tuple[tuple[str, float], ...] = ()  # (phase, seconds) of the phases passed
 
 
 @message("cl.fence")
@@ -144,13 +145,23 @@ class _Job:
     problem_count: int = 0
     round: RoundResult | None = None  # the write-back round running (its live counts)
     why_dirty: dict[int, str] = field(default_factory=dict)  # ino -> last write-back error
+    refused: set[int] = field(default_factory=set)  # inodes the store refused (why_dirty)
     renew_error: str = ""
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    _since: float | None = None
+
+    def enter(self, phase: str) -> None:
+        now = trio.current_time()
+        if self._since is not None:
+            self.timings.append((self.phase, round(now - self._since, 3)))
+        self.phase, self._since = phase, now
 
     def status(self) -> DrainStatus:
         flushed = self.flushed + (self.round.flushed + self.round.deleted if self.round else 0)
         return DrainStatus(self.drain_id, self.phase, flushed, max(self.to_flush, flushed),
                            self.verified, self.to_verify, self.finished, self.ok,
-                           tuple(self.problems[:MAX_PROBLEMS]), self.problem_count)
+                           tuple(self.problems[:MAX_PROBLEMS]), self.problem_count,
+                           tuple(self.timings))
 
     def problem(self, path: str, why: str) -> None:
         self.problem_count += 1
@@ -242,10 +253,11 @@ class Drains:
 
     async def run(self, job: _Job) -> None:
         log.info("drain %d: fencing writes on every node", job.drain_id)
+        job.enter("fencing")
         try:
             await self._phases(job)
             job.ok = True
-            job.phase = "done"
+            job.enter("done")
             self._exit(EXIT_GRACE_S)
         except* DrainFailed as group:
             for e in group.exceptions:
@@ -255,7 +267,7 @@ class Drains:
                 job.problem("", f"{type(e).__name__}: {e}")
         finally:
             if not job.ok:
-                job.phase = "failed"
+                job.enter("failed")
                 with trio.CancelScope(shield=True), trio.move_on_after(CALL_TIMEOUT_S):
                     await self._lift_all(job)
             job.finished = True
@@ -326,7 +338,7 @@ class Drains:
     # -- 2. flush ---------------------------------------------------------------------------
 
     async def _flush(self, job: _Job) -> None:
-        job.phase = "flushing"
+        job.enter("flushing")
         stores = sorted(self.b.store_roots)
         if not stores:
             raise DrainFailed("no export is backed by a bucket: draining would lose the data")
@@ -344,8 +356,12 @@ class Drains:
             await self.flusher.round(store, force=True, res=res)
             job.round = None
             job.flushed += res.flushed + res.deleted
-            for ino, (_key, why) in res.failed.items():
-                job.why_dirty[ino] = why
+            for ino, (_key, why, refused) in res.failed.items():
+                # The store's own refusal says more than a later timeout waiting for it.
+                if refused or ino not in job.refused:
+                    job.why_dirty[ino] = why
+                if refused:
+                    job.refused.add(ino)
             for e in res.errors:
                 log.info("drain %d: write-back: %s", job.drain_id, e)
             if not res.dirty_left and not res.deletes_left:
@@ -358,7 +374,7 @@ class Drains:
     # -- 3. verify --------------------------------------------------------------------------
 
     async def _verify(self, job: _Job) -> None:
-        job.phase = "verifying"
+        job.enter("verifying")
         inodes = await self._all_inodes()
         roots = dict(self.b.store_roots)
         tables = {s: await self.flusher.key_table(s) for s in sorted(roots)}
@@ -426,7 +442,7 @@ class Drains:
     # -- 4. stop ----------------------------------------------------------------------------
 
     async def _stop_others(self, job: _Job) -> None:
-        job.phase = "stopping"
+        job.enter("stopping")
         replies = await self._each_node(StopNode(job.drain_id), me_too=False)
         bad = [f"node {n}: {r}" for n, r in sorted(replies.items()) if isinstance(r, str)]
         if bad:

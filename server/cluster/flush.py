@@ -103,8 +103,8 @@ class RoundResult:
     dirty_left: int = 0
     deletes_left: int = 0
     errors: list[str] = field(default_factory=list)
-    failed: dict[int, tuple[bytes | None, str]] = field(default_factory=dict)  # ino -> (its
-    # key, the error that kept it dirty): what a drain reports
+    failed: dict[int, tuple[bytes | None, str, bool]] = field(default_factory=dict)  # ino ->
+    # (its key, the error that kept it dirty, whether the store refused): what a drain reports
 
 
 @dataclass
@@ -199,7 +199,9 @@ class Flusher:
                     self.stats["errors"] += 1
                     res.dirty_left += 1
                     res.errors.append(f"inode {inode.ino} ({key!r}): {type(e).__name__}: {e}")
-                    res.failed[inode.ino] = (key, f"{type(e).__name__}: {e}")
+                    refused = isinstance(e, StoreError) or (
+                        isinstance(e, RemoteError) and e.code == p.STORE_FAILED)
+                    res.failed[inode.ino] = (key, f"{type(e).__name__}: {e}", refused)
 
         async with trio.open_nursery() as nursery:
             for inode in ready:

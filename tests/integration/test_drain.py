@@ -5,8 +5,8 @@ libnfs, then `objcache admin drain`.
   directory renamed and a file deleted after an earlier write-back: the drain exits 0, every
   node process exits 0, the bucket holds exactly the tree byte for byte (boto3 reads), and a
   new, empty cluster over the same bucket serves the same tree byte for byte.
-- The S3 server (through a proxy) refuses the uploads of some files: the drain exits 1 and
-  names exactly those paths with the store's error; while it ran, writes were fenced
+- The S3 server (through a proxy) refuses the uploads of some files (403): the drain exits 1
+  and names exactly those paths with the store's error; while it ran, writes were fenced
   (NFS3ERR_JUKEBOX); afterwards every node still serves, unfenced, the files read back and
   are still dirty; with the faults lifted a second drain succeeds and the nodes exit 0.
 
@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 from clusterproc import LocalCluster
+from nfsclient import LibNfs
 from s3server import ACCESS_KEY, SECRET_KEY
 from serverproc import REPO, nfs_cat, nfs_cp, nfs_ls, wait_for
 from tools import s3faultproxy
@@ -47,71 +49,6 @@ def blob(n: int, seed: int) -> bytes:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-class _NfsUrl(ctypes.Structure):
-    _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p),
-                ("file", ctypes.c_char_p)]
-
-
-class LibNfs:
-    """The few calls libnfs-utils has no tool for (mkdir, rename, remove, create), through
-    libnfs itself (ctypes): a client we did not write."""
-
-    def __init__(self, c: LocalCluster, node: int) -> None:
-        lib = ctypes.CDLL("libnfs.so.13")
-        lib.nfs_init_context.restype = ctypes.c_void_p
-        lib.nfs_get_error.restype = ctypes.c_char_p
-        lib.nfs_get_error.argtypes = [ctypes.c_void_p]
-        lib.nfs_mount.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-        for name in ("nfs_mkdir", "nfs_unlink", "nfs_rmdir"):
-            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nfs_rename.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-        lib.nfs_creat.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                  ctypes.POINTER(ctypes.c_void_p)]
-        lib.nfs_close.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.nfs_destroy_context.argtypes = [ctypes.c_void_p]
-        lib.nfs_parse_url_dir.restype = ctypes.POINTER(_NfsUrl)
-        lib.nfs_parse_url_dir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nfs_destroy_url.argtypes = [ctypes.POINTER(_NfsUrl)]
-        self.lib = lib
-        self.ctx = lib.nfs_init_context()
-        assert self.ctx, "nfs_init_context"
-        url = lib.nfs_parse_url_dir(self.ctx, c.url(node, "/").encode())  # sets the ports
-        assert url, self.error()
-        try:
-            self._check(lib.nfs_mount(self.ctx, url.contents.server, url.contents.path),
-                        "mount", "/")
-        finally:
-            lib.nfs_destroy_url(url)
-
-    def _check(self, rc: int, call: str, path: str) -> None:
-        if rc < 0:
-            raise OSError(f"{call}({path}): {self.error()}")
-
-    def error(self) -> str:
-        return (self.lib.nfs_get_error(self.ctx) or b"").decode(errors="replace")
-
-    def mkdir(self, path: str) -> None:
-        self._check(self.lib.nfs_mkdir(self.ctx, path.encode()), "mkdir", path)
-
-    def rename(self, old: str, new: str) -> None:
-        self._check(self.lib.nfs_rename(self.ctx, old.encode(), new.encode()), "rename", old)
-
-    def rmdir(self, path: str) -> None:
-        self._check(self.lib.nfs_rmdir(self.ctx, path.encode()), "rmdir", path)
-
-    def unlink(self, path: str) -> None:
-        self._check(self.lib.nfs_unlink(self.ctx, path.encode()), "unlink", path)
-
-    def create(self, path: str) -> None:
-        fh = ctypes.c_void_p()
-        self._check(self.lib.nfs_creat(self.ctx, path.encode(), 0o644, ctypes.byref(fh)),
-                    "creat", path)
-        self.lib.nfs_close(self.ctx, fh)
-
-    def close(self) -> None:
-        self.lib.nfs_destroy_context(self.ctx)
 
 
 @pytest.fixture
@@ -192,7 +129,7 @@ def test_drain_to_zero_then_a_new_cluster_serves_the_same_tree(
     c = cluster(tmp_path / "c1", s3_bucket, "z")
     c.up()
     try:
-        nfs = LibNfs(c, 1)
+        nfs = LibNfs(c.url(1, "/"))
         for d in ("/docs", "/docs/deep", "/old dir", "/empty", "/gone dir"):
             nfs.mkdir(d)
         early = {"/old dir/in.bin": blob(70_000, 1), "/gone.bin": blob(3000, 2),
@@ -253,15 +190,25 @@ def test_drain_to_zero_then_a_new_cluster_serves_the_same_tree(
 # -- a drain that cannot upload everything -----------------------------------------------------
 
 
+DENIED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+               b"<Message>Access Denied</Message></Error>")
+DENIED = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: "
+          + str(len(DENIED_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + DENIED_BODY)
+
+
 class RefusingProxy(FaultProxy):
-    """Answers 503 SlowDown to every upload of a key with `refuse` in it while `refusing`
-    (PUT and POST: whole objects, parts, multipart starts and completions); the rest passes."""
+    """Refuses every upload of a key with `refuse` in it while `refusing` (PUT and POST:
+    whole objects, parts, multipart starts and completions), as a bucket policy denying them
+    would: 403 AccessDenied, which the store does not retry (a 503 it retries for seconds,
+    longer than a gateway waits for the group doing it). Everything else passes. Refusals
+    are held until `release` is set: the test acts while the drain is surely flushing."""
 
     def __init__(self, upstream: str, refuse: str) -> None:
         super().__init__(upstream)
         self.refuse = refuse.encode()
         self.refusing = True
         self.refused = 0
+        self.release = threading.Event()
 
     def _one(self, head: bytes, client: Any, up: Any) -> bool:
         method, target = head.split(b" ", 2)[:2]
@@ -269,9 +216,10 @@ class RefusingProxy(FaultProxy):
             headers = s3faultproxy._headers(head)
             if headers.get("expect", "").lower() != "100-continue":
                 s3faultproxy._relay_body(client.rfile, headers, None)
-            client.sock.sendall(s3faultproxy._slowdown_response())
             with self._lock:
                 self.refused += 1
+            self.release.wait(60)
+            client.sock.sendall(DENIED)
             return False
         return super()._one(head, client, up)
 
@@ -283,19 +231,20 @@ def test_a_drain_that_cannot_upload_fails_keeps_the_data_and_a_second_one_succee
         c = cluster(tmp_path / "c", s3_bucket, "f", endpoint=proxy.endpoint)
         c.up()
         try:
-            nfs = LibNfs(c, 3)
+            nfs = LibNfs(c.url(3, "/"))
             nfs.mkdir("/sub")
             files = {"/ok.bin": blob(80_000, 11), "/sub/ok2.bin": blob(3000, 12),
-                     "/x.bad": blob(70_000, 13), "/sub/y.bad": blob(1 << 20, 14)}
+                     "/x.bad": blob(70_000, 13), "/sub/y.bad": blob(300_000, 14)}
             write_files(c, files, tmp_path)
             drain = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "admin", "drain", "--json", "--node",
                  f"1={c.nodes[1]['rpc']}", "--admin-token-file", str(c.root / "admin-token")],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            # The uploads are being refused: the drain is flushing, so writes are fenced.
+            # An upload is being refused (held): the drain is flushing, so writes are fenced.
             wait_for(lambda: proxy.refused > 0, timeout_s=60, what="a refused upload")
             with pytest.raises(OSError, match="JUKEBOX"):
                 nfs.create("/during-drain")
+            proxy.release.set()
             out, err = drain.communicate(timeout=300)
             assert drain.returncode == 1, out + err
             doc = json.loads(out.strip().splitlines()[-1])
@@ -303,7 +252,7 @@ def test_a_drain_that_cannot_upload_fails_keeps_the_data_and_a_second_one_succee
             why = {p["path"]: p["why"] for p in doc["problems"] if p["path"]}
             assert set(why) == {"/x.bad", "/sub/y.bad"}, doc
             for text in why.values():
-                assert "SlowDown" in text or "StoreUnavailable" in text, text
+                assert "AccessDenied" in text, text  # the store's own error
 
             # Nothing stopped, nothing lost, writes unfenced; the refused files stay dirty.
             assert alive(c) == {1: True, 2: True, 3: True}
