@@ -11,8 +11,9 @@ Picture (the node the admin asked coordinates; every node, itself included, take
       2. flush    forced write-back rounds (flush.py) of every store, until nothing is dirty
                   or waiting to be deleted, or rounds stop making progress
       3. verify   every inode (ScanState of each group): what the bucket must hold
-                  (drain_check.py), and a HEAD of each such object: size and ETag as the
-                  replicated state records them; then nothing became dirty since step 1
+                  (drain_check.py); each such object's size and ETag as the replicated
+                  state records them, from a listing of its directory or a HEAD; then
+                  nothing became dirty since step 1
       4. stop     StopNode ──▶ every other node: its fence closes for good and it shuts down
                   as on SIGTERM; the coordinator last, once the admin has read the result
     a failure in 1-3: LiftFence ──▶ every node; nodes and data stay; the status lists each
@@ -48,7 +49,7 @@ from server.fs.records import Inode, decode_value
 from server.rpc.codec import message
 from server.rpc.frames import RemoteError, RpcError
 from server.rpc.plane import RpcPlane
-from storage.objstore.base import StoreError
+from storage.objstore.base import ObjectInfo, StoreError
 
 log = logging.getLogger("objcache.drain")
 
@@ -58,7 +59,8 @@ IDLE_WAIT_S = 10.0  # for client changes that passed the fence before it closed
 CALL_TIMEOUT_S = IDLE_WAIT_S + 10.0
 STALLED_ROUNDS = 2  # write-back rounds in a row that wrote nothing: what is left is reported
 ROUND_PAUSE_S = 0.2
-VERIFY_PARALLEL = 16  # HEADs in flight
+VERIFY_PARALLEL = 16  # HEADs and listings in flight
+MAX_LIST_PAGES = 100  # per directory listed (then its other objects are HEADed)
 SCAN_PAGE = 5_000
 MAX_PROBLEMS = 1_000  # listed in a status (the count says how many there were)
 EXIT_DELAY_S = 0.2  # between answering StopNode and stopping: the answer gets out first
@@ -408,30 +410,52 @@ class Drains:
         return out
 
     async def _heads(self, job: _Job, expected: list[drain_check.Expected]) -> None:
+        """Each expected object confirmed by a listing of its directory or by a HEAD
+        (drain_check.py rules)."""
         limiter = trio.CapacityLimiter(VERIFY_PARALLEL)
+        listed: dict[tuple[int, bytes], ObjectInfo] = {}
+
+        async def list_dir(store: int, prefix: bytes) -> None:
+            async with limiter:
+                listed.update(await self._list_dir(store, prefix))
 
         async def one(e: drain_check.Expected) -> None:
-            async with limiter:
-                path = self._path(e.store, e.key, e.ino)
-                try:
-                    info = await self.b.stores[e.store].head(e.key.decode())
-                except StoreError as err:
-                    job.problem(path, f"HEAD failed: {type(err).__name__}: {err}")
-                    return
-                finally:
-                    job.verified += 1
-                if info is None:
-                    job.problem(path, "missing from the bucket")
-                elif info.size != e.size:
-                    job.problem(path, f"the bucket's object has {info.size} bytes, the file "
-                                f"{e.size}")
-                elif info.etag != e.etag:
-                    job.problem(path, f"the bucket's object has ETag {info.etag}, the "
-                                f"cluster wrote {e.etag}")
+            info = listed.get((e.store, e.key))
+            if info is None or drain_check.mismatch(e, info.size, info.etag):
+                async with limiter:
+                    try:
+                        info = await self.b.stores[e.store].head(e.key.decode())
+                    except StoreError as err:
+                        job.problem(self._path(e.store, e.key, e.ino),
+                                    f"HEAD failed: {type(err).__name__}: {err}")
+                        return
+            why = drain_check.mismatch(e, info.size if info else None, info.etag if info else "")
+            job.verified += 1
+            if why:
+                job.problem(self._path(e.store, e.key, e.ino), why)
 
+        async with trio.open_nursery() as nursery:
+            for store, prefix in drain_check.listings(expected):
+                nursery.start_soon(list_dir, store, prefix)
         async with trio.open_nursery() as nursery:
             for e in expected:
                 nursery.start_soon(one, e)
+
+    async def _list_dir(self, store: int, prefix: bytes) -> dict[tuple[int, bytes], ObjectInfo]:
+        """The objects directly under `prefix` (a delimiter listing, page after page); a store
+        error only means the HEADs decide."""
+        out: dict[tuple[int, bytes], ObjectInfo] = {}
+        token: str | None = None
+        try:
+            for _ in range(MAX_LIST_PAGES):
+                page = await self.b.stores[store].list_page(prefix.decode(), token=token)
+                out.update(((store, o.key.encode()), o) for o in page.objects)
+                token = page.next_token
+                if token is None:
+                    break
+        except StoreError as e:
+            log.info("drain: listing %r: %s (HEADs instead)", prefix, e)
+        return out
 
     def _path(self, store: int, key: bytes | None, ino: int) -> str:
         if key is None:

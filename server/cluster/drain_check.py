@@ -14,6 +14,9 @@ Rules:
 - A key table entry that is not live (claimed, to delete, held by a moved directory) is an
   upload or a delete the bucket has not seen.
 - An unnamed inode (removed while still referenced) has no key: nothing to hold.
+- Checking an object: its size and ETag as the state records them. A directory holding many
+  expected objects is listed (one request per 1 000 keys, the same size and ETag a HEAD
+  gives); whatever a listing does not confirm is HEADed, and the HEAD decides.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from server.fs.records import Inode
 from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 
 MAX_DEPTH = 256
+LIST_MIN = 8  # expected objects in one directory from which listing it beats HEADs
 PENDING = {KEY_CLAIMED: "an upload to it was not confirmed",
            KEY_DELETE: "it is still to be deleted from the bucket",
            KEY_HELD: "a moved directory still holds it"}
@@ -135,3 +139,29 @@ def _above_roots(inodes: Mapping[int, Inode], roots: Mapping[int, int]) -> set[i
                 break
             cur = inodes.get(cur.parent)
     return out
+
+
+def listings(expected: list[Expected]) -> list[tuple[int, bytes]]:
+    """The (store, directory prefix) worth listing: those holding LIST_MIN expected objects."""
+    count: dict[tuple[int, bytes], int] = {}
+    for e in expected:
+        where = (e.store, parent_prefix(e.key))
+        count[where] = count.get(where, 0) + 1
+    return sorted(w for w, n in count.items() if n >= LIST_MIN)
+
+
+def parent_prefix(key: bytes) -> bytes:
+    """The prefix a delimiter listing shows `key` under ("a/b" and "a/b/": "a/")."""
+    head, sep, _ = key.rstrip(b"/").rpartition(b"/")
+    return head + sep
+
+
+def mismatch(e: Expected, size: int | None, etag: str) -> str | None:
+    """Why the object found (size None: none) is not the one expected; None when it is."""
+    if size is None:
+        return "missing from the bucket"
+    if size != e.size:
+        return f"the bucket's object has {size} bytes, the file {e.size}"
+    if etag != e.etag:
+        return f"the bucket's object has ETag {etag}, the cluster wrote {e.etag}"
+    return None

@@ -34,6 +34,8 @@ Rules:
 - Claimed keys whose inode is gone or wants another key now (a crash or a race mid-upload)
   are released for deletion; their multipart uploads are aborted.
 - Uploads in flight are bounded (`parallel` inodes, `part_parallel` parts each).
+- A round writes most files in batches (flush_batch.py: one claim and one clean-marking
+  transaction for many files, the same checks each); the rest one by one (flush_inode).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from server.cluster.bucket_listing import (
     META_UID,
     TYPE_SYMLINK,
 )
+from server.cluster.flush_batch import BatchWriteBack
 from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
 from server.fs import keys
@@ -113,7 +116,7 @@ class _Scan:
     table: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # key -> (ino, state)
 
 
-class Flusher:
+class Flusher(BatchWriteBack):
     def __init__(self, backend: ClusterBackend, config: FlushConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.b = backend
@@ -183,32 +186,49 @@ class Flusher:
                 ready.append(inode)
         limiter = trio.CapacityLimiter(max(1, self.config.parallel))
         paths: dict[int, bytes | None] = {}
+        batch: list[tuple[Inode, bytes]] = []
+        single: list[tuple[Inode, bytes | None]] = []
+        seen: set[bytes] = set()
+        for inode, key in await self._keys_of(ready, paths, limiter):
+            if under is not None and (key is None or not key.startswith(under)):
+                res.dirty_left += 1
+            elif self.batchable(store, inode, key, seen):
+                assert key is not None
+                batch.append((inode, key))
+            else:
+                single.append((inode, key))
 
-        async def one(inode: Inode) -> None:
+        async def one(inode: Inode, key: bytes | None) -> None:
             async with limiter:
-                key = await self._key_of(inode, paths)
-                if under is not None and (key is None or not key.startswith(under)):
-                    res.dirty_left += 1
-                    return
                 try:
                     if await self.flush_inode(store, inode, key, paths):
                         res.flushed += 1
                     else:
                         res.dirty_left += 1
                 except (FsError, p.Unavailable, p.RingChanged, RemoteError, StoreError) as e:
-                    self.stats["errors"] += 1
-                    res.dirty_left += 1
-                    res.errors.append(f"inode {inode.ino} ({key!r}): {type(e).__name__}: {e}")
-                    refused = isinstance(e, StoreError) or (
-                        isinstance(e, RemoteError) and e.code == p.STORE_FAILED)
-                    res.failed[inode.ino] = (key, f"{type(e).__name__}: {e}", refused)
+                    self.failed(res, inode, key, e)
 
         async with trio.open_nursery() as nursery:
-            for inode in ready:
-                nursery.start_soon(one, inode)
+            nursery.start_soon(self.flush_batches, store, batch, res, limiter)
+            for inode, key in single:
+                nursery.start_soon(one, inode, key)
         res.dirty_left += len(scan.dirty) - len(ready)
         await self._deletes(store, res, under)
         return res
+
+    async def _keys_of(self, inodes: list[Inode], paths: dict[int, bytes | None],
+                       limiter: trio.CapacityLimiter) -> list[tuple[Inode, bytes | None]]:
+        """Each inode with its key (_key_of), looked up `limiter` at a time."""
+        keys: dict[int, bytes | None] = {}
+
+        async def one(inode: Inode) -> None:
+            async with limiter:
+                keys[inode.ino] = await self._key_of(inode, paths)
+
+        async with trio.open_nursery() as nursery:
+            for inode in inodes:
+                nursery.start_soon(one, inode)
+        return [(inode, keys[inode.ino]) for inode in inodes]
 
     async def pending(self, store: int) -> tuple[int, int]:
         """(dirty inodes, keys to delete) of the store, as the groups hold them now."""

@@ -10,7 +10,16 @@ import trio
 import trio.testing
 
 from nfs_gateway.backend import FileType, Jukebox
-from server.cluster.drain_check import Expected, Problem, expected_objects, key_of
+from server.cluster.drain_check import (
+    LIST_MIN,
+    Expected,
+    Problem,
+    expected_objects,
+    key_of,
+    listings,
+    mismatch,
+    parent_prefix,
+)
 from server.cluster.fence import WriteFence, fenced
 from server.fs.records import Inode
 from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
@@ -93,6 +102,19 @@ def test_keys_follow_the_names_up_to_the_store_root() -> None:
     assert key_of(b, inodes, 1, memo) == "a b/\u00e9/".encode()
     assert key_of(orphan, inodes, 1, memo) is None
     assert key_of(ROOT, inodes, 1, {}) == b""
+
+
+def test_directories_with_many_objects_are_listed_the_rest_headed() -> None:
+    many = [Expected(S, 10 + i, b"d/f%d" % i, 1, "e") for i in range(LIST_MIN)]
+    few = [Expected(S, 1, b"x", 1, "e"), Expected(S, 2, b"d/", 0, "e"),
+           Expected(S, 3, b"e/g", 1, "e")]
+    assert listings(many + few) == [(S, b"d/")]
+    assert [parent_prefix(k) for k in (b"x", b"d/", b"d/f", b"a/b/")] == [b"", b"", b"d/", b"a/"]
+    e = Expected(S, 1, b"x", 5, "abc")
+    assert mismatch(e, 5, "abc") is None
+    assert mismatch(e, None, "") == "missing from the bucket"
+    assert mismatch(e, 4, "abc") == "the bucket's object has 4 bytes, the file 5"
+    assert mismatch(e, 5, "abd") == "the bucket's object has ETag abd, the cluster wrote abc"
 
 
 # -- the fence ---------------------------------------------------------------------------------
