@@ -34,6 +34,7 @@ from typing import Protocol
 
 import trio
 
+from raft.conf_change import ConfChange
 from raft.errors import NotLeader, RaftError
 from raft.log_storage import LogStorage
 from raft.messages import Message
@@ -159,10 +160,19 @@ class RaftDriver:
     async def propose(self, data: bytes) -> int:
         """Replicate `data`; returns its index once applied. NotLeader(hint) if not leader or
         if the proposal was lost to a leadership change."""
+        return await self._replicate(lambda: self.node.propose(data))
+
+    async def propose_conf_change(self, cc: ConfChange) -> int:
+        """One membership change (raft.conf_change); returns its index once applied.
+        ConfChangeRejected if it makes no sense now (another one pending), NotLeader as for
+        propose."""
+        return await self._replicate(lambda: self.node.propose_conf_change(cc))
+
+    async def _replicate(self, append: Callable[[], int]) -> int:
         start = time.perf_counter()
         await _acquire(self._proposal_slots)
         try:
-            index = self.node.propose(data)  # NotLeader here if we are not the leader
+            index = append()  # NotLeader here if we are not the leader
             waiter = self._proposals[index] = _Waiter(self.node.term, trio.Event())
             self._wake.set()
             try:

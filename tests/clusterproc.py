@@ -107,23 +107,24 @@ class LocalCluster:
 
         wait_for(ready, timeout_s=timeout_s, what=f"node {node_id} to start")
 
-    def add_node(self, node_id: int, *, through: int = 1, timeout_s: float = 180.0,
-                 wait: bool = True) -> subprocess.Popen:
+    def add_node(self, node_id: int, *, through: int = 1, group: int = 0,
+                 timeout_s: float = 180.0, wait: bool = True) -> subprocess.Popen:
         """Start node `node_id` with `--join` through node `through`: it becomes a new
-        one-member group (ringchange.py); returns once it serves NFS (unless not `wait`)."""
+        one-member group, or a replica of `group` (ringchange.py); returns once it serves NFS
+        (unless not `wait`)."""
         import tomllib
 
         from server.cluster.launcher import CONFIG_FILE, NodePlan, node_toml
 
         base = free_port_block(3)
-        plan = NodePlan(node_id, node_id, base, base + 1, base + 2)
+        plan = NodePlan(node_id, group or node_id, base, base + 1, base + 2)
         first = tomllib.loads((self.root / f"n{through}" / CONFIG_FILE).read_text())
         sections = {k: v for k, v in first.items()
                     if k not in ("node", "nfs", "metrics", "cluster")}
         plan.dir(self.root).mkdir(parents=True)
         (plan.dir(self.root) / CONFIG_FILE).write_text(
             node_toml(plan, [plan], self.root, sections, join=self.nodes[through]["rpc"]))
-        self.nodes[node_id] = {"node_id": node_id, "group": node_id, "nfs": plan.nfs,
+        self.nodes[node_id] = {"node_id": node_id, "group": plan.group, "nfs": plan.nfs,
                                "rpc": plan.rpc, "metrics": plan.metrics, "pid": 0}
         path = self.root / "cluster.json"
         raw = json.loads(path.read_text())

@@ -168,12 +168,14 @@ class GroupRuntime:
     @classmethod
     async def open(cls, *, node_id: int, group: int, members: list[int], kv: KvStore,
                    sm: GroupStateMachine, **kwargs: Any) -> GroupRuntime:
-        """Open the log on the node's LevelDB; founding members bootstrap it at first start."""
+        """Open the log on the node's LevelDB; founding members bootstrap it at first start
+        (`members` empty: a replica joining a running group starts with an empty log and
+        learns everything from the group's leader)."""
         storage = await RaftLogStorage.open_on_store(kv)
         # A one-member group: its save is the whole commit (a hint only; see RaftLogStorage).
         storage.inline_when_idle = len(members) == 1
         hard_state, _ = storage.initial_state()
-        if storage.last_index() == 0 and hard_state.term == 0:
+        if members and storage.last_index() == 0 and hard_state.term == 0:
             await storage.save(*bootstrap_log(sorted(members)))
             hard_state, _ = storage.initial_state()
         stored = await trio.to_thread.run_sync(sm.load_sync)

@@ -40,7 +40,7 @@ from server.cluster.inoalloc import InoAllocator
 from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
-from server.cluster.ringchange import JoinError, RingMember, join_cluster
+from server.cluster.ringchange import JoinError, RingMember, join_cluster, learn_cluster
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import APPLIED, NODELIST, GroupStateMachine
 from server.cluster.status import serve_status
@@ -149,6 +149,18 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         elif not c.join:
             log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
             nodelist = await bootstrap_nodelist(plane, me, peers, c.bootstrap_timeout_s)
+        seed = 0
+        replica = False  # joining a group that exists: its log comes from its leader
+        if nodelist is None:
+            join = cfg.cluster_join()
+            assert join is not None
+            log.info("node %d: joining the cluster through %s", c.node_id, join)
+            try:
+                seed, current = await learn_cluster(plane, cfg.cluster_peer_url(join),
+                                                    c.bootstrap_timeout_s)
+            except JoinError as e:
+                raise StartupError(str(e)) from None
+            replica = me.group in current.groups()
         group = me.group
         app = fsops.FsApplication(fsc)
         sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync,
@@ -156,7 +168,8 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         router: GroupRouter | None = None
         runtime = await GroupRuntime.open(
             node_id=c.node_id, group=group,
-            members=list(nodelist.members(group)) if nodelist else [c.node_id], kv=kv, sm=sm,
+            members=list(nodelist.members(group)) if nodelist else (
+                [] if replica else [c.node_id]), kv=kv, sm=sm,
             plane=plane, answer=queries.answer,
             root_ops=_root_ops(fsc) if nodelist and nodelist.ring(c.vnodes).group_of_inode(
                 1) == group else None,
@@ -173,16 +186,13 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
                     except Exception as e:  # what is not written back moves with the rest
                         log.warning("leave: writing back store %d: %r", store, e)
 
-        rings = RingMember(runtime, plane, fsc.chunk_size, flush_all)
+        rings = RingMember(runtime, plane, fsc.chunk_size, flush_all,
+                           stop=lambda: os.kill(os.getpid(), signal.SIGTERM))
         await nursery.start(runtime.run)
         nursery.start_soon(rings.run)
-        if nodelist is None:  # joining: the ring change brings our group its NodeList
-            join = cfg.cluster_join()
-            assert join is not None
-            log.info("node %d: joining the cluster through %s", c.node_id, join)
+        if nodelist is None:  # joining: the change brings our group the NodeList
             try:
-                nodelist = await join_cluster(plane, runtime, me, cfg.cluster_peer_url(join),
-                                              c.bootstrap_timeout_s)
+                nodelist = await join_cluster(plane, runtime, me, seed, c.bootstrap_timeout_s)
             except JoinError as e:
                 raise StartupError(str(e)) from None
         router = GroupRouter(plane, c.node_id, nodelist, runtime, vnodes=c.vnodes,

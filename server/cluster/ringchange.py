@@ -27,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from typing import Any
 
 import trio
 
+from raft.conf_change import ConfChange, ConfChangeType
+from raft.errors import ConfChangeRejected
 from server import failpoints, metrics
 from server.cluster import protocol as p
 from server.cluster import ringstate
@@ -53,6 +56,7 @@ BAD_CHANGE = "bad-change"  # the asked change is not possible (message says why)
 BATCH_BYTES = 8 << 20  # one import entry (chunk bytes and keys); a chunk may exceed it alone
 STEP_TIMEOUT_S = 60.0  # one step at one group, retries included
 QUIET_TIMEOUT_S = 30.0  # waiting for prepared transactions on frozen inodes to finish
+CATCH_UP_TIMEOUT_S = 300.0  # a new replica receiving the group's log or snapshot
 RESUME_INTERVAL_S = 0.5  # how often a group with a pending change asks its coordinator
 KEY_LOCK_BASE = 1 << 63  # key-table locks (fsops.key_lock) live above this
 
@@ -61,18 +65,19 @@ KEY_LOCK_BASE = 1 << 63  # key-table locks (fsops.key_lock) live above this
 @dataclass(frozen=True, slots=True)
 class RingPrepare:
     nodelist: bytes  # the new NodeList
+    change_id: bytes  # this attempt at the change (ringstate.py)
 
 
 @message("cl.ring_export")
 @dataclass(frozen=True, slots=True)
 class RingExport:
-    version: int
+    change_id: bytes
 
 
 @message("cl.ring_import")
 @dataclass(frozen=True, slots=True)
 class RingImport:
-    version: int
+    change_id: bytes
     items: tuple[tuple[bytes, bytes], ...]
     chunks: tuple[tuple[int, int, bytes], ...]  # (ino, index, the chunk file's bytes)
 
@@ -86,20 +91,20 @@ class RingCommit:
 @message("cl.ring_abort")
 @dataclass(frozen=True, slots=True)
 class RingAbort:
-    version: int
+    change_id: bytes
 
 
 @message("cl.ring_query")
 @dataclass(frozen=True, slots=True)
 class RingQuery:
-    version: int  # the pending change the asker holds
+    change_id: bytes  # the pending change the asker holds
 
 
 @message("cl.ring_state")
 @dataclass(frozen=True, slots=True)
 class RingState:
     nodelist: bytes  # the group's installed NodeList (b"" if none)
-    pending: int  # the version of its pending change, 0 if none
+    change_id: bytes  # the id of its pending change, b"" if none
 
 
 @message("cl.ring_done")
@@ -111,7 +116,8 @@ class RingDone:
 @message("cl.join")
 @dataclass(frozen=True, slots=True)
 class JoinRequest:
-    """Add `info` to the cluster (as a new group). Any node takes it to the coordinator."""
+    """Add `info` to the cluster: a new group, or a replica of an existing one. Any node takes
+    it to the coordinator."""
 
     info: NodeInfo
 
@@ -119,9 +125,29 @@ class JoinRequest:
 @message("cl.leave")
 @dataclass(frozen=True, slots=True)
 class LeaveRequest:
-    """Remove node `node_id` (the whole group when it is the group's only member)."""
+    """Remove node `node_id`: a replica from its group, or the whole group when it is the
+    only member."""
 
     node_id: int
+
+
+@message("cl.replica_change")
+@dataclass(frozen=True, slots=True)
+class ReplicaChange:
+    """At a group's leader: add `node_id` (at RPC address `rpc`) as a learner, wait until it
+    caught up, promote it; or remove it (Raft dissertation §4.1: one server at a time)."""
+
+    add: bool
+    node_id: int
+    rpc: str
+
+
+@message("cl.retire")
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """To a replica removed from its group: stop, if `nodelist` (the cluster's) lacks you."""
+
+    nodelist: bytes
 
 
 @message("cl.change_reply")
@@ -141,12 +167,10 @@ def coordinator_of(old: NodeList, new: NodeList) -> int:
 
 
 def joined(old: NodeList, info: NodeInfo) -> NodeList:
-    """The NodeList with `info` added as a new group (RemoteError(BAD_CHANGE) if it cannot)."""
+    """The NodeList with `info` added: to its group, or as a new one (RemoteError(BAD_CHANGE)
+    if it cannot)."""
     if any(n.node_id == info.node_id for n in old.nodes):
         raise RemoteError(BAD_CHANGE, f"node {info.node_id} is in the cluster already")
-    if info.group in old.groups():
-        raise RemoteError(BAD_CHANGE, f"group {info.group} exists: adding a replica to a "
-                          "group is a Raft membership change, not supported yet")
     try:
         return NodeList(old.version + 1, (*old.nodes, info))
     except ValueError as e:
@@ -154,14 +178,12 @@ def joined(old: NodeList, info: NodeInfo) -> NodeList:
 
 
 def left(old: NodeList, node_id: int) -> NodeList:
-    """The NodeList without node `node_id`'s group (RemoteError(BAD_CHANGE) if it cannot)."""
+    """The NodeList without node `node_id` (its whole group when it is the only member;
+    RemoteError(BAD_CHANGE) if it cannot)."""
     try:
-        info = old.node(node_id)
+        old.node(node_id)
     except KeyError:
         raise RemoteError(BAD_CHANGE, f"node {node_id} is not in the cluster") from None
-    if len(old.members(info.group)) > 1:
-        raise RemoteError(BAD_CHANGE, f"node {node_id} is one of several replicas of group "
-                          f"{info.group}: removing a replica is not supported yet")
     rest = tuple(n for n in old.nodes if n.node_id != node_id)
     if not rest:
         raise RemoteError(BAD_CHANGE, "the last group cannot leave (drain the cluster)")
@@ -185,6 +207,8 @@ class GroupCaller:
             target = self._leader.get(group, members[0])
             try:
                 if target == self.local.rt.node_id:
+                    if isinstance(msg, JoinRequest | LeaveRequest):
+                        return await self.local.drive(msg, forward=False)
                     return await self.local.take(msg)
                 return await self.plane.call(target, msg, max(0.5, deadline
                                                               - trio.current_time()))
@@ -208,16 +232,20 @@ class RingMember:
     and the presumed-abort loop (module rules)."""
 
     def __init__(self, rt: GroupRuntime, plane: RpcPlane, chunk_size: int,
-                 flush_all: Callable[[], Awaitable[None]] | None = None) -> None:
+                 flush_all: Callable[[], Awaitable[None]] | None = None,
+                 stop: Callable[[], None] | None = None) -> None:
         self.rt = rt
         self.plane = plane
         self.chunk_size = chunk_size
         self.flush_all = flush_all  # before a leave: upload what can be (best effort)
+        self.stop = stop  # this node was removed from its group: stop it
         self.caller = GroupCaller(plane, self)
         self._driving = trio.Lock()  # one change at a time, driven by this node
-        self._driven = 0  # the version of the change this node drives (0: none)
-        for cls in (RingPrepare, RingExport, RingImport, RingCommit, RingAbort, RingQuery):
+        self._driven = b""  # the id of the change this node drives (b"": none)
+        for cls in (RingPrepare, RingExport, RingImport, RingCommit, RingAbort, RingQuery,
+                    ReplicaChange):
             plane.register(cls, self._on_step)
+        plane.register(Retire, self._on_retire)
         for cls in (JoinRequest, LeaveRequest):
             plane.register(cls, self._on_change, admin=True)
 
@@ -243,32 +271,32 @@ class RingMember:
         if isinstance(msg, RingQuery):
             freeze = self.rt.sm.freeze
             return RingState(self.rt.sm.nodelist_bytes or b"",
-                             freeze.new.version if freeze is not None else 0)
+                             freeze.change_id if freeze is not None else b"")
         if isinstance(msg, RingPrepare):
             self._know(NodeList.decode(msg.nodelist))
-            await self._propose(ringstate.encode_prepare(msg.nodelist))
+            await self._propose(ringstate.encode_prepare(msg.nodelist, msg.change_id))
             freeze = self.rt.sm.freeze
-            version = NodeList.decode(msg.nodelist).version
-            if freeze is None and self.rt.ring_version() >= version:
-                return RingDone()  # installed already (a retried step)
-            if freeze is None or freeze.new.version != version:
+            if freeze is None or freeze.change_id != msg.change_id:
                 raise RemoteError(RING_BUSY, f"group {self.rt.group}: another ring change "
                                   "is pending, or this group has a newer ring")
             return RingDone()
         if isinstance(msg, RingImport):
-            self._pending(msg.version)
-            await self._propose(ringstate.encode_import(msg.version, list(msg.items),
+            self._pending(msg.change_id)
+            await self._propose(ringstate.encode_import(msg.change_id, list(msg.items),
                                                         list(msg.chunks)))
             return RingDone()
         if isinstance(msg, RingExport):
-            return RingDone(await self._export(msg.version))
+            return RingDone(await self._export(msg.change_id))
+        if isinstance(msg, ReplicaChange):
+            await (self._add_replica(msg) if msg.add else self._remove_replica(msg))
+            return RingDone()
         if isinstance(msg, RingCommit):
             version = NodeList.decode(msg.nodelist).version
             if self.rt.ring_version() < version:
                 await self._propose_raw(encode_nodelist_entry(msg.nodelist))
             return RingDone()
         assert isinstance(msg, RingAbort), msg
-        await self._propose(ringstate.encode_abort(msg.version))
+        await self._propose(ringstate.encode_abort(msg.change_id))
         return RingDone()
 
     def _know(self, nodelist: NodeList) -> None:
@@ -277,11 +305,11 @@ class RingMember:
             if n.node_id != self.rt.node_id:
                 self.plane.add_peer(n.node_id, peer_url(self.plane, n.rpc))
 
-    def _pending(self, version: int) -> ringstate.Freeze:
+    def _pending(self, change_id: bytes) -> ringstate.Freeze:
         freeze = self.rt.sm.freeze
-        if freeze is None or freeze.new.version != version:
-            raise RemoteError(RING_BUSY, f"group {self.rt.group}: change to version {version} "
-                              "is not pending here")
+        if freeze is None or freeze.change_id != change_id:
+            raise RemoteError(RING_BUSY, f"group {self.rt.group}: ring change "
+                              f"{change_id.hex()} is not pending here")
         return freeze
 
     async def _propose(self, entry: dict[str, Any]) -> None:
@@ -293,10 +321,66 @@ class RingMember:
         except Exception as e:  # NotLeader, a lost proposal: the caller retries the step
             raise RemoteError(p.UNAVAILABLE, f"proposal failed: {e!r}") from e
 
+    # -- replicas (Raft membership changes; no state moves) ---------------------------------
+
+    async def _add_replica(self, msg: ReplicaChange) -> None:
+        raft = self.rt.driver.node.raft
+        self.plane.add_peer(msg.node_id, peer_url(self.plane, msg.rpc))
+        if msg.node_id not in raft.conf.voters | raft.conf.learners:
+            await self._conf_change(ConfChange(ConfChangeType.ADD_LEARNER, msg.node_id))
+        if msg.node_id in self.rt.driver.node.raft.conf.voters:
+            return  # promoted already (a retried step)
+        with trio.fail_after(CATCH_UP_TIMEOUT_S):  # the learner has the log (or a snapshot)
+            while True:
+                raft = self.rt.driver.node.raft
+                pr = raft.trk.get(msg.node_id)
+                if not self.rt.is_leader():
+                    raise RemoteError(p.NOT_LEADER, str(self.rt.leader_id()))
+                if pr is not None and pr.match >= raft.log.committed:
+                    break
+                await trio.sleep(0.05)
+        await self._conf_change(ConfChange(ConfChangeType.PROMOTE, msg.node_id))
+        log.info("group %d: node %d added as a voter", self.rt.group, msg.node_id)
+
+    async def _remove_replica(self, msg: ReplicaChange) -> None:
+        raft = self.rt.driver.node.raft
+        if msg.node_id not in raft.conf.voters | raft.conf.learners:
+            return  # removed already (a retried step)
+        if msg.node_id == self.rt.node_id:
+            # A leader does not remove itself: hand leadership to another voter first; the
+            # caller follows the NOT_LEADER answer to it.
+            others = sorted(raft.conf.voters - {self.rt.node_id})
+            if not others:
+                raise RemoteError(BAD_CHANGE, "the group's last voter cannot be removed")
+            self.rt.driver.node.transfer_leader(others[0])
+            with trio.move_on_after(5.0):
+                while self.rt.is_leader():
+                    await trio.sleep(0.05)
+            raise RemoteError(p.NOT_LEADER, str(self.rt.leader_id()))
+        await self._conf_change(ConfChange(ConfChangeType.REMOVE, msg.node_id))
+        log.info("group %d: node %d removed", self.rt.group, msg.node_id)
+
+    async def _conf_change(self, cc: ConfChange) -> None:
+        try:
+            await self.rt.driver.propose_conf_change(cc)
+        except ConfChangeRejected as e:  # another change pending: the caller tries again
+            raise RemoteError(p.UNAVAILABLE, f"membership change refused: {e}") from e
+        except Exception as e:  # NotLeader, a lost proposal
+            raise RemoteError(p.UNAVAILABLE, f"membership change failed: {e!r}") from e
+
+    async def _on_retire(self, peer: int, msg: Retire) -> RingDone:
+        nodelist = NodeList.decode(msg.nodelist)
+        if self.rt.node_id not in {n.node_id for n in nodelist.nodes} and self.stop:
+            log.info("node %d: removed from group %d; stopping", self.rt.node_id,
+                     self.rt.group)
+            self.stop()
+        return RingDone()
+
     # -- export -----------------------------------------------------------------------------
 
-    async def _export(self, version: int) -> int:
-        freeze = self._pending(version)
+    async def _export(self, change_id: bytes) -> int:
+        freeze = self._pending(change_id)
+        version = freeze.new.version
         if freeze.exported:
             return 0
         await self._quiet(freeze)
@@ -318,8 +402,8 @@ class RingMember:
         members = freeze.nodelist.groups()
         moved = 0
         for dest, items in sorted(by_group.items()):
-            moved += await self._send(members[dest], dest, version, items)
-        await self._propose(ringstate.encode_exported(version))
+            moved += await self._send(members[dest], dest, change_id, items)
+        await self._propose(ringstate.encode_exported(change_id))
         metrics.MIGRATED_BYTES.inc(moved)
         log.info("group %d: sent %d keys (%d bytes) for ring version %d", group,
                  sum(len(v) for v in by_group.values()), moved, version)
@@ -335,7 +419,7 @@ class RingMember:
                     return
                 await trio.sleep(0.01)
 
-    async def _send(self, members: tuple[int, ...], dest: int, version: int,
+    async def _send(self, members: tuple[int, ...], dest: int, change_id: bytes,
                     items: list[tuple[bytes, bytes]]) -> int:
         """Import entries at `dest`, each up to BATCH_BYTES (a chunk may exceed it alone)."""
         chunks_dir = self.rt.sm.chunks
@@ -347,7 +431,7 @@ class RingMember:
         async def flush() -> None:
             nonlocal batch, blobs, size
             if batch or blobs:
-                await self.caller.call(members, dest, RingImport(version, tuple(batch),
+                await self.caller.call(members, dest, RingImport(change_id, tuple(batch),
                                                                  tuple(blobs)))
             batch, blobs, size = [], [], 0
 
@@ -368,18 +452,48 @@ class RingMember:
     # -- driving a change (at the coordinator's leader) -------------------------------------
 
     async def _on_change(self, peer: int, msg: JoinRequest | LeaveRequest) -> ChangeReply:
+        return await self.drive(msg, forward=True)
+
+    async def drive(self, msg: JoinRequest | LeaveRequest, *, forward: bool) -> ChangeReply:
+        """Make the change if this node leads the coordinator's group; else hand it to that
+        leader (`forward`) or answer NOT_LEADER (when this node is the one handed it)."""
         current = self._nodelist()
         new = joined(current, msg.info) if isinstance(msg, JoinRequest) else left(
             current, msg.node_id)
         coord = coordinator_of(current, new)
-        if coord != self.rt.group:  # not ours to drive: hand it to the coordinator's leader
-            return await self.caller.call(current.members(coord), coord, msg, 600.0)
-        if not self.rt.is_leader():
-            raise RemoteError(p.NOT_LEADER, str(self.rt.leader_id()))
+        if coord != self.rt.group or not self.rt.is_leader():
+            if not forward:
+                raise RemoteError(p.NOT_LEADER, str(self.rt.leader_id()))
+            return await self.caller.call(current.members(coord), coord, msg, 900.0)
+        if set(new.groups()) == set(current.groups()):
+            return await self._replica_change(current, new, msg)
         if isinstance(msg, LeaveRequest) and self.flush_all is not None:
             with trio.move_on_after(STEP_TIMEOUT_S):
                 await self.flush_all()
         return await self.change(new)
+
+    async def _replica_change(self, current: NodeList, new: NodeList,
+                              msg: JoinRequest | LeaveRequest) -> ChangeReply:
+        """A replica joins or leaves a group: a Raft membership change in that group, then a
+        NodeList with the same groups (nothing moves; every router learns the members)."""
+        if isinstance(msg, JoinRequest):
+            info = msg.info
+            self._know(new)
+            await self.caller.call(current.members(info.group), info.group,
+                                   ReplicaChange(True, info.node_id, info.rpc),
+                                   CATCH_UP_TIMEOUT_S + STEP_TIMEOUT_S)
+            metrics.MEMBERSHIP_CHANGES.labels("replica_add").inc()
+            return await self.change(new, count=False)
+        info = current.node(msg.node_id)
+        await self.caller.call(current.members(info.group), info.group,
+                               ReplicaChange(False, info.node_id, info.rpc))
+        reply = await self.change(new, count=False)
+        metrics.MEMBERSHIP_CHANGES.labels("replica_remove").inc()
+        try:  # it no longer hears its group's log: tell it to stop
+            await self.plane.call(info.node_id, Retire(reply.nodelist), 5.0)
+        except (RemoteError, PeerUnavailable, RpcTimeout, ConnectionLost) as e:
+            log.info("node %d was removed but not told to stop: %r", info.node_id, e)
+        return reply
 
     def _nodelist(self) -> NodeList:
         raw = self.rt.sm.nodelist_bytes
@@ -387,42 +501,49 @@ class RingMember:
             raise RemoteError(p.UNAVAILABLE, "no node list yet")
         return NodeList.decode(raw)
 
-    async def change(self, new: NodeList) -> ChangeReply:
+    async def change(self, new: NodeList, *, count: bool = True) -> ChangeReply:
         """Drive the change from the current NodeList to `new` (module docstring)."""
         async with self._driving:
             old = self._nodelist()
             if new.version != old.version + 1:
                 raise RemoteError(BAD_CHANGE, f"version {new.version} after {old.version}")
-            self._driven = new.version
+            freeze = self.rt.sm.freeze
+            if freeze is not None:  # a change no one drives (this node restarted): drop it
+                log.info("group %d: ring change to version %d has no driver: aborting",
+                         self.rt.group, freeze.new.version)
+                await self.take(RingAbort(freeze.change_id))
+            change_id = secrets.token_bytes(8)
+            self._driven = change_id
             self._know(new)
             start = time.perf_counter()
             try:
-                moved = await self._two_phase(old, new)
+                moved = await self._two_phase(old, new, change_id)
             finally:
-                self._driven = 0
-        kind = "join" if len(new.groups()) > len(old.groups()) else "leave"
-        metrics.MEMBERSHIP_CHANGES.labels(kind).inc()
+                self._driven = b""
+        kind = "join" if len(new.nodes) > len(old.nodes) else "leave"
+        if count:
+            metrics.MEMBERSHIP_CHANGES.labels(kind).inc()
         seconds = time.perf_counter() - start
         log.info("ring version %d -> %d (%s) in %.2f s, %d bytes moved", old.version,
                  new.version, kind, seconds, moved)
         return ChangeReply(new.encode(), moved, seconds)
 
-    async def _two_phase(self, old: NodeList, new: NodeList) -> int:
+    async def _two_phase(self, old: NodeList, new: NodeList, change_id: bytes) -> int:
         members = {**old.groups(), **new.groups()}
         coord = self.rt.group
         others = sorted(g for g in members if g != coord)
         raw = new.encode()
         moved = 0
         try:
-            await self.take(RingPrepare(raw))
-            await self._each(members, others, RingPrepare(raw))
-            replies = await self._each(members, sorted(old.groups()), RingExport(new.version))
+            await self.take(RingPrepare(raw, change_id))
+            await self._each(members, others, RingPrepare(raw, change_id))
+            replies = await self._each(members, sorted(old.groups()), RingExport(change_id))
             moved = sum(r.moved_bytes for r in replies)
         except BaseException as e:
             log.warning("ring change to version %d failed (%r): aborting", new.version, e)
             with trio.CancelScope(shield=True), trio.move_on_after(STEP_TIMEOUT_S):
-                await self.take(RingAbort(new.version))
-                await self._each(members, others, RingAbort(new.version), check=False)
+                await self.take(RingAbort(change_id))
+                await self._each(members, others, RingAbort(change_id), check=False)
             raise
         await failpoints.reach("ring.before_commit")
         await self.take(RingCommit(raw))  # the commit point
@@ -455,7 +576,7 @@ class RingMember:
 
     async def _resolve(self) -> None:
         freeze = self.rt.sm.freeze
-        if freeze is None or not self.rt.is_leader() or self._driven == freeze.new.version:
+        if freeze is None or not self.rt.is_leader() or self._driven == freeze.change_id:
             return
         current = self.rt.sm.nodelist_bytes
         old = NodeList.decode(current) if current is not None else None
@@ -465,17 +586,17 @@ class RingMember:
         if coord == self.rt.group:
             log.info("group %d: ring change to version %d has no driver: aborting",
                      self.rt.group, pending.version)
-            await self.take(RingAbort(pending.version))
+            await self.take(RingAbort(freeze.change_id))
             return
         state = await self.caller.call(pending.members(coord), coord,
-                                       RingQuery(pending.version), 5.0)
+                                       RingQuery(freeze.change_id), 5.0)
         theirs = NodeList.decode(state.nodelist).version if state.nodelist else 0
         if theirs >= pending.version:
             await self.take(RingCommit(pending.encode()))
             log.info("group %d: ring version %d committed (learned from group %d)",
                      self.rt.group, pending.version, coord)
-        elif state.pending != pending.version:
-            await self.take(RingAbort(pending.version))
+        elif state.change_id != freeze.change_id:
+            await self.take(RingAbort(freeze.change_id))
             log.info("group %d: ring change to version %d aborted (learned from group %d)",
                      self.rt.group, pending.version, coord)
 
@@ -492,34 +613,52 @@ def _next(members: tuple[int, ...], node_id: int) -> int:
     return members[(i + 1) % len(members)]
 
 
-async def join_cluster(plane: RpcPlane, rt: GroupRuntime, me: NodeInfo, seed_url: str,
-                       timeout_s: float) -> NodeList:
-    """Start-up of a joining node (its group runs, with no NodeList): ask the member at
-    `seed_url` to add it, until the change is made, then return the NodeList its group
-    installed. A change refused for good (BAD_CHANGE) raises JoinError; busy or unreachable
-    members are asked again until `timeout_s`."""
+async def learn_cluster(plane: RpcPlane, seed_url: str, timeout_s: float) -> tuple[int, NodeList]:
+    """The node id at `seed_url` and the cluster's NodeList as it knows it (a joining node
+    decides from it whether it founds a new group or joins one as a replica)."""
     with trio.move_on_after(timeout_s):
-        seed = None
-        backoff_s = 0.1
-        while rt.sm.nodelist_bytes is None:
+        while True:
             try:
-                if seed is None:
-                    seed = await plane.identify(seed_url, 5.0)
-                    plane.add_peer(seed, seed_url)
-                await plane.call(seed, JoinRequest(me), 600.0)
+                seed = await plane.identify(seed_url, 5.0)
+                plane.add_peer(seed, seed_url)
+                reply = await plane.call(seed, p.GetNodeList(), 10.0)
+                return seed, NodeList.decode(reply.nodelist)
+            except (RemoteError, PeerUnavailable, RpcTimeout, ConnectionLost) as e:
+                log.info("joining through %s: %r; asking again", seed_url, e)
+            await trio.sleep(1.0)
+    raise JoinError(f"no member answered at {seed_url} in {timeout_s} s")
+
+
+async def join_cluster(plane: RpcPlane, rt: GroupRuntime, me: NodeInfo, seed: int,
+                       timeout_s: float) -> NodeList:
+    """Start-up of a joining node (its group member runs, with no NodeList): ask node `seed`
+    to add it until the change is made, then return the NodeList its group installed, the
+    first that names this node. A change refused for good (BAD_CHANGE) raises JoinError;
+    busy or unreachable members are asked again until `timeout_s`."""
+
+    def joined_here() -> bool:
+        raw = rt.sm.nodelist_bytes
+        return raw is not None and me.node_id in {n.node_id for n in NodeList.decode(raw).nodes}
+
+    with trio.move_on_after(timeout_s):
+        backoff_s = 0.1
+        while not joined_here():
+            try:
+                await plane.call(seed, JoinRequest(me), 900.0)
             except RemoteError as e:
                 if e.code == BAD_CHANGE and "already" not in e.message:
                     raise JoinError(f"node {me.node_id} cannot join: {e.message}") from None
                 log.info("node %d: join: %s; asking again", me.node_id, e)
             except (PeerUnavailable, RpcTimeout, ConnectionLost) as e:
-                log.info("node %d: join through %s: %r; asking again", me.node_id, seed_url, e)
+                log.info("node %d: join through node %d: %r; asking again", me.node_id, seed, e)
             # The change installs our group's NodeList (or our own resolve loop learns it).
             with trio.move_on_after(backoff_s):
-                while rt.sm.nodelist_bytes is None:
+                while not joined_here():
                     await rt.ring_event.wait()
             backoff_s = min(backoff_s * 2, 5.0)
+        assert rt.sm.nodelist_bytes is not None
         return NodeList.decode(rt.sm.nodelist_bytes)
-    raise JoinError(f"node {me.node_id} did not join through {seed_url} in {timeout_s} s")
+    raise JoinError(f"node {me.node_id} did not join through node {seed} in {timeout_s} s")
 
 
 class JoinError(Exception):

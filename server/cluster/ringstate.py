@@ -5,19 +5,20 @@ A ring change (join or leave of a group: ringchange.py drives it) is a two-phase
 every group of the old and the new ring. In each group it is these log entries (`KIND_RING` in
 statemachine.py), applied here in a worker thread:
 
-- prepare(new NodeList): the group records the pending list and freezes what it gives away:
-  every inode with state that moves (its metadata, entries, inline bytes, materialized chunks,
-  dirty mark) and every store whose key table moves. A transaction that would change frozen
-  state, or create state that would move, aborts with MOVING (the gateway waits and retries);
-  transactions on everything else go on.
-- import(version, items, chunks): keys and materialized chunk bytes another group gives this
+- prepare(new NodeList, id): the group records the pending list and the change's id (every
+  later entry of the change names it, so a step of an aborted attempt never touches another),
+  and freezes what it gives away: every inode with state that moves (its metadata, entries,
+  inline bytes, materialized chunks, dirty mark) and every store whose key table moves. A
+  transaction that would change frozen state, or create state that would move, aborts with
+  MOVING (the gateway waits and retries); transactions on everything else go on.
+- import(id, items, chunks): keys and materialized chunk bytes another group gives this
   one. They stay invisible: no request reaches them before the new ring is installed here.
-- exported(version): this group has sent everything it gives away; from now on its leader
+- exported(id): this group has sent everything it gives away; from now on its leader
   answers reads of frozen state with MOVING too, because the new owner may install the new
   ring (and take writes) at any moment.
 - install: the NodeList entry itself (version above the current one). The group keeps only
   the keys it owns under the new ring: the rest are deleted with their chunk files.
-- abort(version): the pending change is dropped; keys imported for it are deleted (the group
+- abort(id): the pending change is dropped; keys imported for it are deleted (the group
   keeps only what it owns under its current ring) and the freeze ends.
 
 Rules:
@@ -50,7 +51,8 @@ from storage.chunks import ChunkStore
 from storage.kv import KvStore
 
 PENDING = b"sm.ring.pending"  # the NodeList being moved to (its encoding)
-EXPORTED = b"sm.ring.exported"  # u64 version: this group sent all it gives away
+PENDING_ID = b"sm.ring.id"  # the pending change's id (random, one per attempt)
+EXPORTED = b"sm.ring.exported"  # b"": this group sent all it gives away
 FROZEN_INO = b"sm.ring.fi/"  # + u64 ino: an inode with state leaving this group
 FROZEN_STORE = b"sm.ring.fs/"  # + u32 store: a store whose key table leaves this group
 ROOT_MARK = b"/"  # the etag of a store's root directory (server/cluster/bucket.py)
@@ -62,22 +64,22 @@ _KEY_RECORDS = (KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease)
 _U64 = struct.Struct(">Q")
 
 
-def encode_prepare(nodelist: bytes) -> dict[str, Any]:
-    return {"op": "prepare", "nodelist": nodelist}
+def encode_prepare(nodelist: bytes, change_id: bytes) -> dict[str, Any]:
+    return {"op": "prepare", "nodelist": nodelist, "id": change_id}
 
 
-def encode_import(version: int, items: list[tuple[bytes, bytes]],
+def encode_import(change_id: bytes, items: list[tuple[bytes, bytes]],
                   chunks: list[tuple[int, int, bytes]]) -> dict[str, Any]:
-    return {"op": "import", "version": version, "items": [list(i) for i in items],
+    return {"op": "import", "id": change_id, "items": [list(i) for i in items],
             "chunks": [list(c) for c in chunks]}
 
 
-def encode_exported(version: int) -> dict[str, Any]:
-    return {"op": "exported", "version": version}
+def encode_exported(change_id: bytes) -> dict[str, Any]:
+    return {"op": "exported", "id": change_id}
 
 
-def encode_abort(version: int) -> dict[str, Any]:
-    return {"op": "abort", "version": version}
+def encode_abort(change_id: bytes) -> dict[str, Any]:
+    return {"op": "abort", "id": change_id}
 
 
 # -- ownership -------------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class Freeze:
     """What a group with a pending ring change must not change (module rules)."""
 
     nodelist: NodeList  # the pending one
+    change_id: bytes  # which attempt at it (an aborted one may be tried again)
     old: Ring | None  # None: this group is in no ring yet (it is joining)
     new: Ring
     inos: frozenset[int]
@@ -202,8 +205,9 @@ def load_freeze(kv: KvStore, vnodes: int) -> Freeze | None:
                      for k, _ in scan_all(kv, FROZEN_INO))
     stores = frozenset(struct.unpack_from(">I", k, len(FROZEN_STORE))[0]
                        for k, _ in scan_all(kv, FROZEN_STORE))
-    exported = _u64(kv.get_sync(EXPORTED)) == new.version
-    return Freeze(new, old, new.ring(vnodes), inos, stores, exported)
+    exported = kv.get_sync(EXPORTED) is not None
+    return Freeze(new, kv.get_sync(PENDING_ID) or b"", old, new.ring(vnodes), inos, stores,
+                  exported)
 
 
 # -- applying the entries (worker thread; `writes` is the batch, applied state in `kv`) ------
@@ -229,13 +233,13 @@ class RingApply:
         op = entry.get("op")
         pending = self.pending()
         if op == "prepare":
-            self._prepare(entry["nodelist"], pending)
-        elif pending is None or entry.get("version") != pending.version:
+            self._prepare(entry["nodelist"], entry["id"], pending)
+        elif pending is None or entry.get("id") != self.kv.get_sync(PENDING_ID):
             return  # for a change that is over (or never reached this group): nothing to do
         elif op == "import":
             self._import(entry["items"], entry["chunks"])
         elif op == "exported":
-            self.writes[EXPORTED] = _U64.pack(pending.version)
+            self.writes[EXPORTED] = b""
         elif op == "abort":
             self._end()
             current = self.current()
@@ -247,12 +251,13 @@ class RingApply:
         self._end()
         self._keep_owned(NodeList.decode(nodelist).ring(self.vnodes))
 
-    def _prepare(self, nodelist: bytes, pending: NodeList | None) -> None:
+    def _prepare(self, nodelist: bytes, change_id: bytes, pending: NodeList | None) -> None:
         new = NodeList.decode(nodelist)
         current = self.current()
         if pending is not None or (current is not None and new.version <= current.version):
             return  # a duplicate, or one change at a time (the driver aborts the other first)
         self.writes[PENDING] = nodelist
+        self.writes[PENDING_ID] = change_id
         ring = new.ring(self.vnodes)
         roots = store_roots(self.kv)
         for _, k, _ in leaving(self.kv, ring if self.group in ring.groups else None,
@@ -284,6 +289,7 @@ class RingApply:
             for k, _ in scan_all(self.kv, prefix):
                 self.writes[k] = None
         self.writes[PENDING] = None
+        self.writes[PENDING_ID] = None
         self.writes[EXPORTED] = None
 
     def _keep_owned(self, ring: Ring | None) -> None:

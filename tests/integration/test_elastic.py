@@ -184,3 +184,29 @@ def test_join_whose_new_node_is_killed_after_the_commit_point_completes(tmp_path
         assert _ring(c, 1) == (2, [1, 2])
     finally:
         c.down(check=False)
+
+
+def test_replicas_join_a_group_serve_through_the_loss_of_one_and_leave(cluster, tmp_path):
+    """Adding a replica is a Raft membership change in its group (nothing moves); a group of
+    three serves on with one member killed; a removed replica stops."""
+    want = _write_tree(cluster, tmp_path, 1, "a", [100, 70_000, 3 * MiB + 1] + [5000] * 20, 1)
+    cluster.add_node(2, group=1)
+    cluster.add_node(3, group=1)
+    assert _ring(cluster, 1) == (3, [1])
+    _check(cluster, want, [1, 2, 3])
+    res = cluster.admin("status", "--json")
+    import json
+
+    rows = json.loads(res.stdout)["nodes"]
+    assert sorted(r["node_id"] for r in rows if r["group"] == 1) == [1, 2, 3]
+    cluster.kill9(1)  # the founder (and likely leader): the other two elect one and serve
+    want |= _write_tree(cluster, tmp_path, 2, "b", [10, 40_000], 2)
+    for path, digest in sorted(want.items()):
+        assert hashlib.sha256(nfs_cat(cluster.url(3, path))).hexdigest() == digest, path
+    cluster.restart(1)
+    res = cluster.admin("leave", "2", node_id=3)
+    assert res.returncode == 0, res.stdout + res.stderr + cluster.log_tails()
+    cluster.wait_exit(2)
+    del cluster.nodes[2]
+    assert _ring(cluster, 1) == (4, [1])
+    _check(cluster, want, [1, 3])
