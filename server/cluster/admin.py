@@ -43,6 +43,8 @@ from server.rpc.plane import (
     RpcPlane,
 )
 
+DRAIN_POLL_S = 0.1  # the nodes stop soon after a drain's last status: ask often
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p_admin = sub.add_parser("admin", help="operate a running cluster")
@@ -269,7 +271,7 @@ async def _drain(node_id: int, addr: str, secret: bytes, args: argparse.Namespac
         show = DrainProgress(args.progress)
         while not status.finished:
             show.update(status)
-            await trio.sleep(0.2)
+            await trio.sleep(DRAIN_POLL_S)
             status = await plane.call(node_id, DrainPoll(status.drain_id), 30.0)
         show.close(status)
         nursery.cancel_scope.cancel()
