@@ -188,7 +188,7 @@ class GroupRuntime:
     def _register(self, plane: RpcPlane) -> None:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
                     p.FsStatRequest, p.RunTxn, p.DropCached, p.ScanFlush, p.PutObject,
-                    p.PutPart, p.KeysUnder):
+                    p.PutPart, p.KeysUnder, p.MaxInode):
             plane.register(cls, self._on_request)
         for cls in (p.ScanState, p.GetNodeList):  # read-only: fsck and status from admins
             plane.register(cls, self._on_request, admin=True)
@@ -260,6 +260,8 @@ class GroupRuntime:
             return await trio.to_thread.run_sync(self._scan_flush, request)
         if isinstance(request, p.KeysUnder):
             return await trio.to_thread.run_sync(self._keys_under, request)
+        if isinstance(request, p.MaxInode):
+            return await trio.to_thread.run_sync(self._max_inode, request)
         if self.bucket is not None and isinstance(request, p.ReadHead | p.ReadChunk):
             return await self._answer_backed(request)
         if isinstance(request, INLINE_READS):
@@ -315,6 +317,11 @@ class GroupRuntime:
         prefix = fs_keys.bucket_key(req.store, req.prefix)
         rows = self.kv.iterate_sync(prefix=prefix)
         return p.KeysReply(tuple(fs_keys.parse_bucket_key(k)[1] for k, _ in rows))
+
+    def _max_inode(self, req: p.MaxInode) -> p.MaxInodeReply:
+        rows = self.kv.iterate_sync(start=fs_keys.inode_key(req.lo),
+                                    stop=fs_keys.inode_key(req.hi), reverse=True, limit=1)
+        return p.MaxInodeReply(fs_keys.parse_inode_key(rows[0][0]) if rows else 0)
 
     def _scan_flush(self, req: p.ScanFlush) -> p.ScanFlushReply:
         """Write-back's tables, in key order (keys.BUCKET_KEY < keys.DIRTY)."""

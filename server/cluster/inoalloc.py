@@ -11,11 +11,14 @@ Rules:
   directories pass None and land wherever the next id hashes, which spreads directories, and
   with them the load, over the groups. Skipped ids are simply never used (2^44 per node).
 - Inode 1 is the root; counters start at FIRST_COUNTER so node 0 never hands out 0 or 1.
+- A node that joins with an empty data directory may carry the id of a node that left: its
+  counter starts above the highest id with its prefix that any group still holds (`floor`).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -50,10 +53,18 @@ class InoAllocator:
         self._lock = trio.Lock()
 
     @classmethod
-    async def open(cls, store: AllocStore, node_id: int, block: int = BLOCK) -> InoAllocator:
-        """The allocator of this node, continuing after every id reserved before."""
+    async def open(cls, store: AllocStore, node_id: int, block: int = BLOCK,
+                   floor: Callable[[], Awaitable[int]] | None = None) -> InoAllocator:
+        """The allocator of this node, continuing after every id reserved before. `floor`:
+        asked on a first start (nothing reserved on disk) for the lowest counter the node
+        may use (a node id that left the cluster and returns with an empty data directory
+        must not hand out its old ids again)."""
         raw = await store.get(KEY)
-        return cls(store, node_id, 0 if raw is None else _U64.unpack(raw)[0], block)
+        reserved = 0 if raw is None else _U64.unpack(raw)[0]
+        if raw is None and floor is not None:
+            reserved = await floor()
+            await store.write([(KEY, _U64.pack(reserved))], sync=True)
+        return cls(store, node_id, reserved, block)
 
     async def alloc(self, want_group: int | None, ring: RingView) -> int:
         """A fresh inode id, placed in `want_group` by `ring` if one is asked for."""

@@ -36,7 +36,7 @@ from server.cluster.drain import Drains
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
-from server.cluster.inoalloc import InoAllocator
+from server.cluster.inoalloc import NODE_SHIFT, InoAllocator
 from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
@@ -202,7 +202,8 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             await runtime.wait_serving()
         if waited.cancelled_caught:
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
-        alloc = await InoAllocator.open(kv, c.node_id)
+        alloc = await InoAllocator.open(
+            kv, c.node_id, floor=(lambda: _ino_floor(router, c.node_id)) if seed else None)
         stores = _open_stores(cfg)
         bucket = cfg.cache
         if stores:
@@ -280,6 +281,25 @@ def _gauges(runtime: GroupRuntime) -> dict[str, tuple[str, float]]:
                                               u["pinned_bytes"])
         out["objcache_cache_capacity_bytes"] = ("The cache's capacity", u["capacity_bytes"])
     return out
+
+
+async def _ino_floor(router: GroupRouter, node_id: int) -> int:
+    """The first inode counter a joining node may use: above every id with its prefix that a
+    group holds (its id may be that of a node that left; inoalloc.py)."""
+    lo, hi = node_id << NODE_SHIFT, (node_id + 1) << NODE_SHIFT
+    top = 0
+    for group in router.nodelist.groups():
+        while True:
+            try:
+                reply = await router.call(group, p.MaxInode(0, lo, hi))
+                break
+            except (p.RingChanged, p.Unavailable) as e:
+                log.info("inode floor: group %d: %s; asking again", group, e)
+        top = max(top, reply.ino)
+    floor = (top - lo + 1) if top else 0
+    log.info("node %d: a new inode counter: ids from %d (the highest held: %d)", node_id,
+             floor, top - lo if top else -1)
+    return floor
 
 
 async def _stop_when_left(runtime: GroupRuntime, node_id: int, stop: Callable[[], None]

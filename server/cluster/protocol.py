@@ -271,6 +271,23 @@ class FsStatReply:
     inodes: int  # inodes placed in this group
 
 
+@message("cl.max_inode")
+@dataclass(frozen=True, slots=True)
+class MaxInode:
+    """The highest inode id in [lo, hi) placed in the called group (a node whose id returns
+    with an empty data directory starts its inode counter above every id it handed out)."""
+
+    ring_version: int
+    lo: int
+    hi: int
+
+
+@message("cl.max_inode_reply")
+@dataclass(frozen=True, slots=True)
+class MaxInodeReply:
+    ino: int  # 0: none
+
+
 @message("cl.scan_state")
 @dataclass(frozen=True, slots=True)
 class ScanState:
@@ -347,7 +364,7 @@ class Ack:
 
 
 GroupRequest = (GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
-                | DropCached | ScanFlush | PutObject | PutPart | KeysUnder)
+                | DropCached | ScanFlush | PutObject | PutPart | KeysUnder | MaxInode)
 
 
 # -- the gateway's view of the router (router.py implements it; simulations fake it) ---------

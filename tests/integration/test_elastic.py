@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -94,6 +96,17 @@ def test_grow_to_three_groups_and_shrink_back_keeps_every_file(cluster, tmp_path
     del cluster.nodes[3]
     _check(cluster, want, [1])
     assert _ring(cluster, 1) == (5, [1])
+
+    # Node 2 returns with an empty data directory: its new inode ids stay clear of the ones
+    # it handed out before (inodes of /b live on, now in group 1).
+    shutil.rmtree(cluster.root / "n2")
+    cluster.add_node(2)
+    want |= _write_tree(cluster, tmp_path, 2, "d", [10, 20_000] + [100] * 20, 5)
+    m = re.search(r"a new inode counter: ids from (\d+) \(the highest held: (\d+)\)",
+                  cluster.log_tail(2, 400))
+    assert m is not None, cluster.log_tail(2)
+    assert int(m.group(1)) == int(m.group(2)) + 1 > 16  # above the ids of /b's files
+    _check(cluster, want, [1, 2])
 
 
 def test_the_last_group_cannot_leave(cluster):

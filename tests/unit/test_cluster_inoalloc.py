@@ -62,3 +62,22 @@ async def test_concurrent_allocs_are_unique(tmp_path) -> None:
         assert len(set(out)) == 40
     finally:
         await kv.close()
+
+
+async def test_a_first_start_with_a_floor_begins_above_it_and_asks_only_once(tmp_path) -> None:
+    kv = await KvStore.open(tmp_path / "kv")
+    asked = []
+
+    async def floor() -> int:
+        asked.append(1)
+        return 5000
+
+    try:
+        alloc = await InoAllocator.open(kv, 3, block=8, floor=floor)
+        ino = await alloc.alloc(None, Ring())
+        assert ino == (3 << NODE_SHIFT) | 5000
+        again = await InoAllocator.open(kv, 3, block=8, floor=floor)  # a restart: on disk
+        assert await again.alloc(None, Ring()) > ino
+        assert asked == [1]
+    finally:
+        await kv.close()
