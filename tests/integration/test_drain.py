@@ -8,7 +8,9 @@ libnfs, then `objcache admin drain`.
 - The S3 server (through a proxy) refuses the uploads of some files (403): the drain exits 1
   and names exactly those paths with the store's error; while it ran, writes were fenced
   (NFS3ERR_JUKEBOX); afterwards every node still serves, unfenced, the files read back and
-  are still dirty; with the faults lifted a second drain succeeds and the nodes exit 0.
+  are still dirty. An object changed behind the cluster's back (another size and ETag) fails
+  the next drain the same way; put back, and the faults lifted, a drain succeeds and the nodes
+  exit 0.
 
 Node exit codes: `cluster up` starts the nodes in their own sessions and exits, so this process
 makes itself their subreaper (prctl PR_SET_CHILD_SUBREAPER) to wait for them.
@@ -264,7 +266,20 @@ def test_a_drain_that_cannot_upload_fails_keeps_the_data_and_a_second_one_succee
             assert sum(n["dirty_files"] for n in status["nodes"]) >= 3  # 2 refused, after.bin
             assert "x.bad" not in bucket_tree(s3, s3_bucket.name, "f/")
 
+            # Another client changed an object the cluster wrote: its ETag is not the one the
+            # state records, and the drain refuses to stop on it.
+            ok_bin = s3.get_object(Bucket=s3_bucket.name, Key="f/ok.bin")["Body"].read()
+            assert ok_bin == files["/ok.bin"]  # written back by the failed drain
+            s3.put_object(Bucket=s3_bucket.name, Key="f/ok.bin", Body=b"not this")
             proxy.refusing = False
+            res = c.admin("drain", "--json", node_id=2)
+            doc = admin_json(res)
+            assert res.returncode == 1 and not doc["ok"], res.stdout + res.stderr
+            why = {p["path"]: p["why"] for p in doc["problems"] if p["path"]}
+            assert list(why) == ["/ok.bin"] and "8 bytes" in why["/ok.bin"], doc
+            assert alive(c) == {1: True, 2: True, 3: True}
+
+            s3.put_object(Bucket=s3_bucket.name, Key="f/ok.bin", Body=ok_bin)  # same ETag
             res = c.admin("drain", "--json", node_id=3)
             assert res.returncode == 0 and admin_json(res)["ok"], res.stdout + res.stderr
             assert exit_codes(c) == {1: 0, 2: 0, 3: 0}, c.log_tails()
