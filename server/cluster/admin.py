@@ -310,23 +310,32 @@ class DrainProgress:
                        (s.flushed, s.to_flush))
         if self.mode == "bar":
             if s.phase != self.phase:
-                if self.bar is not None:
-                    self.bar.close()
-                self.bar = tqdm(total=total, unit="file", desc=f"drain: {s.phase}",
-                                file=sys.stderr)
-            assert self.bar is not None
-            self.bar.total = total
-            self.bar.update(done - self.bar.n)
+                self._close_bar(passed=s.phase != "failed")
+                if s.phase in ("flushing", "verifying"):
+                    self.bar = tqdm(total=total, unit="file", desc=f"drain: {s.phase}",
+                                    file=sys.stderr)
+            if self.bar is not None:
+                self.bar.total = total
+                self.bar.update(done - self.bar.n)
         elif self.mode == "lines" and (time.monotonic() - self._last >= 1.0
                                        or s.phase != self.phase):
             self._last = time.monotonic()
             print(f"drain: {s.phase} {done}/{total}", file=sys.stderr, flush=True)
         self.phase = s.phase
 
+    def _close_bar(self, *, passed: bool) -> None:
+        """The bar of the phase that ended: full if it passed (the last poll may have come
+        before its last files)."""
+        if self.bar is None:
+            return
+        if passed and self.bar.total is not None:
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+        self.bar = None
+
     def close(self, s: DrainStatus) -> None:
         self.update(s)
-        if self.bar is not None:
-            self.bar.close()
+        self._close_bar(passed=s.ok)
 
 
 async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
