@@ -77,12 +77,14 @@ from server.fs.state import (
 from storage.chunks import ChunkStore
 from txn.kv import KvBatch, KvView
 
-__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "MOVING", "STALE", "UNMATERIALIZED",
+__all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "MISPLACED", "MOVING", "STALE",
+           "UNMATERIALIZED",
            "FsApplication", "decode_ops", "encode_ops", "owner_of", "perform_effects_sync",
            "root_ops"]
 
 INVALID = "INVALID"  # ops that do not decode: a gateway bug
 MOVING = "MOVING"  # the state is moving to another group (a ring change): wait and retry
+MISPLACED = "MISPLACED"  # the group's ring does not place this state here: plan again
 ROOT_INO = 1
 _DECODED_CACHE = 64  # locks_of, check and apply of one ops decode it once
 _DECODED_MAX_BYTES = 16 << 10  # larger ops are not kept
@@ -195,10 +197,10 @@ class FsApplication:
         self.config = config or FsConfig()
         self._effects: list[Effect] = []
         self._decoded: OrderedDict[bytes, tuple[object, ...]] = OrderedDict()
-        # Set by the state machine while a ring change is pending (ringstate.Freeze.blocks):
-        # records it answers True for abort with MOVING. Derived from the replicated state,
-        # so every replica decides alike.
-        self.frozen: Callable[[tuple[object, ...]], bool] | None = None
+        # Set by the state machine from its NodeList and a pending ring change
+        # (ringstate.Guard): a reason (MOVING, MISPLACED) aborts the records. Derived from
+        # the replicated state, so every replica decides alike.
+        self.guard: Callable[[tuple[object, ...]], str | None] | None = None
 
     def _records(self, ops: bytes) -> tuple[object, ...]:
         hit = self._decoded.get(ops)
@@ -222,8 +224,10 @@ class FsApplication:
     def check(self, ops: bytes, view: KvView) -> str | None:
         try:
             recs = self._records(ops)
-            if self.frozen is not None and self.frozen(recs):
-                return MOVING
+            if self.guard is not None:
+                refused = self.guard(recs)
+                if refused is not None:
+                    return refused
             fs_state.apply(Multi(recs), KvFsView(view), Changes(), 0)
         except RecordError:
             return INVALID

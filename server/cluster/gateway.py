@@ -58,7 +58,7 @@ from nfs_gateway.backend import (
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
 from server.cluster.fence import WriteFence
-from server.cluster.fsops import ENOTEMPTY, MOVING, encode_ops, owner_of
+from server.cluster.fsops import ENOTEMPTY, MISPLACED, MOVING, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
 from server.cluster.gateway_data import DataOps
 from server.cluster.gateway_ns import NamespaceOps
@@ -279,9 +279,10 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 return plan.finish(after)
             self.stats["aborts"] += 1
             self.last_abort = reply.reason
-            if reply.reason == MOVING:
-                # A ring change holds this state (ringstate.py): wait for the new placement
-                # without spending the conflict budget, up to the request timeout.
+            if reply.reason in (MOVING, MISPLACED):
+                # A ring change holds this state, or the group has a newer ring than the plan
+                # (ringstate.py): wait for the new placement without spending the conflict
+                # budget, up to the request timeout.
                 now = trio.current_time()
                 moving_since = now if moving_since is None else moving_since
                 if now - moving_since > self.router.request_timeout_s:

@@ -29,7 +29,7 @@ import trio
 from nfs_gateway.backend import Cred, FsError, NoEnt, SetAttrs
 from nfs_gateway.exports import normalize_path
 from server import metrics
-from server.cluster import bucket_reads, fsops, queries
+from server.cluster import bucket_reads, fsops, node_metrics, queries
 from server.cluster import protocol as p
 from server.cluster.bucket_admin import BucketAdmin
 from server.cluster.drain import Drains
@@ -241,6 +241,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         BucketAdmin(backend, plane, flusher).serve(nursery)
         serve_status(plane, runtime, backend)
         metrics.export_gauges(lambda: _gauges(runtime))
+        node_metrics.watch(runtime, flusher)
         metrics.export_counters("objcache_writeback", "Write-back: uploads, copies, parts, "
                                 "deletes, bytes, errors, rounds", flusher.stats)
         # A drain that verified the bucket stops the node with a SIGTERM to itself: the one

@@ -489,10 +489,12 @@ class RingMember:
                                ReplicaChange(False, info.node_id, info.rpc))
         reply = await self.change(new, count=False)
         metrics.MEMBERSHIP_CHANGES.labels("replica_remove").inc()
+        self.plane.add_peer(info.node_id, peer_url(self.plane, info.rpc))
         try:  # it no longer hears its group's log: tell it to stop
             await self.plane.call(info.node_id, Retire(reply.nodelist), 5.0)
         except (RemoteError, PeerUnavailable, RpcTimeout, ConnectionLost) as e:
             log.info("node %d was removed but not told to stop: %r", info.node_id, e)
+        self.plane.remove_peer(info.node_id)
         return reply
 
     def _nodelist(self) -> NodeList:

@@ -41,12 +41,20 @@ from typing import Any
 
 import cbor2
 
-from server.cluster.fsops import owner_of
+from server.cluster.fsops import MISPLACED, MOVING, owner_of
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
 from server.fs import keys
 from server.fs import records as fs_records
-from server.fs.records import KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease
+from server.fs.records import (
+    ChunkDelete,
+    ChunkTrim,
+    KeyClaim,
+    KeyGone,
+    KeyHold,
+    KeyLive,
+    KeyRelease,
+)
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 
@@ -61,6 +69,7 @@ ROOT_MARK = b"/"  # the etag of a store's root directory (server/cluster/bucket.
 MOVABLE = (keys.COOKIE, keys.DIRENT, keys.INODE, keys.MATERIALIZED, keys.BUCKET_KEY,
            keys.INLINE, keys.DIRTY)
 _KEY_RECORDS = (KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease)
+_EVERY_CHUNK_GROUP = (ChunkTrim, ChunkDelete)  # sent to each group that may hold chunks
 _U64 = struct.Struct(">Q")
 
 
@@ -191,6 +200,41 @@ class Freeze:
         if index is None:
             return self.old.group_of_inode(ino) != self.new.group_of_inode(ino)
         return self.old.group_of_chunk(ino, index) != self.new.group_of_chunk(ino, index)
+
+
+class Guard:
+    """The apply-time check of a group's placement (FsApplication.guard): records that would
+    change state frozen by a pending change answer MOVING; records for state the group's
+    current ring does not place in it answer MISPLACED (a transaction planned under an older
+    ring whose entry landed after the new ring's: the gateway plans it again). Both are
+    functions of the replicated state, so every replica decides alike."""
+
+    def __init__(self, ring: Ring | None, group: int, freeze: Freeze | None) -> None:
+        self.ring, self.group, self.freeze = ring, group, freeze
+
+    def __call__(self, recs: Any) -> str | None:
+        if self.freeze is not None and self.freeze.blocks(recs):
+            return MOVING
+        if self.ring is not None and self._misplaced(recs):
+            return MISPLACED
+        return None
+
+    def _misplaced(self, recs: Any) -> bool:
+        assert self.ring is not None
+        for r in recs:
+            if isinstance(r, fs_records.Multi):
+                if self._misplaced(r.records):
+                    return True
+                continue
+            if isinstance(r, _KEY_RECORDS + _EVERY_CHUNK_GROUP):
+                continue  # the key table is placed by its store's root; trims go everywhere
+            index = getattr(r, "index", None)
+            ino = owner_of(r)
+            where = (self.ring.group_of_inode(ino) if index is None
+                     else self.ring.group_of_chunk(ino, index))
+            if where != self.group:
+                return True
+        return False
 
 
 def load_freeze(kv: KvStore, vnodes: int) -> Freeze | None:

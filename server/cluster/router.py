@@ -53,6 +53,12 @@ class GroupRouter:
         for n in nodelist.nodes:  # nodes that joined since (a no-op for known peers)
             if n.node_id != self.node_id:
                 self.plane.add_peer(n.node_id, peer_url(self.plane, n.rpc))
+        old = getattr(self, "nodelist", None)
+        if old is not None:  # nodes that left: stop dialing them
+            kept = {n.node_id for n in nodelist.nodes}
+            for n in old.nodes:
+                if n.node_id not in kept and n.node_id != self.node_id:
+                    self.plane.remove_peer(n.node_id)
         self.nodelist = nodelist
         self._ring = nodelist.ring(self.vnodes)
         self._members = nodelist.groups()

@@ -143,7 +143,11 @@ class GroupStateMachine:
 
     def _load_freeze(self) -> None:
         self.freeze = ringstate.load_freeze(self.kv, self.vnodes)
-        self.app.frozen = self.freeze.blocks if self.freeze is not None else None
+        if not self.group:
+            return  # a test's group outside any ring change
+        ring = (NodeList.decode(self.nodelist_bytes).ring(self.vnodes)
+                if self.nodelist_bytes is not None else None)
+        self.app.guard = ringstate.Guard(ring, self.group, self.freeze)
 
     def apply_sync(self, entries: Sequence[Entry]) -> list[Applied]:
         """Apply committed entries (worker thread): runs of txn records in one batch each, a

@@ -161,3 +161,17 @@ def test_a_group_that_leaves_keeps_nothing(group1):
     assert kv.iterate_sync(prefix=keys.INODE) == []
     assert kv.iterate_sync(prefix=keys.BUCKET_KEY) == []
     assert not chunks.chunk_path(100, 1).exists()
+
+
+def test_the_guard_refuses_records_the_ring_places_elsewhere() -> None:
+    ring = nodelist(2, [1, 2]).ring(VNODES)
+    guard = ringstate.Guard(ring, 1, None)
+    here = next(i for i in range(100, 1000) if ring.group_of_inode(i) == 1)
+    there = next(i for i in range(100, 1000) if ring.group_of_inode(i) == 2)
+    assert guard((SetAttr(here, 0, mode=0o600),)) is None
+    assert guard((SetAttr(there, 0, mode=0o600),)) == ringstate.MISPLACED
+    far = next(x for x in range(1, 100) if ring.group_of_chunk(here, x) == 2)
+    assert guard((ChunkWrite(here, far, 0, b"x", CHUNK),)) == ringstate.MISPLACED
+    assert guard((records.Multi((ChunkWrite(here, 0, 0, b"x", CHUNK),)),)) is None
+    assert guard((KeyHold(3, b"k", there),)) is None  # placed by its store's root
+    assert guard((records.ChunkTrim(there, CHUNK, 0),)) is None  # goes to every chunk group
