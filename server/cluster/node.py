@@ -57,6 +57,7 @@ from txn.state import TxnState
 log = logging.getLogger("objcache.node")
 
 FSID = 1  # the cluster serves one file system
+LEAVE_GRACE_S = 0.5  # a node whose group left answers what it was asked, then stops
 ROOT_CRED = Cred(0, 0)
 
 
@@ -312,6 +313,7 @@ async def _stop_when_left(runtime: GroupRuntime, node_id: int, stop: Callable[[]
         raw = runtime.nodelist_bytes()
         if raw is not None and node_id not in {n.node_id for n in NodeList.decode(raw).nodes}:
             log.info("node %d: left the cluster; stopping", node_id)
+            await trio.sleep(LEAVE_GRACE_S)  # the answer to the change's last step goes out
             stop()
             return
 

@@ -57,6 +57,7 @@ BATCH_BYTES = 8 << 20  # one import entry (chunk bytes and keys); a chunk may ex
 STEP_TIMEOUT_S = 60.0  # one step at one group, retries included
 QUIET_TIMEOUT_S = 30.0  # waiting for prepared transactions on frozen inodes to finish
 CATCH_UP_TIMEOUT_S = 300.0  # a new replica receiving the group's log or snapshot
+LEAVER_COMMIT_TIMEOUT_S = 10.0  # telling a group that leaves the outcome (it may be gone)
 RESUME_INTERVAL_S = 0.5  # how often a group with a pending change asks its coordinator
 KEY_LOCK_BASE = 1 << 63  # key-table locks (fsops.key_lock) live above this
 
@@ -550,7 +551,13 @@ class RingMember:
         await failpoints.reach("ring.before_commit")
         await self.take(RingCommit(raw))  # the commit point
         await failpoints.reach("ring.after_commit")
-        await self._each(members, others, RingCommit(raw), timeout_s=600.0)
+        staying = [g for g in others if g in new.groups()]
+        leaving = [g for g in others if g not in new.groups()]
+        # A group that leaves stops once it installed the list, maybe before its answer gets
+        # out; if it did not install it, it learns the outcome from us when it restarts.
+        await self._each(members, leaving, RingCommit(raw), check=False,
+                         timeout_s=LEAVER_COMMIT_TIMEOUT_S)
+        await self._each(members, staying, RingCommit(raw), timeout_s=600.0)
         return moved
 
     async def _each(self, members: dict[int, tuple[int, ...]], groups: list[int], msg: Any, *,

@@ -6,18 +6,22 @@ bucket by their new owner.
 each step every file reads back byte for byte through every running node, fsck is clean, and
 the bucket has none of the written files. Then 3 -> 2 -> 1: a leave writes back first, so
 afterwards the bucket holds every file byte for byte, and the files still read back.
+Throughout, a client writes and reads small files through node 1; every write it was
+acknowledged reads back. At the end the last node drains (the bucket holds every file, the
+node exits) and a new, empty cluster over the same bucket serves the same tree.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clusterproc import LocalCluster
 from s3server import ACCESS_KEY, SECRET_KEY
-from serverproc import nfs_cat, nfs_cp
+from serverproc import ClientError, nfs_cat, nfs_cp
 
 pytestmark = pytest.mark.integration
 
@@ -48,21 +52,50 @@ def test_dirty_and_clean_files_through_joins_and_leaves(tmp_path: Path, s3_bucke
             local.write_bytes(dirty[name])
             nfs_cp(local, c.url(node, name))
 
-    def check(nodes: list[int], *, written_back: bool = False) -> None:
+    def bucket() -> dict[str, bytes]:
+        listed = s3.list_objects_v2(Bucket=s3_bucket.name, Prefix="el/")
+        return {o["Key"][3:]: s3.get_object(Bucket=s3_bucket.name, Key=o["Key"])["Body"].read()
+                for o in listed.get("Contents", [])}
+
+    def check(nodes: list[int], *, written_back: dict[str, bytes] | None = None) -> None:
+        """Every file reads back through `nodes`; fsck is clean; the bucket holds the clean
+        files and, if `written_back`, those too (else none of the written ones)."""
         for node in nodes:
             for name, data in {**dirty, **clean}.items():
                 assert nfs_cat(c.url(node, name)) == data, (node, name)
         assert c.fsck()["ok"]
-        listed = s3.list_objects_v2(Bucket=s3_bucket.name, Prefix="el/")
-        keys = {o["Key"] for o in listed.get("Contents", [])}
-        if not written_back:  # the written files are all still dirty
-            assert keys == {f"el/{k}" for k in clean}
+        held = bucket()
+        if written_back is None:
+            assert held == clean  # the written files are all still dirty
             return
-        assert keys == {f"el/{k}" for k in {**clean, **dirty}}
-        for name, data in dirty.items():
-            got = s3.get_object(Bucket=s3_bucket.name, Key=f"el/{name}")["Body"].read()
-            assert got == data, name
+        for name, data in {**clean, **written_back}.items():
+            assert held.get(name) == data, name
+        for name, data in held.items():  # anything else there is a file the client wrote
+            assert acked.get(name, clean.get(name, dirty.get(name))) == data, name
 
+    acked: dict[str, bytes] = {}
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def client() -> None:  # writes and reads through node 1, which stays
+        src = tmp_path / "client"
+        i = 0
+        while not stop.is_set():
+            name = f"w{i}.bin"
+            data = os.urandom(3000 + i)
+            src.write_bytes(data)
+            try:
+                nfs_cp(src, c.url(1, name))
+                acked[name] = data
+                old = f"w{max(0, i - 3)}.bin"
+                if nfs_cat(c.url(1, old)) != acked[old]:
+                    failures.append(f"{old} read back wrong")
+            except ClientError as e:  # not acknowledged: not a loss, but it must not happen
+                failures.append(f"{name}: {e}")
+            i += 1
+
+    worker = threading.Thread(target=client)
+    worker.start()
     try:
         for key, data in clean.items():  # cached at group 1 before the changes
             assert nfs_cat(c.url(1, key)) == data
@@ -74,10 +107,31 @@ def test_dirty_and_clean_files_through_joins_and_leaves(tmp_path: Path, s3_bucke
         check([1, 2, 3])
         write(3, "c")
         for gone in (2, 3):
+            before = {**dirty, **acked}  # a leave writes back first: at least these
             res = c.admin("leave", str(gone))
             assert res.returncode == 0, res.stdout + res.stderr + c.log_tails()
             c.wait_exit(gone)
             del c.nodes[gone]
-            check(sorted(c.nodes), written_back=True)
+            check(sorted(c.nodes), written_back=before)
+        stop.set()
+        worker.join()
+        assert not failures, failures
+        assert len(acked) > 20
+        dirty.update(acked)
+        check([1], written_back={})
+        res = c.admin("drain", "--json")
+        assert res.returncode == 0, res.stdout + res.stderr + c.log_tails()
+        c.wait_exit(1)
+        assert bucket() == {**clean, **dirty}
     finally:
+        stop.set()
+        worker.join()
         c.down(check=False)
+    cold = LocalCluster(tmp_path / "cold", nodes=1, up_args=(
+        "--store", f"{s3_bucket.url}/el", "--s3-endpoint", s3_bucket.server.endpoint))
+    cold.up()
+    try:
+        for name, data in {**dirty, **clean}.items():
+            assert nfs_cat(cold.url(1, name)) == data, name
+    finally:
+        cold.down(check=False)
