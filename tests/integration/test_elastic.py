@@ -122,6 +122,7 @@ def test_writes_during_a_join_are_all_kept(cluster, tmp_path):
     acked: dict[str, str] = {}
     stop = threading.Event()
     stalls: list[float] = []
+    failures: list[str] = []
 
     def writer() -> None:
         rng = random.Random(7)
@@ -133,7 +134,8 @@ def test_writes_during_a_join_are_all_kept(cluster, tmp_path):
             start = time.monotonic()
             try:
                 nfs_cp(f, cluster.url(1, f"/w/w{i}"))
-            except ClientError:
+            except ClientError as e:  # no error may reach a client during a change
+                failures.append(f"w{i}: {e}")
                 i += 1
                 continue
             stalls.append(time.monotonic() - start)
@@ -149,6 +151,7 @@ def test_writes_during_a_join_are_all_kept(cluster, tmp_path):
     finally:
         stop.set()
         t.join()
+    assert not failures, failures
     assert len(acked) > 10
     _check(cluster, acked, [1, 2])
 
