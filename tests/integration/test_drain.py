@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +33,7 @@ from clusterproc import LocalCluster
 from nfsclient import LibNfs
 from s3server import ACCESS_KEY, SECRET_KEY
 from serverproc import REPO, nfs_cat, nfs_cp, nfs_ls, wait_for
-from tools import s3faultproxy
-from tools.s3faultproxy import FaultProxy
+from tools.s3faultproxy import RefusingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -190,40 +188,6 @@ def test_drain_to_zero_then_a_new_cluster_serves_the_same_tree(
 
 
 # -- a drain that cannot upload everything -----------------------------------------------------
-
-
-DENIED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-               b"<Message>Access Denied</Message></Error>")
-DENIED = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: "
-          + str(len(DENIED_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + DENIED_BODY)
-
-
-class RefusingProxy(FaultProxy):
-    """Refuses every upload of a key with `refuse` in it while `refusing` (PUT and POST:
-    whole objects, parts, multipart starts and completions), as a bucket policy denying them
-    would: 403 AccessDenied, which the store does not retry (a 503 it retries for seconds,
-    longer than a gateway waits for the group doing it). Everything else passes. Refusals
-    are held until `release` is set: the test acts while the drain is surely flushing."""
-
-    def __init__(self, upstream: str, refuse: str) -> None:
-        super().__init__(upstream)
-        self.refuse = refuse.encode()
-        self.refusing = True
-        self.refused = 0
-        self.release = threading.Event()
-
-    def _one(self, head: bytes, client: Any, up: Any) -> bool:
-        method, target = head.split(b" ", 2)[:2]
-        if self.refusing and method in (b"PUT", b"POST") and self.refuse in target:
-            headers = s3faultproxy._headers(head)
-            if headers.get("expect", "").lower() != "100-continue":
-                s3faultproxy._relay_body(client.rfile, headers, None)
-            with self._lock:
-                self.refused += 1
-            self.release.wait(60)
-            client.sock.sendall(DENIED)
-            return False
-        return super()._one(head, client, up)
 
 
 def test_a_drain_that_cannot_upload_fails_keeps_the_data_and_a_second_one_succeeds(

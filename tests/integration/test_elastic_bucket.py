@@ -13,6 +13,7 @@ node exits) and a new, empty cluster over the same bucket serves the same tree.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any
 import pytest
 from clusterproc import LocalCluster
 from s3server import ACCESS_KEY, SECRET_KEY
-from serverproc import ClientError, nfs_cat, nfs_cp
+from serverproc import ClientError, nfs_cat, nfs_cp, nfsmeta
+from tools.s3faultproxy import RefusingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +137,50 @@ def test_dirty_and_clean_files_through_joins_and_leaves(tmp_path: Path, s3_bucke
             assert nfs_cat(cold.url(1, name)) == data, name
     finally:
         cold.down(check=False)
+
+
+def test_a_leave_whose_write_back_fails_hands_the_dirty_files_over(
+        tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bucket refuses some uploads: the leave still completes, moving those files, still
+    dirty, to the groups that stay; once the bucket takes them, a flush writes them back."""
+    s3 = s3_bucket.client()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    with RefusingProxy(s3_bucket.server.endpoint, refuse=".bad") as proxy:
+        proxy.release.set()  # refuse at once
+        c = LocalCluster(tmp_path / "c", nodes=1, up_args=(
+            "--store", f"{s3_bucket.url}/lv", "--s3-endpoint", proxy.endpoint,
+            "--flush-delay", "3600", "--ttl", "3600"))
+        c.up()
+        try:
+            c.add_node(2)
+            for d in range(6):  # directories spread over the groups, their files with them;
+                # each holds one file the bucket refuses
+                nfsmeta(c.export_url(2), "mkdir", f"/d{d}")
+            files = {f"d{i % 6}/f{i}.{'bad' if i % 5 == 0 else 'ok'}": os.urandom(1000 + 977 * i)
+                     for i in range(30)}
+            local = tmp_path / "src"
+            for i, (name, data) in enumerate(sorted(files.items())):
+                local.write_bytes(data)
+                nfs_cp(local, c.url(1 + i % 2, name))
+            res = c.admin("leave", "2", "--json")
+            assert res.returncode == 0, res.stdout + res.stderr + c.log_tails()
+            assert json.loads(res.stdout)["moved_bytes"] > 0  # group 2 held some of them
+            c.wait_exit(2)
+            del c.nodes[2]
+            assert proxy.refused > 0
+            for name, data in files.items():
+                assert nfs_cat(c.url(1, name)) == data, name
+            assert c.fsck()["ok"]
+            listed = s3.list_objects_v2(Bucket=s3_bucket.name, Prefix="lv/")
+            held = {o["Key"][3:] for o in listed.get("Contents", [])}
+            assert held - {f"d{d}/" for d in range(6)} == {
+                n for n in files if n.endswith(".ok")}  # the leave wrote these
+            proxy.refusing = False
+            flush = c.admin("flush", "/")
+            assert flush.returncode == 0, flush.stdout + flush.stderr
+            for name, data in files.items():
+                got = s3.get_object(Bucket=s3_bucket.name, Key=f"lv/{name}")["Body"].read()
+                assert got == data, name
+        finally:
+            c.down(check=False)

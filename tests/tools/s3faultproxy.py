@@ -344,3 +344,36 @@ def _slowdown_response() -> bytes:
         f"Content-Length: {len(SLOWDOWN_BODY)}\r\nDate: {date}\r\nConnection: close\r\n\r\n"
     ).encode() + SLOWDOWN_BODY
 
+
+DENIED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+               b"<Message>Access Denied</Message></Error>")
+DENIED = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: "
+          + str(len(DENIED_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + DENIED_BODY)
+
+
+class RefusingProxy(FaultProxy):
+    """Refuses every upload of a key with `refuse` in it while `refusing` (PUT and POST:
+    whole objects, parts, multipart starts and completions), as a bucket policy denying them
+    would: 403 AccessDenied, which the store does not retry (a 503 it retries for seconds,
+    longer than a gateway waits for the group doing it). Everything else passes. Refusals
+    are held until `release` is set: the test acts while the drain is surely flushing."""
+
+    def __init__(self, upstream: str, refuse: str) -> None:
+        super().__init__(upstream)
+        self.refuse = refuse.encode()
+        self.refusing = True
+        self.refused = 0
+        self.release = threading.Event()
+
+    def _one(self, head: bytes, client: _Peer, up: _Peer) -> bool:
+        method, target = head.split(b" ", 2)[:2]
+        if self.refusing and method in (b"PUT", b"POST") and self.refuse in target:
+            headers = _headers(head)
+            if headers.get("expect", "").lower() != "100-continue":
+                _relay_body(client.rfile, headers, None)
+            with self._lock:
+                self.refused += 1
+            self.release.wait(60)
+            client.sock.sendall(DENIED)
+            return False
+        return super()._one(head, client, up)
