@@ -5,7 +5,7 @@ Rules:
   for the export's root, and returns the handle made by the caller-given `make_handle` (the NFS3
   code owns the handle format). Operating errors become a mountstat3 in one table, `_MNT_ERRORS`.
 - Paths longer than MNTPATHLEN (1024) answer MNT3ERR_NAMETOOLONG; much longer ones (beyond what
-  any client sends) are garbage arguments.
+  any client sends) are garbage arguments. Paths that are not UTF-8 answer MNT3ERR_INVAL.
 - The mount list (DUMP) is advisory, as in every implementation: bounded, oldest dropped first.
 - EXPORT lists every export with its client networks ("*" for everyone); libnfs calls it.
 """
@@ -179,7 +179,13 @@ class MountService:
     async def mnt(self, ctx: CallContext, raw_path: bytes) -> MntResult:
         if len(raw_path) > MNTPATHLEN:
             return MntResult(MountStat.MNT3ERR_NAMETOOLONG)
-        path = normalize_path(raw_path.decode("utf-8", "surrogateescape"))
+        try:
+            # Exports and Backend.export_root take paths as str, and backends encode each
+            # name as UTF-8: a path that is not UTF-8 names nothing we can mount.
+            path = normalize_path(raw_path.decode("utf-8"))
+        except UnicodeDecodeError:
+            log.info("%s: MNT %r: not UTF-8", ctx.client, raw_path[:64])
+            return MntResult(MountStat.MNT3ERR_INVAL)
         export = self.exports.containing(path)
         if export is None:
             log.info("%s: MNT %r: no such export", ctx.client, path)

@@ -1,0 +1,46 @@
+"""Regression tests for what the fuzzers found: plain pytest, deterministic inputs, one test per
+failure, each naming the fuzzer that found it. Each failed before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nfs_gateway.exports import Export, ExportTable
+from nfs_gateway.mount import MNTPROC3_MNT, MOUNT_PROG, MountStat, make_mount_program
+from nfs_gateway.nfs3.program import handle_maker
+from nfs_gateway.rpc import AcceptStat, Dispatcher, decode_reply, encode_call
+from nfs_gateway.xdr import Packer
+from server.fs.backend import LocalBackend
+
+CLIENT = ("127.0.0.1", 700)
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[LocalBackend]:
+    async with LocalBackend(tmp_path / "fs") as be:
+        yield be
+
+
+def _string(data: bytes) -> bytes:
+    p = Packer()
+    p.pack_string(data)
+    return p.get_bytes()
+
+
+@pytest.mark.parametrize("path", [b"\x80", b"/\xff", b"/d/\xc3"])
+async def test_mnt_of_a_path_that_is_not_utf8_is_an_error_not_a_fault(backend, path):
+    """test_fuzz_rpc streams: MNT of b"\\x80" made the backend encode a surrogate-escaped
+    name (UnicodeEncodeError), answered SYSTEM_ERR with a stack in the log. RFC 1813
+    appendix I: the path names nothing we can mount, MNT3ERR_INVAL."""
+    d = Dispatcher(
+        [make_mount_program(backend, ExportTable([Export("/", 1)]), handle_maker(backend))]
+    )
+    reply = await d.dispatch(encode_call(7, MOUNT_PROG, 3, MNTPROC3_MNT, _string(path)), CLIENT)
+    hdr, u = decode_reply(b"".join(reply))
+    assert hdr.accept_stat == AcceptStat.SUCCESS
+    assert u.unpack_enum() == MountStat.MNT3ERR_INVAL
+    u.done()
+    assert d.counters["system_err"] == 0
