@@ -95,6 +95,8 @@ def decode(data: bytes) -> Any:
         return _decode_tagged(raw)
     except (TypeError, ValueError) as exc:  # e.g. an unhashable item where a set was declared
         raise CodecError(f"malformed message: {exc}") from exc
+    except RecursionError as exc:  # a message that contains itself (CBOR tags 28/29: a cycle)
+        raise CodecError("malformed message: nested without end") from exc
 
 
 # ---- tagged messages ----

@@ -14,6 +14,7 @@ from nfs_gateway.nfs3.program import handle_maker
 from nfs_gateway.rpc import AcceptStat, Dispatcher, decode_reply, encode_call
 from nfs_gateway.xdr import Packer
 from server.fs.backend import LocalBackend
+from server.rpc.codec import CodecError, decode
 
 CLIENT = ("127.0.0.1", 700)
 
@@ -44,3 +45,15 @@ async def test_mnt_of_a_path_that_is_not_utf8_is_an_error_not_a_fault(backend, p
     assert u.unpack_enum() == MountStat.MNT3ERR_INVAL
     u.done()
     assert d.counters["system_err"] == 0
+
+
+# --- the node RPC plane -------------------------------------------------------------------------
+
+
+def test_decode_of_a_message_that_contains_itself_is_a_codec_error():
+    """test_fuzz_plane (arbitrary CBOR): cbor2 decodes the value-sharing tags 28/29 into a
+    cyclic structure; a OneWay whose body is itself made decode() recurse until RecursionError,
+    which escaped it (only CodecError may) and crashed the connection's task."""
+    cyclic = bytes.fromhex("d81c83") + b"jrpc.oneway" + bytes.fromhex("0181d81d00")
+    with pytest.raises(CodecError):
+        decode(cyclic)
