@@ -62,12 +62,21 @@ class OneWay:
     body: Any
 
 
+MAX_TIMEOUT_MS = 1 << 53  # a deadline the handler's cancel scope takes (exact as a float)
+
+
 @message("rpc.request")
 @dataclass(frozen=True, slots=True)
 class Request:
     id: int
     timeout_ms: int  # the caller's remaining deadline: the handler is cancelled after it
     body: Any
+
+    def __post_init__(self) -> None:
+        # Checked at decode (a ValueError there is a CodecError): a peer's negative or
+        # astronomic deadline is garbage, not a handler failure.
+        if not 0 <= self.timeout_ms <= MAX_TIMEOUT_MS:
+            raise ValueError(f"timeout_ms {self.timeout_ms} is not in 0..{MAX_TIMEOUT_MS}")
 
 
 @message("rpc.reply")

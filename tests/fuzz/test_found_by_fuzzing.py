@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import cbor2
 import pytest
+import trio
+from fakews import LIMITS, FakeWs, Ping, ping_handler
 
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import MNTPROC3_MNT, MOUNT_PROG, MountStat, make_mount_program
@@ -14,7 +17,9 @@ from nfs_gateway.nfs3.program import handle_maker
 from nfs_gateway.rpc import AcceptStat, Dispatcher, decode_reply, encode_call
 from nfs_gateway.xdr import Packer
 from server.fs.backend import LocalBackend
-from server.rpc.codec import CodecError, decode
+from server.rpc.codec import CodecError, decode, encode
+from server.rpc.connection import POLICY_VIOLATION, Connection, Counters
+from server.rpc.frames import Request
 
 CLIENT = ("127.0.0.1", 700)
 
@@ -57,3 +62,31 @@ def test_decode_of_a_message_that_contains_itself_is_a_codec_error():
     cyclic = bytes.fromhex("d81c83") + b"jrpc.oneway" + bytes.fromhex("0181d81d00")
     with pytest.raises(CodecError):
         decode(cyclic)
+
+
+@pytest.mark.parametrize("timeout_ms", [-1, 10**400], ids=["negative", "bignum"])
+async def test_request_with_a_deadline_out_of_range_is_garbage(timeout_ms):
+    """test_fuzz_plane (connection frames): Request(timeout_ms=-1) reached the handler layer,
+    where trio.move_on_after(-0.001) raised ValueError (10**400 / 1000: OverflowError): logged
+    with a stack and counted as a handler error, answered Failure("internal"). A deadline
+    that no cancel scope can take is garbage from the peer: CodecError, the connection is
+    closed as a protocol violation, no handler runs."""
+    frame = encode(Request(1, 1000, Ping(1)))
+    garbage = frame.replace(b"\x19\x03\xe8", cbor2.dumps(timeout_ms))
+    assert garbage != frame
+    with pytest.raises(CodecError):
+        decode(garbage)
+    ws, counters = FakeWs([garbage]), Counters()
+    conn = Connection(
+        ws,
+        peer_id=2,
+        peer_incarnation=1,
+        dialer_id=2,
+        limits=LIMITS,
+        handlers={Ping: ping_handler},
+        counters=counters,
+    )
+    with trio.fail_after(10):
+        await conn.run()
+    assert counters.handler_errors == 0 and counters.protocol_errors == 1
+    assert ws.closed_with is not None and ws.closed_with[0] == POLICY_VIOLATION
