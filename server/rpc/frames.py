@@ -16,6 +16,15 @@ from server.rpc.codec import message
 # ---- handshake (see handshake.py) ----
 
 
+MAX_NODE_ID = (1 << 64) - 1  # the handshake's MAC packs node ids as u64
+
+
+def _check_node_id(node_id: int) -> None:
+    # Checked at decode (a ValueError there is a CodecError), before any MAC is computed.
+    if not 0 <= node_id <= MAX_NODE_ID:
+        raise ValueError(f"node id {node_id} is not a u64")
+
+
 @message("rpc.hello")
 @dataclass(frozen=True, slots=True)
 class Hello:
@@ -26,6 +35,9 @@ class Hello:
     nonce: bytes
     protocol: int
 
+    def __post_init__(self) -> None:
+        _check_node_id(self.node_id)
+
 
 @message("rpc.challenge")
 @dataclass(frozen=True, slots=True)
@@ -35,6 +47,9 @@ class Challenge:
     node_id: int
     incarnation: int
     nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_node_id(self.node_id)
 
 
 @message("rpc.proof")

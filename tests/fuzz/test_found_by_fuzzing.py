@@ -9,7 +9,7 @@ from pathlib import Path
 import cbor2
 import pytest
 import trio
-from fakews import LIMITS, FakeWs, Ping, ping_handler
+from fakews import LIMITS, SECRET, FakeWs, Ping, ping_handler
 
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import MNTPROC3_MNT, MOUNT_PROG, MountStat, make_mount_program
@@ -17,9 +17,10 @@ from nfs_gateway.nfs3.program import handle_maker
 from nfs_gateway.rpc import AcceptStat, Dispatcher, decode_reply, encode_call
 from nfs_gateway.xdr import Packer
 from server.fs.backend import LocalBackend
+from server.rpc import handshake
 from server.rpc.codec import CodecError, decode, encode
 from server.rpc.connection import POLICY_VIOLATION, Connection, Counters
-from server.rpc.frames import Request
+from server.rpc.frames import Proof, Request
 
 CLIENT = ("127.0.0.1", 700)
 
@@ -90,3 +91,22 @@ async def test_request_with_a_deadline_out_of_range_is_garbage(timeout_ms):
         await conn.run()
     assert counters.handler_errors == 0 and counters.protocol_errors == 1
     assert ws.closed_with is not None and ws.closed_with[0] == POLICY_VIOLATION
+
+
+@pytest.mark.parametrize("node_id", [2**64, 2**70])
+async def test_handshake_with_a_node_id_beyond_u64_is_garbage(node_id):
+    """test_fuzz_plane (handshake): an unauthenticated peer's Hello with node id 2**64 passed the
+    checks and made the MAC's struct.pack(">QQ") raise struct.error, which escaped accept()
+    (the plane counted a connection crash and logged a stack); a Challenge did the same to a
+    dialer that does not know whom it dials (identify). Node ids are u64: CodecError."""
+    hello = cbor2.dumps(["rpc.hello", 1, [node_id, 1, b"n" * 32, 1]])
+    proof = encode(Proof(b"m" * 32))
+    with pytest.raises(CodecError):
+        await handshake.accept(
+            FakeWs([hello, proof]), secret=SECRET, my_id=1, incarnation=7, admit=lambda p, i: None
+        )
+    challenge = cbor2.dumps(["rpc.challenge", 1, [node_id, 1, b"n" * 32]])
+    with pytest.raises(CodecError):
+        await handshake.dial(
+            FakeWs([challenge]), secret=SECRET, my_id=1, incarnation=7, expected_id=None
+        )
