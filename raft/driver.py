@@ -157,6 +157,11 @@ class RaftDriver:
         self._inbox.append(message)
         self._wake.set()
 
+    def campaign(self) -> None:
+        """Start an election now (a group of one need not wait out an election timeout)."""
+        self.node.campaign()
+        self._wake.set()
+
     async def propose(self, data: bytes) -> int:
         """Replicate `data`; returns its index once applied. NotLeader(hint) if not leader or
         if the proposal was lost to a leadership change."""

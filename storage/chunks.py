@@ -25,6 +25,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import trio
 
 from storage.kv import loop_is_idle
 
+SYNC_THREADS = 8  # concurrent fsyncs of a batch of new chunk files
 
 class ChunkIOError(Exception):
     """A chunk file could not be read, written, synced or removed; errno says why (ENOSPC...)."""
@@ -466,6 +468,39 @@ class ChunkStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def put_chunk_files_sync(self, files: list[tuple[int, int, bytes]]) -> None:
+        """Make each (ino, index) chunk exactly its bytes, durably: all written first, then
+        the files and their directories fsynced a few at a time (the file system commits
+        concurrent fsyncs together). Chunks moving in from another group (a ring change)."""
+        paths: list[Path] = []
+        for ino, index, data in files:
+            with self._lock:
+                self._forget_locked(ino, index, index)  # no cached descriptor of the old file
+            path = self.chunk_path(ino, index)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            paths.append(path)
+
+        def sync(path: Path) -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        dirs = sorted({p.parent for p in paths})
+        with ThreadPoolExecutor(SYNC_THREADS) as pool:
+            list(pool.map(sync, paths))
+            list(pool.map(self._fsync_dir, dirs))
+        for d in {d.parent for d in dirs}:
+            self._fsync_dir(d)
 
     def close_sync(self) -> None:
         with self._lock:

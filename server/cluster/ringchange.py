@@ -26,6 +26,8 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -53,7 +55,8 @@ log = logging.getLogger("objcache.ringchange")
 
 RING_BUSY = "ring-busy"  # another ring change is pending
 BAD_CHANGE = "bad-change"  # the asked change is not possible (message says why)
-BATCH_BYTES = 8 << 20  # one import entry (chunk bytes and keys); a chunk may exceed it alone
+BATCH_BYTES = 4 << 20  # one import entry (chunk bytes and keys); a chunk may exceed it alone
+SEND_PARALLEL = 3  # import entries in flight to one group
 STEP_TIMEOUT_S = 60.0  # one step at one group, retries included
 QUIET_TIMEOUT_S = 30.0  # waiting for prepared transactions on frozen inodes to finish
 CATCH_UP_TIMEOUT_S = 300.0  # a new replica receiving the group's log or snapshot
@@ -384,7 +387,6 @@ class RingMember:
         version = freeze.new.version
         if freeze.exported:
             return 0
-        await self._quiet(freeze)
         group = self.rt.group
         ring = freeze.new
         kv = self.rt.kv
@@ -399,15 +401,20 @@ class RingMember:
                     out.setdefault(where[0], []).append((k, v))
             return out
 
+        start = time.perf_counter()
+        await self._quiet(freeze)
+        quiet = time.perf_counter()
         by_group = await trio.to_thread.run_sync(scan)
+        scanned = time.perf_counter()
         members = freeze.nodelist.groups()
         moved = 0
         for dest, items in sorted(by_group.items()):
             moved += await self._send(members[dest], dest, change_id, items)
         await self._propose(ringstate.encode_exported(change_id))
         metrics.MIGRATED_BYTES.inc(moved)
-        log.info("group %d: sent %d keys (%d bytes) for ring version %d", group,
-                 sum(len(v) for v in by_group.values()), moved, version)
+        log.info("group %d: sent %d keys (%d bytes) for ring version %d (quiet %.3f s, scan "
+                 "%.3f s, send %.3f s)", group, sum(len(v) for v in by_group.values()), moved,
+                 version, quiet - start, scanned - quiet, time.perf_counter() - scanned)
         return moved
 
     async def _quiet(self, freeze: ringstate.Freeze) -> None:
@@ -422,32 +429,27 @@ class RingMember:
 
     async def _send(self, members: tuple[int, ...], dest: int, change_id: bytes,
                     items: list[tuple[bytes, bytes]]) -> int:
-        """Import entries at `dest`, each up to BATCH_BYTES (a chunk may exceed it alone)."""
+        """Import entries at `dest`, each up to BATCH_BYTES (a chunk may exceed it alone),
+        SEND_PARALLEL at a time: the next batch travels while `dest` logs the one before."""
         chunks_dir = self.rt.sm.chunks
         moved = 0
-        batch: list[tuple[bytes, bytes]] = []
-        blobs: list[tuple[int, int, bytes]] = []
-        size = 0
+        limit = trio.Semaphore(SEND_PARALLEL)
 
-        async def flush() -> None:
-            nonlocal batch, blobs, size
-            if batch or blobs:
+        async def one(batch: list[tuple[bytes, bytes]], blobs: list[tuple[int, int, bytes]]
+                      ) -> None:
+            try:
                 await self.caller.call(members, dest, RingImport(change_id, tuple(batch),
                                                                  tuple(blobs)))
-            batch, blobs, size = [], [], 0
+            finally:
+                limit.release()
 
-        for k, v in items:
-            batch.append((k, v))
-            size += len(k) + len(v)
-            if k[:4] == keys.MATERIALIZED and v and int.from_bytes(v, "big"):
-                ino, index = keys.parse_materialized_key(k)
-                data = await trio.to_thread.run_sync(_chunk_bytes, chunks_dir, ino, index)
-                blobs.append((ino, index, data))
-                size += len(data)
-                moved += len(data)
-            if size >= BATCH_BYTES:
-                await flush()
-        await flush()
+        plan = await trio.to_thread.run_sync(_batches, chunks_dir, items)
+        async with trio.open_nursery() as nursery:
+            for batch, marked in plan:
+                await limit.acquire()
+                blobs = await trio.to_thread.run_sync(_read_chunks, chunks_dir, marked)
+                moved += sum(len(b[2]) for b in blobs)
+                nursery.start_soon(one, batch, blobs)
         return moved + sum(len(k) + len(v) for k, v in items)
 
     # -- driving a change (at the coordinator's leader) -------------------------------------
@@ -537,10 +539,13 @@ class RingMember:
         others = sorted(g for g in members if g != coord)
         raw = new.encode()
         moved = 0
+        steps = [time.perf_counter()]
         try:
             await self.take(RingPrepare(raw, change_id))
             await self._each(members, others, RingPrepare(raw, change_id))
+            steps.append(time.perf_counter())
             replies = await self._each(members, sorted(old.groups()), RingExport(change_id))
+            steps.append(time.perf_counter())
             moved = sum(r.moved_bytes for r in replies)
         except BaseException as e:
             log.warning("ring change to version %d failed (%r): aborting", new.version, e)
@@ -558,6 +563,9 @@ class RingMember:
         await self._each(members, leaving, RingCommit(raw), check=False,
                          timeout_s=LEAVER_COMMIT_TIMEOUT_S)
         await self._each(members, staying, RingCommit(raw), timeout_s=600.0)
+        steps.append(time.perf_counter())
+        log.info("ring version %d: prepare %.3f s, export %.3f s, commit %.3f s", new.version,
+                 *(b - a for a, b in itertools.pairwise(steps)))
         return moved
 
     async def _each(self, members: dict[int, tuple[int, ...]], groups: list[int], msg: Any, *,
@@ -610,11 +618,41 @@ class RingMember:
                      self.rt.group, pending.version, coord)
 
 
-def _chunk_bytes(chunks: Any, ino: int, index: int) -> bytes:
-    try:
-        return chunks.chunk_path(ino, index).read_bytes()
-    except FileNotFoundError:
-        return b""  # a materialized chunk never written past its start: zeros
+Batch = tuple[list[tuple[bytes, bytes]], list[tuple[int, int]]]  # keys, chunks to read
+
+
+def _batches(chunks: Any, items: list[tuple[bytes, bytes]]) -> list[Batch]:
+    """`items` cut into import entries of about BATCH_BYTES, with the materialized chunks
+    whose bytes go along (worker thread: it looks at the chunk files' sizes)."""
+    out: list[Batch] = []
+    batch: list[tuple[bytes, bytes]] = []
+    marked: list[tuple[int, int]] = []
+    size = 0
+    for k, v in items:
+        batch.append((k, v))
+        size += len(k) + len(v)
+        if k[:4] == keys.MATERIALIZED and v and int.from_bytes(v, "big"):
+            ino, index = keys.parse_materialized_key(k)
+            marked.append((ino, index))
+            with contextlib.suppress(FileNotFoundError):
+                size += chunks.chunk_path(ino, index).stat().st_size
+        if size >= BATCH_BYTES:
+            out.append((batch, marked))
+            batch, marked, size = [], [], 0
+    if batch:
+        out.append((batch, marked))
+    return out
+
+
+def _read_chunks(chunks: Any, marked: list[tuple[int, int]]) -> list[tuple[int, int, bytes]]:
+    """The bytes of these materialized chunk files (worker thread)."""
+    out = []
+    for ino, index in marked:
+        try:
+            out.append((ino, index, chunks.chunk_path(ino, index).read_bytes()))
+        except FileNotFoundError:
+            out.append((ino, index, b""))  # materialized, never written past its start
+    return out
 
 
 def _next(members: tuple[int, ...], node_id: int) -> int:
@@ -650,6 +688,10 @@ async def join_cluster(plane: RpcPlane, rt: GroupRuntime, me: NodeInfo, seed: in
         return raw is not None and me.node_id in {n.node_id for n in NodeList.decode(raw).nodes}
 
     with trio.move_on_after(timeout_s):
+        # A new group is ready for the change's steps once it leads itself; a replica waits
+        # for its group's leader to add it.
+        while rt.driver.node.raft.conf.voters == {me.node_id} and not rt.is_leader():
+            await trio.sleep(0.01)
         backoff_s = 0.1
         while not joined_here():
             try:

@@ -320,11 +320,10 @@ class RingApply:
             if k[:4] == keys.INODE and self.kv.get_sync(k) is None and k not in self.writes:
                 added += 1
             self.writes[k] = v
-        for ino, index, data in chunks:
+        for ino, index, _ in chunks:
             if self.chunks.changed_hook is not None:
                 self.chunks.changed_hook(ino, index, index)  # not a clean cached copy
-            self.chunks.delete_chunk_sync(ino, index)
-            self.chunks.put_chunk_file_sync(ino, index, data)
+        self.chunks.put_chunk_files_sync([(ino, index, data) for ino, index, data in chunks])
         if added:
             self._count(added)
 
