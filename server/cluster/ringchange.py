@@ -76,6 +76,14 @@ class RingPrepare:
 @dataclass(frozen=True, slots=True)
 class RingExport:
     change_id: bytes
+    precopy: bool  # True: send materialized chunks' bytes, unfrozen; False: freeze, send all
+
+
+@message("cl.ring_stage")
+@dataclass(frozen=True, slots=True)
+class RingStage:
+    change_id: bytes
+    chunks: tuple[tuple[int, int, int, bytes], ...]  # (ino, index, version, bytes)
 
 
 @message("cl.ring_import")
@@ -246,8 +254,10 @@ class RingMember:
         self.caller = GroupCaller(plane, self)
         self._driving = trio.Lock()  # one change at a time, driven by this node
         self._driven = b""  # the id of the change this node drives (b"": none)
-        for cls in (RingPrepare, RingExport, RingImport, RingCommit, RingAbort, RingQuery,
-                    ReplicaChange):
+        # What this leader pre-copied, by change: (ino, index) -> the chunk's version then.
+        self._staged: dict[bytes, dict[tuple[int, int], int]] = {}
+        for cls in (RingPrepare, RingExport, RingStage, RingImport, RingCommit, RingAbort,
+                    RingQuery, ReplicaChange):
             plane.register(cls, self._on_step)
         plane.register(Retire, self._on_retire)
         for cls in (JoinRequest, LeaveRequest):
@@ -289,7 +299,13 @@ class RingMember:
             await self._propose(ringstate.encode_import(msg.change_id, list(msg.items),
                                                         list(msg.chunks)))
             return RingDone()
+        if isinstance(msg, RingStage):
+            self._pending(msg.change_id)
+            await self._propose(ringstate.encode_stage(msg.change_id, list(msg.chunks)))
+            return RingDone()
         if isinstance(msg, RingExport):
+            if msg.precopy:
+                return RingDone(await self._precopy(msg.change_id))
             return RingDone(await self._export(msg.change_id))
         if isinstance(msg, ReplicaChange):
             await (self._add_replica(msg) if msg.add else self._remove_replica(msg))
@@ -300,6 +316,7 @@ class RingMember:
                 await self._propose_raw(encode_nodelist_entry(msg.nodelist))
             return RingDone()
         assert isinstance(msg, RingAbort), msg
+        self._staged.pop(msg.change_id, None)
         await self._propose(ringstate.encode_abort(msg.change_id))
         return RingDone()
 
@@ -382,11 +399,68 @@ class RingMember:
 
     # -- export -----------------------------------------------------------------------------
 
+    async def _precopy(self, change_id: bytes) -> int:
+        """Before the freeze: the bytes of every materialized chunk this group gives away, to
+        its new owner (stage entries). The freeze then only waits for what changed since."""
+        freeze = self._pending(change_id)
+        if freeze.frozen or freeze.exported:
+            return 0
+        group, ring, kv = self.rt.group, freeze.new, self.rt.kv
+
+        def scan() -> dict[int, list[tuple[bytes, bytes]]]:
+            out: dict[int, list[tuple[bytes, bytes]]] = {}
+            keep = ring if group in ring.groups else None
+            for k, v in ringstate.scan_all(kv, keys.MATERIALIZED):
+                ino, index = keys.parse_materialized_key(k)
+                where = ring.group_of_chunk(ino, index)
+                if (keep is None or where != group) and int.from_bytes(v, "big"):
+                    out.setdefault(where, []).append((k, v))
+            return out
+
+        by_group = await trio.to_thread.run_sync(scan)
+        members = freeze.nodelist.groups()
+        staged = self._staged.setdefault(change_id, {})
+        moved = 0
+        for dest, items in sorted(by_group.items()):
+            moved += await self._stage(members[dest], dest, change_id, items, staged)
+        log.info("group %d: pre-copied %d chunks (%d bytes) for ring version %d", group,
+                 len(staged), moved, ring.version)
+        return moved
+
+    async def _stage(self, members: tuple[int, ...], dest: int, change_id: bytes,
+                     items: list[tuple[bytes, bytes]], staged: dict[tuple[int, int], int]
+                     ) -> int:
+        chunks_dir = self.rt.sm.chunks
+        version = {keys.parse_materialized_key(k): int.from_bytes(v, "big") for k, v in items}
+        plan = await trio.to_thread.run_sync(_batches, chunks_dir, items)
+        limit = trio.Semaphore(SEND_PARALLEL)
+        moved = 0
+
+        async def one(blobs: list[tuple[int, int, bytes]]) -> None:
+            try:
+                await self.caller.call(members, dest, RingStage(change_id, tuple(
+                    (ino, index, version[ino, index], data) for ino, index, data in blobs)))
+                for ino, index, _ in blobs:
+                    staged[ino, index] = version[ino, index]
+            finally:
+                limit.release()
+
+        async with trio.open_nursery() as nursery:
+            for _, marked in plan:
+                await limit.acquire()
+                blobs = await trio.to_thread.run_sync(_read_chunks, chunks_dir, marked)
+                moved += sum(len(b[2]) for b in blobs)
+                nursery.start_soon(one, blobs)
+        return moved
+
     async def _export(self, change_id: bytes) -> int:
         freeze = self._pending(change_id)
         version = freeze.new.version
         if freeze.exported:
             return 0
+        if not freeze.frozen:
+            await self._propose(ringstate.encode_freeze(change_id))
+            freeze = self._pending(change_id)
         group = self.rt.group
         ring = freeze.new
         kv = self.rt.kv
@@ -408,8 +482,9 @@ class RingMember:
         scanned = time.perf_counter()
         members = freeze.nodelist.groups()
         moved = 0
+        staged = self._staged.pop(change_id, {})
         for dest, items in sorted(by_group.items()):
-            moved += await self._send(members[dest], dest, change_id, items)
+            moved += await self._send(members[dest], dest, change_id, items, staged)
         await self._propose(ringstate.encode_exported(change_id))
         metrics.MIGRATED_BYTES.inc(moved)
         log.info("group %d: sent %d keys (%d bytes) for ring version %d (quiet %.3f s, scan "
@@ -428,7 +503,8 @@ class RingMember:
                 await trio.sleep(0.01)
 
     async def _send(self, members: tuple[int, ...], dest: int, change_id: bytes,
-                    items: list[tuple[bytes, bytes]]) -> int:
+                    items: list[tuple[bytes, bytes]], staged: dict[tuple[int, int], int]
+                    ) -> int:
         """Import entries at `dest`, each up to BATCH_BYTES (a chunk may exceed it alone),
         SEND_PARALLEL at a time: the next batch travels while `dest` logs the one before."""
         chunks_dir = self.rt.sm.chunks
@@ -443,7 +519,7 @@ class RingMember:
             finally:
                 limit.release()
 
-        plan = await trio.to_thread.run_sync(_batches, chunks_dir, items)
+        plan = await trio.to_thread.run_sync(_batches, chunks_dir, items, staged)
         async with trio.open_nursery() as nursery:
             for batch, marked in plan:
                 await limit.acquire()
@@ -544,7 +620,10 @@ class RingMember:
             await self.take(RingPrepare(raw, change_id))
             await self._each(members, others, RingPrepare(raw, change_id))
             steps.append(time.perf_counter())
-            replies = await self._each(members, sorted(old.groups()), RingExport(change_id))
+            sources = sorted(old.groups())
+            replies = await self._each(members, sources, RingExport(change_id, True))
+            steps.append(time.perf_counter())
+            replies += await self._each(members, sources, RingExport(change_id, False))
             steps.append(time.perf_counter())
             moved = sum(r.moved_bytes for r in replies)
         except BaseException as e:
@@ -564,8 +643,8 @@ class RingMember:
                          timeout_s=LEAVER_COMMIT_TIMEOUT_S)
         await self._each(members, staying, RingCommit(raw), timeout_s=600.0)
         steps.append(time.perf_counter())
-        log.info("ring version %d: prepare %.3f s, export %.3f s, commit %.3f s", new.version,
-                 *(b - a for a, b in itertools.pairwise(steps)))
+        log.info("ring version %d: prepare %.3f s, pre-copy %.3f s, frozen export %.3f s, "
+                 "commit %.3f s", new.version, *(b - a for a, b in itertools.pairwise(steps)))
         return moved
 
     async def _each(self, members: dict[int, tuple[int, ...]], groups: list[int], msg: Any, *,
@@ -621,9 +700,12 @@ class RingMember:
 Batch = tuple[list[tuple[bytes, bytes]], list[tuple[int, int]]]  # keys, chunks to read
 
 
-def _batches(chunks: Any, items: list[tuple[bytes, bytes]]) -> list[Batch]:
+def _batches(chunks: Any, items: list[tuple[bytes, bytes]],
+             staged: dict[tuple[int, int], int] | None = None) -> list[Batch]:
     """`items` cut into import entries of about BATCH_BYTES, with the materialized chunks
-    whose bytes go along (worker thread: it looks at the chunk files' sizes)."""
+    whose bytes go along: those not pre-copied at their current version (`staged`). Worker
+    thread: it looks at the chunk files' sizes."""
+    staged = staged or {}
     out: list[Batch] = []
     batch: list[tuple[bytes, bytes]] = []
     marked: list[tuple[int, int]] = []
@@ -633,6 +715,8 @@ def _batches(chunks: Any, items: list[tuple[bytes, bytes]]) -> list[Batch]:
         size += len(k) + len(v)
         if k[:4] == keys.MATERIALIZED and v and int.from_bytes(v, "big"):
             ino, index = keys.parse_materialized_key(k)
+            if staged.get((ino, index)) == int.from_bytes(v, "big"):
+                continue  # its bytes are there already, unchanged since
             marked.append((ino, index))
             with contextlib.suppress(FileNotFoundError):
                 size += chunks.chunk_path(ino, index).stat().st_size

@@ -6,11 +6,15 @@ every group of the old and the new ring. In each group it is these log entries (
 statemachine.py), applied here in a worker thread:
 
 - prepare(new NodeList, id): the group records the pending list and the change's id (every
-  later entry of the change names it, so a step of an aborted attempt never touches another),
-  and freezes what it gives away: every inode with state that moves (its metadata, entries,
-  inline bytes, materialized chunks, dirty mark) and every store whose key table moves. A
-  transaction that would change frozen state, or create state that would move, aborts with
-  MOVING (the gateway waits and retries); transactions on everything else go on.
+  later entry of the change names it, so a step of an aborted attempt never touches another).
+- stage(id, chunks): the pre-copy: bytes of materialized chunks another group will give this
+  one, sent before anything is frozen, with their versions; an import later brings the chunks'
+  marks (and the bytes of those written since). Unclaimed staged bytes go when the change ends.
+- freeze(id): the group holds what it gives away: every inode with state that moves (its
+  metadata, entries, inline bytes, materialized chunks, dirty mark) and every store whose key
+  table moves. A transaction that would change frozen state, or create state that would
+  move, aborts with MOVING (the gateway waits and retries); transactions on everything else
+  go on. Only the last pass of the export runs frozen: most bytes moved in the pre-copy.
 - import(id, items, chunks): keys and materialized chunk bytes another group gives this
   one. They stay invisible: no request reaches them before the new ring is installed here.
 - exported(id): this group has sent everything it gives away; from now on its leader
@@ -61,6 +65,8 @@ from storage.kv import KvStore
 PENDING = b"sm.ring.pending"  # the NodeList being moved to (its encoding)
 PENDING_ID = b"sm.ring.id"  # the pending change's id (random, one per attempt)
 EXPORTED = b"sm.ring.exported"  # b"": this group sent all it gives away
+FROZEN = b"sm.ring.frozen"  # b"": the freeze is on (after the pre-copy)
+STAGED = b"sm.ring.st/"  # + u64 ino + u64 index -> u64 version: pre-copied chunk bytes here
 FROZEN_INO = b"sm.ring.fi/"  # + u64 ino: an inode with state leaving this group
 FROZEN_STORE = b"sm.ring.fs/"  # + u32 store: a store whose key table leaves this group
 ROOT_MARK = b"/"  # the etag of a store's root directory (server/cluster/bucket.py)
@@ -81,6 +87,14 @@ def encode_import(change_id: bytes, items: list[tuple[bytes, bytes]],
                   chunks: list[tuple[int, int, bytes]]) -> dict[str, Any]:
     return {"op": "import", "id": change_id, "items": [list(i) for i in items],
             "chunks": [list(c) for c in chunks]}
+
+
+def encode_stage(change_id: bytes, chunks: list[tuple[int, int, int, bytes]]) -> dict[str, Any]:
+    return {"op": "stage", "id": change_id, "chunks": [list(c) for c in chunks]}
+
+
+def encode_freeze(change_id: bytes) -> dict[str, Any]:
+    return {"op": "freeze", "id": change_id}
 
 
 def encode_exported(change_id: bytes) -> dict[str, Any]:
@@ -164,9 +178,12 @@ class Freeze:
     inos: frozenset[int]
     stores: frozenset[int]
     exported: bool
+    frozen: bool = True  # False during the pre-copy: nothing is held yet
 
     def blocks(self, recs: Any) -> bool:
         """Whether any of these fs records changes frozen state or creates state that moves."""
+        if not self.frozen:
+            return False
         for r in recs:
             if isinstance(r, fs_records.Multi):
                 if self.blocks(r.records):
@@ -251,7 +268,7 @@ def load_freeze(kv: KvStore, vnodes: int) -> Freeze | None:
                        for k, _ in scan_all(kv, FROZEN_STORE))
     exported = kv.get_sync(EXPORTED) is not None
     return Freeze(new, kv.get_sync(PENDING_ID) or b"", old, new.ring(vnodes), inos, stores,
-                  exported)
+                  exported, kv.get_sync(FROZEN) is not None)
 
 
 # -- applying the entries (worker thread; `writes` is the batch, applied state in `kv`) ------
@@ -282,6 +299,10 @@ class RingApply:
             return  # for a change that is over (or never reached this group): nothing to do
         elif op == "import":
             self._import(entry["items"], entry["chunks"])
+        elif op == "stage":
+            self._stage(entry["chunks"])
+        elif op == "freeze":
+            self._freeze(pending)
         elif op == "exported":
             self.writes[EXPORTED] = b""
         elif op == "abort":
@@ -302,7 +323,13 @@ class RingApply:
             return  # a duplicate, or one change at a time (the driver aborts the other first)
         self.writes[PENDING] = nodelist
         self.writes[PENDING_ID] = change_id
-        ring = new.ring(self.vnodes)
+
+    def _freeze(self, pending: NodeList) -> None:
+        """Hold what this group gives away (after the pre-copy moved most chunk bytes)."""
+        if self.kv.get_sync(FROZEN) is not None:
+            return
+        self.writes[FROZEN] = b""
+        ring = pending.ring(self.vnodes)
         roots = store_roots(self.kv)
         for _, k, _ in leaving(self.kv, ring if self.group in ring.groups else None,
                                self.group, roots):
@@ -311,6 +338,16 @@ class RingApply:
                 self.writes[FROZEN_STORE + struct.pack(">I", store)] = b""
             else:  # every other movable key starts with its inode
                 self.writes[FROZEN_INO + k[4:12]] = b""
+
+    def _stage(self, chunks: list[list[Any]]) -> None:
+        """Pre-copied chunk bytes: in place, but no state refers to them before an import
+        brings their marks (the version says which bytes they are)."""
+        for ino, index, _, _ in chunks:
+            if self.chunks.changed_hook is not None:
+                self.chunks.changed_hook(ino, index, index)  # not a clean cached copy
+        self.chunks.put_chunk_files_sync([(ino, index, data) for ino, index, _, data in chunks])
+        for ino, index, version, _ in chunks:
+            self.writes[STAGED + _U64.pack(ino) + _U64.pack(index)] = _U64.pack(version)
 
     def _import(self, items: list[list[bytes]], chunks: list[list[Any]]) -> None:
         added = 0
@@ -331,6 +368,14 @@ class RingApply:
         for prefix in (FROZEN_INO, FROZEN_STORE):
             for k, _ in scan_all(self.kv, prefix):
                 self.writes[k] = None
+        for k, _ in scan_all(self.kv, STAGED):  # pre-copied bytes no import claimed go
+            self.writes[k] = None
+            ino, index = struct.unpack_from(">QQ", k, len(STAGED))
+            if self.kv.get_sync(keys.materialized_key(ino, index)) is None:
+                if self.chunks.changed_hook is not None:
+                    self.chunks.changed_hook(ino, index, index)
+                self.chunks.delete_chunk_sync(ino, index)
+        self.writes[FROZEN] = None
         self.writes[PENDING] = None
         self.writes[PENDING_ID] = None
         self.writes[EXPORTED] = None

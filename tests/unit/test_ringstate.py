@@ -89,6 +89,10 @@ def test_a_join_freezes_what_moves_and_the_install_keeps_only_what_stays(group1)
     freeze = ringstate.load_freeze(kv, VNODES)
     assert freeze is not None and freeze.change_id == b"id-1" and not freeze.exported
     mover = next(i for i in range(100, 160) if ring.group_of_inode(i) == 2)
+    assert not freeze.frozen and not freeze.blocks((SetAttr(mover, 0, mode=0o600),))
+    apply(kv, chunks, ringstate.encode_freeze(b"id-1"))  # after the pre-copy
+    freeze = ringstate.load_freeze(kv, VNODES)
+    assert freeze is not None and freeze.frozen
     stayer = next(i for i in range(100, 160) if ring.group_of_inode(i) == 1 and all(
         ring.group_of_chunk(i, x) == 1 for x in (0, 1)))
     assert mover in freeze.inos and stayer not in freeze.inos
@@ -175,3 +179,34 @@ def test_the_guard_refuses_records_the_ring_places_elsewhere() -> None:
     assert guard((records.Multi((ChunkWrite(here, 0, 0, b"x", CHUNK),)),)) is None
     assert guard((KeyHold(3, b"k", there),)) is None  # placed by its store's root
     assert guard((records.ChunkTrim(there, CHUNK, 0),)) is None  # goes to every chunk group
+
+
+def test_pre_copied_bytes_are_kept_when_an_import_claims_them_and_dropped_otherwise(
+        tmp_path: Path):
+    kv = KvStore.open_sync(tmp_path / "kv")
+    chunks = ChunkStore(tmp_path / "chunks")
+    try:  # group 2 is joining
+        new = nodelist(2, [1, 2])
+        ring = new.ring(VNODES)
+        a, b = [i for i in range(100, 1000) if ring.group_of_inode(i) == 2][:2]
+        for change_id, end in ((b"x", "abort"), (b"y", "install")):
+            apply(kv, chunks, ringstate.encode_prepare(new.encode(), change_id), group=2)
+            apply(kv, chunks, ringstate.encode_stage(change_id, [(a, 0, 3, b"A" * 10),
+                                                                 (b, 0, 1, b"B" * 10)]), group=2)
+            assert chunks.chunk_path(a, 0).read_bytes() == b"A" * 10
+            # The final pass brings a's mark without its bytes (staged at that version); b was
+            # deleted at the source meanwhile, so nothing claims its bytes.
+            apply(kv, chunks, ringstate.encode_import(change_id, [
+                (keys.inode_key(a), records.encode(inode(a, size=10))),
+                (keys.materialized_key(a, 0), keys.u64(3))], []), group=2)
+            if end == "abort":
+                apply(kv, chunks, ringstate.encode_abort(change_id), group=2)
+                assert not chunks.chunk_path(a, 0).exists()
+            else:
+                apply(kv, chunks, install=new, group=2)
+                assert chunks.chunk_path(a, 0).read_bytes() == b"A" * 10
+            assert not chunks.chunk_path(b, 0).exists()
+            assert kv.iterate_sync(prefix=ringstate.STAGED) == []
+    finally:
+        chunks.close_sync()
+        kv.close_sync()
