@@ -458,6 +458,9 @@ class ChunkStore:
     def put_chunk_file_sync(self, ino: int, index: int, data: bytes) -> None:
         """Make chunk `index` of `ino` exactly `data`, durably (installing a snapshot; the
         caller deleted the inode's old chunks first, so no descriptor of it is cached)."""
+        self._write_whole(ino, index, data, sync=True)
+
+    def _write_whole(self, ino: int, index: int, data: bytes, *, sync: bool) -> Path:
         path = self.chunk_path(ino, index)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -465,9 +468,11 @@ class ChunkStore:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
+        return path
 
     def put_chunk_files_sync(self, files: list[tuple[int, int, bytes]]) -> None:
         """Make each (ino, index) chunk exactly its bytes, durably: all written first, then
@@ -477,16 +482,7 @@ class ChunkStore:
         for ino, index, data in files:
             with self._lock:
                 self._forget_locked(ino, index, index)  # no cached descriptor of the old file
-            path = self.chunk_path(ino, index)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            paths.append(path)
+            paths.append(self._write_whole(ino, index, data, sync=False))
 
         def sync(path: Path) -> None:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

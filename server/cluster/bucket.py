@@ -30,6 +30,7 @@ Rules:
 
 from __future__ import annotations
 
+from nfs_gateway.backend import FileType
 from server.config import CacheConfig
 from server.fs.records import Inode
 
@@ -80,3 +81,16 @@ def first_leaf(eg: BaseExceptionGroup) -> BaseException:
     while isinstance(e, BaseExceptionGroup):
         e = e.exceptions[0]
     return e
+
+
+def key_below(prefix: bytes, chain: list[Inode], memo: dict[int, bytes | None]) -> bytes:
+    """The object key of chain[0], where `chain` is an inode and then its ancestors up to (not
+    including) the nearest one whose key `prefix` is known; a directory's key ends in "/".
+    The directories' keys go into `memo`."""
+    for node in reversed(chain):
+        if node.ftype == FileType.DIR:
+            prefix = prefix + node.pname + b"/"
+            memo[node.ino] = prefix
+        else:
+            return prefix + node.pname
+    return prefix

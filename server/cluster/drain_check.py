@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nfs_gateway.backend import FileType
+from server.cluster.bucket import key_below
 from server.fs.records import Inode
 from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 
@@ -115,15 +116,10 @@ def key_of(inode: Inode, inodes: Mapping[int, Inode], root: int,
         cur = parent
     else:
         prefix = None
-    for node in reversed(chain):
-        if prefix is None:
-            keys[node.ino] = None
-        elif node.ftype == FileType.DIR:
-            prefix = prefix + node.pname + b"/"
-            keys[node.ino] = prefix
-        else:
-            return prefix + node.pname
-    return prefix
+    if prefix is None:
+        keys.update(dict.fromkeys((node.ino for node in chain), None))
+        return None
+    return key_below(prefix, chain, keys)
 
 
 def _above_roots(inodes: Mapping[int, Inode], roots: Mapping[int, int]) -> set[int]:

@@ -51,6 +51,7 @@ import trio
 
 from nfs_gateway.backend import Cred, FileType, FsError
 from server.cluster import protocol as p
+from server.cluster.bucket import key_below
 from server.cluster.bucket_listing import (
     META_GID,
     META_MODE,
@@ -295,13 +296,7 @@ class Flusher(BatchWriteBack):
             cur = await self.b._inode(cur.parent)
         if prefix is None:
             return None
-        for node in reversed(chain):
-            if node.ftype == FileType.DIR:
-                prefix = prefix + node.pname + b"/"
-                paths[node.ino] = prefix
-            else:
-                return prefix + node.pname
-        return prefix
+        return key_below(prefix, chain, paths)
 
     # -- one inode --------------------------------------------------------------------------
 
