@@ -40,6 +40,8 @@ PROBE_DIRS = 8  # inodes spread over the ring: some move in any change
 PROBE_TIMEOUT_MS = 120_000  # libnfs gives up on an operation after this (then: an error)
 _RING = re.compile(r"^(\S+ \S+) INFO objcache\.ringchange: ring version (\d+) -> (\d+) "
                    r"\((join|leave)\) in ([\d.]+) s, (\d+) bytes moved$", re.M)
+_NFS_ERRORS = re.compile(r'^objcache_nfs_op_errors_total\{[^}]*proc="([^"]+)"[^}]*'
+                         r'error="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
 _WARM = ("import json, sys\nfrom server import cli\nfrom server.cluster import admin, "
          "admin_ring, ringchange\nprint('ready', flush=True)\n"  # leave imports ringchange
          "sys.exit(cli.main(json.loads(sys.stdin.readline())))")
@@ -61,6 +63,10 @@ class ProbeNfs(LibNfs):
                                  ctypes.POINTER(ctypes.c_void_p)]
         lib.nfs_pread.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
                                   ctypes.c_uint64, ctypes.c_char_p]
+
+    def _check(self, rc: int, call: str, path: str) -> None:
+        if rc < 0:  # libnfs's errno too: its messages are not always readable
+            raise OSError(f"{call}({path}): {os.strerror(-rc)}: {self.error()!r}")
 
     def size(self, path: str) -> int:
         st = (ctypes.c_uint64 * 32)()  # struct nfs_stat_64: 17 uint64, nfs_size the 8th
@@ -274,3 +280,21 @@ def rss_sampler(pids: dict[int, int], interval_s: float = 0.1) -> Iterator[dict[
     finally:
         stop.set()
         t.join()
+
+
+def nfs_errors(metrics_url: str) -> dict[str, float]:
+    """A node's NFS calls answered with an error so far, by procedure and error (its
+    /metrics: objcache_nfs_op_errors_total), e.g. {"WRITE NFS3ERR_JUKEBOX": 1.0}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for m in _NFS_ERRORS.finditer(text):
+        out[f"{m.group(1)} {m.group(2)}"] = out.get(f"{m.group(1)} {m.group(2)}", 0.0) + float(
+            m.group(3))
+    return out
+
+
+def errors_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}

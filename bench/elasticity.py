@@ -71,7 +71,9 @@ from elastic_tools import (  # noqa: E402
     StallProbe,
     WarmCli,
     cli_start_s,
+    errors_between,
     first_line_time,
+    nfs_errors,
     ring_change,
     rss_sampler,
     stack_dump,
@@ -329,11 +331,13 @@ def scale_step(b: Bench, c: LocalCluster, nodes: list[int], version: int, tag: s
     """Nodes join one after the other (each once the one before serves), a client probing
     through node 1 meanwhile: from the first start until the last change is logged."""
     quiet_s = b.quiet(c)
+    errors0 = nfs_errors(c.nodes[1]["metrics"])
     with StallProbe(c.url(1, "/"), tag) as probe:
         time.sleep(PROBE_LEAD_S)  # the probe's pace before the change, for comparison
         joins = [join_one(b, c, node, version + i) for i, node in enumerate(nodes)]
     t0, t1 = joins[0]["t0"], joins[-1]["t1"]
     stall = probe.window(t0, t1)
+    stall["node1_nfs_errors"] = errors_between(errors0, nfs_errors(c.nodes[1]["metrics"]))
     for j in joins:
         j["stall"] = probe.window(j.pop("t0"), j.pop("t1"))
     return {"seconds": round(t1 - t0, 3), "change_s": round(sum(j["change_s"] for j in joins), 3),
@@ -390,6 +394,10 @@ def step_medians(steps: list[dict]) -> dict:
     med["stall_worst_s"] = max(s["stall"]["max_s"] for s in steps)
     med["stall_before_max_s"] = max(s["stall"]["before_max_s"] for s in steps)
     med["client_errors"] = sum(s["stall"]["error_count"] for s in steps)
+    med["node1_nfs_errors"] = {}
+    for s in steps:  # what the node answered the probe (and nobody else) in every repetition
+        for k, v in s["stall"].get("node1_nfs_errors", {}).items():
+            med["node1_nfs_errors"][k] = med["node1_nfs_errors"].get(k, 0) + v
     return med
 
 
@@ -403,11 +411,14 @@ def scale_down_once(b: Bench, rep: int, files: dict[str, bytes]) -> dict:
         write_s = b.write_through_nfs(c, files)
         quiet_s = b.quiet(c)
         cli.wait_ready()
+        errors0 = nfs_errors(c.nodes[1]["metrics"])
         with StallProbe(c.url(1, "/"), "probe21") as probe:
             time.sleep(PROBE_LEAD_S)
             t0 = time.perf_counter()
             res = cli.run(b.admin_argv(c, "leave", "2", "--json"))
             t1 = time.perf_counter()
+        stall = probe.window(t0, t1)
+        stall["node1_nfs_errors"] = errors_between(errors0, nfs_errors(c.nodes[1]["metrics"]))
         if res.returncode != 0:
             raise RuntimeError(f"admin leave exited {res.returncode}:\n{res.stdout}\n"
                                f"{res.stderr[-3000:]}\n{c.log_tails()}")
@@ -433,7 +444,7 @@ def scale_down_once(b: Bench, rep: int, files: dict[str, bytes]) -> dict:
             "leave_s": round(t1 - t0, 3), "nodes_gone_s": round(gone_s, 3),
             "change_s": round(doc["seconds"], 3), "moved_bytes": doc["moved_bytes"],
             "writeback_s": round(t1 - t0 - doc["seconds"], 3), "ring_version": doc["ring_version"],
-            "stall": probe.window(t0, t1), "slow_exit_stack": slow_exit}
+            "stall": stall, "slow_exit_stack": slow_exit}
 
 
 def scale_down(b: Bench) -> dict:
@@ -536,16 +547,20 @@ def key_lines(results: dict) -> list[str]:
                    f"({m['seconds'] / TARGET_SCALE_UP_S:.2f}x the {TARGET_SCALE_UP_S:.0f} s "
                    f"target), the change itself {m['change_s']:.2f}s; 2 -> 4 "
                    f"{m24['seconds']:.2f}s")
-    stalls = [(m["stall_worst_s"], f"{name} {step}") for name in ("up-64k", "up-1m", "down")
-              if (r := results.get(name)) for step, m in
-              (r["median"].items() if name != "down" else [("2-1", r["median"])])]
-    if stalls:
-        worst = max(stalls)
-        errors = sum(m["client_errors"] for name in ("up-64k", "up-1m")
-                     if (r := results.get(name)) for m in r["median"].values())
-        errors += results["down"]["median"]["client_errors"] if "down" in results else 0
-        out.append(f"KEY worst client stall during a change: {worst[0]:.2f}s ({worst[1]}; "
-                   f"target <= {TARGET_STALL_S:.0f} s); {errors} errors reached the client")
+    changes = [(f"{name} {step}", m) for name in ("up-64k", "up-1m", "down")
+               if (r := results.get(name)) for step, m in
+               (r["median"].items() if name != "down" else [("2-1", r["median"])])]
+    if changes:
+        worst = max(changes, key=lambda c: c[1]["stall_worst_s"])
+        answered: dict[str, float] = {}
+        for _, m in changes:
+            for k, v in m["node1_nfs_errors"].items():
+                answered[k] = answered.get(k, 0) + v
+        said = ", ".join(f"{k} x{v:.0f}" for k, v in answered.items())
+        out.append(f"KEY worst client stall during a change: {worst[1]['stall_worst_s']:.2f}s "
+                   f"({worst[0]}; target <= {TARGET_STALL_S:.0f} s); "
+                   f"{sum(m['client_errors'] for _, m in changes)} errors reached the client "
+                   f"(node 1 answered {said or 'no error'})")
     d = results.get("drain")
     if d:
         r = d["ratio_drain_over_direct"]
