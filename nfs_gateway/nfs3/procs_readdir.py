@@ -10,6 +10,8 @@ Rules:
   only if the backend reached the end and every entry it gave fitted. Not even one entry fits:
   TOOSMALL. A client continues from the last entry's cookie with the returned cookieverf.
 - ".." at an export's root names the root itself, as LOOKUP does (procs_attr.py).
+- Over UDP the budgets are cut to udp_xfer_max, as READ's count is: a reply must fit one
+  datagram (the server cannot send a larger one), and fewer entries are always allowed.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def _ask(budget: int, min_entry_size: int, cap: int) -> int:
     return min(cap, max(1, budget // min_entry_size))
 
 
+def _budget(ctx: CallContext, env: Env, budget: int) -> int:
+    """The client's byte budget, cut to what one datagram holds over UDP."""
+    return min(budget, env.config.udp_xfer_max) if ctx.transport == "udp" else budget
+
+
 def _too_small(fixed: int, budget: int, r: ReadDirResult) -> TooSmall:
     return TooSmall(f"budget {budget} holds no entry (fixed part {fixed})", Wcc(after=r.dir_attr))
 
@@ -65,11 +72,12 @@ async def _at_root(env: Env, t: Target, r: ReadDirResult) -> ReadDirResult:
 async def readdir(env: Env, ctx: CallContext, args: ReaddirArgs) -> ReaddirRes:
     """READDIR (§3.3.16)."""
     t = env.resolve(ctx, args.dir)
-    ask = _ask(args.count, MIN_ENTRY3_SIZE, env.config.readdir_max_entries)
+    count = _budget(ctx, env, args.count)
+    ask = _ask(count, MIN_ENTRY3_SIZE, env.config.readdir_max_entries)
     r = await env.backend.readdir(t.cred, t.fid, args.cookie, args.cookieverf, ask, False)
     r = await _at_root(env, t, r)
     fixed = readdir_fixed_size(r.dir_attr is not None)
-    budget = args.count - fixed
+    budget = count - fixed
     entries: list[Entry3] = []
     for e in r.entries:
         size = entry3_size(len(e.name))
@@ -78,7 +86,7 @@ async def readdir(env: Env, ctx: CallContext, args: ReaddirArgs) -> ReaddirRes:
         budget -= size
         entries.append(Entry3(e.fileid, e.name, e.cookie))
     if budget < 0 or (r.entries and not entries):
-        raise _too_small(fixed, args.count, r)
+        raise _too_small(fixed, count, r)
     eof = r.eof and len(entries) == len(r.entries)
     return ReaddirRes(OK, r.dir_attr, r.cookieverf, entries, eof)
 
@@ -95,14 +103,15 @@ def _plus_entry(env: Env, t: Target, e: DirEntry) -> EntryPlus3:
 async def readdirplus(env: Env, ctx: CallContext, args: ReaddirplusArgs) -> ReaddirplusRes:
     """READDIRPLUS (§3.3.17): entries with their attributes and handles."""
     t = env.resolve(ctx, args.dir)
+    maxcount = _budget(ctx, env, args.maxcount)
     ask = min(
         _ask(args.dircount, MIN_ENTRY3_SIZE, env.config.readdirplus_max_entries),
-        _ask(args.maxcount, _MIN_ENTRYPLUS3_SIZE, env.config.readdirplus_max_entries),
+        _ask(maxcount, _MIN_ENTRYPLUS3_SIZE, env.config.readdirplus_max_entries),
     )
     r = await env.backend.readdir(t.cred, t.fid, args.cookie, args.cookieverf, ask, True)
     r = await _at_root(env, t, r)
     fixed = readdir_fixed_size(r.dir_attr is not None)
-    dir_budget, max_budget = args.dircount, args.maxcount - fixed
+    dir_budget, max_budget = args.dircount, maxcount - fixed
     entries: list[EntryPlus3] = []
     for e in r.entries:
         pe = _plus_entry(env, t, e)
@@ -114,7 +123,7 @@ async def readdirplus(env: Env, ctx: CallContext, args: ReaddirplusArgs) -> Read
         max_budget -= size
         entries.append(pe)
     if max_budget < 0 or (r.entries and not entries):
-        raise _too_small(fixed, args.maxcount, r)
+        raise _too_small(fixed, maxcount, r)
     eof = r.eof and len(entries) == len(r.entries)
     return ReaddirplusRes(OK, r.dir_attr, r.cookieverf, entries, eof)
 
