@@ -40,8 +40,7 @@ PROBE_DIRS = 8  # inodes spread over the ring: some move in any change
 PROBE_TIMEOUT_MS = 120_000  # libnfs gives up on an operation after this (then: an error)
 _RING = re.compile(r"^(\S+ \S+) INFO objcache\.ringchange: ring version (\d+) -> (\d+) "
                    r"\((join|leave)\) in ([\d.]+) s, (\d+) bytes moved$", re.M)
-_NFS_ERRORS = re.compile(r'^objcache_nfs_op_errors_total\{[^}]*proc="([^"]+)"[^}]*'
-                         r'error="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
+_NFS_ERRORS = re.compile(r'^objcache_nfs_op_errors_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
 _WARM = ("import json, sys\nfrom server import cli\nfrom server.cluster import admin, "
          "admin_ring, ringchange\nprint('ready', flush=True)\n"  # leave imports ringchange
          "sys.exit(cli.main(json.loads(sys.stdin.readline())))")
@@ -291,8 +290,9 @@ def nfs_errors(metrics_url: str) -> dict[str, float]:
         text = r.read().decode()
     out: dict[str, float] = {}
     for m in _NFS_ERRORS.finditer(text):
-        out[f"{m.group(1)} {m.group(2)}"] = out.get(f"{m.group(1)} {m.group(2)}", 0.0) + float(
-            m.group(3))
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = f"{labels.get('proc')} {labels.get('error')}"
+        out[key] = out.get(key, 0.0) + float(m.group(2))
     return out
 
 
