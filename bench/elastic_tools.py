@@ -166,6 +166,18 @@ def ring_change(log: Path, version: int) -> dict | None:
     return None
 
 
+def ring_steps(log: Path, version: int) -> dict[str, float]:
+    """The coordinator's time per step of the change to `version`, if it logs them ("ring
+    version B: prepare X s, pre-copy Y s, ...": what each step is, ringchange.py says)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    m = re.search(rf"ring version {version}: (.*)$", text, re.M)
+    steps = re.findall(r"([a-z][\w -]*?) ([\d.]+) s", m.group(1)) if m else []
+    return {k: float(v) for k, v in steps}
+
+
 def log_time(stamp: str) -> float:
     """A node log's timestamp ("2026-11-29 12:12:37,551", local time) as time.time()."""
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()

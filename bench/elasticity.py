@@ -75,6 +75,7 @@ from elastic_tools import (  # noqa: E402
     first_line_time,
     nfs_errors,
     ring_change,
+    ring_steps,
     rss_sampler,
     stack_dump,
     wait_quiet,
@@ -323,6 +324,7 @@ def join_one(b: Bench, c: LocalCluster, node: int, version: int) -> dict:
     return {"t0": t0, "t1": t1, "node": node, "version": version, "started_at": round(w0, 3),
             "complete_s": round(t1 - t0, 3), "serves_s": round(t2 - t0, 3),
             "change_s": line["seconds"], "moved_bytes": line["moved_bytes"],
+            "steps_s": ring_steps(coord_log, version),
             "process_start_s": round(started - w0, 3) if started else None,
             "elected_s": round(elected - w0, 3) if elected else None}
 
@@ -390,6 +392,13 @@ def step_medians(steps: list[dict]) -> dict:
         vals = [j[0][k] for j in joins if j[0].get(k) is not None]
         if vals:
             med[f"first_{k}"] = statistics.median(vals)
+    summed = [{} for _ in joins]  # the coordinator's steps, over a step's joins
+    for total, js in zip(summed, joins, strict=True):
+        for j in js:
+            for k, v in j.get("steps_s", {}).items():
+                total[k] = total.get(k, 0.0) + v
+    med["steps_s"] = {k: round(statistics.median(t.get(k, 0.0) for t in summed), 3)
+                      for k in summed[0]}
     med["stall_max_s"] = statistics.median(s["stall"]["max_s"] for s in steps)
     med["stall_worst_s"] = max(s["stall"]["max_s"] for s in steps)
     med["stall_before_max_s"] = max(s["stall"]["before_max_s"] for s in steps)
@@ -444,6 +453,7 @@ def scale_down_once(b: Bench, rep: int, files: dict[str, bytes]) -> dict:
             "leave_s": round(t1 - t0, 3), "nodes_gone_s": round(gone_s, 3),
             "change_s": round(doc["seconds"], 3), "moved_bytes": doc["moved_bytes"],
             "writeback_s": round(t1 - t0 - doc["seconds"], 3), "ring_version": doc["ring_version"],
+            "steps_s": ring_steps(c.root / "n1" / "node.log", doc["ring_version"]),
             "stall": stall, "slow_exit_stack": slow_exit}
 
 
@@ -499,6 +509,11 @@ def scale_table(results: dict) -> list[str]:
             f"{_f(m.get('first_elected_s')):>6}{_f(m.get('first_serves_s')):>7}   "
             f"{m['stall_max_s']:.2f}s, {m['stall_worst_s']:.2f}s, "
             f"{m['stall_before_max_s']:.2f}s; {m['client_errors']}{extra}")
+    for name, step, r in rows:
+        m = r["median"] if name == "down" else r["median"][step]
+        if m["steps_s"]:
+            lines.append(f"  {name} {step.replace('-', ' -> ')}: the change's steps "
+                         + ", ".join(f"{k} {v:.2f}s" for k, v in m["steps_s"].items()))
     lines += ["  change: as the coordinator logs it (no process start, for 2 -> 4 both joins); "
               "MiB: moved; up, elect, serves: the (first) new node's", "  process logging, "
               "its group's first leader, its NFS service, from its start"]
