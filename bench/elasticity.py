@@ -180,13 +180,12 @@ class Bench:
         return time.perf_counter() - t0
 
     def bucket_tree(self, bucket: str, prefix: str) -> dict[str, bytes]:
-        s3 = self.server.client()
-        out: dict[str, bytes] = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for o in page.get("Contents", ()):
-                out[o["Key"][len(prefix):]] = s3.get_object(Bucket=bucket, Key=o["Key"])[
-                    "Body"].read()
-        return out
+        s3 = self.server.client(max_pool_connections=self.args.parallel)
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix) for o in page.get("Contents", ())]
+        with ThreadPoolExecutor(self.args.parallel) as pool:
+            bodies = pool.map(lambda k: s3.get_object(Bucket=bucket, Key=k)["Body"].read(), keys)
+            return {k[len(prefix):]: body for k, body in zip(keys, bodies, strict=True)}
 
     def admin_argv(self, c: LocalCluster, *args: str, node_id: int = 1) -> list[str]:
         """`objcache admin ARGS` through node `node_id`, for WarmCli.run."""
