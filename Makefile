@@ -5,9 +5,10 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DATA    ?= var
 SEEDS   ?= 5000
+FUZZ_SCALE ?= 100
 ARGS    ?=
 
-.PHONY: all setup host run test test-fast lint sim bench clean
+.PHONY: all setup host run test test-fast lint sim fuzz bench clean
 
 all: test
 
@@ -49,6 +50,13 @@ test-fast: $(STAMP)
 # Long simulation runs: make sim SEEDS=20000
 sim: $(STAMP)
 	OBJCACHE_SIM_SEEDS=$(SEEDS) $(BIN)/python -m pytest -q tests/sim $(ARGS)
+
+# Long fuzzing of the NFS/MOUNT/portmap front end and the node RPC plane (tests/fuzz; a short
+# run is part of `make test`): FUZZ_SCALE times the short run's examples per property, a
+# summary of cases and failures at the end. make fuzz FUZZ_SCALE=1000
+fuzz: $(STAMP)
+	OBJCACHE_FUZZ=long OBJCACHE_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -q \
+		-W ignore::hypothesis.errors.HypothesisWarning tests/fuzz $(ARGS)
 
 bench: setup
 	OBJCACHE_BENCH_DEPS=1 .ci/setup-host
