@@ -150,6 +150,9 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         elif not c.join:
             log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
             nodelist = await bootstrap_nodelist(plane, me, peers, c.bootstrap_timeout_s)
+        # The object stores first: building an S3 client holds this loop a moment, which must
+        # not happen once a ring change gave this node state to serve.
+        stores = _open_stores(cfg)
         seed = 0
         replica = False  # joining a group that exists: its log comes from its leader
         if nodelist is None:
@@ -205,7 +208,6 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             raise StartupError(f"group {group} elected no leader in {c.bootstrap_timeout_s} s")
         alloc = await InoAllocator.open(
             kv, c.node_id, floor=(lambda: _ino_floor(router, c.node_id)) if seed else None)
-        stores = _open_stores(cfg)
         bucket = cfg.cache
         if stores:
             fetch = await bucket_reads.attach(runtime, stores, bucket)
