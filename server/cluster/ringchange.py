@@ -423,6 +423,7 @@ class RingMember:
         moved = 0
         for dest, items in sorted(by_group.items()):
             moved += await self._stage(members[dest], dest, change_id, items, staged)
+        metrics.MIGRATED_BYTES.inc(moved)
         log.info("group %d: pre-copied %d chunks (%d bytes) for ring version %d", group,
                  len(staged), moved, ring.version)
         return moved

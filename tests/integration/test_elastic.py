@@ -75,6 +75,9 @@ def test_grow_to_three_groups_and_shrink_back_keeps_every_file(cluster, tmp_path
 
     cluster.add_node(2)
     _check(cluster, want, [1, 2])
+    # The coordinator (node 1) counts the change and the bytes its group sent.
+    assert cluster.metric(1, "objcache_membership_changes_total", 'kind="join"') == 1
+    assert cluster.metric(1, "objcache_migrated_bytes_total") > 3 * MiB
     want |= _write_tree(cluster, tmp_path, 2, "b", sizes, 3)
 
     cluster.add_node(3)
