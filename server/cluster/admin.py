@@ -49,41 +49,37 @@ DRAIN_POLL_S = 0.1  # the nodes stop soon after a drain's last status: ask often
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p_admin = sub.add_parser("admin", help="operate a running cluster")
     admin_sub = p_admin.add_subparsers(dest="admin_command", required=True)
-    f = admin_sub.add_parser("fsck", help="check the namespace invariants across the cluster")
-    f.add_argument("--node", required=True, metavar="ID=HOST:PORT",
-                   help="any node's id and RPC address")
-    _credentials(f)
+    f = command(admin_sub, "fsck", "check the namespace invariants across the cluster")
     f.add_argument("--vnodes", type=int, default=64, help="the cluster's cluster.vnodes")
     f.add_argument("--settle", type=float, default=10.0,
                    help="seconds to let in-flight transactions finish before reporting them")
-    f.add_argument("--json", action="store_true")
-    st = admin_sub.add_parser("status", help="nodes, groups, leaders, ring version, dirty "
-                              "files and bytes, cache use")
-    st.add_argument("--node", required=True, metavar="ID=HOST:PORT",
-                    help="any node's id and RPC address")
-    _credentials(st)
-    st.add_argument("--json", action="store_true")
-    dr = admin_sub.add_parser("drain", help="scale to zero: write every change back, verify "
-                              "the bucket, then stop every node")
-    dr.add_argument("--node", required=True, metavar="ID=HOST:PORT",
-                    help="any node's id and RPC address (it coordinates the drain)")
-    _credentials(dr)
-    dr.add_argument("--json", action="store_true", help="one JSON status line at the end")
-    dr.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
-                    help="auto: a bar on a terminal, plain lines otherwise")
-    admin_ring.add_parsers(admin_sub, _credentials)
+    command(admin_sub, "status", "nodes, groups, leaders, ring version, dirty files and bytes, "
+            "cache use")
+    command(admin_sub, "drain", "scale to zero: write every change back, verify the bucket, "
+            "then stop every node", node="it coordinates the drain", progress=True)
+    admin_ring.add_parsers(admin_sub, command)
     for name, text in (("warm", "read a tree from the bucket into the cache ahead of use"),
                        ("evict", "drop the clean cached copies of a tree's files"),
                        ("flush", "write a tree's changes back to the bucket now")):
-        w = admin_sub.add_parser(name, help=text)
+        w = command(admin_sub, name, text, node="it runs the job", progress=True)
         w.add_argument("path", nargs="?" if name == "flush" else None, default="/",
                        help="a path in the namespace (/ is the root)")
-        w.add_argument("--node", required=True, metavar="ID=HOST:PORT",
-                       help="any node's id and RPC address (it runs the job)")
-        _credentials(w)
-        w.add_argument("--json", action="store_true", help="one JSON status line at the end")
-        w.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto",
-                       help="auto: a bar on a terminal, plain lines otherwise")
+
+
+def command(admin_sub: argparse._SubParsersAction, name: str, text: str, *, node: str = "",
+            progress: bool = False) -> argparse.ArgumentParser:
+    """An admin subcommand with what every one takes: the node to ask, the credentials,
+    --json (and --progress for the long ones)."""
+    parser = admin_sub.add_parser(name, help=text)
+    parser.add_argument("--node", required=True, metavar="ID=HOST:PORT",
+                        help="any node's id and RPC address" + (f" ({node})" if node else ""))
+    _credentials(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON document at the end")
+    if progress:
+        parser.add_argument("--progress", choices=["auto", "bar", "lines", "none"],
+                            default="auto", help="auto: a bar on a terminal, plain lines "
+                            "otherwise")
+    return parser
 
 
 def _credentials(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 import trio
 
@@ -22,14 +23,10 @@ CHANGE_TIMEOUT_S = 900.0  # a leave writes back and moves a group's state
 
 
 def add_parsers(admin_sub: argparse._SubParsersAction,
-                credentials: object) -> None:
-    lv = admin_sub.add_parser("leave", help="take a node (its one-member group) out of the "
-                              "cluster: write back, hand its state to the others, stop it")
+                command: Callable[..., argparse.ArgumentParser]) -> None:
+    lv = command(admin_sub, "leave", "take a node out of the cluster: a replica leaves its "
+                 "group; a one-member group writes back, hands its state to the others")
     lv.add_argument("leaving", type=int, metavar="NODE_ID", help="the node that leaves")
-    lv.add_argument("--node", required=True, metavar="ID=HOST:PORT",
-                    help="any node's id and RPC address")
-    credentials(lv)  # type: ignore[operator]
-    lv.add_argument("--json", action="store_true")
 
 
 async def leave(plane: RpcPlane, node_id: int, args: argparse.Namespace) -> int:
