@@ -62,7 +62,9 @@ bench: setup
 	OBJCACHE_BENCH_DEPS=1 .ci/setup-host
 	$(BIN)/python bench/nfs_gateway.py $(ARGS)
 	$(BIN)/python bench/raft.py $(ARGS)
+	$(BIN)/python bench/namespace.py $(ARGS)
 	$(BIN)/python bench/model_startup.py $(ARGS)
+	$(BIN)/python bench/elasticity.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
