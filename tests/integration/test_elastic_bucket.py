@@ -54,10 +54,11 @@ def test_dirty_and_clean_files_through_joins_and_leaves(tmp_path: Path, s3_bucke
             local.write_bytes(dirty[name])
             nfs_cp(local, c.url(node, name))
 
-    def bucket() -> dict[str, bytes]:
-        listed = s3.list_objects_v2(Bucket=s3_bucket.name, Prefix="el/")
+    def bucket() -> dict[str, bytes]:  # every page: the client may write over 1000 files
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket.name,
+                                                              Prefix="el/")
         return {o["Key"][3:]: s3.get_object(Bucket=s3_bucket.name, Key=o["Key"])["Body"].read()
-                for o in listed.get("Contents", [])}
+                for page in pages for o in page.get("Contents", [])}
 
     def check(nodes: list[int], *, written_back: dict[str, bytes] | None = None) -> None:
         """Every file reads back through `nodes`; fsck is clean; the bucket holds the clean
