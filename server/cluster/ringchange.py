@@ -48,6 +48,7 @@ from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.statemachine import StateView, encode_nodelist_entry, encode_ring_entry
 from server.fs import keys
 from server.rpc.codec import message
+from server.rpc.connection import NO_HANDLER
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcPlane
 
@@ -228,7 +229,7 @@ class GroupCaller:
                 if e.code == p.NOT_LEADER:
                     hint = int(e.message) if e.message.isdigit() else 0
                     self._leader[group] = hint if hint in members else _next(members, target)
-                elif e.code not in (p.UNAVAILABLE,):
+                elif e.code not in (p.UNAVAILABLE, NO_HANDLER):  # NO_HANDLER: starting
                     raise
                 last = e
             except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:

@@ -6,7 +6,8 @@ Rules:
   this node, the request goes to the local GroupRuntime in process, through the same handler.
 - Each try has `try_timeout_s`; the whole call has `request_timeout_s`, after which the group
   is Unavailable (the gateway answers NFS3ERR_JUKEBOX and the client retries later).
-- UNAVAILABLE and MOVING (a ring change holds the state) are retried after a pause.
+- UNAVAILABLE, MOVING (a ring change holds the state) and a peer's NO_HANDLER (its plane runs
+  before its group member does, at start) are retried after a pause.
 - STALE_RING / WRONG_GROUP: the router reloads the NodeList (from its own group's applied
   state) and raises RingChanged so the gateway re-plans against the new ring.
 - `post()` sends a txn message to a group's leader in the background (best effort: the txn
@@ -27,6 +28,7 @@ from server.cluster.group import GroupRuntime, register_txn_messages
 from server.cluster.membership import peer_url
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
+from server.rpc.connection import NO_HANDLER
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcPlane
 from txn.messages import TxnMessage
@@ -88,7 +90,7 @@ class GroupRouter:
             try:
                 return await local.handle(request)
             except RemoteError as e:
-                if e.code not in (p.NOT_LEADER, p.UNAVAILABLE, p.MOVING):
+                if e.code not in (p.NOT_LEADER, p.UNAVAILABLE, p.MOVING, NO_HANDLER):
                     await self._refused(group, members, self.node_id, e)  # raises
         with trio.move_on_after(self.request_timeout_s):
             while True:
@@ -121,7 +123,7 @@ class GroupRouter:
         if e.code in (p.STALE_RING, p.WRONG_GROUP):
             await self._refresh()
             raise p.RingChanged(e.message) from e
-        if e.code not in (p.UNAVAILABLE, p.MOVING):
+        if e.code not in (p.UNAVAILABLE, p.MOVING, NO_HANDLER):  # NO_HANDLER: it is starting
             raise e
         return True
 

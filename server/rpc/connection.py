@@ -56,6 +56,7 @@ Handler = Callable[[int, Any], Awaitable[Any]]
 CHUNK_OVERHEAD_BYTES = 128  # the Chunk envelope around a slice: tag, ids, offsets, CBOR heads
 BATCH_OVERHEAD_BYTES = 64  # the Batch envelope: tag, version, array heads
 MAX_BATCH_FRAMES = 256
+NO_HANDLER = "no_handler"  # the peer serves no such message (yet: it may be starting)
 MESSAGE_TOO_BIG = 1009  # WebSocket close code (RFC 6455 §7.4.1)
 POLICY_VIOLATION = 1008
 
@@ -291,7 +292,7 @@ class Connection:
     async def _run_handler(self, request: Request) -> Reply | Failure:
         handler = self._handlers.get(type(request.body))
         if handler is None:
-            return Failure(request.id, "no_handler", type(request.body).__name__)
+            return Failure(request.id, NO_HANDLER, type(request.body).__name__)
         try:
             # A bare CancelScope, not fail_after (a generator context manager): this runs once
             # per request and fail_after's wrapping showed up in profiles of the Raft leader.
