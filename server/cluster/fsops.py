@@ -79,7 +79,7 @@ from txn.kv import KvBatch, KvView
 
 __all__ = ["EEXIST", "ENOENT", "ENOTEMPTY", "INVALID", "MISPLACED", "MOVING", "STALE",
            "UNMATERIALIZED",
-           "FsApplication", "decode_ops", "encode_ops", "owner_of", "perform_effects_sync",
+           "FsApplication", "decode_ops", "encode_ops", "flat", "owner_of", "perform_effects_sync",
            "root_ops"]
 
 INVALID = "INVALID"  # ops that do not decode: a gateway bug
@@ -219,7 +219,7 @@ class FsApplication:
             recs = self._records(ops)
         except RecordError:
             return ()  # check() refuses them
-        return tuple(sorted({owner_of(r) for r in _flat(recs)}))
+        return tuple(sorted({owner_of(r) for r in flat(recs)}))
 
     def check(self, ops: bytes, view: KvView) -> str | None:
         try:
@@ -252,10 +252,11 @@ class FsApplication:
         return out
 
 
-def _flat(recs: Iterable[object]) -> Iterable[object]:
+def flat(recs: Iterable[object]) -> Iterable[object]:
+    """The records, Multi ones opened up (in order)."""
     for r in recs:
         if isinstance(r, Multi):
-            yield from _flat(r.records)
+            yield from flat(r.records)
         else:
             yield r
 

@@ -143,7 +143,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         nodelist: NodeList | None = None
         if stored is not None:
             nodelist = NodeList.decode(stored)
-            if c.node_id not in {n.node_id for n in nodelist.nodes}:
+            if not nodelist.has(c.node_id):
                 raise StartupError(f"node {c.node_id} left the cluster (node list version "
                                    f"{nodelist.version}); to serve again, start it with an "
                                    "empty data directory and --join")
@@ -313,7 +313,7 @@ async def _stop_when_left(runtime: GroupRuntime, node_id: int, stop: Callable[[]
     while True:
         await runtime.ring_event.wait()
         raw = runtime.nodelist_bytes()
-        if raw is not None and node_id not in {n.node_id for n in NodeList.decode(raw).nodes}:
+        if raw is not None and not NodeList.decode(raw).has(node_id):
             log.info("node %d: left the cluster; stopping", node_id)
             await trio.sleep(LEAVE_GRACE_S)  # the answer to the change's last step goes out
             stop()

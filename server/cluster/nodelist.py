@@ -83,6 +83,9 @@ class NodeList:
         """The node ids of `group`, sorted; () if there is no such group."""
         return tuple(n.node_id for n in self.nodes if n.group == group)
 
+    def has(self, node_id: int) -> bool:
+        return any(n.node_id == node_id for n in self.nodes)
+
     def node(self, node_id: int) -> NodeInfo:
         """Raises KeyError for a node not in the list."""
         for n in self.nodes:

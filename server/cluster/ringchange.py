@@ -45,6 +45,7 @@ from server.cluster import ringstate
 from server.cluster.group import GroupRuntime
 from server.cluster.membership import peer_url
 from server.cluster.nodelist import NodeInfo, NodeList
+from server.cluster.router import next_member
 from server.cluster.statemachine import StateView, encode_nodelist_entry, encode_ring_entry
 from server.fs import keys
 from server.rpc.codec import message
@@ -228,12 +229,12 @@ class GroupCaller:
             except RemoteError as e:
                 if e.code == p.NOT_LEADER:
                     hint = int(e.message) if e.message.isdigit() else 0
-                    self._leader[group] = hint if hint in members else _next(members, target)
+                    self._leader[group] = hint if hint in members else next_member(members, target)
                 elif e.code not in (p.UNAVAILABLE, NO_HANDLER):  # NO_HANDLER: starting
                     raise
                 last = e
             except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
-                self._leader[group] = _next(members, target)
+                self._leader[group] = next_member(members, target)
                 last = e
             await trio.sleep(0.05)
         raise RemoteError(p.UNAVAILABLE, f"group {group} did not answer in {timeout_s} s: "
@@ -392,7 +393,7 @@ class RingMember:
 
     async def _on_retire(self, peer: int, msg: Retire) -> RingDone:
         nodelist = NodeList.decode(msg.nodelist)
-        if self.rt.node_id not in {n.node_id for n in nodelist.nodes} and self.stop:
+        if not nodelist.has(self.rt.node_id) and self.stop:
             log.info("node %d: removed from group %d; stopping", self.rt.node_id,
                      self.rt.group)
             self.stop()
@@ -410,11 +411,10 @@ class RingMember:
 
         def scan() -> dict[int, list[tuple[bytes, bytes]]]:
             out: dict[int, list[tuple[bytes, bytes]]] = {}
-            keep = ring if group in ring.groups else None
             for k, v in ringstate.scan_all(kv, keys.MATERIALIZED):
                 ino, index = keys.parse_materialized_key(k)
                 where = ring.group_of_chunk(ino, index)
-                if (keep is None or where != group) and int.from_bytes(v, "big"):
+                if where != group and int.from_bytes(v, "big"):
                     out.setdefault(where, []).append((k, v))
             return out
 
@@ -468,13 +468,9 @@ class RingMember:
         kv = self.rt.kv
 
         def scan() -> dict[int, list[tuple[bytes, bytes]]]:
-            roots = ringstate.store_roots(kv)
             out: dict[int, list[tuple[bytes, bytes]]] = {}
-            keep = ring if group in ring.groups else None
-            for _, k, v in ringstate.leaving(kv, keep, group, roots):
-                where = ringstate.owner(k, ring, roots)
-                if where is not None:
-                    out.setdefault(where[0], []).append((k, v))
+            for where, k, v in ringstate.leaving(kv, ring, group, ringstate.store_roots(kv)):
+                out.setdefault(where, []).append((k, v))
             return out
 
         start = time.perf_counter()
@@ -741,9 +737,6 @@ def _read_chunks(chunks: Any, marked: list[tuple[int, int]]) -> list[tuple[int, 
     return out
 
 
-def _next(members: tuple[int, ...], node_id: int) -> int:
-    i = members.index(node_id) if node_id in members else -1
-    return members[(i + 1) % len(members)]
 
 
 async def learn_cluster(plane: RpcPlane, seed_url: str, timeout_s: float) -> tuple[int, NodeList]:
@@ -771,7 +764,7 @@ async def join_cluster(plane: RpcPlane, rt: GroupRuntime, me: NodeInfo, seed: in
 
     def joined_here() -> bool:
         raw = rt.sm.nodelist_bytes
-        return raw is not None and me.node_id in {n.node_id for n in NodeList.decode(raw).nodes}
+        return raw is not None and NodeList.decode(raw).has(me.node_id)
 
     with trio.move_on_after(timeout_s):
         # A new group is ready for the change's steps once it leads itself; a replica waits

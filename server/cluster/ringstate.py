@@ -45,7 +45,7 @@ from typing import Any
 
 import cbor2
 
-from server.cluster.fsops import MISPLACED, MOVING, owner_of
+from server.cluster.fsops import MISPLACED, MOVING, flat, owner_of
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
 from server.fs import keys
@@ -153,7 +153,7 @@ def owner(key: bytes, ring: Ring, roots: dict[int, int]) -> tuple[int, int] | No
 def leaving(kv: KvStore, ring: Ring | None, group: int,
             roots: dict[int, int]) -> Iterator[tuple[int, bytes, bytes]]:
     """(new owner, key, value) of every key this group holds but does not own under `ring`
-    (None: a group outside every ring owns nothing; its owner is reported as 0)."""
+    (a group outside `ring` owns none; None: a group outside every ring, owner reported 0)."""
     for space in MOVABLE:
         for k, v in scan_all(kv, space):
             if ring is None:
@@ -165,6 +165,12 @@ def leaving(kv: KvStore, ring: Ring | None, group: int,
 
 
 # -- the freeze ------------------------------------------------------------------------------
+
+
+def place(ring: Ring, ino: int, index: int | None) -> int:
+    """The group `ring` places an inode (index None) or one of its chunks in."""
+    return ring.group_of_inode(ino) if index is None else ring.group_of_chunk(ino, index)
+
 
 
 @dataclass(frozen=True)
@@ -184,39 +190,24 @@ class Freeze:
         """Whether any of these fs records changes frozen state or creates state that moves."""
         if not self.frozen:
             return False
-        for r in recs:
-            if isinstance(r, fs_records.Multi):
-                if self.blocks(r.records):
-                    return True
-                continue
+        for r in flat(recs):
             if isinstance(r, _KEY_RECORDS):
                 if r.store in self.stores:
                     return True
                 continue
-            ino = owner_of(r)
-            if ino in self.inos:
-                return True
-            if self.old is None:
-                continue
-            index = getattr(r, "index", None)
-            if index is not None:
-                if self.old.group_of_chunk(ino, index) != self.new.group_of_chunk(ino, index):
-                    return True
-            elif self.old.group_of_inode(ino) != self.new.group_of_inode(ino):
+            ino, index = owner_of(r), getattr(r, "index", None)
+            if ino in self.inos or self._moves(ino, index):
                 return True
         return False
 
+    def _moves(self, ino: int, index: int | None) -> bool:
+        """Whether the new ring places this inode (or chunk) elsewhere than the old one."""
+        return self.old is not None and place(self.old, ino, index) != place(
+            self.new, ino, index)
+
     def hides(self, ino: int, index: int | None = None) -> bool:
         """Whether a read of this inode (or one chunk of it) must wait for the new ring."""
-        if not self.exported:
-            return False
-        if ino in self.inos:
-            return True
-        if self.old is None:
-            return False
-        if index is None:
-            return self.old.group_of_inode(ino) != self.new.group_of_inode(ino)
-        return self.old.group_of_chunk(ino, index) != self.new.group_of_chunk(ino, index)
+        return self.exported and (ino in self.inos or self._moves(ino, index))
 
 
 class Guard:
@@ -238,20 +229,10 @@ class Guard:
 
     def _misplaced(self, recs: Any) -> bool:
         assert self.ring is not None
-        for r in recs:
-            if isinstance(r, fs_records.Multi):
-                if self._misplaced(r.records):
-                    return True
-                continue
-            if isinstance(r, _KEY_RECORDS + _EVERY_CHUNK_GROUP):
-                continue  # the key table is placed by its store's root; trims go everywhere
-            index = getattr(r, "index", None)
-            ino = owner_of(r)
-            where = (self.ring.group_of_inode(ino) if index is None
-                     else self.ring.group_of_chunk(ino, index))
-            if where != self.group:
-                return True
-        return False
+        return any(place(self.ring, owner_of(r), getattr(r, "index", None)) != self.group
+                   for r in flat(recs)
+                   # the key table is placed by its store's root; trims go everywhere
+                   if not isinstance(r, _KEY_RECORDS + _EVERY_CHUNK_GROUP))
 
 
 def load_freeze(kv: KvStore, vnodes: int) -> Freeze | None:
@@ -331,8 +312,7 @@ class RingApply:
         self.writes[FROZEN] = b""
         ring = pending.ring(self.vnodes)
         roots = store_roots(self.kv)
-        for _, k, _ in leaving(self.kv, ring if self.group in ring.groups else None,
-                               self.group, roots):
+        for _, k, _ in leaving(self.kv, ring, self.group, roots):
             if k[:4] == keys.BUCKET_KEY:
                 store, _ = keys.parse_bucket_key(k)
                 self.writes[FROZEN_STORE + struct.pack(">I", store)] = b""

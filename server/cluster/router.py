@@ -57,9 +57,8 @@ class GroupRouter:
                 self.plane.add_peer(n.node_id, peer_url(self.plane, n.rpc))
         old = getattr(self, "nodelist", None)
         if old is not None:  # nodes that left: stop dialing them
-            kept = {n.node_id for n in nodelist.nodes}
             for n in old.nodes:
-                if n.node_id not in kept and n.node_id != self.node_id:
+                if not nodelist.has(n.node_id) and n.node_id != self.node_id:
                     self.plane.remove_peer(n.node_id)
         self.nodelist = nodelist
         self._ring = nodelist.ring(self.vnodes)
@@ -102,7 +101,7 @@ class GroupRouter:
                         await trio.sleep(0.05)  # an election is on: give it a moment
                 except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
                     log.debug("group %d: node %d did not answer: %s", group, target, e)
-                    self._leader[group] = _next(members, target)
+                    self._leader[group] = next_member(members, target)
                     await trio.sleep(0.02)
                 self.stats["retries"] += 1
         self.stats["unavailable"] += 1
@@ -115,7 +114,7 @@ class GroupRouter:
         True when the group has no known leader right now (worth a pause before retrying)."""
         if e.code == p.NOT_LEADER:
             hint = int(e.message) if e.message.isdigit() else 0
-            self._leader[group] = hint if hint in members else _next(members, target)
+            self._leader[group] = hint if hint in members else next_member(members, target)
             return hint not in members
         if e.code == p.STALE_RING and e.message.isdigit() and (
                 int(e.message) < self._ring.version):
@@ -170,9 +169,10 @@ class GroupRouter:
             with contextlib.suppress(RemoteError, p.RingChanged):
                 await self._refused(group, members, target, e)
         except (RpcTimeout, PeerUnavailable, ConnectionLost):
-            self._leader[group] = _next(members, target)
+            self._leader[group] = next_member(members, target)
 
 
-def _next(members: tuple[int, ...], node_id: int) -> int:
+def next_member(members: tuple[int, ...], node_id: int) -> int:
+    """The member after `node_id` (the first if it is none of them), round the group."""
     i = members.index(node_id) if node_id in members else -1
     return members[(i + 1) % len(members)]
