@@ -3,8 +3,15 @@
 Rules:
 - An export is named by its path (what MOUNT asks for) and by a small integer id that goes into
   every file handle, so a handle names its export without a lookup by path.
-- `check_client` enforces the allowed networks and, unless `insecure`, a reserved source port
-  (< 1024) as Linux nfsd does; each refusal is logged and counted, and raised as backend.Access.
+- `check_client` enforces the allowed networks (a client outside them: backend.Access, which is
+  NFS3ERR_ACCES / MNT3ERR_ACCES) and, unless `insecure`, a reserved source port (< 1024): a
+  client from another port is refused with backend.Perm (NFS3ERR_PERM: the caller is not
+  privileged, RFC 1813 §2.6), as Linux nfsd does. `read_only` is the refusal of a modifying
+  call on a read-only export (backend.ReadOnly: NFS3ERR_ROFS).
+- Every refusal is counted by (reason, export) in `refusals` (objcache_export_refusals_total)
+  and logged without flooding: the 1st, 2nd, 4th, 8th, ... refusal of one client address for one
+  (export, reason), with the count so far (no clock needed; a flood of N refusals logs about
+  log2(N) lines). The log's memory of clients is bounded (LOG_MEMORY_ENTRIES, cleared when full).
 - `effective_cred` applies squashing exactly as Linux nfsd_setuser does: with root_squash, uid 0
   becomes anon_uid and gid 0 (also among the supplementary gids) becomes anon_gid; all_squash maps
   everyone; AUTH_NONE calls (no cred) run as anon.
@@ -20,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nfs_gateway.backend import Access, Cred
+from nfs_gateway.backend import Access, Cred, FsError, Perm, ReadOnly
 
 log = logging.getLogger("objcache.exports")
 
@@ -31,6 +38,7 @@ ALL_NETWORKS: tuple[Network, ...] = (
 )
 MAX_EXPORTS = 4096
 MEMO_ENTRIES = 4096  # remembered admissions and squashed credentials (each)
+LOG_MEMORY_ENTRIES = 4096  # (client address, export, reason) whose refusals are being counted
 MAX_PATH_BYTES = 1024  # MNTPATHLEN (RFC 1813 appendix I)
 RESERVED_PORT_LIMIT = 1024
 
@@ -79,7 +87,10 @@ class ExportTable:
         if len(self._by_path) != len(exports) or len(self._by_id) != len(exports):
             raise ValueError("export paths and ids must be unique")
         self._all = tuple(exports)
-        self.refusals: Counter[str] = Counter()  # by reason, for metrics
+        # (reason, export path) -> refusals, for metrics; reasons: address, bad_address,
+        # insecure_port, read_only. Bounded: reasons are fixed and exports are configured.
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        self._logged: dict[tuple[str, str, str], int] = {}  # (host, export, reason) -> count
         self._admitted: dict[tuple[int, str, bool], bool] = {}
         self._creds: dict[tuple[int, Cred | None], Cred] = {}
 
@@ -104,7 +115,8 @@ class ExportTable:
         return self._all
 
     def check_client(self, export: Export, client: tuple[str, int]) -> None:
-        """Raise Access unless `client` (address, port) may use `export`."""
+        """Raise Access (not an allowed address) or Perm (not a reserved port) unless `client`
+        (address, port) may use `export`."""
         host, port = client
         key = (export.export_id, host, port < RESERVED_PORT_LIMIT)
         if key in self._admitted:
@@ -125,10 +137,27 @@ class ExportTable:
         if port >= RESERVED_PORT_LIMIT and not export.insecure:
             raise self._refusal(export, client, "insecure_port")
 
-    def _refusal(self, export: Export, client: tuple[str, int], reason: str) -> Access:
-        self.refusals[reason] += 1
-        log.warning("refused %s:%d access to export %s (%s)", *client, export.path, reason)
+    def _refusal(self, export: Export, client: tuple[str, int], reason: str) -> FsError:
+        self._count(export, client, reason)
+        if reason == "insecure_port":
+            return Perm(f"client {client[0]} port {client[1]} refused by export {export.path}: "
+                        "not a reserved port")
         return Access(f"client {client[0]} refused by export {export.path}: {reason}")
+
+    def read_only(self, export: Export, client: tuple[str, int]) -> ReadOnly:
+        """The refusal of a modifying call on a read-only export: counted, logged, returned."""
+        self._count(export, client, "read_only")
+        return ReadOnly(f"export {export.path} is read-only")
+
+    def _count(self, export: Export, client: tuple[str, int], reason: str) -> None:
+        self.refusals[(reason, export.path)] += 1
+        key = (client[0], export.path, reason)
+        if key not in self._logged and len(self._logged) >= LOG_MEMORY_ENTRIES:
+            self._logged.clear()
+        n = self._logged[key] = self._logged.get(key, 0) + 1
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a flood logs about log2(n) lines
+            log.warning("refused %s:%d access to export %s (%s); %d refusals of this client "
+                        "for this reason so far", *client, export.path, reason, n)
 
     def effective_cred(self, export: Export, ctx_cred: Cred | None) -> Cred:
         """The identity the backend checks permissions for, after squashing."""

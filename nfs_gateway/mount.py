@@ -192,6 +192,9 @@ class MountService:
             return MntResult(MountStat.MNT3ERR_NOENT)
         try:
             self.exports.check_client(export, ctx.client)
+        except be.FsError:  # address or port (logged and counted there): mountd answers
+            return MntResult(MountStat.MNT3ERR_ACCES)  # MNT3ERR_ACCES to either
+        try:
             fid = await self.backend.export_root(path)
         except be.FsError as e:
             status = _MNT_ERRORS.get(type(e), MountStat.MNT3ERR_SERVERFAULT)

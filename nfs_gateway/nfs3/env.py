@@ -6,8 +6,10 @@ Rules:
   error; program.py wraps each one so that the FsError becomes its failure result through
   errors.py — the one place that maps errors.
 - A handle is checked in this order (RFC 1813 §2.3.3, exports(5)): well-formed (BADHANDLE),
-  export still configured and same file system (STALE), client allowed (ACCES), export writable
-  for a modifying call (ROFS). Only then are credentials squashed and the backend called.
+  export still configured and same file system (STALE), client allowed (ACCES; PERM for a port
+  that is not reserved on a secure export), export writable for a modifying call (ROFS). Only
+  then are credentials squashed and the backend called. Refusals are counted and logged by the
+  export table.
 - No I/O here but the backend's; no clock.
 """
 
@@ -22,7 +24,6 @@ from nfs_gateway.backend import (
     Cred,
     FileId,
     NameTooLong,
-    ReadOnly,
     Stale,
     XDev,
 )
@@ -113,7 +114,7 @@ class Env:
             raise Stale(f"handle of export {export_id} fsid {fsid}: not served here")
         self.exports.check_client(export, ctx.client)
         if modify and export.read_only:
-            raise ReadOnly(f"export {export.path} is read-only")
+            raise self.exports.read_only(export, ctx.client)
         return Target(export, self.exports.effective_cred(export, ctx.cred), fid)
 
     def resolve_pair(

@@ -41,6 +41,10 @@ class AuthFailed(RpcError):
     """The peer did not prove knowledge of the cluster secret (or claimed a bad identity)."""
 
 
+class BadIdentity(AuthFailed):
+    """The peer claimed a node id it may not have (its own, 0, or not the one dialed)."""
+
+
 class NotAdmitted(RpcError):
     """The peer is authentic but already connected (or losing a simultaneous dial)."""
 
@@ -70,7 +74,7 @@ async def dial(ws: WebSocketConnection, *, secret: bytes, my_id: int, incarnatio
     challenge = await _receive(ws, Challenge)
     peer_id = challenge.node_id
     if expected_id is not None and peer_id != expected_id:
-        raise AuthFailed(f"dialed node {expected_id} but node {peer_id} answered")
+        raise BadIdentity(f"dialed node {expected_id} but node {peer_id} answered")
     _check_nonce(challenge.nonce)
     args = (my_nonce, challenge.nonce, my_id, peer_id)
     await ws.send_message(encode(Proof(_mac(secret, b"dialer", *args))))
@@ -94,7 +98,7 @@ async def accept(ws: WebSocketConnection, *, secret: bytes | Callable[[int], byt
     if hello.protocol != PROTOCOL:
         raise ProtocolViolation(f"protocol {hello.protocol}; this node speaks {PROTOCOL}")
     if hello.node_id < 1 or hello.node_id == my_id:
-        raise AuthFailed(f"peer claims node id {hello.node_id}")
+        raise BadIdentity(f"peer claims node id {hello.node_id}")
     _check_nonce(hello.nonce)
     my_nonce = secrets.token_bytes(NONCE_BYTES)
     await ws.send_message(encode(Challenge(my_id, incarnation, my_nonce)))

@@ -2,7 +2,13 @@
 
 Rules:
 - Every connection is authenticated first (handshake.py); an unauthenticated peer is refused,
-  logged and counted in `counters.auth_failures`.
+  counted in `counters.auth_failures` and in `refusals` by (peer kind, reason) (node: a peer
+  node; admin: an `objcache admin` client, which proves the admin token), and logged without
+  flooding: the 1st, 2nd, 4th, ... refusal from one address for one (kind, reason).
+  Reasons: bad_proof (wrong secret or token), bad_identity (a node id it may not claim),
+  forbidden (an admin client sent a message admins may not send).
+- A dialer whose proof the acceptor refused (close code AUTH_FAILED_CLOSE_CODE) says so: calls
+  to that peer fail at once with AuthRefused instead of waiting for their deadline.
 - One connection per pair of nodes, decided by the acceptor after authentication and before
   any traffic flows (handshake `admit`): it refuses a dial from a peer it is already connected
   to (and pings the old connection, which is closed if the peer does not answer), and in a
@@ -50,14 +56,20 @@ from server.rpc.connection import (
     Counters,
     Handler,
 )
-from server.rpc.frames import PeerUnavailable, ProtocolViolation
-from server.rpc.handshake import AuthFailed, NotAdmitted
+from server.rpc.frames import PeerUnavailable, ProtocolViolation, RemoteError
+from server.rpc.handshake import AuthFailed, BadIdentity, NotAdmitted
 
 T = TypeVar("T")
 
 log = logging.getLogger("objcache.rpc")
 ADMIN_ID_BASE = 1 << 40  # plane ids of admin clients (`objcache admin`); node ids are smaller
 AUTH_FAILED_CLOSE_CODE = 4001  # application range of WebSocket close codes (RFC 6455 §7.4.2)
+FORBIDDEN = "forbidden"  # RemoteError code: admin clients may not send this message
+REFUSAL_LOG_ENTRIES = 1024  # (address, kind, reason) whose refusals are counted for the log
+
+
+class AuthRefused(PeerUnavailable):
+    """The peer refused our proof of the cluster secret (or admin token): a wrong secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,7 @@ class _Peer:
     changed: trio.Event = field(default_factory=trio.Event)  # set when conn is replaced
     dialer_scope: trio.CancelScope | None = None
     dialing: bool = False  # our handshake to it is in progress
+    refused: bool = False  # it refused our proof on the last dial (and no connection since)
 
     def live(self) -> Connection | None:
         return self.conn if self.conn is not None and not self.conn.closed.is_set() else None
@@ -120,6 +133,10 @@ class RpcPlane:
         self.config = config
         self.node_id = config.node_id
         self.counters = Counters()
+        # (peer kind, reason) -> refusals (objcache_rpc_auth_refusals_total); bounded: both
+        # labels take a few fixed values.
+        self.refusals: dict[tuple[str, str], int] = {}
+        self._refusal_log: dict[tuple[str, str, str], int] = {}
         self.port: int | None = None  # the bound port, once run() has started
         self.incarnation = secrets.randbits(63)  # identity of this process, not seeded
         self._rng = rng or random.Random(config.node_id)
@@ -136,8 +153,24 @@ class RpcPlane:
         """`admin`: admin clients may send it too (status, jobs, fsck's reads)."""
         assert msg_type not in self._handlers, f"{msg_type.__name__} already has a handler"
         self._handlers[msg_type] = handler
-        if admin:
-            self._admin_handlers[msg_type] = handler
+        self._admin_handlers[msg_type] = handler if admin else partial(self._forbidden, msg_type)
+
+    async def _forbidden(self, msg_type: type, peer_id: int, _msg: Any) -> Any:
+        """What an admin client gets for a message only nodes may send."""
+        self.refuse("admin", FORBIDDEN, f"admin client {peer_id}", msg_type.__name__)
+        raise RemoteError(FORBIDDEN, f"admin clients may not send {msg_type.__name__}")
+
+    def refuse(self, kind: str, reason: str, remote: str, detail: object) -> None:
+        """Count a refusal and log it without flooding (module rules)."""
+        key = (kind, reason)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+        where = (remote.rpartition(":")[0] or remote, kind, reason)  # the address, not the port
+        if where not in self._refusal_log and len(self._refusal_log) >= REFUSAL_LOG_ENTRIES:
+            self._refusal_log.clear()
+        n = self._refusal_log[where] = self._refusal_log.get(where, 0) + 1
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+            log.warning("refused %s %s (%s): %s; %d refusals from this address so far",
+                        kind, remote, reason, detail, n)
 
     def _secret_for(self, peer_id: int) -> bytes:
         token = self.config.admin_token
@@ -236,6 +269,9 @@ class RpcPlane:
                 conn = peer.live()
                 if conn is not None:
                     return conn
+                if peer.refused:
+                    raise AuthRefused(f"node {peer_id} refused our proof of the cluster "
+                                      "secret (or admin token): check that it is the same")
                 await peer.changed.wait()
         raise PeerUnavailable(f"no connection to node {peer_id} before the deadline")
 
@@ -321,9 +357,15 @@ class RpcPlane:
                 adopted.append(conn)
             return reason
 
+        claimed: list[int] = []
+
+        def secret(peer_id: int) -> bytes:
+            claimed.append(peer_id)
+            return self._secret_for(peer_id)
+
         ok = await self._authenticate(ws, handshake.accept(
-            ws, secret=self._secret_for, my_id=self.node_id, incarnation=self.incarnation,
-            admit=admit))
+            ws, secret=secret, my_id=self.node_id, incarnation=self.incarnation,
+            admit=admit), lambda: "admin" if claimed and claimed[0] >= ADMIN_ID_BASE else "node")
         if ok is None:
             for conn in adopted:  # the Welcome did not get through
                 self._forget(conn)
@@ -342,15 +384,20 @@ class RpcPlane:
             log.exception("a connection task failed; that connection is closed, the node runs on")
             return None
 
-    async def _authenticate(self, ws: WebSocketConnection, steps: Awaitable[T]) -> T | None:
-        """Run one side of the handshake; None (logged, counted, closed) if it fails."""
+    async def _authenticate(self, ws: WebSocketConnection, steps: Awaitable[T],
+                            kind: Callable[[], str] = lambda: "node",
+                            peer: _Peer | None = None) -> T | None:
+        """Run one side of the handshake; None (logged, counted, closed) if it fails.
+        `kind`: who the peer is (node or admin), once the handshake has said it;
+        `peer`: the peer we dial (its `refused` is set when it refuses our proof)."""
         remote = _remote(ws)  # now: once the socket is closed its address is gone
         try:
             with trio.fail_after(self.config.handshake_timeout_s):
                 return await steps
         except AuthFailed as exc:
             self.counters.auth_failures += 1
-            log.warning("refused peer %s: %s", remote, exc)
+            reason = "bad_identity" if isinstance(exc, BadIdentity) else "bad_proof"
+            self.refuse(kind(), reason, remote, exc)
             await _close(ws, AUTH_FAILED_CLOSE_CODE, "authentication failed")
         except NotAdmitted as exc:
             log.info("refused a second connection from %s: %s", remote, exc)
@@ -360,7 +407,13 @@ class RpcPlane:
             log.warning("handshake with %s failed: %s", remote, exc or "timeout")
             await _close(ws, POLICY_VIOLATION, "bad handshake")
         except ConnectionClosed as exc:
-            log.info("peer %s closed during the handshake: %s", remote, exc.reason)
+            if peer is not None and exc.reason.code == AUTH_FAILED_CLOSE_CODE:
+                peer.refused = True
+                self._changed(peer)
+                log.warning("node %d at %s refused our proof of the cluster secret (or admin "
+                            "token)", peer.node_id, remote)
+            else:
+                log.info("peer %s closed during the handshake: %s", remote, exc.reason)
         return None
 
     async def _dialer(self, peer: _Peer) -> None:
@@ -397,11 +450,12 @@ class RpcPlane:
                 try:
                     who = await self._authenticate(ws, handshake.dial(
                         ws, secret=cfg.cluster_secret, my_id=self.node_id,
-                        incarnation=self.incarnation, expected_id=peer.node_id))
+                        incarnation=self.incarnation, expected_id=peer.node_id), peer=peer)
                 finally:
                     peer.dialing = False
                 if who is None:
                     return False
+                peer.refused = False
                 self.counters.connections_dialed += 1
                 current = peer.live()
                 if current is not None and current.peer_incarnation == who[1]:
@@ -431,10 +485,14 @@ class _ContainingNursery:
 
 
 def _remote(ws: WebSocketConnection) -> str:
+    """The peer's HOST:PORT."""
     try:
-        return str(ws.remote)
+        remote = ws.remote
     except OSError:  # the peer already closed: getpeername() fails
         return "(closed)"
+    address = getattr(remote, "address", remote)  # a string for a Unix socket
+    port = getattr(remote, "port", None)
+    return f"{address}:{port}" if port is not None else str(address)
 
 
 async def _close(ws: WebSocketConnection, code: int, reason: str) -> None:
