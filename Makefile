@@ -24,14 +24,16 @@ host:
 setup: host $(STAMP)
 
 # One node serving the tree of a local directory as its bucket (a one-node cluster: the bucket,
-# the cache and the write-back are the cluster's), NFS on 127.0.0.1:2049.
+# the cache and the write-back are the cluster's), NFS on 127.0.0.1:2049, exported to this
+# machine as configs/local.toml says (loopback only, any source port, no root squash).
 run: setup
 	@mkdir -p $(DATA)/bucket
 	@test -s $(DATA)/cluster-secret || $(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' > $(DATA)/cluster-secret
 	@chmod 600 $(DATA)/cluster-secret
 	@echo "objcache: data in ./$(DATA), the bucket is ./$(DATA)/bucket; mount from this host with:"
 	@echo "  sudo mount -t nfs -o vers=3,proto=tcp,port=2049,mountport=2049,nolock 127.0.0.1:/ /mnt/objcache"
-	$(BIN)/objcache serve --data-dir $(DATA) --node-id 1 --listen 127.0.0.1:2050 \
+	$(BIN)/objcache serve --config configs/local.toml --data-dir $(DATA) --node-id 1 \
+		--listen 127.0.0.1:2050 \
 		--peers 1=127.0.0.1:2050 --cluster-secret-file $(DATA)/cluster-secret \
 		--store file://$(abspath $(DATA))/bucket $(ARGS)
 

@@ -82,14 +82,19 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
+    """One export. The defaults are Linux exports(5)'s (and nfs_gateway.exports.Export's):
+    root_squash, and secure (a client's source port must be reserved, < 1024). A local
+    deployment that serves unprivileged user-space clients or its own root says so
+    (configs/local.toml, `make run`, `cluster up`)."""
+
     path: str = "/"
     clients: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     read_only: bool = False
-    root_squash: bool = False
+    root_squash: bool = True
     all_squash: bool = False
     anon_uid: int = 65534
     anon_gid: int = 65534
-    insecure: bool = True
+    insecure: bool = False
     # The bucket behind this export: file:///PATH or s3://BUCKET/PREFIX. "" for "/": the
     # [store] url; "" for any other export: a plain directory of the tree.
     store: str = ""
@@ -275,11 +280,17 @@ _RANGES: dict[str, tuple[float, float]] = {
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+# Keys whose values are never shown: not in errors, not in a repr (their fields have
+# repr=False), not in logs.
+_SECRET_KEYS = frozenset({"store.access_key_id", "store.secret_access_key"})
+
+
 def _check_scalar(key: str, range_key: str, typ: Any, value: Any) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if (typ in (int, float) and isinstance(value, bool)) or not isinstance(value, typ):
-        raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+        shown = "(not shown: a secret)" if range_key in _SECRET_KEYS else repr(value)
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {type(value).__name__} {shown}")
     if range_key in _RANGES:
         lo, hi = _RANGES[range_key]
         if not lo <= value <= hi:
@@ -369,6 +380,10 @@ def _validate_store(s: StoreConfig) -> None:
         raise ConfigError(f"store.addressing: expected one of {ADDRESSING}, got {s.addressing!r}")
     if s.s3_endpoint:
         scheme, sep, host = s.s3_endpoint.partition("://")
+        if "@" in host.partition("/")[0]:
+            raise ConfigError("store.s3_endpoint: credentials do not go in the URL (not shown "
+                              "here); give store.access_key_id and store.secret_access_key, or "
+                              "use the environment")
         if scheme not in ("http", "https") or not sep or not host.strip("/"):
             raise ConfigError(f"store.s3_endpoint: expected http(s)://HOST[:PORT], "
                               f"got {s.s3_endpoint!r}")

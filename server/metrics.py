@@ -33,7 +33,9 @@ from nfs_gateway.nfs3.const import Stat
 from nfs_gateway.opstats import LATENCY_BOUNDS_S, OpStats
 
 if TYPE_CHECKING:
+    from nfs_gateway.exports import ExportTable
     from nfs_gateway.server import RpcServer
+    from server.rpc.plane import RpcPlane
 
 log = logging.getLogger("objcache.metrics")
 
@@ -241,6 +243,60 @@ def watch_rpc(server: RpcServer) -> None:
     """Export `server`'s procedures and connections on /metrics. A node process has one RPC
     server; the latest one given is exported (a test that builds several in one process)."""
     _rpc.server = server
+
+
+# -- access control: export refusals (nfs_gateway/exports.py), RPC plane refusals --------------
+
+_EXPORT_REASONS = ("address", "bad_address", "insecure_port", "read_only")
+_PLANE_REFUSALS = (("node", "bad_proof"), ("node", "bad_identity"), ("admin", "bad_proof"),
+                   ("admin", "bad_identity"), ("admin", "forbidden"))
+
+
+class _AccessCollector:
+    """Refusals of the node's export table and RPC plane (`watch_exports`, `watch_plane`)."""
+
+    def __init__(self) -> None:
+        self.exports: ExportTable | None = None
+        self.plane: RpcPlane | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.exports is not None:
+            family = CounterMetricFamily(
+                "objcache_export_refusals", "NFS and MOUNT calls refused by an export, by "
+                "export and reason: address (not in exports.clients; NFS3ERR_ACCES, "
+                "MNT3ERR_ACCES), bad_address, insecure_port (a source port >= 1024 on an export "
+                "without insecure; NFS3ERR_PERM, MNT3ERR_ACCES), read_only (NFS3ERR_ROFS)",
+                labels=["export", "reason"])
+            counts = dict(self.exports.refusals)  # a copy: the trio thread may add a key
+            for export in self.exports.all():
+                for reason in _EXPORT_REASONS:
+                    family.add_metric([export.path, reason], counts.get((reason, export.path), 0))
+            yield family
+        if self.plane is not None:
+            family = CounterMetricFamily(
+                "objcache_rpc_auth_refusals", "Node RPC plane connections and messages refused, "
+                "by peer (node, or admin: an objcache admin client) and reason: bad_proof (wrong "
+                "cluster secret or admin token), bad_identity (a node id it may not claim), "
+                "forbidden (an admin client sent a message only nodes may send)",
+                labels=["peer", "reason"])
+            counts = dict(self.plane.refusals)
+            for key in _PLANE_REFUSALS:
+                family.add_metric(list(key), counts.get(key, 0))
+            yield family
+
+
+_access = _AccessCollector()
+REGISTRY.register(_access)
+
+
+def watch_exports(table: ExportTable) -> None:
+    """Export `table`'s refusals (an nfs_gateway ExportTable) on /metrics (the latest given)."""
+    _access.exports = table
+
+
+def watch_plane(plane: RpcPlane) -> None:
+    """Export the RPC plane's refusals on /metrics (the latest given)."""
+    _access.plane = plane
 
 
 # -- transactions, membership ------------------------------------------------------------------

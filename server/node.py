@@ -66,6 +66,7 @@ def _export(e: ExportConfig) -> gw_exports.Export:
 
 def make_rpc_server(cfg: Config, backend: LocalBackend) -> RpcServer:
     exports = make_export_table(cfg)
+    metrics.watch_exports(exports)
     nfs_config = Nfs3Config(
         rtmax=cfg.nfs.rtmax_bytes,
         rtpref=cfg.nfs.rtmax_bytes,

@@ -101,6 +101,12 @@ class ObjcacheServer:
 
     The port is chosen once, so `restart()` serves the same data on the same port (clients may
     keep their URLs and file handles).
+
+    Unless `config` has [[exports]] of its own, the node serves `exports` (the config and
+    them written to DATA.toml): by default "/" as a local cluster does (launcher.LOCAL_EXPORTS:
+    loopback, insecure, no root squash), since the tests' clients are root (libnfs, the kernel
+    guest) from unprivileged ports (slirp's). `exports=()`: the node's own defaults (secure,
+    root squash). The access-control tests pass their own.
     """
 
     export = "/"
@@ -114,13 +120,17 @@ class ObjcacheServer:
         config: Path | None = None,
         log_path: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        exports: tuple[dict, ...] | None = None,
     ) -> None:
+        from server.cluster.launcher import LOCAL_EXPORTS
+
         self.data_dir = Path(data_dir)
         self.nfs_port = nfs_port or free_port()
         self.portmap_listen = portmap_listen
         self.config = config
         self.log_path = log_path or self.data_dir.with_name(self.data_dir.name + ".log")
         self.extra_args = extra_args
+        self.exports = LOCAL_EXPORTS if exports is None else exports
         self.proc: subprocess.Popen | None = None
         self.peak_rss_kib: int | None = None
         self._log_offset = 0
@@ -142,9 +152,25 @@ class ObjcacheServer:
             "--portmap-listen", self.portmap_listen,
             "--metrics-listen", "off",
         ]  # fmt: skip
-        if self.config is not None:
-            cmd += ["--config", str(self.config)]
+        config = self._config_with_exports()
+        if config is not None:
+            cmd += ["--config", str(config)]
         return cmd + list(self.extra_args)
+
+    def _config_with_exports(self) -> Path | None:
+        """`config`, or DATA.toml: `config` and `exports` as [[exports]] tables (JSON values
+        are TOML values) when `config` has none."""
+        import tomllib
+
+        text = self.config.read_text() if self.config is not None else ""
+        if not self.exports or "exports" in tomllib.loads(text):
+            return self.config
+        lines = [text]
+        for table in self.exports:
+            lines += ["[[exports]]", *(f"{k} = {json.dumps(v)}" for k, v in table.items()), ""]
+        path = self.data_dir.with_name(self.data_dir.name + ".toml")
+        path.write_text("\n".join(lines))
+        return path
 
     def log_text(self) -> str:
         try:

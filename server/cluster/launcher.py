@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,13 @@ MAX_NODES = 64
 CLUSTER_FILE = "cluster.json"
 SECRET_FILE = "secret"
 ADMIN_TOKEN_FILE = "admin-token"  # what `objcache admin` proves (not the cluster secret)
+# A local cluster serves this machine: the whole tree to loopback clients, from any port
+# (user-space clients such as libnfs run unprivileged) and without root squash (this machine's
+# root is the cluster's operator), as `make run` does. `cluster up --exports FILE` replaces it.
+LOCAL_EXPORTS: tuple[dict[str, Any], ...] = (
+    {"path": "/", "clients": ["127.0.0.0/8", "::1/128"], "insecure": True,
+     "root_squash": False},
+)
 CONFIG_FILE = "node.toml"
 LOG_FILE = "node.log"
 LOG_TAIL_LINES = 30
@@ -106,16 +114,18 @@ def plan(nodes: int, replicas: int, base_port: int) -> list[NodePlan]:
 
 
 def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
-              sections: Mapping[str, Mapping[str, Any]] | None = None, join: str = "") -> str:
+              sections: Mapping[str, Any] | None = None, join: str = "") -> str:
     """One node's config: loopback addresses, no portmapper (one port 111 per machine);
-    `sections`: more TOML tables every node gets ([store], [cache]); `join`: a running
-    member's RPC address, for a node that joins as a new group (`nodes` is then itself)."""
-    q = json.dumps  # a JSON string is a TOML basic string
+    `sections`: more TOML tables every node gets ([store], [cache]; a list of tables is an
+    array of tables: "exports", LOCAL_EXPORTS when not given); `join`: a running member's RPC
+    address, for a node that joins as a new group (`nodes` is then itself)."""
+    q = json.dumps  # a JSON string is a TOML basic string (and JSON lists and bools are TOML)
     peers = ", ".join(q(f"{n.node_id}={n.rpc}") for n in nodes)
     more: list[str] = []
-    for name, table in sorted((sections or {}).items()):
-        if table:
-            more += [f"[{name}]", *(f"{k} = {q(v)}" for k, v in sorted(table.items())), ""]
+    for name, table in sorted({"exports": LOCAL_EXPORTS, **(sections or {})}.items()):
+        for t in (table if isinstance(table, list | tuple) else [table] if table else []):
+            head = f"[[{name}]]" if isinstance(table, list | tuple) else f"[{name}]"
+            more += [head, *(f"{k} = {q(v)}" for k, v in sorted(t.items())), ""]
     return "\n".join([
         f"# objcache cluster up: node {node.node_id} of {len(nodes)} (group {node.group})",
         "[node]", f"data_dir = {q(str(node.dir(root)))}", "",
@@ -222,7 +232,7 @@ class Started:
 def up(root: Path, nodes: int, replicas: int = 1, base_port: int = DEFAULT_BASE_PORT, *,
        timeout_s: float = 120.0, as_json: bool = False, out: TextIO = sys.stdout,
        err: TextIO = sys.stderr, node_argv: Callable[[Path], list[str]] = serve_argv,
-       sections: Mapping[str, Mapping[str, Any]] | None = None) -> int:
+       sections: Mapping[str, Any] | None = None) -> int:
     root = root.resolve()
     try:
         layout = plan(nodes, replicas, base_port)
@@ -253,7 +263,7 @@ def up(root: Path, nodes: int, replicas: int = 1, base_port: int = DEFAULT_BASE_
 
 
 def _prepare(root: Path, layout: list[NodePlan],
-             sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+             sections: Mapping[str, Any] | None = None) -> None:
     """Check DIR and the ports, then write the secret and every node's config."""
     if (root / CLUSTER_FILE).exists():
         if any(_is_node(pid, cfg) for pid, cfg in _recorded(root)):
@@ -441,6 +451,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write-back delay after a change (cache.flush_delay_s)")
     b.add_argument("--ttl", type=float, metavar="SECONDS",
                    help="revalidate listings after this (cache.ttl_s)")
+    u.add_argument("--exports", type=Path, metavar="FILE",
+                   help="a TOML file of [[exports]] tables every node serves (default: / to "
+                   "loopback clients, insecure, no root squash)")
     d = cmds.add_parser("down", help="stop the cluster started in DIR")
     d.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
     d.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -454,7 +467,25 @@ def run(args: argparse.Namespace) -> int:
         cache = {k: v for k, v in (("capacity_bytes", args.cache_capacity),
                                    ("flush_delay_s", args.flush_delay), ("ttl_s", args.ttl))
                  if v is not None}
+        sections: dict[str, Any] = {"store": store, "cache": cache}
+        if args.exports is not None:
+            try:
+                sections["exports"] = _read_exports(args.exports)
+            except LaunchError as e:
+                print(f"objcache cluster up: {e}", file=sys.stderr)
+                return 2
         return up(args.data_dir, args.nodes, args.replicas, args.base_port,
-                  timeout_s=args.timeout, as_json=args.json,
-                  sections={"store": store, "cache": cache})
+                  timeout_s=args.timeout, as_json=args.json, sections=sections)
     return down(args.data_dir, timeout_s=args.timeout)
+
+
+def _read_exports(path: Path) -> list[dict[str, Any]]:
+    """The [[exports]] tables of `path` (each node's config checks them when it starts)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise LaunchError(f"--exports {path}: {e}") from None
+    exports = raw.get("exports")
+    if set(raw) != {"exports"} or not isinstance(exports, list) or not exports:
+        raise LaunchError(f"--exports {path}: expected [[exports]] tables and nothing else")
+    return exports

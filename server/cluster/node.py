@@ -124,6 +124,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
     plane = RpcPlane(RpcConfig(node_id=c.node_id, cluster_secret=_secret(cfg),
                                admin_token=admin_token, host=listen.host, port=listen.port,
                                tls_cert_path=cert, tls_key_path=key, tls_ca_path=ca))
+    metrics.watch_plane(plane)
     peer_addrs = {i: a for i, a in cfg.cluster_peers().items() if i != c.node_id}
     for peer_id, addr in peer_addrs.items():
         plane.add_peer(peer_id, cfg.cluster_peer_url(addr))
