@@ -42,10 +42,10 @@ def kind_of(mode: int) -> str:
 
 
 def stat_tuple(mode: int, size: int, nlink: int) -> tuple:
-    """What a stat op reports (see ops.Tree on why a directory's size and nlink are None)."""
+    """What a stat op reports (see ops.Tree on why a directory's size is None)."""
     kind = kind_of(mode)
     if kind == "dir":
-        return (kind, stat.S_IMODE(mode), None, None)
+        return (kind, stat.S_IMODE(mode), None, nlink)
     return (kind, stat.S_IMODE(mode), size, nlink)
 
 

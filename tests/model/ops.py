@@ -172,9 +172,11 @@ def canonical(kind: str, result: Result) -> Result:
 
 
 # A tree: relative path -> (type, permission bits, size, nlink, content), where content is the
-# crc32 of a file's bytes or a symlink's target. For directories, size and nlink are not
-# compared (None): st_size of a directory is unspecified by POSIX (ext4 says 4096, objcache an
-# entry count), and its link count is left to the file system too.
+# crc32 of a file's bytes or a symlink's target. A directory's size is not compared (None):
+# POSIX leaves st_size of a directory unspecified (ext4 grows it in blocks as entries come,
+# objcache always says 4096). Its link count is compared: POSIX leaves it open too, but both
+# follow the Unix convention (2 + subdirectories), and a rename across directories that
+# forgets a parent's count is a real bug (fsck checks the same counts).
 Tree = dict[str, tuple]
 
 
