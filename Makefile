@@ -6,9 +6,11 @@ STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DATA    ?= var
 SEEDS   ?= 5000
 FUZZ_SCALE ?= 100
+MODEL_SEQS ?= 1000
+MODEL_OPS ?= 80
 ARGS    ?=
 
-.PHONY: all setup host run test test-fast lint sim fuzz bench clean
+.PHONY: all setup host run test test-fast lint sim fuzz model bench clean
 
 all: test
 
@@ -59,6 +61,14 @@ sim: $(STAMP)
 fuzz: $(STAMP)
 	OBJCACHE_FUZZ=long OBJCACHE_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest -q \
 		-W ignore::hypothesis.errors.HypothesisWarning tests/fuzz $(ARGS)
+
+# The long model check (tests/model; a short run is part of `make test`): MODEL_SEQS random
+# sequences of up to MODEL_OPS ops per server through libnfs, a quarter as many through the
+# kernel client, on one node and on a 3-group cluster, each compared with a local directory.
+# make model MODEL_SEQS=2000
+model: $(STAMP)
+	OBJCACHE_MODEL_SEQS=$(MODEL_SEQS) OBJCACHE_MODEL_OPS=$(MODEL_OPS) $(BIN)/python -m pytest -q \
+		tests/model $(ARGS)
 
 bench: setup
 	OBJCACHE_BENCH_DEPS=1 .ci/setup-host

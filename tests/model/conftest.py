@@ -1,0 +1,33 @@
+"""The model checker's settings and its summary at the end of a run.
+
+OBJCACHE_MODEL_SEQS: sequences per server on the libnfs path (hypothesis examples, shrinking
+runs not counted); the kernel path runs a quarter as many (a TCG guest runs ops ~30x slower).
+OBJCACHE_MODEL_OPS: the longest sequence. `make model MODEL_SEQS=N` sets both for a long run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+SEQS = int(os.environ.get("OBJCACHE_MODEL_SEQS", "40"))
+MAX_OPS = int(os.environ.get("OBJCACHE_MODEL_OPS", "40"))
+KERNEL_SEQS = max(16, SEQS // 4)
+STATS: Counter[str] = Counter()  # "<path> seqs" / "<path> ops" -> count
+
+
+def count(path: str, ops: int) -> None:
+    STATS[f"{path} seqs"] += 1
+    STATS[f"{path} ops"] += ops
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    paths = sorted({k.rsplit(" ", 1)[0] for k in STATS})
+    if not paths:
+        return
+    terminalreporter.write_sep("-", "model checker summary")
+    for p in paths:
+        terminalreporter.write_line(
+            f"model {p}: {STATS[p + ' seqs']} sequences, {STATS[p + ' ops']} ops compared")
