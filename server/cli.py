@@ -17,6 +17,7 @@ from server import config as config_mod
 from server.cluster import admin, launcher
 
 log = logging.getLogger("objcache")
+QUIET_AT_DEBUG = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +85,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # At debug, botocore logs each request's headers, the S3 access key id among them
+    # (Authorization: ... Credential=KEY/...): the S3 client's libraries log from INFO up.
+    for name in QUIET_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
     from server.node import StartupError, serve  # import late: keeps `--help` fast
 
     try:
