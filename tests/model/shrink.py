@@ -62,12 +62,20 @@ def ddmin(ops: Sequence[Op], fails_batch: Callable[[list[list[Op]]], list[bool]]
     return Shrunk(ops, rounds, tried, True)
 
 
+BURST_OPS = 8
+
+
 def op_lists(clients: int = 1, symlinks: bool = True, max_ops: int = 60):
-    """Hypothesis strategy: lists of ops from ops.gen_op."""
+    """Hypothesis strategy: lists of ops from ops.gen_op, drawn as a list of short bursts and
+    flattened. A flat st.lists averages about 6 elements whatever its max_size; bursts give
+    sequences several times longer, and still shrink well (hypothesis deletes whole bursts and
+    ops inside one)."""
     from hypothesis import strategies as st
 
     @st.composite
     def one(draw) -> Op:
         return gen_op(Picker(lambda seq: draw(st.sampled_from(seq))), clients, symlinks)
 
-    return st.lists(one(), min_size=1, max_size=max_ops)
+    bursts = st.lists(st.lists(one(), min_size=1, max_size=BURST_OPS), min_size=1,
+                      max_size=max(1, max_ops // BURST_OPS * 2))
+    return bursts.map(lambda bs: [op for b in bs for op in b][:max_ops])
