@@ -9,9 +9,8 @@ Rules:
   privileged, RFC 1813 §2.6), as Linux nfsd does. `read_only` is the refusal of a modifying
   call on a read-only export (backend.ReadOnly: NFS3ERR_ROFS).
 - Every refusal is counted by (reason, export) in `refusals` (objcache_export_refusals_total)
-  and logged without flooding: the 1st, 2nd, 4th, 8th, ... refusal of one client address for one
-  (export, reason), with the count so far (no clock needed; a flood of N refusals logs about
-  log2(N) lines). The log's memory of clients is bounded (LOG_MEMORY_ENTRIES, cleared when full).
+  and logged without flooding (sparselog.py): the 1st, 2nd, 4th, 8th, ... refusal of one client
+  address for one (export, reason), with the count so far.
 - `effective_cred` applies squashing exactly as Linux nfsd_setuser does: with root_squash, uid 0
   becomes anon_uid and gid 0 (also among the supplementary gids) becomes anon_gid; all_squash maps
   everyone; AUTH_NONE calls (no cred) run as anon.
@@ -28,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nfs_gateway.backend import Access, Cred, FsError, Perm, ReadOnly
+from nfs_gateway.sparselog import SparseLog
 
 log = logging.getLogger("objcache.exports")
 
@@ -90,7 +90,7 @@ class ExportTable:
         # (reason, export path) -> refusals, for metrics; reasons: address, bad_address,
         # insecure_port, read_only. Bounded: reasons are fixed and exports are configured.
         self.refusals: Counter[tuple[str, str]] = Counter()
-        self._logged: dict[tuple[str, str, str], int] = {}  # (host, export, reason) -> count
+        self._log = SparseLog(LOG_MEMORY_ENTRIES)  # by (client address, export, reason)
         self._admitted: dict[tuple[int, str, bool], bool] = {}
         self._creds: dict[tuple[int, Cred | None], Cred] = {}
 
@@ -151,11 +151,8 @@ class ExportTable:
 
     def _count(self, export: Export, client: tuple[str, int], reason: str) -> None:
         self.refusals[(reason, export.path)] += 1
-        key = (client[0], export.path, reason)
-        if key not in self._logged and len(self._logged) >= LOG_MEMORY_ENTRIES:
-            self._logged.clear()
-        n = self._logged[key] = self._logged.get(key, 0) + 1
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: a flood logs about log2(n) lines
+        n = self._log.count((client[0], export.path, reason))
+        if n is not None:
             log.warning("refused %s:%d access to export %s (%s); %d refusals of this client "
                         "for this reason so far", *client, export.path, reason, n)
 

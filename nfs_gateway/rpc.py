@@ -41,6 +41,7 @@ from nfs_gateway.program import (
     Procedure,
     Program,
 )
+from nfs_gateway.sparselog import SparseLog
 from nfs_gateway.xdr import Packer, Unpacker, XdrError
 
 log = logging.getLogger("objcache.rpc")
@@ -377,6 +378,7 @@ class Dispatcher:
         self.now = now  # seconds, for latencies only (module rules)
         self.counters: Counter[str] = Counter()  # for metrics: calls, rejections, faults
         self.creds = CredCache()
+        self._auth_log = SparseLog()
         # What each procedure did (per program and procedure name), and `_find`'s table.
         self.ops, self._ops = op_table(programs)
 
@@ -392,7 +394,13 @@ class Dispatcher:
             return None
         except Rejected as e:
             self.counters[type(e).__name__] += 1
-            log.debug("%s: rejected: %r", client, e)
+            if isinstance(e, AuthError):  # a refusal: logged, sparsely (sparselog.py)
+                n = self._auth_log.count((client[0], e.stat))
+                if n is not None:
+                    log.warning("%s: AUTH_ERROR %s; %d from this address so far", client,
+                                e.stat.name, n)
+            else:
+                log.debug("%s: rejected: %r", client, e)
             return [e.reply()]
         found = self._find(hdr)
         if isinstance(found, bytes):

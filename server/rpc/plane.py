@@ -47,6 +47,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from nfs_gateway.sparselog import SparseLog
 from server.rpc import handshake
 from server.rpc.codec import CodecError
 from server.rpc.connection import (
@@ -136,7 +137,7 @@ class RpcPlane:
         # (peer kind, reason) -> refusals (objcache_rpc_auth_refusals_total); bounded: both
         # labels take a few fixed values.
         self.refusals: dict[tuple[str, str], int] = {}
-        self._refusal_log: dict[tuple[str, str, str], int] = {}
+        self._refusal_log = SparseLog(REFUSAL_LOG_ENTRIES)  # by (address, kind, reason)
         self.port: int | None = None  # the bound port, once run() has started
         self.incarnation = secrets.randbits(63)  # identity of this process, not seeded
         self._rng = rng or random.Random(config.node_id)
@@ -164,11 +165,8 @@ class RpcPlane:
         """Count a refusal and log it without flooding (module rules)."""
         key = (kind, reason)
         self.refusals[key] = self.refusals.get(key, 0) + 1
-        where = (remote.rpartition(":")[0] or remote, kind, reason)  # the address, not the port
-        if where not in self._refusal_log and len(self._refusal_log) >= REFUSAL_LOG_ENTRIES:
-            self._refusal_log.clear()
-        n = self._refusal_log[where] = self._refusal_log.get(where, 0) + 1
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...
+        n = self._refusal_log.count((remote.rpartition(":")[0] or remote, kind, reason))
+        if n is not None:  # the address's 1st, 2nd, 4th, 8th, ... for this (kind, reason)
             log.warning("refused %s %s (%s): %s; %d refusals from this address so far",
                         kind, remote, reason, detail, n)
 

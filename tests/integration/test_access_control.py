@@ -29,6 +29,8 @@ from rpcclient import RpcClient, authsys, u32, xdr_string
 from serverproc import REPO, ObjcacheServer, free_port, nfs_cat, nfs_cp, nfs_ls, nfs_url
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from nfs_gateway.program import AUTH_SYS
+from nfs_gateway.rpc import MSG_DENIED, AuthStat, OpaqueAuth
 from server.cluster import protocol as p
 from server.rpc import handshake
 from server.rpc.frames import RemoteError
@@ -213,6 +215,19 @@ async def test_calls_from_an_unreserved_port_on_a_secure_export_are_perm(node) -
     assert metric(srv.metrics, "objcache_export_refusals_total", export="/sec",
                   reason="insecure_port") == 3
     assert metric(srv.metrics, "objcache_nfs_op_errors_total", error="NFS3ERR_PERM") == 2
+
+
+async def test_calls_with_credentials_we_do_not_take_are_auth_error(node) -> None:
+    """A flavor the server does not take (RPCSEC_GSS) or a malformed AUTH_SYS body: MSG_DENIED
+    AUTH_ERROR AUTH_BADCRED (RFC 5531 §9, as Linux's svc_authenticate), logged and counted."""
+    srv, _root = node
+    async with await _rpc_from(srv.nfs_port, 0) as c:
+        for cred in (OpaqueAuth(6, b"\0" * 8), OpaqueAuth(AUTH_SYS, b"\xff" * 12)):
+            hdr, _body = await c.call(NFS_PROG, 3, 0, b"", cred)
+            assert (hdr.reply_stat, hdr.auth_stat) == (MSG_DENIED, AuthStat.AUTH_BADCRED)
+    assert metric(srv.metrics, "objcache_rpc_rejected_total", reason="auth_error") == 2
+    lines = [ln for ln in srv.log_text().splitlines() if "AUTH_ERROR AUTH_BADCRED" in ln]
+    assert len(lines) == 2 and "127.0.0.1" in lines[0], lines  # the 1st and the 2nd
 
 
 def test_a_flood_of_refusals_is_counted_but_not_logged_each_time(node) -> None:

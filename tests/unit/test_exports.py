@@ -118,7 +118,7 @@ def test_log_memory_is_bounded():
     for i in range(LOG_MEMORY_ENTRIES + 10):
         with pytest.raises(Access):
             t.check_client(e, (f"192.168.{i // 256}.{i % 256}", 800))
-    assert len(t._logged) <= LOG_MEMORY_ENTRIES
+    assert len(t._log) <= LOG_MEMORY_ENTRIES
     assert t.refusals[("address", "/data")] == LOG_MEMORY_ENTRIES + 10
 
 
