@@ -34,8 +34,9 @@ from server.cluster import protocol as p
 from server.cluster.bucket_admin import BucketAdmin
 from server.cluster.drain import Drains
 from server.cluster.flush import FlushConfig, Flusher
+from server.cluster.freshness import Freshness
 from server.cluster.gateway import ClusterBackend
-from server.cluster.group import GroupConfig, GroupRuntime
+from server.cluster.group import GroupConfig, GroupRuntime, register_txn_messages
 from server.cluster.inoalloc import NODE_SHIFT, InoAllocator
 from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
@@ -48,6 +49,7 @@ from server.config import Config, Listen, data_dir, parse_listen, store_spec
 from server.fs.config import FsConfig
 from server.node import StartupError, export_id, serve_nfs
 from server.rpc.plane import RpcConfig, RpcPlane
+from server.rpc.raft_wire import register_raft_types
 from storage.chunks import ChunkStore
 from storage.kv import KvConfig, KvStore
 from storage.objstore.base import ObjectStore
@@ -58,6 +60,7 @@ log = logging.getLogger("objcache.node")
 
 FSID = 1  # the cluster serves one file system
 LEAVE_GRACE_S = 0.5  # a node whose group left answers what it was asked, then stops
+FRESHNESS_WAIT_S = 10.0  # the data directory check waits this long for silent peers
 ROOT_CRED = Cred(0, 0)
 
 
@@ -132,6 +135,12 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
     nfs = cfg.nfs_listen()
     me = NodeInfo(c.node_id, cfg.cluster_group(), str(cfg.cluster_rpc_address()),
                   f"{nfs.host}:{nfs.port}")
+    # Every message a peer may send must decode from the moment the plane listens: a
+    # restarting node's peers send it Raft heartbeats and txn notices before its group
+    # member is open, and an unknown tag closed their connections as garbage (found by the
+    # fault campaign; tests/faults/test_found_by_campaign.py).
+    register_raft_types()
+    register_txn_messages()
     async with trio.open_nursery() as nursery:
         try:
             await nursery.start(plane.run)
@@ -148,7 +157,17 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
                 raise StartupError(f"node {c.node_id} left the cluster (node list version "
                                    f"{nodelist.version}); to serve again, start it with an "
                                    "empty data directory and --join")
-        elif not c.join:
+        # Before anything of this node's state can reach a peer or a client: is the data
+        # directory older than what a peer saw from it (freshness.py)?
+        fresh = await Freshness(kv, c.node_id).open()
+        fresh.serve(plane)
+        for n in nodelist.nodes if nodelist else ():
+            if n.node_id != c.node_id:  # nodes that joined after the founders
+                plane.add_peer(n.node_id, cfg.cluster_peer_url(_listen(n.rpc)))
+        others = sorted({*peers, *(n.node_id for n in (nodelist.nodes if nodelist else ()))}
+                        - {c.node_id})
+        await fresh.check(plane, others, min(FRESHNESS_WAIT_S, c.bootstrap_timeout_s))
+        if nodelist is None and not c.join:
             log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
             nodelist = await bootstrap_nodelist(plane, me, peers, c.bootstrap_timeout_s)
         # The object stores first: building an S3 client holds this loop a moment, which must
@@ -195,6 +214,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
                            stop=lambda: os.kill(os.getpid(), signal.SIGTERM))
         await nursery.start(runtime.run)
         nursery.start_soon(rings.run)
+        nursery.start_soon(fresh.run, plane, lambda: _other_nodes(runtime, c.node_id, others))
         if nodelist is None:  # joining: the change brings our group the NodeList
             try:
                 nodelist = await join_cluster(plane, runtime, me, seed, c.bootstrap_timeout_s)
@@ -319,6 +339,14 @@ async def _stop_when_left(runtime: GroupRuntime, node_id: int, stop: Callable[[]
             await trio.sleep(LEAVE_GRACE_S)  # the answer to the change's last step goes out
             stop()
             return
+
+
+def _other_nodes(runtime: GroupRuntime, node_id: int, before: list[int]) -> list[int]:
+    """Every other node of the NodeList this node's group applied (`before` until then)."""
+    raw = runtime.nodelist_bytes()
+    if raw is None:
+        return before
+    return [n.node_id for n in NodeList.decode(raw).nodes if n.node_id != node_id]
 
 
 def _listen(rpc: str) -> Listen:

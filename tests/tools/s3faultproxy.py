@@ -14,6 +14,7 @@ Per request, one action:
 - "reset_after": forward, read the server's whole response, then RST the client: the server
   did the work but the client does not know (the case of non-idempotent requests).
 - "stall": hold the request `stall_s` seconds without forwarding, then close.
+A slow server: `delay_s` (settable at any time) holds every forwarded request that long first.
 
 Thread-based (a thread per client connection), so that it serves sync and trio code alike.
 """
@@ -50,12 +51,14 @@ class FaultProxy:
         reset_after_rate: float = 0.0,
         stall_rate: float = 0.0,
         stall_s: float = 5.0,
+        delay_s: float = 0.0,
         seed: int | None = None,
     ) -> None:
         u = urlsplit(upstream)
         assert u.scheme == "http" and u.hostname and u.port, upstream
         self.upstream = (u.hostname, u.port)
         self.stall_s = stall_s
+        self.delay_s = delay_s
         self.rates: dict[str, float] = {}
         self.set_rates(slowdown=slowdown_rate, reset=reset_rate, reset_after=reset_after_rate,
                        stall=stall_rate)
@@ -191,6 +194,8 @@ class FaultProxy:
                 _relay_body(client.rfile, headers, None)  # read and drop it
             client.sock.sendall(_slowdown_response())
             return False
+        if self.delay_s:
+            self._stopping.wait(self.delay_s)
         up.sock.sendall(head)
         method = head.split(b" ", 1)[0].decode("ascii", "replace")
         if expect:

@@ -1,0 +1,113 @@
+"""Regression tests for what the fault campaign (campaign.py) found, in the normal suite.
+
+Each test names the scenario that found the failure and checks the smallest thing that shows
+it, with real node processes (LocalCluster, loopback: no namespaces needed).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from clusterproc import LocalCluster
+from serverproc import nfs_cat, nfs_cp, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _garbage(c: LocalCluster) -> list[str]:
+    return [f"n{i}: {line}" for i in c.nodes
+            for line in (c.root / f"n{i}" / "node.log").read_text(errors="replace").splitlines()
+            if "sent garbage" in line]
+
+
+def test_a_restarted_replica_decodes_its_peers_raft_and_txn_messages(tmp_path: Path) -> None:
+    """Scenario stale-one-member, seed 2: a restarted node's plane listened before its group
+    member registered the Raft and txn codec tags, so its peers' heartbeats and decision
+    notices arriving in that moment were "garbage" and their connections were closed (the
+    restart then stalled on connection churn). Every tag must be known before the plane
+    listens."""
+    c = LocalCluster(tmp_path / "c", nodes=3, replicas=3).up()
+    try:
+        src = tmp_path / "f"
+        src.write_bytes(b"x" * 5000)
+        nfs_cp(src, c.url(1, "f"))
+        for _ in range(2):
+            c.kill9(3)
+            c.restart(3)
+        assert nfs_cat(c.url(3, "f")) == b"x" * 5000
+        assert _garbage(c) == []
+    finally:
+        c.down(check=False)
+
+
+def _start_exits(c: LocalCluster, node: int, timeout_s: float = 60.0) -> tuple[int, str]:
+    proc = c.start(node)
+    try:
+        code = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"node {node} serves on an old data directory:\n"
+                             f"{c.log_tail(node)}") from None
+    return code, c.log_tail(node, 10)
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_a_node_on_an_old_copy_of_its_data_directory_is_refused(tmp_path: Path,
+                                                                replicas: int) -> None:
+    """Scenarios stale-one-member and stale-replica: a node started on an old copy of its data
+    directory served it (a one-member group: an old file system; a replica: a Raft member
+    that forgot its log and votes). Now it exits 1 with the reason, the peers count the
+    refusal, and on its real directory it serves again (server/cluster/freshness.py)."""
+    c = LocalCluster(tmp_path / "c", nodes=3, replicas=replicas).up()
+    try:
+        d = c.root / "n2"
+        c.kill9(2)
+        shutil.copytree(d, tmp_path / "old")
+        c.restart(2)
+        src = tmp_path / "f"
+        for i in range(3):
+            src.write_bytes(b"%d" % i * 3000)
+            nfs_cp(src, c.url(2, f"f{i}"))
+        # Its second advance: the first (above the copy's counter) has reached its peers.
+        wait_for(lambda: c.metric(2, "objcache_freshness_total", 'event="advances"') >= 2,
+                 timeout_s=30, what="node 2 to report its counter")
+        c.kill9(2)
+        d.rename(tmp_path / "new")
+        (tmp_path / "old").rename(d)
+        (d / "ready.json").unlink(missing_ok=True)
+        code, log = _start_exits(c, 2)
+        assert code == 1, log
+        assert "data directory is older than what node" in log, log
+        refused = sum(c.metric(i, "objcache_freshness_total", 'event="stale_refused"')
+                      for i in (1, 3))
+        assert refused >= 1
+        shutil.rmtree(d)
+        (tmp_path / "new").rename(d)
+        c.restart(2)
+        for i in range(3):
+            assert nfs_cat(c.url(2, f"f{i}")) == b"%d" % i * 3000
+    finally:
+        c.down(check=False)
+
+
+def test_an_empty_data_directory_under_a_used_node_id_is_refused(tmp_path: Path) -> None:
+    """The same hole, extreme case: a replica's data directory wiped and the node started
+    under its old id would join its group with no log and no vote."""
+    c = LocalCluster(tmp_path / "c", nodes=3, replicas=3).up()
+    try:
+        wait_for(lambda: c.metric(3, "objcache_freshness_total", 'event="advances"') >= 2,
+                 timeout_s=30, what="node 3 to report its counter")
+        c.kill9(3)
+        d = c.root / "n3"
+        config = (d / "node.toml").read_text()
+        shutil.rmtree(d)
+        d.mkdir()
+        (d / "node.toml").write_text(config)
+        code, log = _start_exits(c, 3)
+        assert code == 1 and "older than what node" in log, log
+    finally:
+        c.down(check=False)
