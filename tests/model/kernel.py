@@ -11,7 +11,7 @@ from pathlib import Path
 from model.check import run_local
 from model.guest import run_in_guest
 from model.ops import Op, describe_diff, gen_ops, script
-from model.shrink import ddmin
+from model.shrink import ddmin, prefix_and_hints
 
 
 @dataclass
@@ -66,8 +66,10 @@ def kernel_check(target: KernelTarget, *, seqs: int, ops: int, seed: int, client
             break  # shrink what failed; the rest would only cost boots
     if not diffs:
         return None
-    first = batches[min(diffs, key=int)]
-    shrunk = ddmin(first, target.fails_batch, max_rounds=shrink_boots)
+    bid = min(diffs, key=int)
+    first = batches[bid]
+    start, hints = prefix_and_hints(first, diffs[bid], run_local(first)[0])
+    shrunk = ddmin(start, target.fails_batch, max_rounds=shrink_boots, hints=hints)
     how = ("1-minimal" if shrunk.minimal else f"not minimal: stopped after {shrunk.rounds} boots")
     return (f"{len(diffs)} of {seqs} sequences differ (seed {seed}); the first, "
             f"{len(first)} ops, shrunk by ddmin to {len(shrunk.ops)} ops ({how}, "
