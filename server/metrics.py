@@ -248,8 +248,9 @@ def watch_rpc(server: RpcServer) -> None:
 # -- access control: export refusals (nfs_gateway/exports.py), RPC plane refusals --------------
 
 _EXPORT_REASONS = ("address", "bad_address", "insecure_port", "read_only")
-_PLANE_REFUSALS = (("node", "bad_proof"), ("node", "bad_identity"), ("admin", "bad_proof"),
-                   ("admin", "bad_identity"), ("admin", "forbidden"))
+_PLANE_REFUSALS = (("node", "bad_proof"), ("node", "bad_identity"), ("node", "bad_handshake"),
+                   ("admin", "bad_proof"), ("admin", "bad_identity"), ("admin", "bad_handshake"),
+                   ("admin", "forbidden"))
 
 
 class _AccessCollector:
@@ -277,7 +278,8 @@ class _AccessCollector:
                 "objcache_rpc_auth_refusals", "Node RPC plane connections and messages refused, "
                 "by peer (node, or admin: an objcache admin client) and reason: bad_proof (wrong "
                 "cluster secret or admin token), bad_identity (a node id it may not claim), "
-                "forbidden (an admin client sent a message only nodes may send)",
+                "bad_handshake (garbage or a timeout instead of a handshake), forbidden (an "
+                "admin client sent a message only nodes may send)",
                 labels=["peer", "reason"])
             counts = dict(self.plane.refusals)
             for key in _PLANE_REFUSALS:

@@ -6,7 +6,8 @@ Rules:
   node; admin: an `objcache admin` client, which proves the admin token), and logged without
   flooding: the 1st, 2nd, 4th, ... refusal from one address for one (kind, reason).
   Reasons: bad_proof (wrong secret or token), bad_identity (a node id it may not claim),
-  forbidden (an admin client sent a message admins may not send).
+  bad_handshake (garbage or silence instead of a handshake), forbidden (an admin client sent a
+  message admins may not send).
 - A dialer whose proof the acceptor refused (close code AUTH_FAILED_CLOSE_CODE) says so: calls
   to that peer fail at once with AuthRefused instead of waiting for their deadline.
 - One connection per pair of nodes, decided by the acceptor after authentication and before
@@ -402,7 +403,7 @@ class RpcPlane:
             await _close(ws, handshake.DUPLICATE_CLOSE_CODE, str(exc))
         except (CodecError, ProtocolViolation, trio.TooSlowError) as exc:
             self.counters.protocol_errors += 1
-            log.warning("handshake with %s failed: %s", remote, exc or "timeout")
+            self.refuse(kind(), "bad_handshake", remote, f"handshake failed: {exc or 'timeout'}")
             await _close(ws, POLICY_VIOLATION, "bad handshake")
         except ConnectionClosed as exc:
             if peer is not None and exc.reason.code == AUTH_FAILED_CLOSE_CODE:

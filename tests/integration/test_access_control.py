@@ -289,6 +289,14 @@ async def _claim_node_id(addr: str, node_id: int, secret: bytes) -> None:
                                  expected_id=None)
 
 
+async def _garbage_handshake(addr: str) -> None:
+    """Bytes that are no Hello: the node closes the connection."""
+    async with open_websocket_url(f"ws://{addr}/") as ws:
+        await ws.send_message(b"\xff not a handshake")
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+
 def _admin(c: LocalCluster, *cred: str, node: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "server.cli", "admin", "status", "--node",
@@ -353,8 +361,12 @@ def test_three_nodes_enforce_the_exports_and_refuse_strangers(cluster: LocalClus
                      _node_log(c, 1))
     # A node id it may not claim (node 1's own), even with the right secret.
     trio.run(_claim_node_id, rpc1, 1, secret)
+    trio.run(_garbage_handshake, rpc1)
     assert metric(metrics1, "objcache_rpc_auth_refusals_total", peer="node",
                   reason="bad_identity") == 1
+    assert metric(metrics1, "objcache_rpc_auth_refusals_total", peer="node",
+                  reason="bad_handshake") == 1
+    assert re.search(r"refused node 127\.0\.0\.1:\d+ \(bad_handshake\)", _node_log(c, 1))
 
     # The admin API: no token (the cluster secret instead) and a wrong token are refused.
     wrong = c.root / "wrong-token"
