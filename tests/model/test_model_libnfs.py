@@ -2,7 +2,8 @@
 and to objcache through two libnfs mounts, on one node and on a three-group cluster (the two
 mounts on two nodes' gateways); any difference in a result or in the final tree fails with the
 shortest sequence hypothesis finds (its "Falsifying example", and the side-by-side script in
-the assertion). Sizes: conftest.py (OBJCACHE_MODEL_SEQS, OBJCACHE_MODEL_OPS).
+the assertion). The one node is restarted at the end and must serve every sequence's final
+tree unchanged. Sizes: conftest.py (OBJCACHE_MODEL_SEQS, OBJCACHE_MODEL_OPS).
 """
 
 from __future__ import annotations
@@ -26,14 +27,37 @@ SEQUENCES = op_lists(clients=2, symlinks=False, max_ops=MAX_OPS)
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
+    """One node. At the end it restarts, and every sequence's tree must read back as it was
+    (each one's final tree, which matched the local one, is kept in FINAL)."""
     srv = servers.single_node(tmp_path_factory.mktemp("model-single"))
     clients = [open_client(srv.url("/")), open_client(srv.url("/"))]
+    FINAL.clear()
     try:
         yield NfsApplier(clients)
+        for c in clients:
+            c.close()
+        clients = []
+        srv.restart()
+        _check_after_restart(open_client(srv.url("/")))
     finally:
         for c in clients:
             c.close()
         srv.stop()
+
+
+FINAL: dict[str, dict] = {}  # a sequence's directory -> its final tree (single node)
+
+
+def _check_after_restart(nfs) -> None:
+    assert FINAL, "no sequence's tree was recorded"
+    reader = NfsApplier([nfs])
+    try:
+        for root, tree in FINAL.items():
+            reader.root = root
+            after = reader.tree()
+            assert after == tree, f"{root} changed across a restart:\n{after}\n{tree}"
+    finally:
+        nfs.close()
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +78,8 @@ def _check(applier: NfsApplier, ops, path: str) -> None:
     outcome = check(ops, applier)
     count(path, len(ops))
     assert outcome.diff is None, outcome.report()
+    if path.endswith("one node"):
+        FINAL[applier.root] = outcome.got_tree
 
 
 @SETTINGS
