@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from model.ops import Op, Result, Tree, digest, pattern
+from model.ops import Op, Result, Tree, digest, pattern, populate_names
 
 
 def err_name(e: OSError) -> str:
@@ -78,6 +78,10 @@ class LocalApplier:
 
     def op_create(self, op: Op) -> None:
         os.close(os.open(self.p(op.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, op.n1))
+
+    def op_populate(self, op: Op) -> None:
+        for name in populate_names(op.n1):
+            self.op_create(Op("create", f"{op.path}/{name}", n1=0o644))
 
     def op_write(self, op: Op) -> None:
         fd = os.open(self.p(op.path), os.O_WRONLY)

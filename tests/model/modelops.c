@@ -152,6 +152,16 @@ static int apply(const struct op *o, char *payload, size_t cap) {
         return close(fd) < 0 ? -errno : 0;
     }
     if (!strcmp(k, "write")) return op_write(p, o);
+    if (!strcmp(k, "populate")) {  /* p000 ... as tests/model/ops.py's populate_names */
+        for (long i = 0; i < o->n1; i++) {
+            char f[1100];
+            snprintf(f, sizeof f, "%s/p%03ld", p, i);
+            int fd = open(f, O_CREAT | O_EXCL | O_WRONLY, 0644);
+            if (fd < 0) return -errno;
+            if (close(fd) < 0) return -errno;
+        }
+        return 0;
+    }
     if (!strcmp(k, "read")) return op_read(p, o, payload, cap);
     if (!strcmp(k, "truncate")) return truncate(p, o->n1) < 0 ? -errno : 0;
     if (!strcmp(k, "mkdir")) return mkdir(p, (mode_t)o->n1) < 0 ? -errno : 0;

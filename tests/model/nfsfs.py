@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from nfsclient import LibNfs
 
 from model.localfs import stat_tuple
-from model.ops import Op, Result, Tree, digest, pattern
+from model.ops import Op, Result, Tree, digest, pattern, populate_names
 
 _RUNS = itertools.count()
 
@@ -75,6 +75,10 @@ class NfsApplier:
 
     def op_create(self, nfs: LibNfs, op: Op) -> None:
         nfs.fclose(nfs.create_file(self.p(op.path), os.O_EXCL | os.O_WRONLY, op.n1))
+
+    def op_populate(self, nfs: LibNfs, op: Op) -> None:
+        for name in populate_names(op.n1):
+            self.op_create(nfs, Op("create", f"{op.path}/{name}", n1=0o644))
 
     def op_write(self, nfs: LibNfs, op: Op) -> None:
         fh = nfs.open(self.p(op.path), os.O_WRONLY)

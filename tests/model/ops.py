@@ -43,8 +43,11 @@ SEEDS = (1, 2, 3, 4)
 KIND_WEIGHTS = {
     "create": 12, "write": 14, "read": 10, "truncate": 8, "mkdir": 10, "rmdir": 6,
     "unlink": 6, "rename": 12, "link": 4, "symlink": 4, "readlink": 3, "chmod": 4,
-    "stat": 8, "list": 6,
+    "stat": 8, "list": 6, "populate": 1,
 }  # fmt: skip
+# populate(dir, n): n empty files p000... in one go, so that listings span several READDIR
+# replies (their cookies and verifiers); only list, rmdir and renames of the directory see them.
+POPULATE_COUNTS = (20, 120)
 KINDS = tuple(k for k, w in KIND_WEIGHTS.items() for _ in range(w))
 # libnfs walks symlinks itself, with rules of its own: it follows a final symlink in link()
 # (Linux does not; POSIX leaves it to the implementation), and its loop limit differs from
@@ -69,6 +72,7 @@ class Op:
             "write": f"{self.path!r}, off={self.n1}, size={self.n2}, seed={self.n3}",
             "read": f"{self.path!r}, off={self.n1}, size={self.n2}",
             "truncate": f"{self.path!r}, {self.n1}",
+            "populate": f"{self.path!r}, {self.n1}",
             "mkdir": f"{self.path!r}, mode={self.n1:o}",
             "chmod": f"{self.path!r}, {self.n1:o}",
             "rename": f"{self.path!r}, {self.path2!r}",
@@ -108,6 +112,8 @@ def gen_op(pick: Picker, clients: int = 1, symlinks: bool = True) -> Op:
             return Op(kind, path, path2=c(PATHS), client=client)
         case "symlink":
             return Op(kind, path, path2=c(LINK_TARGETS), client=client)
+        case "populate":
+            return Op(kind, path, n1=c(POPULATE_COUNTS), client=client)
     return Op(kind, path, client=client)
 
 
@@ -115,6 +121,11 @@ def gen_ops(rng, n: int, clients: int = 1, symlinks: bool = True) -> list[Op]:
     """`n` ops from a random.Random (the kernel path's sequences)."""
     pick = Picker(lambda seq: seq[rng.randrange(len(seq))])
     return [gen_op(pick, clients, symlinks) for _ in range(n)]
+
+
+def populate_names(n: int) -> list[str]:
+    """The names populate(dir, n) creates, in order (modelops.c makes the same)."""
+    return [f"p{i:03d}" for i in range(n)]
 
 
 # -------------------------------------------------------------------------- file bytes ----
