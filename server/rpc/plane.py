@@ -9,7 +9,8 @@ Rules:
   bad_handshake (garbage or silence instead of a handshake), forbidden (an admin client sent a
   message admins may not send).
 - A dialer whose proof the acceptor refused (close code AUTH_FAILED_CLOSE_CODE) says so: calls
-  to that peer fail at once with AuthRefused instead of waiting for their deadline.
+  to that peer fail at once with AuthRefused instead of waiting for their deadline, and it
+  redials only every backoff_max_s / 2 to backoff_max_s.
 - One connection per pair of nodes, decided by the acceptor after authentication and before
   any traffic flows (handshake `admit`): it refuses a dial from a peer it is already connected
   to (and pings the old connection, which is closed if the peer does not answer), and in a
@@ -426,6 +427,12 @@ class RpcPlane:
                     continue
                 if await self._contain(self._dial_once, peer):
                     backoff_s = self.config.backoff_initial_s
+                if peer.refused:
+                    # It refused our secret: it will again until an operator changes one of
+                    # them. Redial slowly, not to fill its log and refusal counts.
+                    backoff_s = self.config.backoff_max_s
+                    await trio.sleep(self._rng.uniform(backoff_s / 2, backoff_s))
+                    continue
                 # Full jitter: spreads the redials of many nodes after a shared outage.
                 await trio.sleep(self._rng.uniform(0, backoff_s))
                 backoff_s = min(backoff_s * 2, self.config.backoff_max_s)
