@@ -17,6 +17,7 @@ Rules:
 - Applying must not fail: a record that cannot apply after its check passed is a bug, and a
   disk error here would make this replica differ from the others. Either stops the node
   (GroupStateError): it restarts from the log, or is replaced, rather than serve wrong state.
+  Except a full cache disk (ENOSPC on the data effects): the apply waits for space.
 - Keys: `sm.` for this module, `txn/` for TxnState, `fs.` for the file system (server/fs/keys).
   Snapshots carry exactly these prefixes plus the chunk files; node-local keys (the Raft log
   under `raft/`, the inode allocator under `cl.alloc`) stay out.
@@ -24,8 +25,10 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -34,7 +37,7 @@ import cbor2
 from raft.types import Entry, EntryType
 from server.cluster import ringstate
 from server.cluster.nodelist import NodeList
-from storage.chunks import ChunkStore
+from storage.chunks import ChunkIOError, ChunkStore
 from storage.kv import KvStore
 from txn.codec import from_cbor, to_cbor
 from txn.kv import Overlay
@@ -52,6 +55,8 @@ APPLIED = b"sm.applied"
 NODELIST = b"sm.nodelist"
 STATE_PREFIXES = (b"sm.", b"txn/", b"fs.")
 _U64 = struct.Struct(">Q")
+NOSPACE_RETRY_S = 0.1  # a full cache disk: the first wait before applying again, doubling
+NOSPACE_RETRY_MAX_S = 5.0
 
 
 class GroupStateError(Exception):
@@ -180,7 +185,7 @@ class GroupStateMachine:
             view.put(APPLIED, _U64.pack(applied))
             effects = self.app.take_effects()
             if effects:
-                self._perform_effects(effects, self.chunks)
+                self._effects_when_space(effects)
             self.kv.write_sync(view.writes.items(), sync=False)
         except GroupStateError:
             raise
@@ -190,6 +195,32 @@ class GroupStateMachine:
             raise GroupStateError(
                 f"applying entries {first}..{applied}: {type(e).__name__}: {e}") from e
         return results
+
+    def _effects_when_space(self, effects: list[Any]) -> None:
+        """Make the batch's data effects, waiting while the cache disk is full.
+
+        ENOSPC is not a divergence: the effects are idempotent and nothing of the batch is
+        written yet, so they are made again once there is space. Meanwhile this replica's
+        apply stalls (its peers go on; a stalled leader loses its lease and clients of a
+        one-member group get JUKEBOX). Stopping instead (GroupStateError) only restarted the
+        node into the same full disk, again and again (found by the fault campaign)."""
+        delay_s, waited_s = NOSPACE_RETRY_S, 0.0
+        while True:
+            try:
+                self._perform_effects(effects, self.chunks)
+                break
+            except (ChunkIOError, OSError) as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                if waited_s == 0.0 or delay_s == NOSPACE_RETRY_MAX_S:
+                    log.error("group %d: the cache disk is full (%s); applying waits for space "
+                              "(%.0f s so far)", self.group, e, waited_s)
+                time.sleep(delay_s)  # a worker thread (apply_sync), not the trio loop
+                waited_s += delay_s
+                delay_s = min(delay_s * 2, NOSPACE_RETRY_MAX_S)
+        if waited_s:
+            log.warning("group %d: the cache disk has space again after %.0f s", self.group,
+                        waited_s)
 
     def _apply_ring(self, kind: int, payload: bytes, index: int) -> None:
         """A NodeList or ring-change entry, alone in its batch (ringstate.py)."""

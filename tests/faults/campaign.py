@@ -75,16 +75,16 @@ LONG = (
     Scenario("kill9", 3, 1, ("kill9",), 90),
     Scenario("partitions", 3, 3, ("cut", "isolate_leader"), 90),
     Scenario("s3", 3, 1, ("s3_down", "s3_throttle", "s3_slow"), 90),
-    Scenario("disk-full", 3, 1, ("disk_full",), 60, tmpfs_cache=((2, 3 << 20),)),
+    Scenario("disk-full", 3, 1, ("disk_full",), 60, tmpfs_cache=((2, 8 << 20),)),
     Scenario("stale-one-member", 3, 1, (), 20, stale=2),
     Scenario("stale-replica", 3, 3, (), 20, stale=3),
     Scenario("mixed", 6, 3, ("kill9", "cut", "isolate_leader", "s3_down", "s3_throttle",
                              "s3_slow", "disk_full"), 150, clients=4,
-             tmpfs_cache=((5, 3 << 20),)),
+             tmpfs_cache=((5, 8 << 20),)),
 )
 QUICK = (
     Scenario("quick", 3, 3, ("kill9", "isolate_leader", "s3_throttle", "disk_full"), 45,
-             stale=2, tmpfs_cache=((3, 3 << 20),)),
+             stale=2, tmpfs_cache=((3, 8 << 20),)),
 )
 
 
@@ -362,17 +362,22 @@ class Run:
             print(f"  (could not remove bucket {self.bucket}: {e!r})")
 
 
-def run_campaign(scenarios: tuple[Scenario, ...], root: Path, seed: int) -> Report:
+def run_campaign(scenarios: tuple[Scenario, ...], root: Path, seed: int,
+                 s3: SeaweedServer | None = None) -> Report:
+    """Every scenario in turn (seeds seed, seed+1, ...), on `s3` or a SeaweedFS of its own."""
     sweep()
     report = Report()
     t0 = time.monotonic()
-    (root / "seaweedfs").mkdir(parents=True, exist_ok=True)
-    s3 = SeaweedServer(root / "seaweedfs").start()
+    own = s3 is None
+    if s3 is None:
+        (root / "seaweedfs").mkdir(parents=True, exist_ok=True)
+        s3 = SeaweedServer(root / "seaweedfs").start()
     try:
         for i, sc in enumerate(scenarios):
             Run(sc, root / sc.name, s3, seed + i, report).run()
     finally:
-        s3.stop(kill=True)
+        if own:
+            s3.stop(kill=True)
         sweep()
     report.seconds = time.monotonic() - t0
     return report

@@ -75,6 +75,8 @@ class NetnsCluster(LocalCluster):
             f"secret_access_key = {_q(self.access[1])}", "max_attempts = 3", "timeout_s = 5.0",
             "",
             "[cache]", f"flush_delay_s = {self.flush_delay_s}", "ttl_s = 3600.0",
+            # the clean+dirty cache stays under this; a tmpfs cache disk is made larger, so
+            # that only the campaign's ballast fills it
             "capacity_bytes = 4194304", "",
             "[[exports]]", 'path = "/"', 'clients = ["10.0.0.0/8", "127.0.0.0/8"]',
             "insecure = true", "root_squash = false", "",  # the clients are root on the host

@@ -85,19 +85,29 @@ s3_throttle = _s3("throttle", slowdown=0.5)
 s3_slow = _s3("slow")
 
 
+def fill(ballast: Path) -> None:
+    """Write `ballast` until its file system is full (to the last block)."""
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for step in (64 << 10, 4096, 512, 1):
+            block = b"\0" * step
+            while True:
+                try:
+                    if os.write(fd, block) < step:
+                        break
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+
+
 def disk_full(run: Any, rng: random.Random) -> str:
     c = run.cluster
     node = rng.choice(sorted(c.tmpfs_cache))
     chunks = Path(c.root / f"n{node}" / "chunks")
     st = os.statvfs(chunks)
     ballast = chunks / "ballast"
-    with open(ballast, "wb") as f:  # everything that is left, then ENOSPC
-        try:
-            while True:
-                f.write(b"\0" * (64 << 10))
-                f.flush()
-        except OSError:
-            pass
+    fill(ballast)
     run.note(f"cache of node {node} full ({st.f_blocks * st.f_frsize} bytes)")
     time.sleep(rng.uniform(5, 9))
     ballast.unlink()

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from clusterproc import LocalCluster
+from clusterproc import LocalCluster, _alive
 from serverproc import nfs_cat, nfs_cp, wait_for
 
 pytestmark = pytest.mark.integration
@@ -111,3 +111,65 @@ def test_an_empty_data_directory_under_a_used_node_id_is_refused(tmp_path: Path)
         assert code == 1 and "older than what node" in log, log
     finally:
         c.down(check=False)
+
+
+def test_a_full_cache_disk_stalls_the_group_instead_of_stopping_the_node(tmp_path: Path) -> None:
+    """Scenario quick, seed 7: a node's cache disk (its chunk directory, a small tmpfs) filled
+    up; applying a committed write then failed with ENOSPC, the node stopped (GroupStateError)
+    and every restart applied the same entry into the same full disk and stopped again. Now
+    the apply waits for space (the effects are idempotent and nothing of the batch is written
+    yet), and once there is space the node goes on, with every acknowledged write."""
+    root = tmp_path / "c"
+    chunks = root / "n1" / "chunks"
+    chunks.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(chunks)], check=True)
+    try:
+        c = LocalCluster(root, nodes=1).up()
+        try:
+            _fill_and_free(c, chunks)
+        finally:
+            c.down(check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(chunks)], check=False)
+
+
+def _fill_and_free(c: LocalCluster, chunks: Path) -> None:
+    import threading
+
+    from faultinject import fill
+    from faultnfs import FaultNfs
+
+    nfs = FaultNfs(c.export_url(1))
+    before = b"a" * 200_000
+    nfs.write_file("/before", before)
+    fill(chunks / "ballast")  # the disk full, to the last block
+    outcome: list[object] = []
+
+    def write() -> None:
+        other = FaultNfs(c.export_url(1), timeout_ms=60_000)
+        try:
+            other.write_file("/during", b"b" * 300_000)
+            outcome.append("ok")
+        except OSError as e:
+            outcome.append(e)  # not acknowledged: allowed
+        finally:
+            other.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    wait_for(lambda: "No space left on device" in c.log_tail(1, 200), timeout_s=60,
+             what="the node to meet the full disk")
+    (chunks / "ballast").unlink()
+    writer.join(120)
+    assert outcome, "the write did not return"
+    assert _alive(c.nodes[1]["pid"]), c.log_tail(1)
+    assert nfs.read_file("/before") == before
+    if outcome == ["ok"]:
+        assert nfs.read_file("/during") == b"b" * 300_000
+    nfs.close()
+    assert c.fsck()["ok"]
+    c.kill9(1)
+    c.restart(1)
+    again = FaultNfs(c.export_url(1))
+    assert again.read_file("/before") == before
+    again.close()
