@@ -182,6 +182,15 @@ def canonical(kind: str, result: Result) -> Result:
     return result
 
 
+# What is compared, and what is left out on purpose:
+# - every op's success or errno (canonical, with the alternatives POSIX allows), and its payload:
+#   bytes read (length and crc32), readlink's target, lstat's type, permission bits (setuid
+#   included), size and link count, a directory's sorted names;
+# - the final tree, read back through NFS (on the kernel path after a remount, cold cache).
+# Not compared: atime, mtime and ctime (two clocks; NFSv3 clients keep atime loosely, and
+#   relatime on the local side), uid/gid (every client is root, without squashing here;
+#   squashing is export policy, tested with access control), inode numbers, st_blocks and
+#   st_dev, and a directory's size (below).
 # A tree: relative path -> (type, permission bits, size, nlink, content), where content is the
 # crc32 of a file's bytes or a symlink's target. A directory's size is not compared (None):
 # POSIX leaves st_size of a directory unspecified (ext4 grows it in blocks as entries come,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,27 @@ def _run(target: KernelTarget, clients: int, path: str) -> None:
     for _ in range(SEQS):
         count(path, MAX_OPS)
     assert report is None, report
+
+
+@pytest.mark.skipif(os.environ.get("OBJCACHE_MODEL_LONG") != "1",
+                    reason="several VM boots: make model runs it")
+def test_kernel_shrink_finds_a_planted_fault(tmp_path: Path, monkeypatch) -> None:
+    """The kernel path's ddmin with real boots: against a model whose truncate grows files one
+    byte too far (test_checker.FaultyTruncate), the server "differs", and the first failing
+    sequence must shrink to create + truncate within a few boots."""
+    from model.localfs import LocalApplier
+    from model.test_checker import FaultyTruncate
+
+    monkeypatch.setattr(LocalApplier, "op_truncate", FaultyTruncate.op_truncate)
+    srv = servers.single_node(tmp_path / "server")
+    try:
+        target = KernelTarget(srv.nfs_port, None, tmp_path / "k")
+        report = kernel_check(target, seqs=8, ops=40, seed=5, clients=1, shrink_boots=6)
+    finally:
+        srv.stop()
+    assert report is not None
+    assert "shrunk by ddmin to 2 ops (1-minimal" in report, report
+    assert re.search(r"\n +0 create\('([\w/]+)'.*\n +1 truncate\('\1'", report), report
 
 
 def test_kernel_one_node_matches_local_dir(tmp_path: Path) -> None:
