@@ -355,8 +355,11 @@ def test_three_nodes_enforce_the_exports_and_refuse_strangers(cluster: LocalClus
     with pytest.raises(AuthRefused):
         trio.run(_plane_call, rpc1, 99, b"not-the-cluster-secret-0123456789", p.GetNodeList())
     assert time.monotonic() - t0 < 15  # not the call's 20 s deadline: it learns at once
+    # The admin token does not make a node: a node id proves the cluster secret.
+    with pytest.raises(AuthRefused):
+        trio.run(_plane_call, rpc1, 98, token, p.GetNodeList())
     assert metric(metrics1, "objcache_rpc_auth_refusals_total", peer="node",
-                  reason="bad_proof") == 1
+                  reason="bad_proof") == 2
     assert re.search(r"refused node 127\.0\.0\.1:\d+ \(bad_proof\): peer claiming node 99",
                      _node_log(c, 1))
     # A node id it may not claim (node 1's own), even with the right secret.
