@@ -132,3 +132,14 @@ def test_refusals_are_never_memoized():
     with pytest.raises(Perm):
         t.check_client(e, ("10.1.1.1", 40001))
     assert t.refusals[("insecure_port", "/data")] == 2
+
+
+def test_the_config_and_the_gateway_agree_on_the_defaults():
+    """server/config.py's ExportConfig defaults become the same Export as the gateway's own
+    defaults (they once disagreed: no root squash and insecure in the config)."""
+    from server.config import ExportConfig
+    from server.node import _export
+
+    from_config = _export(ExportConfig())
+    assert from_config == Export(from_config.path, from_config.export_id,
+                                 clients=from_config.clients)
