@@ -44,6 +44,7 @@ from server.rpc.plane import (
 )
 
 DRAIN_POLL_S = 0.1  # the nodes stop soon after a drain's last status: ask often
+MIN_SECRET_BYTES = 16  # RpcConfig's floor for the cluster secret and the admin token
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -105,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         secret = path.read_bytes().strip()
     except OSError as e:
         print(f"objcache admin: {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    if len(secret) < MIN_SECRET_BYTES:  # what it holds is not shown: it may be a secret
+        print(f"objcache admin: {path}: under {MIN_SECRET_BYTES} bytes: not a cluster secret "
+              "or admin token", file=sys.stderr)
         return 2
     command = {"fsck": _fsck, "status": _status, "drain": _drain,
                "leave": _leave}.get(args.admin_command, _job)

@@ -512,3 +512,17 @@ def test_secrets_appear_in_no_log_status_or_process_listing(tmp_path: Path,
 def _around(text: str, needle: str) -> str:
     i = text.find(needle)
     return text[max(0, i - 120): i + len(needle) + 40]
+
+
+def test_admin_with_a_token_file_too_short_says_so(tmp_path: Path) -> None:
+    """A file that cannot be a token (under 16 bytes) is a usage error, not a traceback, and
+    what it holds is not shown."""
+    short = tmp_path / "token"
+    short.write_text("tok-9f8e7d\n")
+    res = subprocess.run([sys.executable, "-m", "server.cli", "admin", "status", "--node",
+                          f"1=127.0.0.1:{free_port()}", "--admin-token-file", str(short)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "16 bytes" in res.stderr, res.stderr
+    assert "tok-9f8e7d" not in res.stdout + res.stderr
