@@ -275,6 +275,8 @@ class Connection:
             return
         try:
             await handler(self.peer_id, body)
+        except RemoteError as exc:  # a refusal by the handler (which logged it): none to answer
+            log.debug("%s from node %d refused: %s", type(body).__name__, self.peer_id, exc)
         except Exception:  # a bug in one handler must not take down the connection
             self._counters.handler_errors += 1
             log.exception("handler for %s from node %d failed", type(body).__name__,

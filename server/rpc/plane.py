@@ -160,7 +160,7 @@ class RpcPlane:
 
     async def _forbidden(self, msg_type: type, peer_id: int, _msg: Any) -> Any:
         """What an admin client gets for a message only nodes may send."""
-        self.refuse("admin", FORBIDDEN, f"admin client {peer_id}", msg_type.__name__)
+        self.refuse("admin", FORBIDDEN, f"client {peer_id}", msg_type.__name__)
         raise RemoteError(FORBIDDEN, f"admin clients may not send {msg_type.__name__}")
 
     def refuse(self, kind: str, reason: str, remote: str, detail: object) -> None:

@@ -297,6 +297,24 @@ async def _garbage_handshake(addr: str) -> None:
             await ws.get_message()
 
 
+async def _admin_sends_raft(addr: str, token: bytes) -> None:
+    """An admin client (with the token) sends node 1 three one-way Raft messages, then makes
+    a call, which is answered after them (one connection, in order)."""
+    from raft.messages import PreVote
+    from server.rpc.raft_wire import register_raft_types
+
+    register_raft_types()
+    plane = RpcPlane(RpcConfig(node_id=ADMIN_ID_BASE + 6, cluster_secret=token))
+    plane.add_peer(1, f"ws://{addr}/")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        assert (await plane.call(1, p.GetNodeList(), 20.0)).nodelist
+        for term in (1, 2, 3):
+            assert plane.send(1, PreVote(ADMIN_ID_BASE + 6, 1, term, 0, 0))
+        assert (await plane.call(1, p.GetNodeList(), 20.0)).nodelist
+        nursery.cancel_scope.cancel()
+
+
 def _admin(c: LocalCluster, *cred: str, node: int = 1) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "server.cli", "admin", "status", "--node",
@@ -386,10 +404,14 @@ def test_three_nodes_enforce_the_exports_and_refuse_strangers(cluster: LocalClus
     assert trio.run(_plane_call, rpc1, ADMIN_ID_BASE + 5, token, p.GetNodeList()).nodelist
     with pytest.raises(RemoteError, match="forbidden"):
         trio.run(_plane_call, rpc1, ADMIN_ID_BASE + 5, token, p.GetInodes(1, (1,)))
+    # ...also one-way (a Raft message): refused, counted, logged once, no stack trace.
+    trio.run(_admin_sends_raft, rpc1, token)
     assert metric(metrics1, "objcache_rpc_auth_refusals_total", peer="admin",
-                  reason="forbidden") == 1
-    assert re.search(r"refused admin admin client \d+ \(forbidden\): GetInodes",
+                  reason="forbidden") == 1 + 3
+    assert re.search(r"refused admin client \d+ \(forbidden\): GetInodes",
                      _node_log(c, 1))
+    log1 = _node_log(c, 1)
+    assert "Traceback" not in log1 and "failed" not in log1.split("PreVote")[-1], log1[-3000:]
     # The other nodes saw none of it.
     for n in (2, 3):
         assert metric(c.nodes[n]["metrics"], "objcache_rpc_auth_refusals_total") == 0
