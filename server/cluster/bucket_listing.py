@@ -31,7 +31,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from nfs_gateway.backend import FileType
 from server.cluster.bucket import BucketConfig, child_key, name_ok
@@ -224,3 +224,15 @@ def _symlink_target(meta: Mapping[str, str], max_symlink_bytes: int) -> bytes:
                  META_SYMLINK_TARGET, raw)
         return b""
     return target
+
+
+def metadata_of(inode: Inode) -> dict[str, str]:
+    """The x-amz-meta-* attributes written with an inode's object (this module reads them back)."""
+    meta = {META_MODE: str(inode.mode), META_UID: str(inode.uid), META_GID: str(inode.gid),
+            META_MTIME_NS: str(inode.mtime_ns)}
+    if inode.ftype == FileType.LNK:
+        meta[META_TYPE] = TYPE_SYMLINK
+        meta[META_SYMLINK_TARGET] = quote_from_bytes(inode.target, safe="/")
+    elif inode.ftype not in (FileType.REG, FileType.DIR):
+        meta[META_TYPE] = inode.ftype.name.lower()
+    return meta

@@ -11,6 +11,10 @@ Rules:
   wholly the object's bytes (backed, not materialized, inside obase) is copied inside the
   store (UploadPartCopy with If-Match), never read through the cluster; any other chunk is
   read like a READ and uploaded.
+- PutObjects (a lane: several PutObject at one group, flush_batch.py): the versions and bytes
+  of all its files are read in one worker-thread trip (after one read barrier), then PUT one
+  after another; each file gets its own answer or error, so one refusal costs only its file.
+  A file whose bytes must first come from the bucket takes PutObject's path.
 - Both answer the pin version (keys.materialized_key) the chunk had before its bytes were
   read: after the clean mark, write-back unpins exactly that version (Unpin), so a chunk
   written meanwhile stays pinned.
@@ -23,8 +27,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import trio
+
 from server.cluster import protocol as p
 from server.cluster.bucket import backed_len
+from server.cluster.bucket_reads import NeedFetch
 from server.fs import keys
 from server.fs.records import Inode, decode_value
 from server.fs.state import decode_u64
@@ -50,6 +57,52 @@ async def _pin_version(runtime: GroupRuntime, ino: int, index: int) -> int:
 async def put_object(runtime: GroupRuntime, req: p.PutObject) -> p.PutReply:
     version = await _pin_version(runtime, req.ino, 0)  # before the bytes (module rules)
     head = await runtime.handle(p.ReadHead(req.ring_version, req.ino, 0, p.MAX_PUT_BYTES))
+    return await _put(runtime, req, version, head)
+
+
+async def put_objects(runtime: GroupRuntime, req: p.PutObjects) -> p.PutObjectsReply:
+    await runtime.read_barrier()
+    heads = await trio.to_thread.run_sync(_heads_sync, runtime, req)
+    replies: list[p.PutReply] = []
+    errors: list[tuple[str, str]] = []
+    for put, head in zip(req.puts, heads, strict=True):
+        try:
+            if isinstance(head, RemoteError):
+                raise head
+            if head is None:  # its bytes are in the bucket only: PutObject's own path
+                reply = await put_object(runtime, put)
+            else:
+                reply = await _put(runtime, put, *head)
+        except RemoteError as e:
+            replies.append(p.PutReply(False, "", 0))
+            errors.append((e.code, e.message))
+        else:
+            replies.append(reply)
+            errors.append(("", ""))
+    return p.PutObjectsReply(tuple(replies), tuple(errors))
+
+
+_Head = tuple[int, p.ReadHeadReply] | RemoteError | None
+
+
+def _heads_sync(runtime: GroupRuntime, req: p.PutObjects) -> list[_Head]:
+    """Each put's pin version, then its inode and bytes (as put_object reads them, in the
+    same order); None when the bytes need a fetch from the bucket first."""
+    out: list[_Head] = []
+    for put in req.puts:
+        try:
+            version = decode_u64(runtime.kv.get_sync(keys.materialized_key(put.ino, 0)))
+            out.append((version, runtime.answer_sync(
+                p.ReadHead(req.ring_version, put.ino, 0, p.MAX_PUT_BYTES))))
+        except NeedFetch:
+            out.append(None)
+        except RemoteError as e:
+            out.append(e)
+    return out
+
+
+async def _put(runtime: GroupRuntime, req: p.PutObject, version: int,
+               head: p.ReadHeadReply) -> p.PutReply:
     if not head.inode:
         return p.PutReply(False, "", 0)
     inode: Inode = decode_value(head.inode)

@@ -44,7 +44,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import quote_from_bytes
 
 import cbor2
 import trio
@@ -52,16 +51,8 @@ import trio
 from nfs_gateway.backend import Cred, FileType, FsError
 from server.cluster import protocol as p
 from server.cluster.bucket import key_below
-from server.cluster.bucket_listing import (
-    META_GID,
-    META_MODE,
-    META_MTIME_NS,
-    META_SYMLINK_TARGET,
-    META_TYPE,
-    META_UID,
-    TYPE_SYMLINK,
-)
-from server.cluster.flush_batch import BatchWriteBack
+from server.cluster.bucket_listing import metadata_of
+from server.cluster.flush_batch import BatchWriteBack, copyable, one_put
 from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
 from server.fs import keys
@@ -341,7 +332,7 @@ class Flusher(BatchWriteBack):
         if inode.ftype != FileType.REG:  # a directory's marker, a symlink, a device node
             self.stats["uploads"] += 1
             return await store.put(k, b"", metadata=meta), 0
-        if not inode.cdirty and inode.okey and inode.etag:
+        if copyable(inode):
             try:
                 etag = await store.copy(inode.okey.decode(), k, metadata=meta,
                                         if_match=inode.etag.decode())
@@ -352,7 +343,7 @@ class Flusher(BatchWriteBack):
             else:
                 self.stats["copies"] += 1
                 return etag, inode.size
-        if inode.inline or inode.size <= min(inode.chunk_size, p.MAX_PUT_BYTES):
+        if one_put(inode):
             reply = await self.b._at_inode(inode.ino, p.PutObject(
                 0, inode.ino, inode.dver, store_id, key, tuple(sorted(meta.items()))))
             if not reply.ok:
@@ -541,15 +532,3 @@ class Flusher(BatchWriteBack):
         if not reply.commit:
             log.debug("write-back txn aborted: %s", reply.reason)
         return reply.commit
-
-
-def metadata_of(inode: Inode) -> dict[str, str]:
-    """The x-amz-meta-* attributes written with an inode's object (bucket_listing.py)."""
-    meta = {META_MODE: str(inode.mode), META_UID: str(inode.uid), META_GID: str(inode.gid),
-            META_MTIME_NS: str(inode.mtime_ns)}
-    if inode.ftype == FileType.LNK:
-        meta[META_TYPE] = TYPE_SYMLINK
-        meta[META_SYMLINK_TARGET] = quote_from_bytes(inode.target, safe="/")
-    elif inode.ftype not in (FileType.REG, FileType.DIR):
-        meta[META_TYPE] = inode.ftype.name.lower()
-    return meta

@@ -189,7 +189,7 @@ class GroupRuntime:
     def _register(self, plane: RpcPlane) -> None:
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
                     p.FsStatRequest, p.RunTxn, p.DropCached, p.ScanFlush, p.PutObject,
-                    p.PutPart, p.KeysUnder, p.MaxInode):
+                    p.PutObjects, p.PutPart, p.KeysUnder, p.MaxInode):
             plane.register(cls, self._on_request)
         for cls in (p.ScanState, p.GetNodeList):  # read-only: fsck and status from admins
             plane.register(cls, self._on_request, admin=True)
@@ -261,13 +261,11 @@ class GroupRuntime:
             return p.DroppedReply(freed)
         if isinstance(request, p.PutObject):
             return await bucket_upload.put_object(self, request)
+        if isinstance(request, p.PutObjects):
+            return await bucket_upload.put_objects(self, request)
         if isinstance(request, p.PutPart):
             return await bucket_upload.put_part(self, request)
-        if not self._sole_voter():
-            try:
-                await self.driver.read_index()
-            except NotLeader as e:
-                raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
+        await self.read_barrier()
         if isinstance(request, p.ScanState):
             return await trio.to_thread.run_sync(self._scan, request)
         if isinstance(request, p.ScanFlush):
@@ -281,8 +279,17 @@ class GroupRuntime:
         if isinstance(request, INLINE_READS):
             # A handful of LevelDB point reads, nearly always from its block cache (a few µs
             # each): a worker-thread round trip would cost 20 times more than the reads.
-            return self._answer_sync(request)
-        return await trio.to_thread.run_sync(self._answer_sync, request)
+            return self.answer_sync(request)
+        return await trio.to_thread.run_sync(self.answer_sync, request)
+
+    async def read_barrier(self) -> None:
+        """Before reading the applied state for a client: unless this node is the group's
+        only voter, confirm it still leads and has applied all it committed (ReadIndex)."""
+        if not self._sole_voter():
+            try:
+                await self.driver.read_index()
+            except NotLeader as e:
+                raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
 
     def _hidden(self, request: p.GroupRequest) -> bool:
         """While a ring change is pending and this group has sent what it gives away, reads
@@ -301,7 +308,7 @@ class GroupRuntime:
             return freeze.hides(request.ino, request.index)
         return True  # scans, uploads, cache drops: a moment's wait
 
-    def _answer_sync(self, request: p.GroupRequest, fetched: Any = None) -> Any:
+    def answer_sync(self, request: p.GroupRequest, fetched: Any = None) -> Any:
         return self._answer(request, StateView(self.kv), self.sm.chunks, self.group,
                             self.bucket, fetched)
 
@@ -312,7 +319,7 @@ class GroupRuntime:
         if prefetch:  # read-ahead: make sure the chunk is cached, answer nothing
             request = dataclasses.replace(request, offset=0, count=1, prefetch=False)
         reply = await self.bucket.answer(
-            lambda fetched: trio.to_thread.run_sync(self._answer_sync, request, fetched))
+            lambda fetched: trio.to_thread.run_sync(self.answer_sync, request, fetched))
         return p.ReadChunkReply(b"") if prefetch else reply
 
     def answer_now(self, request: p.GroupRequest) -> Any | None:
@@ -323,7 +330,7 @@ class GroupRuntime:
                 and request.ring_version == self.ring_version() and self.sm.freeze is None):
             return None
         try:
-            return self._answer_sync(request)
+            return self.answer_sync(request)
         except RemoteError:
             return None
 

@@ -228,6 +228,23 @@ class PutReply:
     chunk_version: int = 0  # chunk 0's pin version before its bytes were read (0: none)
 
 
+@message("cl.put_objects")
+@dataclass(frozen=True, slots=True)
+class PutObjects:
+    """At a group: each PutObject of `puts` in turn (their inodes all the group's), one
+    answer each: a write-back lane, several small files for one request (flush_batch.py)."""
+
+    ring_version: int
+    puts: tuple[PutObject, ...]
+
+
+@message("cl.put_objects_reply")
+@dataclass(frozen=True, slots=True)
+class PutObjectsReply:
+    replies: tuple[PutReply, ...]  # one per put, in order
+    errors: tuple[tuple[str, str], ...]  # per put: ("", "") or its RemoteError (code, message)
+
+
 @message("cl.put_part")
 @dataclass(frozen=True, slots=True)
 class PutPart:
@@ -364,7 +381,8 @@ class Ack:
 
 
 GroupRequest = (GetInodes | Lookup | ReadDir | ReadHead | ReadChunk | FsStatRequest | RunTxn
-                | DropCached | ScanFlush | PutObject | PutPart | KeysUnder | MaxInode)
+                | DropCached | ScanFlush | PutObject | PutObjects | PutPart | KeysUnder
+                | MaxInode)
 
 
 # -- the gateway's view of the router (router.py implements it; simulations fake it) ---------
