@@ -103,6 +103,8 @@ class RaftLogStorage:
         self._snapshot = loaded.snapshot
         self._marker_index, self._marker_term = loaded.marker
         self._terms = loaded.terms  # terms[i] is the term of entry first_index() + i
+        self._sizes = loaded.sizes  # and sizes[i] its stored bytes (for the log_bytes metric)
+        self.log_bytes = sum(self._sizes)
         self._unsynced: dict[int, Entry] = {}  # queued, not yet on disk: never evicted
         self._cache: OrderedDict[int, Entry] = OrderedDict()  # ascending index
         self._cache_bytes = 0
@@ -303,17 +305,23 @@ class RaftLogStorage:
         assert entries[0].term >= self.term(first - 1), "entry term below its predecessor's"
         self._truncate_after(first - 1, ops)  # §5.3: a conflicting suffix is deleted
         for e in entries:
+            record = encode_record(entry_body(e))
             self._terms.append(e.term)
+            self._sizes.append(len(record))
+            self.log_bytes += len(record)
             self._unsynced[e.index] = e
             self._cache_put(e)
-            ops.append((self._entry_key(e.index), encode_record(entry_body(e))))
+            ops.append((self._entry_key(e.index), record))
 
     def _truncate_after(self, index: int, ops: list[tuple[bytes, bytes | None]]) -> None:
         for i in range(index + 1, self.last_index() + 1):
             ops.append((self._entry_key(i), None))
             self._unsynced.pop(i, None)
             self._cache_drop(i)
-        del self._terms[index + 1 - self.first_index():]
+        cut = index + 1 - self.first_index()
+        del self._terms[cut:]
+        self.log_bytes -= sum(self._sizes[cut:])
+        del self._sizes[cut:]
 
     def _discard_through(self, index: int, term: int,
                          ops: list[tuple[bytes, bytes | None]]) -> None:
@@ -321,7 +329,10 @@ class RaftLogStorage:
             ops.append((self._entry_key(i), None))
             self._unsynced.pop(i, None)
             self._cache_drop(i)
-        del self._terms[:index + 1 - self.first_index()]
+        cut = index + 1 - self.first_index()
+        del self._terms[:cut]
+        self.log_bytes -= sum(self._sizes[:cut])
+        del self._sizes[:cut]
         self._marker_index, self._marker_term = index, term
         ops.append((self._prefix + b"c", encode_record([index, term])))
 

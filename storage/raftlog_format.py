@@ -116,6 +116,7 @@ class Loaded:
     marker: tuple[int, int]  # (index, term) of the last compacted entry
     terms: list[int]
     tail: list[Entry]  # the newest entries, up to the cache budget
+    sizes: list[int]  # the stored bytes of each retained entry, as terms
 
 # ---- verification at open (runs in a worker thread) ----
 
@@ -129,7 +130,7 @@ def load_and_verify(db: plyvel.DB, prefix: bytes, cache_bytes: int) -> Loaded:
     marker = (0, 0)
     if (v := db.get(marker_key)) is not None:
         marker = tuple(_ints(decode_record(marker_key, v), 2, marker_key, "compaction marker"))
-    terms, tail = _scan_entries(db, prefix, marker, cache_bytes)
+    terms, tail, sizes = _scan_entries(db, prefix, marker, cache_bytes)
     last = marker[0] + len(terms)
     last_term = terms[-1] if terms else marker[1]
     if hard_state.commit > last:
@@ -141,13 +142,14 @@ def load_and_verify(db: plyvel.DB, prefix: bytes, cache_bytes: int) -> Loaded:
     for key in db.iterator(prefix=prefix, include_value=False):
         if key not in (hs_key, snap_key, marker_key) and key[len(prefix):len(prefix) + 1] != b"e":
             raise LogCorrupted("unknown key under the raft log prefix", key=key)
-    return Loaded(hard_state, snapshot, marker, terms, tail)
+    return Loaded(hard_state, snapshot, marker, terms, tail, sizes)
 
 
 def _scan_entries(db: plyvel.DB, prefix: bytes, marker: tuple[int, int],
-                  cache_bytes: int) -> tuple[list[int], list[Entry]]:
+                  cache_bytes: int) -> tuple[list[int], list[Entry], list[int]]:
     entry_prefix = prefix + b"e"
     terms: list[int] = []
+    sizes: list[int] = []
     tail: deque[Entry] = deque()
     tail_bytes = 0
     expect, prev_term = marker[0] + 1, marker[1]
@@ -165,9 +167,10 @@ def _scan_entries(db: plyvel.DB, prefix: bytes, marker: tuple[int, int],
             raise LogCorrupted(f"term {e.term} below the previous entry's {prev_term}",
                                key=key, index=index)
         terms.append(e.term)
+        sizes.append(len(value))
         tail.append(e)
         tail_bytes += len(e.data) + ENTRY_OVERHEAD_BYTES
         while tail_bytes > cache_bytes and len(tail) > 1:
             tail_bytes -= len(tail.popleft().data) + ENTRY_OVERHEAD_BYTES
         expect, prev_term = index + 1, e.term
-    return terms, list(tail)
+    return terms, list(tail), sizes

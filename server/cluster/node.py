@@ -296,6 +296,8 @@ def _gauges(runtime: GroupRuntime) -> dict[str, tuple[str, float]]:
         "objcache_raft_log_entries": ("Entries kept in the Raft log (after compaction)",
                                       max(0, runtime.storage.last_index()
                                           - runtime.storage.first_index() + 1)),
+        "objcache_raft_log_bytes": ("Bytes of the entries kept in the Raft log (as stored)",
+                                    runtime.storage.log_bytes),
         "objcache_ring_version": ("The NodeList version this node's group applied",
                                   runtime.ring_version()),
     }

@@ -199,6 +199,10 @@ def check_nfs(prom: Prometheus) -> None:
 def check_node(prom: Prometheus, c: LocalCluster) -> None:
     # Each one-member group elected its node once.
     prom.wait("sum(objcache_raft_leader_changes_total)", lambda v: v >= 2, "leader changes")
+    # Each log holds the entries of the writes above, and each entry its stored bytes.
+    prom.wait("min(objcache_raft_log_entries)", lambda v: v >= 2, "log entries")
+    prom.wait("min(objcache_raft_log_bytes / objcache_raft_log_entries)", lambda v: v >= 16,
+              "log bytes")
     # Dirty: the files written, not yet in the bucket (a member per group: max by group).
     dirty_files = "sum(max by (group) (objcache_dirty_files))"
     prom.wait(dirty_files, lambda v: v == FILES, "dirty files")

@@ -412,3 +412,27 @@ async def test_corruption_found_on_a_read_from_disk(db):
     assert len(s.entries(19, 21, 1 << 20)) == 2  # the cached tail is fine
     with pytest.raises(LogCorrupted, match=r"index 3.*checksum mismatch"):
         s.entries(1, 5, 1 << 20)
+
+
+def stored_entry_bytes(db_) -> int:
+    return sum(len(v) for _, v in db_.iterator(prefix=PREFIX + b"e"))
+
+
+async def test_log_bytes_is_what_the_retained_entries_take_on_disk(db, tmp_path):
+    # The objcache_raft_log_bytes gauge: kept up to date through appends, a conflicting
+    # suffix, compaction, a leader's snapshot, and a restart.
+    s = await RaftLogStorage.open(db)
+    assert s.log_bytes == 0
+    await s.save(HardState(term=1), ents(1, 11, term=1, size=100))
+    assert s.log_bytes == stored_entry_bytes(db) > 1000
+    await s.save(HardState(term=2), ents(6, 8, term=2, size=7000))
+    assert s.log_bytes == stored_entry_bytes(db)
+    await s.compact(3)
+    assert s.log_bytes == stored_entry_bytes(db)
+    db = reopen(db, tmp_path)
+    s = await RaftLogStorage.open(db)
+    assert s.log_bytes == stored_entry_bytes(db) > 14000
+    snap = SnapshotMeta(index=9, term=2, conf=ConfState(frozenset({1})))
+    await s.save(HardState(term=2, commit=9), [], snap)
+    assert s.log_bytes == stored_entry_bytes(db) == 0
+    db.close()
