@@ -10,6 +10,8 @@ still varies). Needs root for `ip netns` (make test runs as root in CI).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,4 +28,7 @@ def test_quick_fault_campaign(tmp_path: Path, s3_server) -> None:
     assert report.scenarios == ["quick"]
     assert sum(report.faults.values()) >= 3  # faults were injected, not skipped
     assert sum(report.ops.values()) >= 100 and report.reads_checked >= 50
-    assert not report.failures, f"seed {seed}, logs in {tmp_path}:\n{report.text()}"
+    if report.failures:  # pytest prunes old tmp_paths: keep the logs where they stay
+        kept = Path(tempfile.mkdtemp(prefix=f"objcache-faults-seed{seed}-"))
+        shutil.copytree(tmp_path, kept, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+        raise AssertionError(f"seed {seed}, logs in {kept}:\n{report.text()}")
