@@ -63,7 +63,7 @@ fuzz: $(STAMP)
 		-W ignore::hypothesis.errors.HypothesisWarning tests/fuzz $(ARGS)
 
 # The long model check (tests/model; a short run is part of `make test`): MODEL_SEQS random
-# sequences of up to MODEL_OPS ops per server through libnfs, a quarter as many through the
+# sequences of up to MODEL_OPS ops per server through libnfs, a tenth as many through the
 # kernel client, on one node and on a 3-group cluster, each compared with a local directory.
 # make model MODEL_SEQS=2000
 model: $(STAMP)
