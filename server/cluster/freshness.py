@@ -25,7 +25,11 @@ Rules:
 - While it runs, a `stale` answer to a report stops the node the same way (a peer unreachable
   at its start may know better).
 - A cluster of one node has nobody to remember for it: not covered. An empty data directory
-  started under a node id that served before is refused too (its counter is 0).
+  started under a node id that serves in the cluster is refused too (its counter is 0).
+- A node id that left the cluster (not in the NodeList this node applied) may come back with
+  an empty data directory and --join (its new inode ids stay clear of its old ones: MaxInode):
+  its record is of a membership that ended, so a report below it is taken and replaces it.
+  Found by tests/integration/test_elastic.py, whose node 2 leaves and returns so.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from dataclasses import dataclass
 import trio
 
 from server import metrics
+from server.cluster.nodelist import NodeList
+from server.cluster.statemachine import NODELIST
 from server.node import StartupError
 from server.rpc.codec import message
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
@@ -99,6 +105,11 @@ class Freshness:
         self.stats["reports"] += 1
         raw = await self.kv.get(SEEN + _u64(peer_id))
         seen = struct.unpack(">Q", raw)[0] if raw is not None else 0
+        if msg.counter < seen and not await self._listed(peer_id):
+            log.info("node %d, which left the cluster, reports durability counter %d (%d "
+                     "before it left): a new data directory", peer_id, msg.counter, seen)
+            await self.kv.write([(SEEN + _u64(peer_id), _u64(msg.counter))], sync=False)
+            return Seen(msg.counter, False)
         if msg.counter < seen:
             self.stats["stale_refused"] += 1
             log.error("node %d reports durability counter %d, but it reported %d before: it "
@@ -108,6 +119,12 @@ class Freshness:
         if msg.counter > seen:
             await self.kv.write([(SEEN + _u64(peer_id), _u64(msg.counter))], sync=False)
         return Seen(seen, False)
+
+    async def _listed(self, peer_id: int) -> bool:
+        """Whether `peer_id` is in the NodeList this node's group applied (when it has none
+        yet, every peer counts as listed: refusing is the safe answer)."""
+        raw = await self.kv.get(NODELIST)
+        return raw is None or NodeList.decode(raw).has(peer_id)
 
     def _verdict(self, peer_id: int, reply: object) -> None:
         if not isinstance(reply, Seen):

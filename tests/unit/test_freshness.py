@@ -11,6 +11,8 @@ import pytest
 import trio
 
 from server.cluster.freshness import MINE, Freshness, Report, Seen, StaleDataDir
+from server.cluster.nodelist import NodeInfo, NodeList
+from server.cluster.statemachine import NODELIST
 from server.rpc.codec import decode, encode
 from server.rpc.frames import PeerUnavailable
 from storage.kv import KvStore
@@ -62,6 +64,23 @@ async def test_a_peer_records_the_highest_report_and_refuses_a_lower_one(tmp_pat
     reopened = await _fresh(tmp_path, 2)  # the record survives a restart of the peer
     assert await reopened._on_report(1, Report(2)) == Seen(8, True)
     await reopened.kv.close()
+
+
+async def test_a_node_that_left_may_return_with_a_new_data_directory(tmp_path: Path) -> None:
+    # Regression (test_elastic: node 2 leaves, then joins again with an empty directory): a
+    # record of a node id the applied NodeList no longer has is of an ended membership.
+    peer = await _fresh(tmp_path, 1)
+    one, two = (NodeInfo(n, n, f"127.0.0.1:{n}0", f"127.0.0.1:{n}1") for n in (1, 2))
+    listed = NodeList(4, (one, two))
+    await peer.kv.write([(NODELIST, listed.encode())], sync=True)
+    assert await peer._on_report(2, Report(7)) == Seen(0, False)
+    assert await peer._on_report(2, Report(2)) == Seen(7, True)  # still listed: refused
+    after_leave = NodeList(5, (one,))
+    await peer.kv.write([(NODELIST, after_leave.encode())], sync=True)
+    assert await peer._on_report(2, Report(1)) == Seen(1, False)  # left: a new directory
+    assert await peer._on_report(2, Report(2)) == Seen(1, False)  # and its record from now
+    assert peer.stats["stale_refused"] == 1
+    await peer.kv.close()
 
 
 async def test_the_start_check_stops_a_node_on_an_old_data_directory(tmp_path: Path) -> None:
