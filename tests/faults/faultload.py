@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import random
 import threading
 import time
@@ -28,10 +30,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from faultnfs import FaultNfs
 
-UNKNOWN = object()  # the path may hold anything (an operation on it was not acknowledged)
+UNKNOWN = "<unknown>"  # the path may hold anything (an operation on it was not acknowledged);
+# a str, so that it survives the pipe from a client process (the model holds bytes or None)
 SIZES = (0, 1, 100, 4000, 16384, 16385, 70000, 262143, 262145, 700001, 1100000)
 SIZE_WEIGHTS = (2, 3, 6, 6, 2, 2, 5, 2, 2, 2, 1)
 NAMES = tuple(f"f{i}" for i in range(6)) + tuple(f"d/f{i}" for i in range(4))
@@ -50,21 +54,67 @@ class Stats:
 
 
 class Client:
-    """One client thread: a mount on some node, a directory, a model, an op log."""
+    """One client process: a mount on some node, a directory, a model, an op log.
 
-    def __init__(self, k: int, seed: int, urls: Callable[[], list[str]], log: OpLog,
-                 stats: Stats) -> None:
+    A process, not a thread: libnfs can crash (a SIGSEGV in its timeout handling was seen
+    when a node was killed under it), and that must cost one client's checks, not the
+    campaign. The child sends its model and counts back when told to stop (finish())."""
+
+    def __init__(self, k: int, seed: int, urls: list[str], log: OpLog, stats: Stats) -> None:
         self.k = k
         self.rng = random.Random(seed)
-        self.urls = urls  # the export URLs of the nodes that should be serving
+        self.urls = urls  # every node's export URL (a dead one fails at once: another is tried)
         self.log = log
         self.stats = stats
         self.dir = f"/c{k}"
         self.model: dict[str, object] = dict.fromkeys(NAMES)  # None: absent
         self.nfs: FaultNfs | None = None
         self.seq = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"client-{k}", daemon=True)
+        ctx = multiprocessing.get_context("fork")
+        self.stop = ctx.Event()
+        self._conn, child_conn = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=self._child, args=(child_conn,), name=f"client-{k}",
+                                daemon=True)
+        self.crashed = ""
+
+    def start(self) -> None:
+        self._drop_mount()  # the child makes its own
+        self.proc.start()
+
+    def _child(self, conn: Any) -> None:
+        self.stats = Stats()  # counted here, merged by the parent
+        code = 0
+        try:
+            self._run()
+            conn.send({"model": self.model, "seq": self.seq, "ops": self.stats.ops,
+                       "failed_ops": self.stats.failed_ops,
+                       "reads_checked": self.stats.reads_checked,
+                       "failures": self.stats.failures})
+        except BaseException:
+            code = 3
+        finally:
+            os._exit(code)  # no atexit handlers of the parent's (they tear the network down)
+
+    def finish(self, timeout_s: float) -> None:
+        """Stop the child and take its model and counts (or note that it crashed or hung)."""
+        self.stop.set()
+        if self._conn.poll(timeout_s):
+            got = self._conn.recv()
+            self.model, self.seq = got["model"], got["seq"]
+            self.stats.ops.update(got["ops"])
+            self.stats.failed_ops.update(got["failed_ops"])
+            self.stats.reads_checked += got["reads_checked"]
+            self.stats.failures.extend(got["failures"])
+            self.proc.join(10)
+            return
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.crashed = f"client {self.k} hung (an NFS call did not return in time)"
+        else:
+            self.crashed = (f"client {self.k} crashed (exit {self.proc.exitcode}: the NFS "
+                            "client library, not the server)")
+        self.proc.join(10)
+        self.model = dict.fromkeys(NAMES, UNKNOWN)  # its acknowledgements are lost with it
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -76,10 +126,7 @@ class Client:
 
     def _mount(self) -> FaultNfs:
         if self.nfs is None:
-            urls = self.urls()
-            if not urls:
-                raise OSError("no node serves")
-            self.nfs = FaultNfs(self.rng.choice(urls))
+            self.nfs = FaultNfs(self.rng.choice(self.urls), timeout_ms=0)
         return self.nfs
 
     def _drop_mount(self) -> None:
@@ -116,7 +163,7 @@ class Client:
         rng = self.rng
         name = rng.choice(NAMES)
         state = self.model[name]
-        if state is None or state is UNKNOWN or rng.random() < 0.15:
+        if state is None or state == UNKNOWN or rng.random() < 0.15:
             size = rng.choices(SIZES, SIZE_WEIGHTS)[0]
             return "write", name, {"data": rng.randbytes(size)}
         assert isinstance(state, bytes)
@@ -144,6 +191,7 @@ class Client:
             got = nfs.read_file(path)
             self.stats.reads_checked += 1
             if got != m[name]:
+                self.log.dump(f"c{self.k}-op{self.seq}", got, m[name])
                 self.stats.failures.append(
                     f"client {self.k} op {self.seq}: read {path}: {len(got)} bytes "
                     f"{digest(got)}, acknowledged {len(m[name])} bytes {digest(m[name])}")
@@ -192,11 +240,13 @@ class Client:
             path = f"{self.dir}/{name}"
             if name in present:
                 tree[name] = nfs.read_file(path)
-            if want is UNKNOWN:
+            if want == UNKNOWN:
                 continue
             self.stats.reads_checked += 1
             got = tree.get(name)
             if got != want:
+                if got is not None and isinstance(want, bytes):
+                    self.log.dump(f"c{self.k}-final-{name.replace('/', '_')}", got, want)
                 failures.append(
                     f"client {self.k}: {path} holds "
                     f"{'nothing' if got is None else f'{len(got)} bytes {digest(got)}'}, "
@@ -223,6 +273,11 @@ class OpLog:
                "ms": round((time.monotonic() - started) * 1000)}
         with self._lock:
             self._f.write(json.dumps(row) + "\n")
+
+    def dump(self, name: str, got: bytes, want: bytes) -> None:
+        """A mismatch's bytes, beside the op log, for the investigation."""
+        (self.path.parent / f"mismatch-{name}.got").write_bytes(got)
+        (self.path.parent / f"mismatch-{name}.want").write_bytes(want)
 
     def note(self, text: str) -> None:
         with self._lock:
