@@ -116,7 +116,7 @@ class Report:
                  f"reads checked against the model: {self.reads_checked}",
                  f"failures found:       {len(self.failures)}",
                  *(f"  - {f}" for f in self.failures),
-                 f"client crashes (libnfs; those clients' paths unchecked): "
+                 f"client crashes (libnfs; the paths of the op under way unchecked): "
                  f"{len(self.client_crashes)}",
                  *(f"  - {f}" for f in self.client_crashes),
                  f"wall time:            {self.seconds:.0f} s", "=" * 72]

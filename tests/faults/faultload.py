@@ -56,9 +56,10 @@ class Stats:
 class Client:
     """One client process: a mount on some node, a directory, a model, an op log.
 
-    A process, not a thread: libnfs can crash (a SIGSEGV in its timeout handling was seen
-    when a node was killed under it), and that must cost one client's checks, not the
-    campaign. The child sends its model and counts back when told to stop (finish())."""
+    A process, not a thread: libnfs 5.0 can crash (a SIGSEGV inside libnfs.so.13 was seen
+    twice when a node was killed under a mount), and that must cost the operation under way,
+    not the campaign. The child sends each model change and count to the parent as it goes
+    (_report -> _collect)."""
 
     def __init__(self, k: int, seed: int, urls: list[str], log: OpLog, stats: Stats) -> None:
         self.k = k
@@ -72,49 +73,73 @@ class Client:
         self.seq = 0
         ctx = multiprocessing.get_context("fork")
         self.stop = ctx.Event()
-        self._conn, child_conn = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=self._child, args=(child_conn,), name=f"client-{k}",
-                                daemon=True)
+        self._conn, self._child_conn = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=self._child, args=(self._child_conn,),
+                                name=f"client-{k}", daemon=True)
         self.crashed = ""
+        self._under_way: tuple[str, ...] = ()
 
     def start(self) -> None:
         self._drop_mount()  # the child makes its own
         self.proc.start()
+        self._child_conn.close()  # the child's end: EOF here once the child is gone
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
 
     def _child(self, conn: Any) -> None:
-        self.stats = Stats()  # counted here, merged by the parent
+        self._pipe = conn
+        self.stats = Stats()  # the parent counts what the child sends (_collect)
         code = 0
         try:
             self._run()
-            conn.send({"model": self.model, "seq": self.seq, "ops": self.stats.ops,
-                       "failed_ops": self.stats.failed_ops,
-                       "reads_checked": self.stats.reads_checked,
-                       "failures": self.stats.failures})
         except BaseException:
             code = 3
         finally:
             os._exit(code)  # no atexit handlers of the parent's (they tear the network down)
 
+    def _send(self, *what: object) -> None:
+        """To the parent, as the child goes: the model changes and counts (a crash of the
+        child then loses only the operation under way, whose paths become UNKNOWN)."""
+        self._pipe.send(what)
+
+    def _collect(self) -> None:
+        """In the parent: apply what the child sends, until it exits."""
+        while True:
+            try:
+                kind, *rest = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "begin":  # an operation on these paths is under way
+                self._under_way = rest[0]
+            elif kind == "model":
+                self.model.update(rest[0])
+                self._under_way = ()
+            elif kind == "count":
+                field_, key, n = rest
+                if field_ == "ops":
+                    self.stats.ops[key] += n
+                elif field_ == "failed_ops":
+                    self.stats.failed_ops[key] += n
+                else:
+                    self.stats.reads_checked += n
+            elif kind == "failure":
+                self.stats.failures.append(rest[0])
+
     def finish(self, timeout_s: float) -> None:
-        """Stop the child and take its model and counts (or note that it crashed or hung)."""
+        """Stop the child and wait for it; a child that crashed or hung is noted, and the
+        paths of the operation it was doing become UNKNOWN."""
         self.stop.set()
-        if self._conn.poll(timeout_s):
-            got = self._conn.recv()
-            self.model, self.seq = got["model"], got["seq"]
-            self.stats.ops.update(got["ops"])
-            self.stats.failed_ops.update(got["failed_ops"])
-            self.stats.reads_checked += got["reads_checked"]
-            self.stats.failures.extend(got["failures"])
-            self.proc.join(10)
-            return
+        self.proc.join(timeout_s)
         if self.proc.is_alive():
             self.proc.kill()
+            self.proc.join(10)
             self.crashed = f"client {self.k} hung (an NFS call did not return in time)"
-        else:
+        elif self.proc.exitcode != 0:
             self.crashed = (f"client {self.k} crashed (exit {self.proc.exitcode}: the NFS "
                             "client library, not the server)")
-        self.proc.join(10)
-        self.model = dict.fromkeys(NAMES, UNKNOWN)  # its acknowledgements are lost with it
+        self._collector.join(10)
+        for name in getattr(self, "_under_way", ()):
+            self.model[name] = UNKNOWN
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -139,25 +164,36 @@ class Client:
             try:
                 self.step()
             except Exception as e:  # a bug in the workload itself: stop and say so
-                self.stats.failures.append(f"client {self.k}: workload crashed: {e!r}")
+                text = f"client {self.k}: workload crashed: {e!r}"
+                self.stats.failures.append(text)
+                self._report("failure", text)
                 return
 
     def step(self) -> None:
         kind, name, args = self._choose()
         self.seq += 1
         path = f"{self.dir}/{name}"
+        touched = (name, args["to"]) if kind == "rename" else (name,)
+        self._report("begin", touched)
         t0 = time.monotonic()
         try:
             nfs = self._mount()
             result = self._apply(nfs, kind, path, name, args)
         except OSError as e:
             self._unacknowledged(kind, name, args, str(e))
+            self._report("model", {n: self.model[n] for n in touched})
             self._drop_mount()
             self.log.write(self.k, self.seq, kind, path, args, f"error: {e}", t0)
             self.stop.wait(0.2)  # a failing cluster is not hammered
             return
         self.stats.ops[kind] += 1
+        self._report("count", "ops", kind, 1)
+        self._report("model", {n: self.model[n] for n in touched})
         self.log.write(self.k, self.seq, kind, path, args, result, t0)
+
+    def _report(self, *what: object) -> None:
+        if getattr(self, "_pipe", None) is not None:  # in the child process
+            self._send(*what)
 
     def _choose(self) -> tuple[str, str, dict]:
         rng = self.rng
@@ -190,11 +226,13 @@ class Client:
         elif kind == "read":
             got = nfs.read_file(path)
             self.stats.reads_checked += 1
+            self._report("count", "reads", "", 1)
             if got != m[name]:
                 self.log.dump(f"c{self.k}-op{self.seq}", got, m[name])
-                self.stats.failures.append(
-                    f"client {self.k} op {self.seq}: read {path}: {len(got)} bytes "
-                    f"{digest(got)}, acknowledged {len(m[name])} bytes {digest(m[name])}")
+                text = (f"client {self.k} op {self.seq}: read {path}: {len(got)} bytes "
+                        f"{digest(got)}, acknowledged {len(m[name])} bytes {digest(m[name])}")
+                self.stats.failures.append(text)
+                self._report("failure", text)
             return f"ok {len(got)} {digest(got)}"
         elif kind == "pwrite":
             old = m[name]
@@ -216,6 +254,7 @@ class Client:
 
     def _unacknowledged(self, kind: str, name: str, args: dict, error: str) -> None:
         self.stats.failed_ops[kind] += 1
+        self._report("count", "failed_ops", kind, 1)
         if kind == "read":
             return  # a read changes nothing
         self.model[name] = UNKNOWN
