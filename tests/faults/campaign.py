@@ -33,6 +33,7 @@ import argparse
 import json
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -429,6 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.failures else 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # the scenarios' finally blocks clean up
+
+
 if __name__ == "__main__":
     threading.current_thread().name = "campaign"
+    # SIGTERM, and SIGINT even when started in the background (where it is ignored), stop
+    # the campaign through its clean-up: nodes, namespaces and tmpfs mounts.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     sys.exit(main())
