@@ -41,14 +41,14 @@ def _candidates(ops: list[Op], n: int, round_ops: int) -> tuple[list[list[Op]], 
     """One round's candidates: the n chunks, then the complements at granularity n, 2n, 4n
     ... (up to one op per chunk) while they fit in `round_ops` ops; and the finest granularity
     reached."""
-    out = [c for c in _split(ops, n)] if n > 2 else []
-    g, finest, total = n, n, 0
+    out = list(_split(ops, n)) if n > 2 else []
+    g, finest, total = n, 0, 0  # the complements at n are always in
     while True:
         chunks = _split(ops, g)
         comps = [[op for j, c in enumerate(chunks) if j != i for op in c]
                  for i in range(len(chunks))]
         cost = sum(map(len, comps))
-        if out and total + cost > round_ops:
+        if total and total + cost > round_ops:
             break
         out += comps
         total, finest = total + cost, len(chunks)

@@ -157,3 +157,22 @@ def test_hypothesis_shrinks_a_caught_fault_to_its_core() -> None:
                     settings=settings(max_examples=3000, database=None, deadline=None,
                                       suppress_health_check=list(HealthCheck)))
     assert [op.kind for op in smallest] == ["create", "truncate"], smallest
+
+
+@pytest.mark.parametrize("round_ops", [3000, 10])
+def test_ddmin_finds_the_two_ops_that_matter(round_ops: int) -> None:
+    """A pure predicate (fails iff ops 3 and 17 are both in): ddmin keeps exactly those two,
+    says 1-minimal, and counts its rounds (one fails_batch call each), even when the round
+    budget holds only one granularity."""
+    ops = [Op("stat", f"p{i}") for i in range(40)]
+    calls = []
+
+    def fails_batch(candidates):
+        calls.append(len(candidates))
+        return [ops[3] in c and ops[17] in c for c in candidates]
+
+    shrunk = ddmin(ops, fails_batch, max_rounds=50, round_ops=round_ops)
+    assert shrunk.ops == [ops[3], ops[17]] and shrunk.minimal
+    assert shrunk.rounds == len(calls) and shrunk.candidates == sum(calls)
+    capped = ddmin(ops, fails_batch, max_rounds=1, round_ops=round_ops)
+    assert not capped.minimal and capped.rounds == 1
