@@ -32,7 +32,7 @@ def add_parsers(admin_sub: argparse._SubParsersAction,
 async def leave(plane: RpcPlane, node_id: int, args: argparse.Namespace) -> int:
     # Imported here: the ring-change machinery is most of a node; other admin commands (and
     # their start-up time) do without it.
-    from server.cluster.ringchange import BAD_CHANGE, RING_BUSY, ChangeReply, LeaveRequest
+    from server.cluster.ringmsgs import BAD_CHANGE, RING_BUSY, ChangeReply, LeaveRequest
 
     async with trio.open_nursery() as nursery:
         await nursery.start(plane.run)

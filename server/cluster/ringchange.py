@@ -22,17 +22,18 @@ Rules:
   its pending change (it restarted, or leadership moved) aborts it.
 - One change at a time: a prepare meets a pending change and is refused (RING_BUSY).
 - Every handler runs at its group's leader; others answer NOT_LEADER with a hint.
+
+The messages are in ringmsgs.py, what moves (pre-copy and export) in ringmove.py, and a
+node's join at its start in ringjoin.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -44,164 +45,41 @@ from server.cluster import protocol as p
 from server.cluster import ringstate
 from server.cluster.group import GroupRuntime
 from server.cluster.membership import peer_url
-from server.cluster.nodelist import NodeInfo, NodeList
+from server.cluster.nodelist import NodeList
+from server.cluster.ringmove import StateMover
+from server.cluster.ringmsgs import (
+    BAD_CHANGE,
+    RING_BUSY,
+    ChangeReply,
+    JoinRequest,
+    LeaveRequest,
+    ReplicaChange,
+    Retire,
+    RingAbort,
+    RingCommit,
+    RingDone,
+    RingExport,
+    RingImport,
+    RingPrepare,
+    RingQuery,
+    RingStage,
+    RingState,
+    coordinator_of,
+    joined,
+    left,
+)
 from server.cluster.router import next_member
-from server.cluster.statemachine import StateView, encode_nodelist_entry, encode_ring_entry
-from server.fs import keys
-from server.rpc.codec import message
+from server.cluster.statemachine import encode_nodelist_entry, encode_ring_entry
 from server.rpc.connection import NO_HANDLER
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcPlane
 
 log = logging.getLogger("objcache.ringchange")
 
-RING_BUSY = "ring-busy"  # another ring change is pending
-BAD_CHANGE = "bad-change"  # the asked change is not possible (message says why)
-BATCH_BYTES = 4 << 20  # one import entry (chunk bytes and keys); a chunk may exceed it alone
-SEND_PARALLEL = 3  # import entries in flight to one group
 STEP_TIMEOUT_S = 60.0  # one step at one group, retries included
-QUIET_TIMEOUT_S = 30.0  # waiting for prepared transactions on frozen inodes to finish
 CATCH_UP_TIMEOUT_S = 300.0  # a new replica receiving the group's log or snapshot
 LEAVER_COMMIT_TIMEOUT_S = 10.0  # telling a group that leaves the outcome (it may be gone)
 RESUME_INTERVAL_S = 0.5  # how often a group with a pending change asks its coordinator
-KEY_LOCK_BASE = 1 << 63  # key-table locks (fsops.key_lock) live above this
-
-
-@message("cl.ring_prepare")
-@dataclass(frozen=True, slots=True)
-class RingPrepare:
-    nodelist: bytes  # the new NodeList
-    change_id: bytes  # this attempt at the change (ringstate.py)
-
-
-@message("cl.ring_export")
-@dataclass(frozen=True, slots=True)
-class RingExport:
-    change_id: bytes
-    precopy: bool  # True: send materialized chunks' bytes, unfrozen; False: freeze, send all
-
-
-@message("cl.ring_stage")
-@dataclass(frozen=True, slots=True)
-class RingStage:
-    change_id: bytes
-    chunks: tuple[tuple[int, int, int, bytes], ...]  # (ino, index, version, bytes)
-
-
-@message("cl.ring_import")
-@dataclass(frozen=True, slots=True)
-class RingImport:
-    change_id: bytes
-    items: tuple[tuple[bytes, bytes], ...]
-    chunks: tuple[tuple[int, int, bytes], ...]  # (ino, index, the chunk file's bytes)
-
-
-@message("cl.ring_commit")
-@dataclass(frozen=True, slots=True)
-class RingCommit:
-    nodelist: bytes
-
-
-@message("cl.ring_abort")
-@dataclass(frozen=True, slots=True)
-class RingAbort:
-    change_id: bytes
-
-
-@message("cl.ring_query")
-@dataclass(frozen=True, slots=True)
-class RingQuery:
-    change_id: bytes  # the pending change the asker holds
-
-
-@message("cl.ring_state")
-@dataclass(frozen=True, slots=True)
-class RingState:
-    nodelist: bytes  # the group's installed NodeList (b"" if none)
-    change_id: bytes  # the id of its pending change, b"" if none
-
-
-@message("cl.ring_done")
-@dataclass(frozen=True, slots=True)
-class RingDone:
-    moved_bytes: int = 0
-
-
-@message("cl.join")
-@dataclass(frozen=True, slots=True)
-class JoinRequest:
-    """Add `info` to the cluster: a new group, or a replica of an existing one. Any node takes
-    it to the coordinator."""
-
-    info: NodeInfo
-
-
-@message("cl.leave")
-@dataclass(frozen=True, slots=True)
-class LeaveRequest:
-    """Remove node `node_id`: a replica from its group, or the whole group when it is the
-    only member."""
-
-    node_id: int
-
-
-@message("cl.replica_change")
-@dataclass(frozen=True, slots=True)
-class ReplicaChange:
-    """At a group's leader: add `node_id` (at RPC address `rpc`) as a learner, wait until it
-    caught up, promote it; or remove it (Raft dissertation §4.1: one server at a time)."""
-
-    add: bool
-    node_id: int
-    rpc: str
-
-
-@message("cl.retire")
-@dataclass(frozen=True, slots=True)
-class Retire:
-    """To a replica removed from its group: stop, if `nodelist` (the cluster's) lacks you."""
-
-    nodelist: bytes
-
-
-@message("cl.change_reply")
-@dataclass(frozen=True, slots=True)
-class ChangeReply:
-    nodelist: bytes  # the NodeList installed by the change
-    moved_bytes: int
-    seconds: float
-
-
-def coordinator_of(old: NodeList, new: NodeList) -> int:
-    """The group that decides a change: the lowest group in both rings."""
-    both = set(old.groups()) & set(new.groups())
-    if not both:
-        raise RemoteError(BAD_CHANGE, "a change must keep at least one group")
-    return min(both)
-
-
-def joined(old: NodeList, info: NodeInfo) -> NodeList:
-    """The NodeList with `info` added: to its group, or as a new one (RemoteError(BAD_CHANGE)
-    if it cannot)."""
-    if any(n.node_id == info.node_id for n in old.nodes):
-        raise RemoteError(BAD_CHANGE, f"node {info.node_id} is in the cluster already")
-    try:
-        return NodeList(old.version + 1, (*old.nodes, info))
-    except ValueError as e:
-        raise RemoteError(BAD_CHANGE, str(e)) from None
-
-
-def left(old: NodeList, node_id: int) -> NodeList:
-    """The NodeList without node `node_id` (its whole group when it is the only member;
-    RemoteError(BAD_CHANGE) if it cannot)."""
-    try:
-        old.node(node_id)
-    except KeyError:
-        raise RemoteError(BAD_CHANGE, f"node {node_id} is not in the cluster") from None
-    rest = tuple(n for n in old.nodes if n.node_id != node_id)
-    if not rest:
-        raise RemoteError(BAD_CHANGE, "the last group cannot leave (drain the cluster)")
-    return NodeList(old.version + 1, rest)
 
 
 class GroupCaller:
@@ -241,7 +119,7 @@ class GroupCaller:
                           f"{last!r}")
 
 
-class RingMember:
+class RingMember(StateMover):
     """This node's part in ring changes: the handlers of its group, the coordinator's driver,
     and the presumed-abort loop (module rules)."""
 
@@ -398,133 +276,6 @@ class RingMember:
                      self.rt.group)
             self.stop()
         return RingDone()
-
-    # -- export -----------------------------------------------------------------------------
-
-    async def _precopy(self, change_id: bytes) -> int:
-        """Before the freeze: the bytes of every materialized chunk this group gives away, to
-        its new owner (stage entries). The freeze then only waits for what changed since."""
-        freeze = self._pending(change_id)
-        if freeze.frozen or freeze.exported:
-            return 0
-        group, ring, kv = self.rt.group, freeze.new, self.rt.kv
-
-        def scan() -> dict[int, list[tuple[bytes, bytes]]]:
-            out: dict[int, list[tuple[bytes, bytes]]] = {}
-            for k, v in ringstate.scan_all(kv, keys.MATERIALIZED):
-                ino, index = keys.parse_materialized_key(k)
-                where = ring.group_of_chunk(ino, index)
-                if where != group and int.from_bytes(v, "big"):
-                    out.setdefault(where, []).append((k, v))
-            return out
-
-        by_group = await trio.to_thread.run_sync(scan)
-        members = freeze.nodelist.groups()
-        staged = self._staged.setdefault(change_id, {})
-        moved = 0
-        for dest, items in sorted(by_group.items()):
-            moved += await self._stage(members[dest], dest, change_id, items, staged)
-        metrics.MIGRATED_BYTES.inc(moved)
-        log.info("group %d: pre-copied %d chunks (%d bytes) for ring version %d", group,
-                 len(staged), moved, ring.version)
-        return moved
-
-    async def _stage(self, members: tuple[int, ...], dest: int, change_id: bytes,
-                     items: list[tuple[bytes, bytes]], staged: dict[tuple[int, int], int]
-                     ) -> int:
-        chunks_dir = self.rt.sm.chunks
-        version = {keys.parse_materialized_key(k): int.from_bytes(v, "big") for k, v in items}
-        plan = await trio.to_thread.run_sync(_batches, chunks_dir, items)
-        limit = trio.Semaphore(SEND_PARALLEL)
-        moved = 0
-
-        async def one(blobs: list[tuple[int, int, bytes]]) -> None:
-            try:
-                await self.caller.call(members, dest, RingStage(change_id, tuple(
-                    (ino, index, version[ino, index], data) for ino, index, data in blobs)))
-                for ino, index, _ in blobs:
-                    staged[ino, index] = version[ino, index]
-            finally:
-                limit.release()
-
-        async with trio.open_nursery() as nursery:
-            for _, marked in plan:
-                await limit.acquire()
-                blobs = await trio.to_thread.run_sync(_read_chunks, chunks_dir, marked)
-                moved += sum(len(b[2]) for b in blobs)
-                nursery.start_soon(one, blobs)
-        return moved
-
-    async def _export(self, change_id: bytes) -> int:
-        freeze = self._pending(change_id)
-        version = freeze.new.version
-        if freeze.exported:
-            return 0
-        if not freeze.frozen:
-            await self._propose(ringstate.encode_freeze(change_id))
-            freeze = self._pending(change_id)
-        group = self.rt.group
-        ring = freeze.new
-        kv = self.rt.kv
-
-        def scan() -> dict[int, list[tuple[bytes, bytes]]]:
-            out: dict[int, list[tuple[bytes, bytes]]] = {}
-            for where, k, v in ringstate.leaving(kv, ring, group, ringstate.store_roots(kv)):
-                out.setdefault(where, []).append((k, v))
-            return out
-
-        start = time.perf_counter()
-        await self._quiet(freeze)
-        quiet = time.perf_counter()
-        by_group = await trio.to_thread.run_sync(scan)
-        scanned = time.perf_counter()
-        members = freeze.nodelist.groups()
-        moved = 0
-        staged = self._staged.pop(change_id, {})
-        for dest, items in sorted(by_group.items()):
-            moved += await self._send(members[dest], dest, change_id, items, staged)
-        await self._propose(ringstate.encode_exported(change_id))
-        metrics.MIGRATED_BYTES.inc(moved)
-        log.info("group %d: sent %d keys (%d bytes) for ring version %d (quiet %.3f s, scan "
-                 "%.3f s, send %.3f s)", group, sum(len(v) for v in by_group.values()), moved,
-                 version, quiet - start, scanned - quiet, time.perf_counter() - scanned)
-        return moved
-
-    async def _quiet(self, freeze: ringstate.Freeze) -> None:
-        """Until no prepared transaction holds a frozen inode (or a moving key table)."""
-        with trio.fail_after(QUIET_TIMEOUT_S):
-            while True:
-                locks = await trio.to_thread.run_sync(self.rt.sm.txn.locks, StateView(self.rt.kv))
-                if not any(ino in freeze.inos or (freeze.stores and ino >= KEY_LOCK_BASE)
-                           for ino in locks):
-                    return
-                await trio.sleep(0.01)
-
-    async def _send(self, members: tuple[int, ...], dest: int, change_id: bytes,
-                    items: list[tuple[bytes, bytes]], staged: dict[tuple[int, int], int]
-                    ) -> int:
-        """Import entries at `dest`, each up to BATCH_BYTES (a chunk may exceed it alone),
-        SEND_PARALLEL at a time: the next batch travels while `dest` logs the one before."""
-        chunks_dir = self.rt.sm.chunks
-        moved = 0
-        limit = trio.Semaphore(SEND_PARALLEL)
-
-        async def one(batch: list[tuple[bytes, bytes]], blobs: list[tuple[int, int, bytes]]
-                      ) -> None:
-            try:
-                await self.caller.call(members, dest, RingImport(change_id, tuple(batch),
-                                                                 tuple(blobs)))
-            finally:
-                limit.release()
-
-        plan = await trio.to_thread.run_sync(_batches, chunks_dir, items, staged)
-        async with trio.open_nursery() as nursery:
-            for batch, marked in plan:
-                await limit.acquire()
-                blobs = await trio.to_thread.run_sync(_read_chunks, chunks_dir, marked)
-                moved += sum(len(b[2]) for b in blobs)
-                nursery.start_soon(one, batch, blobs)
-        return moved + sum(len(k) + len(v) for k, v in items)
 
     # -- driving a change (at the coordinator's leader) -------------------------------------
 
@@ -693,103 +444,3 @@ class RingMember:
             await self.take(RingAbort(freeze.change_id))
             log.info("group %d: ring change to version %d aborted (learned from group %d)",
                      self.rt.group, pending.version, coord)
-
-
-Batch = tuple[list[tuple[bytes, bytes]], list[tuple[int, int]]]  # keys, chunks to read
-
-
-def _batches(chunks: Any, items: list[tuple[bytes, bytes]],
-             staged: dict[tuple[int, int], int] | None = None) -> list[Batch]:
-    """`items` cut into import entries of about BATCH_BYTES, with the materialized chunks
-    whose bytes go along: those not pre-copied at their current version (`staged`). Worker
-    thread: it looks at the chunk files' sizes."""
-    staged = staged or {}
-    out: list[Batch] = []
-    batch: list[tuple[bytes, bytes]] = []
-    marked: list[tuple[int, int]] = []
-    size = 0
-    for k, v in items:
-        batch.append((k, v))
-        size += len(k) + len(v)
-        if k[:4] == keys.MATERIALIZED and v and int.from_bytes(v, "big"):
-            ino, index = keys.parse_materialized_key(k)
-            if staged.get((ino, index)) == int.from_bytes(v, "big"):
-                continue  # its bytes are there already, unchanged since
-            marked.append((ino, index))
-            with contextlib.suppress(FileNotFoundError):
-                size += chunks.chunk_path(ino, index).stat().st_size
-        if size >= BATCH_BYTES:
-            out.append((batch, marked))
-            batch, marked, size = [], [], 0
-    if batch:
-        out.append((batch, marked))
-    return out
-
-
-def _read_chunks(chunks: Any, marked: list[tuple[int, int]]) -> list[tuple[int, int, bytes]]:
-    """The bytes of these materialized chunk files (worker thread)."""
-    out = []
-    for ino, index in marked:
-        try:
-            out.append((ino, index, chunks.chunk_path(ino, index).read_bytes()))
-        except FileNotFoundError:
-            out.append((ino, index, b""))  # materialized, never written past its start
-    return out
-
-
-
-
-async def learn_cluster(plane: RpcPlane, seed_url: str, timeout_s: float) -> tuple[int, NodeList]:
-    """The node id at `seed_url` and the cluster's NodeList as it knows it (a joining node
-    decides from it whether it founds a new group or joins one as a replica)."""
-    with trio.move_on_after(timeout_s):
-        while True:
-            try:
-                seed = await plane.identify(seed_url, 5.0)
-                plane.add_peer(seed, seed_url)
-                reply = await plane.call(seed, p.GetNodeList(), 10.0)
-                return seed, NodeList.decode(reply.nodelist)
-            except (RemoteError, PeerUnavailable, RpcTimeout, ConnectionLost) as e:
-                log.info("joining through %s: %r; asking again", seed_url, e)
-            await trio.sleep(1.0)
-    raise JoinError(f"no member answered at {seed_url} in {timeout_s} s")
-
-
-async def join_cluster(plane: RpcPlane, rt: GroupRuntime, me: NodeInfo, seed: int,
-                       timeout_s: float) -> NodeList:
-    """Start-up of a joining node (its group member runs, with no NodeList): ask node `seed`
-    to add it until the change is made, then return the NodeList its group installed, the
-    first that names this node. A change refused for good (BAD_CHANGE) raises JoinError;
-    busy or unreachable members are asked again until `timeout_s`."""
-
-    def joined_here() -> bool:
-        raw = rt.sm.nodelist_bytes
-        return raw is not None and NodeList.decode(raw).has(me.node_id)
-
-    with trio.move_on_after(timeout_s):
-        # A new group is ready for the change's steps once it leads itself; a replica waits
-        # for its group's leader to add it.
-        while rt.driver.node.raft.conf.voters == {me.node_id} and not rt.is_leader():
-            await trio.sleep(0.01)
-        backoff_s = 0.1
-        while not joined_here():
-            try:
-                await plane.call(seed, JoinRequest(me), 900.0)
-            except RemoteError as e:
-                if e.code == BAD_CHANGE and "already" not in e.message:
-                    raise JoinError(f"node {me.node_id} cannot join: {e.message}") from None
-                log.info("node %d: join: %s; asking again", me.node_id, e)
-            except (PeerUnavailable, RpcTimeout, ConnectionLost) as e:
-                log.info("node %d: join through node %d: %r; asking again", me.node_id, seed, e)
-            # The change installs our group's NodeList (or our own resolve loop learns it).
-            with trio.move_on_after(backoff_s):
-                while not joined_here():
-                    await rt.ring_event.wait()
-            backoff_s = min(backoff_s * 2, 5.0)
-        assert rt.sm.nodelist_bytes is not None
-        return NodeList.decode(rt.sm.nodelist_bytes)
-    raise JoinError(f"node {me.node_id} did not join through node {seed} in {timeout_s} s")
-
-
-class JoinError(Exception):
-    """A node could not join the cluster (the node's start-up turns it into StartupError)."""
