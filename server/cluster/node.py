@@ -41,7 +41,8 @@ from server.cluster.inoalloc import NODE_SHIFT, InoAllocator
 from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
-from server.cluster.ringchange import JoinError, RingMember, join_cluster, learn_cluster
+from server.cluster.ringchange import RingMember
+from server.cluster.ringjoin import JoinError, join_cluster, learn_cluster
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import APPLIED, NODELIST, GroupStateMachine
 from server.cluster.status import serve_status
@@ -185,6 +186,14 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             except JoinError as e:
                 raise StartupError(str(e)) from None
             replica = me.group in current.groups()
+            # This id may have served before and left: the members keep a record of its old
+            # directory's counter, which a report made while the id is not listed replaces;
+            # a member that still lists it refuses an empty directory (freshness.py).
+            members = [n for n in current.nodes if n.node_id != c.node_id]
+            for n in members:
+                plane.add_peer(n.node_id, cfg.cluster_peer_url(_listen(n.rpc)))
+            await fresh.check(plane, [n.node_id for n in members],
+                              min(FRESHNESS_WAIT_S, c.bootstrap_timeout_s))
         group = me.group
         app = fsops.FsApplication(fsc)
         sm = GroupStateMachine(kv, chunks, app, TxnState(app), fsops.perform_effects_sync,
