@@ -51,9 +51,11 @@ POPULATE_COUNTS = (20, 120)
 KINDS = tuple(k for k, w in KIND_WEIGHTS.items() for _ in range(w))
 # libnfs walks symlinks itself, with rules of its own: it follows a final symlink in link()
 # (Linux does not; POSIX leaves it to the implementation), and its loop limit differs from
-# Linux's. That is the client's behaviour, not the server's, so the libnfs path makes no
-# symlinks (readlink still runs, on whatever is there); the kernel path has them all.
-KINDS_NO_SYMLINKS = tuple(k for k in KINDS if k != "symlink")
+# Linux's. That is the client's behaviour, not the server's. So the libnfs path (symlinks=False
+# below) makes symlinks only at LEAF_LINKS, names no op walks through, renames or links: the
+# server's SYMLINK, READLINK and their attributes are still checked (readlink and stat look at
+# them, listings and the final tree show them); the kernel path makes symlinks anywhere.
+LEAF_LINKS = ("la", "a/la", "b/lb")
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,16 @@ class Picker:
 
 
 def gen_op(pick: Picker, clients: int = 1, symlinks: bool = True) -> Op:
-    kind = pick.choose(KINDS if symlinks else KINDS_NO_SYMLINKS)
-    path = pick.choose(PATHS)
+    """One op; with symlinks=False, symlinks only at LEAF_LINKS (see there)."""
+    kind = pick.choose(KINDS)
+    if symlinks:
+        path = pick.choose(PATHS)
+    elif kind == "symlink":
+        path = pick.choose(LEAF_LINKS)
+    elif kind == "readlink":
+        path = pick.choose((*LEAF_LINKS, "a", "c"))  # a non-symlink or nothing: EINVAL, ENOENT
+    else:
+        path = pick.choose(PATHS + LEAF_LINKS if kind == "stat" else PATHS)
     client = pick.choose(range(clients)) if clients > 1 else 0
     c = pick.choose
     match kind:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 SETTINGS = settings(max_examples=SEQS, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-# No symlinks on this path: ops.KINDS_NO_SYMLINKS says why.
+# Symlinks only where nothing walks through them on this path: ops.LEAF_LINKS says why.
 SEQUENCES = op_lists(clients=2, symlinks=False, max_ops=MAX_OPS)
 
 
