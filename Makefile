@@ -64,7 +64,7 @@ fuzz: $(STAMP)
 
 # The long model check (tests/model; a short run is part of `make test`): MODEL_SEQS random
 # sequences of up to MODEL_OPS ops per server through libnfs, a tenth as many through the
-# kernel client (at least 24), on one node and on a 3-group cluster, each compared with a local directory.
+# kernel client (at least 20), on one node and on a 3-group cluster, each compared with a local directory.
 # make model MODEL_SEQS=2000
 model: $(STAMP)
 	OBJCACHE_MODEL_LONG=1 OBJCACHE_MODEL_SEQS=$(MODEL_SEQS) OBJCACHE_MODEL_OPS=$(MODEL_OPS) \

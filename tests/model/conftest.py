@@ -1,7 +1,7 @@
 """The model checker's settings and its summary at the end of a run.
 
 OBJCACHE_MODEL_SEQS: sequences per server on the libnfs path (hypothesis examples; the summary
-counts shrinking runs too); the kernel path runs a tenth as many, at least 24 (a TCG guest runs
+counts shrinking runs too); the kernel path runs a tenth as many, at least 20 (a TCG guest runs
 an op in ~30-60 ms, libnfs in ~1-10 ms).
 OBJCACHE_MODEL_OPS: the longest sequence. `make model MODEL_SEQS=N` sets both for a long run.
 """
@@ -15,7 +15,7 @@ import pytest
 
 SEQS = int(os.environ.get("OBJCACHE_MODEL_SEQS", "150"))
 MAX_OPS = int(os.environ.get("OBJCACHE_MODEL_OPS", "40"))
-KERNEL_SEQS = max(24, SEQS // 10)
+KERNEL_SEQS = max(20, SEQS // 10)
 STATS: Counter[str] = Counter()  # "<path> seqs" / "<path> ops" -> count
 
 
