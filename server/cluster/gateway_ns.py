@@ -336,15 +336,27 @@ class NamespaceOps(_Base):
     def _hold_key(self, plan: Plan, inode: Inode) -> None:
         """The inode moves away from its object's key: nobody may write there until the
         write-back moved the object (flush.py)."""
+        self._expect_okey(plan, inode)
         g = self._key_group(inode)
         if g is not None:
             plan.add(g, KeyHold(inode.store, inode.okey, inode.ino))
 
     def _release_key(self, plan: Plan, inode: Inode) -> None:
         """The inode goes: its object is to be deleted from the bucket."""
+        self._expect_okey(plan, inode)
         g = self._key_group(inode)
         if g is not None:
             plan.add(g, KeyRelease(inode.store, inode.okey, inode.ino, delete=True))
+
+    def _expect_okey(self, plan: Plan, inode: Inode) -> None:
+        """The key held or released is the inode's object key when the plan commits: a
+        write-back that marked it clean at another key since it was read (or at its first
+        key) aborts the plan, which is made again. Without this, a rename planned before
+        such a mark held the old key for good, and a file made at that name later was never
+        written back (found by the fault campaign: tests/faults/FINDINGS.md, 5)."""
+        if inode.store:
+            plan.add(self.ring.group_of_inode(inode.ino),
+                     ExpectInode(inode.ino, okey=inode.okey, has_okey=True))
 
     def _check_sticky(self, cred: Cred, d: Inode, victim: Inode, dw: Wcc) -> None:
         try:

@@ -244,7 +244,9 @@ class ExpectInode:
     """Check only: the inode is still what the proposer read, else the batch is refused
     (reasons in server/fs/state.py). -1 / 0 / False: that field is not checked. `empty`: a
     directory with no entries (ENOTEMPTY); `parent`: a directory's `..` (rename's ancestor
-    walk: a racing rename that moves an ancestor makes this fail)."""
+    walk: a racing rename that moves an ancestor makes this fail); `okey` when `has_okey`:
+    the key of the inode's object that a KeyHold or KeyRelease of the same plan names (a
+    write-back that marked the inode clean at another key meanwhile makes this fail)."""
 
     ino: int
     gen: int = 0
@@ -252,6 +254,8 @@ class ExpectInode:
     parent: int = -1
     size: int = -1
     empty: bool = False
+    okey: bytes = b""
+    has_okey: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +455,7 @@ _TAGS: dict[type, int] = {
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _TAGS}
 # Types that gained fields after databases existed: how many leading fields are always written.
-_ALWAYS_ENCODED = {UnlinkDirent: 3, UnInline: 1, Inode: 18}
+_ALWAYS_ENCODED = {UnlinkDirent: 3, UnInline: 1, Inode: 18, ExpectInode: 6}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 _FTYPE_AT = {cls: names.index("ftype") for cls, names in _FIELDS.items() if "ftype" in names}
 # How many leading fields an encoding must carry: those without defaults.
@@ -549,7 +553,7 @@ def _field(cls: type, name: str, v: Any) -> Any:
 
 
 _BYTES_FIELDS = {"name", "target", "verf", "data", "okey", "etag", "pname", "key"}
-_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty", "cdirty", "delete"}
+_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty", "cdirty", "delete", "has_okey"}
 _OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
 
 

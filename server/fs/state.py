@@ -632,6 +632,8 @@ def _expect_inode(r: ExpectInode, view: View, changes: Changes) -> None:
         raise StateError(f"inode {r.ino}: size {inode.size}, expected {r.size}")
     if r.empty and changes.has_entries(view, r.ino):
         raise StateError(f"directory {r.ino} is not empty", ENOTEMPTY)
+    if r.has_okey and inode.okey != r.okey:
+        raise StateError(f"inode {r.ino}: object key {inode.okey!r}, expected {r.okey!r}")
 
 
 def _multi(r: Multi, view: View, changes: Changes) -> None:

@@ -3,6 +3,7 @@ TxnState over MemKv and a real ChunkStore."""
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 
 from nfs_gateway.backend import FileType
@@ -162,3 +163,37 @@ def test_new_records_round_trip(rec: object) -> None:
 def test_records_without_new_fields_keep_their_encoding() -> None:
     assert r.encode(r.UnlinkDirent(1, b"a", 2)) == r.encode(r.UnlinkDirent(1, b"a", 2, 0))
     assert len(r.encode(r.UnlinkDirent(1, b"a", 2, 5))) > len(r.encode(r.UnlinkDirent(1, b"a", 2)))
+
+
+def test_a_key_hold_planned_before_a_write_back_mark_is_refused() -> None:
+    # Regression (fault campaign, tests/faults/FINDINGS.md 5): a RENAME read the file while
+    # its object was at "d/f1" and committed after the write-back had marked it clean at
+    # "c/f5" (and released "d/f1"): its KeyHold held "d/f1" for good, and a file made at
+    # that name later was never written back. The plan now expects the object key it read.
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f1")) == COMMITTED
+    assert g.run(r.SetClean(10, g.inode(10).dver, b"d/f1", b"e1", 0)) == COMMITTED
+    read_then = g.inode(10).okey
+    assert g.run(r.SetName(10, 1, b"f5", 6)) == COMMITTED  # the first rename (dver moves)
+    assert g.run(r.SetClean(10, g.inode(10).dver, b"c/f5", b"e2", 0)) == COMMITTED
+    stale = (r.SetName(10, 1, b"f6", 7), r.ExpectInode(10, okey=read_then, has_okey=True),
+             r.KeyHold(1, read_then, 10))
+    assert g.run(*stale) == Outcome(False, fsops.STALE)
+    assert g.kv.get(keys.bucket_key(1, b"d/f1")) is None  # nothing held at the old name
+    fresh = (r.SetName(10, 1, b"f6", 7), r.ExpectInode(10, okey=b"c/f5", has_okey=True),
+             r.KeyHold(1, b"c/f5", 10))
+    assert g.run(*fresh) == COMMITTED
+    assert g.kv.get(keys.bucket_key(1, b"c/f5")) is not None
+    # A file never written back has no object key: b"" is what is expected then.
+    assert g.run(*mkfile(11, b"g")) == COMMITTED
+    assert g.run(r.ExpectInode(11, okey=b"", has_okey=True)) == COMMITTED
+
+
+def test_expect_inode_keeps_its_earlier_encoding_without_an_object_key() -> None:
+    # Records already in logs decode as before, and one without the new fields encodes as
+    # before (transaction ids are derived from encoded records).
+    old = r.ExpectInode(9, parent=1)
+    assert len(cbor2.loads(r.encode(old))[2]) == 6
+    new = r.ExpectInode(9, okey=b"k", has_okey=True)
+    assert r.decode(r.encode(new)) == new and r.decode(r.encode(old)) == old
