@@ -59,6 +59,7 @@ from server.fs.records import (
     KeyLive,
     KeyRelease,
 )
+from server.fs.state import decode_u64
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 
@@ -336,6 +337,8 @@ class RingApply:
                 raise ValueError(f"import of a key outside the movable spaces: {k[:4]!r}")
             if k[:4] == keys.INODE and self.kv.get_sync(k) is None and k not in self.writes:
                 added += 1
+            if k[:4] == keys.MATERIALIZED and v:
+                self._see_chunk_version(decode_u64(v))
             self.writes[k] = v
         for ino, index, _ in chunks:
             if self.chunks.changed_hook is not None:
@@ -343,6 +346,15 @@ class RingApply:
         self.chunks.put_chunk_files_sync([(ino, index, data) for ino, index, data in chunks])
         if added:
             self._count(added)
+
+    def _see_chunk_version(self, version: int) -> None:
+        """An imported chunk keeps its version: this group's next ones are above it, so an
+        Unpin sent for it before the move never matches bytes written here later."""
+        key = keys.CHUNK_VERSION
+        current = self.writes.get(key)
+        seen = decode_u64(current if current is not None else self.kv.get_sync(key))
+        if version > seen:
+            self.writes[key] = keys.u64(version)
 
     def _end(self) -> None:
         for prefix in (FROZEN_INO, FROZEN_STORE):

@@ -33,6 +33,10 @@ INODE_COUNT = META + b"inode_count"
 WRITE_VERF = META + b"write_verf"
 CLEAN_SHUTDOWN = META + b"clean_shutdown"
 SYNC_MARK = META + b"sync_mark"  # written by group-commit fsyncs; its value is informational
+# The last chunk version this group handed out (MATERIALIZED values): versions are never
+# reused, so an Unpin for bytes write-back uploaded before a truncate or an earlier unpin can
+# never match the chunk's later bytes (state.py _bump_chunk).
+CHUNK_VERSION = META + b"chunk_version"
 
 
 def u64(n: int) -> bytes:

@@ -466,9 +466,14 @@ def _chunk_write(r: ChunkWrite, view: View, changes: Changes) -> None:
 
 def _bump_chunk(view: View, changes: Changes, ino: int, index: int) -> None:
     """The chunk's bytes here changed: it is pinned (the replicated truth), at a new version
-    (so an Unpin for the bytes write-back uploaded before no longer applies)."""
-    key = keys.materialized_key(ino, index)
-    changes.put_meta(key, changes.meta_int(view, key) + 1)
+    (so an Unpin for the bytes write-back uploaded before no longer applies). The version is
+    the group's next (keys.CHUNK_VERSION), never the chunk's own plus one: a truncate or an
+    unpin deletes the mark, and counting again from 1 let a delayed Unpin of the bytes before
+    match the bytes after, which then counted as a clean copy and were evicted: an
+    acknowledged write read back as zeros (found by the fault campaign, FINDINGS.md 6)."""
+    version = changes.meta_int(view, keys.CHUNK_VERSION) + 1
+    changes.put_meta(keys.CHUNK_VERSION, version)
+    changes.put_meta(keys.materialized_key(ino, index), version)
 
 
 def _chunk_trim(r: ChunkTrim, view: View, changes: Changes) -> None:
@@ -612,7 +617,7 @@ def _materialize_chunk(r: MaterializeChunk, view: View, changes: Changes) -> Non
     # (evicted, clean) copy survives in the file.
     data = r.data.ljust(r.chunk_size, b"\0")
     changes.effects.append(WriteEffect(r.ino, r.chunk_size, r.index * r.chunk_size, data))
-    changes.put_meta(key, 1)
+    _bump_chunk(view, changes, r.ino, r.index)
 
 
 def _expect_chunk(r: ExpectChunk, view: View, changes: Changes) -> None:

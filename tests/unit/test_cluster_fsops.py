@@ -197,3 +197,37 @@ def test_expect_inode_keeps_its_earlier_encoding_without_an_object_key() -> None
     assert len(cbor2.loads(r.encode(old))[2]) == 6
     new = r.ExpectInode(9, okey=b"k", has_okey=True)
     assert r.decode(r.encode(new)) == new and r.decode(r.encode(old)) == old
+
+
+def version(g: Group, key: bytes) -> int:
+    raw = g.kv.get(key)
+    return 0 if raw is None else int.from_bytes(raw, "big")
+
+
+def test_a_delayed_unpin_never_matches_bytes_written_after_a_truncate() -> None:
+    # Regression (fault campaign, tests/faults/FINDINGS.md 6): write-back read chunk 0 at
+    # version 1 and uploaded it; before its Unpin applied, the file was truncated to 0 (the
+    # mark goes) and written again, which counted from 1 again. The late Unpin(version 1)
+    # then made the new bytes a clean copy of the old object, and eviction dropped them: an
+    # acknowledged write read back as zeros. Versions now never repeat in a group.
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    mark = keys.materialized_key(10, 0)
+    assert g.run(r.ChunkWrite(10, 0, 0, b"old bytes", CS)) == COMMITTED
+    uploaded = version(g, mark)
+    assert uploaded >= 1
+    assert g.run(r.ChunkTrim(10, CS, 0)) == COMMITTED  # O_TRUNC
+    assert not version(g, mark)
+    assert g.run(r.ChunkWrite(10, 0, 0, b"new bytes", CS)) == COMMITTED
+    assert version(g, mark) != uploaded
+    assert g.run(r.Unpin(10, 0, uploaded, b"etag-of-old")) == COMMITTED
+    assert version(g, mark), "the new bytes must stay pinned"
+    # The same after an unpin that did apply: the next write gets a version never used.
+    now = version(g, mark)
+    assert g.run(r.Unpin(10, 0, now, b"etag-new")) == COMMITTED
+    assert not version(g, mark)
+    assert g.run(r.ChunkWrite(10, 0, 0, b"newer", CS)) == COMMITTED
+    assert version(g, mark) not in (uploaded, now)
+    assert g.run(r.Unpin(10, 0, uploaded, b"etag-of-old")) == COMMITTED
+    assert version(g, mark)
