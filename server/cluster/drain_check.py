@@ -11,7 +11,7 @@ Rules:
   bucket's own: nothing of it lives only in the cluster.
 - An inode outside every store (store 0) would be lost, except the directories on the way
   from the root down to each store's root (the exports recreate them at start).
-- A key table entry that is not live (claimed, to delete, held by a moved directory) is an
+- A key table entry that is not live (claimed, to delete, held by a moved inode) is an
   upload or a delete the bucket has not seen.
 - An unnamed inode (removed while still referenced) has no key: nothing to hold.
 - Checking an object: its size and ETag as the state records them. A directory holding many
@@ -33,7 +33,7 @@ MAX_DEPTH = 256
 LIST_MIN = 8  # expected objects in one directory from which listing it beats HEADs
 PENDING = {KEY_CLAIMED: "an upload to it was not confirmed",
            KEY_DELETE: "it is still to be deleted from the bucket",
-           KEY_HELD: "a moved directory still holds it"}
+           KEY_HELD: "a moved file or directory still holds it"}
 
 
 @dataclass(frozen=True, slots=True)

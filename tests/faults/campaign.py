@@ -85,11 +85,9 @@ LONG = (
                              "s3_slow", "disk_full"), 150, clients=4,
              tmpfs_cache=((5, 8 << 20),)),
 )
-# S3 faults are left out of the short run while what they provoke is open (FINDINGS.md, 5 and
-# 6); `make faults` runs them.
 QUICK = (
-    Scenario("quick", 3, 3, ("kill9", "isolate_leader", "disk_full"), 40, stale=2,
-             tmpfs_cache=((3, 8 << 20),), each_once=True),
+    Scenario("quick", 3, 3, ("kill9", "isolate_leader", "disk_full", "s3_down", "s3_throttle"),
+             50, stale=2, tmpfs_cache=((3, 8 << 20),), each_once=True),
 )
 
 

@@ -73,7 +73,7 @@ def test_what_stands_in_the_way_of_exiting_is_listed_with_why() -> None:
         Problem(S, 5, b"d/moved", "the bucket holds it at 'old'"),
         Problem(0, 6, None, "in no bucket: it would be lost"),
         Problem(S, 9, b"gone", "it is still to be deleted from the bucket"),
-        Problem(S, 10, b"held/", "a moved directory still holds it"),
+        Problem(S, 10, b"held/", "a moved file or directory still holds it"),
         Problem(S, 11, b"odd", "an upload to it was not confirmed"),
     ]
 
