@@ -78,13 +78,22 @@ class LibNfs:
         self.lib = lib
         self.ctx = lib.nfs_init_context()
         assert self.ctx, "nfs_init_context"
+        self._before_mount()
         parsed = lib.nfs_parse_url_dir(self.ctx, url.encode())  # the ports too
-        assert parsed, self.error()
         try:
+            if not parsed:
+                raise OSError(f"url {url}: {self.error()}")
             self._check(lib.nfs_mount(self.ctx, parsed.contents.server, parsed.contents.path),
                         "mount", "/")
+        except BaseException:
+            lib.nfs_destroy_context(self.ctx)
+            raise
         finally:
-            lib.nfs_destroy_url(parsed)
+            if parsed:
+                lib.nfs_destroy_url(parsed)
+
+    def _before_mount(self) -> None:
+        """Context settings that must precede the mount (a subclass's; none here)."""
 
     def _check(self, rc: int, call: str, path: str) -> None:
         if rc < 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from nfsclient import WRITE_STEP, LibNfs, _NfsUrl
+from nfsclient import WRITE_STEP, LibNfs
 
 TIMEOUT_MS = 20_000
 READ_STEP = 1 << 20
@@ -25,27 +25,9 @@ class _Stat64(ctypes.Structure):
 
 class FaultNfs(LibNfs):
     def __init__(self, url: str, timeout_ms: int = TIMEOUT_MS) -> None:
-        # LibNfs's own setup, but the timeout and the reconnect policy must be set on the
-        # context before the mount, so the context is made here.
-        lib = ctypes.CDLL("libnfs.so.13")
-        lib.nfs_init_context.restype = ctypes.c_void_p
-        lib.nfs_get_error.restype = ctypes.c_char_p
-        lib.nfs_get_error.argtypes = [ctypes.c_void_p]
-        lib.nfs_mount.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-        for name in ("nfs_mkdir", "nfs_unlink", "nfs_rmdir"):
-            getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nfs_rename.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
-        lib.nfs_creat.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
-                                  ctypes.POINTER(ctypes.c_void_p)]
-        lib.nfs_close.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        lib.nfs_pwrite.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
-                                   ctypes.c_uint64, ctypes.c_char_p]
-        lib.nfs_destroy_context.argtypes = [ctypes.c_void_p]
-        lib.nfs_parse_url_dir.restype = ctypes.POINTER(_NfsUrl)
-        lib.nfs_parse_url_dir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nfs_destroy_url.argtypes = [ctypes.POINTER(_NfsUrl)]
-        lib.nfs_set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        lib.nfs_set_autoreconnect.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self._timeout_ms = timeout_ms
+        super().__init__(url)
+        lib = self.lib  # this client's own declarations (its own stat struct) on its handle
         lib.nfs_open.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
                                  ctypes.POINTER(ctypes.c_void_p)]
         lib.nfs_pread.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
@@ -55,27 +37,14 @@ class FaultNfs(LibNfs):
         lib.nfs_stat64.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(_Stat64)]
         lib.nfs_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
                                    ctypes.POINTER(ctypes.c_void_p)]
-        self.lib = lib
-        self.ctx = lib.nfs_init_context()
-        assert self.ctx, "nfs_init_context"
-        if timeout_ms:  # 0: none (libnfs's timeout handling crashed once under the workload)
-            lib.nfs_set_timeout(self.ctx, timeout_ms)
-        lib.nfs_set_autoreconnect(self.ctx, 0)
-        parsed = lib.nfs_parse_url_dir(self.ctx, url.encode())
-        try:
-            if not parsed:
-                raise OSError(f"url {url}: {self.error()}")
-            self._check(lib.nfs_mount(self.ctx, parsed.contents.server, parsed.contents.path),
-                        "mount", "/")
-        except BaseException:
-            if parsed:
-                lib.nfs_destroy_url(parsed)
-                parsed = None
-            lib.nfs_destroy_context(self.ctx)
-            raise
-        finally:
-            if parsed:
-                lib.nfs_destroy_url(parsed)
+
+    def _before_mount(self) -> None:
+        # The timeout and the reconnect policy must be set on the context before the mount.
+        self.lib.nfs_set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.lib.nfs_set_autoreconnect.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        if self._timeout_ms:  # 0: none (libnfs's timeout handling crashed once under load)
+            self.lib.nfs_set_timeout(self.ctx, self._timeout_ms)
+        self.lib.nfs_set_autoreconnect(self.ctx, 0)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Create or truncate, write, fsync, close: every step checked. (nfs_creat does not
