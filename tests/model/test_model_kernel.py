@@ -37,8 +37,7 @@ def _run(target: KernelTarget, clients: int, path: str) -> None:
     assert report is None, report
 
 
-@pytest.mark.skipif(os.environ.get("OBJCACHE_MODEL_LONG") != "1",
-                    reason="several VM boots: make model runs it")
+@pytest.mark.model_long  # several VM boots: `make model` runs it (conftest.py)
 def test_kernel_shrink_finds_a_planted_fault(tmp_path: Path, monkeypatch) -> None:
     """The kernel path's ddmin with real boots: against a model whose truncate grows files one
     byte too far (test_checker.FaultyTruncate), the server "differs", and the first failing
