@@ -379,7 +379,7 @@ class Drains:
             # is skipped as busy: progress under way, not a stall. Counting it as a stall
             # ended drains after 0.4 s while that upload went on (found by the fault
             # campaign). The upload itself is bounded by the store's timeouts and attempts.
-            busy = any(s == store for s, _ in self.flusher._busy_keys)
+            busy = self.flusher.uploading(store)
             stalled = 0 if res.flushed or res.deleted or busy else stalled + 1
             await trio.sleep(ROUND_PAUSE_S)
         log.warning("drain %d: store %d: write-back stopped making progress", job.drain_id,

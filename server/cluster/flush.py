@@ -150,6 +150,10 @@ class Flusher(BatchWriteBack):
             if not force:
                 self._stalled_rounds = 0
 
+    def uploading(self, store: int) -> bool:
+        """Whether a round is writing a key of `store` to the bucket right now."""
+        return any(s == store for s, _ in self._busy_keys)
+
     def stalled(self) -> bool:
         """Forced rounds keep freeing nothing (the store is down, or nothing is dirty and
         the cache is still full): a write that needs room gets NOSPC."""

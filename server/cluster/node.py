@@ -162,11 +162,8 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         # directory older than what a peer saw from it (freshness.py)?
         fresh = await Freshness(kv, c.node_id).open()
         fresh.serve(plane)
-        for n in nodelist.nodes if nodelist else ():
-            if n.node_id != c.node_id:  # nodes that joined after the founders
-                plane.add_peer(n.node_id, cfg.cluster_peer_url(_listen(n.rpc)))
-        others = sorted({*peers, *(n.node_id for n in (nodelist.nodes if nodelist else ()))}
-                        - {c.node_id})
+        listed = _know(plane, cfg, nodelist, c.node_id) if nodelist else []  # joined later too
+        others = sorted({*peers, *listed})
         await fresh.check(plane, others, min(FRESHNESS_WAIT_S, c.bootstrap_timeout_s))
         if nodelist is None and not c.join:
             log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
@@ -189,10 +186,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             # This id may have served before and left: the members keep a record of its old
             # directory's counter, which a report made while the id is not listed replaces;
             # a member that still lists it refuses an empty directory (freshness.py).
-            members = [n for n in current.nodes if n.node_id != c.node_id]
-            for n in members:
-                plane.add_peer(n.node_id, cfg.cluster_peer_url(_listen(n.rpc)))
-            await fresh.check(plane, [n.node_id for n in members],
+            await fresh.check(plane, _know(plane, cfg, current, c.node_id),
                               min(FRESHNESS_WAIT_S, c.bootstrap_timeout_s))
         group = me.group
         app = fsops.FsApplication(fsc)
@@ -350,6 +344,14 @@ async def _stop_when_left(runtime: GroupRuntime, node_id: int, stop: Callable[[]
             await trio.sleep(LEAVE_GRACE_S)  # the answer to the change's last step goes out
             stop()
             return
+
+
+def _know(plane: RpcPlane, cfg: Config, nodelist: NodeList, node_id: int) -> list[int]:
+    """Every other node of `nodelist`, made a peer of the plane: their ids."""
+    others = [n for n in nodelist.nodes if n.node_id != node_id]
+    for n in others:
+        plane.add_peer(n.node_id, cfg.cluster_peer_url(_listen(n.rpc)))
+    return [n.node_id for n in others]
 
 
 def _other_nodes(runtime: GroupRuntime, node_id: int, before: list[int]) -> list[int]:

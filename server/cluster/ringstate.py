@@ -59,7 +59,6 @@ from server.fs.records import (
     KeyLive,
     KeyRelease,
 )
-from server.fs.state import decode_u64
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 
@@ -171,7 +170,6 @@ def leaving(kv: KvStore, ring: Ring | None, group: int,
 def place(ring: Ring, ino: int, index: int | None) -> int:
     """The group `ring` places an inode (index None) or one of its chunks in."""
     return ring.group_of_inode(ino) if index is None else ring.group_of_chunk(ino, index)
-
 
 
 @dataclass(frozen=True)
@@ -338,7 +336,7 @@ class RingApply:
             if k[:4] == keys.INODE and self.kv.get_sync(k) is None and k not in self.writes:
                 added += 1
             if k[:4] == keys.MATERIALIZED and v:
-                self._see_chunk_version(decode_u64(v))
+                self._see_chunk_version(_u64(v))
             self.writes[k] = v
         for ino, index, _ in chunks:
             if self.chunks.changed_hook is not None:
@@ -350,11 +348,8 @@ class RingApply:
     def _see_chunk_version(self, version: int) -> None:
         """An imported chunk keeps its version: this group's next ones are above it, so an
         Unpin sent for it before the move never matches bytes written here later."""
-        key = keys.CHUNK_VERSION
-        current = self.writes.get(key)
-        seen = decode_u64(current if current is not None else self.kv.get_sync(key))
-        if version > seen:
-            self.writes[key] = keys.u64(version)
+        if version > self._meta(keys.CHUNK_VERSION):
+            self.writes[keys.CHUNK_VERSION] = keys.u64(version)
 
     def _end(self) -> None:
         for prefix in (FROZEN_INO, FROZEN_STORE):
@@ -390,8 +385,11 @@ class RingApply:
             self._count(-removed)
 
     def _count(self, delta: int) -> None:
-        raw = self.writes.get(keys.INODE_COUNT) or self.kv.get_sync(keys.INODE_COUNT)
-        self.writes[keys.INODE_COUNT] = keys.u64(max(0, _u64(raw) + delta))
+        self.writes[keys.INODE_COUNT] = keys.u64(max(0, self._meta(keys.INODE_COUNT) + delta))
+
+    def _meta(self, key: bytes) -> int:
+        """A counter of the group's state as this entry leaves it so far."""
+        return _u64(self.writes.get(key) or self.kv.get_sync(key))
 
 
 def decode_entry(payload: bytes) -> dict[str, Any]:
