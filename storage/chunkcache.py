@@ -16,6 +16,8 @@ Rules:
   (`untrack`, wired to ChunkStore.changed_hook): eviction never deletes bytes a write put
   there. `is_pinned(ino, index)` (the replicated "materialized" mark) is asked too, as a
   second guard, before a file is deleted.
+- An apply that meets a full cache disk asks `make_room_sync` to evict clean copies: it holds
+  the group's apply lock, which the periodic trim waits for, so nothing else would.
 - Blocking (worker threads); one lock guards the in-memory LRU.
 - `stats` counts for metrics: lookups that found the version asked for (hits) or not
   (misses), copies kept (admitted) or refused, and copies dropped: to make room (evicted) or
@@ -195,6 +197,27 @@ class ChunkCache:
     def trim_sync(self) -> int:
         """Evict least-recently-used clean copies until everything fits the capacity."""
         return sum(self._drop(*k) for k in self._victims(0))
+
+    def expect_pinned(self, nbytes: int) -> None:
+        """A transaction carrying `nbytes` of chunk bytes was admitted: count them pinned now
+        rather than at the next recount (`refresh_pinned_sync`, which replaces the estimate
+        with the disk's figure). Without this the admission let seconds of writes through
+        past a full cache, and a replica's small cache disk filled (FINDINGS.md 7)."""
+        with self._lock:
+            self.pinned_bytes += nbytes
+
+    def make_room_sync(self, need: int) -> int:
+        """Evict clean copies, least recently used first, until `need` bytes are freed or none
+        is left: the cache disk is full and an apply waits for space. Returns the bytes
+        freed."""
+        freed = 0
+        while freed < need:
+            with self._lock:
+                victim = next(iter(self._lru), None)
+            if victim is None:
+                break
+            freed += self._drop(*victim)
+        return freed
 
     def full(self) -> bool:
         """Nothing more fits and nothing clean is left to evict: only write-back frees room."""

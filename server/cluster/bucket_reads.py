@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -224,6 +225,7 @@ def admission(cache: ChunkCache, stalled: Callable[[], bool]) -> Callable[[int],
 
     def admit(nbytes: int) -> None:
         if nbytes < ADMIT_CHECK_BYTES or not cache.full():
+            cache.expect_pinned(nbytes)
             return
         if stalled():
             raise RemoteError(p.NOSPC, "the cache is full and write-back cannot free it")
@@ -256,8 +258,19 @@ async def attach(runtime: GroupRuntime, stores: Mapping[int, ObjectStore],
     await trio.to_thread.run_sync(cache.open_sync)
     chunks.changed_hook = cache.untrack
     chunks.adopted_hook = cache.adopt
+    runtime.sm.make_room = cache.make_room_sync
+    disk = await trio.to_thread.run_sync(_disk_bytes, chunks.root)
+    if disk < config.capacity_bytes:
+        log.warning("the cache directory's file system (%d bytes) is smaller than "
+                    "cache.capacity_bytes (%d): when it fills, this node's applies wait for "
+                    "write-back to free room", disk, config.capacity_bytes)
     runtime.bucket = BucketReads(stores, cache, config, runtime.apply_lock)
     return runtime.bucket
+
+
+def _disk_bytes(path: Any) -> int:
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
 
 
 def _as_remote(e: BaseException) -> BaseException:

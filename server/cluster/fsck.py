@@ -5,6 +5,7 @@ checked with the single-node rules (server/fs/fsck.py: entries point at live ino
 type, cookie index, link counts, one name per directory and its `..`, inline bytes), plus what
 only a cluster can get wrong:
 - every inode lives in the group the ring places it in;
+- every chunk mark (keys.MATERIALIZED, in the chunk's group) belongs to an inode that exists;
 - each group's inode counter equals the inodes it holds;
 - no transaction is left holding locks or a prepared record, and no decision is left
   unfinished — checked again after a pause, since a workload that just ended may still be
@@ -75,6 +76,12 @@ def check(per_group: dict[int, list[tuple[bytes, bytes]]], nodelist: NodeList,
     n_inodes = sum(1 for k, _ in merged if k.startswith(keys.INODE))
     top = max((keys.parse_inode_key(k) for k, _ in merged if k.startswith(keys.INODE)),
               default=0)
+    live = {keys.parse_inode_key(k) for k, _ in merged if k.startswith(keys.INODE)}
+    orphans = sorted({keys.parse_materialized_key(k)[0] for k, v in merged
+                      if k.startswith(keys.MATERIALIZED) and decode_u64(v)} - live)
+    if orphans:
+        problems.append(f"chunk marks of {len(orphans)} inodes that do not exist (first: "
+                        f"{orphans[:5]})")
     merged += [(keys.NEXT_INO, keys.u64(top + 1)), (keys.INODE_COUNT, keys.u64(n_inodes))]
     problems += fs_fsck.check(merged)
     return problems

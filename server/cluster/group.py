@@ -45,6 +45,7 @@ from server.cluster import bucket_upload
 from server.cluster import protocol as p
 from server.cluster.nodelist import NodeList
 from server.cluster.statemachine import (
+    ApplyAbandoned,
     GroupStateMachine,
     StateView,
     encode_nodelist_entry,
@@ -205,7 +206,16 @@ class GroupRuntime:
             nursery.start_soon(self._lead_alone)
             nursery.start_soon(self._txn_ticker)
             nursery.start_soon(self._compactor)
+            nursery.start_soon(self._abandon_waits_when_stopping)
             task_status.started()
+
+    async def _abandon_waits_when_stopping(self) -> None:
+        """When this group stops, an apply waiting in its worker thread for space on a full
+        cache disk gives up (trio cannot cancel a thread; the state machine watches this)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.sm.stopping.set()
 
     async def _lead_alone(self) -> None:
         """The only voter of its group campaigns at once instead of after an election
@@ -497,7 +507,11 @@ class GroupRuntime:
     async def _apply(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         async with self._apply_lock:
             ring_events = self.sm.ring_events
-            results = await trio.to_thread.run_sync(self.sm.apply_sync, entries)
+            try:
+                results = await trio.to_thread.run_sync(self.sm.apply_sync, entries)
+            except ApplyAbandoned:
+                await trio.lowlevel.checkpoint()  # the group is being cancelled: stop here
+                raise
             if self._ready_term:
                 for r in results:
                     self._feed(r)

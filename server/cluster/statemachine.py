@@ -17,7 +17,9 @@ Rules:
 - Applying must not fail: a record that cannot apply after its check passed is a bug, and a
   disk error here would make this replica differ from the others. Either stops the node
   (GroupStateError): it restarts from the log, or is replaced, rather than serve wrong state.
-  Except a full cache disk (ENOSPC on the data effects): the apply waits for space.
+  Except a full cache disk (ENOSPC on the data effects): the apply waits for space, evicting
+  clean cached copies first (`make_room`), and gives up the wait when the node stops
+  (`stopping`: the batch is unwritten, so a restart applies it again).
 - Keys: `sm.` for this module, `txn/` for TxnState, `fs.` for the file system (server/fs/keys).
   Snapshots carry exactly these prefixes plus the chunk files; node-local keys (the Raft log
   under `raft/`, the inode allocator under `cl.alloc`) stay out.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-import time
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -61,6 +63,10 @@ NOSPACE_RETRY_MAX_S = 5.0
 
 class GroupStateError(Exception):
     """An entry that cannot be applied: the replica must stop (see the module rules)."""
+
+
+class ApplyAbandoned(Exception):
+    """The node stops while a batch waits for space: nothing of it was written."""
 
 
 class EffectsApplication(Protocol):
@@ -139,6 +145,9 @@ class GroupStateMachine:
         self.nodelist_bytes: bytes | None = None  # the applied NodeList, cached
         self.freeze: ringstate.Freeze | None = None  # a pending ring change (ringstate.py)
         self.ring_events = 0  # counts applied ring entries (the runtime watches it)
+        # A full cache disk: evict clean copies for this many bytes (the node's ChunkCache)
+        self.make_room: Callable[[int], int] | None = None
+        self.stopping = threading.Event()  # set when the node stops: a waiting apply gives up
 
     def load_sync(self) -> int:
         """At start: the applied index, the NodeList and a pending ring change on disk."""
@@ -187,7 +196,7 @@ class GroupStateMachine:
             if effects:
                 self._effects_when_space(effects)
             self.kv.write_sync(view.writes.items(), sync=False)
-        except GroupStateError:
+        except (GroupStateError, ApplyAbandoned):
             raise
         except Exception as e:  # see the module rules: stop rather than diverge
             self.app.take_effects()
@@ -200,10 +209,13 @@ class GroupStateMachine:
         """Make the batch's data effects, waiting while the cache disk is full.
 
         ENOSPC is not a divergence: the effects are idempotent and nothing of the batch is
-        written yet, so they are made again once there is space. Meanwhile this replica's
-        apply stalls (its peers go on; a stalled leader loses its lease and clients of a
-        one-member group get JUKEBOX). Stopping instead (GroupStateError) only restarted the
-        node into the same full disk, again and again (found by the fault campaign)."""
+        written yet, so they are made again once there is space. First the clean cached
+        copies go (only this thread may evict now: it holds the apply lock). Then this
+        replica's apply stalls (its peers go on; a stalled leader loses its lease and clients
+        of a one-member group get JUKEBOX) until space comes back or the node stops
+        (ApplyAbandoned). Stopping instead (GroupStateError) only restarted the node into
+        the same full disk, again and again; a wait that could not be stopped kept the node
+        alive after its drain (both found by the fault campaign, FINDINGS.md 3 and 7)."""
         delay_s, waited_s = NOSPACE_RETRY_S, 0.0
         while True:
             try:
@@ -212,10 +224,17 @@ class GroupStateMachine:
             except (ChunkIOError, OSError) as e:
                 if e.errno != errno.ENOSPC:
                     raise
+                freed = self.make_room(_written_bytes(effects)) if self.make_room else 0
+                if freed:
+                    log.warning("group %d: the cache disk is full: evicted %d bytes of clean "
+                                "copies", self.group, freed)
+                    continue
                 if waited_s == 0.0 or delay_s == NOSPACE_RETRY_MAX_S:
                     log.error("group %d: the cache disk is full (%s); applying waits for space "
                               "(%.0f s so far)", self.group, e, waited_s)
-                time.sleep(delay_s)  # a worker thread (apply_sync), not the trio loop
+                if self.stopping.wait(delay_s):  # a worker thread (apply_sync), not trio's
+                    raise ApplyAbandoned(f"group {self.group}: stopped while waiting for "
+                                         "space on the cache disk") from None
                 waited_s += delay_s
                 delay_s = min(delay_s * 2, NOSPACE_RETRY_MAX_S)
         if waited_s:
@@ -295,3 +314,8 @@ class GroupStateMachine:
 def _nodelist_version(payload: bytes) -> int:
     return NodeList.decode(payload).version
 
+
+def _written_bytes(effects: list[Any]) -> int:
+    """The chunk bytes a batch's effects write (what a full disk must make room for)."""
+    return sum(len(e.data) for e in effects if isinstance(getattr(e, "data", None),
+                                                          (bytes, bytearray, memoryview)))

@@ -367,6 +367,10 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
         changes.delete_data[r.ino] = inode.size
         changes.trim_data.pop(r.ino, None)
         changes.effects.append(DeleteEffect(r.ino))
+    if inode.ftype == FileType.REG:
+        # Its chunks' marks go with the files: they were left behind in the inode's own
+        # group, a leak of one key per chunk ever written (found by the fault campaign).
+        _unmark_chunks(view, changes, r.ino, 0)
 
 
 def _set_parent(r: SetParent, view: View, changes: Changes) -> None:
@@ -398,7 +402,10 @@ def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
             changes.put_inline(r.ino, blob[: r.size])  # growing: the missing tail reads as 0
     elif r.size is not None and r.size != inode.size:
         # Shrinking drops the tail; growing must read zeros where stale bytes might remain.
-        changes.trim(r.ino, inode.chunk_size, min(inode.size, r.size))
+        keep = min(inode.size, r.size)
+        changes.trim(r.ino, inode.chunk_size, keep)
+        if getattr(view, "marked_chunks", None) is not None:  # LocalBackend keeps no marks
+            _trim_marks(view, changes, r.ino, inode.chunk_size, keep)
     changes.put_inode(new)
 
 
@@ -478,14 +485,20 @@ def _bump_chunk(view: View, changes: Changes, ino: int, index: int) -> None:
 
 def _chunk_trim(r: ChunkTrim, view: View, changes: Changes) -> None:
     changes.effects.append(TrimEffect(r.ino, r.chunk_size, r.keep))
-    # A chunk wholly past `keep` is deleted; the chunk `keep` falls in stays (trimmed), and
-    # its remaining bytes are still the materialized ones.
-    first_gone = -(-r.keep // r.chunk_size) if r.chunk_size > 0 else 0
-    _unmark_chunks(view, changes, r.ino, first_gone)
+    _trim_marks(view, changes, r.ino, r.chunk_size, r.keep)
+
+
+def _trim_marks(view: View, changes: Changes, ino: int, chunk_size: int, keep: int) -> None:
+    """The marks after a trim to `keep` bytes (ChunkTrim in a chunk group, SetAttr in the
+    inode's own: that one left them, found by the fault campaign). A chunk wholly past `keep`
+    is deleted; the chunk `keep` falls in stays (trimmed), its remaining bytes still the
+    materialized ones, at a new version (no Unpin of the bytes before matches them)."""
+    first_gone = -(-keep // chunk_size) if chunk_size > 0 else 0
+    _unmark_chunks(view, changes, ino, first_gone)
     kept = first_gone - 1  # the chunk `keep` falls in, if it falls inside one
-    if r.chunk_size > 0 and r.keep % r.chunk_size and changes.meta_int(
-            view, keys.materialized_key(r.ino, kept)):
-        _bump_chunk(view, changes, r.ino, kept)
+    if chunk_size > 0 and keep % chunk_size and changes.meta_int(
+            view, keys.materialized_key(ino, kept)):
+        _bump_chunk(view, changes, ino, kept)
 
 
 def _chunk_delete(r: ChunkDelete, view: View, changes: Changes) -> None:

@@ -85,11 +85,9 @@ LONG = (
                              "s3_slow", "disk_full"), 150, clients=4,
              tmpfs_cache=((5, 8 << 20),)),
 )
-# A full cache disk and S3 faults are left out of the short run while what a full disk does to
-# a replica is open (FINDINGS.md, 7: it failed the short run about one time in four, with or
-# without S3 faults); `make faults` runs them (scenarios disk-full, s3, mixed).
 QUICK = (
-    Scenario("quick", 3, 3, ("kill9", "isolate_leader"), 40, stale=2, each_once=True),
+    Scenario("quick", 3, 3, ("kill9", "isolate_leader", "disk_full", "s3_down", "s3_throttle"),
+             50, stale=2, tmpfs_cache=((3, 8 << 20),), each_once=True),
 )
 
 

@@ -175,6 +175,87 @@ def _fill_and_free(c: LocalCluster, chunks: Path) -> None:
     again.close()
 
 
+def test_a_full_cache_disk_evicts_clean_copies_and_a_waiting_apply_stops(tmp_path: Path
+                                                                       ) -> None:
+    """Scenario quick (seed 7, S3 faults added), FINDINGS.md 7: a replica's cache disk filled
+    and its apply waited for space for good: the clean copies that filled it could only go
+    through the periodic trim, which waits for the apply lock the waiting apply holds, and
+    the node then ignored SIGTERM (the wait ran in a worker thread trio cannot cancel). Now
+    the waiting apply evicts clean copies itself, and a node stopping ends the wait (the
+    batch is unwritten: the restart applies it again)."""
+    import os
+    import signal
+    import threading
+
+    from faultinject import fill
+    from faultnfs import FaultNfs
+
+    root = tmp_path / "c"
+    chunks = root / "n1" / "chunks"
+    chunks.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(chunks)], check=True)
+    try:
+        # A long write-back delay: only `admin flush` makes a file clean here.
+        bucket = tmp_path / "bucket"
+        bucket.mkdir()
+        c = LocalCluster(root, nodes=1, up_args=(
+            "--store", f"file://{bucket}", "--flush-delay", "3600",
+            "--cache-capacity", str(2 << 20))).up()
+        try:
+            nfs = FaultNfs(c.export_url(1))
+            clean, after = b"c" * 1_500_000, b"a" * 300_000
+            nfs.write_file("/clean", clean)
+            assert c.admin("flush", "/").returncode == 0
+            wait_for(lambda: c.metric(1, "objcache_cache_clean_bytes") >= len(clean),
+                     timeout_s=30, what="the written-back chunks to become clean copies")
+            fill(chunks / "ballast")
+            nfs.write_file("/after", after)  # room from the clean copies, with the ballast
+            assert "evicted" in c.log_tail(1, 50), c.log_tail(1)
+            assert c.metric(1, "objcache_cache_clean_bytes") < len(clean)
+
+            # With nothing clean left the next write's apply waits, and SIGTERM ends the wait.
+            assert c.admin("evict", "/clean").returncode == 0
+            assert c.metric(1, "objcache_cache_clean_bytes") == 0
+            fill(chunks / "ballast2")  # what the eviction freed
+            outcome: list[object] = []
+
+            def write() -> None:
+                other = FaultNfs(c.export_url(1), timeout_ms=60_000)
+                try:
+                    other.write_file("/stuck", b"s" * 300_000)
+                    outcome.append("ok")
+                except OSError as e:
+                    outcome.append(e)  # not acknowledged: allowed
+                finally:
+                    other.close()
+
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+            wait_for(lambda: "applying waits for space" in c.log_tail(1, 50), timeout_s=60,
+                     what="the apply to wait for space")
+            pid = c.nodes[1]["pid"]
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not _alive(pid), timeout_s=30,
+                     what="the node to stop while its apply waits for space")
+            assert "node 1 stopped" in c.log_tail(1, 20), c.log_tail(1)
+            nfs.close()
+            writer.join(90)
+            (chunks / "ballast").unlink()
+            (chunks / "ballast2").unlink()
+            c.restart(1)
+            again = FaultNfs(c.export_url(1))
+            assert again.read_file("/clean") == clean  # from the bucket: its copies went
+            assert again.read_file("/after") == after
+            if outcome == ["ok"]:
+                assert again.read_file("/stuck") == b"s" * 300_000
+            again.close()
+            assert c.fsck()["ok"]
+        finally:
+            c.down(check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(chunks)], check=False)
+
+
 def test_a_drain_waits_for_a_write_back_already_under_way(tmp_path: Path, s3_bucket) -> None:
     """Scenarios quick (seed 7) and stale-one-member (seed 2): the drain's forced write-back
     rounds skipped a file whose upload a background round had under way (its key busy) and

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from storage.chunkcache import ChunkCache
 from storage.chunks import ChunkStore
 from storage.kv import KvConfig, KvStore
@@ -96,3 +98,38 @@ def test_stats_count_lookups_and_say_why_a_copy_went(tmp_path: Path) -> None:
     u = cache.usage()
     assert (u["hits"], u["misses"]) == (1, 2)
     assert (u["admitted"], u["evicted"], u["forgotten"]) == (4, 1, 2)
+
+
+def test_admitted_bytes_count_as_pinned_before_the_recount(tmp_path: Path) -> None:
+    # Regression (fault campaign, tests/faults/FINDINGS.md 7): pinned bytes were only
+    # recounted every two seconds, so the admission let seconds of writes through past a
+    # full cache and a replica's small cache disk filled.
+    from server.cluster.bucket_reads import ADMIT_CHECK_BYTES, admission
+    from server.cluster.protocol import UNAVAILABLE
+    from server.rpc.frames import RemoteError
+
+    cache, _, _ = make(tmp_path, capacity=4 * ADMIT_CHECK_BYTES)
+    admit = admission(cache, stalled=lambda: False)
+    for _ in range(4):
+        admit(ADMIT_CHECK_BYTES)  # not yet on disk: no recount has seen them
+    assert cache.full()
+    with pytest.raises(RemoteError) as refused:
+        admit(ADMIT_CHECK_BYTES)
+    assert refused.value.code == UNAVAILABLE
+    cache.refresh_pinned_sync()  # the disk's figure replaces the estimate
+    assert not cache.full() and cache.usage()["pinned_bytes"] == 0
+
+
+def test_make_room_evicts_clean_copies_oldest_first_but_never_pinned_bytes(tmp_path: Path):
+    pins = {(9, 0)}
+    cache, _, chunks = make(tmp_path, capacity=10 * CS, pinned=pins)
+    for i in range(3):
+        assert cache.admit_sync(1, i, b"e", b"x" * CS)
+    chunks.pwrite_sync(9, CS, 0, memoryview(b"p" * CS))  # the replicated state's bytes
+    assert cache.valid(1, 0, b"e")  # (1, 0) used last: (1, 1) is the oldest now
+    assert cache.make_room_sync(CS + 1) == 2 * CS
+    assert cache.valid(1, 0, b"e") and not cache.valid(1, 1, b"e")
+    assert not cache.valid(1, 2, b"e")
+    assert cache.make_room_sync(10 * CS) == CS  # all that is clean
+    assert cache.make_room_sync(CS) == 0
+    assert chunks.pread_sync(9, CS, 0, CS) == b"p" * CS

@@ -231,3 +231,54 @@ def test_a_delayed_unpin_never_matches_bytes_written_after_a_truncate() -> None:
     assert version(g, mark) not in (uploaded, now)
     assert g.run(r.Unpin(10, 0, uploaded, b"etag-of-old")) == COMMITTED
     assert version(g, mark)
+
+
+def test_removing_the_last_link_drops_the_chunk_marks_too() -> None:
+    # Found with the fault campaign (tests/faults/FINDINGS.md 7): a file's last unlink
+    # deleted its chunk files in its own group but left their materialized marks, one key
+    # per chunk ever written, for good (352 of 381 marks after a 60 s campaign).
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(r.ChunkWrite(10, 0, 0, b"a" * CS, CS), r.ChunkWrite(10, 1, 0, b"b", CS)
+                 ) == COMMITTED
+    assert version(g, keys.materialized_key(10, 0)) and version(
+        g, keys.materialized_key(10, 1))
+    assert g.run(r.UnlinkDirent(1, b"f", 5, expect_ino=10), r.AdjustLinks(10, -1, 5)
+                 ) == COMMITTED
+    assert g.inode(10) is None
+    assert g.kv.scan(keys.materialized_prefix(10), 10) == []
+
+
+def test_fsck_reports_chunk_marks_of_inodes_that_do_not_exist() -> None:
+    from server.cluster import fsck
+    from server.cluster.nodelist import NodeInfo, NodeList
+
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(r.ChunkWrite(10, 0, 0, b"a", CS)) == COMMITTED
+    nodes = NodeList(1, (NodeInfo(1, 1, "127.0.0.1:1", "127.0.0.1:2"),))
+    assert fsck.check({1: g.kv.scan(b"fs.", 1000)}, nodes, 8) == []
+    g.kv.put(keys.materialized_key(77, 3), keys.u64(5))  # what the leak left behind
+    assert fsck.check({1: g.kv.scan(b"fs.", 1000)}, nodes, 8) == [
+        "chunk marks of 1 inodes that do not exist (first: [77])"]
+
+
+def test_a_truncate_in_the_inodes_own_group_drops_and_bumps_marks_like_a_chunk_trim() -> None:
+    # Found with the fault campaign (tests/faults/FINDINGS.md 7): SETATTR's size in the
+    # inode's group trimmed the chunk files but left the marks of the chunks past the new
+    # size (and a file truncated to 0 and written inline again kept them for good), and the
+    # chunk the new size falls in kept its version, so a write-back's Unpin of the bytes
+    # before the truncate still matched it.
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(r.ChunkWrite(10, 0, 0, b"a" * CS, CS), r.ChunkWrite(10, 1, 0, b"b" * CS, CS),
+                 r.WriteMeta(10, 2 * CS, 5)) == COMMITTED
+    before = version(g, keys.materialized_key(10, 0))
+    assert g.run(r.SetAttr(10, 6, size=100)) == COMMITTED
+    assert not version(g, keys.materialized_key(10, 1))
+    assert version(g, keys.materialized_key(10, 0)) not in (0, before)
+    assert g.run(r.SetAttr(10, 7, size=0)) == COMMITTED
+    assert g.kv.scan(keys.materialized_prefix(10), 10) == []
