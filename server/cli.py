@@ -37,6 +37,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="the founding members' RPC addresses (this node included or not)")
     c.add_argument("--join", metavar="HOST:PORT",
                    help="join a running cluster through any member's RPC address (a new group)")
+    c.add_argument("--await-join", action="store_true", default=None,
+                   help="wait for `objcache admin join` to name the member to join through")
     c.add_argument("--group", type=int, metavar="G", help="this node's group (default: its id)")
     c.add_argument("--cluster-secret-file", metavar="FILE", help="the shared cluster secret")
     b = p.add_argument_group("object store (the [store] section)")
@@ -58,6 +60,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         ("cluster", "listen"): args.listen,
         ("cluster", "peers"): _split_list(args.peers),
         ("cluster", "join"): args.join,
+        ("cluster", "await_join"): args.await_join,
         ("cluster", "group"): args.group,
         ("cluster", "cluster_secret_file"): args.cluster_secret_file,
         ("store", "url"): args.store,

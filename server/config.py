@@ -125,6 +125,7 @@ class ClusterConfig:
     # founding node must list the same members.
     peers: tuple[str, ...] = ()
     join: str = ""  # HOST:PORT of a running member to join through (a new group)
+    await_join: bool = False  # wait for `objcache admin join` to name that member instead
     group: int = 0  # this node's Raft group; 0: the node id (one-member groups)
     cluster_secret_file: str = ""  # shared by every node; authenticates the RPC plane
     # `objcache admin` proves this token (not the cluster secret) and may only read status
@@ -405,7 +406,7 @@ def parse_peer(key: str, value: str) -> tuple[int, Listen]:
 
 def _validate_cluster(c: ClusterConfig) -> None:
     if c.node_id == 0:
-        for name in ("listen", "peers", "join", "group", "cluster_secret_file",
+        for name in ("listen", "peers", "join", "await_join", "group", "cluster_secret_file",
                      "admin_token_file"):
             if getattr(c, name):
                 raise ConfigError(f"cluster.{name}: set, but cluster.node_id is 0 (standalone); "
@@ -418,10 +419,12 @@ def _validate_cluster(c: ClusterConfig) -> None:
         raise ConfigError("cluster.listen: the RPC plane cannot be 'off'")
     if not c.cluster_secret_file:
         raise ConfigError("cluster.cluster_secret_file: required in a cluster")
-    if not c.peers and not c.join:
-        raise ConfigError("cluster.peers: give either cluster.peers (the founding members) or "
-                          "cluster.join (a running member)")
-    if c.join and any(parse_peer(f"cluster.peers[{i}]", text)[0] != c.node_id
+    if not c.peers and not c.join and not c.await_join:
+        raise ConfigError("cluster.peers: give either cluster.peers (the founding members), "
+                          "cluster.join (a running member) or cluster.await_join")
+    if c.join and c.await_join:
+        raise ConfigError("cluster.await_join: set with cluster.join; give one of them")
+    if (c.join or c.await_join) and any(parse_peer(f"cluster.peers[{i}]", text)[0] != c.node_id
                       for i, text in enumerate(c.peers)):
         raise ConfigError("cluster.peers: a joining node lists only itself there (the "
                           "address it gives the others); the cluster tells it the rest")

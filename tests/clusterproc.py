@@ -108,10 +108,12 @@ class LocalCluster:
         wait_for(ready, timeout_s=timeout_s, what=f"node {node_id} to start")
 
     def add_node(self, node_id: int, *, through: int = 1, group: int = 0,
-                 timeout_s: float = 180.0, wait: bool = True) -> subprocess.Popen:
+                 timeout_s: float = 180.0, wait: bool = True,
+                 await_join: bool = False) -> subprocess.Popen:
         """Start node `node_id` with `--join` through node `through`: it becomes a new
         one-member group, or a replica of `group` (ringchange.py); returns once it serves NFS
-        (unless not `wait`)."""
+        (unless not `wait`). `await_join`: without `--join`, waiting for `objcache admin
+        join` (not waited for: see wait_ready)."""
         import tomllib
 
         from server.cluster.launcher import CONFIG_FILE, NodePlan, node_toml
@@ -123,7 +125,9 @@ class LocalCluster:
                     if k not in ("node", "nfs", "metrics", "cluster")}
         plan.dir(self.root).mkdir(parents=True)
         (plan.dir(self.root) / CONFIG_FILE).write_text(
-            node_toml(plan, [plan], self.root, sections, join=self.nodes[through]["rpc"]))
+            node_toml(plan, [plan], self.root, sections,
+                      join="" if await_join else self.nodes[through]["rpc"],
+                      await_join=await_join))
         self.nodes[node_id] = {"node_id": node_id, "group": plan.group, "nfs": plan.nfs,
                                "rpc": plan.rpc, "metrics": plan.metrics, "pid": 0}
         path = self.root / "cluster.json"
@@ -134,7 +138,7 @@ class LocalCluster:
                              "log": str(node_dir / "node.log")})
         path.write_text(json.dumps(raw, indent=2) + "\n")
         proc = self.start(node_id)
-        if wait:
+        if wait and not await_join:
             self.wait_ready(node_id, proc, timeout_s)
         return proc
 

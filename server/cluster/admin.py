@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"objcache admin: {path}: under {MIN_SECRET_BYTES} bytes: not a cluster secret "
               "or admin token", file=sys.stderr)
         return 2
-    command = {"fsck": _fsck, "status": _status, "drain": _drain,
+    command = {"fsck": _fsck, "status": _status, "drain": _drain, "join": _join,
                "leave": _leave}.get(args.admin_command, _job)
     try:
         return trio.run(command, node_id, addr, secret, args)
@@ -261,6 +261,10 @@ class Progress:
 
 async def _leave(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
     return await admin_ring.leave(_admin_plane(node_id, addr, secret), node_id, args)
+
+
+async def _join(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:
+    return await admin_ring.join(lambda i, a: _admin_plane(i, a, secret), addr, args)
 
 
 async def _drain(node_id: int, addr: str, secret: bytes, args: argparse.Namespace) -> int:

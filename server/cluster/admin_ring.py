@@ -1,9 +1,12 @@
-"""`objcache admin leave`: take a node's group out of the cluster (ringchange.py).
+"""`objcache admin join` and `leave`: ring changes (ringchange.py) an admin starts.
 
-The node given with --node takes the request to the change's coordinator; the leaving group
-writes back what it can, hands the rest of its state to the groups that own it under the new
-ring, and its node stops. Exit codes as admin.py: 0 done, 1 the cluster refused the change
-(the message says why), 2 the cluster could not be reached.
+join: a node started with `--await-join` (cluster.await_join) is told to join through the
+member given with --node (joinorder.py); it becomes a new group, or a replica of its
+cluster.group, exactly as a node started with `--join`. leave: the node given with --node
+takes the request to the change's coordinator; the leaving group writes back what it can,
+hands the rest of its state to the groups that own it under the new ring, and its node stops.
+Exit codes as admin.py: 0 done, 1 the cluster refused the change (the message says why), 2 the
+cluster could not be reached.
 """
 
 from __future__ import annotations
@@ -27,6 +30,51 @@ def add_parsers(admin_sub: argparse._SubParsersAction,
     lv = command(admin_sub, "leave", "take a node out of the cluster: a replica leaves its "
                  "group; a one-member group writes back, hands its state to the others")
     lv.add_argument("leaving", type=int, metavar="NODE_ID", help="the node that leaves")
+    jn = command(admin_sub, "join", "add a node started with --await-join: a new group, or a "
+                 "replica of its cluster.group", node="a member it joins through")
+    jn.add_argument("joining", metavar="ID=HOST:PORT",
+                    help="the waiting node's id and RPC address")
+
+
+async def join(make_plane: Callable[[int, str], RpcPlane], through: str,
+               args: argparse.Namespace) -> int:
+    """Tell the waiting node `args.joining` to join through the member at `through`; wait for
+    the outcome (joinorder.py)."""
+    from server.cluster.joinorder import JoinDone, JoinOrder
+    from server.rpc.connection import NO_HANDLER
+
+    node_s, _, addr = args.joining.partition("=")
+    if not node_s.isdigit() or not addr:
+        print(f"objcache admin join: expected ID=HOST:PORT, got {args.joining!r}",
+              file=sys.stderr)
+        return 2
+    joining = int(node_s)
+    plane = make_plane(joining, addr)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        if not args.json:
+            print(f"node {joining}: joining through {through} (taking over its share of the "
+                  "namespace)...", flush=True)
+        try:
+            reply = await plane.call(joining, JoinOrder(through), CHANGE_TIMEOUT_S)
+        except RemoteError as e:
+            why = (f"node {joining} is not waiting to join (start it with --await-join)"
+                   if e.code == NO_HANDLER else e.message)
+            print(f"objcache admin join: {why}", file=sys.stderr)
+            return 1
+        finally:
+            nursery.cancel_scope.cancel()
+    assert isinstance(reply, JoinDone), reply
+    nodelist = NodeList.decode(reply.nodelist)
+    group = next(n.group for n in nodelist.nodes if n.node_id == joining)
+    if args.json:
+        print(json.dumps({"ok": True, "joined": joining, "group": group,
+                          "ring_version": nodelist.version,
+                          "groups": sorted(nodelist.groups()), "seconds": reply.seconds}))
+    else:
+        print(f"node {joining} joined group {group}: ring version {nodelist.version}, groups "
+              f"{sorted(nodelist.groups())}, in {reply.seconds:.2f} s")
+    return 0
 
 
 async def leave(plane: RpcPlane, node_id: int, args: argparse.Namespace) -> int:

@@ -114,11 +114,13 @@ def plan(nodes: int, replicas: int, base_port: int) -> list[NodePlan]:
 
 
 def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
-              sections: Mapping[str, Any] | None = None, join: str = "") -> str:
+              sections: Mapping[str, Any] | None = None, join: str = "",
+              await_join: bool = False) -> str:
     """One node's config: loopback addresses, no portmapper (one port 111 per machine);
     `sections`: more TOML tables every node gets ([store], [cache]; a list of tables is an
     array of tables: "exports", LOCAL_EXPORTS when not given); `join`: a running member's RPC
-    address, for a node that joins as a new group (`nodes` is then itself)."""
+    address, for a node that joins as a new group (`nodes` is then itself); `await_join`: it
+    waits for `objcache admin join` to name that member instead."""
     q = json.dumps  # a JSON string is a TOML basic string (and JSON lists and bools are TOML)
     peers = ", ".join(q(f"{n.node_id}={n.rpc}") for n in nodes)
     more: list[str] = []
@@ -133,6 +135,7 @@ def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
         "[metrics]", f"listen = {q(node.metrics)}", "",
         "[cluster]", f"node_id = {node.node_id}", f"listen = {q(node.rpc)}",
         f"peers = [{peers}]", f"group = {node.group}", *([f"join = {q(join)}"] if join else []),
+        *(["await_join = true"] if await_join else []),
         f"cluster_secret_file = {q(str(root / SECRET_FILE))}",
         f"admin_token_file = {q(str(root / ADMIN_TOKEN_FILE))}", "",
         *more,

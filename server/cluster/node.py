@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -38,6 +39,7 @@ from server.cluster.freshness import Freshness
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime, register_txn_messages
 from server.cluster.inoalloc import NODE_SHIFT, InoAllocator
+from server.cluster.joinorder import AwaitJoin
 from server.cluster.membership import bootstrap_nodelist, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.ready import remove_ready, write_ready
@@ -108,6 +110,13 @@ async def serve_cluster(cfg: Config, make_rpc_server) -> None:  # type: ignore[n
         log.info("objcache: node %d stopped", c.node_id)
 
 
+async def _join_failed(waiting: AwaitJoin | None, reason: str) -> NoReturn:
+    """A join that failed stops the node; `objcache admin join` hears why first."""
+    if waiting is not None:
+        await waiting.failed(reason)
+    raise StartupError(reason)
+
+
 async def _refuse_standalone_data(kv: KvStore, root: Path) -> None:
     """A standalone node's data (a file system but no group state) is not a cluster node's:
     serving it would mix two state machines."""
@@ -165,7 +174,10 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         listed = _know(plane, cfg, nodelist, c.node_id) if nodelist else []  # joined later too
         others = sorted({*peers, *listed})
         await fresh.check(plane, others, min(FRESHNESS_WAIT_S, c.bootstrap_timeout_s))
-        if nodelist is None and not c.join:
+        waiting = AwaitJoin(plane) if nodelist is None and c.await_join else None
+        if waiting is not None:
+            waiting.serve()
+        if nodelist is None and not c.join and waiting is None:
             log.info("node %d: agreeing on the node list with %d peers", c.node_id, len(peers))
             nodelist = await bootstrap_nodelist(plane, me, peers, c.bootstrap_timeout_s)
         # The object stores first: building an S3 client holds this loop a moment, which must
@@ -174,14 +186,14 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         seed = 0
         replica = False  # joining a group that exists: its log comes from its leader
         if nodelist is None:
-            join = cfg.cluster_join()
+            join = cfg.cluster_join() or (await waiting.order() if waiting else None)
             assert join is not None
             log.info("node %d: joining the cluster through %s", c.node_id, join)
             try:
                 seed, current = await learn_cluster(plane, cfg.cluster_peer_url(join),
                                                     c.bootstrap_timeout_s)
             except JoinError as e:
-                raise StartupError(str(e)) from None
+                await _join_failed(waiting, str(e))
             replica = me.group in current.groups()
             # This id may have served before and left: the members keep a record of its old
             # directory's counter, which a report made while the id is not listed replaces;
@@ -222,7 +234,9 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             try:
                 nodelist = await join_cluster(plane, runtime, me, seed, c.bootstrap_timeout_s)
             except JoinError as e:
-                raise StartupError(str(e)) from None
+                await _join_failed(waiting, str(e))
+            if waiting is not None:
+                waiting.joined(nodelist.encode())
         router = GroupRouter(plane, c.node_id, nodelist, runtime, vnodes=c.vnodes,
                              request_timeout_s=c.request_timeout_s)
         await nursery.start(router.run)

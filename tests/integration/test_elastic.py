@@ -229,3 +229,55 @@ def test_replicas_join_a_group_serve_through_the_loss_of_one_and_leave(cluster, 
     del cluster.nodes[2]
     assert _ring(cluster, 1) == (4, [1])
     _check(cluster, want, [1, 3])
+
+
+def test_admin_join_adds_a_waiting_node_as_a_group_and_as_a_replica(cluster, tmp_path):
+    """`objcache admin join`: a node started with --await-join serves nothing until an admin
+    names the member to join through; then it joins like `serve --join` (a new group, or a
+    replica of its cluster.group). An order to a node that waits for none (one not started
+    with --await-join, or one that joined already) is refused with that reason."""
+    import json
+
+    want = _write_tree(cluster, tmp_path, 1, "a", [100, 70_000, MiB + 1] + [5000] * 10, 1)
+    res = cluster.admin("join", "1=" + cluster.nodes[1]["rpc"])
+    assert res.returncode == 1 and "not waiting to join" in res.stderr, res.stderr
+    proc = cluster.add_node(2, await_join=True)
+    try:
+        wait_log = lambda: "waiting for `objcache admin join`" in cluster.log_tail(2)  # noqa: E731
+        deadline = time.monotonic() + 60
+        while not wait_log():
+            assert proc.poll() is None, cluster.log_tail(2)
+            assert time.monotonic() < deadline, cluster.log_tail(2)
+            time.sleep(0.1)
+        assert not (cluster.root / "n2" / "ready.json").exists()  # serves nothing yet
+        res = cluster.admin("join", "--json", "2=" + cluster.nodes[2]["rpc"])
+        assert res.returncode == 0, res.stdout + res.stderr + cluster.log_tails()
+        out = json.loads(res.stdout)
+        assert out["joined"] == 2 and out["group"] == 2 and out["groups"] == [1, 2], out
+        cluster.wait_ready(2, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    assert _ring(cluster, 1) == (out["ring_version"], [1, 2])
+    res = cluster.admin("join", "2=" + cluster.nodes[2]["rpc"])  # a second order
+    assert res.returncode == 1 and "a member already" in res.stderr, res.stderr
+    want |= _write_tree(cluster, tmp_path, 2, "b", [10, 300_000], 2)
+    _check(cluster, want, [1, 2])
+
+    # A replica of group 2, joining through node 1 (not a member of its group).
+    proc = cluster.add_node(3, group=2, await_join=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for `objcache admin join`" not in cluster.log_tail(3):
+            assert proc.poll() is None and time.monotonic() < deadline, cluster.log_tail(3)
+            time.sleep(0.1)
+        res = cluster.admin("join", "3=" + cluster.nodes[3]["rpc"], node_id=1)
+        assert res.returncode == 0, res.stdout + res.stderr + cluster.log_tails()
+        assert "joined group 2" in res.stdout, res.stdout
+        cluster.wait_ready(3, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    rows = json.loads(cluster.admin("status", "--json").stdout)["nodes"]
+    assert sorted(r["node_id"] for r in rows if r["group"] == 2) == [2, 3]
+    _check(cluster, want, [1, 2, 3])

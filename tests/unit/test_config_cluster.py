@@ -86,6 +86,19 @@ def test_join_is_accepted_by_the_config() -> None:
     assert cfg.cluster_peers() == {1: Listen("127.0.0.1", 7001)}
 
 
+def test_await_join_takes_the_place_of_join_and_not_beside_it() -> None:
+    cfg = load_cluster(peers=[], await_join=True)
+    assert cfg.cluster.await_join and cfg.cluster_join() is None
+    with pytest.raises(cfgmod.ConfigError, match=r"cluster\.await_join: set with cluster\.join"):
+        load_cluster(peers=[], join="127.0.0.1:7009", await_join=True)
+    with pytest.raises(cfgmod.ConfigError, match=r"cluster\.peers: a joining node lists only"):
+        load_cluster(peers=["1=127.0.0.1:7001", "2=127.0.0.1:7002"], await_join=True)
+    with pytest.raises(cfgmod.ConfigError, match=r"cluster\.await_join: set, but"):
+        cfgmod.load(None, {"cluster": {"await_join": True}})
+    with pytest.raises(cfgmod.ConfigError, match=r"cluster\.await_join"):
+        load_cluster(await_join="yes")
+
+
 def test_a_joining_node_may_name_its_own_announced_address() -> None:
     cfg = load_cluster(listen="0.0.0.0:7001", peers=["1=10.0.0.1:7001"], join="10.0.0.2:7002")
     assert cfg.cluster_rpc_address() == Listen("10.0.0.1", 7001)
