@@ -15,6 +15,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 
 import trio
@@ -61,11 +62,22 @@ class AwaitJoin:
     def serve(self) -> None:
         self.plane.register(JoinOrder, self._on_order, admin=True)
 
-    async def order(self) -> Listen:
+    async def order(self) -> Listen | None:
+        """The member to join through; None when SIGTERM or SIGINT came first (the node
+        stops, having joined nothing)."""
         log.info("waiting for `objcache admin join` to name a member to join through")
-        await self._ordered.wait()
-        assert self._through is not None
-        return self._through
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log.info("%s: stopping; nothing was joined", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await self._ordered.wait()
+                nursery.cancel_scope.cancel()
+        return self._through if self._ordered.is_set() else None
 
     def joined(self, nodelist: bytes) -> None:
         self._nodelist = nodelist

@@ -187,7 +187,9 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
         replica = False  # joining a group that exists: its log comes from its leader
         if nodelist is None:
             join = cfg.cluster_join() or (await waiting.order() if waiting else None)
-            assert join is not None
+            if join is None:  # stopped while waiting for `objcache admin join`
+                nursery.cancel_scope.cancel()
+                return
             log.info("node %d: joining the cluster through %s", c.node_id, join)
             try:
                 seed, current = await learn_cluster(plane, cfg.cluster_peer_url(join),

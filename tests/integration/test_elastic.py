@@ -281,3 +281,14 @@ def test_admin_join_adds_a_waiting_node_as_a_group_and_as_a_replica(cluster, tmp
     rows = json.loads(cluster.admin("status", "--json").stdout)["nodes"]
     assert sorted(r["node_id"] for r in rows if r["group"] == 2) == [2, 3]
     _check(cluster, want, [1, 2, 3])
+
+    # A waiting node stops on SIGTERM like any other, having joined nothing.
+    proc = cluster.add_node(4, await_join=True)
+    deadline = time.monotonic() + 60
+    while "waiting for `objcache admin join`" not in cluster.log_tail(4):
+        assert proc.poll() is None and time.monotonic() < deadline, cluster.log_tail(4)
+        time.sleep(0.1)
+    proc.terminate()
+    assert proc.wait(30) == 0, cluster.log_tail(4)
+    del cluster.nodes[4]
+    assert _ring(cluster, 1)[1] == [1, 2]
