@@ -53,6 +53,7 @@ from server.fs.common import require_reg
 from server.fs.records import (
     ChunkWrite,
     ExpectChunk,
+    ExpectInode,
     Inode,
     MaterializeChunk,
     UnInline,
@@ -232,6 +233,12 @@ class DataOps(_Base):
         assert cs > 0, f"regular file {inode.ino} without a chunk size"
         pos = 0
         bases = bases or {}
+        if any(base is not None for base in bases.values()):
+            # The bases are the chunks' bytes at this object version, clipped at obase: once a
+            # write-back has marked the file clean (a new version, a new obase) and unpinned
+            # a chunk, a base read before would overwrite bytes the object holds past the
+            # old obase with zeros (found by the fault campaign, FINDINGS.md 9).
+            plan.add(group, ExpectInode(inode.ino, etag=inode.etag, obase=inode.obase))
         for index, inner, n in spans(offset, len(blob), cs):
             g = ring.group_of_chunk(inode.ino, index)
             if index in bases:

@@ -246,7 +246,10 @@ class ExpectInode:
     directory with no entries (ENOTEMPTY); `parent`: a directory's `..` (rename's ancestor
     walk: a racing rename that moves an ancestor makes this fail); `okey` when `has_okey`:
     the key of the inode's object that a KeyHold or KeyRelease of the same plan names (a
-    write-back that marked the inode clean at another key meanwhile makes this fail)."""
+    write-back that marked the inode clean at another key meanwhile makes this fail);
+    `etag` (b"": unchecked) and `obase`: the object version and its length in the file that a
+    WRITE's MaterializeChunk bases were read at (a write-back that marked the file clean since
+    makes this fail: those bases may miss bytes the object has now)."""
 
     ino: int
     gen: int = 0
@@ -256,6 +259,8 @@ class ExpectInode:
     empty: bool = False
     okey: bytes = b""
     has_okey: bool = False
+    etag: bytes = b""
+    obase: int = -1
 
 
 @dataclass(frozen=True, slots=True)

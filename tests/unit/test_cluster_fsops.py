@@ -282,3 +282,35 @@ def test_a_truncate_in_the_inodes_own_group_drops_and_bumps_marks_like_a_chunk_t
     assert version(g, keys.materialized_key(10, 0)) not in (0, before)
     assert g.run(r.SetAttr(10, 7, size=0)) == COMMITTED
     assert g.kv.scan(keys.materialized_prefix(10), 10) == []
+
+
+def test_a_write_based_on_an_object_version_the_file_left_is_refused() -> None:
+    # Regression (fault campaign, tests/faults/FINDINGS.md 9): a gateway whose memory of
+    # materialized chunks was lost (its node restarted) read chunk 0's base while the chunk
+    # was materialized past the file's obase (bytes written after a truncate) and got only
+    # obase bytes. Before its WRITE applied, write-back marked the file clean (obase = the new
+    # object's size) and unpinned the chunk, so the MaterializeChunk applied: the bytes past
+    # the old obase read back as zeros. The WRITE now expects the version it read at.
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(r.ChunkWrite(10, 0, 0, b"a" * 100, CS), r.WriteMeta(10, 100, 5)) == COMMITTED
+    assert g.run(r.SetClean(10, g.inode(10).dver, b"f", b"etag-1", 100)) == COMMITTED
+    assert g.run(r.SetAttr(10, 6, size=40)) == COMMITTED  # obase 40
+    assert g.run(r.ChunkWrite(10, 0, 40, b"b" * 60, CS), r.WriteMeta(10, 100, 7)) == COMMITTED
+    read_at = g.inode(10)
+    assert (read_at.etag, read_at.obase) == (b"etag-1", 40)
+    base = b"a" * 40  # what the gateway read: the chunk clipped at obase
+    # Write-back uploads the 100 bytes, marks the file clean, unpins the chunk.
+    assert g.run(r.SetClean(10, read_at.dver, b"f", b"etag-2", 100)) == COMMITTED
+    assert g.run(r.Unpin(10, 0, version(g, keys.materialized_key(10, 0)), b"etag-2")
+                 ) == COMMITTED
+    assert g.run(r.ExpectInode(10, etag=read_at.etag, obase=read_at.obase),
+                 r.MaterializeChunk(10, 0, CS, base), r.ChunkWrite(10, 0, 20, b"c", CS),
+                 r.WriteMeta(10, 21, 8)) != COMMITTED
+    assert g.inode(10).obase == 100 and not version(g, keys.materialized_key(10, 0))
+    # Read again at the version the file has now, the same WRITE commits.
+    now = g.inode(10)
+    assert g.run(r.ExpectInode(10, etag=now.etag, obase=now.obase),
+                 r.MaterializeChunk(10, 0, CS, b"a" * 40 + b"b" * 60),
+                 r.ChunkWrite(10, 0, 20, b"c", CS), r.WriteMeta(10, 21, 8)) == COMMITTED
