@@ -314,7 +314,7 @@ class Flusher(BatchWriteBack):
         self._busy_keys.add(busy)
         try:
             if not await self._txn(self._root_group(store_id),
-                                   [KeyClaim(store_id, key, inode.ino)]):
+                                   [KeyClaim(store_id, key, inode.ino, inode.dver)]):
                 return False
             versions: dict[int, int] = {}
             etag, size = await self._upload(store, store_id, inode, key, versions)
@@ -376,12 +376,23 @@ class Flusher(BatchWriteBack):
                 break
             out += r.data
         out += bytes(inode.size - len(out))
+        if not await self._unchanged(inode):
+            return None
         self.stats["uploads"] += 1
         self.stats["bytes"] += inode.size
         return await store.put(key.decode(), bytes(out[:inode.size]), metadata=meta)
 
+    async def _unchanged(self, inode: Inode) -> bool:
+        """Whether the inode is still at the version this round read, just before its object
+        is made from parts read at each chunk's group. A round that read an older version
+        (a node stalled mid-round) otherwise wrote that version's size over bytes truncated
+        since, after a newer round had written the bucket (found by the fault campaign,
+        FINDINGS.md 10); its SetClean was refused, but the bucket held the wrong bytes."""
+        reply = await self.b._at_inode(inode.ino, p.ReadHead(0, inode.ino, 0, 0))
+        return bool(reply.inode) and decode_value(reply.inode).dver == inode.dver
+
     async def _multipart(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,
-                         meta: dict[str, str], versions: dict[int, int]) -> str:
+                         meta: dict[str, str], versions: dict[int, int]) -> str | None:
         k = key.decode()
         cs = inode.chunk_size
         count = -(-inode.size // cs)
@@ -406,6 +417,9 @@ class Flusher(BatchWriteBack):
             async with trio.open_nursery() as nursery:
                 for index in range(count):
                     nursery.start_soon(part, index)
+            if not await self._unchanged(inode):
+                await store.abort_multipart(k, upload_id)
+                return None
             etag = await store.complete_multipart(k, upload_id,
                                                   [(i + 1, e) for i, e in enumerate(etags)])
         except BaseException:

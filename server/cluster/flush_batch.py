@@ -101,13 +101,14 @@ class BatchWriteBack(_Base):
     async def _claim_all(self, store: int, items: list[tuple[Inode, bytes]],
                          limiter: trio.CapacityLimiter) -> list[tuple[Inode, bytes]]:
         rg = self._root_group(store)
-        if await self._txn(rg, [KeyClaim(store, key, inode.ino) for inode, key in items]):
+        if await self._txn(rg, [KeyClaim(store, key, inode.ino, inode.dver)
+                                for inode, key in items]):
             return items
         claimed: list[tuple[Inode, bytes]] = []  # one was refused: each on its own
 
         async def one(inode: Inode, key: bytes) -> None:
             async with limiter:
-                if await self._txn(rg, [KeyClaim(store, key, inode.ino)]):
+                if await self._txn(rg, [KeyClaim(store, key, inode.ino, inode.dver)]):
                     claimed.append((inode, key))
 
         async with trio.open_nursery() as nursery:

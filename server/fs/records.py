@@ -342,11 +342,14 @@ class SetClean:
 
 @dataclass(frozen=True, slots=True)
 class KeyClaim:
-    """Write-back is about to write `key` (of `store`) for inode `ino` (flush.py key table)."""
+    """Write-back is about to write `key` (of `store`) for inode `ino` (flush.py key table),
+    at the inode's version `dver` (-1: unchecked): refused when the inode, held in the same
+    group, is at another version already (a round that read it before a change)."""
 
     store: int
     key: bytes
     ino: int
+    dver: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -569,6 +569,9 @@ def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int
 
 
 def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
+    inode = changes.inode(view, r.ino) if r.dver >= 0 else None
+    if inode is not None and inode.dver != r.dver:  # only when the inode lives here
+        raise StateError(f"inode {r.ino}: version {inode.dver}, write-back read {r.dver}")
     e = _key_entry(view, changes, r.store, r.key)
     # A key to be deleted is taken over: the new object replaces the old one.
     if e is not None and e[0] != r.ino and e[1] != KEY_DELETE:

@@ -314,3 +314,19 @@ def test_a_write_based_on_an_object_version_the_file_left_is_refused() -> None:
     assert g.run(r.ExpectInode(10, etag=now.etag, obase=now.obase),
                  r.MaterializeChunk(10, 0, CS, b"a" * 40 + b"b" * 60),
                  r.ChunkWrite(10, 0, 20, b"c", CS), r.WriteMeta(10, 21, 8)) == COMMITTED
+
+
+def test_a_write_back_claim_for_a_version_the_inode_left_is_refused() -> None:
+    # Regression (fault campaign, tests/faults/FINDINGS.md 10): a leader stalled mid-round
+    # by its full cache disk went on, after a newer round had written the file's truncated
+    # version, to claim the key and write the version it had read (its size over the bytes
+    # truncated since): the bucket held zeros that the file later took back as its own.
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(r.ChunkWrite(10, 0, 0, b"a" * 100, CS), r.WriteMeta(10, 100, 5)) == COMMITTED
+    read = g.inode(10).dver  # what the stalled round read
+    assert g.run(r.SetAttr(10, 6, size=40)) == COMMITTED
+    assert g.run(r.KeyClaim(1, b"f", 10, read)) != COMMITTED
+    assert g.run(r.KeyClaim(1, b"f", 10, g.inode(10).dver)) == COMMITTED
+    assert g.run(r.KeyClaim(1, b"f", 10)) == COMMITTED  # unchecked, as before
