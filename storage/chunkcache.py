@@ -89,7 +89,11 @@ class ChunkCache:
         for dirent in os.scandir(self.chunks.root):
             if not dirent.is_dir():
                 continue
-            for f in os.scandir(dirent.path):
+            try:
+                files = list(os.scandir(dirent.path))
+            except FileNotFoundError:
+                continue  # an apply deleted the inode meanwhile (the start-up counts unlocked)
+            for f in files:
                 try:
                     total += f.stat().st_size
                 except FileNotFoundError:

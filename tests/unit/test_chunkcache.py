@@ -133,3 +133,27 @@ def test_make_room_evicts_clean_copies_oldest_first_but_never_pinned_bytes(tmp_p
     assert cache.make_room_sync(10 * CS) == CS  # all that is clean
     assert cache.make_room_sync(CS) == 0
     assert chunks.pread_sync(9, CS, 0, CS) == b"p" * CS
+
+
+def test_the_pinned_count_skips_a_chunk_directory_deleted_while_it_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by the fault campaign (FINDINGS.md 12): a restarting node counts its pinned bytes
+    # while its group already applies, and an inode's deletion removed a chunk directory
+    # between listing the root and scanning it: FileNotFoundError stopped the start-up.
+    import os
+    import shutil
+
+    cache, _, chunks = make(tmp_path, capacity=10 * CS)
+    chunks.pwrite_sync(7, CS, 0, memoryview(b"g" * 10))
+    chunks.pwrite_sync(8, CS, 0, memoryview(b"k" * 20))
+    gone = chunks.ino_dir(7)
+    real = os.scandir
+
+    def deleted_first(path):  # the apply's rmdir lands just before this directory's scan
+        if isinstance(path, str) and path == os.fspath(gone) and os.path.isdir(path):
+            shutil.rmtree(gone)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", deleted_first)
+    cache.refresh_pinned_sync()
+    assert cache.usage()["pinned_bytes"] == 20
