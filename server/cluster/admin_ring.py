@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -49,21 +50,18 @@ async def join(make_plane: Callable[[int, str], RpcPlane], through: str,
               file=sys.stderr)
         return 2
     joining = int(node_s)
-    plane = make_plane(joining, addr)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(plane.run)
-        if not args.json:
-            print(f"node {joining}: joining through {through} (taking over its share of the "
-                  "namespace)...", flush=True)
-        try:
-            reply = await plane.call(joining, JoinOrder(through), CHANGE_TIMEOUT_S)
-        except RemoteError as e:
-            why = (f"node {joining} is not waiting to join (start it with --await-join)"
-                   if e.code == NO_HANDLER else e.message)
-            print(f"objcache admin join: {why}", file=sys.stderr)
-            return 1
-        finally:
-            nursery.cancel_scope.cancel()
+    if not args.json:
+        print(f"node {joining}: joining through {through} (taking over its share of the "
+              "namespace)...", flush=True)
+
+    def refused(e: RemoteError) -> str:
+        return (f"node {joining} is not waiting to join (start it with --await-join)"
+                if e.code == NO_HANDLER else e.message)
+
+    reply = await _change(make_plane(joining, addr), joining, JoinOrder(through), refused,
+                          "join")
+    if reply is None:
+        return 1
     assert isinstance(reply, JoinDone), reply
     nodelist = NodeList.decode(reply.nodelist)
     group = next(n.group for n in nodelist.nodes if n.node_id == joining)
@@ -82,20 +80,14 @@ async def leave(plane: RpcPlane, node_id: int, args: argparse.Namespace) -> int:
     # their start-up time) do without it.
     from server.cluster.ringmsgs import BAD_CHANGE, RING_BUSY, ChangeReply, LeaveRequest
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(plane.run)
-        if not args.json:
-            print(f"node {args.leaving}: leaving (writing back, then moving its state)...",
-                  flush=True)
-        try:
-            reply = await plane.call(node_id, LeaveRequest(args.leaving), CHANGE_TIMEOUT_S)
-        except RemoteError as e:
-            if e.code not in (BAD_CHANGE, RING_BUSY):
-                raise
-            print(f"objcache admin leave: {e.message}", file=sys.stderr)
-            return 1
-        finally:
-            nursery.cancel_scope.cancel()
+    if not args.json:
+        print(f"node {args.leaving}: leaving (writing back, then moving its state)...",
+              flush=True)
+    reply = await _change(plane, node_id, LeaveRequest(args.leaving),
+                          lambda e: e.message if e.code in (BAD_CHANGE, RING_BUSY) else None,
+                          "leave")
+    if reply is None:
+        return 1
     assert isinstance(reply, ChangeReply), reply
     nodelist = NodeList.decode(reply.nodelist)
     if args.json:
@@ -107,3 +99,21 @@ async def leave(plane: RpcPlane, node_id: int, args: argparse.Namespace) -> int:
               f"{sorted(nodelist.groups())}, {reply.moved_bytes} bytes moved in "
               f"{reply.seconds:.2f} s")
     return 0
+
+
+async def _change(plane: RpcPlane, node: int, request: object,
+                  refused: Callable[[RemoteError], str | None], command: str) -> Any:
+    """Ask `node` for a ring change on an admin plane of its own and wait for the reply; None
+    once a refusal (what `refused` turns into a message; None: not a refusal) was printed."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        try:
+            return await plane.call(node, request, CHANGE_TIMEOUT_S)
+        except RemoteError as e:
+            why = refused(e)
+            if why is None:
+                raise
+            print(f"objcache admin {command}: {why}", file=sys.stderr)
+            return None
+        finally:
+            nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,6 @@ def test_a_full_cache_disk_stalls_the_group_instead_of_stopping_the_node(tmp_pat
 
 
 def _fill_and_free(c: LocalCluster, chunks: Path) -> None:
-    import threading
 
     from faultinject import fill
     from faultnfs import FaultNfs
@@ -143,20 +143,7 @@ def _fill_and_free(c: LocalCluster, chunks: Path) -> None:
     before = b"a" * 200_000
     nfs.write_file("/before", before)
     fill(chunks / "ballast")  # the disk full, to the last block
-    outcome: list[object] = []
-
-    def write() -> None:
-        other = FaultNfs(c.export_url(1), timeout_ms=60_000)
-        try:
-            other.write_file("/during", b"b" * 300_000)
-            outcome.append("ok")
-        except OSError as e:
-            outcome.append(e)  # not acknowledged: allowed
-        finally:
-            other.close()
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    writer, outcome = _write_in_background(c, "/during", b"b" * 300_000)
     wait_for(lambda: "No space left on device" in c.log_tail(1, 200), timeout_s=60,
              what="the node to meet the full disk")
     (chunks / "ballast").unlink()
@@ -185,7 +172,6 @@ def test_a_full_cache_disk_evicts_clean_copies_and_a_waiting_apply_stops(tmp_pat
     batch is unwritten: the restart applies it again)."""
     import os
     import signal
-    import threading
 
     from faultinject import fill
     from faultnfs import FaultNfs
@@ -217,20 +203,7 @@ def test_a_full_cache_disk_evicts_clean_copies_and_a_waiting_apply_stops(tmp_pat
             assert c.admin("evict", "/clean").returncode == 0
             assert c.metric(1, "objcache_cache_clean_bytes") == 0
             fill(chunks / "ballast2")  # what the eviction freed
-            outcome: list[object] = []
-
-            def write() -> None:
-                other = FaultNfs(c.export_url(1), timeout_ms=60_000)
-                try:
-                    other.write_file("/stuck", b"s" * 300_000)
-                    outcome.append("ok")
-                except OSError as e:
-                    outcome.append(e)  # not acknowledged: allowed
-                finally:
-                    other.close()
-
-            writer = threading.Thread(target=write, daemon=True)
-            writer.start()
+            writer, outcome = _write_in_background(c, "/stuck", b"s" * 300_000)
             wait_for(lambda: "applying waits for space" in c.log_tail(1, 50), timeout_s=60,
                      what="the apply to wait for space")
             pid = c.nodes[1]["pid"]
@@ -254,6 +227,29 @@ def test_a_full_cache_disk_evicts_clean_copies_and_a_waiting_apply_stops(tmp_pat
             c.down(check=False)
     finally:
         subprocess.run(["umount", "-l", str(chunks)], check=False)
+
+
+def _write_in_background(c: LocalCluster, path: str, data: bytes
+                         ) -> tuple[threading.Thread, list[object]]:
+    """Write `path` through node 1 in a thread; its outcome: ["ok"], or the error (a write
+    not acknowledged is allowed)."""
+    from faultnfs import FaultNfs
+
+    outcome: list[object] = []
+
+    def write() -> None:
+        other = FaultNfs(c.export_url(1), timeout_ms=60_000)
+        try:
+            other.write_file(path, data)
+            outcome.append("ok")
+        except OSError as e:
+            outcome.append(e)
+        finally:
+            other.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer, outcome
 
 
 def test_a_drain_waits_for_a_write_back_already_under_way(tmp_path: Path, s3_bucket) -> None:
