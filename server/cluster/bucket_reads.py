@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -268,7 +269,8 @@ async def attach(runtime: GroupRuntime, stores: Mapping[int, ObjectStore],
     return runtime.bucket
 
 
-def _disk_bytes(path: Any) -> int:
+def _disk_bytes(path: Path) -> int:
+    """The size of the file system holding `path`."""
     st = os.statvfs(path)
     return st.f_blocks * st.f_frsize
 

@@ -73,12 +73,10 @@ def check(per_group: dict[int, list[tuple[bytes, bytes]]], nodelist: NodeList,
             problems.append(f"group {group}: inode count {count}, holds {inodes} inodes")
     # The single-node checker also wants the counters; give it ones that hold by definition
     # (inode ids come from per-node allocators here, so "next id" has no cluster meaning).
-    n_inodes = sum(1 for k, _ in merged if k.startswith(keys.INODE))
-    top = max((keys.parse_inode_key(k) for k, _ in merged if k.startswith(keys.INODE)),
-              default=0)
-    live = {keys.parse_inode_key(k) for k, _ in merged if k.startswith(keys.INODE)}
+    inos = [keys.parse_inode_key(k) for k, _ in merged if k.startswith(keys.INODE)]
+    n_inodes, top = len(inos), max(inos, default=0)
     orphans = sorted({keys.parse_materialized_key(k)[0] for k, v in merged
-                      if k.startswith(keys.MATERIALIZED) and decode_u64(v)} - live)
+                      if k.startswith(keys.MATERIALIZED) and decode_u64(v)} - set(inos))
     if orphans:
         problems.append(f"chunk marks of {len(orphans)} inodes that do not exist (first: "
                         f"{orphans[:5]})")

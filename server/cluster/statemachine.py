@@ -317,5 +317,4 @@ def _nodelist_version(payload: bytes) -> int:
 
 def _written_bytes(effects: list[Any]) -> int:
     """The chunk bytes a batch's effects write (what a full disk must make room for)."""
-    return sum(len(e.data) for e in effects if isinstance(getattr(e, "data", None),
-                                                          (bytes, bytearray, memoryview)))
+    return sum(len(getattr(e, "data", b"")) for e in effects)

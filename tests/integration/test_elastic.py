@@ -13,6 +13,7 @@ import hashlib
 import random
 import re
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -241,14 +242,8 @@ def test_admin_join_adds_a_waiting_node_as_a_group_and_as_a_replica(cluster, tmp
     want = _write_tree(cluster, tmp_path, 1, "a", [100, 70_000, MiB + 1] + [5000] * 10, 1)
     res = cluster.admin("join", "1=" + cluster.nodes[1]["rpc"])
     assert res.returncode == 1 and "not waiting to join" in res.stderr, res.stderr
-    proc = cluster.add_node(2, await_join=True)
+    proc = _start_waiting(cluster, 2)
     try:
-        wait_log = lambda: "waiting for `objcache admin join`" in cluster.log_tail(2)  # noqa: E731
-        deadline = time.monotonic() + 60
-        while not wait_log():
-            assert proc.poll() is None, cluster.log_tail(2)
-            assert time.monotonic() < deadline, cluster.log_tail(2)
-            time.sleep(0.1)
         assert not (cluster.root / "n2" / "ready.json").exists()  # serves nothing yet
         res = cluster.admin("join", "--json", "2=" + cluster.nodes[2]["rpc"])
         assert res.returncode == 0, res.stdout + res.stderr + cluster.log_tails()
@@ -265,12 +260,8 @@ def test_admin_join_adds_a_waiting_node_as_a_group_and_as_a_replica(cluster, tmp
     _check(cluster, want, [1, 2])
 
     # A replica of group 2, joining through node 1 (not a member of its group).
-    proc = cluster.add_node(3, group=2, await_join=True)
+    proc = _start_waiting(cluster, 3, group=2)
     try:
-        deadline = time.monotonic() + 60
-        while "waiting for `objcache admin join`" not in cluster.log_tail(3):
-            assert proc.poll() is None and time.monotonic() < deadline, cluster.log_tail(3)
-            time.sleep(0.1)
         res = cluster.admin("join", "3=" + cluster.nodes[3]["rpc"], node_id=1)
         assert res.returncode == 0, res.stdout + res.stderr + cluster.log_tails()
         assert "joined group 2" in res.stdout, res.stdout
@@ -283,12 +274,19 @@ def test_admin_join_adds_a_waiting_node_as_a_group_and_as_a_replica(cluster, tmp
     _check(cluster, want, [1, 2, 3])
 
     # A waiting node stops on SIGTERM like any other, having joined nothing.
-    proc = cluster.add_node(4, await_join=True)
-    deadline = time.monotonic() + 60
-    while "waiting for `objcache admin join`" not in cluster.log_tail(4):
-        assert proc.poll() is None and time.monotonic() < deadline, cluster.log_tail(4)
-        time.sleep(0.1)
+    proc = _start_waiting(cluster, 4)
     proc.terminate()
     assert proc.wait(30) == 0, cluster.log_tail(4)
     del cluster.nodes[4]
     assert _ring(cluster, 1)[1] == [1, 2]
+
+
+def _start_waiting(cluster: LocalCluster, node: int, group: int = 0) -> subprocess.Popen:
+    """Start `node` with --await-join; return once it logs that it waits (alive till then)."""
+    proc = cluster.add_node(node, group=group, await_join=True)
+    deadline = time.monotonic() + 60
+    while "waiting for `objcache admin join`" not in cluster.log_tail(node):
+        assert proc.poll() is None, cluster.log_tail(node)
+        assert time.monotonic() < deadline, cluster.log_tail(node)
+        time.sleep(0.1)
+    return proc
