@@ -101,3 +101,30 @@ async def one_node(tmp_path: Path, store: Any = None, bucket: BucketConfig | Non
         await kv.close()
 
 
+
+
+class GatedStore(CountingStore):
+    """A CountingStore whose next PUT of one key waits at a gate until it opens (a store
+    request that is slow to land: S3 retries, a stall); `entered` is set when it waits there.
+    Other PUTs, of that key too, go through."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gated: str | None = None
+        self.entered = trio.Event()
+        self._open = trio.Event()
+        self.landed: list[str] = []  # the keys of PUTs that went through the gate
+
+    def shut(self, key: str) -> None:
+        self.gated, self.entered, self._open = key, trio.Event(), trio.Event()
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> str:
+        self.calls["put"] += 1
+        if key == self.gated and not self.entered.is_set():
+            self.entered.set()
+            await self._open.wait()
+            self.landed.append(key)
+        return await self.inner.put(key, data, **kwargs)

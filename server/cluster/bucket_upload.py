@@ -18,6 +18,9 @@ Rules:
 - Both answer the pin version (keys.materialized_key) the chunk had before its bytes were
   read: after the clean mark, write-back unpins exactly that version (Unpin), so a chunk
   written meanwhile stays pinned.
+- A request's `stop_ns` (the wall-clock end of the write-back round's claim on the key, less
+  a margin: flush_claim.py) cuts its store work: nothing is sent to the store after it, and
+  the request fails as a store failure.
 - Failures: store errors travel as RemoteError (STORE_FAILED, which the router does not
   retry: the flusher's next round does; ORIGIN_CHANGED: the source object changed) and the
   flusher keeps the file dirty.
@@ -25,6 +28,9 @@ Rules:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -48,6 +54,19 @@ def _store(runtime: GroupRuntime, store: int) -> ObjectStore:
     if s is None:
         raise RemoteError(p.UNAVAILABLE, f"no object store {store} on node {runtime.node_id}")
     return s
+
+
+@contextmanager
+def _until(stop_ns: int, what: str) -> Iterator[None]:
+    """Cut the store work inside at `stop_ns` (module rules; 0: no bound)."""
+    if not stop_ns:
+        yield
+        return
+    with trio.move_on_at(trio.current_time() + (stop_ns - time.time_ns()) / 1e9) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise RemoteError(p.STORE_FAILED, f"{what}: the write-back round's claim on the key "
+                                          "ended first")
 
 
 async def _pin_version(runtime: GroupRuntime, ino: int, index: int) -> int:
@@ -111,8 +130,9 @@ async def _put(runtime: GroupRuntime, req: p.PutObject, version: int,
     data = head.data[:inode.size]
     data += bytes(inode.size - len(data))
     try:
-        etag = await _store(runtime, req.store).put(req.key.decode(), data,
-                                                    metadata=dict(req.metadata))
+        with _until(req.stop_ns, f"PUT {req.key!r}"):
+            etag = await _store(runtime, req.store).put(req.key.decode(), data,
+                                                        metadata=dict(req.metadata))
     except StoreError as e:
         raise RemoteError(p.STORE_FAILED, f"PUT {req.key!r}: {type(e).__name__}: {e}") from e
     return p.PutReply(True, etag, inode.size, 0 if inode.inline else version)
@@ -124,17 +144,19 @@ async def put_part(runtime: GroupRuntime, req: p.PutPart) -> p.PartReply:
     start = req.index * cs
     materialized = await _pin_version(runtime, req.ino, req.index)
     try:
-        if (req.etag and not materialized
-                and backed_len(req.obase, cs, req.index) >= req.length):
-            etag = await store.upload_part_copy(
-                req.key.decode(), req.upload_id, req.part_number, req.okey.decode(), start,
-                start + req.length, if_match=req.etag.decode())
-            return p.PartReply(etag, True)
-        reply = await runtime.handle(p.ReadChunk(
-            req.ring_version, req.ino, req.index, 0, req.length, cs, req.store, req.okey,
-            req.etag, req.obase))
-        data = reply.data + bytes(req.length - len(reply.data))
-        etag = await store.upload_part(req.key.decode(), req.upload_id, req.part_number, data)
+        with _until(req.stop_ns, f"part {req.part_number} of {req.key!r}"):
+            if (req.etag and not materialized
+                    and backed_len(req.obase, cs, req.index) >= req.length):
+                etag = await store.upload_part_copy(
+                    req.key.decode(), req.upload_id, req.part_number, req.okey.decode(),
+                    start, start + req.length, if_match=req.etag.decode())
+                return p.PartReply(etag, True)
+            reply = await runtime.handle(p.ReadChunk(
+                req.ring_version, req.ino, req.index, 0, req.length, cs, req.store,
+                req.okey, req.etag, req.obase))
+            data = reply.data + bytes(req.length - len(reply.data))
+            etag = await store.upload_part(req.key.decode(), req.upload_id, req.part_number,
+                                           data)
     except StoreError as e:
         code = p.ORIGIN_CHANGED if isinstance(e, PreconditionFailed) else p.STORE_FAILED
         raise RemoteError(code, f"part {req.part_number} of {req.key!r}: {e}") from e

@@ -375,11 +375,12 @@ class Drains:
                 log.info("drain %d: write-back: %s", job.drain_id, e)
             if not res.dirty_left and not res.deletes_left:
                 return
-            # A key that another round (the background write-back) is uploading right now
-            # is skipped as busy: progress under way, not a stall. Counting it as a stall
-            # ended drains after 0.4 s while that upload went on (found by the fault
-            # campaign). The upload itself is bounded by the store's timeouts and attempts.
-            busy = self.flusher.uploading(store)
+            # A key that another round (the background write-back, here or on a node that
+            # led before) is uploading right now is skipped as busy: progress under way, not
+            # a stall. Counting it as a stall ended drains after 0.4 s while that upload went
+            # on (found by the fault campaign). The upload is bounded by the store's timeouts
+            # and attempts, a dead node's hold by its lease (flush_claim.py).
+            busy = self.flusher.uploading(store) or res.held
             stalled = 0 if res.flushed or res.deleted or busy else stalled + 1
             await trio.sleep(ROUND_PAUSE_S)
         log.warning("drain %d: store %d: write-back stopped making progress", job.drain_id,

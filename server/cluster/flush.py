@@ -5,7 +5,8 @@ Picture (one store; the flusher runs on the leader of the group of the store's r
     every group ──ScanFlush──▶ dirty inodes (dver != cver), and the root group's key table
     flusher: for each inode dirty for `delay_s` (or on `admin flush`):
       key = its path under the store's root (parent / pname up to the root; dirs end in "/")
-      1. KeyClaim(key)                     root group: nobody else writes `key` meanwhile
+      1. KeyClaim(key, round, lease)       root group: no other round writes `key` meanwhile
+                                           (flush_claim.py: renewed, cut at its end)
       2. the bytes to the bucket:
            a directory        PUT "key/" (an empty marker: empty directories survive)
            content unchanged  CopyObject(okey -> key) with the new x-amz-meta-* (no bytes
@@ -13,8 +14,9 @@ Picture (one store; the flusher runs on the leader of the group of the store's r
            one chunk at most  PutObject at the inode's group (bucket_upload.py)
            larger             multipart: PutPart at each chunk's group, in parallel (a chunk
                               still wholly the old object's is UploadPartCopy'd)
-      3. SetClean(ino, dver, key, etag) + KeyLive(key) [+ KeyRelease(old okey)] in one txn:
-         refused if the inode changed meanwhile (it stays dirty; the next round uploads again)
+      3. SetClean(ino, dver, key, etag) + KeyLive(key, round) [+ KeyRelease(old okey)] in one
+         txn: refused if the inode changed meanwhile (it stays dirty; the next round uploads
+         again) or the round lost its claim; else KeyUnclaim
     key table entries to delete (released keys: removed files, old names) ──▶ DeleteObjects,
     then KeyGone.
 
@@ -53,12 +55,12 @@ from server.cluster import protocol as p
 from server.cluster.bucket import key_below
 from server.cluster.bucket_listing import metadata_of
 from server.cluster.flush_batch import BatchWriteBack, copyable, one_put
+from server.cluster.flush_claim import RoundClaim
 from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
 from server.fs import keys
 from server.fs.records import (
     Inode,
-    KeyClaim,
     KeyGone,
     KeyLive,
     KeyRelease,
@@ -66,7 +68,7 @@ from server.fs.records import (
     Unpin,
     decode_value,
 )
-from server.fs.state import KEY_CLAIMED, KEY_DELETE
+from server.fs.state import KEY_CLAIMED, KEY_DELETE, key_hold
 from server.rpc.frames import RemoteError
 from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
 
@@ -87,6 +89,11 @@ class FlushConfig:
     parallel: int = 8  # inodes uploaded at once
     part_parallel: int = 4  # parts of one multipart upload at once
     scan_page: int = 1000
+    claim_lease_s: float = 195.0  # a round's hold on a key (flush_claim.py), renewed meanwhile
+    claim_margin_s: float = 65.0  # its store requests start no later than this before its end
+
+    def __post_init__(self) -> None:
+        assert 0 < 2 * self.claim_margin_s <= self.claim_lease_s, self
 
 
 @dataclass
@@ -97,6 +104,7 @@ class RoundResult:
     deleted: int = 0
     dirty_left: int = 0
     deletes_left: int = 0
+    held: int = 0  # keys a round (of any node) held at the start: write-back under way there
     errors: list[str] = field(default_factory=list)
     failed: dict[int, tuple[bytes | None, str, bool]] = field(default_factory=dict)  # ino ->
     # (its key, the error that kept it dirty, whether the store refused): what a drain reports
@@ -106,6 +114,11 @@ class RoundResult:
 class _Scan:
     dirty: dict[int, Inode] = field(default_factory=dict)
     table: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # key -> (ino, state)
+    held: dict[bytes, int] = field(default_factory=dict)  # key -> until_ns of a round's hold
+
+    def held_now(self, key: bytes) -> bool:
+        """Whether a write-back round (of any node) may be writing `key` now."""
+        return self.held.get(key, 0) > time.time_ns()
 
 
 class Flusher(BatchWriteBack):
@@ -167,6 +180,7 @@ class Flusher(BatchWriteBack):
         self.stats["rounds"] += 1
         res = res if res is not None else RoundResult()
         scan = await self._scan(store)
+        res.held = sum(1 for key in scan.held if scan.held_now(key))
         if store not in self._recovered:
             await self._abort_orphans(store, scan, res)
             self._recovered.add(store)
@@ -257,8 +271,10 @@ class Flusher(BatchWriteBack):
                     elif k.startswith(keys.BUCKET_KEY) and g == root_group:
                         s, key = keys.parse_bucket_key(k)
                         if s == store:
-                            ino, state = cbor2.loads(v)
-                            out.table[key] = (ino, state)
+                            entry = cbor2.loads(v)
+                            out.table[key] = (entry[0], entry[1])
+                            if key_hold(entry)[0]:
+                                out.held[key] = key_hold(entry)[1]
                 if not reply.next_start:
                     break
                 start = reply.next_start
@@ -312,25 +328,35 @@ class Flusher(BatchWriteBack):
         if busy in self._busy_keys:
             return False
         self._busy_keys.add(busy)
+        claim = RoundClaim(self, store_id)
         try:
-            if not await self._txn(self._root_group(store_id),
-                                   [KeyClaim(store_id, key, inode.ino, inode.dver)]):
+            rec = claim.record(inode, key)
+            if not await self._txn(self._root_group(store_id), [rec]):
                 return False
-            versions: dict[int, int] = {}
-            etag, size = await self._upload(store, store_id, inode, key, versions)
-            if etag is None:
+            claim.held([rec])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claim.renew)
+                versions: dict[int, int] = {}
+                etag: str | None = None
+                size = 0
+                with claim.bounded():
+                    etag, size = await self._upload(store, store_id, inode, key, versions,
+                                                    claim)
+                nursery.cancel_scope.cancel()
+            if etag is None or not await self._mark(store_id, inode, key, etag, size, claim):
                 return False
-            if not await self._mark(store_id, inode, key, etag, size):
-                return False
+            claim.keys.clear()  # live: no longer held
             await self._unpin(inode, etag, versions)
             return True
         finally:
+            await claim.release(claim.keys)
             self._busy_keys.discard(busy)
 
     async def _upload(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,
-                      versions: dict[int, int]) -> tuple[str | None, int]:
+                      versions: dict[int, int], claim: RoundClaim) -> tuple[str | None, int]:
         """The inode's bytes (or marker) to the bucket: (etag, size), etag None when the
-        inode changed first. `versions` gets the pin version of each chunk uploaded."""
+        inode changed first. `versions` gets the pin version of each chunk uploaded; requests
+        at other groups stop with the claim (flush_claim.py)."""
         meta = metadata_of(inode)
         k = key.decode()
         if inode.ftype != FileType.REG:  # a directory's marker, a symlink, a device node
@@ -349,7 +375,8 @@ class Flusher(BatchWriteBack):
                 return etag, inode.size
         if one_put(inode):
             reply = await self.b._at_inode(inode.ino, p.PutObject(
-                0, inode.ino, inode.dver, store_id, key, tuple(sorted(meta.items()))))
+                0, inode.ino, inode.dver, store_id, key, tuple(sorted(meta.items())),
+                claim.stop_ns))
             if not reply.ok:
                 return None, 0
             if reply.chunk_version:
@@ -359,7 +386,8 @@ class Flusher(BatchWriteBack):
             return reply.etag, reply.size
         if inode.chunk_size < MIN_PART_BYTES:  # parts this small: S3 refuses them
             return await self._gathered(store, inode, key, meta), inode.size
-        return await self._multipart(store, store_id, inode, key, meta, versions), inode.size
+        return (await self._multipart(store, store_id, inode, key, meta, versions, claim),
+                inode.size)
 
     async def _gathered(self, store: ObjectStore, inode: Inode, key: bytes,
                         meta: dict[str, str]) -> str | None:
@@ -392,7 +420,8 @@ class Flusher(BatchWriteBack):
         return bool(reply.inode) and decode_value(reply.inode).dver == inode.dver
 
     async def _multipart(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,
-                         meta: dict[str, str], versions: dict[int, int]) -> str | None:
+                         meta: dict[str, str], versions: dict[int, int], claim: RoundClaim
+                         ) -> str | None:
         k = key.decode()
         cs = inode.chunk_size
         count = -(-inode.size // cs)
@@ -404,7 +433,7 @@ class Flusher(BatchWriteBack):
             async with limiter:
                 req = p.PutPart(0, inode.ino, index, cs, min(cs, inode.size - index * cs),
                                 store_id, key, upload_id, index + 1, inode.okey,
-                                inode.etag, inode.obase)
+                                inode.etag, inode.obase, claim.stop_ns)
                 reply = await self.b._at(
                     lambda: self.b.ring.group_of_chunk(inode.ino, index), req)
                 etags[index] = reply.etag
@@ -432,15 +461,17 @@ class Flusher(BatchWriteBack):
         self.stats["bytes"] += inode.size
         return etag
 
-    async def _mark(self, store_id: int, inode: Inode, key: bytes, etag: str, size: int
-                    ) -> bool:
-        """SetClean + KeyLive (+ KeyRelease of the old key) in one transaction."""
+    async def _mark(self, store_id: int, inode: Inode, key: bytes, etag: str, size: int,
+                    claim: RoundClaim | None = None) -> bool:
+        """SetClean + KeyLive (+ KeyRelease of the old key) in one transaction; KeyLive checks
+        the round still holds the key."""
         recs: dict[int, list[object]] = {}
         ig = self.b.ring.group_of_inode(inode.ino)
         rg = self._root_group(store_id)
         recs.setdefault(ig, []).append(SetClean(inode.ino, inode.dver, key, etag.encode(), size))
         if key:
-            recs.setdefault(rg, []).append(KeyLive(store_id, key, inode.ino))
+            recs.setdefault(rg, []).append(
+                KeyLive(store_id, key, inode.ino, claim.round if claim else 0))
         if inode.okey and inode.okey != key:
             recs.setdefault(rg, []).append(KeyRelease(store_id, inode.okey, inode.ino, True))
         plan = Plan(ig, {})
@@ -486,8 +517,10 @@ class Flusher(BatchWriteBack):
         scan = await self._scan(store_id, table_only=True)  # with this round's releases
         # Deepest first: a directory's marker after the keys under it (a store that keeps
         # directories, like a local one, refuses to delete a non-empty one).
-        doomed = [(key, ino) for key, (ino, state) in sorted(scan.table.items(), reverse=True)
+        wanted = [(key, ino) for key, (ino, state) in sorted(scan.table.items(), reverse=True)
                   if state == KEY_DELETE and (under is None or key.startswith(under))]
+        # A key a round still holds waits: its upload may yet land (flush_claim.py).
+        doomed = [(key, ino) for key, ino in wanted if not scan.held_now(key)]
         store = self.b.stores[store_id]
         for i in range(0, len(doomed), DELETE_BATCH):
             batch = doomed[i:i + DELETE_BATCH]
@@ -499,7 +532,7 @@ class Flusher(BatchWriteBack):
                                         [KeyGone(store_id, k, ino) for k, ino in gone]):
                 res.deleted += len(gone)
                 self.stats["deletes"] += len(gone)
-        res.deletes_left = len(doomed) - res.deleted
+        res.deletes_left = len(wanted) - res.deleted
 
     async def _abort_orphans(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
         """A new flusher has no upload in flight: multipart uploads of keys claimed in the
@@ -507,7 +540,7 @@ class Flusher(BatchWriteBack):
         (the claims stay; the inodes are dirty and are written again)."""
         store = self.b.stores[store_id]
         for key, (_, state) in sorted(scan.table.items()):
-            if state != KEY_CLAIMED:
+            if state != KEY_CLAIMED or scan.held_now(key):  # held: a live round's upload
                 continue
             await self._abort_uploads(store, key, res)
 
@@ -524,7 +557,8 @@ class Flusher(BatchWriteBack):
         """Claims seen in two rounds in a row whose inode is gone or now wants another key
         (an upload that crashed or lost a race) are released for deletion."""
         claimed = {(ino, key) for key, (ino, state) in scan.table.items()
-                   if state == KEY_CLAIMED and (store_id, key) not in self._busy_keys}
+                   if state == KEY_CLAIMED and (store_id, key) not in self._busy_keys
+                   and not scan.held_now(key)}
         stale = claimed & self._claimed_seen
         self._claimed_seen = claimed
         store = self.b.stores[store_id]

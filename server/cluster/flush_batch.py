@@ -36,8 +36,9 @@ import trio
 from nfs_gateway.backend import FileType, FsError
 from server.cluster import protocol as p
 from server.cluster.bucket_listing import metadata_of
+from server.cluster.flush_claim import RoundClaim
 from server.cluster.gateway_plan import Plan
-from server.fs.records import Inode, KeyClaim, KeyLive, KeyRelease, SetClean, Unpin
+from server.fs.records import Inode, KeyLive, KeyRelease, SetClean, Unpin
 from server.rpc.frames import RemoteError
 from storage.objstore.base import StoreError
 
@@ -85,31 +86,49 @@ class BatchWriteBack(_Base):
                      limiter: trio.CapacityLimiter) -> None:
         busy = {(store, key) for _, key in items}
         self._busy_keys |= busy
+        claim = RoundClaim(self, store)
         try:
             try:
-                claimed = await self._claim_all(store, items, limiter)
+                claimed = await self._claim_all(claim, items, limiter)
             except ERRORS as e:
                 for inode, key in items:
                     self.failed(res, inode, key, e)
                 return
             res.dirty_left += len(items) - len(claimed)
-            uploaded = await self._upload_all(store, claimed, res, limiter)
-            await self._unpin_all(await self._mark_all(store, uploaded, res, limiter))
+            if not claimed:
+                return
+            uploaded: list[_Uploaded] = []
+            settled: set[int] = set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claim.renew)
+                with claim.bounded():
+                    await self._upload_all(store, claimed, res, limiter, claim, uploaded,
+                                           settled)
+                nursery.cancel_scope.cancel()
+            res.dirty_left += len(claimed) - len(uploaded) - len(settled)  # cut by the claim
+            marked = await self._mark_all(store, uploaded, res, limiter, claim)
+            live = {u.key for u in marked}
+            claim.keys = [k for k in claim.keys if k not in live]
+            await self._unpin_all(marked)
         finally:
+            await claim.release(claim.keys)
             self._busy_keys -= busy
 
-    async def _claim_all(self, store: int, items: list[tuple[Inode, bytes]],
+    async def _claim_all(self, claim: RoundClaim, items: list[tuple[Inode, bytes]],
                          limiter: trio.CapacityLimiter) -> list[tuple[Inode, bytes]]:
-        rg = self._root_group(store)
-        if await self._txn(rg, [KeyClaim(store, key, inode.ino, inode.dver)
-                                for inode, key in items]):
+        rg = self._root_group(claim.store)
+        recs = [claim.record(inode, key) for inode, key in items]
+        if await self._txn(rg, recs):
+            claim.held(recs)
             return items
         claimed: list[tuple[Inode, bytes]] = []  # one was refused: each on its own
 
         async def one(inode: Inode, key: bytes) -> None:
             async with limiter:
-                if await self._txn(rg, [KeyClaim(store, key, inode.ino, inode.dver)]):
+                rec = claim.record(inode, key)
+                if await self._txn(rg, [rec]):
                     claimed.append((inode, key))
+                    claim.held([rec])
 
         async with trio.open_nursery() as nursery:
             for inode, key in items:
@@ -117,31 +136,38 @@ class BatchWriteBack(_Base):
         return claimed
 
     async def _upload_all(self, store: int, items: list[tuple[Inode, bytes]],
-                          res: RoundResult, limiter: trio.CapacityLimiter) -> list[_Uploaded]:
-        out: list[_Uploaded] = []
+                          res: RoundResult, limiter: trio.CapacityLimiter, claim: RoundClaim,
+                          out: list[_Uploaded], settled: set[int]) -> None:
+        """Upload every item: those done go to `out`; those that changed first or failed are
+        counted in `res` and named in `settled` (a claim that ends cuts the rest)."""
 
         def done(inode: Inode, key: bytes, etag: str | None, size: int,
                  versions: dict[int, int]) -> None:
             if etag is None:  # it changed first: the next round uploads it again
                 res.dirty_left += 1
+                settled.add(inode.ino)
             else:
                 out.append(_Uploaded(inode, key, etag, size, versions))
+
+        def failed(inode: Inode, key: bytes, e: Exception) -> None:
+            self.failed(res, inode, key, e)
+            settled.add(inode.ino)
 
         async def one(inode: Inode, key: bytes) -> None:
             async with limiter:
                 versions: dict[int, int] = {}
                 try:
                     etag, size = await self._upload(self.b.stores[store], store, inode, key,
-                                                    versions)
+                                                    versions, claim)
                 except ERRORS as e:
-                    self.failed(res, inode, key, e)
+                    failed(inode, key, e)
                     return
             done(inode, key, etag, size, versions)
 
         async def lane(group: int, files: list[tuple[Inode, bytes]]) -> None:
             async with limiter:
                 try:
-                    answers = await self._put_lane(store, group, files)
+                    answers = await self._put_lane(store, group, files, claim)
                 except ERRORS as e:
                     log.debug("write-back: a lane of %d files at group %d: %s", len(files),
                               group, e)
@@ -150,7 +176,7 @@ class BatchWriteBack(_Base):
                 if answer is None:  # refused as a lane: on its own
                     nursery.start_soon(one, inode, key)
                 elif isinstance(answer, RemoteError):
-                    self.failed(res, inode, key, answer)
+                    failed(inode, key, answer)
                 else:
                     done(inode, key, *answer)
 
@@ -160,7 +186,6 @@ class BatchWriteBack(_Base):
                 nursery.start_soon(one, inode, key)
             for group, files in lanes:
                 nursery.start_soon(lane, group, files)
-        return out
 
     def _lanes(self, items: list[tuple[Inode, bytes]]
                ) -> tuple[list[tuple[Inode, bytes]], list[tuple[int, list[tuple[Inode, bytes]]]]]:
@@ -184,12 +209,13 @@ class BatchWriteBack(_Base):
         lanes += [(group, files) for group, (files, _) in open_lanes.items()]
         return alone, lanes
 
-    async def _put_lane(self, store: int, group: int, files: list[tuple[Inode, bytes]]
+    async def _put_lane(self, store: int, group: int, files: list[tuple[Inode, bytes]],
+                        claim: RoundClaim
                         ) -> list[tuple[str | None, int, dict[int, int]] | RemoteError | None]:
         """One PutObjects: per file (etag or None if it changed first, size, pin versions),
         a RemoteError of the store's (the file stays dirty), or None (to go on its own)."""
         puts = tuple(p.PutObject(0, inode.ino, inode.dver, store, key,
-                                 tuple(sorted(metadata_of(inode).items())))
+                                 tuple(sorted(metadata_of(inode).items())), claim.stop_ns)
                      for inode, key in files)
         reply = await self.b._call(group, p.PutObjects(0, puts))
         answers: list[tuple[str | None, int, dict[int, int]] | RemoteError | None] = []
@@ -208,7 +234,7 @@ class BatchWriteBack(_Base):
         return answers
 
     async def _mark_all(self, store: int, items: list[_Uploaded], res: RoundResult,
-                        limiter: trio.CapacityLimiter) -> list[_Uploaded]:
+                        limiter: trio.CapacityLimiter, claim: RoundClaim) -> list[_Uploaded]:
         """SetClean + KeyLive (+ KeyRelease) of every item in one transaction; if refused,
         each on its own (flush_inode's _mark)."""
         if not items:
@@ -218,7 +244,7 @@ class BatchWriteBack(_Base):
         for u in items:
             plan.add(self.b.ring.group_of_inode(u.inode.ino),
                      SetClean(u.inode.ino, u.inode.dver, u.key, u.etag.encode(), u.size))
-            plan.add(rg, KeyLive(store, u.key, u.inode.ino))
+            plan.add(rg, KeyLive(store, u.key, u.inode.ino, claim.round))
             if u.inode.okey and u.inode.okey != u.key:
                 plan.add(rg, KeyRelease(store, u.inode.okey, u.inode.ino, True))
         try:
@@ -232,7 +258,7 @@ class BatchWriteBack(_Base):
         async def one(u: _Uploaded) -> None:
             async with limiter:
                 try:
-                    ok = await self._mark(store, u.inode, u.key, u.etag, u.size)
+                    ok = await self._mark(store, u.inode, u.key, u.etag, u.size, claim)
                 except ERRORS as e:
                     self.failed(res, u.inode, u.key, e)
                     return

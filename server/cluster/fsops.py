@@ -43,6 +43,7 @@ from server.fs.records import (
     KeyHold,
     KeyLive,
     KeyRelease,
+    KeyUnclaim,
     LinkDirent,
     MaterializeChunk,
     Multi,
@@ -117,6 +118,7 @@ _OWNER = {
     KeyLive: lambda r: key_lock(r.store, r.key),
     KeyRelease: lambda r: key_lock(r.store, r.key),
     KeyGone: lambda r: key_lock(r.store, r.key),
+    KeyUnclaim: lambda r: key_lock(r.store, r.key),
 }
 
 

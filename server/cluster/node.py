@@ -386,8 +386,12 @@ def _listen(rpc: str) -> Listen:
 
 def flush_config(cfg: Config) -> FlushConfig:
     c = cfg.cache
+    # A round's store request runs at most a connect and a read timeout after it was cut;
+    # its claim must outlive that (flush_claim.py).
+    margin = 2 * cfg.store.timeout_s + 5
     return FlushConfig(delay_s=c.flush_delay_s, interval_s=c.flush_interval_s,
-                       parallel=c.flush_parallel, part_parallel=c.flush_part_parallel)
+                       parallel=c.flush_parallel, part_parallel=c.flush_part_parallel,
+                       claim_margin_s=margin, claim_lease_s=max(60.0, 3 * margin))
 
 
 def _open_stores(cfg: Config) -> dict[int, ObjectStore]:

@@ -209,7 +209,9 @@ class KeysReply:
 @message("cl.put_object")
 @dataclass(frozen=True, slots=True)
 class PutObject:
-    """At the inode's group: PUT the whole file (at most one chunk) if it is at `dver`."""
+    """At the inode's group: PUT the whole file (at most one chunk) if it is at `dver`; no
+    store request starts after `stop_ns` (wall clock: the write-back round's claim on the key
+    ends, flush_claim.py; 0: no bound)."""
 
     ring_version: int
     ino: int
@@ -217,6 +219,7 @@ class PutObject:
     store: int
     key: bytes
     metadata: tuple[tuple[str, str], ...]
+    stop_ns: int = 0
 
 
 @message("cl.put_reply")
@@ -249,7 +252,8 @@ class PutObjectsReply:
 @dataclass(frozen=True, slots=True)
 class PutPart:
     """At chunk (ino, index)'s group: that chunk's first `length` bytes as part
-    `part_number` of multipart upload `upload_id` of `key`; the origin as in ReadChunk."""
+    `part_number` of multipart upload `upload_id` of `key`; the origin as in ReadChunk;
+    `stop_ns` as in PutObject."""
 
     ring_version: int
     ino: int
@@ -263,6 +267,7 @@ class PutPart:
     okey: bytes = b""
     etag: bytes = b""
     obase: int = 0
+    stop_ns: int = 0
 
 
 @message("cl.part_reply")

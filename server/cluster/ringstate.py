@@ -58,6 +58,7 @@ from server.fs.records import (
     KeyHold,
     KeyLive,
     KeyRelease,
+    KeyUnclaim,
 )
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
@@ -74,7 +75,7 @@ ROOT_MARK = b"/"  # the etag of a store's root directory (server/cluster/bucket.
 # The key spaces that belong to some inode (and move with it); fs.m stays.
 MOVABLE = (keys.COOKIE, keys.DIRENT, keys.INODE, keys.MATERIALIZED, keys.BUCKET_KEY,
            keys.INLINE, keys.DIRTY)
-_KEY_RECORDS = (KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease)
+_KEY_RECORDS = (KeyClaim, KeyGone, KeyHold, KeyLive, KeyRelease, KeyUnclaim)
 _EVERY_CHUNK_GROUP = (ChunkTrim, ChunkDelete)  # sent to each group that may hold chunks
 _U64 = struct.Struct(">Q")
 

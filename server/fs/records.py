@@ -344,12 +344,22 @@ class SetClean:
 class KeyClaim:
     """Write-back is about to write `key` (of `store`) for inode `ino` (flush.py key table),
     at the inode's version `dver` (-1: unchecked): refused when the inode, held in the same
-    group, is at another version already (a round that read it before a change)."""
+    group, is at another version already (a round that read it before a change).
+
+    `round` (non-zero) holds the key for that write-back round until `until_ns` (the
+    proposer's wall clock; `now_ns` is its clock when it proposed): any other claim is
+    refused until the holder lets go (KeyLive, KeyUnclaim) or its lease ran out. A claim by
+    the round that holds the key only extends the lease (`ino` 0: only that). One writer per
+    key, per round: two rounds of one inode on two nodes (a leader change) otherwise both
+    wrote the bucket, and the older one's PUT could land last (FINDINGS.md 11)."""
 
     store: int
     key: bytes
     ino: int
     dver: int = -1
+    round: int = 0
+    until_ns: int = 0
+    now_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,11 +375,23 @@ class KeyHold:
 
 @dataclass(frozen=True, slots=True)
 class KeyLive:
-    """`key` now holds inode `ino`'s confirmed version."""
+    """`key` now holds inode `ino`'s confirmed version, written by `round` (non-zero:
+    refused unless that round still holds the key; the hold ends)."""
 
     store: int
     key: bytes
     ino: int
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUnclaim:
+    """Write-back round `round` is done with `key` without marking it live (its file changed,
+    the store failed): the hold ends, if it is still that round's."""
+
+    store: int
+    key: bytes
+    round: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +447,7 @@ Record = (
     | KeyLive
     | KeyRelease
     | KeyGone
+    | KeyUnclaim
     | Multi
 )
 
@@ -459,6 +482,7 @@ _TAGS: dict[type, int] = {
     KeyRelease: 39,
     KeyGone: 40,
     Unpin: 41,
+    KeyUnclaim: 42,
 }
 _BY_TAG = {tag: cls for cls, tag in _TAGS.items()}
 _DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _TAGS}

@@ -45,6 +45,7 @@ from server.fs.records import (
     KeyHold,
     KeyLive,
     KeyRelease,
+    KeyUnclaim,
     LinkDirent,
     MaterializeChunk,
     Multi,
@@ -84,6 +85,8 @@ KEY_LIVE = 1  # holds the inode's confirmed version
 KEY_DELETE = 2  # to be deleted (the inode moved away or is gone)
 KEY_HELD = 3  # the inode moved away from it (RENAME): its object, and for a directory's
 # prefix every key under it, stays until the write-back moved them
+# An entry is cbor [ino, state] or [ino, state, round, until_ns]: the write-back round that
+# holds the key (KeyClaim) and the wall-clock end of its lease.
 
 
 class StateError(Exception):
@@ -568,11 +571,33 @@ def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int
     return None if raw is None else cbor2.loads(raw)
 
 
+def _put_key(changes: Changes, store: int, key: bytes, ino: int, state: int,
+             hold: list[int] | None = None) -> None:
+    """Write an entry; `hold` ([round, until_ns]) keeps a round's hold on the key."""
+    changes.put_raw(keys.bucket_key(store, key), cbor2.dumps([ino, state, *(hold or [])]))
+
+
+def key_hold(entry: list[int] | None) -> tuple[int, int]:
+    """(round, until_ns) of the round holding an entry's key; (0, 0) when none does."""
+    return (entry[2], entry[3]) if entry is not None and len(entry) >= 4 else (0, 0)
+
+
 def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    held_by, until = key_hold(e)
+    if r.round and held_by == r.round:  # the holder renews its lease
+        assert e is not None
+        _put_key(changes, r.store, r.key, e[0], e[1], [r.round, max(until, r.until_ns)])
+        return
+    if not r.ino:
+        raise StateError(f"bucket key {r.key!r}: write-back round {r.round} does not hold it "
+                         "any more", KEYBUSY)
+    if held_by and until > r.now_ns:
+        raise StateError(f"bucket key {r.key!r} is being written by another write-back round "
+                         f"(its lease has {(until - r.now_ns) / 1e9:.1f} s left)", KEYBUSY)
     inode = changes.inode(view, r.ino) if r.dver >= 0 else None
     if inode is not None and inode.dver != r.dver:  # only when the inode lives here
         raise StateError(f"inode {r.ino}: version {inode.dver}, write-back read {r.dver}")
-    e = _key_entry(view, changes, r.store, r.key)
     # A key to be deleted is taken over: the new object replaces the old one.
     if e is not None and e[0] != r.ino and e[1] != KEY_DELETE:
         raise StateError(f"bucket key {r.key!r} is held by inode {e[0]}", KEYBUSY)
@@ -582,7 +607,7 @@ def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
         if pe is not None and pe[0] != r.ino and pe[1] == KEY_HELD:
             raise StateError(f"bucket prefix {prefix!r} is held by inode {pe[0]}", KEYBUSY)
     state = KEY_LIVE if e is not None and e[0] == r.ino and e[1] == KEY_LIVE else KEY_CLAIMED
-    changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, state]))
+    _put_key(changes, r.store, r.key, r.ino, state, [r.round, r.until_ns] if r.round else None)
 
 
 def key_prefixes(key: bytes) -> list[bytes]:
@@ -594,22 +619,34 @@ def key_prefixes(key: bytes) -> list[bytes]:
 def _key_hold(r: KeyHold, view: View, changes: Changes) -> None:
     e = _key_entry(view, changes, r.store, r.key)
     if e is None or e[0] == r.ino:
-        changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, KEY_HELD]))
+        hold = list(key_hold(e)) if key_hold(e)[0] else None
+        _put_key(changes, r.store, r.key, r.ino, KEY_HELD, hold)
 
 
 def _key_live(r: KeyLive, view: View, changes: Changes) -> None:
     e = _key_entry(view, changes, r.store, r.key)
     if e is None or e[0] != r.ino:
         raise StateError(f"bucket key {r.key!r} is not claimed by inode {r.ino}")
-    changes.put_raw(keys.bucket_key(r.store, r.key), cbor2.dumps([r.ino, KEY_LIVE]))
+    if r.round and key_hold(e)[0] != r.round:
+        raise StateError(f"bucket key {r.key!r}: write-back round {r.round} lost its claim")
+    _put_key(changes, r.store, r.key, r.ino, KEY_LIVE)
+
+
+def _key_unclaim(r: KeyUnclaim, view: View, changes: Changes) -> None:
+    e = _key_entry(view, changes, r.store, r.key)
+    if e is not None and key_hold(e)[0] == r.round:
+        _put_key(changes, r.store, r.key, e[0], e[1])
 
 
 def _key_release(r: KeyRelease, view: View, changes: Changes) -> None:
     e = _key_entry(view, changes, r.store, r.key)
     if e is not None and e[0] != r.ino:
         return  # another inode's now: not ours to delete
-    value = cbor2.dumps([r.ino, KEY_DELETE]) if r.delete else None
-    changes.put_raw(keys.bucket_key(r.store, r.key), value)
+    hold = key_hold(e)
+    if r.delete:  # a round writing the key still holds it: deleted after it let go
+        _put_key(changes, r.store, r.key, r.ino, KEY_DELETE, list(hold) if hold[0] else None)
+    else:
+        changes.put_raw(keys.bucket_key(r.store, r.key), None)
 
 
 def _key_gone(r: KeyGone, view: View, changes: Changes) -> None:
@@ -691,6 +728,7 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     KeyLive: _key_live,
     KeyRelease: _key_release,
     KeyGone: _key_gone,
+    KeyUnclaim: _key_unclaim,
     Multi: _multi,
 }
 

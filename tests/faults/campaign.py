@@ -85,12 +85,9 @@ LONG = (
                              "s3_slow", "disk_full"), 150, clients=4,
              tmpfs_cache=((5, 8 << 20),)),
 )
-# S3 faults are left out of the short run while FINDINGS.md 11 is open (two write-back rounds
-# of one key, the older one's PUT landing last, about one run in four); `make faults` runs
-# them (scenarios s3 and mixed).
 QUICK = (
-    Scenario("quick", 3, 3, ("kill9", "isolate_leader", "disk_full"), 45, stale=2,
-             tmpfs_cache=((3, 8 << 20),), each_once=True),
+    Scenario("quick", 3, 3, ("kill9", "isolate_leader", "disk_full", "s3_down", "s3_throttle"),
+             50, stale=2, tmpfs_cache=((3, 8 << 20),), each_once=True),
 )
 
 

@@ -1,7 +1,7 @@
 """The short fault campaign of `make test` (the long one is `make faults`): one scenario on a
 3-member group of 3 nodes in network namespaces — kill -9, a leader isolated with a
-minority, a full cache disk (each once), and a node started on an old copy of its data
-directory (S3 faults are out of it while FINDINGS.md 11 is open) — then every acknowledged
+minority, a full cache disk, the S3 server down and throttling (each once), and a node started
+on an old copy of its data directory — then every acknowledged
 write read back, fsck, drain and the bucket compared (campaign.py). About a minute.
 
 OBJCACHE_FAULT_SEED picks the seed (default 7: the same fault schedule every run; timing

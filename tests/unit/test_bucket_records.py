@@ -201,6 +201,47 @@ def test_the_key_table_serializes_writers_of_one_key() -> None:
     assert key_state(g, b"x") is None
 
 
+S = 10**9
+
+
+def test_a_round_holds_its_key_until_it_lets_go_or_its_lease_runs_out() -> None:
+    """FINDINGS.md 11: two write-back rounds of one inode (a leader change) both wrote its
+    key; a claim now belongs to one round, for a lease (wall clock in the records)."""
+    g = Group()
+    assert g.run(r.KeyClaim(7, b"x", 10, -1, 111, 100 * S, 40 * S)) == COMMITTED
+    assert key_state(g, b"x") == [10, KEY_CLAIMED, 111, 100 * S]
+    # Another round of the same inode (another node) is kept off while the lease runs.
+    assert g.run(r.KeyClaim(7, b"x", 10, -1, 222, 150 * S, 90 * S)) == Outcome(False, KEYBUSY)
+    assert g.run(r.KeyClaim(7, b"x", 10)) == Outcome(False, KEYBUSY)  # a claim of no round
+    # The holder renews (ino 0: only a renewal); the lease only grows.
+    assert g.run(r.KeyClaim(7, b"x", 0, -1, 111, 130 * S, 70 * S)) == COMMITTED
+    assert g.run(r.KeyClaim(7, b"x", 0, -1, 111, 120 * S, 60 * S)) == COMMITTED
+    assert key_state(g, b"x") == [10, KEY_CLAIMED, 111, 130 * S]
+    assert g.run(r.KeyClaim(7, b"x", 10, -1, 222, 189 * S, 129 * S)) == Outcome(False, KEYBUSY)
+    # A round that does not hold the key can neither renew it nor mark it live.
+    assert g.run(r.KeyClaim(7, b"x", 0, -1, 222, 190 * S, 130 * S)) == Outcome(False, KEYBUSY)
+    assert g.run(r.KeyLive(7, b"x", 10, 222)) == Outcome(False, fsops.STALE)
+    # Past the lease, another round takes the key over; the first one's KeyLive is refused
+    # (its SetClean, in the same transaction, with it) and its KeyUnclaim does nothing.
+    assert g.run(r.KeyClaim(7, b"x", 10, -1, 222, 191 * S, 131 * S)) == COMMITTED
+    assert g.run(r.KeyLive(7, b"x", 10, 111)) == Outcome(False, fsops.STALE)
+    g.run(r.KeyUnclaim(7, b"x", 111))
+    assert key_state(g, b"x") == [10, KEY_CLAIMED, 222, 191 * S]
+    # The holder's KeyLive ends its hold; the next round claims at once.
+    assert g.run(r.KeyLive(7, b"x", 10, 222)) == COMMITTED
+    assert key_state(g, b"x") == [10, KEY_LIVE]
+    assert g.run(r.KeyClaim(7, b"x", 10, -1, 333, 200 * S, 140 * S)) == COMMITTED
+    assert key_state(g, b"x") == [10, KEY_LIVE, 333, 200 * S]
+    # A removal while a round holds the key keeps the hold: the delete waits for it.
+    g.run(r.KeyRelease(7, b"x", 10))
+    assert key_state(g, b"x") == [10, KEY_DELETE, 333, 200 * S]
+    assert g.run(r.KeyClaim(7, b"x", 12, -1, 444, 210 * S, 150 * S)) == Outcome(False, KEYBUSY)
+    assert g.run(r.KeyUnclaim(7, b"x", 333)) == COMMITTED
+    assert key_state(g, b"x") == [10, KEY_DELETE]
+    assert g.run(r.KeyClaim(7, b"x", 12, -1, 444, 210 * S, 150 * S)) == COMMITTED
+    assert key_state(g, b"x") == [12, KEY_CLAIMED, 444, 210 * S]
+
+
 def test_holds_keep_others_off_a_key_and_every_key_under_a_prefix() -> None:
     g = Group()
     assert g.run(r.KeyHold(7, b"a/", 20)) == COMMITTED  # directory 20 moved away from a/
