@@ -233,12 +233,15 @@ class DataOps(_Base):
         assert cs > 0, f"regular file {inode.ino} without a chunk size"
         pos = 0
         bases = bases or {}
-        if any(base is not None for base in bases.values()):
-            # The bases are the chunks' bytes at this object version, clipped at obase: once a
-            # write-back has marked the file clean (a new version, a new obase) and unpinned
-            # a chunk, a base read before would overwrite bytes the object holds past the
-            # old obase with zeros (found by the fault campaign, FINDINGS.md 9).
-            plan.add(group, ExpectInode(inode.ino, etag=inode.etag, obase=inode.obase))
+        # The plan holds for the object version the file had when it was read (the bases, the
+        # chunks left out of them): once a write-back has marked the file clean (a new
+        # version, a new obase) and unpinned a chunk, a base read before would overwrite
+        # bytes the object holds past the old obase with zeros (FINDINGS.md 9), and a chunk
+        # planned as the file's own bytes (no base needed) may be only a clean copy of the
+        # object, which its node may have evicted: the write then kept zeros where the
+        # object's bytes were (FINDINGS.md 13).
+        plan.add(group, ExpectInode(inode.ino, etag=inode.etag, obase=inode.obase,
+                                    has_etag=True))
         for index, inner, n in spans(offset, len(blob), cs):
             g = ring.group_of_chunk(inode.ino, index)
             if index in bases:

@@ -247,9 +247,10 @@ class ExpectInode:
     walk: a racing rename that moves an ancestor makes this fail); `okey` when `has_okey`:
     the key of the inode's object that a KeyHold or KeyRelease of the same plan names (a
     write-back that marked the inode clean at another key meanwhile makes this fail);
-    `etag` (b"": unchecked) and `obase`: the object version and its length in the file that a
-    WRITE's MaterializeChunk bases were read at (a write-back that marked the file clean since
-    makes this fail: those bases may miss bytes the object has now)."""
+    `etag` (b"": unchecked, unless `has_etag`) and `obase`: the object version and its length
+    in the file that a WRITE was planned at (a write-back that marked the file clean since
+    makes this fail: bases read before may miss bytes the object has now, and a chunk planned
+    as the file's own may be only a clean, evictable copy of the object now)."""
 
     ino: int
     gen: int = 0
@@ -261,6 +262,7 @@ class ExpectInode:
     has_okey: bool = False
     etag: bytes = b""
     obase: int = -1
+    has_etag: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,7 +587,8 @@ def _field(cls: type, name: str, v: Any) -> Any:
 
 
 _BYTES_FIELDS = {"name", "target", "verf", "data", "okey", "etag", "pname", "key"}
-_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty", "cdirty", "delete", "has_okey"}
+_BOOL_FIELDS = {"clear_suid", "inline", "to_chunk", "empty", "cdirty", "delete", "has_okey",
+                "has_etag"}
 _OPTIONAL = {"mode", "uid", "gid", "size", "atime_ns", "mtime_ns"}
 
 

@@ -692,7 +692,7 @@ def _expect_inode(r: ExpectInode, view: View, changes: Changes) -> None:
         raise StateError(f"directory {r.ino} is not empty", ENOTEMPTY)
     if r.has_okey and inode.okey != r.okey:
         raise StateError(f"inode {r.ino}: object key {inode.okey!r}, expected {r.okey!r}")
-    if r.etag and (inode.etag, inode.obase) != (r.etag, r.obase):
+    if (r.etag or r.has_etag) and (inode.etag, inode.obase) != (r.etag, r.obase):
         raise StateError(f"inode {r.ino}: object {inode.etag!r} of {inode.obase} bytes, "
                          f"expected {r.etag!r} of {r.obase}")
 

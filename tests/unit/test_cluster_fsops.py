@@ -316,6 +316,31 @@ def test_a_write_based_on_an_object_version_the_file_left_is_refused() -> None:
                  r.ChunkWrite(10, 0, 20, b"c", CS), r.WriteMeta(10, 21, 8)) == COMMITTED
 
 
+def test_a_write_planned_before_the_file_was_marked_clean_is_refused() -> None:
+    # Regression (fault campaign, tests/faults/FINDINGS.md 13): a WRITE planned while the
+    # file had no object (its chunk 0 the file's own bytes: no base needed) applied after
+    # write-back had marked the file clean and unpinned the chunk, which was then only a clean
+    # copy of the object; a full cache disk evicted that copy on a replica, and the write
+    # kept zeros where the object's bytes were. A chunk WRITE now expects the object version
+    # (none) it was planned at.
+    g = Group()
+    mkroot(g)
+    assert g.run(*mkfile(10, b"f")) == COMMITTED
+    assert g.run(r.ChunkWrite(10, 0, 0, b"a" * 100, CS), r.WriteMeta(10, 100, 5)) == COMMITTED
+    read_at = g.inode(10)
+    assert read_at.etag == b""
+    assert g.run(r.SetClean(10, read_at.dver, b"f", b"etag-1", 100)) == COMMITTED
+    assert g.run(r.Unpin(10, 0, version(g, keys.materialized_key(10, 0)), b"etag-1")
+                 ) == COMMITTED
+    assert not version(g, keys.materialized_key(10, 0))  # a clean copy: evictable
+    planned = (r.ChunkWrite(10, 0, 50, b"c" * 100, CS), r.WriteMeta(10, 150, 8))
+    assert g.run(r.ExpectInode(10, etag=read_at.etag, obase=read_at.obase, has_etag=True),
+                 *planned) != COMMITTED
+    assert g.inode(10).size == 100 and not version(g, keys.materialized_key(10, 0))
+    # Unchecked, as before the fix, the write applied onto the evictable copy.
+    assert g.run(*planned) == COMMITTED
+
+
 def test_a_write_back_claim_for_a_version_the_inode_left_is_refused() -> None:
     # Regression (fault campaign, tests/faults/FINDINGS.md 10): a leader stalled mid-round
     # by its full cache disk went on, after a newer round had written the file's truncated
