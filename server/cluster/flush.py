@@ -38,6 +38,7 @@ Rules:
 - Uploads in flight are bounded (`parallel` inodes, `part_parallel` parts each).
 - A round writes most files in batches (flush_batch.py: one claim and one clean-marking
   transaction for many files, the same checks each); the rest one by one (flush_inode).
+  The deletes and the claims left behind are flush_keys.py's.
 """
 
 from __future__ import annotations
@@ -56,19 +57,19 @@ from server.cluster.bucket import key_below
 from server.cluster.bucket_listing import metadata_of
 from server.cluster.flush_batch import BatchWriteBack, copyable, one_put
 from server.cluster.flush_claim import RoundClaim
+from server.cluster.flush_keys import KeyHousekeeping
 from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
 from server.fs import keys
 from server.fs.records import (
     Inode,
-    KeyGone,
     KeyLive,
     KeyRelease,
     SetClean,
     Unpin,
     decode_value,
 )
-from server.fs.state import KEY_CLAIMED, KEY_DELETE, key_hold
+from server.fs.state import KEY_DELETE, key_hold
 from server.rpc.frames import RemoteError
 from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
 
@@ -76,7 +77,6 @@ log = logging.getLogger("objcache.flush")
 
 ROOT = Cred(0, 0)
 MAX_DEPTH = 256
-DELETE_BATCH = 1000
 STALLED_ROUNDS = 5  # forced rounds in a row that freed nothing: writes get NOSPC
 MIN_PART_BYTES = 5 << 20  # S3's smallest part but the last
 MAX_GATHER_BYTES = 1 << 30
@@ -121,7 +121,7 @@ class _Scan:
         return self.held.get(key, 0) > time.time_ns()
 
 
-class Flusher(BatchWriteBack):
+class Flusher(BatchWriteBack, KeyHousekeeping):
     def __init__(self, backend: ClusterBackend, config: FlushConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.b = backend
@@ -510,64 +510,6 @@ class Flusher(BatchWriteBack):
                 key = await self._key_of(child, paths)
                 if key is not None and (child.okey != key or child.dver != child.cver):
                     await self.flush_inode(store_id, child, key, paths, walk=False)
-
-    # -- keys to delete, claims left behind -------------------------------------------------
-
-    async def _deletes(self, store_id: int, res: RoundResult, under: bytes | None) -> None:
-        scan = await self._scan(store_id, table_only=True)  # with this round's releases
-        # Deepest first: a directory's marker after the keys under it (a store that keeps
-        # directories, like a local one, refuses to delete a non-empty one).
-        wanted = [(key, ino) for key, (ino, state) in sorted(scan.table.items(), reverse=True)
-                  if state == KEY_DELETE and (under is None or key.startswith(under))]
-        # A key a round still holds waits: its upload may yet land (flush_claim.py).
-        doomed = [(key, ino) for key, ino in wanted if not scan.held_now(key)]
-        store = self.b.stores[store_id]
-        for i in range(0, len(doomed), DELETE_BATCH):
-            batch = doomed[i:i + DELETE_BATCH]
-            failed = await store.delete_many([k.decode() for k, _ in batch])
-            gone = [(k, ino) for k, ino in batch if k.decode() not in failed]
-            for k, why in failed.items():
-                res.errors.append(f"delete {k!r}: {why}")
-            if gone and await self._txn(self._root_group(store_id),
-                                        [KeyGone(store_id, k, ino) for k, ino in gone]):
-                res.deleted += len(gone)
-                self.stats["deletes"] += len(gone)
-        res.deletes_left = len(wanted) - res.deleted
-
-    async def _abort_orphans(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
-        """A new flusher has no upload in flight: multipart uploads of keys claimed in the
-        table were left by an earlier one that crashed or lost its leadership. Abort them
-        (the claims stay; the inodes are dirty and are written again)."""
-        store = self.b.stores[store_id]
-        for key, (_, state) in sorted(scan.table.items()):
-            if state != KEY_CLAIMED or scan.held_now(key):  # held: a live round's upload
-                continue
-            await self._abort_uploads(store, key, res)
-
-    async def _abort_uploads(self, store: ObjectStore, key: bytes, res: RoundResult) -> None:
-        try:
-            for k, upload_id, _ in await store.list_multipart(key.decode()):
-                if k == key.decode():
-                    await store.abort_multipart(k, upload_id)
-                    log.info("write-back: aborted the orphaned upload %s of %r", upload_id, k)
-        except StoreError as e:
-            res.errors.append(f"abort uploads of {key!r}: {e}")
-
-    async def _reclaim(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
-        """Claims seen in two rounds in a row whose inode is gone or now wants another key
-        (an upload that crashed or lost a race) are released for deletion."""
-        claimed = {(ino, key) for key, (ino, state) in scan.table.items()
-                   if state == KEY_CLAIMED and (store_id, key) not in self._busy_keys
-                   and not scan.held_now(key)}
-        stale = claimed & self._claimed_seen
-        self._claimed_seen = claimed
-        store = self.b.stores[store_id]
-        for ino, key in sorted(stale):
-            inode = scan.dirty.get(ino) or await self.b._inode(ino)
-            if inode is not None and await self._key_of(inode, {}) == key:
-                continue  # still its key: the inode is dirty and will be written again
-            await self._abort_uploads(store, key, res)
-            await self._txn(self._root_group(store_id), [KeyRelease(store_id, key, ino, True)])
 
     # -- transactions -----------------------------------------------------------------------
 
