@@ -138,6 +138,8 @@ def stop_profiler(proc: subprocess.Popen, out: Path, top: int = 15) -> dict[str,
     total = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():  # py-spy 0.4 ends its file with a blank line
+            continue
         n = int(count)
         # per function, not per line: "f (pkg/mod.py:12)" -> "f (pkg/mod.py)"
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
