@@ -38,6 +38,7 @@ import trio
 from server.cluster import protocol as p
 from server.cluster.bucket import backed_len
 from server.cluster.bucket_reads import NeedFetch
+from server.cluster.flush_claim import trio_deadline
 from server.fs import keys
 from server.fs.records import Inode, decode_value
 from server.fs.state import decode_u64
@@ -62,7 +63,7 @@ def _until(stop_ns: int, what: str) -> Iterator[None]:
     if not stop_ns:
         yield
         return
-    with trio.move_on_at(trio.current_time() + (stop_ns - time.time_ns()) / 1e9) as scope:
+    with trio.move_on_at(trio_deadline(stop_ns, time.time_ns())) as scope:
         yield
     if scope.cancelled_caught:
         raise RemoteError(p.STORE_FAILED, f"{what}: the write-back round's claim on the key "

@@ -273,8 +273,9 @@ class Flusher(BatchWriteBack, KeyHousekeeping):
                         if s == store:
                             entry = cbor2.loads(v)
                             out.table[key] = (entry[0], entry[1])
-                            if key_hold(entry)[0]:
-                                out.held[key] = key_hold(entry)[1]
+                            held_by, until = key_hold(entry)
+                            if held_by:
+                                out.held[key] = until
                 if not reply.next_start:
                     break
                 start = reply.next_start
@@ -334,22 +335,18 @@ class Flusher(BatchWriteBack, KeyHousekeeping):
             if not await self._txn(self._root_group(store_id), [rec]):
                 return False
             claim.held([rec])
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(claim.renew)
-                versions: dict[int, int] = {}
-                etag: str | None = None
-                size = 0
-                with claim.bounded():
-                    etag, size = await self._upload(store, store_id, inode, key, versions,
-                                                    claim)
-                nursery.cancel_scope.cancel()
+            versions: dict[int, int] = {}
+            etag: str | None = None
+            size = 0
+            async with claim.working():
+                etag, size = await self._upload(store, store_id, inode, key, versions, claim)
             if etag is None or not await self._mark(store_id, inode, key, etag, size, claim):
                 return False
-            claim.keys.clear()  # live: no longer held
+            claim.live([key])
             await self._unpin(inode, etag, versions)
             return True
         finally:
-            await claim.release(claim.keys)
+            await claim.release()
             self._busy_keys.discard(busy)
 
     async def _upload(self, store: ObjectStore, store_id: int, inode: Inode, key: bytes,

@@ -99,19 +99,14 @@ class BatchWriteBack(_Base):
                 return
             uploaded: list[_Uploaded] = []
             settled: set[int] = set()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(claim.renew)
-                with claim.bounded():
-                    await self._upload_all(store, claimed, res, limiter, claim, uploaded,
-                                           settled)
-                nursery.cancel_scope.cancel()
+            async with claim.working():
+                await self._upload_all(store, claimed, res, limiter, claim, uploaded, settled)
             res.dirty_left += len(claimed) - len(uploaded) - len(settled)  # cut by the claim
             marked = await self._mark_all(store, uploaded, res, limiter, claim)
-            live = {u.key for u in marked}
-            claim.keys = [k for k in claim.keys if k not in live]
+            claim.live([u.key for u in marked])
             await self._unpin_all(marked)
         finally:
-            await claim.release(claim.keys)
+            await claim.release()
             self._busy_keys -= busy
 
     async def _claim_all(self, claim: RoundClaim, items: list[tuple[Inode, bytes]],

@@ -28,8 +28,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -46,6 +46,11 @@ log = logging.getLogger("objcache.flush")
 RENEWALS = 6  # renewals per lease: a late one or two still leave time
 
 
+def trio_deadline(at_ns: int, now_ns: int) -> float:
+    """The trio clock's reading at wall-clock time `at_ns`, the wall clock reading `now_ns`."""
+    return trio.current_time() + (at_ns - now_ns) / 1e9
+
+
 class RoundClaim:
     """The keys one round (flush_inode's, or a batch's) writes, held for it."""
 
@@ -59,7 +64,7 @@ class RoundClaim:
         self._wall = wall_ns
         self.until_ns = 0
         self.keys: list[bytes] = []  # the keys held
-        self._scopes: list[trio.CancelScope] = []
+        self._scope: trio.CancelScope | None = None  # the store work of `working`
 
     @property
     def stop_ns(self) -> int:
@@ -77,23 +82,28 @@ class RoundClaim:
         until = min(r.until_ns for r in records)
         self.until_ns = min(self.until_ns, until) if self.until_ns else until
 
-    @contextmanager
-    def bounded(self) -> Iterator[trio.CancelScope]:
-        """A scope for the round's store work, cut at `stop_ns` (moved on by renewals)."""
-        scope = trio.CancelScope(deadline=self._deadline())
-        self._scopes.append(scope)
-        try:
+    def live(self, keys: list[bytes]) -> None:
+        """`keys` were marked live (KeyLive ended their hold): no longer the round's."""
+        done = set(keys)
+        self.keys = [k for k in self.keys if k not in done]
+
+    @asynccontextmanager
+    async def working(self) -> AsyncIterator[None]:
+        """While the body writes to the store: the lease is renewed, and the body is cut at
+        `stop_ns` (moved on by each renewal)."""
+        scope = self._scope = trio.CancelScope(deadline=self._deadline())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.renew)
             with scope:
-                yield scope
-        finally:
-            self._scopes.remove(scope)
+                yield
+            nursery.cancel_scope.cancel()
         if scope.cancelled_caught:
             log.warning("write-back: round %x stopped at the end of its claim on %d keys "
                         "(the store is slow or the root group did not renew it)",
                         self.round, len(self.keys))
 
     def _deadline(self) -> float:
-        return trio.current_time() + (self.stop_ns - self._wall()) / 1e9
+        return trio_deadline(self.stop_ns, self._wall())
 
     async def renew(self) -> None:
         """Extend the lease every lease/RENEWALS until cancelled."""
@@ -111,11 +121,12 @@ class RoundClaim:
                 continue
             if ok:
                 self.until_ns = now + self.lease_ns
-                for scope in self._scopes:
-                    scope.deadline = self._deadline()
+                if self._scope is not None:
+                    self._scope.deadline = self._deadline()
 
-    async def release(self, keys: list[bytes]) -> None:
-        """KeyUnclaim `keys` (those the round did not mark live), shielded, best effort."""
+    async def release(self) -> None:
+        """KeyUnclaim the keys still held (those not marked live), shielded, best effort."""
+        keys = self.keys
         if not keys:
             return
         with trio.CancelScope(shield=True):

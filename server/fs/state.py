@@ -572,9 +572,11 @@ def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int
 
 
 def _put_key(changes: Changes, store: int, key: bytes, ino: int, state: int,
-             hold: list[int] | None = None) -> None:
-    """Write an entry; `hold` ([round, until_ns]) keeps a round's hold on the key."""
-    changes.put_raw(keys.bucket_key(store, key), cbor2.dumps([ino, state, *(hold or [])]))
+             hold: tuple[int, int] = (0, 0)) -> None:
+    """Write an entry; `hold` ((round, until_ns), as key_hold gives it) keeps a round's hold
+    on the key (round 0: none)."""
+    entry = [ino, state, *hold] if hold[0] else [ino, state]
+    changes.put_raw(keys.bucket_key(store, key), cbor2.dumps(entry))
 
 
 def key_hold(entry: list[int] | None) -> tuple[int, int]:
@@ -587,7 +589,7 @@ def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
     held_by, until = key_hold(e)
     if r.round and held_by == r.round:  # the holder renews its lease
         assert e is not None
-        _put_key(changes, r.store, r.key, e[0], e[1], [r.round, max(until, r.until_ns)])
+        _put_key(changes, r.store, r.key, e[0], e[1], (r.round, max(until, r.until_ns)))
         return
     if not r.ino:
         raise StateError(f"bucket key {r.key!r}: write-back round {r.round} does not hold it "
@@ -607,7 +609,7 @@ def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
         if pe is not None and pe[0] != r.ino and pe[1] == KEY_HELD:
             raise StateError(f"bucket prefix {prefix!r} is held by inode {pe[0]}", KEYBUSY)
     state = KEY_LIVE if e is not None and e[0] == r.ino and e[1] == KEY_LIVE else KEY_CLAIMED
-    _put_key(changes, r.store, r.key, r.ino, state, [r.round, r.until_ns] if r.round else None)
+    _put_key(changes, r.store, r.key, r.ino, state, (r.round, r.until_ns))
 
 
 def key_prefixes(key: bytes) -> list[bytes]:
@@ -619,8 +621,7 @@ def key_prefixes(key: bytes) -> list[bytes]:
 def _key_hold(r: KeyHold, view: View, changes: Changes) -> None:
     e = _key_entry(view, changes, r.store, r.key)
     if e is None or e[0] == r.ino:
-        hold = list(key_hold(e)) if key_hold(e)[0] else None
-        _put_key(changes, r.store, r.key, r.ino, KEY_HELD, hold)
+        _put_key(changes, r.store, r.key, r.ino, KEY_HELD, key_hold(e))
 
 
 def _key_live(r: KeyLive, view: View, changes: Changes) -> None:
@@ -642,9 +643,8 @@ def _key_release(r: KeyRelease, view: View, changes: Changes) -> None:
     e = _key_entry(view, changes, r.store, r.key)
     if e is not None and e[0] != r.ino:
         return  # another inode's now: not ours to delete
-    hold = key_hold(e)
     if r.delete:  # a round writing the key still holds it: deleted after it let go
-        _put_key(changes, r.store, r.key, r.ino, KEY_DELETE, list(hold) if hold[0] else None)
+        _put_key(changes, r.store, r.key, r.ino, KEY_DELETE, key_hold(e))
     else:
         changes.put_raw(keys.bucket_key(r.store, r.key), None)
 
