@@ -7,9 +7,14 @@ which checks the tests themselves against a server we did not write.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from bucketnode import CountingStore
 from serverproc import make_server
+
+from storage.objstore.localdir import LocalDirStore
+from storage.objstore.url import open_store
 
 
 @pytest.fixture
@@ -21,3 +26,13 @@ def nfs_server(tmp_path: Path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["localdir", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The bucket of the in-process write-back tests, counted: a local directory, then
+    SeaweedFS (S3 over HTTP)."""
+    if request.param == "localdir":
+        return CountingStore(LocalDirStore(tmp_path / "bucket"))
+    bucket = request.getfixturevalue("s3_bucket")
+    return CountingStore(open_store(bucket.spec("pre")))

@@ -38,14 +38,6 @@ def blob(n: int, seed: int = 1) -> bytes:
     return bytes(out[:n])
 
 
-@pytest.fixture(params=["localdir", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    if request.param == "localdir":
-        return CountingStore(LocalDirStore(tmp_path / "bucket"))
-    bucket = request.getfixturevalue("s3_bucket")
-    return CountingStore(open_store(bucket.spec("pre")))
-
-
 async def flush_all(flusher: Flusher, rounds: int = 10) -> None:
     """Forced rounds until nothing is dirty or waiting to be deleted."""
     for _ in range(rounds):

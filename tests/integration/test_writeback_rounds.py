@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 import trio
 from bucketnode import STORE, GatedStore, one_node
-from test_bucket_writeback import ROOT, blob, bucket_tree, flush_all, store, write_file
+from test_bucket_writeback import ROOT, blob, bucket_tree, flush_all, write_file
 
 from nfs_gateway.backend import StableHow
 from server.cluster.bucket import BucketConfig
 from server.cluster.flush import FlushConfig, Flusher, RoundResult
 
 pytestmark = pytest.mark.integration
-__all__ = ["store"]  # the fixture, shared with test_bucket_writeback
 
 
 async def test_a_round_waits_while_an_older_round_holds_the_key_so_a_stale_put_never_lands_last(
