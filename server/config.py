@@ -132,6 +132,10 @@ class ClusterConfig:
     # and run admin jobs; "": admins use the cluster secret.
     admin_token_file: str = ""
     vnodes: int = 64  # ring points per group (ring.py)
+    # Where MKDIR puts a new directory: "local", in the group of the node whose gateway made
+    # it (its client's later work there stays on that node); "spread", wherever its id
+    # hashes (one client's tree spreads over all groups). Files always take their directory's.
+    dir_placement: str = "local"
     request_timeout_s: float = 10.0  # a request to a group gives up (NFS3ERR_JUKEBOX) after this
     bootstrap_timeout_s: float = 120.0  # waiting for the founding peers / a group leader
     tls_cert_file: str = ""  # all three set: the RPC plane uses mutual TLS (wss://)
@@ -279,6 +283,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cache.flush_part_parallel": (1, 64),
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+DIR_PLACEMENTS = ("local", "spread")  # cluster.dir_placement
 
 
 # Keys whose values are never shown: not in errors, not in a repr (their fields have
@@ -405,6 +410,9 @@ def parse_peer(key: str, value: str) -> tuple[int, Listen]:
 
 
 def _validate_cluster(c: ClusterConfig) -> None:
+    if c.dir_placement not in DIR_PLACEMENTS:
+        raise ConfigError(f"cluster.dir_placement: expected one of {DIR_PLACEMENTS}, "
+                          f"got {c.dir_placement!r}")
     if c.node_id == 0:
         for name in ("listen", "peers", "join", "await_join", "group", "cluster_secret_file",
                      "admin_token_file"):

@@ -361,7 +361,8 @@ async def _fsck(node_id: int, addr: str, secret: bytes, args: argparse.Namespace
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems, **info}))
     else:
-        print(f"fsck: {info['groups']} groups, {info['inodes']} inodes, "
+        spread = ", ".join(f"{g}: {n}" for g, n in info["inodes_per_group"].items())
+        print(f"fsck: {info['groups']} groups, {info['inodes']} inodes ({spread}), "
               f"{info['entries']} entries: " + ("consistent" if not problems else
                                                  f"{len(problems)} problems"))
         for line in problems:

@@ -15,6 +15,7 @@ only a cluster can get wrong:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -111,10 +112,16 @@ async def fsck(router: GroupRouter, vnodes: int, *, settle_s: float = 10.0,
     return problems, per_group
 
 
-def summary(per_group: dict[int, Iterable[tuple[bytes, bytes]]]) -> dict[str, int]:
+def summary(per_group: dict[int, Iterable[tuple[bytes, bytes]]]) -> dict[str, Any]:
+    """Counts of the scanned state; `inodes_per_group` shows how placement spreads it."""
     inodes = dirents = 0
-    for items in per_group.values():
+    per: dict[str, int] = {}
+    for g, items in sorted(per_group.items()):
+        held = 0
         for k, _ in items:
-            inodes += k.startswith(keys.INODE)
+            held += k.startswith(keys.INODE)
             dirents += k.startswith(keys.DIRENT)
-    return {"groups": len(per_group), "inodes": inodes, "entries": dirents}
+        per[str(g)] = held  # str: the report is JSON
+        inodes += held
+    return {"groups": len(per_group), "inodes": inodes, "entries": dirents,
+            "inodes_per_group": per}

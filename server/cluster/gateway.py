@@ -109,8 +109,12 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         max_attempts: int = MAX_ATTEMPTS,
         stores: Mapping[int, ObjectStore] | None = None,
         bucket: BucketConfig | None = None,
+        home_group: Callable[[], int | None] | None = None,
     ) -> None:
         self.router = router
+        # Where MKDIR puts new directories (cluster.dir_placement): this node's group when
+        # given, else wherever the new id hashes (gateway_ns.py).
+        self._home_group = home_group
         # The object stores by export id (server/cluster/bucket.py): a directory whose inode
         # names a store is loaded from it on first use and revalidated after bucket.ttl_s.
         self.stores: Mapping[int, ObjectStore] = stores or {}
@@ -143,6 +147,12 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         return self.router.ring
 
     # -- small helpers ----------------------------------------------------------------------
+
+    def _new_dir_group(self) -> int | None:
+        """The group a new directory should land in (None: anywhere). Only a group in the
+        current ring: a node whose group is not placed (yet) spreads its directories."""
+        home = self._home_group() if self._home_group is not None else None
+        return home if home in getattr(self.ring, "groups", ()) else None
 
     def _now(self) -> int:
         return self._clock()

@@ -6,8 +6,11 @@ with apply-time checks, so the groups refuse the plan if what was read changed m
 
 Placement of the records (coordinator first):
 - CREATE/SYMLINK/MKNOD: the new inode takes its directory's group (inoalloc): one TxnLocal.
-- MKDIR: the new directory's id lands anywhere (spreading directories over the groups):
-  LinkDirent in the parent's group (coordinator), CreateInode in the new one's.
+- MKDIR: the new directory's id lands in this node's group (cluster.dir_placement "local":
+  its client's later creates, lookups and removes in it are local to the node it talks to,
+  and clients spread over the nodes spread the load over the groups), or anywhere
+  ("spread": one client's tree spreads over the groups): LinkDirent in the parent's group
+  (coordinator), CreateInode in the new one's.
 - REMOVE/RMDIR: UnlinkDirent(expect_ino) in the directory's group (coordinator); in the
   victim's group ExpectInode (empty directory; for a chunked file its nlink and size, which
   decide which chunk groups hold data) and AdjustLinks; when the last link of a chunked file
@@ -225,7 +228,7 @@ class NamespaceOps(_Base):
         self, cred: Cred, d: Inode, name: bytes, ftype: FileType, sattr: SetAttrs, *,
         verf: bytes = b"", size: int = 0, target: bytes = b"", rdev: tuple[int, int] = (0, 0),
     ) -> Plan:
-        """A new inode linked as d/name (files take d's group; directories land anywhere)."""
+        """A new inode linked as d/name (files take d's group; directories: module header)."""
         try:
             mode, uid, gid = new_owner(cred, d, ftype, sattr)
         except Perm as e:
@@ -233,7 +236,8 @@ class NamespaceOps(_Base):
             raise
         now = self._now()
         dg = self.ring.group_of_inode(d.ino)
-        ino = await self.alloc.alloc(None if ftype == FileType.DIR else dg, self.ring)
+        want = self._new_dir_group() if ftype == FileType.DIR else dg
+        ino = await self.alloc.alloc(want, self.ring)
         ig = self.ring.group_of_inode(ino)
         gen = self._new_gen()
         plan = Plan(dg, {d.ino: d})

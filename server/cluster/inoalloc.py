@@ -8,8 +8,9 @@ Rules:
   crash the unused rest of a block is skipped, never reused.
 - `alloc(want_group, ring)` skips ids until the ring places the id in `want_group`: files,
   symlinks and nodes take their directory's group (their create is one group's TxnLocal);
-  directories pass None and land wherever the next id hashes, which spreads directories, and
-  with them the load, over the groups. Skipped ids are simply never used (2^44 per node).
+  directories take the gateway node's group, or pass None and land wherever the next id
+  hashes (cluster.dir_placement; gateway_ns.py). Skipped ids are simply never used (2^44 per
+  node).
 - Inode 1 is the root; counters start at FIRST_COUNTER so node 0 never hands out 0 or 1.
 - A node that joins with an empty data directory may carry the id of a node that left: its
   counter starts above the highest id with its prefix that any group still holds (`floor`).

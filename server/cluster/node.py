@@ -257,7 +257,8 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
             metrics.export_counters("objcache_chunk_cache", "The clean chunk cache: hits, "
                                     "misses, admitted, evicted, refused", fetch.cache.stats)
         backend = ClusterBackend(router, alloc, fsc, FSID, c.node_id, stores=stores,
-                                 bucket=bucket)
+                                 bucket=bucket, home_group=(
+                                     router.home_group if c.dir_placement == "local" else None))
         backend._nursery = nursery
         metrics.export_counters("objcache_gateway_changes", "Cluster gateway transactions: "
                                 "sent, aborted, re-planned, re-read, resent", backend.stats)

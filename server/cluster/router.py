@@ -63,10 +63,16 @@ class GroupRouter:
         self.nodelist = nodelist
         self._ring = nodelist.ring(self.vnodes)
         self._members = nodelist.groups()
+        self._home = next((g for g, members in self._members.items()
+                           if self.node_id in members), None)
 
     @property
     def ring(self) -> Ring:
         return self._ring
+
+    def home_group(self) -> int | None:
+        """The group this node is a member of in the current node list (None: in none)."""
+        return self._home
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

@@ -65,7 +65,8 @@ def test_tree_written_through_one_node_reads_back_through_the_others(cluster, tm
 def test_namespace_operations_across_groups_leave_a_consistent_cluster(cluster):
     phases = nfsmeta(cluster.export_url(2), "ns", "/ns", 300)
     assert phases["create"]["ops"] == 300 and phases["remove"]["ops"] == 300
-    # Directories land in different groups; files go with their directory.
+    # A directory lands in the group of the node it was made through (cluster.dir_placement
+    # "local", one-member groups: group id = node id); files go with their directory.
     for d in range(6):
         nfsmeta(cluster.export_url(1 + d % 3), "mkfiles", f"/d{d}", 20)
     for d in range(6):
@@ -75,6 +76,10 @@ def test_namespace_operations_across_groups_leave_a_consistent_cluster(cluster):
     assert report["ok"], report["problems"]
     assert report["groups"] == 3
     assert report["inodes"] == 1 + 6 * 21
+    root_group = next(g for g, n in report["inodes_per_group"].items() if n % 21 == 1)
+    # two of /d0../d5 with their files in each group, and the root in one of them
+    assert report["inodes_per_group"] == {
+        g: 2 * 21 + (g == root_group) for g in ("1", "2", "3")}, report
 
 
 def test_kill9_of_a_node_mid_workload_loses_no_acknowledged_write(cluster, tmp_path):

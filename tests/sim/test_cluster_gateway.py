@@ -4,7 +4,7 @@ the single-node backend's NFS semantics, now across groups (RFC 1813 §3.3)."""
 from __future__ import annotations
 
 import pytest
-from cluster_sim import World, run_gateway
+from cluster_sim import MemAllocStore, SimRouter, World, run_gateway
 
 from nfs_gateway.backend import (
     BadCookie,
@@ -24,6 +24,7 @@ from nfs_gateway.backend import (
     Stale,
 )
 from server.cluster.gateway import ClusterBackend
+from server.cluster.inoalloc import InoAllocator
 
 ROOT = Cred(0, 0)
 CS = 4096  # the simulation's chunk size; inline files up to 1024 bytes
@@ -250,5 +251,35 @@ def test_readdir_pages_of_one_entry() -> None:
                 break
             cookie, verf = page.entries[-1].cookie, page.cookieverf
         assert seen == [b".", b"..", b"f0", b"f1"]
+
+    go(body)
+
+
+def test_mkdir_puts_a_new_directory_in_the_gateways_group_when_it_has_one() -> None:
+    """cluster.dir_placement: "spread" (no home group) lands directories anywhere; "local"
+    puts them in the gateway node's group, and the files made in them follow; a home group
+    the ring does not place is ignored (spread)."""
+
+    def gateway(world: World, node_id: int, home: int) -> ClusterBackend:
+        alloc = InoAllocator(MemAllocStore(), node_id, 0, block=64)
+        return ClusterBackend(SimRouter(world), alloc, world.config, 1, node_id, world.now_ns,
+                              home_group=lambda: home)
+
+    async def body(fs: ClusterBackend, world: World) -> None:
+        root = await fs.export_root("/")
+        spread = [await fs.mkdir(ROOT, root, b"s%d" % i, SetAttrs()) for i in range(30)]
+        assert len({world.ring.group_of_inode(m.fid.ino) for m in spread}) > 1
+        for home in world.ring.groups:
+            local = gateway(world, 10 + home, home)
+            made = [await local.mkdir(ROOT, root, b"h%d-%d" % (home, i), SetAttrs())
+                    for i in range(10)]
+            assert {world.ring.group_of_inode(m.fid.ino) for m in made} == {home}
+            f = await local.create(ROOT, made[0].fid, b"f", CreateMode.GUARDED, SetAttrs(),
+                                   None)
+            assert world.ring.group_of_inode(f.fid.ino) == home
+            assert (await fs.lookup(ROOT, made[0].fid, b"f")).fid == f.fid  # seen elsewhere
+        unplaced = gateway(world, 20, 99)
+        made = [await unplaced.mkdir(ROOT, root, b"u%d" % i, SetAttrs()) for i in range(30)]
+        assert len({world.ring.group_of_inode(m.fid.ino) for m in made}) > 1
 
     go(body)

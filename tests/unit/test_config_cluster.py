@@ -129,6 +129,7 @@ def test_a_joining_node_may_name_its_own_announced_address() -> None:
         ({"peers": ["2=127.0.0.1:7001"]}, "cluster.listen"),
         ({"group": -2}, "cluster.group"),
         ({"vnodes": 0}, "cluster.vnodes"),
+        ({"dir_placement": "random"}, "cluster.dir_placement"),
         ({"request_timeout_s": 0}, "cluster.request_timeout_s"),
         ({"tls_cert_file": "c"}, "cluster.tls_cert_file"),
         ({"bogus": 1}, "cluster.bogus"),
