@@ -70,6 +70,15 @@ class NodeMetrics:
             "objcache_raft_dropped_messages", "Raft messages from peers dropped because the "
             "driver's inbox was full (Raft recovers from the loss)",
             value=driver.dropped_messages)
+        storage = self.runtime.storage
+        family = CounterMetricFamily(
+            "objcache_raft_log_writes", "Raft log storage: saves asked for by the driver, "
+            "LevelDB batches written, and those fsynced (group commit: saves per synced batch)",
+            labels=["kind"])
+        for kind, value in (("saves", storage.saves), ("batches", storage.batches_written),
+                            ("synced_batches", storage.batches_synced)):
+            family.add_metric([kind], value)
+        yield family
 
     def _writeback(self) -> Iterator[Metric]:
         group = [str(self.runtime.group)]

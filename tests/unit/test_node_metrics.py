@@ -26,6 +26,8 @@ def parts() -> tuple[Any, Any]:
                                    "forgotten": 1, "refused": 0})
     runtime = SimpleNamespace(group=4, driver=SimpleNamespace(leader_changes=2,
                                                               dropped_messages=0),
+                              storage=SimpleNamespace(saves=9, batches_written=4,
+                                                      batches_synced=3),
                               bucket=SimpleNamespace(cache=cache))
     flusher = SimpleNamespace(stats={"uploads": 5, "bytes": 12345, "errors": 1},
                               _first_seen={10: 1.0, 11: 2.0})
@@ -62,6 +64,9 @@ def test_a_scrape_reads_every_part(scans: list[int]) -> None:
     runtime, flusher = parts()
     got = scrape(node_metrics.NodeMetrics(runtime, flusher, Clock()))
     assert got["objcache_raft_leader_changes_total"] == 2
+    assert got['objcache_raft_log_writes_total{kind="saves"}'] == 9
+    assert got['objcache_raft_log_writes_total{kind="batches"}'] == 4
+    assert got['objcache_raft_log_writes_total{kind="synced_batches"}'] == 3
     assert got['objcache_dirty_files{group="4"}'] == 3
     assert got['objcache_dirty_bytes{group="4"}'] == 4096
     assert got["objcache_writeback_queue_inodes"] == 2
