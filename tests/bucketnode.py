@@ -12,8 +12,7 @@ from typing import Any
 import trio
 from serverproc import free_port
 
-from server.cluster import bucket_reads, fsops, queries
-from server.cluster import node as cluster_node
+from server.cluster import bucket_reads, fsops, node_fs, queries
 from server.cluster.bucket import BucketConfig
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
@@ -71,7 +70,7 @@ async def one_node(tmp_path: Path, store: Any = None, bucket: BucketConfig | Non
     holder: list[GroupRouter] = []
     runtime = await GroupRuntime.open(
         node_id=1, group=1, members=[1], kv=kv, sm=sm, plane=plane, answer=queries.answer,
-        root_ops=cluster_node._root_ops(fsc), nodelist_bytes=nodelist.encode(),
+        root_ops=node_fs.root_ops(fsc), nodelist_bytes=nodelist.encode(),
         post=lambda g, m: holder[0].post(g, m), config=GroupConfig())
     router = GroupRouter(plane, 1, nodelist, runtime, vnodes=64, request_timeout_s=10)
     holder.append(router)

@@ -145,3 +145,29 @@ def watch(runtime: GroupRuntime, flusher: Flusher) -> NodeMetrics:
     """Export this node's metrics on /metrics from now on."""
     _watched.node = NodeMetrics(runtime, flusher)
     return _watched.node
+
+
+def gauges(runtime: GroupRuntime) -> dict[str, tuple[str, float]]:
+    """The node's Raft and cache state, read when /metrics is scraped (metrics.export_gauges)."""
+    st = runtime.driver.node.status()
+    out = {
+        "objcache_raft_term": ("This node's Raft term", st.term),
+        "objcache_raft_commit_index": ("Highest log index known committed", st.commit),
+        "objcache_raft_applied_index": ("Highest log index applied", st.applied),
+        "objcache_raft_is_leader": ("1 when this node leads its group", float(
+            st.lead == runtime.node_id)),
+        "objcache_raft_log_entries": ("Entries kept in the Raft log (after compaction)",
+                                      max(0, runtime.storage.last_index()
+                                          - runtime.storage.first_index() + 1)),
+        "objcache_raft_log_bytes": ("Bytes of the entries kept in the Raft log (as stored)",
+                                    runtime.storage.log_bytes),
+        "objcache_ring_version": ("The NodeList version this node's group applied",
+                                  runtime.ring_version()),
+    }
+    if runtime.bucket is not None:
+        u = runtime.bucket.cache.usage()
+        out["objcache_cache_clean_bytes"] = ("Clean cached chunk bytes", u["clean_bytes"])
+        out["objcache_cache_pinned_bytes"] = ("Chunk bytes only write-back can free",
+                                              u["pinned_bytes"])
+        out["objcache_cache_capacity_bytes"] = ("The cache's capacity", u["capacity_bytes"])
+    return out

@@ -10,6 +10,11 @@ Rules:
   before its group member does, at start) are retried after a pause.
 - STALE_RING / WRONG_GROUP: the router reloads the NodeList (from its own group's applied
   state) and raises RingChanged so the gateway re-plans against the new ring.
+- The router also follows its own group's applied NodeList as it changes (`_follow_ring`):
+  a node whose gateway is idle still coordinates transactions for its group, and its txn
+  messages must reach groups that joined since (a coordinator that knew only the old ring
+  posted a new group's prepare nowhere, and the transaction hung; tests/integration/
+  test_elastic.py, a directory made in a group that rejoined).
 - `post()` sends a txn message to a group's leader in the background (best effort: the txn
   cores retry on ticks); a refusal still teaches the router where the leader is.
 """
@@ -77,8 +82,15 @@ class GroupRouter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.local is not None:
+                nursery.start_soon(self._follow_ring, self.local)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _follow_ring(self, local: GroupRuntime) -> None:
+        while True:
+            await self._refresh()  # reads the newest applied NodeList: no change is missed
+            await local.ring_event.wait()
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -144,7 +156,7 @@ class GroupRouter:
         raw = self.local.nodelist_bytes()
         if raw is not None:
             nodelist = NodeList.decode(raw)
-            if nodelist.version != self.nodelist.version:
+            if nodelist.version > self.nodelist.version:  # versions only grow
                 log.info("ring version %d -> %d", self.nodelist.version, nodelist.version)
                 self._set_nodelist(nodelist)
 
@@ -160,6 +172,9 @@ class GroupRouter:
 
     async def _post(self, group: int, msg: TxnMessage) -> None:
         members = self._members.get(group)
+        if not members:  # a group newer than our view? (_follow_ring may not have run yet)
+            await self._refresh()
+            members = self._members.get(group)
         if not members:
             log.warning("txn message for group %d, not in the ring", group)
             return

@@ -44,9 +44,8 @@ from nfs_gateway.backend import (
     StableHow,
     Stale,
 )
-from server.cluster import bucket_reads, fsops, queries
+from server.cluster import bucket_reads, fsops, node_fs, queries
 from server.cluster import fsck as cluster_fsck
-from server.cluster import node as cluster_node
 from server.cluster.bucket import BucketConfig
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
@@ -114,7 +113,7 @@ async def cluster(tmp_path: Path, groups: int, store: Any, bucket: BucketConfig,
         runtime = await GroupRuntime.open(
             node_id=info.node_id, group=info.group, members=[info.node_id], kv=kv, sm=sm,
             plane=plane, answer=queries.answer,
-            root_ops=cluster_node._root_ops(fsc) if info.group == root_group else None,
+            root_ops=node_fs.root_ops(fsc) if info.group == root_group else None,
             nodelist_bytes=nodelist.encode(),
             post=lambda g, m, holder=holder: holder[0].post(g, m), config=GroupConfig())
         router = GroupRouter(plane, info.node_id, nodelist, runtime, vnodes=VNODES,
@@ -136,7 +135,7 @@ async def cluster(tmp_path: Path, groups: int, store: Any, bucket: BucketConfig,
                 fs._nursery = nursery
                 gateways.append(fs)
             with trio.fail_after(20):
-                await cluster_node._wait_root(gateways[0])
+                await node_fs.wait_root(gateways[0])
             await gateways[0].bind_store("/", STORE)
             yield gateways
             nursery.cancel_scope.cancel()

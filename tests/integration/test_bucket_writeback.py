@@ -327,7 +327,7 @@ async def test_several_exports_each_with_its_bucket(tmp_path: Path) -> None:
     """"/" over one bucket and "/other" over another (config as a user writes it): each
     directory lists its own bucket, and what is written under each goes back to it."""
     from server import config as config_mod
-    from server.cluster import node as cluster_node
+    from server.cluster import node_fs
 
     a, b = tmp_path / "a", tmp_path / "b"
     await LocalDirStore(a).put("in-a", b"A")
@@ -336,12 +336,12 @@ async def test_several_exports_each_with_its_bucket(tmp_path: Path) -> None:
         "store": {"url": f"file://{a}"},
         "exports": [{"path": "/"}, {"path": "/other", "store": f"file://{b}"}],
     })
-    stores = cluster_node._open_stores(cfg)
+    stores = node_fs.open_stores(cfg)
     assert len(stores) == 2
     async with one_node(tmp_path / "n") as (fs, rt, _):
         fs.stores = stores
         await bucket_reads.attach(rt, stores, cfg.cache)
-        await cluster_node._bind_exports(cfg, fs, stores)
+        await node_fs.bind_exports(cfg, fs, stores)
         root = await fs.export_root("/")
         names = {e.name for e in (await fs.readdir(ROOT, root, 0, b"\0" * 8, 100,
                                                    False)).entries}
