@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from nfs_gateway.backend import FileType
 from server.cluster.bucket import key_below
+from server.fs.keytable import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 from server.fs.records import Inode
-from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 
 MAX_DEPTH = 256
 LIST_MIN = 8  # expected objects in one directory from which listing it beats HEADs

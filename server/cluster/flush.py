@@ -61,6 +61,7 @@ from server.cluster.flush_keys import KeyHousekeeping
 from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
 from server.fs import keys
+from server.fs.keytable import KEY_DELETE, key_hold
 from server.fs.records import (
     Inode,
     KeyLive,
@@ -69,7 +70,6 @@ from server.fs.records import (
     Unpin,
     decode_value,
 )
-from server.fs.state import KEY_DELETE, key_hold
 from server.rpc.frames import RemoteError
 from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from server.fs.keytable import KEY_CLAIMED, KEY_DELETE
 from server.fs.records import KeyGone, KeyRelease
-from server.fs.state import KEY_CLAIMED, KEY_DELETE
 from storage.objstore.base import ObjectStore, StoreError
 
 if TYPE_CHECKING:

@@ -27,6 +27,21 @@ from collections.abc import Callable, Iterable
 from nfs_gateway.backend import FileType
 from server.fs import keys, records
 from server.fs import state as fs_state
+from server.fs.changes import (
+    EEXIST,
+    ENOENT,
+    ENOTEMPTY,
+    STALE,
+    UNMATERIALIZED,
+    AdoptEffect,
+    Changes,
+    DeleteEffect,
+    Effect,
+    StateError,
+    TrimEffect,
+    WriteEffect,
+    decode_u64,
+)
 from server.fs.config import FsConfig
 from server.fs.records import (
     AdjustLinks,
@@ -59,21 +74,6 @@ from server.fs.records import (
     Unpin,
     WriteInline,
     WriteMeta,
-)
-from server.fs.state import (
-    EEXIST,
-    ENOENT,
-    ENOTEMPTY,
-    STALE,
-    UNMATERIALIZED,
-    AdoptEffect,
-    Changes,
-    DeleteEffect,
-    Effect,
-    StateError,
-    TrimEffect,
-    WriteEffect,
-    decode_u64,
 )
 from storage.chunks import ChunkStore
 from txn.kv import KvBatch, KvView

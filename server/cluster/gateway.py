@@ -67,6 +67,7 @@ from server.cluster.inoalloc import InoAllocator
 from server.fs import perms
 from server.fs import state as fs_state
 from server.fs.attrops import AttrOps
+from server.fs.changes import Changes, StateError
 from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
@@ -313,11 +314,11 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
     def _after(self, plan: Plan) -> dict[int, Inode | None] | None:
         """The inodes after the plan commits, from what it read (None: cannot tell)."""
         view = PlanView(plan)
-        changes = fs_state.Changes()
+        changes = Changes()
         try:
             for recs in plan.parts.values():
                 fs_state.apply(Multi(tuple(recs)), view, changes, 0)
-        except fs_state.StateError:
+        except StateError:
             return None
         after: dict[int, Inode | None] = dict(plan.before)
         after.update(changes.inodes)

@@ -62,6 +62,7 @@ from server.cluster.bucket_listing import (
 )
 from server.cluster.gateway_bucket_plan import BucketPlans
 from server.cluster.gateway_plan import Done, Plan
+from server.fs.changes import FIRST_COOKIE
 from server.fs.common import require_dir
 from server.fs.records import (
     Dirent,
@@ -71,7 +72,6 @@ from server.fs.records import (
     SetOrigin,
     decode_value,
 )
-from server.fs.state import FIRST_COOKIE
 from storage.objstore.base import (
     AccessDenied,
     ObjectInfo,

@@ -49,6 +49,7 @@ from server.cluster.bucket import backed_len, is_backed
 from server.cluster.fence import fenced
 from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
+from server.fs.changes import UNMATERIALIZED
 from server.fs.common import require_reg
 from server.fs.records import (
     ChunkWrite,
@@ -62,7 +63,6 @@ from server.fs.records import (
     decode_value,
     encode,
 )
-from server.fs.state import UNMATERIALIZED
 from server.rpc.frames import RemoteError
 from storage.chunks import spans
 

@@ -48,6 +48,7 @@ from nfs_gateway.backend import (
 )
 from server.fs import keys, perms
 from server.fs.attrops import AttrOps
+from server.fs.changes import Changes, StateError
 from server.fs.common import DOT, DOTDOT, check_name, disk_error, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.datapath import DataOps
@@ -55,7 +56,6 @@ from server.fs.meta import NOT_CACHED, MetaIOError, MetaStore, acquire_lock
 from server.fs.namespace import NamespaceOps
 from server.fs.readdir import read_dir_page
 from server.fs.records import CreateInode, Inode
-from server.fs.state import Changes, StateError
 from storage.chunks import ChunkIOError, ChunkStore
 from storage.kv import KvStore
 

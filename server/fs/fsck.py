@@ -17,8 +17,8 @@ from collections.abc import Iterable
 
 from nfs_gateway.backend import FileType
 from server.fs import keys
+from server.fs.changes import decode_u64
 from server.fs.records import CookieEntry, Dirent, Inode, decode
-from server.fs.state import decode_u64
 
 ROOT_INO = 1
 

@@ -34,6 +34,7 @@ from nfs_gateway.backend import (
     Wcc,
 )
 from server.fs import keys, perms
+from server.fs.changes import Changes
 from server.fs.common import DOT, DOTDOT, check_name, check_new_name, require_dir, wcc
 from server.fs.config import FsConfig
 from server.fs.records import (
@@ -45,7 +46,6 @@ from server.fs.records import (
     SetParent,
     UnlinkDirent,
 )
-from server.fs.state import Changes
 from storage.kv import prefix_end
 
 if TYPE_CHECKING:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from nfs_gateway.backend import BadCookie, DirEntry, FileId, ReadDirResult
 from server.fs import keys
+from server.fs.changes import FIRST_COOKIE
 from server.fs.common import DOT, DOTDOT, dir_cookieverf, to_attr
 from server.fs.meta import MetaStore, decode_value
 from server.fs.records import CookieEntry, Inode
-from server.fs.state import FIRST_COOKIE
 from storage.kv import prefix_end
 
 DOT_COOKIE, DOTDOT_COOKIE = 1, 2

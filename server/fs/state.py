@@ -15,26 +15,37 @@ Rules:
   reason (server/cluster/fsops.py) and the gateway re-reads and rebuilds.
 - `changes.effects` lists every data effect (chunk writes, trims, deletes) in record order, for
   the cluster's runtime; LocalBackend uses the `delete_data` / `trim_data` summaries.
+- The vocabulary (StateError, effects, View, Changes, KvView) is in server/fs/changes.py; the
+  write-back key table's records are applied by server/fs/keytable.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
-
-import cbor2
 
 from nfs_gateway.backend import FileType
-from server.fs import keys
+from server.fs import keys, keytable
+from server.fs.changes import (
+    EEXIST,
+    ENOENT,
+    ENOTEMPTY,
+    FIRST_COOKIE,
+    UNMATERIALIZED,
+    AdoptEffect,
+    Changes,
+    DeleteEffect,
+    KvView,
+    StateError,
+    TrimEffect,
+    View,
+    WriteEffect,
+)
 from server.fs.records import (
     AdjustLinks,
     ChunkDelete,
     ChunkTrim,
     ChunkWrite,
-    CookieEntry,
     CreateInode,
     Dirent,
     ExpectChunk,
@@ -60,205 +71,10 @@ from server.fs.records import (
     Unpin,
     WriteInline,
     WriteMeta,
-    decode,
-    encode,
 )
 from storage.kv import KvStore
 
-# Cookies 1 and 2 are `.` and `..` (RFC 1813 §3.3.16: a cookie names a position); entries
-# start after them.
-FIRST_COOKIE = 3
-_SUID_SGID = 0o6000
-
-
-# Why a record does not apply (StateError.reason; the cluster's txn abort reasons).
-EEXIST = "EEXIST"  # LinkDirent over an existing name
-ENOENT = "ENOENT"  # an inode or a name the record needs is gone
-ENOTEMPTY = "ENOTEMPTY"  # ExpectInode(empty=True) of a directory with entries
-STALE = "STALE"  # the state moved under the proposer in another way (re-read and rebuild)
-UNMATERIALIZED = "UNMATERIALIZED"  # ExpectChunk: the chunk's bucket bytes are not local yet
-KEYBUSY = "KEYBUSY"  # KeyClaim: another inode holds that bucket key
-
-# Write-back's key table (keys.bucket_key): who a bucket key is for, and in which state.
-KEY_CLAIMED = 0  # being written for the inode (not confirmed yet)
-KEY_LIVE = 1  # holds the inode's confirmed version
-KEY_DELETE = 2  # to be deleted (the inode moved away or is gone)
-KEY_HELD = 3  # the inode moved away from it (RENAME): its object, and for a directory's
-# prefix every key under it, stays until the write-back moved them
-# An entry is cbor [ino, state] or [ino, state, round, until_ns]: the write-back round that
-# holds the key (KeyClaim) and the wall-clock end of its lease.
-
-
-class StateError(Exception):
-    """A record that does not apply to the current state; `reason` says why (above)."""
-
-    def __init__(self, msg: str, reason: str = STALE) -> None:
-        super().__init__(msg)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class WriteEffect:
-    """Write `data` at file offset `offset` of ino's chunk files."""
-
-    ino: int
-    chunk_size: int
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrimEffect:
-    """Drop the bytes at or past file offset `keep` of ino's chunk files held here."""
-
-    ino: int
-    chunk_size: int
-    keep: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteEffect:
-    """Delete every chunk file of ino held here."""
-
-    ino: int
-
-
-@dataclass(frozen=True, slots=True)
-class AdoptEffect:
-    """Chunk `index` of ino held here is a clean copy of object version `etag` now (the
-    node's chunk cache takes it: storage/chunkcache.py)."""
-
-    ino: int
-    index: int
-    etag: bytes
-
-
-Effect = WriteEffect | TrimEffect | DeleteEffect | AdoptEffect
-
-
-class View(Protocol):
-    """The state before this batch. Implementations may cache; they must not see `changes`."""
-
-    def inode(self, ino: int) -> Inode | None: ...
-
-    def dirent(self, dir_ino: int, name: bytes) -> Dirent | None: ...
-
-    def meta_int(self, key: bytes) -> int: ...
-
-    def inline(self, ino: int) -> bytes:
-        """The stored bytes of an inline file (b"" if none)."""
-        ...
-
-    def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
-        """Up to `limit` names of the directory (any order). Only the cluster's ExpectInode
-        (empty=True) asks; LocalBackend never applies one, so its cache view may omit it."""
-        ...
-
-    # Optional (the cluster's views): `marked_chunks(ino)`, the indexes of ino's chunks that
-    # are materialized here (keys.materialized_key); `raw(key)`, any stored value (write-back
-    # tables). Views without them have none.
-
-
-class Changes:
-    """The effects of one batch of records."""
-
-    def __init__(self) -> None:
-        self.ops: dict[bytes, bytes | None] = {}
-        self.inodes: dict[int, Inode | None] = {}
-        self.dirents: dict[tuple[int, bytes], Dirent | None] = {}
-        self.inlines: dict[int, bytes | None] = {}
-        self.meta: dict[bytes, int] = {}
-        self.delete_data: dict[int, int] = {}  # inodes gone (-> last size): remove chunks
-        self.trim_data: dict[int, tuple[int, int]] = {}  # ino -> (chunk_size, keep bytes)
-        self.effects: list[Effect] = []  # every data effect, in order (module rules)
-
-    def batch(self) -> list[tuple[bytes, bytes | None]]:
-        return list(self.ops.items())
-
-    def __bool__(self) -> bool:
-        return bool(self.ops)
-
-    # Reads through the batch.
-    def inode(self, view: View, ino: int) -> Inode | None:
-        if ino in self.inodes:
-            return self.inodes[ino]
-        return view.inode(ino)
-
-    def dirent(self, view: View, dir_ino: int, name: bytes) -> Dirent | None:
-        if (dir_ino, name) in self.dirents:
-            return self.dirents[(dir_ino, name)]
-        return view.dirent(dir_ino, name)
-
-    def meta_int(self, view: View, key: bytes) -> int:
-        if key in self.meta:
-            return self.meta[key]
-        return view.meta_int(key)
-
-    def inline(self, view: View, ino: int) -> bytes:
-        if ino in self.inlines:
-            return self.inlines[ino] or b""
-        return view.inline(ino)
-
-    def has_entries(self, view: View, dir_ino: int) -> bool:
-        gone = set()
-        for (d, name), ent in self.dirents.items():
-            if d == dir_ino:
-                if ent is not None:
-                    return True
-                gone.add(name)
-        return any(n not in gone for n in view.entry_names(dir_ino, len(gone) + 1))
-
-    def raw(self, view: View, key: bytes) -> bytes | None:
-        if key in self.ops:
-            return self.ops[key]
-        get = getattr(view, "raw", None)
-        return None if get is None else get(key)
-
-    # Writes.
-    def put_inode(self, inode: Inode) -> None:
-        self.inodes[inode.ino] = inode
-        self.ops[keys.inode_key(inode.ino)] = encode(inode)
-        if inode.store:  # the write-back index: inodes the bucket lacks (flush.py)
-            self.ops[keys.dirty_key(inode.ino)] = b"" if inode.dver != inode.cver else None
-
-    def delete_inode(self, ino: int) -> None:
-        self.inodes[ino] = None
-        self.ops[keys.inode_key(ino)] = None
-        self.ops[keys.dirty_key(ino)] = None
-
-    def put_raw(self, key: bytes, value: bytes | None) -> None:
-        self.ops[key] = value
-
-    def put_dirent(self, dir_ino: int, name: bytes, d: Dirent) -> None:
-        self.dirents[(dir_ino, name)] = d
-        self.ops[keys.dirent_key(dir_ino, name)] = encode(d)
-        self.ops[keys.cookie_key(dir_ino, d.cookie)] = encode(CookieEntry(name, d.ino, d.ftype))
-
-    def delete_dirent(self, dir_ino: int, name: bytes, old: Dirent) -> None:
-        self.dirents[(dir_ino, name)] = None
-        self.ops[keys.dirent_key(dir_ino, name)] = None
-        self.ops[keys.cookie_key(dir_ino, old.cookie)] = None
-
-    def put_inline(self, ino: int, data: bytes) -> None:
-        self.inlines[ino] = data
-        self.ops[keys.inline_key(ino)] = data
-
-    def delete_inline(self, ino: int) -> None:
-        self.inlines[ino] = None
-        self.ops[keys.inline_key(ino)] = None
-
-    def put_meta(self, key: bytes, value: int) -> None:
-        self.meta[key] = value
-        self.ops[key] = keys.u64(value)
-
-    def delete_meta(self, key: bytes) -> None:
-        self.meta[key] = 0
-        self.ops[key] = None
-
-    def trim(self, ino: int, chunk_size: int, keep: int) -> None:
-        prev = self.trim_data.get(ino)
-        self.trim_data[ino] = (chunk_size, keep if prev is None else min(prev[1], keep))
-        self.effects.append(TrimEffect(ino, chunk_size, keep))
+_SUID_SGID = 0o6000  # set-user-ID and set-group-ID: a WRITE may clear them (clear_suid)
 
 
 def apply(record: object, view: View, changes: Changes, index: int) -> None:
@@ -566,95 +382,6 @@ def _unpin(r: Unpin, view: View, changes: Changes) -> None:
     changes.effects.append(AdoptEffect(r.ino, r.index, r.etag))
 
 
-def _key_entry(view: View, changes: Changes, store: int, key: bytes) -> list[int] | None:
-    raw = changes.raw(view, keys.bucket_key(store, key))
-    return None if raw is None else cbor2.loads(raw)
-
-
-def _put_key(changes: Changes, store: int, key: bytes, ino: int, state: int,
-             hold: tuple[int, int] = (0, 0)) -> None:
-    """Write an entry; `hold` ((round, until_ns), as key_hold gives it) keeps a round's hold
-    on the key (round 0: none)."""
-    entry = [ino, state, *hold] if hold[0] else [ino, state]
-    changes.put_raw(keys.bucket_key(store, key), cbor2.dumps(entry))
-
-
-def key_hold(entry: list[int] | None) -> tuple[int, int]:
-    """(round, until_ns) of the round holding an entry's key; (0, 0) when none does."""
-    return (entry[2], entry[3]) if entry is not None and len(entry) >= 4 else (0, 0)
-
-
-def _key_claim(r: KeyClaim, view: View, changes: Changes) -> None:
-    e = _key_entry(view, changes, r.store, r.key)
-    held_by, until = key_hold(e)
-    if r.round and held_by == r.round:  # the holder renews its lease
-        assert e is not None
-        _put_key(changes, r.store, r.key, e[0], e[1], (r.round, max(until, r.until_ns)))
-        return
-    if not r.ino:
-        raise StateError(f"bucket key {r.key!r}: write-back round {r.round} does not hold it "
-                         "any more", KEYBUSY)
-    if held_by and until > r.now_ns:
-        raise StateError(f"bucket key {r.key!r} is being written by another write-back round "
-                         f"(its lease has {(until - r.now_ns) / 1e9:.1f} s left)", KEYBUSY)
-    inode = changes.inode(view, r.ino) if r.dver >= 0 else None
-    if inode is not None and inode.dver != r.dver:  # only when the inode lives here
-        raise StateError(f"inode {r.ino}: version {inode.dver}, write-back read {r.dver}")
-    # A key to be deleted is taken over: the new object replaces the old one.
-    if e is not None and e[0] != r.ino and e[1] != KEY_DELETE:
-        raise StateError(f"bucket key {r.key!r} is held by inode {e[0]}", KEYBUSY)
-    # A moved directory holds its old prefix, with every key under it.
-    for prefix in key_prefixes(r.key):
-        pe = _key_entry(view, changes, r.store, prefix)
-        if pe is not None and pe[0] != r.ino and pe[1] == KEY_HELD:
-            raise StateError(f"bucket prefix {prefix!r} is held by inode {pe[0]}", KEYBUSY)
-    state = KEY_LIVE if e is not None and e[0] == r.ino and e[1] == KEY_LIVE else KEY_CLAIMED
-    _put_key(changes, r.store, r.key, r.ino, state, (r.round, r.until_ns))
-
-
-def key_prefixes(key: bytes) -> list[bytes]:
-    """The directory prefixes above `key`: b"a/b/c" -> [b"a/", b"a/b/"]."""
-    parts = key.rstrip(b"/").split(b"/")[:-1]
-    return [b"/".join(parts[:i]) + b"/" for i in range(1, len(parts) + 1)]
-
-
-def _key_hold(r: KeyHold, view: View, changes: Changes) -> None:
-    e = _key_entry(view, changes, r.store, r.key)
-    if e is None or e[0] == r.ino:
-        _put_key(changes, r.store, r.key, r.ino, KEY_HELD, key_hold(e))
-
-
-def _key_live(r: KeyLive, view: View, changes: Changes) -> None:
-    e = _key_entry(view, changes, r.store, r.key)
-    if e is None or e[0] != r.ino:
-        raise StateError(f"bucket key {r.key!r} is not claimed by inode {r.ino}")
-    if r.round and key_hold(e)[0] != r.round:
-        raise StateError(f"bucket key {r.key!r}: write-back round {r.round} lost its claim")
-    _put_key(changes, r.store, r.key, r.ino, KEY_LIVE)
-
-
-def _key_unclaim(r: KeyUnclaim, view: View, changes: Changes) -> None:
-    e = _key_entry(view, changes, r.store, r.key)
-    if e is not None and key_hold(e)[0] == r.round:
-        _put_key(changes, r.store, r.key, e[0], e[1])
-
-
-def _key_release(r: KeyRelease, view: View, changes: Changes) -> None:
-    e = _key_entry(view, changes, r.store, r.key)
-    if e is not None and e[0] != r.ino:
-        return  # another inode's now: not ours to delete
-    if r.delete:  # a round writing the key still holds it: deleted after it let go
-        _put_key(changes, r.store, r.key, r.ino, KEY_DELETE, key_hold(e))
-    else:
-        changes.put_raw(keys.bucket_key(r.store, r.key), None)
-
-
-def _key_gone(r: KeyGone, view: View, changes: Changes) -> None:
-    e = _key_entry(view, changes, r.store, r.key)
-    if e is not None and e[0] == r.ino and e[1] == KEY_DELETE:
-        changes.put_raw(keys.bucket_key(r.store, r.key), None)
-
-
 def _set_listed(r: SetListed, view: View, changes: Changes) -> None:
     inode = _live_dir(view, changes, r.ino)
     changes.put_inode(dataclasses.replace(inode, listed_ns=r.listed_ns))
@@ -723,49 +450,14 @@ _HANDLERS: dict[type, Callable[..., None]] = {
     SetName: _set_name,
     SetClean: _set_clean,
     Unpin: _unpin,
-    KeyHold: _key_hold,
-    KeyClaim: _key_claim,
-    KeyLive: _key_live,
-    KeyRelease: _key_release,
-    KeyGone: _key_gone,
-    KeyUnclaim: _key_unclaim,
+    KeyHold: keytable.key_hold_record,
+    KeyClaim: keytable.key_claim,
+    KeyLive: keytable.key_live,
+    KeyRelease: keytable.key_release,
+    KeyGone: keytable.key_gone,
+    KeyUnclaim: keytable.key_unclaim,
     Multi: _multi,
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the state from LevelDB (worker threads only: these block).
-
-_U64 = struct.Struct(">Q")
-
-
-class KvView:
-    """A View straight over LevelDB, for the apply loop and bulk loaders in worker threads."""
-
-    def __init__(self, kv: KvStore) -> None:
-        self.kv = kv
-
-    def inode(self, ino: int) -> Inode | None:
-        raw = self.kv.get_sync(keys.inode_key(ino))
-        return None if raw is None else decode(raw)
-
-    def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
-        raw = self.kv.get_sync(keys.dirent_key(dir_ino, name))
-        return None if raw is None else decode(raw)
-
-    def meta_int(self, key: bytes) -> int:
-        return decode_u64(self.kv.get_sync(key))
-
-    def inline(self, ino: int) -> bytes:
-        return self.kv.get_sync(keys.inline_key(ino)) or b""
-
-    def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
-        rows = self.kv.iterate_sync(prefix=keys.dirent_prefix(dir_ino), limit=limit)
-        return [keys.parse_dirent_key(k)[1] for k, _ in rows]
-
-
-def decode_u64(raw: bytes | None) -> int:
-    return 0 if raw is None else _U64.unpack(raw)[0]
 
 
 def apply_sync(kv: KvStore, records: list[object], first_index: int, *, sync: bool) -> Changes:

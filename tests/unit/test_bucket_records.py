@@ -11,14 +11,8 @@ from server.cluster import fsops
 from server.cluster.bucket import backed_len, is_backed
 from server.fs import keys
 from server.fs import records as r
-from server.fs.state import (
-    KEY_CLAIMED,
-    KEY_DELETE,
-    KEY_HELD,
-    KEY_LIVE,
-    KEYBUSY,
-    key_prefixes,
-)
+from server.fs.changes import KEYBUSY
+from server.fs.keytable import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE, key_prefixes
 from storage.chunks import ChunkStore
 from tests.unit.test_cluster_fsops import CS, Group, mkdir, mkfile, mkroot
 from txn.records import COMMITTED, Outcome

@@ -21,8 +21,8 @@ from server.cluster.drain_check import (
     parent_prefix,
 )
 from server.cluster.fence import WriteFence, fenced
+from server.fs.keytable import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 from server.fs.records import Inode
-from server.fs.state import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 
 S = 7  # a store id
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from nfs_gateway.backend import CreateMode, FileType, FsError, SetAttrs, StableHow
 from server.fs import fsck, keys
 from server.fs.backend import LocalBackend
+from server.fs.changes import FIRST_COOKIE, Changes, StateError, decode_u64
 from server.fs.records import (
     AdjustLinks,
     CreateInode,
@@ -23,7 +24,7 @@ from server.fs.records import (
     WriteMeta,
     decode,
 )
-from server.fs.state import FIRST_COOKIE, Changes, StateError, apply, decode_u64
+from server.fs.state import apply
 
 
 class DictView:
