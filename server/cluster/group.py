@@ -46,6 +46,7 @@ from server.cluster import protocol as p
 from server.cluster.nodelist import NodeList
 from server.cluster.statemachine import (
     ApplyAbandoned,
+    ApplyNeedsThread,
     GroupStateMachine,
     StateView,
     encode_nodelist_entry,
@@ -508,7 +509,7 @@ class GroupRuntime:
         async with self._apply_lock:
             ring_events = self.sm.ring_events
             try:
-                results = await trio.to_thread.run_sync(self.sm.apply_sync, entries)
+                results = await self._apply_batch(entries)
             except ApplyAbandoned:
                 await trio.lowlevel.checkpoint()  # the group is being cancelled: stop here
                 raise
@@ -517,6 +518,20 @@ class GroupRuntime:
                     self._feed(r)
         if self.sm.ring_events != ring_events:
             self._ring_changed()
+
+    async def _apply_batch(self, entries: list[Entry] | tuple[Entry, ...]) -> list[Any]:
+        """A small batch of txn records inline, anything else (or a full disk) in a worker
+        thread (statemachine.py rules)."""
+        # Only when no other task waits to run: under load the worker thread runs the apply on
+        # the other core while this thread serves requests (always inline made one busy group
+        # 13 % slower; inline when idle made it 8 % faster, and three groups 7 %).
+        if self.sm.inline_ok(entries) and trio.lowlevel.current_statistics().tasks_runnable == 0:
+            try:
+                return self.sm.apply_sync(entries, inline=True)
+            except ApplyNeedsThread as e:
+                log.info("group %d: applying entries %d..%d in a worker thread: %s",
+                         self.group, entries[0].index, entries[-1].index, e)
+        return await trio.to_thread.run_sync(self.sm.apply_sync, entries)
 
     def _ring_changed(self) -> None:
         """A NodeList or ring-change entry was applied (or a snapshot installed)."""

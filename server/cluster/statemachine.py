@@ -7,11 +7,16 @@ Rules:
 - A NodeList or ring-change entry is applied on its own: the entries before it are written
   first (their own LevelDB batch), because it scans the whole state and must see them.
 - A batch of entries is applied in a worker thread through one txn.kv.Overlay over LevelDB (a
-  KvView and KvBatch that reads its own writes): the txn tables (TxnState), the file-system
-  state (through the Application, server/cluster/fsops.py) and the applied index end up in one
-  atomic LevelDB write. The data effects of the batch (chunk writes, trims, deletes) are made
-  first: if a crash comes between them and the batch, the log replays the records and makes
-  them again (they are idempotent), so a chunk is never behind the metadata that points at it.
+  KvView and KvBatch that reads its own writes), or on the event loop's thread when it is small
+  and all txn records (`inline_ok`) and the loop has nothing else to run (group.py): then a
+  worker-thread round trip costs more CPU than the apply itself. An inline apply never waits:
+  a full cache disk (or big data effects) send it back to a worker thread (ApplyNeedsThread;
+  nothing of the batch is written yet, so it starts over). Either way: the txn tables
+  (TxnState), the file-system state (through the Application, server/cluster/fsops.py) and the
+  applied index end up in one atomic LevelDB write. The data effects of the batch (chunk
+  writes, trims, deletes) are made first: if a crash comes between them and the batch, the log
+  replays the records and makes them again (they are idempotent), so a chunk is never behind
+  the metadata that points at it.
 - The batch is written without fsync: the entries are durable in the Raft log, and a restart
   applies again from the applied index on disk. Snapshots and log compaction sync first.
 - Applying must not fail: a record that cannot apply after its check passed is a bug, and a
@@ -52,6 +57,7 @@ VERSION = 1
 KIND_TXN = 0
 KIND_NODELIST = 1
 KIND_RING = 2
+_TXN_HEAD = cbor2.dumps([VERSION, KIND_TXN, b""])[:3]  # an array of 3, VERSION, KIND_TXN
 
 APPLIED = b"sm.applied"
 NODELIST = b"sm.nodelist"
@@ -59,6 +65,8 @@ STATE_PREFIXES = (b"sm.", b"txn/", b"fs.")
 _U64 = struct.Struct(">Q")
 NOSPACE_RETRY_S = 0.1  # a full cache disk: the first wait before applying again, doubling
 NOSPACE_RETRY_MAX_S = 5.0
+INLINE_APPLY_MAX_BYTES = 64 << 10  # entries (and data they write) this small may apply inline
+INLINE_EFFECTS_MAX = 64  # and this many data effects at most (module rules)
 
 
 class GroupStateError(Exception):
@@ -67,6 +75,11 @@ class GroupStateError(Exception):
 
 class ApplyAbandoned(Exception):
     """The node stops while a batch waits for space: nothing of it was written."""
+
+
+class ApplyNeedsThread(Exception):
+    """An inline apply met a full cache disk: apply the batch again in a worker thread, where
+    it may wait (nothing of it was written; the data effects are idempotent)."""
 
 
 class EffectsApplication(Protocol):
@@ -163,10 +176,24 @@ class GroupStateMachine:
                 if self.nodelist_bytes is not None else None)
         self.app.guard = ringstate.Guard(ring, self.group, self.freeze)
 
-    def apply_sync(self, entries: Sequence[Entry]) -> list[Applied]:
-        """Apply committed entries (worker thread): runs of txn records in one batch each, a
-        NodeList or ring entry alone. Results of txn records, in order, for the leader's
-        coordinator and participant."""
+    def inline_ok(self, entries: Sequence[Entry]) -> bool:
+        """Whether `entries` may apply on the event loop's thread (module rules): only txn
+        records (a peek at the entry's CBOR head: [VERSION, kind, ...]), few bytes in all."""
+        size = 0
+        for e in entries:
+            if e.type is not EntryType.NORMAL or not e.data:
+                continue
+            if e.data[:3] != _TXN_HEAD:
+                return False
+            size += len(e.data)
+            if size > INLINE_APPLY_MAX_BYTES:
+                return False
+        return True
+
+    def apply_sync(self, entries: Sequence[Entry], *, inline: bool = False) -> list[Applied]:
+        """Apply committed entries (worker thread; `inline`: on the loop's thread, never
+        waiting): runs of txn records in one batch each, a NodeList or ring entry alone.
+        Results of txn records, in order, for the leader's coordinator and participant."""
         results: list[Applied] = []
         run: list[tuple[int, bytes]] = []  # (index, txn payload)
         last = entries[-1].index
@@ -177,15 +204,17 @@ class GroupStateMachine:
             if kind == KIND_TXN:
                 run.append((e.index, payload))
                 continue
+            assert not inline, "inline_ok lets no ring entry through"
             if run:
                 results += self._apply_txns(run, e.index - 1)
                 run = []
             self._apply_ring(kind, payload, e.index)
         if run or u64(self.kv.get_sync(APPLIED)) < last:
-            results += self._apply_txns(run, last)
+            results += self._apply_txns(run, last, may_wait=not inline)
         return results
 
-    def _apply_txns(self, run: list[tuple[int, bytes]], applied: int) -> list[Applied]:
+    def _apply_txns(self, run: list[tuple[int, bytes]], applied: int, *,
+                    may_wait: bool = True) -> list[Applied]:
         view = Overlay(StateView(self.kv))  # reads see this batch's writes
         results: list[Applied] = []
         try:
@@ -193,10 +222,15 @@ class GroupStateMachine:
                 results.append(self.txn.apply(from_cbor(payload), view, view))
             view.put(APPLIED, _U64.pack(applied))
             effects = self.app.take_effects()
+            if not may_wait and (len(effects) > INLINE_EFFECTS_MAX
+                                 or _written_bytes(effects) > INLINE_APPLY_MAX_BYTES):
+                # Small records, big file work (a MaterializeChunk pads its base to a whole
+                # chunk): not on the loop's thread.
+                raise ApplyNeedsThread(f"{len(effects)} data effects")
             if effects:
-                self._effects_when_space(effects)
+                self._effects_when_space(effects, may_wait)
             self.kv.write_sync(view.writes.items(), sync=False)
-        except (GroupStateError, ApplyAbandoned):
+        except (GroupStateError, ApplyAbandoned, ApplyNeedsThread):
             raise
         except Exception as e:  # see the module rules: stop rather than diverge
             self.app.take_effects()
@@ -205,7 +239,7 @@ class GroupStateMachine:
                 f"applying entries {first}..{applied}: {type(e).__name__}: {e}") from e
         return results
 
-    def _effects_when_space(self, effects: list[Any]) -> None:
+    def _effects_when_space(self, effects: list[Any], may_wait: bool = True) -> None:
         """Make the batch's data effects, waiting while the cache disk is full.
 
         ENOSPC is not a divergence: the effects are idempotent and nothing of the batch is
@@ -224,6 +258,8 @@ class GroupStateMachine:
             except (ChunkIOError, OSError) as e:
                 if e.errno != errno.ENOSPC:
                     raise
+                if not may_wait:
+                    raise ApplyNeedsThread(str(e)) from e
                 freed = self.make_room(_written_bytes(effects)) if self.make_room else 0
                 if freed:
                     log.warning("group %d: the cache disk is full: evicted %d bytes of clean "

@@ -114,12 +114,17 @@ def test_an_empty_data_directory_under_a_used_node_id_is_refused(tmp_path: Path)
         c.down(check=False)
 
 
-def test_a_full_cache_disk_stalls_the_group_instead_of_stopping_the_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [300_000, 40_000])
+def test_a_full_cache_disk_stalls_the_group_instead_of_stopping_the_node(
+        tmp_path: Path, size: int) -> None:
     """Scenario quick, seed 7: a node's cache disk (its chunk directory, a small tmpfs) filled
     up; applying a committed write then failed with ENOSPC, the node stopped (GroupStateError)
     and every restart applied the same entry into the same full disk and stopped again. Now
     the apply waits for space (the effects are idempotent and nothing of the batch is written
-    yet), and once there is space the node goes on, with every acknowledged write."""
+    yet), and once there is space the node goes on, with every acknowledged write.
+    40 000 bytes: a chunk write small enough to be applied on the event loop's thread when it
+    is idle (statemachine.inline_ok), which must hand the batch to a worker thread to wait
+    (tests/unit/test_group_apply_inline.py checks that hand-over itself)."""
     root = tmp_path / "c"
     chunks = root / "n1" / "chunks"
     chunks.mkdir(parents=True)
@@ -127,14 +132,14 @@ def test_a_full_cache_disk_stalls_the_group_instead_of_stopping_the_node(tmp_pat
     try:
         c = LocalCluster(root, nodes=1).up()
         try:
-            _fill_and_free(c, chunks)
+            _fill_and_free(c, chunks, size)
         finally:
             c.down(check=False)
     finally:
         subprocess.run(["umount", "-l", str(chunks)], check=False)
 
 
-def _fill_and_free(c: LocalCluster, chunks: Path) -> None:
+def _fill_and_free(c: LocalCluster, chunks: Path, size: int) -> None:
 
     from faultinject import fill
     from faultnfs import FaultNfs
@@ -143,16 +148,16 @@ def _fill_and_free(c: LocalCluster, chunks: Path) -> None:
     before = b"a" * 200_000
     nfs.write_file("/before", before)
     fill(chunks / "ballast")  # the disk full, to the last block
-    writer, outcome = _write_in_background(c, "/during", b"b" * 300_000)
-    wait_for(lambda: "No space left on device" in c.log_tail(1, 200), timeout_s=60,
-             what="the node to meet the full disk")
+    writer, outcome = _write_in_background(c, "/during", b"b" * size)
+    wait_for(lambda: "applying waits for space" in c.log_tail(1, 200), timeout_s=60,
+             what="the apply to wait for space")
     (chunks / "ballast").unlink()
     writer.join(120)
     assert outcome, "the write did not return"
     assert _alive(c.nodes[1]["pid"]), c.log_tail(1)
     assert nfs.read_file("/before") == before
     if outcome == ["ok"]:
-        assert nfs.read_file("/during") == b"b" * 300_000
+        assert nfs.read_file("/during") == b"b" * size
     nfs.close()
     assert c.fsck()["ok"]
     c.kill9(1)
