@@ -78,8 +78,9 @@ class ApplyAbandoned(Exception):
 
 
 class ApplyNeedsThread(Exception):
-    """An inline apply met a full cache disk: apply the batch again in a worker thread, where
-    it may wait (nothing of it was written; the data effects are idempotent)."""
+    """An inline apply met a full cache disk, or data effects too big for the loop's thread:
+    apply the batch again in a worker thread, where it may wait (nothing of it was written;
+    the data effects are idempotent)."""
 
 
 class EffectsApplication(Protocol):
