@@ -85,6 +85,26 @@ def encode(obj: Any) -> bytes:
     return cbor2.dumps(_encode_tagged(obj))
 
 
+def encode_with_bytes(obj: Any, data: bytes | memoryview) -> bytes:
+    """encode(obj) where obj's last field is b"" and `data` goes there instead, without
+    handing `data` to cbor2: its encoder copies a large byte string about ten times slower
+    than one join does (0.75 against 0.04 ms per MiB), and the plane streams chunk data this
+    way (connection.py). The bytes are exactly encode() of the object holding `data`."""
+    head = encode(obj)
+    assert head.endswith(b"\x40"), "the last field must be b\"\" (CBOR 0x40)"
+    return b"".join((head[:-1], _bytes_head(len(data)), data))
+
+
+def _bytes_head(n: int) -> bytes:
+    """The CBOR head of a byte string of n bytes (major type 2, RFC 8949 §3.1)."""
+    if n < 24:
+        return bytes((0x40 | n,))
+    for marker, width in ((0x58, 1), (0x59, 2), (0x5A, 4), (0x5B, 8)):
+        if n < 1 << (8 * width):
+            return bytes((marker,)) + n.to_bytes(width, "big")
+    raise ValueError(f"byte string of {n} bytes")
+
+
 def decode(data: bytes) -> Any:
     """Decode bytes from a peer; anything malformed raises CodecError."""
     try:

@@ -35,7 +35,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.utilities import LocalProtocolError
 
 from server.rpc import ws_compat
-from server.rpc.codec import CodecError, decode, encode
+from server.rpc.codec import CodecError, decode, encode, encode_with_bytes
 from server.rpc.frames import (
     Batch,
     Chunk,
@@ -170,7 +170,8 @@ class Connection:
         step = self._limits.max_frame_bytes - CHUNK_OVERHEAD_BYTES
         view = memoryview(data)
         for offset in range(0, len(data), step):
-            yield encode(Chunk(stream_id, offset, len(data), bytes(view[offset:offset + step])))
+            yield encode_with_bytes(Chunk(stream_id, offset, len(data), b""),
+                                    view[offset:offset + step])
 
     async def _writer(self) -> None:
         current: Iterator[bytes] | None = None

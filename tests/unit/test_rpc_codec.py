@@ -15,6 +15,7 @@ from raft.messages import ALL_MESSAGE_TYPES
 from raft.types import ConfState, Entry, EntryType
 from server.rpc import codec
 from server.rpc.codec import CodecError, decode, encode, message
+from server.rpc.frames import Chunk
 from server.rpc.raft_wire import register_raft_types
 
 
@@ -191,3 +192,13 @@ def test_registering_a_tag_twice_is_a_programmer_error() -> None:
 def test_raft_messages_round_trip(cls, data) -> None:
     m = data.draw(st.from_type(cls))
     assert decode(encode(m)) == m
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 65535, 65536, (1 << 20) - 128])
+def test_a_chunk_encoded_around_its_bytes_is_the_same_as_encoded_whole(n: int) -> None:
+    """encode_with_bytes (the plane's streamed slices) writes exactly what encode() does."""
+    data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    whole = Chunk(7, 1 << 33, 1 << 34, data)
+    fast = codec.encode_with_bytes(Chunk(7, 1 << 33, 1 << 34, b""), memoryview(data))
+    assert fast == encode(whole)
+    assert decode(fast) == whole
