@@ -32,10 +32,10 @@ import trio
 Batch = Iterable[tuple[bytes, bytes | None]]
 
 
-def loop_is_idle(limiter: trio.CapacityLimiter) -> bool:
+def loop_is_idle(limiter: trio.CapacityLimiter | None = None) -> bool:
     """Whether a short blocking call may run on the event loop's thread (module rules): no call
-    under `limiter` is in a worker thread and no task waits to run."""
-    if limiter.borrowed_tokens:
+    under `limiter` (if given) is in a worker thread and no task waits to run."""
+    if limiter is not None and limiter.borrowed_tokens:
         return False
     return trio.lowlevel.current_statistics().tasks_runnable == 0
 

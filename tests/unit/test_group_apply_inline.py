@@ -3,7 +3,6 @@ thread (small batches of txn records only), and that such an apply never waits."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from server.fs.changes import WriteEffect
 from server.fs.config import FsConfig
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
+from tests.faults.faultinject import fill
 from txn.ids import txn_id
 from txn.records import TxnLocal
 from txn.state import TxnState
@@ -85,14 +85,7 @@ def test_an_inline_apply_meeting_a_full_cache_disk_goes_to_a_thread(tmp_path: Pa
         write = WriteEffect(5, 1 << 20, 0, b"w" * 8192)
         sm.app.take_effects = lambda: [write]  # type: ignore[method-assign]
         ballast = disk / "ballast"
-        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            while os.write(fd, bytes(4096)):
-                pass
-        except OSError:
-            pass  # full, to the last block
-        finally:
-            os.close(fd)
+        fill(ballast)  # full, to the last block
         with pytest.raises(ApplyNeedsThread):
             sm.apply_sync([txn(1)], inline=True)
         assert kv.get_sync(b"sm.applied") is None
