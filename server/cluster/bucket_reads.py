@@ -28,7 +28,7 @@ import trio
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig, backed_len, first_leaf
 from server.fs import keys
-from server.fs.changes import decode_u64
+from server.fs.keys import decode_u64
 from server.rpc.frames import RemoteError
 from storage.chunkcache import ChunkCache
 from storage.chunks import ChunkIOError

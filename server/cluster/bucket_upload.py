@@ -40,7 +40,7 @@ from server.cluster.bucket import backed_len
 from server.cluster.bucket_reads import NeedFetch
 from server.cluster.flush_claim import trio_deadline
 from server.fs import keys
-from server.fs.changes import decode_u64
+from server.fs.keys import decode_u64
 from server.fs.records import Inode, decode_value
 from server.rpc.frames import RemoteError
 from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError

@@ -24,7 +24,7 @@ from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
 from server.fs import fsck as fs_fsck
 from server.fs import keys
-from server.fs.changes import decode_u64
+from server.fs.keys import decode_u64
 
 PAGE = 5_000
 TXN_OPEN = (b"txn/lock/", b"txn/prep/", b"txn/dec/")

@@ -40,9 +40,9 @@ from server.fs.changes import (
     StateError,
     TrimEffect,
     WriteEffect,
-    decode_u64,
 )
 from server.fs.config import FsConfig
+from server.fs.keys import decode_u64
 from server.fs.records import (
     AdjustLinks,
     ChunkDelete,

@@ -29,7 +29,8 @@ from server.cluster import protocol as p
 from server.cluster.bucket import is_backed
 from server.cluster.bucket_reads import BucketReads, Fetched, Origin
 from server.fs import keys
-from server.fs.changes import FIRST_COOKIE, decode_u64
+from server.fs.changes import FIRST_COOKIE
+from server.fs.keys import decode_u64
 from server.fs.records import CookieEntry, Inode, decode
 from server.rpc.frames import RemoteError
 from storage.chunks import ChunkStore

@@ -337,7 +337,7 @@ class RingApply:
             if k[:4] == keys.INODE and self.kv.get_sync(k) is None and k not in self.writes:
                 added += 1
             if k[:4] == keys.MATERIALIZED and v:
-                self._see_chunk_version(_u64(v))
+                self._see_chunk_version(keys.decode_u64(v))
             self.writes[k] = v
         for ino, index, _ in chunks:
             if self.chunks.changed_hook is not None:
@@ -390,7 +390,7 @@ class RingApply:
 
     def _meta(self, key: bytes) -> int:
         """A counter of the group's state as this entry leaves it so far."""
-        return _u64(self.writes.get(key) or self.kv.get_sync(key))
+        return keys.decode_u64(self.writes.get(key) or self.kv.get_sync(key))
 
 
 def decode_entry(payload: bytes) -> dict[str, Any]:
@@ -398,7 +398,3 @@ def decode_entry(payload: bytes) -> dict[str, Any]:
     if not isinstance(entry, dict) or "op" not in entry:
         raise ValueError("a ring entry is a map with an op")
     return entry
-
-
-def _u64(raw: bytes | None) -> int:
-    return 0 if raw is None else _U64.unpack(raw)[0]

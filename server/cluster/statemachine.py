@@ -44,6 +44,7 @@ import cbor2
 from raft.types import Entry, EntryType
 from server.cluster import ringstate
 from server.cluster.nodelist import NodeList
+from server.fs.keys import decode_u64
 from storage.chunks import ChunkIOError, ChunkStore
 from storage.kv import KvStore
 from txn.codec import from_cbor, to_cbor
@@ -118,10 +119,6 @@ def decode_entry(data: bytes) -> tuple[int, bytes]:
     return kind, payload
 
 
-def u64(raw: bytes | None) -> int:
-    return 0 if raw is None else _U64.unpack(raw)[0]
-
-
 class StateView:
     """A read-only txn KvView of the applied state (queries, recovery scans; worker thread)."""
 
@@ -167,7 +164,7 @@ class GroupStateMachine:
         """At start: the applied index, the NodeList and a pending ring change on disk."""
         self.nodelist_bytes = self.kv.get_sync(NODELIST)
         self._load_freeze()
-        return u64(self.kv.get_sync(APPLIED))
+        return decode_u64(self.kv.get_sync(APPLIED))
 
     def _load_freeze(self) -> None:
         self.freeze = ringstate.load_freeze(self.kv, self.vnodes)
@@ -210,7 +207,7 @@ class GroupStateMachine:
                 results += self._apply_txns(run, e.index - 1)
                 run = []
             self._apply_ring(kind, payload, e.index)
-        if run or u64(self.kv.get_sync(APPLIED)) < last:
+        if run or decode_u64(self.kv.get_sync(APPLIED)) < last:
             results += self._apply_txns(run, last, may_wait=not inline)
         return results
 

@@ -6,7 +6,6 @@ the same batch), and KvView, a View straight over LevelDB.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -202,9 +201,6 @@ class Changes:
 
 # Reading the state from LevelDB (worker threads only: these block).
 
-_U64 = struct.Struct(">Q")
-
-
 class KvView:
     """A View straight over LevelDB, for the apply loop and bulk loaders in worker threads."""
 
@@ -220,7 +216,7 @@ class KvView:
         return None if raw is None else decode(raw)
 
     def meta_int(self, key: bytes) -> int:
-        return decode_u64(self.kv.get_sync(key))
+        return keys.decode_u64(self.kv.get_sync(key))
 
     def inline(self, ino: int) -> bytes:
         return self.kv.get_sync(keys.inline_key(ino)) or b""
@@ -228,7 +224,3 @@ class KvView:
     def entry_names(self, dir_ino: int, limit: int) -> list[bytes]:
         rows = self.kv.iterate_sync(prefix=keys.dirent_prefix(dir_ino), limit=limit)
         return [keys.parse_dirent_key(k)[1] for k, _ in rows]
-
-
-def decode_u64(raw: bytes | None) -> int:
-    return 0 if raw is None else _U64.unpack(raw)[0]

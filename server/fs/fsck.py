@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from nfs_gateway.backend import FileType
 from server.fs import keys
-from server.fs.changes import decode_u64
+from server.fs.keys import decode_u64
 from server.fs.records import CookieEntry, Dirent, Inode, decode
 
 ROOT_INO = 1

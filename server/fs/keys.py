@@ -44,6 +44,11 @@ def u64(n: int) -> bytes:
     return _U64.pack(n)
 
 
+def decode_u64(raw: bytes | None) -> int:
+    """u64's inverse; a missing value reads as 0."""
+    return 0 if raw is None else _U64.unpack(raw)[0]
+
+
 def inode_key(ino: int) -> bytes:
     return INODE + u64(ino)
 

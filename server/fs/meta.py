@@ -32,9 +32,10 @@ import trio
 
 from nfs_gateway.backend import FileType, IOError_
 from server.fs import keys
-from server.fs.changes import Changes, StateError, decode_u64
+from server.fs.changes import Changes, StateError
 from server.fs.config import FsConfig
 from server.fs.dirindex import CompleteDirs
+from server.fs.keys import decode_u64
 from server.fs.records import Dirent, Inode, Multi, RecordError, WriteInline, WriteMeta, decode
 from server.fs.state import apply
 from storage.kv import KvError, KvStore

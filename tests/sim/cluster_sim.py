@@ -455,7 +455,7 @@ class World:
                     count += 1
                 if k.startswith(b"fs.") and not k.startswith(keys.META):
                     merged.append((k, v))
-            got = fs_fsck.decode_u64(g.kv.get(keys.INODE_COUNT))
+            got = keys.decode_u64(g.kv.get(keys.INODE_COUNT))
             assert got == count, f"group {g.gid}: inode count {got}, holds {count}"
         merged += [(keys.NEXT_INO, keys.u64(max(inodes) + 1)),
                    (keys.INODE_COUNT, keys.u64(len(inodes)))]

@@ -11,7 +11,7 @@ from fs_helpers import CHUNK, ROOT, get, mkfile, put
 from nfs_gateway.backend import FileType, SetAttrs, StableHow
 from server.fs import keys
 from server.fs.backend import LocalBackend
-from server.fs.changes import decode_u64
+from server.fs.keys import decode_u64
 from server.fs.records import CreateInode, LinkDirent
 from server.fs.state import apply_sync
 from storage.kv import KvStore

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from nfs_gateway.backend import CreateMode, FileType, FsError, SetAttrs, StableHow
 from server.fs import fsck, keys
 from server.fs.backend import LocalBackend
-from server.fs.changes import FIRST_COOKIE, Changes, StateError, decode_u64
+from server.fs.changes import FIRST_COOKIE, Changes, StateError
+from server.fs.keys import decode_u64
 from server.fs.records import (
     AdjustLinks,
     CreateInode,
