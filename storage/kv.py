@@ -133,34 +133,15 @@ class KvStore:
         """Items with start <= key < stop (and key starting with prefix), in key order."""
         limit = self.config.max_scan_items if limit is None else limit
         assert 0 <= limit <= self.config.max_scan_items, limit
-        out: list[tuple[bytes, bytes]] = []
-        if limit == 0:
-            return out
-        kwargs: dict[str, bytes | bool] = {"reverse": reverse}
-        if prefix is not None:
-            kwargs["prefix"] = prefix
-        if start is not None or stop is not None:
-            # plyvel refuses prefix together with start/stop: clip the range to the prefix.
-            assert prefix is None or all(
-                b is None or b.startswith(prefix) for b in (start, stop)
-            ), "start/stop must lie inside the prefix"
-            kwargs.pop("prefix", None)
-            kwargs["start"] = start if start is not None else (prefix or b"")
-            if stop is not None:
-                kwargs["stop"] = stop
-            elif prefix is not None:
-                end = prefix_end(prefix)
-                if end is not None:
-                    kwargs["stop"] = end
+        return _iterate(self._live(), prefix, start, stop, limit, reverse)
+
+    def snapshot_sync(self) -> KvSnapshot:
+        """A view of the store as it is now, for reads spread over several calls that must
+        agree with each other (fsck's pages). Close it when done: LevelDB keeps what it shows."""
         try:
-            with self._live().iterator(**kwargs) as it:
-                for item in it:
-                    out.append(item)
-                    if len(out) >= limit:
-                        break
+            return KvSnapshot(self._live().snapshot(), self.config.max_scan_items)
         except plyvel.Error as e:
-            raise KvError(f"iterate failed: {e}") from e
-        return out
+            raise KvError(f"snapshot failed: {e}") from e
 
     def write_sync(self, batch: Batch, *, sync: bool) -> None:
         db = self._live()
@@ -226,3 +207,55 @@ def prefix_end(prefix: bytes) -> bytes | None:
         return None
     b[-1] += 1
     return bytes(b)
+
+
+class KvSnapshot:
+    """A point-in-time view of a KvStore (a LevelDB snapshot). Reads may come from any thread;
+    after close(), or after the store closed, they raise KvError."""
+
+    def __init__(self, snap: plyvel.Snapshot, max_scan_items: int) -> None:
+        self._snap = snap
+        self._max = max_scan_items
+
+    def iterate_sync(self, *, prefix: bytes | None = None, start: bytes | None = None,
+                     stop: bytes | None = None, limit: int | None = None,
+                     reverse: bool = False) -> list[tuple[bytes, bytes]]:
+        """As KvStore.iterate_sync, over the view."""
+        limit = self._max if limit is None else limit
+        assert 0 <= limit <= self._max, limit
+        return _iterate(self._snap, prefix, start, stop, limit, reverse)
+
+    def close(self) -> None:
+        self._snap.close()
+
+
+def _iterate(source: plyvel.DB | plyvel.Snapshot, prefix: bytes | None, start: bytes | None,
+             stop: bytes | None, limit: int, reverse: bool) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    if limit == 0:
+        return out
+    kwargs: dict[str, bytes | bool] = {"reverse": reverse}
+    if prefix is not None:
+        kwargs["prefix"] = prefix
+    if start is not None or stop is not None:
+        # plyvel refuses prefix together with start/stop: clip the range to the prefix.
+        assert prefix is None or all(
+            b is None or b.startswith(prefix) for b in (start, stop)
+        ), "start/stop must lie inside the prefix"
+        kwargs.pop("prefix", None)
+        kwargs["start"] = start if start is not None else (prefix or b"")
+        if stop is not None:
+            kwargs["stop"] = stop
+        elif prefix is not None:
+            end = prefix_end(prefix)
+            if end is not None:
+                kwargs["stop"] = end
+    try:
+        with source.iterator(**kwargs) as it:
+            for item in it:
+                out.append(item)
+                if len(out) >= limit:
+                    break
+    except (plyvel.Error, RuntimeError) as e:  # RuntimeError: the view or store was closed
+        raise KvError(f"iterate failed: {e}") from e
+    return out

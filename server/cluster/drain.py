@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import trio
 
 from nfs_gateway.backend import FsError
-from server.cluster import drain_check
+from server.cluster import drain_check, state_scan
 from server.cluster import protocol as p
 from server.cluster.flush import Flusher, RoundResult
 from server.cluster.gateway import ClusterBackend
@@ -49,6 +49,7 @@ from server.fs.records import Inode, decode_value
 from server.rpc.codec import message
 from server.rpc.frames import RemoteError, RpcError
 from server.rpc.plane import RpcPlane
+from storage.kv import prefix_end
 from storage.objstore.base import ObjectInfo, StoreError
 
 log = logging.getLogger("objcache.drain")
@@ -411,15 +412,12 @@ class Drains:
         """Every inode of every group (ScanState pages of the inode key range)."""
         out: dict[int, Inode] = {}
         for g in sorted(self.router.nodelist.groups()):
-            start = keys.INODE
-            while start:
-                reply = await self.b._at(lambda g=g: g, p.ScanState(0, start, SCAN_PAGE))
-                rows = [(k, v) for k, v in reply.items if k.startswith(keys.INODE)]
-                for _, v in rows:
-                    inode: Inode = decode_value(v)
-                    out[inode.ino] = inode
-                done = len(rows) < len(reply.items) or not reply.next_start
-                start = b"" if done else reply.next_start
+            rows = await state_scan.scan(lambda req, g=g: self.b._at(lambda: g, req),
+                                         start=keys.INODE, stop=prefix_end(keys.INODE) or b"",
+                                         page=SCAN_PAGE)
+            for _, v in rows:
+                inode: Inode = decode_value(v)
+                out[inode.ino] = inode
         return out
 
     async def _heads(self, job: _Job, expected: list[drain_check.Expected]) -> None:

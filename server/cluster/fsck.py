@@ -8,8 +8,15 @@ only a cluster can get wrong:
 - every chunk mark (keys.MATERIALIZED, in the chunk's group) belongs to an inode that exists;
 - each group's inode counter equals the inodes it holds;
 - no transaction is left holding locks or a prepared record, and no decision is left
-  unfinished — checked again after a pause, since a workload that just ended may still be
-  finishing a few (`settle_s`); only what persists is reported.
+  unfinished.
+
+Clients may go on working while fsck runs. Each group's pages show one moment of its state
+(state_scan.py), but the groups are scanned side by side, not at one instant: a transaction
+across groups can show its half in one group and not yet in another, and a workload that just
+ended may still be finishing a few transactions. So while anything looks wrong, fsck scans
+again after a pause, until `settle_s` has passed; it reports only the problems every scan
+found (a real fault stays put, a passing transaction does not) and the open transaction
+records of the last scan.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import trio
 
-from server.cluster import protocol as p
+from server.cluster import state_scan
 from server.cluster.nodelist import NodeList
 from server.cluster.router import GroupRouter
 from server.fs import fsck as fs_fsck
@@ -31,19 +38,21 @@ TXN_OPEN = (b"txn/lock/", b"txn/prep/", b"txn/dec/")
 
 
 async def scan_group(router: GroupRouter, group: int) -> list[tuple[bytes, bytes]]:
-    items: list[tuple[bytes, bytes]] = []
-    start = b""
-    while True:
-        reply = await router.call(group, p.ScanState(0, start, PAGE))
-        items += reply.items
-        if not reply.next_start:
-            return items
-        start = reply.next_start
+    """The group's state at one moment (state_scan.py)."""
+    return await state_scan.scan(lambda req: router.call(group, req), page=PAGE)
 
 
 async def scan_cluster(router: GroupRouter) -> dict[int, list[tuple[bytes, bytes]]]:
-    groups = sorted(router.nodelist.groups())
-    return {g: await scan_group(router, g) for g in groups}
+    """Every group's state, scanned at once so the moments they show lie close together."""
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+
+    async def one(g: int) -> None:
+        out[g] = await scan_group(router, g)
+
+    async with trio.open_nursery() as nursery:
+        for g in sorted(router.nodelist.groups()):
+            nursery.start_soon(one, g)
+    return dict(sorted(out.items()))
 
 
 def check(per_group: dict[int, list[tuple[bytes, bytes]]], nodelist: NodeList,
@@ -70,8 +79,9 @@ def check(per_group: dict[int, list[tuple[bytes, bytes]]], nodelist: NodeList,
                 continue  # per-group counters: checked here, not in the union
             if key.startswith(b"fs."):
                 merged.append((key, value))
-        if count != inodes:
-            problems.append(f"group {group}: inode count {count}, holds {inodes} inodes")
+        if count != inodes:  # worded to read the same in every scan while files come and go
+            problems.append(f"group {group}: the inode count is off by {count - inodes:+d} "
+                            "from the inodes the group holds")
     # The single-node checker also wants the counters; give it ones that hold by definition
     # (inode ids come from per-node allocators here, so "next id" has no cluster meaning).
     inos = [keys.parse_inode_key(k) for k, _ in merged if k.startswith(keys.INODE)]
@@ -98,15 +108,19 @@ def open_transactions(per_group: dict[int, list[tuple[bytes, bytes]]]) -> dict[i
 
 async def fsck(router: GroupRouter, vnodes: int, *, settle_s: float = 10.0,
                ) -> tuple[list[str], dict[int, list[tuple[bytes, bytes]]]]:
-    """Scan and check; open transactions are re-checked until settle_s has passed."""
+    """Scan and check until the cluster looks consistent or settle_s has passed; report what
+    every scan found (module rules)."""
     deadline = trio.current_time() + settle_s
+    persistent: set[str] | None = None
     while True:
         per_group = await scan_cluster(router)
         busy = open_transactions(per_group)
-        if not busy or trio.current_time() >= deadline:
+        problems = check(per_group, router.nodelist, vnodes)
+        persistent = set(problems) if persistent is None else persistent & set(problems)
+        if not (busy or persistent) or trio.current_time() >= deadline:
             break
         await trio.sleep(0.5)
-    problems = check(per_group, router.nodelist, vnodes)
+    problems = [problem for problem in problems if problem in persistent]
     problems += [f"group {g}: {n} transaction records (locks, prepared, decisions) left open"
                  for g, n in sorted(busy.items())]
     return problems, per_group

@@ -44,6 +44,7 @@ from raft.types import Entry, SnapshotMeta
 from server.cluster import bucket_upload
 from server.cluster import protocol as p
 from server.cluster.nodelist import NodeList
+from server.cluster.state_scan import StateScans
 from server.cluster.statemachine import (
     ApplyAbandoned,
     ApplyNeedsThread,
@@ -85,7 +86,6 @@ TXN_TOTAL = Counter("objcache_txn_total", "Transactions decided by this node as 
                     ["kind", "outcome"])
 
 ROOT_INO = 1
-SCAN_SPACES = (b"fs.", b"txn/")  # in key order
 # Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
 # otherwise send LevelDB calls to worker threads; these are the measured exception).
 INLINE_READS = (p.GetInodes, p.Lookup)
@@ -157,6 +157,7 @@ class GroupRuntime:
         self._becoming = False
         self._txn_waiters: dict[TxnId, list[tuple[trio.Event, list[Outcome | None]]]] = {}
         self._snapshot = SnapshotPieces(self._snapshot_bytes)  # the one being sent
+        self._scans = StateScans(kv)  # ScanState pages
         self._nursery: trio.Nursery | None = None
         self._version_of: tuple[bytes | None, int] = (None, 0)
         self.bucket: BucketReads | None = None  # set by the node when it has object stores
@@ -217,6 +218,7 @@ class GroupRuntime:
             await trio.sleep_forever()
         finally:
             self.sm.stopping.set()
+            self._scans.close()
 
     async def _lead_alone(self) -> None:
         """The only voter of its group campaigns at once instead of after an election
@@ -278,7 +280,7 @@ class GroupRuntime:
             return await bucket_upload.put_part(self, request)
         await self.read_barrier()
         if isinstance(request, p.ScanState):
-            return await trio.to_thread.run_sync(self._scan, request)
+            return await self._scans.page(request)
         if isinstance(request, p.ScanFlush):
             return await trio.to_thread.run_sync(self._scan_flush, request)
         if isinstance(request, p.KeysUnder):
@@ -370,20 +372,6 @@ class GroupRuntime:
             if len(out) >= limit:
                 return p.ScanFlushReply(tuple(out), out[-1][0] + b"\0")
         return p.ScanFlushReply(tuple(out), b"")
-
-    def _scan(self, req: p.ScanState) -> p.ScanStateReply:
-        """fsck's view of the state: the `fs.` then the `txn/` key space, in pages."""
-        limit = max(1, min(req.limit, 10_000))
-        items: list[tuple[bytes, bytes]] = []
-        start = req.start or SCAN_SPACES[0]
-        for space in SCAN_SPACES:
-            if start > space and not start.startswith(space):
-                continue
-            first = start if start.startswith(space) else space
-            items += self.kv.iterate_sync(prefix=space, start=first, limit=limit - len(items))
-            if len(items) >= limit:
-                return p.ScanStateReply(tuple(items), items[-1][0] + b"\x00")
-        return p.ScanStateReply(tuple(items), b"")
 
     def _serving(self) -> bool:
         """This node leads, and its cores know of the leadership of the current term."""

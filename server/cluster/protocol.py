@@ -43,6 +43,8 @@ MOVING = "moving"  # the state is moving to another group (a ring change, ringst
 # router waits and retries until the new ring is installed
 WRONG_GROUP = "wrong-group"  # the named state is not placed in this group (a bug or a race
 # with a ring change; retried like STALE_RING after a refresh)
+SCAN_EXPIRED = "scan-expired"  # a ScanState page of a scan this leader no longer holds
+# (state_scan.py): the caller starts the scan over
 
 
 # -- reads -------------------------------------------------------------------------------------
@@ -313,12 +315,16 @@ class MaxInodeReply:
 @message("cl.scan_state")
 @dataclass(frozen=True, slots=True)
 class ScanState:
-    """For fsck: the group's replicated state in key order, from `start` (inclusive), at most
-    `limit` pairs. Only the `fs.` and `txn/` key spaces and the group's NodeList."""
+    """For fsck and drain: the group's replicated state in key order, from `start`
+    (inclusive) to `stop` (exclusive; b"": the end), at most `limit` pairs; the `fs.` and
+    `txn/` key spaces. The pages of one scan show one moment of the state: the first asks with
+    scan_id 0, the rest with the scan_id its reply named (server/cluster/state_scan.py)."""
 
     ring_version: int
     start: bytes
     limit: int
+    scan_id: int = 0
+    stop: bytes = b""
 
 
 @message("cl.scan_state_reply")
@@ -326,6 +332,7 @@ class ScanState:
 class ScanStateReply:
     items: tuple[tuple[bytes, bytes], ...]
     next_start: bytes  # b"" when the scan is complete
+    scan_id: int = 0  # what the next page asks with (0 once complete)
 
 
 @message("cl.get_nodelist")

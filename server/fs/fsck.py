@@ -45,8 +45,11 @@ def check(items: Iterable[tuple[bytes, bytes]]) -> list[str]:
     problems += _check_links(inodes, dirents)
     for ino, n in blobs.items():
         inode = inodes.get(ino)
-        if inode is None or not inode.inline or n > inode.size:
-            problems.append(f"inline bytes ({n}) of inode {ino}, which is {inode}")
+        # Worded alike in every scan of a changing state (server/cluster/fsck.py compares them).
+        why = ("there is no such inode" if inode is None else "it is not inline" if not
+               inode.inline else "they exceed its size" if n > inode.size else "")
+        if why:
+            problems.append(f"inline bytes of inode {ino}: {why}")
     if inodes and meta.get(keys.NEXT_INO, 0) <= max(inodes):
         problems.append(f"next inode id {meta.get(keys.NEXT_INO)} <= inode {max(inodes)}")
     if meta.get(keys.INODE_COUNT, 0) != len(inodes):
@@ -74,7 +77,8 @@ def _check_entries(
         if back is None or back.name != name or back.ino != ent.ino:
             problems.append(f"entry {name!r} in {d}: cookie index disagrees ({back})")
     if len(cookies) != len(dirents):
-        problems.append(f"{len(cookies)} cookie index rows for {len(dirents)} entries")
+        problems.append(f"the cookie index has {len(cookies) - len(dirents):+d} rows more "
+                        "than there are entries")
     return problems
 
 

@@ -159,7 +159,8 @@ def _fill_and_free(c: LocalCluster, chunks: Path, size: int) -> None:
     if outcome == ["ok"]:
         assert nfs.read_file("/during") == b"b" * size
     nfs.close()
-    assert c.fsck()["ok"]
+    report = c.fsck()
+    assert report["ok"], report["problems"]
     c.kill9(1)
     c.restart(1)
     again = FaultNfs(c.export_url(1))
@@ -227,7 +228,8 @@ def test_a_full_cache_disk_evicts_clean_copies_and_a_waiting_apply_stops(tmp_pat
             if outcome == ["ok"]:
                 assert again.read_file("/stuck") == b"s" * 300_000
             again.close()
-            assert c.fsck()["ok"]
+            report = c.fsck()
+            assert report["ok"], report["problems"]
         finally:
             c.down(check=False)
     finally:

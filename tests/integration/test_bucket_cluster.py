@@ -98,7 +98,8 @@ def test_a_bucket_tree_through_three_nodes(tmp_path: Path, s3_bucket: Any,
         assert flush.returncode == 0, flush.stdout + flush.stderr
         got = s3.get_object(Bucket=s3_bucket.name, Key="data/models/new.bin")["Body"].read()
         assert got == local.read_bytes()
-        assert c.fsck()["ok"]
+        report = c.fsck()
+        assert report["ok"], report["problems"]
     finally:
         c.down()
 
@@ -134,6 +135,7 @@ def test_dirty_files_survive_kill_9_and_reach_the_bucket(tmp_path: Path, s3_buck
         for name, data in files.items():
             got = s3.get_object(Bucket=s3_bucket.name, Key=f"k9/{name}")["Body"].read()
             assert got == data, name
-        assert c.fsck()["ok"]
+        report = c.fsck()
+        assert report["ok"], report["problems"]
     finally:
         c.down(check=False)

@@ -7,18 +7,26 @@ driven through libnfs against different nodes' gateways.
   over the groups); `objcache admin fsck` finds the cluster consistent afterwards.
 - kill -9 of node 2 in the middle of a write workload through node 1, and its restart: every
   acknowledged file reads back, nothing is half done (fsck), and the cluster serves on.
+- fsck while a client creates and removes files in a group whose state spans several scan
+  pages finds nothing wrong: a page read after a change must not be paired with one from
+  before it (state_scan.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
 import threading
 from pathlib import Path
 
 import pytest
 from clusterproc import LocalCluster
 from serverproc import ClientError, nfs_cat, nfs_cp, nfs_ls, nfsmeta
+
+from server.fs import keys
+from storage.kv import KvStore
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +88,56 @@ def test_namespace_operations_across_groups_leave_a_consistent_cluster(cluster):
     # two of /d0../d5 with their files in each group, and the root in one of them
     assert report["inodes_per_group"] == {
         g: 2 * 21 + (g == root_group) for g in ("1", "2", "3")}, report
+
+
+def test_fsck_during_a_workload_reports_only_what_is_wrong(cluster):
+    nfsmeta(cluster.export_url(1), "mkfiles", "/big", 2000)  # ~6000 keys: two scan pages
+    stop = threading.Event()
+    rounds: list[dict] = []
+    errors: list[BaseException] = []
+
+    def client() -> None:  # creates, renames and removes in a directory of the same group
+        try:
+            while not stop.is_set():
+                rounds.append(nfsmeta(cluster.export_url(1), "ns", f"/busy{len(rounds)}", 200))
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        for _ in range(4):
+            report = cluster.fsck()
+            assert report["ok"], report["problems"]
+            assert report["inodes_per_group"]["1"] > 2000
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors
+    assert rounds, "the client finished no round while fsck ran"
+    report = cluster.fsck()
+    assert report["ok"], report["problems"]
+    assert report["inodes"] == 1 + 2001  # the root, /big and its files (ns removes its own)
+
+
+def test_fsck_finds_an_entry_whose_inode_is_gone(cluster):
+    nfsmeta(cluster.export_url(2), "mkfiles", "/d", 10)  # in group 2 (placement "local")
+    os.kill(cluster.nodes[2]["pid"], signal.SIGTERM)
+    cluster.wait_exit(2)
+    kv = KvStore.open_sync(cluster.root / "n2" / "meta")
+    try:  # the newest inode of the group: the last file made
+        last, _ = kv.iterate_sync(prefix=keys.INODE, reverse=True, limit=1)[0]
+        kv.write_sync([(last, None)], sync=True)
+    finally:
+        kv.close_sync()
+    cluster.restart(2)
+    report = cluster.fsck()
+    ino = keys.parse_inode_key(last)
+    assert not report["ok"]
+    assert "entry b'f000009' in" in "\n".join(report["problems"]), report["problems"]
+    assert any(f"points at missing inode {ino}" in x for x in report["problems"]), report
+    assert "group 2: the inode count is off by +1 from the inodes the group holds" in (
+        report["problems"]), report
 
 
 def test_kill9_of_a_node_mid_workload_loses_no_acknowledged_write(cluster, tmp_path):

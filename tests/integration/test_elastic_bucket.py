@@ -66,7 +66,8 @@ def test_dirty_and_clean_files_through_joins_and_leaves(tmp_path: Path, s3_bucke
         for node in nodes:
             for name, data in {**dirty, **clean}.items():
                 assert nfs_cat(c.url(node, name)) == data, (node, name)
-        assert c.fsck()["ok"]
+        report = c.fsck()
+        assert report["ok"], report["problems"]
         held = bucket()
         if written_back is None:
             assert held == clean  # the written files are all still dirty
@@ -172,7 +173,8 @@ def test_a_leave_whose_write_back_fails_hands_the_dirty_files_over(
             assert proxy.refused > 0
             for name, data in files.items():
                 assert nfs_cat(c.url(1, name)) == data, name
-            assert c.fsck()["ok"]
+            report = c.fsck()
+            assert report["ok"], report["problems"]
             listed = s3.list_objects_v2(Bucket=s3_bucket.name, Prefix="lv/")
             held = {o["Key"][3:] for o in listed.get("Contents", [])}
             assert held - {f"d{d}/" for d in range(6)} == {

@@ -82,3 +82,15 @@ async def test_inline_when_idle_runs_on_the_loop_thread_only_when_nothing_else_c
     assert threads[0] == loop_thread
     assert threads[1] != loop_thread and threads[2] != loop_thread
     assert await kv.get_many([b"a", b"b", b"c"], inline_when_idle=True) == [b"1", b"2", b"3"]
+
+
+async def test_a_snapshot_shows_the_store_as_it_was_until_closed(kv):
+    await kv.write([(b"p1", b"old"), (b"p2", b"x")], sync=False)
+    view = kv.snapshot_sync()
+    await kv.write([(b"p1", b"new"), (b"p2", None), (b"p3", b"y")], sync=False)
+    assert view.iterate_sync(prefix=b"p") == [(b"p1", b"old"), (b"p2", b"x")]
+    assert view.iterate_sync(start=b"p2", limit=5) == [(b"p2", b"x")]
+    assert await kv.iterate(prefix=b"p") == [(b"p1", b"new"), (b"p3", b"y")]
+    view.close()
+    with pytest.raises(KvError, match="closed"):
+        view.iterate_sync(prefix=b"p")
