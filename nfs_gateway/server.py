@@ -14,8 +14,8 @@ Rules:
   control push back; nothing queues without bound), UDP requests in flight, UDP reply size,
   idle time (one watchdog task, not a timer per receive).
 - Replies on one connection may complete out of order, but each is written whole under the
-  connection's send lock, with one scatter-gather `sendmsg` of the header and payload buffers:
-  READ data is never copied into a joined buffer (small replies are joined; that is cheaper).
+  connection's send lock, without copying (sendpath.py): READ data is never copied into a
+  joined buffer (small replies are joined; that is cheaper).
 - The per-request path is kept free of scheduling rounds: a connection's socket is a plain
   non-blocking socket used with trio.lowlevel.wait_readable/wait_writable (only when it would
   block), a call that can be answered from memory (Dispatcher.dispatch_nowait) is answered by the
@@ -24,9 +24,6 @@ Rules:
 - Large records (WRITE) are received straight into their final buffer (RecordDecoder.direct_view).
 - With a single client connected and nothing else to do, the read loop busy-polls the socket
   for a few tens of µs after a reply before sleeping (RpcLimits.busy_poll_us; module notes there).
-- READ data that the backend hands over as a FileSlice (pages in the page cache) is sent with
-  os.sendfile after the header (MSG_MORE): it never passes through user space. Every slice is
-  released once sent or when its reply is abandoned.
 - Graceful shutdown: `shutdown()` stops accepting and reading; requests already read are answered
   (within `shutdown_grace_s`), then connections close and `run` returns.
 """
@@ -35,7 +32,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import select
 import socket as stdlib_socket
 import struct
@@ -59,10 +55,10 @@ from nfs_gateway.record import (
     encode_record,
 )
 from nfs_gateway.rpc import AcceptStat, Dispatcher, accepted_reply
+from nfs_gateway.sendpath import release_slices, send_buffers, send_some
 
 log = logging.getLogger("objcache.rpc.server")
 
-_IOV_MAX = 1024  # Linux UIO_MAXIOV
 _RECEIVES_PER_YIELD = 8  # the read loop lets other tasks run at least this often
 _BIND_ATTEMPTS = 20
 _ACCEPT_BACKOFF_S = 0.1
@@ -168,36 +164,6 @@ class ByteBudget:
         self._released = trio.Event()
 
 
-def send_some(sock: stdlib_socket.socket, buffers: list) -> list:
-    """Send what the socket takes now of `buffers` (bytes-likes and FileSlices) without
-    blocking; what is left (empty when all went). Slices are released once sent."""
-    while buffers:
-        first = buffers[0]
-        if type(first) is FileSlice:
-            buffers = _sendfile_some(sock, first, buffers)
-            if buffers and buffers[0] is first:
-                return buffers  # the socket is full
-            continue
-        end = _plain_run(buffers)
-        run = buffers[:end]
-        try:
-            # MSG_MORE: a slice follows, so TCP holds the header back to send it with the data.
-            sent = sock.sendmsg(run, [], stdlib_socket.MSG_MORE if end < len(buffers) else 0)
-        except BlockingIOError:
-            return buffers
-        i = 0
-        while sent:
-            n = len(buffers[i])
-            if sent < n:
-                return [memoryview(buffers[i]).cast("B")[sent:], *buffers[i + 1 :]]
-            sent -= n
-            i += 1
-        if i < end:
-            return buffers[i:]  # the socket took the run only in part
-        buffers = buffers[i:]
-    return buffers
-
-
 def _poll_briefly(poller: select.poll, seconds: float) -> bool:
     """Poll (without sleeping) for up to `seconds`; whether the socket became readable. Each
     poll(0) releases the GIL, so worker threads are not held up."""
@@ -207,51 +173,6 @@ def _poll_briefly(poller: select.poll, seconds: float) -> bool:
             return True
         if time.perf_counter() >= deadline:
             return False
-
-
-def _plain_run(buffers: list) -> int:
-    """How many leading buffers are plain bytes-likes (at most _IOV_MAX)."""
-    for i, b in enumerate(buffers):
-        if type(b) is FileSlice or i == _IOV_MAX:
-            return i
-    return len(buffers)
-
-
-def _sendfile_some(sock: stdlib_socket.socket, piece: FileSlice, buffers: list) -> list:
-    try:
-        n = os.sendfile(sock.fileno(), piece.fd, piece.offset, piece.count)
-    except BlockingIOError:
-        return buffers
-    if n == 0:  # the file ended early (truncated meanwhile): the rest reads as zeros
-        zeros = bytes(piece.count)
-        piece.release()
-        return [zeros, *buffers[1:]]
-    piece.offset += n
-    piece.count -= n
-    if piece.count:
-        return buffers
-    piece.release()
-    return buffers[1:]
-
-
-def release_slices(buffers: list) -> None:
-    """Release the FileSlices of a reply that will not be sent (in full)."""
-    for b in buffers:
-        if type(b) is FileSlice:
-            b.release()
-
-
-async def send_buffers(sock: stdlib_socket.socket, buffers: list) -> None:
-    """Write all of `buffers` (no copy), waiting for the socket only when it is full. The
-    FileSlices among them are released, also when sending fails."""
-    buffers = [b for b in buffers if len(b)]
-    try:
-        buffers = send_some(sock, buffers)
-        while buffers:
-            await trio.lowlevel.wait_writable(sock)
-            buffers = send_some(sock, buffers)
-    finally:
-        release_slices(buffers)
 
 
 def _framed(reply: list[Buffer], join_below: int) -> list[Buffer]:

@@ -34,7 +34,8 @@ from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, make_portmap_program, mappings_for
 from nfs_gateway.program import NOT_READY, Program
 from nfs_gateway.rpc import Dispatcher
-from nfs_gateway.server import RpcLimits, release_slices
+from nfs_gateway.sendpath import release_slices
+from nfs_gateway.server import RpcLimits
 from server.fs.backend import LocalBackend
 
 CLIENT = ("127.0.0.1", 700)

@@ -1,6 +1,7 @@
 /* nfsmeta: metadata workloads through libnfs (a client we did not write).
  *
  *   nfsmeta URL mkfiles DIR N          mkdir DIR, create N empty files DIR/fNNNNNN
+ *   nfsmeta URL rmfiles DIR N          remove DIR/fNNNNNN (made by mkfiles), then DIR
  *   nfsmeta URL meta DIR N [BYTES]     create (+write BYTES) N files, stat each, remove each;
  *                                      then rmdir DIR
  *   nfsmeta URL count DIR              count entries of DIR (without . and ..)
@@ -161,7 +162,7 @@ static long count(const char *dir) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: nfsmeta URL mkfiles|meta|ns|count|mkdir DIR [N [BYTES]]\n");
+        fprintf(stderr, "usage: nfsmeta URL mkfiles|rmfiles|meta|ns|count|mkdir DIR [N [BYTES]]\n");
         return 2;
     }
     const char *op = argv[2], *dir = argv[3];
@@ -187,6 +188,11 @@ int main(int argc, char **argv) {
         t0 = now();
         create_files(dir, n, 0);
         report("create", n, t0);
+    } else if (strcmp(op, "rmfiles") == 0) {
+        t0 = now();
+        remove_files(dir, n);
+        report("remove", n, t0);
+        check(nfs_rmdir(nfs, dir), "rmdir", dir);
     } else if (strcmp(op, "ns") == 0) {
         check(nfs_mkdir(nfs, dir), "mkdir", dir);
         ns_phases(dir, n);
