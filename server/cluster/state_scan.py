@@ -51,8 +51,8 @@ class StateScans:
 
     async def page(self, req: p.ScanState) -> p.ScanStateReply:
         now = trio.current_time()
-        self._expire(now)
         scan_id = req.scan_id
+        self._expire(now, opening=scan_id == 0)
         if scan_id == 0:
             scan_id = next(self._ids)
             self._open[scan_id] = _Open(self._kv.snapshot_sync(), now)
@@ -77,10 +77,11 @@ class StateScans:
         for scan_id in list(self._open):
             self._drop(scan_id)
 
-    def _expire(self, now: float) -> None:
+    def _expire(self, now: float, *, opening: bool) -> None:
         idle = [i for i, s in self._open.items() if now - s.used_at > IDLE_S]
-        oldest = sorted(self._open, key=lambda i: self._open[i].used_at)
-        idle += oldest[:max(0, len(self._open) - MAX_OPEN + 1)]  # room for one more
+        if opening:  # room for one more
+            oldest = sorted(self._open, key=lambda i: self._open[i].used_at)
+            idle += oldest[:max(0, len(self._open) - MAX_OPEN + 1)]
         for scan_id in set(idle):
             self._drop(scan_id)
 

@@ -65,7 +65,11 @@ async def test_idle_or_crowded_out_scans_are_dropped_and_the_caller_starts_over(
     with pytest.raises(RemoteError) as e:
         await scans.page(p.ScanState(0, idle.next_start, 5, idle.scan_id))
     assert e.value.code == p.SCAN_EXPIRED
-    crowd = [await scans.page(p.ScanState(0, b"", 5)) for _ in range(MAX_OPEN + 1)]
+    crowd = [await scans.page(p.ScanState(0, b"", 5)) for _ in range(MAX_OPEN)]
+    for scan in crowd:  # a full table still serves the scans it holds, each one page on
+        assert (await scans.page(p.ScanState(0, scan.next_start, 5, scan.scan_id))).items
+    assert len(scans._open) == MAX_OPEN
+    crowd.append(await scans.page(p.ScanState(0, b"", 5)))
     assert len(scans._open) == MAX_OPEN
     with pytest.raises(RemoteError) as e:  # the oldest made room for the newest
         await scans.page(p.ScanState(0, crowd[0].next_start, 5, crowd[0].scan_id))
