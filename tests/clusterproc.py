@@ -169,12 +169,12 @@ class LocalCluster:
     def export_url(self, node_id: int) -> str:
         return self.url(node_id, "/")
 
-    def fsck(self, timeout_s: float = 120.0) -> dict:
+    def fsck(self, timeout_s: float = 120.0, settle_s: float = 10.0) -> dict:
         """`objcache admin fsck --json` through the first node that runs."""
         node_id = next(i for i, n in sorted(self.nodes.items()) if _alive(n["pid"]))
         res = _cli("admin", "fsck", "--node", f"{node_id}={self.nodes[node_id]['rpc']}",
                    "--admin-token-file", str(self.root / "admin-token"), "--json",
-                   timeout_s=timeout_s)
+                   "--settle", str(settle_s), timeout_s=timeout_s)
         if res.returncode not in (0, 1):
             raise ClusterError(f"admin fsck exited {res.returncode}:\n{res.stdout}\n"
                                f"{res.stderr}")

@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f = command(admin_sub, "fsck", "check the namespace invariants across the cluster")
     f.add_argument("--vnodes", type=int, default=64, help="the cluster's cluster.vnodes")
     f.add_argument("--settle", type=float, default=10.0,
-                   help="seconds to let in-flight transactions finish before reporting them")
+                   help="seconds to recheck what looks wrong (transactions in flight, changes "
+                   "between the groups' scans) before reporting it")
     command(admin_sub, "status", "nodes, groups, leaders, ring version, dirty files and bytes, "
             "cache use")
     command(admin_sub, "drain", "scale to zero: write every change back, verify the bucket, "
