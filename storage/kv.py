@@ -131,9 +131,8 @@ class KvStore:
         reverse: bool = False,
     ) -> list[tuple[bytes, bytes]]:
         """Items with start <= key < stop (and key starting with prefix), in key order."""
-        limit = self.config.max_scan_items if limit is None else limit
-        assert 0 <= limit <= self.config.max_scan_items, limit
-        return _iterate(self._live(), prefix, start, stop, limit, reverse)
+        return _iterate(self._live(), self.config.max_scan_items, prefix, start, stop, limit,
+                        reverse)
 
     def snapshot_sync(self) -> KvSnapshot:
         """A view of the store as it is now, for reads spread over several calls that must
@@ -221,16 +220,19 @@ class KvSnapshot:
                      stop: bytes | None = None, limit: int | None = None,
                      reverse: bool = False) -> list[tuple[bytes, bytes]]:
         """As KvStore.iterate_sync, over the view."""
-        limit = self._max if limit is None else limit
-        assert 0 <= limit <= self._max, limit
-        return _iterate(self._snap, prefix, start, stop, limit, reverse)
+        return _iterate(self._snap, self._max, prefix, start, stop, limit, reverse)
 
     def close(self) -> None:
         self._snap.close()
 
 
-def _iterate(source: plyvel.DB | plyvel.Snapshot, prefix: bytes | None, start: bytes | None,
-             stop: bytes | None, limit: int, reverse: bool) -> list[tuple[bytes, bytes]]:
+def _iterate(source: plyvel.DB | plyvel.Snapshot, max_items: int, prefix: bytes | None,
+             start: bytes | None, stop: bytes | None, limit: int | None,
+             reverse: bool) -> list[tuple[bytes, bytes]]:
+    """iterate_sync of a store or a snapshot: at most `limit` items (default and bound:
+    max_items)."""
+    limit = max_items if limit is None else limit
+    assert 0 <= limit <= max_items, limit
     out: list[tuple[bytes, bytes]] = []
     if limit == 0:
         return out

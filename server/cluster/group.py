@@ -202,14 +202,17 @@ class GroupRuntime:
     # -- service ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.driver.run)
-            nursery.start_soon(self._lead_alone)
-            nursery.start_soon(self._txn_ticker)
-            nursery.start_soon(self._compactor)
-            nursery.start_soon(self._abandon_waits_when_stopping)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.driver.run)
+                nursery.start_soon(self._lead_alone)
+                nursery.start_soon(self._txn_ticker)
+                nursery.start_soon(self._compactor)
+                nursery.start_soon(self._abandon_waits_when_stopping)
+                task_status.started()
+        finally:
+            self._scans.close()  # the snapshots of fsck's and drain's scans
 
     async def _abandon_waits_when_stopping(self) -> None:
         """When this group stops, an apply waiting in its worker thread for space on a full
@@ -218,7 +221,6 @@ class GroupRuntime:
             await trio.sleep_forever()
         finally:
             self.sm.stopping.set()
-            self._scans.close()
 
     async def _lead_alone(self) -> None:
         """The only voter of its group campaigns at once instead of after an election

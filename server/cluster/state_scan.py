@@ -98,12 +98,14 @@ def _read_page(view: KvSnapshot, req: p.ScanState) -> tuple[list[tuple[bytes, by
     items: list[tuple[bytes, bytes]] = []
     start = req.start or SCAN_SPACES[0]
     for space in SCAN_SPACES:
+        if req.stop and req.stop <= space:
+            break  # the range ends before this space
         if start > space and not start.startswith(space):
             continue
         first = start if start.startswith(space) else space
-        items += view.iterate_sync(prefix=space, start=first, limit=limit - len(items))
-        if req.stop and items and items[-1][0] >= req.stop:
-            return [kv for kv in items if kv[0] < req.stop], b""
+        stop = req.stop if req.stop.startswith(space) else None  # else past this space
+        items += view.iterate_sync(prefix=space, start=first, stop=stop,
+                                   limit=limit - len(items))
         if len(items) >= limit:
             return items, items[-1][0] + b"\x00"
     return items, b""

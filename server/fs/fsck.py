@@ -46,10 +46,12 @@ def check(items: Iterable[tuple[bytes, bytes]]) -> list[str]:
     for ino, n in blobs.items():
         inode = inodes.get(ino)
         # Worded alike in every scan of a changing state (server/cluster/fsck.py compares them).
-        why = ("there is no such inode" if inode is None else "it is not inline" if not
-               inode.inline else "they exceed its size" if n > inode.size else "")
-        if why:
-            problems.append(f"inline bytes of inode {ino}: {why}")
+        if inode is None:
+            problems.append(f"inline bytes of inode {ino}: there is no such inode")
+        elif not inode.inline:
+            problems.append(f"inline bytes of inode {ino}: it is not inline")
+        elif n > inode.size:
+            problems.append(f"inline bytes of inode {ino}: they exceed its size")
     if inodes and meta.get(keys.NEXT_INO, 0) <= max(inodes):
         problems.append(f"next inode id {meta.get(keys.NEXT_INO)} <= inode {max(inodes)}")
     if meta.get(keys.INODE_COUNT, 0) != len(inodes):
