@@ -80,9 +80,25 @@ def is_registered(cls: type) -> bool:
     return cls in _by_cls
 
 
+SPLICE_BYTES = 32 << 10  # a trailing byte string this long is joined on, not given to cbor2
+
+
 def encode(obj: Any) -> bytes:
-    """Encode a registered message. An unregistered or ill-typed object is a programmer error."""
-    return cbor2.dumps(_encode_tagged(obj))
+    """Encode a registered message. An unregistered or ill-typed object is a programmer error.
+
+    Chunk data rides in the last field of its message (ReadChunkReply.data inside a Reply, a
+    write's bytes): when the encoding ends with a long byte string, it is joined on after the
+    rest is encoded, because cbor2 copies a large byte string about ten times slower than one
+    join does (0.75 against 0.04 ms per MiB). The bytes are the same either way."""
+    raw = _encode_tagged(obj)
+    holder = raw
+    while isinstance(holder[-1], list) and holder[-1]:  # the encoding's last item, nested
+        holder = holder[-1]
+    data = holder[-1]
+    if not isinstance(data, bytes | memoryview) or len(data) < SPLICE_BYTES:
+        return cbor2.dumps(raw)
+    holder[-1] = b""  # raw is this call's own list tree: nothing outside sees the change
+    return _splice(cbor2.dumps(raw), data)
 
 
 def encode_with_bytes(obj: Any, data: bytes | memoryview) -> bytes:
@@ -90,8 +106,11 @@ def encode_with_bytes(obj: Any, data: bytes | memoryview) -> bytes:
     handing `data` to cbor2: its encoder copies a large byte string about ten times slower
     than one join does (0.75 against 0.04 ms per MiB), and the plane streams chunk data this
     way (connection.py). The bytes are exactly encode() of the object holding `data`."""
-    head = encode(obj)
-    assert head.endswith(b"\x40"), "the last field must be b\"\" (CBOR 0x40)"
+    return _splice(encode(obj), data)
+
+
+def _splice(head: bytes, data: bytes | memoryview) -> bytes:
+    assert head.endswith(b"\x40"), "the last item must be b\"\" (CBOR 0x40)"
     return b"".join((head[:-1], _bytes_head(len(data)), data))
 
 

@@ -159,6 +159,8 @@ def _wire(tp: Any, depth: int) -> st.SearchStrategy[Any]:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return st.sampled_from([m.value for m in tp]) | ints
     if _is_union(tp):
+        if depth <= 0:  # a message type that names itself in a union ends on the other members
+            args = tuple(a for a in args if a not in codec._by_cls) or args
         return st.one_of([_wire(a, depth) for a in args])
     if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
         return st.tuples(*(_wire(a, depth) for a in args)).map(list)
@@ -168,7 +170,7 @@ def _wire(tp: Any, depth: int) -> st.SearchStrategy[Any]:
         keys = _wire(args[0], depth).map(_hashable)
         return st.dictionaries(keys, _wire(args[1], depth), max_size=3)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _fields(tp, depth) if tp not in codec._by_cls else _tagged(tp, depth)
+        return _fields(tp, depth) if tp not in codec._by_cls else _tagged(tp, depth - 1)
     if tp in (Any, object):
         if depth <= 0:
             return st.sampled_from(_LEAF_MESSAGES).flatmap(lambda t: wire_form(t, 0))

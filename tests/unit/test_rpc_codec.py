@@ -15,7 +15,7 @@ from raft.messages import ALL_MESSAGE_TYPES
 from raft.types import ConfState, Entry, EntryType
 from server.rpc import codec
 from server.rpc.codec import CodecError, decode, encode, message
-from server.rpc.frames import Chunk
+from server.rpc.frames import Batch, Chunk, Reply
 from server.rpc.raft_wire import register_raft_types
 
 
@@ -200,5 +200,17 @@ def test_a_chunk_encoded_around_its_bytes_is_the_same_as_encoded_whole(n: int) -
     data = bytes(range(256)) * (n // 256) + bytes(n % 256)
     whole = Chunk(7, 1 << 33, 1 << 34, data)
     fast = codec.encode_with_bytes(Chunk(7, 1 << 33, 1 << 34, b""), memoryview(data))
-    assert fast == encode(whole)
+    assert fast == encode(whole) == cbor2.dumps(codec._encode_tagged(whole))
     assert decode(fast) == whole
+
+
+@pytest.mark.parametrize("n", [codec.SPLICE_BYTES - 1, codec.SPLICE_BYTES, 1 << 20])
+def test_a_message_ending_in_long_bytes_encodes_as_cbor2_would(n: int) -> None:
+    """encode() joins a long trailing byte string on, however deep it is nested (a chunk's
+    bytes inside a reply inside a batch); the result is what cbor2 writes for the whole."""
+    data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    for m in (Chunk(1, 2, 3, data), Reply(9, Chunk(1, 2, 3, data)),
+              Batch((b"x", data)), Reply(9, Batch((data, b"short")))):
+        assert encode(m) == cbor2.dumps(codec._encode_tagged(m))
+        assert encode(m) == encode(m)  # encoding does not change what the message holds
+        assert decode(encode(m)) == m
