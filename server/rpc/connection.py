@@ -34,7 +34,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.utilities import LocalProtocolError
 
-from server.rpc import ws_compat, ws_mask
+from server.rpc import ws_compat, ws_framing
 from server.rpc.codec import CodecError, decode, encode, encode_with_bytes
 from server.rpc.frames import (
     Batch,
@@ -51,7 +51,7 @@ from server.rpc.frames import (
 
 log = logging.getLogger("objcache.rpc")
 ws_compat.install()  # before any connection exists: see ws_compat.py (a peer could crash us)
-ws_mask.install()  # masking at C speed: see ws_mask.py
+ws_framing.install()  # framing and masking at C speed: see ws_framing.py
 
 Handler = Callable[[int, Any], Awaitable[Any]]
 CHUNK_OVERHEAD_BYTES = 128  # the Chunk envelope around a slice: tag, ids, offsets, CBOR heads
