@@ -41,7 +41,8 @@ from server.cluster.bucket_reads import NeedFetch
 from server.cluster.flush_claim import trio_deadline
 from server.fs import keys
 from server.fs.keys import decode_u64
-from server.fs.records import Inode, decode_value
+from server.fs.record_codec import decode_value
+from server.fs.records import Inode
 from server.rpc.frames import RemoteError
 from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
 

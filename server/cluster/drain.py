@@ -45,7 +45,8 @@ from server.cluster.flush import Flusher, RoundResult
 from server.cluster.gateway import ClusterBackend
 from server.cluster.router import GroupRouter
 from server.fs import keys
-from server.fs.records import Inode, decode_value
+from server.fs.record_codec import decode_value
+from server.fs.records import Inode
 from server.rpc.codec import message
 from server.rpc.frames import RemoteError, RpcError
 from server.rpc.plane import RpcPlane

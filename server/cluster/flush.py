@@ -62,14 +62,8 @@ from server.cluster.gateway import ClusterBackend
 from server.cluster.gateway_plan import Plan
 from server.fs import keys
 from server.fs.keytable import KEY_DELETE, key_hold
-from server.fs.records import (
-    Inode,
-    KeyLive,
-    KeyRelease,
-    SetClean,
-    Unpin,
-    decode_value,
-)
+from server.fs.record_codec import decode_value
+from server.fs.records import Inode, KeyLive, KeyRelease, SetClean, Unpin
 from server.rpc.frames import RemoteError
 from storage.objstore.base import ObjectStore, PreconditionFailed, StoreError
 

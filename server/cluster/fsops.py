@@ -1,7 +1,7 @@
 """The txn Application over the file-system state machine (txn/state.py, server/fs/state.py).
 
 Rules:
-- A group's ops are `records.encode(Multi(records))` (encode_ops / decode_ops): the records of
+- A group's ops are `record_codec.encode(Multi(records))` (encode_ops / decode_ops): the records of
   one transaction that live in this group, applied atomically and in order.
 - `locks_of(ops)`: the owning inode id of every record, sorted and unique. Every record reads
   and writes only state owned by its inode (an inode's attributes, a directory's entries, a
@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from nfs_gateway.backend import FileType
-from server.fs import keys, records
+from server.fs import keys, record_codec
 from server.fs import state as fs_state
 from server.fs.changes import (
     EEXIST,
@@ -43,6 +43,7 @@ from server.fs.changes import (
 )
 from server.fs.config import FsConfig
 from server.fs.keys import decode_u64
+from server.fs.record_codec import RecordError
 from server.fs.records import (
     AdjustLinks,
     ChunkDelete,
@@ -62,7 +63,6 @@ from server.fs.records import (
     LinkDirent,
     MaterializeChunk,
     Multi,
-    RecordError,
     SetAttr,
     SetClean,
     SetListed,
@@ -136,13 +136,13 @@ def owner_of(record: object) -> int:
 
 def encode_ops(recs: Iterable[object]) -> bytes:
     """The ops of one group: its records, applied atomically in order."""
-    return records.encode(Multi(tuple(recs)))
+    return record_codec.encode(Multi(tuple(recs)))
 
 
 def decode_ops(ops: bytes) -> tuple[object, ...]:
-    m = records.decode(ops)
+    m = record_codec.decode(ops)
     if not isinstance(m, Multi):
-        raise records.CorruptRecord(f"ops are a {type(m).__name__}, not a Multi")
+        raise record_codec.CorruptRecord(f"ops are a {type(m).__name__}, not a Multi")
     return m.records
 
 
@@ -164,11 +164,11 @@ class KvFsView:
 
     def inode(self, ino: int) -> Inode | None:
         raw = self.kv.get(keys.inode_key(ino))
-        return None if raw is None else records.decode_value(raw)
+        return None if raw is None else record_codec.decode_value(raw)
 
     def dirent(self, dir_ino: int, name: bytes) -> Dirent | None:
         raw = self.kv.get(keys.dirent_key(dir_ino, name))
-        return None if raw is None else records.decode_value(raw)
+        return None if raw is None else record_codec.decode_value(raw)
 
     def meta_int(self, key: bytes) -> int:
         return decode_u64(self.kv.get(key))

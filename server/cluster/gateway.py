@@ -71,7 +71,8 @@ from server.fs.changes import Changes, StateError
 from server.fs.common import DOT, DOTDOT, check_name, dir_cookieverf, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.readdir import DOT_COOKIE, DOTDOT_COOKIE, check_cookie
-from server.fs.records import Dirent, Inode, Multi, decode_value
+from server.fs.record_codec import decode_value
+from server.fs.records import Dirent, Inode, Multi
 from server.metrics import TXN_RETRIES
 from server.rpc.frames import RemoteError
 from txn.ids import txn_id

@@ -64,14 +64,8 @@ from server.cluster.gateway_bucket_plan import BucketPlans
 from server.cluster.gateway_plan import Done, Plan
 from server.fs.changes import FIRST_COOKIE
 from server.fs.common import require_dir
-from server.fs.records import (
-    Dirent,
-    ExpectInode,
-    Inode,
-    SetListed,
-    SetOrigin,
-    decode_value,
-)
+from server.fs.record_codec import decode_value
+from server.fs.records import Dirent, ExpectInode, Inode, SetListed, SetOrigin
 from storage.objstore.base import (
     AccessDenied,
     ObjectInfo,

@@ -51,6 +51,7 @@ from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
 from server.fs.changes import UNMATERIALIZED
 from server.fs.common import require_reg
+from server.fs.record_codec import decode_value, encode
 from server.fs.records import (
     ChunkWrite,
     ExpectChunk,
@@ -60,8 +61,6 @@ from server.fs.records import (
     UnInline,
     WriteInline,
     WriteMeta,
-    decode_value,
-    encode,
 )
 from server.rpc.frames import RemoteError
 from storage.chunks import spans

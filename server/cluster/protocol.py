@@ -9,7 +9,7 @@ Rules:
   caller refreshes its NodeList and retries.
 - Reads are served by the leader from its applied state after a read barrier (ReadIndex), so
   a read sees every change acknowledged before it was sent (close-to-open for NFS clients).
-- Inode and Dirent values travel as `server.fs.records.encode` bytes; b"" means "none".
+- Inode and Dirent values travel as `server.fs.record_codec.encode` bytes; b"" means "none".
 - Failures are RemoteError(code, message) with the codes below; anything else is a bug.
 """
 

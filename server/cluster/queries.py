@@ -5,7 +5,7 @@ Rules:
   barrier, in a worker thread (it blocks: LevelDB reads, chunk file reads). `view` is a txn
   KvView (get/scan) of the applied state; `chunks` the node's ChunkStore.
 - Pure with respect to the state: reads only, no clock. Values travel encoded
-  (server.fs.records.encode), b"" for "none" (protocol.py).
+  (server.fs.record_codec.encode), b"" for "none" (protocol.py).
 - A read never answers from an inode that a prepared transaction holds locked in this group:
   the participant applies its part only at TxnFinish, after the coordinator already told the
   client "committed", so such a read could miss a change the client saw acknowledged (a file
@@ -31,7 +31,8 @@ from server.cluster.bucket_reads import BucketReads, Fetched, Origin
 from server.fs import keys
 from server.fs.changes import FIRST_COOKIE
 from server.fs.keys import decode_u64
-from server.fs.records import CookieEntry, Inode, decode
+from server.fs.record_codec import decode
+from server.fs.records import CookieEntry, Inode
 from server.rpc.frames import RemoteError
 from storage.chunks import ChunkStore
 from txn.kv import KvView

@@ -48,8 +48,7 @@ import cbor2
 from server.cluster.fsops import MISPLACED, MOVING, flat, owner_of
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
-from server.fs import keys
-from server.fs import records as fs_records
+from server.fs import keys, record_codec
 from server.fs.records import (
     ChunkDelete,
     ChunkTrim,
@@ -125,7 +124,7 @@ def store_roots(kv: KvStore) -> dict[int, int]:
     """Store id -> the inode of its root directory, for the roots held in this group."""
     out: dict[int, int] = {}
     for k, v in scan_all(kv, keys.INODE):
-        inode = fs_records.decode(v)
+        inode = record_codec.decode(v)
         if inode.store and inode.okey == b"" and inode.etag == ROOT_MARK:
             out[inode.store] = keys.parse_inode_key(k)
     return out

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from server.fs import keys
-from server.fs.records import decode_value
+from server.fs.record_codec import decode_value
 from server.rpc.codec import message
 
 if TYPE_CHECKING:

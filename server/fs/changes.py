@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.fs import keys
-from server.fs.records import CookieEntry, Dirent, Inode, decode, encode
+from server.fs.record_codec import decode, encode
+from server.fs.records import CookieEntry, Dirent, Inode
 from storage.kv import KvStore
 
 # Cookies 1 and 2 are `.` and `..` (RFC 1813 §3.3.16: a cookie names a position); entries

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from nfs_gateway.backend import FileType
 from server.fs import keys
 from server.fs.keys import decode_u64
-from server.fs.records import CookieEntry, Dirent, Inode, decode
+from server.fs.record_codec import decode
+from server.fs.records import CookieEntry, Dirent, Inode
 
 ROOT_INO = 1
 

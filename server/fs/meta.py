@@ -36,7 +36,8 @@ from server.fs.changes import Changes, StateError
 from server.fs.config import FsConfig
 from server.fs.dirindex import CompleteDirs
 from server.fs.keys import decode_u64
-from server.fs.records import Dirent, Inode, Multi, RecordError, WriteInline, WriteMeta, decode
+from server.fs.record_codec import RecordError, decode
+from server.fs.records import Dirent, Inode, Multi, WriteInline, WriteMeta
 from server.fs.state import apply
 from storage.kv import KvError, KvStore
 

@@ -53,7 +53,8 @@ from server.cluster.inoalloc import InoAllocator
 from server.fs import fsck as fs_fsck
 from server.fs import keys
 from server.fs.config import FsConfig
-from server.fs.records import Dirent, Inode, decode
+from server.fs.record_codec import decode
+from server.fs.records import Dirent, Inode
 from server.rpc.frames import RemoteError
 from storage.chunks import spans
 from txn import coordinator as co

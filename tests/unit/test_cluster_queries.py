@@ -8,6 +8,7 @@ import pytest
 from nfs_gateway.backend import FileType
 from server.cluster import fsops, queries
 from server.cluster import protocol as p
+from server.fs import record_codec as codec
 from server.fs import records as r
 from server.rpc.frames import RemoteError
 from storage.chunks import ChunkStore
@@ -51,12 +52,12 @@ def test_get_inodes_and_lookup(tmp_path) -> None:
     s = Store(tmp_path)
     s.run(*file_recs(10, b"a"), r.LinkDirent(1, b"far", 99, FileType.REG, 5))
     got = s.ask(p.GetInodes(0, (10, 1, 55)))
-    assert [r.decode(x).ino if x else None for x in got.inodes] == [10, 1, None]
+    assert [codec.decode(x).ino if x else None for x in got.inodes] == [10, 1, None]
     look = s.ask(p.Lookup(0, 1, b"a"))
-    assert r.decode(look.dir).ino == 1 and r.decode(look.dirent).ino == 10
-    assert r.decode(look.child).ino == 10
+    assert codec.decode(look.dir).ino == 1 and codec.decode(look.dirent).ino == 10
+    assert codec.decode(look.child).ino == 10
     far = s.ask(p.Lookup(0, 1, b"far"))  # the child lives in another group
-    assert r.decode(far.dirent).ino == 99 and far.child == b""
+    assert codec.decode(far.dirent).ino == 99 and far.child == b""
     assert s.ask(p.Lookup(0, 1, b"none")) == p.LookupReply(look.dir, b"", b"")
     assert s.ask(p.Lookup(0, 77, b"a")) == p.LookupReply(b"", b"", b"")
 
@@ -93,7 +94,7 @@ def test_read_head_inline_and_chunk_zero_clipped_to_the_size(tmp_path) -> None:
     s.run(*file_recs(10, b"small"), r.WriteInline(10, 0, b"hello", 5))
     s.run(r.SetAttr(10, 6, size=8))  # grown: the tail reads as zeros
     head = s.ask(p.ReadHead(0, 10, 3, 100))
-    assert r.decode(head.inode).size == 8 and head.data == b"lo\0\0\0"
+    assert codec.decode(head.inode).size == 8 and head.data == b"lo\0\0\0"
     s.run(*file_recs(20, b"big"), r.ChunkWrite(20, 0, 0, b"x" * CS, CS),
           r.WriteMeta(20, CS + 10, 7))
     head = s.ask(p.ReadHead(0, 20, CS - 2, 100))

@@ -558,7 +558,7 @@ async def test_stats_for_metrics(fs, home):
 
 async def test_run_flushes_old_pending_metadata(tmp_path):
     from server.fs import keys
-    from server.fs.records import decode
+    from server.fs.record_codec import decode
 
     config = FsConfig(pending_meta_max_age_s=0.01)
     async with LocalBackend(tmp_path, chunk_size=CHUNK, config=config) as fs:

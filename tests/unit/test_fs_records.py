@@ -1,4 +1,4 @@
-"""Records and stored values through the one on-disk CBOR codec (server/fs/records.py)."""
+"""Records and stored values through the one on-disk CBOR codec (server/fs/record_codec.py)."""
 
 import cbor2
 import pytest
@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nfs_gateway.backend import FileType
+from server.fs import record_codec as codec
 from server.fs import records as r
 
 u64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
@@ -94,31 +95,32 @@ values = st.one_of(
 
 @given(records)
 def test_every_record_round_trips(rec):
-    data = r.encode(rec)
-    assert r.decode(data) == rec
-    assert r.encode(r.decode(data)) == data  # deterministic bytes
+    data = codec.encode(rec)
+    assert codec.decode(data) == rec
+    assert codec.encode(codec.decode(data)) == data  # deterministic bytes
 
 
 @given(values)
 def test_stored_values_round_trip(v):
-    assert r.decode(r.encode(v)) == v
+    assert codec.decode(codec.encode(v)) == v
 
 
 def test_decoded_enums_and_tuples_have_their_types():
-    inode = r.decode(r.encode(r.Inode(5, 1, FileType.CHR, 0o600, 0, 0, 0, 1, (4, 7), 1, 2, 3)))
+    inode = codec.decode(
+        codec.encode(r.Inode(5, 1, FileType.CHR, 0o600, 0, 0, 0, 1, (4, 7), 1, 2, 3)))
     assert inode.ftype is FileType.CHR
     assert inode.rdev == (4, 7) and isinstance(inode.rdev, tuple)
 
 
 def test_unknown_version_is_refused():
-    data = cbor2.dumps([r.VERSION + 1, 16, []])
-    with pytest.raises(r.UnknownVersion):
-        r.decode(data)
+    data = cbor2.dumps([codec.VERSION + 1, 16, []])
+    with pytest.raises(codec.UnknownVersion):
+        codec.decode(data)
 
 
 def test_unknown_tag_is_refused():
-    with pytest.raises(r.UnknownType):
-        r.decode(cbor2.dumps([r.VERSION, 999, []]))
+    with pytest.raises(codec.UnknownType):
+        codec.decode(cbor2.dumps([codec.VERSION, 999, []]))
 
 
 @pytest.mark.parametrize(
@@ -127,30 +129,30 @@ def test_unknown_tag_is_refused():
         b"",
         b"\xff\xff",
         cbor2.dumps({"a": 1}),
-        cbor2.dumps([r.VERSION, 18]),
-        cbor2.dumps([r.VERSION, 18, [1, b"x"]]),  # UnlinkDirent: 3 fields
-        cbor2.dumps([r.VERSION, 18, [1, "text-not-bytes", 5]]),
-        cbor2.dumps([r.VERSION, 19, [1, True, 5]]),  # bool is not an int here
-        cbor2.dumps([r.VERSION, 17, [1, b"n", 2, 99, 5]]),  # no FileType 99
-        cbor2.dumps([r.VERSION, 23, [5]]),  # Multi of a non-list
+        cbor2.dumps([codec.VERSION, 18]),
+        cbor2.dumps([codec.VERSION, 18, [1, b"x"]]),  # UnlinkDirent: 3 fields
+        cbor2.dumps([codec.VERSION, 18, [1, "text-not-bytes", 5]]),
+        cbor2.dumps([codec.VERSION, 19, [1, True, 5]]),  # bool is not an int here
+        cbor2.dumps([codec.VERSION, 17, [1, b"n", 2, 99, 5]]),  # no FileType 99
+        cbor2.dumps([codec.VERSION, 23, [5]]),  # Multi of a non-list
     ],
 )
 def test_garbage_is_a_typed_error(data):
-    with pytest.raises(r.RecordError):
-        r.decode(data)
+    with pytest.raises(codec.RecordError):
+        codec.decode(data)
 
 
 def test_tags_are_stable():
     # The on-disk format: a renumbering would misread every existing database.
-    assert r.encode(r.UnlinkDirent(1, b"a", 2)) == cbor2.dumps([1, 18, [1, b"a", 2]])
+    assert codec.encode(r.UnlinkDirent(1, b"a", 2)) == cbor2.dumps([1, 18, [1, b"a", 2]])
 
 
 def test_an_older_encoding_without_trailing_defaults_decodes():
     # Evolution rule: fields are added at the end with defaults (Inode.inline came later).
     full = r.Inode(5, 1, FileType.REG, 0o644, 0, 0, 3, 1, (0, 0), 1, 2, 3, b"", 0, b"", 0, 4096)
-    wire = cbor2.loads(r.encode(full))
+    wire = cbor2.loads(codec.encode(full))
     del wire[2][-1]  # as written before `inline` existed
-    assert r.decode(cbor2.dumps(wire)) == full
+    assert codec.decode(cbor2.dumps(wire)) == full
     del wire[2][5:]  # but the fields without defaults must be there
-    with pytest.raises(r.CorruptRecord):
-        r.decode(cbor2.dumps(wire))
+    with pytest.raises(codec.CorruptRecord):
+        codec.decode(cbor2.dumps(wire))

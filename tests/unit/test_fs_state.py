@@ -13,6 +13,7 @@ from server.fs import fsck, keys
 from server.fs.backend import LocalBackend
 from server.fs.changes import FIRST_COOKIE, Changes, StateError
 from server.fs.keys import decode_u64
+from server.fs.record_codec import decode
 from server.fs.records import (
     AdjustLinks,
     CreateInode,
@@ -23,7 +24,6 @@ from server.fs.records import (
     SetAttr,
     UnlinkDirent,
     WriteMeta,
-    decode,
 )
 from server.fs.state import apply
 

@@ -11,7 +11,7 @@ import pytest
 from nfs_gateway.backend import FileType
 from server.cluster import ringstate
 from server.cluster.nodelist import NodeInfo, NodeList
-from server.fs import keys, records
+from server.fs import keys, record_codec, records
 from server.fs.records import ChunkWrite, CreateInode, Inode, KeyHold, SetAttr
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
@@ -55,12 +55,12 @@ def fill(kv: KvStore, chunks: ChunkStore, inos: range) -> None:
     """Files with a dirent in the root, one materialized chunk 0 and one chunk 1 each, a
     dirty mark; plus the root of store 3 and a key-table row."""
     rows: list[tuple[bytes, bytes]] = [
-        (keys.inode_key(1), records.encode(inode(1, ftype=FileType.DIR, store=3,
+        (keys.inode_key(1), record_codec.encode(inode(1, ftype=FileType.DIR, store=3,
                                                   etag=ringstate.ROOT_MARK))),
         (keys.bucket_key(3, b"some/key"), b"\x82\x05\x01"),
     ]
     for ino in inos:
-        rows += [(keys.inode_key(ino), records.encode(inode(ino, size=2 * CHUNK))),
+        rows += [(keys.inode_key(ino), record_codec.encode(inode(ino, size=2 * CHUNK))),
                  (keys.dirent_key(1, f"f{ino}".encode()), b"x"),
                  (keys.dirty_key(ino), b""),
                  (keys.materialized_key(ino, 0), keys.u64(1)),
@@ -132,7 +132,7 @@ def test_imports_are_kept_at_install_and_dropped_at_abort(tmp_path: Path):
         new = nodelist(2, [1, 2])
         ring = new.ring(VNODES)
         ino = next(i for i in range(100, 1000) if ring.group_of_inode(i) == 2)
-        items = [(keys.inode_key(ino), records.encode(inode(ino, size=10))),
+        items = [(keys.inode_key(ino), record_codec.encode(inode(ino, size=10))),
                  (keys.materialized_key(ino, 0), keys.u64(1))]
         for change_id, end in ((b"a", "abort"), (b"b", "install")):
             apply(kv, chunks, ringstate.encode_prepare(new.encode(), change_id), group=2)
@@ -197,7 +197,7 @@ def test_pre_copied_bytes_are_kept_when_an_import_claims_them_and_dropped_otherw
             # The final pass brings a's mark without its bytes (staged at that version); b was
             # deleted at the source meanwhile, so nothing claims its bytes.
             apply(kv, chunks, ringstate.encode_import(change_id, [
-                (keys.inode_key(a), records.encode(inode(a, size=10))),
+                (keys.inode_key(a), record_codec.encode(inode(a, size=10))),
                 (keys.materialized_key(a, 0), keys.u64(3))], []), group=2)
             if end == "abort":
                 apply(kv, chunks, ringstate.encode_abort(change_id), group=2)
