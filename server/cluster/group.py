@@ -24,7 +24,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import secrets
@@ -37,12 +36,13 @@ from prometheus_client import Counter
 
 from raft.config import Config as RaftConfig
 from raft.driver import DriverConfig, ProposalOutcomeUnknown, RaftDriver, SnapshotPieces
-from raft.errors import NotLeader, RaftError
+from raft.errors import RaftError
 from raft.node import RawNode, bootstrap_log
 from raft.ready import Role, Snapshot, SnapshotRequest
 from raft.types import Entry, SnapshotMeta
 from server.cluster import bucket_upload
 from server.cluster import protocol as p
+from server.cluster.group_reads import INLINE_READS, GroupReads
 from server.cluster.nodelist import NodeList
 from server.cluster.state_scan import StateScans
 from server.cluster.statemachine import (
@@ -88,7 +88,6 @@ TXN_TOTAL = Counter("objcache_txn_total", "Transactions decided by this node as 
 ROOT_INO = 1
 # Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
 # otherwise send LevelDB calls to worker threads; these are the measured exception).
-INLINE_READS = (p.GetInodes, p.Lookup)
 _ROOT_TXN = txn_id(b"objcache-root", 0)
 LEAD_ALONE_TRIES = 50  # at a fifth of a tick each: the first second after start
 
@@ -110,7 +109,7 @@ def register_txn_messages() -> None:
         codec.register_type(cls, f"txn.{cls.__name__}", 1)
 
 
-class GroupRuntime:
+class GroupRuntime(GroupReads):
     def __init__(
         self,
         *,
@@ -267,7 +266,7 @@ class GroupRuntime:
             return p.NodeListReply(self.sm.nodelist_bytes)
         self._check_version(request.ring_version)
         await self._require_ready()
-        if self.sm.freeze is not None and self._hidden(request):
+        if self.sm.freeze is not None and self.hidden(request):
             raise RemoteError(p.MOVING, "the state is moving to its new group")
         if isinstance(request, p.RunTxn):
             return await self._run_txn(request)
@@ -296,84 +295,6 @@ class GroupRuntime:
             # each): a worker-thread round trip would cost 20 times more than the reads.
             return self.answer_sync(request)
         return await trio.to_thread.run_sync(self.answer_sync, request)
-
-    async def read_barrier(self) -> None:
-        """Before reading the applied state for a client: unless this node is the group's
-        only voter, confirm it still leads and has applied all it committed (ReadIndex)."""
-        if not self._sole_voter():
-            try:
-                await self.driver.read_index()
-            except NotLeader as e:
-                raise RemoteError(p.NOT_LEADER, str(e.leader_hint)) from e
-
-    def _hidden(self, request: p.GroupRequest) -> bool:
-        """While a ring change is pending and this group has sent what it gives away, reads
-        of that state wait for the new ring (its new owner may take writes at any moment);
-        transactions are refused at apply time instead (ringstate.Freeze.blocks)."""
-        freeze = self.sm.freeze
-        if freeze is None or not freeze.exported or isinstance(request, p.RunTxn):
-            return False
-        if isinstance(request, p.GetInodes):
-            return any(freeze.hides(ino) for ino in request.inos)
-        if isinstance(request, p.Lookup | p.ReadDir):
-            return freeze.hides(request.dir_ino)
-        if isinstance(request, p.ReadHead):
-            return freeze.hides(request.ino)
-        if isinstance(request, p.ReadChunk):
-            return freeze.hides(request.ino, request.index)
-        return True  # scans, uploads, cache drops: a moment's wait
-
-    def answer_sync(self, request: p.GroupRequest, fetched: Any = None) -> Any:
-        return self._answer(request, StateView(self.kv), self.sm.chunks, self.group,
-                            self.bucket, fetched)
-
-    async def _answer_backed(self, request: p.ReadHead | p.ReadChunk) -> Any:
-        """A read that may need chunk bytes from the bucket (bucket_reads.py)."""
-        assert self.bucket is not None
-        prefetch = isinstance(request, p.ReadChunk) and request.prefetch
-        if prefetch:  # read-ahead: make sure the chunk is cached, answer nothing
-            request = dataclasses.replace(request, offset=0, count=1, prefetch=False)
-        reply = await self.bucket.answer(
-            lambda fetched: trio.to_thread.run_sync(self.answer_sync, request, fetched))
-        return p.ReadChunkReply(b"") if prefetch else reply
-
-    def answer_now(self, request: p.GroupRequest) -> Any | None:
-        """An INLINE_READS request answered synchronously (the gateway's fast path), or None
-        when that would need a wait: this node must lead a one-voter group whose cores are
-        ready, at the request's ring version; any refusal (a locked inode) is None too."""
-        if not (isinstance(request, INLINE_READS) and self._sole_voter() and self._serving()
-                and request.ring_version == self.ring_version() and self.sm.freeze is None):
-            return None
-        try:
-            return self.answer_sync(request)
-        except RemoteError:
-            return None
-
-    def _keys_under(self, req: p.KeysUnder) -> p.KeysReply:
-        prefix = fs_keys.bucket_key(req.store, req.prefix)
-        rows = self.kv.iterate_sync(prefix=prefix)
-        return p.KeysReply(tuple(fs_keys.parse_bucket_key(k)[1] for k, _ in rows))
-
-    def _max_inode(self, req: p.MaxInode) -> p.MaxInodeReply:
-        rows = self.kv.iterate_sync(start=fs_keys.inode_key(req.lo),
-                                    stop=fs_keys.inode_key(req.hi), reverse=True, limit=1)
-        return p.MaxInodeReply(fs_keys.parse_inode_key(rows[0][0]) if rows else 0)
-
-    def _scan_flush(self, req: p.ScanFlush) -> p.ScanFlushReply:
-        """Write-back's tables, in key order (keys.BUCKET_KEY < keys.DIRTY)."""
-        limit = max(1, min(req.limit, 10_000))
-        out: list[tuple[bytes, bytes]] = []
-        for prefix in (fs_keys.BUCKET_KEY, fs_keys.DIRTY):
-            if req.start > prefix and not req.start.startswith(prefix):
-                continue
-            start = max(req.start, prefix)
-            for k, v in self.kv.iterate_sync(prefix=prefix, start=start, limit=limit - len(out)):
-                if prefix == fs_keys.DIRTY:
-                    v = self.kv.get_sync(fs_keys.inode_key(int.from_bytes(k[4:], "big"))) or b""
-                out.append((k, v))
-            if len(out) >= limit:
-                return p.ScanFlushReply(tuple(out), out[-1][0] + b"\0")
-        return p.ScanFlushReply(tuple(out), b"")
 
     def _serving(self) -> bool:
         """This node leads, and its cores know of the leadership of the current term."""
