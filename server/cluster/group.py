@@ -86,8 +86,6 @@ TXN_TOTAL = Counter("objcache_txn_total", "Transactions decided by this node as 
                     ["kind", "outcome"])
 
 ROOT_INO = 1
-# Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
-# otherwise send LevelDB calls to worker threads; these are the measured exception).
 _ROOT_TXN = txn_id(b"objcache-root", 0)
 LEAD_ALONE_TRIES = 50  # at a fifth of a tick each: the first second after start
 

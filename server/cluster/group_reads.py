@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
+# Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
+# otherwise send LevelDB calls to worker threads; these are the measured exception).
 INLINE_READS = (p.GetInodes, p.Lookup)
 
 
