@@ -7,7 +7,9 @@
  *                          "SIZE\n" and then the file's bytes to stdout, or "E message\n"
  *
  * URL names the export, e.g. nfs://127.0.0.1/?nfsport=P&mountport=P&version=3. Reads are
- * nfs_pread calls of BUF_BYTES at consecutive offsets until a short read at the end.
+ * nfs_pread calls of up to BUF_BYTES at consecutive offsets up to the size fstat gave, as the
+ * kernel reads up to the i_size it holds (libnfs splits a pread into READs of rsize; asking
+ * for BUF_BYTES at the end of a small file would send READs past its end).
  * Exit 0 at end of stdin; 1 when the mount fails.
  */
 #include <fcntl.h>
@@ -62,7 +64,8 @@ static void cat_one(const char *root, const char *rel, char *buf) {
     printf("%llu\n", (unsigned long long)st.nfs_size);
     uint64_t off = 0;
     while (off < st.nfs_size) {
-        int n = nfs_pread(nfs, fh, off, BUF_BYTES, buf);
+        uint64_t want = st.nfs_size - off < BUF_BYTES ? st.nfs_size - off : BUF_BYTES;
+        int n = nfs_pread(nfs, fh, off, want, buf);
         if (n <= 0) {  /* the size was promised: fail loudly, the reader sees a short file */
             fprintf(stderr, "nfsread: pread(%s, %llu): %s\n", path, (unsigned long long)off,
                     n < 0 ? nfs_get_error(nfs) : "unexpected end of file");

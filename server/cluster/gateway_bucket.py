@@ -25,6 +25,9 @@ Rules:
   entry from the bucket is revalidated with HEAD (changed: SetOrigin and chunk trims; gone:
   removed) unless this gateway checked it within ttl (`_checked`, an LRU of CHECKED_MEMORY
   entries, also holding names found missing).
+- A fresh listing vouches for its files (`vouch_listed`): LOOKUP and READDIRPLUS in a fresh
+  directory count each file from the bucket as checked when the listing was loaded, so the
+  GETATTR that follows (attrs_due) sends no HEAD on any gateway until ttl after the listing.
 - lookup_nowait declines (None) whenever LOOKUP would go to the bucket (`bucket_nowait`).
 - Store errors (`_store_errors`, the one place): StoreUnavailable -> JUKEBOX, AccessDenied
   -> ACCES, any other -> SERVERFAULT. A directory whose store is not configured on this node
@@ -199,12 +202,23 @@ class BucketOps(BucketPlans):
         at = self._bmem.checked.get(key)
         return at is not None and abs(self._now() - at) < self._ttl_ns()
 
-    def _remember(self, key: object) -> None:
+    def _remember(self, key: object, at: int | None = None) -> None:
+        """`key` was checked against the bucket at `at` (default: now); a later check stays."""
         checked = self._bmem.checked
-        checked[key] = self._now()
+        at = self._now() if at is None else at
+        checked[key] = max(at, checked.get(key, at))
         checked.move_to_end(key)
         while len(checked) > CHECKED_MEMORY:
             checked.popitem(last=False)
+
+    def vouch_listed(self, d: Inode, name: bytes, child: Inode | None) -> None:
+        """`child`, named `name` in `d`, counts as checked when `d`'s listing was loaded, if
+        that listing is fresh: it saw the object's etag then (a different one would have
+        changed the inode). So a GETATTR after a LOOKUP or READDIRPLUS in a fresh directory
+        sends no HEAD, and ttl counts from the listing (attrs_due)."""
+        if (child is not None and child.ftype == FileType.REG and self._fresh(d)
+                and self._store_of(d) is not None and from_bucket(d, name, child)):
+            self._remember(child.ino, d.listed_ns)
 
     def _lookup_step(self, d: Inode, name: bytes, has_entry: bool,
                      child: Inode | None) -> str | None:
@@ -213,6 +227,7 @@ class BucketOps(BucketPlans):
         if d.ino in self._bmem.flights:
             return WAIT
         if self._fresh(d):
+            self.vouch_listed(d, name, child)
             return None
         if d.listed_ns and d.next_cookie - FIRST_COOKIE <= SMALL_DIR:
             return LIST
@@ -421,32 +436,29 @@ class BucketOps(BucketPlans):
     async def revalidate_attrs(self, inode: Inode) -> None:
         """HEAD the file's object: a new version is loaded; a vanished object makes its
         directory list again, which removes the entry (its handle then answers STALE)."""
-        await self.revalidate_file(inode.ino)
-        store = self.stores.get(inode.store)
-        if store is None:
-            return
-        if await self._head(store, inode.okey.decode()) is not None:
+        if await self.revalidate_file(inode.ino) is not False:
             return
         d = await self._inode(inode.parent) if inode.parent else None
         if d is not None and d.ftype == FileType.DIR and self._store_of(d) is not None:
             await self.load_dir(d)
 
-    async def revalidate_file(self, ino: int) -> None:
+    async def revalidate_file(self, ino: int) -> bool | None:
         """gateway_data.py: the object of file `ino` changed under a read. Its new version is
         loaded; an object that is gone leaves the file empty until its directory's next
         listing removes it. A file changed here and not written back is left to write-back
-        (its bytes are not the bucket's to replace)."""
+        (its bytes are not the bucket's to replace). Whether the object exists; None: not
+        asked (not the bucket's file, or its store is not on this node)."""
         inode = await self._inode(ino)
         if (inode is None or inode.ftype != FileType.REG or not inode.etag or inode.inline
                 or inode.dver != inode.cver):
-            return
+            return None
         store = self.stores.get(inode.store)
         if store is None:
-            return
+            return None
         info = await self._head(store, inode.okey.decode())
         self._remember(ino)
         if info is not None and info.etag.encode() == inode.etag:
-            return
+            return True
         if info is None:
             lst = Listed(b"", inode.okey, False, 0, inode.etag, 0)
         else:
@@ -462,6 +474,7 @@ class BucketOps(BucketPlans):
             return plan
 
         await self._change(build)
+        return info is not None
 
     async def bind_store(self, export: str | FileId | int, store_id: int) -> None:
         """Bind an export's directory to object store `store_id` (key prefix ""), unless it
