@@ -237,7 +237,10 @@ class ChunkCache:
         """Drop the clean copies of ino (one chunk, or all): `objcache admin evict`, or an
         inode whose bytes are gone. Returns the bytes freed."""
         with self._lock:
-            keys = [k for k in self._lru if k[0] == ino and (index is None or k[1] == index)]
+            if index is not None:  # every admission asks: no scan of the whole cache
+                keys = [(ino, index)] if (ino, index) in self._lru else []
+            else:
+                keys = [k for k in self._lru if k[0] == ino]
         return sum(self._drop(*k, "forgotten") for k in keys)
 
     def inodes(self) -> list[int]:
