@@ -23,7 +23,7 @@ Rules:
   receives, so a client that keeps its socket full cannot starve the other tasks.
 - Large records (WRITE) are received straight into their final buffer (RecordDecoder.direct_view).
 - With a single client connected and nothing else to do, the read loop busy-polls the socket
-  for a few tens of µs after a reply before sleeping (RpcLimits.busy_poll_us; module notes there).
+  for a few tens of µs after a reply before sleeping (RpcLimits.busy_poll_us, limits.py, says why).
 - Graceful shutdown: `shutdown()` stops accepting and reading; requests already read are answered
   (within `shutdown_grace_s`), then connections close and `run` returns.
 """
@@ -44,11 +44,11 @@ import trio
 
 from nfs_gateway.backend import FileSlice
 from nfs_gateway.drc import DuplicateRequestCache
+from nfs_gateway.limits import ByteBudget, RpcLimits
 from nfs_gateway.opstats import OpStats
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
 from nfs_gateway.program import NOT_READY, Program
 from nfs_gateway.record import (
-    MAX_FRAGMENT_LEN,
     Buffer,
     RecordDecoder,
     RecordError,
@@ -66,36 +66,6 @@ _ACCEPT_BACKOFF_S = 0.1
 _ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN})
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _Sock = trio.socket.SocketType
-
-
-@dataclass(frozen=True, slots=True)
-class RpcLimits:
-    max_record_bytes: int = 1024 * 1024 + 4096  # a 1 MiB WRITE plus its headers
-    max_connections: int = 512
-    max_in_flight_per_connection: int = 64
-    max_in_flight_bytes: int = 256 * 1024 * 1024  # request bytes held, all TCP connections
-    idle_timeout_s: float = 600.0
-    recv_chunk_bytes: int = 64 * 1024  # larger records are received into their own buffer
-    max_udp_in_flight: int = 64
-    max_udp_request_bytes: int = 65535
-    max_udp_reply_bytes: int = 65507  # the largest IPv4 UDP payload
-    join_below_bytes: int = 16 * 1024  # replies smaller than this go out as one buffer
-    shutdown_grace_s: float = 10.0
-    # After answering the only connected client, poll its socket this long before sleeping in
-    # epoll (0: never). A request-reply client sends its next call within tens of µs, and waking
-    # an idle vCPU costs about as much (NULL round trip 38 -> 32 µs, cached stat +35%); the price
-    # is up to this much CPU per reply, and only while one client is connected and idle.
-    busy_poll_us: int = 50
-
-    def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if name == "busy_poll_us":
-                if not 0 <= self.busy_poll_us <= 10_000:
-                    raise ValueError("RpcLimits.busy_poll_us must be in 0..10000")
-            elif not getattr(self, name) > 0:
-                raise ValueError(f"RpcLimits.{name} must be positive")
-        if self.max_record_bytes > MAX_FRAGMENT_LEN:
-            raise ValueError("RpcLimits.max_record_bytes must fit in a record marker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,30 +110,6 @@ class _Connection:
         return 0.0 if busy else now - self.last_active
 
 
-class ByteBudget:
-    """A bound on bytes held across tasks; waiters re-check whenever bytes are released."""
-
-    def __init__(self, limit: int) -> None:
-        assert limit > 0
-        self.limit = limit
-        self.used = 0
-        self._released = trio.Event()
-
-    async def acquire(self, nbytes: int) -> int:
-        """Wait until `nbytes` fit; return what to release (larger asks take the whole budget)."""
-        nbytes = min(nbytes, self.limit)
-        while self.used + nbytes > self.limit:
-            await self._released.wait()
-        self.used += nbytes
-        return nbytes
-
-    def release(self, nbytes: int) -> None:
-        self.used -= nbytes
-        assert self.used >= 0
-        self._released.set()
-        self._released = trio.Event()
-
-
 def _poll_briefly(poller: select.poll, seconds: float) -> bool:
     """Poll (without sleeping) for up to `seconds`; whether the socket became readable. Each
     poll(0) releases the GIL, so worker threads are not held up."""
@@ -188,11 +134,11 @@ class RpcServer:
     def __init__(
         self,
         listeners: Sequence[Listener],
-        limits: RpcLimits = RpcLimits(),
+        limits: RpcLimits | None = None,
         drc: DuplicateRequestCache | None = None,
     ) -> None:
         self.listeners = tuple(listeners)
-        self.limits = limits
+        self.limits = limits = limits or RpcLimits()
         self.drc = drc
         # The clock times each call for its procedure's latency (opstats.py).
         self.dispatchers = [

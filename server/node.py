@@ -18,11 +18,12 @@ import trio
 
 from nfs_gateway import exports as gw_exports
 from nfs_gateway.drc import DrcLimits, DuplicateRequestCache
+from nfs_gateway.limits import RpcLimits
 from nfs_gateway.mount import make_mount_program
 from nfs_gateway.nfs3.env import Nfs3Config
 from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
 from nfs_gateway.portmap import make_portmap_program
-from nfs_gateway.server import Listener, RpcLimits, RpcServer
+from nfs_gateway.server import Listener, RpcServer
 from server import metrics
 from server.config import Config, ExportConfig, data_dir
 from server.fs.backend import LocalBackend

@@ -20,6 +20,7 @@ from rpcclient import RpcClient, UdpRpcClient, authsys, u32, xdr_string
 from nfs_gateway.backend import FileSlice
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
+from nfs_gateway.limits import RpcLimits
 from nfs_gateway.mount import MOUNT_PROG, MountStat, make_mount_program
 from nfs_gateway.nfs3.program import handle_maker
 from nfs_gateway.portmap import (
@@ -33,7 +34,7 @@ from nfs_gateway.portmap import (
 from nfs_gateway.program import CallContext, Procedure, Program, decode_void, encode_void
 from nfs_gateway.record import LAST_FRAGMENT
 from nfs_gateway.rpc import MSG_DENIED, AcceptStat, AuthStat, OpaqueAuth, encode_call
-from nfs_gateway.server import Listener, RpcLimits, RpcServer
+from nfs_gateway.server import Listener, RpcServer
 from nfs_gateway.xdr import Packer, Unpacker
 from server.fs.backend import LocalBackend
 
