@@ -192,13 +192,6 @@ class BucketReads:
         """[start, end) of the object at version `etag`, in parallel ranged GETs."""
         step = max(1, self.config.fetch_part_bytes)
         ranges = [(a, min(a + step, end)) for a in range(start, end, step)]
-        if len(ranges) == 1:  # a small file or a chunk's tail: one GET, no nursery
-            self.stats["gets"] += 1
-            try:
-                data = await store.get_range(key, start, end, if_match=etag)
-            except StoreError as e:
-                raise _as_remote(e) from e
-            return _whole(data, key, start, end)
         parts: list[bytes] = [b""] * len(ranges)
         limiter = trio.CapacityLimiter(max(1, self.config.fetch_parallel))
 
@@ -215,7 +208,11 @@ class BucketReads:
             raise _as_remote(first_leaf(eg)) from eg
         except StoreError as e:
             raise _as_remote(e) from e
-        return _whole(b"".join(parts), key, start, end)
+        data = b"".join(parts)
+        if len(data) != end - start:
+            raise RemoteError(p.ORIGIN_CHANGED,
+                              f"{key}: {len(data)} bytes at {start}, expected {end - start}")
+        return data
 
 
 ADMIT_CHECK_BYTES = 64 << 10  # transactions carrying less are never refused for space
@@ -290,11 +287,3 @@ def _as_remote(e: BaseException) -> BaseException:
         code = p.ORIGIN_CHANGED if isinstance(e, NoSuchKey) else p.UNAVAILABLE
         return RemoteError(code, f"object store: {type(e).__name__}: {e}")
     return e
-
-
-def _whole(data: bytes, key: str, start: int, end: int) -> bytes:
-    """All of [start, end), or the object changed under us (shorter than its etag said)."""
-    if len(data) != end - start:
-        raise RemoteError(p.ORIGIN_CHANGED,
-                          f"{key}: {len(data)} bytes at {start}, expected {end - start}")
-    return data
