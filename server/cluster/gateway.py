@@ -488,10 +488,10 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 entries.append(DirEntry(d.parent, DOTDOT, DOTDOT_COOKIE))
             else:
                 entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
+        if plus and d.store:
+            self.vouch_listed(d, ((name, found.get(ino)) for _, name, ino, _ in rows))
         for c, name, ino, _ftype in rows:
             child = found.get(ino)
-            if d.store:
-                self.vouch_listed(d, name, child)  # gateway_bucket.py
             if plus and child is not None:
                 entries.append(DirEntry(ino, name, c, self._fid(child), self._attr(child)))
             else:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -211,14 +211,16 @@ class BucketOps(BucketPlans):
         while len(checked) > CHECKED_MEMORY:
             checked.popitem(last=False)
 
-    def vouch_listed(self, d: Inode, name: bytes, child: Inode | None) -> None:
-        """`child`, named `name` in `d`, counts as checked when `d`'s listing was loaded, if
-        that listing is fresh: it saw the object's etag then (a different one would have
-        changed the inode). So a GETATTR after a LOOKUP or READDIRPLUS in a fresh directory
-        sends no HEAD, and ttl counts from the listing (attrs_due)."""
-        if (child is not None and child.ftype == FileType.REG and self._fresh(d)
-                and self._store_of(d) is not None and from_bucket(d, name, child)):
-            self._remember(child.ino, d.listed_ns)
+    def vouch_listed(self, d: Inode, children: Iterable[tuple[bytes, Inode | None]]) -> None:
+        """Each file in `children` ((name, inode) in `d`) counts as checked when `d`'s listing
+        was loaded, if that listing is fresh: it saw the object's etag then (a different one
+        would have changed the inode). So a GETATTR after a LOOKUP or READDIRPLUS in a fresh
+        directory sends no HEAD, and ttl counts from the listing (attrs_due)."""
+        if not self._fresh(d) or self._store_of(d) is None:
+            return
+        for name, child in children:
+            if child is not None and child.ftype == FileType.REG and from_bucket(d, name, child):
+                self._remember(child.ino, d.listed_ns)
 
     def _lookup_step(self, d: Inode, name: bytes, has_entry: bool,
                      child: Inode | None) -> str | None:
@@ -227,7 +229,7 @@ class BucketOps(BucketPlans):
         if d.ino in self._bmem.flights:
             return WAIT
         if self._fresh(d):
-            self.vouch_listed(d, name, child)
+            self.vouch_listed(d, ((name, child),))
             return None
         if d.listed_ns and d.next_cookie - FIRST_COOKIE <= SMALL_DIR:
             return LIST
