@@ -6,8 +6,14 @@ Rules:
   node-local: never replicated, never in a snapshot's meaning, always re-readable from the
   bucket, so dropping one loses nothing.
 - The index lives in the node's LevelDB under `lc.c` (outside the replicated `fs.` state):
-  the chunk file is written and fsynced before its index entry, and the entry is deleted before
-  the file, so an entry never names bytes that are not on disk.
+  the chunk file is written before its index entry, and the entry is deleted before the file,
+  so an entry never names bytes the kernel does not hold.
+- A copy is not fsynced when it is admitted (a cold read would pay an fsync per chunk for
+  bytes the bucket still has). The page cache keeps it across a crash of the process, not of
+  the machine, so the index records the boot it was written in (`lc.boot`, synced before the
+  first admission): `close_sync` fsyncs the copies of this run and clears the mark, and an
+  `open_sync` that finds the mark of another boot (the machine went down under a running
+  node) drops every copy rather than trust bytes that may not have reached the disk.
 - Capacity counts clean copies plus the bytes this cache cannot drop (materialized and written
   chunks, `pinned`, refreshed from the disk by `refresh_pinned_sync`). Admitting a copy evicts
   least-recently-used clean copies until it fits; when it cannot fit, the caller serves the
@@ -27,18 +33,33 @@ Rules:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cbor2
 
 from storage.chunks import ChunkStore
 from storage.kv import KvStore
 
+log = logging.getLogger("objcache.chunkcache")
+
 PREFIX = b"lc.c"
+BOOT_KEY = b"lc.boot"  # the boot whose unsynced copies the index may name (see the rules)
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def current_boot_id() -> bytes:
+    """This boot of the machine; elsewhere a value of this process (every start then counts
+    as a new boot, so an unclean stop always drops the copies)."""
+    try:
+        return BOOT_ID_PATH.read_bytes().strip()
+    except OSError:
+        return os.urandom(16).hex().encode()
 
 
 def _key(ino: int, index: int) -> bytes:
@@ -57,8 +78,11 @@ class _Copy:
 
 class ChunkCache:
     def __init__(self, kv: KvStore, chunks: ChunkStore, capacity_bytes: int,
-                 is_pinned: Callable[[int, int], bool] = lambda ino, index: False) -> None:
+                 is_pinned: Callable[[int, int], bool] = lambda ino, index: False,
+                 boot_id: bytes | None = None) -> None:
         self.kv = kv
+        self.boot_id = boot_id if boot_id is not None else current_boot_id()
+        self._unsynced: set[tuple[int, int]] = set()  # admitted by this run, not fsynced
         self.chunks = chunks
         self.capacity = capacity_bytes
         self.is_pinned = is_pinned
@@ -70,7 +94,29 @@ class ChunkCache:
                       "refused": 0}
 
     def open_sync(self) -> None:
-        """Load the index (oldest entries first is unknown after a restart: key order)."""
+        """Load the index (oldest entries first is unknown after a restart: key order); drop
+        it whole when the machine went down while a run had unsynced copies."""
+        self._load_index()
+        marked = self.kv.get_sync(BOOT_KEY)
+        if marked is not None and marked != self.boot_id and self._lru:
+            log.warning("chunk cache: the machine restarted while copies were not synced; "
+                        "dropping %d clean copies (%d bytes), the bucket still has them",
+                        len(self._lru), self.clean_bytes)
+            for key in list(self._lru):
+                self._drop(*key, "forgotten")
+        self.kv.write_sync([(BOOT_KEY, self.boot_id)], sync=True)
+        self.refresh_pinned_sync()
+
+    def close_sync(self) -> None:
+        """Make this run's copies durable and clear the boot mark (a clean stop): the index
+        is then trusted after a reboot too."""
+        with self._lock:
+            todo = sorted(self._unsynced)
+            self._unsynced.clear()
+        self.chunks.sync_files_sync(todo)
+        self.kv.write_sync([(BOOT_KEY, None)], sync=True)
+
+    def _load_index(self) -> None:
         start = PREFIX
         while True:
             rows = self.kv.iterate_sync(prefix=PREFIX, start=start)
@@ -81,7 +127,6 @@ class ChunkCache:
             if len(rows) < self.kv.config.max_scan_items:
                 break
             start = rows[-1][0] + b"\0"
-        self.refresh_pinned_sync()
 
     def refresh_pinned_sync(self) -> None:
         """Recount the chunk bytes on disk that are not clean copies."""
@@ -128,9 +173,10 @@ class ChunkCache:
                 self.stats["refused"] += 1
             return False
         self.forget_sync(ino, index)
-        self.chunks.put_chunk_file_sync(ino, index, data)
+        self.chunks.write_chunk_file_sync(ino, index, data)
         self.kv.write_sync([(_key(ino, index), cbor2.dumps([etag, need]))], sync=False)
         with self._lock:
+            self._unsynced.add((ino, index))
             self._lru[(ino, index)] = _Copy(etag, need)
             self.clean_bytes += need
             self.stats["admitted"] += 1
@@ -158,6 +204,7 @@ class ChunkCache:
             c = self._lru.pop((ino, index), None)
             if c is None:
                 return 0
+            self._unsynced.discard((ino, index))
             self.clean_bytes -= c.nbytes
             self.stats[why] += 1
         self.kv.write_sync([(_key(ino, index), None)], sync=False)

@@ -478,14 +478,29 @@ class ChunkStore:
         """Make each (ino, index) chunk exactly its bytes, durably: all written first, then
         the files and their directories fsynced a few at a time (the file system commits
         concurrent fsyncs together). Chunks moving in from another group (a ring change)."""
-        paths: list[Path] = []
         for ino, index, data in files:
             with self._lock:
                 self._forget_locked(ino, index, index)  # no cached descriptor of the old file
-            paths.append(self._write_whole(ino, index, data, sync=False))
+            self._write_whole(ino, index, data, sync=False)
+        self.sync_files_sync([(ino, index) for ino, index, _ in files])
+
+    def write_chunk_file_sync(self, ino: int, index: int, data: bytes) -> None:
+        """Make chunk `index` of `ino` exactly `data`, not yet durable: a clean copy of bucket
+        bytes (chunkcache.py), which `sync_files_sync` makes durable when it has to be. The
+        caller dropped any older copy first, so no descriptor of it is cached."""
+        self._write_whole(ino, index, data, sync=False)
+
+    def sync_files_sync(self, chunks: list[tuple[int, int]]) -> None:
+        """fsync the files of these (ino, index) chunks that exist, their directories and the
+        root, a few at a time."""
+        paths = [p for p in (self.chunk_path(ino, index) for ino, index in chunks)
+                 if p.exists()]
 
         def sync(path: Path) -> None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return  # deleted since (an eviction): nothing to make durable
             try:
                 os.fsync(fd)
             finally:

@@ -96,11 +96,17 @@ async def serve_cluster(cfg: Config, make_rpc_server) -> None:  # type: ignore[n
         await kv.close()
         raise
     chunks = ChunkStore(root / "chunks", fsc.chunks)
+    on_stop: list[Callable[[], None]] = []  # blocking closers, run before the LevelDB closes
     try:
-        await _serve_on(cfg, kv, chunks, fsc, make_rpc_server)
+        await _serve_on(cfg, kv, chunks, fsc, make_rpc_server, on_stop)
     finally:
         with trio.CancelScope(shield=True):
             remove_ready(root)
+            for close in on_stop:
+                try:
+                    await trio.to_thread.run_sync(close)
+                except Exception as e:  # the LevelDB must still close
+                    log.warning("objcache: stopping: %s", e)
             await trio.to_thread.run_sync(chunks.sync_all_sync)
             chunks.close_sync()
             await kv.close()
@@ -136,6 +142,7 @@ class _Start:
     me: NodeInfo
     peers: dict[int, str]  # the founding peers of the config: id -> RPC address
     nursery: trio.Nursery
+    on_stop: list[Callable[[], None]]  # serve_cluster runs these after everything stopped
     nodelist: NodeList | None = None  # None until learned (a joining node: until joined)
     fresh: Freshness | None = None
     others: list[int] = dataclasses.field(default_factory=list)  # peers to check freshness on
@@ -148,7 +155,8 @@ class _Start:
 
 
 async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
-                    make_rpc_server) -> None:  # type: ignore[no-untyped-def]
+                    make_rpc_server,  # type: ignore[no-untyped-def]
+                    on_stop: list[Callable[[], None]]) -> None:
     # Every message a peer may send must decode from the moment the plane listens: a
     # restarting node's peers send it Raft heartbeats and txn notices before its group
     # member is open, and an unknown tag closed their connections as garbage (found by the
@@ -157,7 +165,7 @@ async def _serve_on(cfg: Config, kv: KvStore, chunks: ChunkStore, fsc: FsConfig,
     register_txn_messages()
     plane, me, peers = _make_plane(cfg)
     async with trio.open_nursery() as nursery:
-        s = _Start(cfg, kv, chunks, fsc, plane, me, peers, nursery)
+        s = _Start(cfg, kv, chunks, fsc, plane, me, peers, nursery, on_stop)
         await _start_plane(s)
         if not await _learn_membership(s):
             nursery.cancel_scope.cancel()  # stopped while waiting for `objcache admin join`
@@ -303,6 +311,7 @@ async def _open_gateway(s: _Start, runtime: GroupRuntime) -> ClusterBackend:
     if s.stores:
         fetch = await bucket_reads.attach(runtime, s.stores, s.cfg.cache)
         fetch.nursery = s.nursery
+        s.on_stop.append(fetch.cache.close_sync)  # this run's clean copies made durable
         metrics.export_counters("objcache_bucket_fetch", "Chunks fetched from the bucket: "
                                 "fetches, fetched bytes, ranged GETs", fetch.stats)
         metrics.export_counters("objcache_chunk_cache", "The clean chunk cache: hits, "

@@ -14,12 +14,12 @@ from storage.kv import KvConfig, KvStore
 CS = 1000
 
 
-def make(tmp_path: Path, capacity: int, pinned: set[tuple[int, int]] | None = None
-         ) -> tuple[ChunkCache, KvStore, ChunkStore]:
+def make(tmp_path: Path, capacity: int, pinned: set[tuple[int, int]] | None = None,
+         boot: bytes = b"boot-1") -> tuple[ChunkCache, KvStore, ChunkStore]:
     kv = KvStore.open_sync(tmp_path / "db", KvConfig(max_scan_items=3))
     chunks = ChunkStore(tmp_path / "chunks")
     pins = pinned if pinned is not None else set()
-    cache = ChunkCache(kv, chunks, capacity, lambda ino, index: (ino, index) in pins)
+    cache = ChunkCache(kv, chunks, capacity, lambda ino, index: (ino, index) in pins, boot)
     chunks.changed_hook = cache.untrack
     cache.open_sync()
     return cache, kv, chunks
@@ -157,3 +157,51 @@ def test_the_pinned_count_skips_a_chunk_directory_deleted_while_it_counts(
     monkeypatch.setattr(os, "scandir", deleted_first)
     cache.refresh_pinned_sync()
     assert cache.usage()["pinned_bytes"] == 20
+
+
+def _fill(cache: ChunkCache) -> None:
+    for i in range(4):  # more entries than one scan page (max_scan_items=3)
+        assert cache.admit_sync(7, i, b"v", bytes([i]) * CS)
+
+
+def test_a_crashed_process_keeps_its_copies_in_the_same_boot(tmp_path: Path) -> None:
+    # Admitted copies are not fsynced; a process that dies leaves them in the page cache,
+    # so a restart in the same boot of the machine serves them.
+    cache, kv, chunks = make(tmp_path, capacity=10 * CS)
+    _fill(cache)
+    chunks.close_sync()
+    kv.close_sync()  # no cache.close_sync(): the process died
+    again, _, chunks2 = make(tmp_path, capacity=10 * CS)
+    assert all(again.valid(7, i, b"v") for i in range(4))
+    assert chunks2.pread_sync(7, CS, 3 * CS, CS) == bytes([3]) * CS
+
+
+def test_copies_unsynced_when_the_machine_went_down_are_all_dropped(tmp_path: Path) -> None:
+    cache, kv, chunks = make(tmp_path, capacity=10 * CS)
+    _fill(cache)
+    chunks.close_sync()
+    kv.close_sync()  # the node never stopped cleanly, and the next start is in a new boot
+    again, _, chunks2 = make(tmp_path, capacity=10 * CS, boot=b"boot-2")
+    assert not any(again.valid(7, i, b"v") for i in range(4))
+    assert again.usage()["clean_bytes"] == 0 and again.usage()["forgotten"] == 4
+    assert not any(chunks2.chunk_path(7, i).exists() for i in range(4))
+    # the new run marks its own boot: a crash of its process keeps what it admits
+    assert again.admit_sync(8, 0, b"w", b"n" * CS)
+    chunks2.close_sync()
+    again.kv.close_sync()
+    third, _, _ = make(tmp_path, capacity=10 * CS, boot=b"boot-2")
+    assert third.valid(8, 0, b"w")
+
+
+def test_a_clean_stop_syncs_the_copies_so_a_new_boot_keeps_them(tmp_path: Path) -> None:
+    cache, kv, chunks = make(tmp_path, capacity=10 * CS)
+    _fill(cache)
+    assert cache.admit_sync(9, 0, b"v", b"x" * CS)
+    cache.forget_sync(9)  # gone before the stop: nothing to sync for it
+    cache.close_sync()
+    assert kv.get_sync(b"lc.boot") is None
+    chunks.close_sync()
+    kv.close_sync()
+    again, _, _ = make(tmp_path, capacity=10 * CS, boot=b"boot-2")
+    assert all(again.valid(7, i, b"v") for i in range(4))
+    assert again.usage()["clean_bytes"] == 4 * CS and again.usage()["forgotten"] == 0
