@@ -167,6 +167,7 @@ class CacheConfig:
     capacity_bytes: int = 8 << 30  # clean cached chunks are evicted (LRU) above this
     ttl_s: float = 30.0  # listings and clean files' attributes are revalidated after this
     readahead_chunks: int = 2  # chunks fetched ahead of a sequential reader
+    prefetch_listed_bytes: int = 64 << 20  # READDIRPLUS fetches small files ahead, this much
     fetch_parallel: int = 4  # ranged GETs in flight for one chunk
     fetch_part_bytes: int = 4 << 20  # bytes per ranged GET
     head_objects: bool = True  # a listing HEADs new objects for their x-amz-meta-* attributes
@@ -271,6 +272,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cache.capacity_bytes": (1 << 20, 1 << 60),
     "cache.ttl_s": (0, 86_400 * 365),
     "cache.readahead_chunks": (0, 64),
+    "cache.prefetch_listed_bytes": (0, 1 << 40),
     "cache.fetch_parallel": (1, 64),
     "cache.fetch_part_bytes": (64 << 10, 1 << 30),
     "cache.file_mode": (0, 0o7777),

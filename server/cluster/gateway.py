@@ -60,7 +60,7 @@ from server.cluster.bucket import BucketConfig
 from server.cluster.fence import WriteFence
 from server.cluster.fsops import ENOTEMPTY, MISPLACED, MOVING, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
-from server.cluster.gateway_data import DataOps
+from server.cluster.gateway_data import LISTED_PREFETCH_PARALLEL, DataOps
 from server.cluster.gateway_ns import NamespaceOps
 from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
 from server.cluster.inoalloc import InoAllocator
@@ -126,6 +126,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         self.store_roots: dict[int, int] = {}
         self._sequential: dict[int, int] = {}  # ino -> where its last READ ended (read-ahead)
         self._prefetched: dict[tuple[int, int], None] = {}  # chunks asked ahead, oldest first
+        self._listed_limiter = trio.CapacityLimiter(LISTED_PREFETCH_PARALLEL)
         self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local
         self._nursery: trio.Nursery | None = None  # background work (read-ahead); the node's
         self.alloc = alloc
@@ -490,6 +491,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
         if plus and d.store:
             self.vouch_listed(d, ((name, found.get(ino)) for _, name, ino, _ in rows))
+            self.prefetch_listed(found.get(ino) for _, _, ino, _ in rows)
         for c, name, ino, _ftype in rows:
             child = found.get(ino)
             if plus and child is not None:

@@ -23,21 +23,30 @@ Rules:
   `bucket.readahead_chunks` chunks to fetch them (fire and forget). A WRITE to a backed chunk
   carries ExpectChunk when the gateway believes it materialized, else MaterializeChunk with
   the chunk's bucket bytes (read through its owner) ahead of the ChunkWrite.
+- READDIRPLUS of a directory from the bucket has the owners fetch its small files ahead of
+  their READs (`prefetch_listed`): each file of at most one chunk not asked for yet, smallest
+  first, up to `bucket.prefetch_listed_bytes` per reply, LISTED_PREFETCH_PARALLEL at a time.
+  A reader of a model's or dataset's many small files then finds them cached, where each
+  would otherwise wait for its own GET in turn; the budget bounds what a bare `ls -l` costs.
 - The object changed in the bucket (ORIGIN_CHANGED): the file is revalidated
   (`_origin_checked`) and the client hears JUKEBOX, so its retry reads the new version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, TypeVar
+
+import trio
 
 from nfs_gateway.backend import (
     CommitResult,
     Cred,
     FBig,
     FileId,
+    FileType,
     Jukebox,
     ReadResult,
     StableHow,
@@ -72,6 +81,7 @@ V = TypeVar("V")
 
 SEQUENTIAL_FILES = 1024  # files whose last read end the gateway remembers (read-ahead)
 PREFETCH_MEMORY = 4096  # chunks recently asked to be fetched ahead (not asked twice)
+LISTED_PREFETCH_PARALLEL = 8  # small files of a listing fetched ahead at once, per gateway
 MATERIALIZED_MEMORY = 65536  # backed chunks this gateway knows are materialized
 
 if TYPE_CHECKING:
@@ -153,13 +163,32 @@ class DataOps(_Base):
             _bounded_put(self._prefetched, (inode.ino, index), None, PREFETCH_MEMORY)
             self._nursery.start_soon(self._prefetch, inode, index)
 
-    async def _prefetch(self, inode: Inode, index: int) -> None:
+    async def _prefetch(self, inode: Inode, index: int,
+                        limiter: trio.CapacityLimiter | None = None) -> None:
         req = self._chunk_request(inode, index, 0, 0, prefetch=True)
         try:
-            await self._at(lambda: self.ring.group_of_chunk(inode.ino, index), req)
+            async with limiter or contextlib.nullcontext():
+                await self._at(lambda: self.ring.group_of_chunk(inode.ino, index), req)
         except (Jukebox, RemoteError) as e:  # best effort: the read itself will fetch
             self._prefetched.pop((inode.ino, index), None)
             log.debug("read-ahead of chunk %d of %d: %s", index, inode.ino, e)
+
+    def prefetch_listed(self, children: Iterable[Inode | None]) -> None:
+        """READDIRPLUS listed these: have their owners fetch the small files from the bucket
+        now, smallest first, within the budget (module rules)."""
+        budget = self.bucket.prefetch_listed_bytes
+        if budget <= 0 or self._nursery is None:
+            return
+        small = sorted((c for c in children
+                        if c is not None and c.ftype == FileType.REG and is_backed(c, 0)
+                        and c.obase <= c.chunk_size and (c.ino, 0) not in self._prefetched),
+                       key=lambda c: c.obase)
+        for child in small:
+            budget -= child.obase
+            if budget < 0:
+                break
+            _bounded_put(self._prefetched, (child.ino, 0), None, PREFETCH_MEMORY)
+            self._nursery.start_soon(self._prefetch, child, 0, self._listed_limiter)
 
     @fenced
     async def write(
