@@ -57,6 +57,7 @@ from nfs_gateway.backend import (
 )
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
+from server.cluster.bucket_heads import HeadFanout
 from server.cluster.fence import WriteFence
 from server.cluster.fsops import ENOTEMPTY, MISPLACED, MOVING, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
@@ -127,6 +128,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         self._sequential: dict[int, int] = {}  # ino -> where its last READ ended (read-ahead)
         self._prefetched: dict[tuple[int, int], None] = {}  # chunks asked ahead, oldest first
         self._listed_limiter = trio.CapacityLimiter(LISTED_PREFETCH_PARALLEL)
+        self.heads: HeadFanout | None = None  # a listing's HEADs over the nodes; the node's
         self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local
         self._nursery: trio.Nursery | None = None  # background work (read-ahead); the node's
         self.alloc = alloc

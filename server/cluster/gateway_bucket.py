@@ -10,11 +10,11 @@ Rules:
   not the bucket's yet) is served as it is until it is.
 - READDIR of a bound directory that is not fresh loads it first (`load_dir`): every page of
   the listing, the directory's entries and their inodes, bucket_listing.diff; then each
-  action is checked against the bucket as it is now (`_confirm`, HEAD_PARALLEL at a time: a
-  HEAD of each new object, for its attributes with bucket.head_objects, and of each changed
-  or vanished one), so a listing older than a version written meanwhile (write-back, another
-  loader) never undoes it; then the actions commit in batches (gateway_bucket_plan.py), the
-  last with SetListed(the time the listing started).
+  action is checked against the bucket as it is now (`_confirm`: a HEAD of each new object,
+  for its attributes with bucket.head_objects, and of each changed or vanished one, spread
+  over the nodes when there are many: bucket_heads.py), so a listing older than a version
+  written meanwhile (write-back, another loader) never undoes it; then the actions commit in
+  batches (gateway_bucket_plan.py), the last with SetListed(the time the listing started).
 - Any abort (a loader on another node linked a name first: EEXIST; an entry changed under
   us) makes the loader re-read the directory and diff again (at most MAX_REDIFFS times);
   every batch is right on its own, so nothing is half-applied and concurrent loaders end
@@ -55,6 +55,7 @@ from nfs_gateway.backend import (
 )
 from server.cluster import protocol as p
 from server.cluster.bucket import ROOT_MARK, child_key, first_leaf, name_ok
+from server.cluster.bucket_heads import HEAD_PARALLEL, head_all
 from server.cluster.bucket_listing import (
     Action,
     Listed,
@@ -86,7 +87,6 @@ else:
 
 log = logging.getLogger("objcache.bucket")
 
-HEAD_PARALLEL = 16  # HEADs in flight during one load
 MAX_REDIFFS = 8  # re-reads of a directory after aborts during one load, then JUKEBOX
 SMALL_DIR = 1000  # LOOKUP relists a stale directory that ever linked at most this many names
 CHECKED_MEMORY = 65536  # entries and missing names whose last HEAD this gateway remembers
@@ -114,6 +114,12 @@ class _Memory:
         self.checked: OrderedDict[object, int] = OrderedDict()
         self.stats: Counter[str] = Counter()
         self.missing_stores: set[int] = set()
+
+
+def _action_key(a: Action) -> str:
+    """The object an action is about: the new one, else the one that was there."""
+    key = a.create.key if a.create is not None else a.old.okey  # type: ignore[union-attr]
+    return key.decode()
 
 
 @contextmanager
@@ -326,7 +332,7 @@ class BucketOps(BucketPlans):
             d, current = await self._entries(d)
             inodes = await self._entry_inodes(current)
             actions = await self._removable(diff(d, listed, current, inodes))
-            actions = await self._confirm(store, actions, meta)
+            actions = await self._confirm(d.store, store, actions, meta)
             if await self._commit(d, actions, meta, started):
                 return
             self._bmem.stats["rediffs"] += 1
@@ -391,38 +397,48 @@ class BucketOps(BucketPlans):
             out.append(a)
         return out
 
-    async def _confirm(self, store: ObjectStore, actions: list[Action],
+    async def _confirm(self, store_id: int, store: ObjectStore, actions: list[Action],
                        meta: dict[bytes, Mapping[str, str]]) -> list[Action]:
         """Each action checked against the bucket as it is now (bucket_listing.confirm): a
         HEAD of a new object (with bucket.head_objects: for its attributes) or of a changed
-        or vanished one, a one-key listing of a vanished directory. The listing may be older
-        than a version written meanwhile (write-back, another loader): it never undoes one."""
+        or vanished one, spread over the cluster's nodes when there are many (bucket_heads.py),
+        and a one-key listing of a vanished directory. The listing may be older than a version
+        written meanwhile (write-back, another loader): it never undoes one."""
         out: list[Action | None] = list(actions)
-        limiter = trio.CapacityLimiter(HEAD_PARALLEL)
+        gone_dirs = [i for i, a in enumerate(actions) if a.old is not None
+                     and a.old.ftype == FileType.DIR and a.create is None]
+        headed = [i for i, a in enumerate(actions) if i not in set(gone_dirs)
+                  and (a.create is None or self.bucket.head_objects or a.old is not None)]
 
-        async def one(i: int, a: Action) -> None:
+        async def head(key: str) -> ObjectInfo | None:
+            return await self._head(store, key)
+
+        async def relisted(i: int, limiter: trio.CapacityLimiter) -> None:
+            okey = actions[i].old.okey  # type: ignore[union-attr]
             async with limiter:
-                if a.old is not None and a.old.ftype == FileType.DIR and a.create is None:
-                    with _store_errors(store, f"list {a.old.okey!r}"):
-                        page = await store.list_page(a.old.okey.decode(), max_keys=1)
-                    if page.objects or page.prefixes:
-                        out[i] = None  # there again
-                    return
-                key = a.create.key if a.create is not None else a.old.okey  # type: ignore[union-attr]
-                info = await self._head(store, key.decode())
-                meta[a.name] = info.metadata if info is not None else {}
-                out[i] = confirm(a, info)
+                with _store_errors(store, f"list {okey!r}"):
+                    page = await store.list_page(okey.decode(), max_keys=1)
+            if page.objects or page.prefixes:
+                out[i] = None  # there again
 
+        keys = [_action_key(actions[i]) for i in headed]
         try:
+            if self.heads is not None:
+                infos = await self.heads.head_many(store_id, head, keys)
+            else:
+                infos = await head_all(head, keys)
             async with trio.open_nursery() as nursery:
-                for i, a in enumerate(actions):
-                    if a.create is None or self.bucket.head_objects or a.old is not None:
-                        nursery.start_soon(one, i, a)
+                limiter = trio.CapacityLimiter(HEAD_PARALLEL)
+                for i in gone_dirs:
+                    nursery.start_soon(relisted, i, limiter)
         except BaseExceptionGroup as eg:
             first = first_leaf(eg)
             if isinstance(first, FsError):
                 raise first from eg
             raise
+        for i, info in zip(headed, infos, strict=True):
+            meta[actions[i].name] = info.metadata if info is not None else {}
+            out[i] = confirm(actions[i], info)
         return [a for a in out if a is not None]
 
     # -- the data path and the node ---------------------------------------------------------

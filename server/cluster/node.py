@@ -32,6 +32,7 @@ from server import metrics
 from server.cluster import bucket_reads, fsops, node_fs, node_metrics, queries
 from server.cluster import protocol as p
 from server.cluster.bucket_admin import BucketAdmin
+from server.cluster.bucket_heads import HeadFanout
 from server.cluster.drain import Drains
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.freshness import Freshness
@@ -320,6 +321,14 @@ async def _open_gateway(s: _Start, runtime: GroupRuntime) -> ClusterBackend:
                              bucket=s.cfg.cache, home_group=(
                                  router.home_group if c.dir_placement == "local" else None))
     backend._nursery = s.nursery
+    if s.stores:
+        me = c.node_id
+        backend.heads = HeadFanout(s.plane, s.stores, lambda: [
+            n.node_id for n in router.nodelist.nodes if n.node_id != me])
+        backend.heads.serve()
+        metrics.export_counters("objcache_bucket_head_fanout", "A listing's HEADs spread over "
+                                "the nodes: batches, shares sent, failed (HEADed here), "
+                                "served for peers", backend.heads.stats)
     metrics.export_counters("objcache_gateway_changes", "Cluster gateway transactions: "
                             "sent, aborted, re-planned, re-read, resent", backend.stats)
     metrics.export_counters("objcache_router_calls", "Requests to group leaders: calls, "

@@ -231,6 +231,11 @@ class RpcPlane:
             return False
         return True
 
+    def is_connected(self, peer_id: int) -> bool:
+        """A connection to the peer is up now (a call would not wait for one)."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.live() is not None
+
     async def call(self, peer_id: int, msg: Any, timeout_s: float) -> Any:
         """Request/response. Raises PeerUnavailable, RpcTimeout, ConnectionLost, RemoteError."""
         deadline = trio.current_time() + timeout_s

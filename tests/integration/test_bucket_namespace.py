@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from nfs_gateway.backend import (
 from server.cluster import bucket_reads, fsops, node_fs, queries
 from server.cluster import fsck as cluster_fsck
 from server.cluster.bucket import BucketConfig
+from server.cluster.bucket_heads import FANOUT_MIN, HeadFanout
 from server.cluster.gateway import ClusterBackend
 from server.cluster.group import GroupConfig, GroupRuntime
 from server.cluster.inoalloc import InoAllocator
@@ -86,9 +87,11 @@ class Clock:
 
 @asynccontextmanager
 async def cluster(tmp_path: Path, groups: int, store: Any, bucket: BucketConfig,
-                  clock: Clock) -> AsyncIterator[list[ClusterBackend]]:
+                  clock: Clock, head_stores: Callable[[int], dict[int, Any]] | None = None
+                  ) -> AsyncIterator[list[ClusterBackend]]:
     """`groups` one-member groups, one node each, and a gateway on every node; the root is
-    bound to `store`."""
+    bound to `store`. Each node serves its peers' HEADs with head_stores(node id) (default:
+    the same stores), as the node does (bucket_heads.py)."""
     fsc = FsConfig(chunk_size=CS, inline_max_bytes=1024)
     infos = [NodeInfo(i, i, f"127.0.0.1:{free_port()}", "127.0.0.1:2049")
              for i in range(1, groups + 1)]
@@ -120,19 +123,23 @@ async def cluster(tmp_path: Path, groups: int, store: Any, bucket: BucketConfig,
                              request_timeout_s=20)
         holder.append(router)
         await bucket_reads.attach(runtime, stores, bucket)
-        nodes.append((kv, plane, runtime, router))
+        heads = HeadFanout(plane, head_stores(info.node_id) if head_stores else stores,
+                           lambda me=info.node_id: [n.node_id for n in infos if n.node_id != me])
+        heads.serve()
+        nodes.append((kv, plane, runtime, router, heads))
     try:
         async with trio.open_nursery() as nursery:
-            for _, plane, runtime, router in nodes:
+            for _, plane, runtime, router, _ in nodes:
                 await nursery.start(plane.run)
                 await nursery.start(router.run)
                 await nursery.start(runtime.run)
             gateways = []
-            for kv, _, runtime, router in nodes:
+            for kv, _, runtime, router, heads in nodes:
                 await runtime.wait_serving()
                 fs = ClusterBackend(router, await InoAllocator.open(kv, runtime.node_id), fsc,
                                     1, runtime.node_id, clock, stores=stores, bucket=bucket)
                 fs._nursery = nursery
+                fs.heads = heads
                 gateways.append(fs)
             with trio.fail_after(20):
                 await node_fs.wait_root(gateways[0])
@@ -577,3 +584,30 @@ async def test_readdirplus_fetches_small_files_ahead_smallest_first(
         shard = await path(gws[0], "m", "shard.bin")
         assert await read_all(gws[0], shard) == blob(CS + 5)
         assert store.calls["get_range"] == 12 + 2  # two chunks, each one GET
+
+
+async def test_a_large_listing_spreads_its_heads_over_the_nodes(tmp_path: Path) -> None:
+    # A directory of many new objects: the loading gateway HEADs a third of them, each peer
+    # a third (bucket_heads.py), and the attributes from x-amz-meta-* are the same. Node 3
+    # has no such export: its share fails and the loader HEADs it instead.
+    n = 3 * FANOUT_MIN
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    for i in range(n):
+        meta = MODE_META if i % 2 else {}
+        await store.put(f"wide/f{i:03d}", b"x" * i, metadata=meta)
+    bucket = BucketConfig(prefetch_listed_bytes=0)
+    async with cluster(tmp_path, 3, store, bucket, Clock(),
+                       head_stores=lambda node: {} if node == 3 else {STORE: store}) as gws:
+        wide = await path(gws[0], "wide")
+        before = store.calls["head"]
+        entries = await listing(gws[0], wide)
+        assert store.calls["head"] - before == n  # each object once
+        for i in range(n):
+            a = entries[b"f%03d" % i].attr
+            mode, uid = (0o640, 1000) if i % 2 else (0o644, 0)
+            assert (a.size, a.mode, a.uid) == (i, mode, uid), i
+        fans = [fs.heads for fs in gws]
+        assert all(f is not None for f in fans)
+        assert fans[0].stats == {"batches": 1, "shares_sent": 2, "shares_failed": 1,
+                                 "shares_served": 0}
+        assert fans[1].stats["shares_served"] == 1 and fans[2].stats["shares_served"] == 0
