@@ -124,7 +124,7 @@ class BucketReads:
 
     async def fill(self, ino: int, index: int, origin: Origin) -> bytes | None:
         """Fetch chunk `index` (single-flight) and keep it in the cache if it fits. The bytes
-        are answered as soon as they arrive; keeping them (a 16 MiB write and fsync) goes on
+        are answered as soon as they arrive; keeping them (a write of up to 16 MiB) goes on
         in the background when the node gave a nursery, and the flight stays until then so
         a reader meanwhile takes its bytes instead of fetching again. None: the chunk is
         cached now (a fetch ended after the caller looked), read it from there."""

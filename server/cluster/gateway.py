@@ -128,6 +128,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         self._sequential: dict[int, int] = {}  # ino -> where its last READ ended (read-ahead)
         self._prefetched: dict[tuple[int, int], None] = {}  # chunks asked ahead, oldest first
         self._listed_limiter = trio.CapacityLimiter(LISTED_PREFETCH_PARALLEL)
+        self._listed_pending = 0  # small files of listings asked ahead and not done yet
         self.heads: HeadFanout | None = None  # a listing's HEADs over the nodes; the node's
         self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local
         self._nursery: trio.Nursery | None = None  # background work (read-ahead); the node's

@@ -25,7 +25,8 @@ Rules:
   the chunk's bucket bytes (read through its owner) ahead of the ChunkWrite.
 - READDIRPLUS of a directory from the bucket has the owners fetch its small files ahead of
   their READs (`prefetch_listed`): each file of at most one chunk not asked for yet, smallest
-  first, up to `bucket.prefetch_listed_bytes` per reply, LISTED_PREFETCH_PARALLEL at a time.
+  first, up to `bucket.prefetch_listed_bytes` per reply, LISTED_PREFETCH_PARALLEL at a time,
+  none added while LISTED_PREFETCH_QUEUE are pending (a walk of a big tree outruns them).
   A reader of a model's or dataset's many small files then finds them cached, where each
   would otherwise wait for its own GET in turn; the budget bounds what a bare `ls -l` costs.
 - The object changed in the bucket (ORIGIN_CHANGED): the file is revalidated
@@ -82,6 +83,7 @@ V = TypeVar("V")
 SEQUENTIAL_FILES = 1024  # files whose last read end the gateway remembers (read-ahead)
 PREFETCH_MEMORY = 4096  # chunks recently asked to be fetched ahead (not asked twice)
 LISTED_PREFETCH_PARALLEL = 8  # small files of a listing fetched ahead at once, per gateway
+LISTED_PREFETCH_QUEUE = 256  # pending past this, listings add no more (a `find` of a big tree)
 MATERIALIZED_MEMORY = 65536  # backed chunks this gateway knows are materialized
 
 if TYPE_CHECKING:
@@ -185,10 +187,17 @@ class DataOps(_Base):
                        key=lambda c: c.obase)
         for child in small:
             budget -= child.obase
-            if budget < 0:
+            if budget < 0 or self._listed_pending >= LISTED_PREFETCH_QUEUE:
                 break
             _bounded_put(self._prefetched, (child.ino, 0), None, PREFETCH_MEMORY)
-            self._nursery.start_soon(self._prefetch, child, 0, self._listed_limiter)
+            self._listed_pending += 1
+            self._nursery.start_soon(self._prefetch_listed, child)
+
+    async def _prefetch_listed(self, child: Inode) -> None:
+        try:
+            await self._prefetch(child, 0, self._listed_limiter)
+        finally:
+            self._listed_pending -= 1
 
     @fenced
     async def write(

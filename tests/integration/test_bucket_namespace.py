@@ -44,7 +44,7 @@ from nfs_gateway.backend import (
     StableHow,
     Stale,
 )
-from server.cluster import bucket_reads, fsops, node_fs, queries
+from server.cluster import bucket_reads, fsops, gateway_data, node_fs, queries
 from server.cluster import fsck as cluster_fsck
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_heads import FANOUT_MIN, HeadFanout
@@ -611,3 +611,43 @@ async def test_a_large_listing_spreads_its_heads_over_the_nodes(tmp_path: Path) 
         assert fans[0].stats == {"batches": 1, "shares_sent": 2, "shares_failed": 1,
                                  "shares_served": 0}
         assert fans[1].stats["shares_served"] == 1 and fans[2].stats["shares_served"] == 0
+
+
+class GatedStore(CountingStore):
+    """GETs wait until the test opens the gate (prefetches stay pending)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.gate = trio.Event()
+
+    async def get_range(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["get_range"] += 1
+        await self.gate.wait()
+        return await self.inner.get_range(*args, **kwargs)
+
+
+async def test_listings_add_no_prefetch_past_the_pending_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A walk of a big tree lists faster than its small files can be fetched: past
+    # LISTED_PREFETCH_QUEUE pending, a listing asks for nothing more ahead.
+    monkeypatch.setattr(gateway_data, "LISTED_PREFETCH_QUEUE", 3)
+    store = GatedStore(LocalDirStore(tmp_path / "bucket"))
+    for d in ("a", "b"):
+        for i in range(5):
+            await store.inner.put(f"{d}/f{i}", b"%s%d" % (d.encode(), i))
+    async with cluster(tmp_path, 1, store, BucketConfig(), Clock()) as gws:
+        fs = gws[0]
+        for d in ("a", "b"):
+            await listing(fs, await path(fs, d))
+        await trio.sleep(0.3)
+        assert store.calls["get_range"] == 3 and fs._listed_pending == 3
+        store.gate.set()
+        with trio.fail_after(10):
+            while fs._listed_pending:
+                await trio.sleep(0.01)
+        assert store.calls["get_range"] == 3
+        await listing(fs, await path(fs, "b"))  # b's files were not asked: now 3 of them
+        with trio.fail_after(10):
+            while fs._listed_pending:
+                await trio.sleep(0.01)
+        assert store.calls["get_range"] == 3 + 3
