@@ -203,6 +203,11 @@ class FsApplication:
         # (ringstate.Guard): a reason (MOVING, MISPLACED) aborts the records. Derived from
         # the replicated state, so every replica decides alike.
         self.guard: Callable[[tuple[object, ...]], str | None] | None = None
+        # The last check's result, for an apply of the same ops object on the same view object
+        # right after it (TxnState's check-then-apply of a local txn or a decision): applying
+        # is the check's dry run again, a tenth of a bucket listing's CPU. Both objects are
+        # held, so their ids cannot be reused; any other check or apply replaces or drops it.
+        self._checked: tuple[bytes, KvView, Changes] | None = None
 
     def _records(self, ops: bytes) -> tuple[object, ...]:
         hit = self._decoded.get(ops)
@@ -224,22 +229,29 @@ class FsApplication:
         return tuple(sorted({owner_of(r) for r in flat(recs)}))
 
     def check(self, ops: bytes, view: KvView) -> str | None:
+        self._checked = None
         try:
             recs = self._records(ops)
             if self.guard is not None:
                 refused = self.guard(recs)
                 if refused is not None:
                     return refused
-            fs_state.apply(Multi(recs), KvFsView(view), Changes(), 0)
+            changes = Changes()
+            fs_state.apply(Multi(recs), KvFsView(view), changes, 0)
         except RecordError:
             return INVALID
         except StateError as e:
             return e.reason
+        self._checked = (ops, view, changes)
         return None
 
     def apply(self, ops: bytes, view: KvView, batch: KvBatch) -> None:
-        changes = Changes()
-        fs_state.apply(Multi(self._records(ops)), KvFsView(view), changes, 0)
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] is ops and checked[1] is view:
+            changes = checked[2]
+        else:
+            changes = Changes()
+            fs_state.apply(Multi(self._records(ops)), KvFsView(view), changes, 0)
         for key, value in changes.ops.items():
             if value is None:
                 batch.delete(key)

@@ -407,7 +407,8 @@ class BucketOps(BucketPlans):
         out: list[Action | None] = list(actions)
         gone_dirs = [i for i, a in enumerate(actions) if a.old is not None
                      and a.old.ftype == FileType.DIR and a.create is None]
-        headed = [i for i, a in enumerate(actions) if i not in set(gone_dirs)
+        skip = set(gone_dirs)
+        headed = [i for i, a in enumerate(actions) if i not in skip
                   and (a.create is None or self.bucket.head_objects or a.old is not None)]
 
         async def head(key: str) -> ObjectInfo | None:
