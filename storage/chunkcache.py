@@ -104,6 +104,8 @@ class ChunkCache:
                         len(self._lru), self.clean_bytes)
             for key in list(self._lru):
                 self._drop(*key, "forgotten")
+        elif marked is not None:  # a run of this boot stopped uncleanly: its copies are ours
+            self._unsynced.update(self._lru)  # to sync at our clean stop
         self.kv.write_sync([(BOOT_KEY, self.boot_id)], sync=True)
         self.refresh_pinned_sync()
 
