@@ -493,8 +493,7 @@ class ChunkStore:
     def sync_files_sync(self, chunks: list[tuple[int, int]]) -> None:
         """fsync the files of these (ino, index) chunks that exist, their directories and the
         root, a few at a time."""
-        paths = [p for p in (self.chunk_path(ino, index) for ino, index in chunks)
-                 if p.exists()]
+        paths = [self.chunk_path(ino, index) for ino, index in chunks]
 
         def sync(path: Path) -> None:
             try:

@@ -423,12 +423,17 @@ class BucketOps(BucketPlans):
                 out[i] = None  # there again
 
         keys = [_action_key(actions[i]) for i in headed]
-        try:
+        infos: list[ObjectInfo | None] = []
+
+        async def head_keys() -> None:
             if self.heads is not None:
-                infos = await self.heads.head_many(store_id, head, keys)
+                infos.extend(await self.heads.head_many(store_id, head, keys))
             else:
-                infos = await head_all(head, keys)
-            async with trio.open_nursery() as nursery:
+                infos.extend(await head_all(head, keys))
+
+        try:
+            async with trio.open_nursery() as nursery:  # the HEADs and the relistings at once
+                nursery.start_soon(head_keys)
                 limiter = trio.CapacityLimiter(HEAD_PARALLEL)
                 for i in gone_dirs:
                     nursery.start_soon(relisted, i, limiter)
