@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from clusterproc import free_port_block  # noqa: E402
 from peers import direct, netns  # noqa: E402
 from peers.common import MiB, PeerError, S3Target, drop_caches, is_mounted, remove_tree, unmount  # noqa: E402
 from peers.juicefs import JuiceFS  # noqa: E402
@@ -55,6 +54,7 @@ from peers.rclone import Rclone  # noqa: E402
 from peers.reader import DirSource, read_tree, verify_tree  # noqa: E402
 from peers.s3fs import S3fs  # noqa: E402
 from peers.seaweed_remote import SeaweedRemote  # noqa: E402
+from serverproc import free_port  # noqa: E402
 
 BENCH_ROOT = Path("/var/tmp/objcache-bench")
 BUCKET, PREFIX = "models", "llm/"
@@ -204,7 +204,8 @@ def build_systems(names: list[str], s3: S3Target, work: Path, server, a) -> dict
         "rclone": lambda: Rclone(s3, work / "rclone"),
         "seaweedfs-remote": lambda: SeaweedRemote(s3, work / "seaweed"),
         "juicefs": lambda: JuiceFS(s3, work / "juicefs", server.client),
-        "objcache": lambda: Objcache(s3, work / "objcache", a.objcache_nodes, free_port_block),
+        "objcache": lambda: Objcache(s3, work / "objcache", a.objcache_nodes,
+                                     lambda n: free_port(count=n)),
     }  # fmt: skip
     unknown = [n for n in names if n not in makers]
     if unknown:

@@ -49,7 +49,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,8 +60,11 @@ import trio
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 import random  # noqa: E402
+
+from serverproc import free_port as free_port_block  # noqa: E402
 
 from raft.config import Config  # noqa: E402
 from raft.driver import RaftDriver  # noqa: E402
@@ -91,10 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n free loopback ports (below the ephemeral range; tests/serverproc.py)."""
+    base = free_port_block(count=n)
+    return list(range(base, base + n))
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -157,7 +159,7 @@ class ObjcacheCluster:
 
     def __init__(self, work: Path, n: int):
         self.ids = list(range(1, n + 1))
-        self.ports = {i: free_port() for i in self.ids}
+        self.ports = dict(zip(self.ids, free_ports(n), strict=True))
         (work / "secret").write_bytes(SECRET)
         peers = ",".join(f"{i}=ws://127.0.0.1:{p}/" for i, p in self.ports.items())
         self.procs = [
@@ -263,8 +265,9 @@ class EtcdCluster:
 
     def __init__(self, work: Path, n: int):
         self.ids = list(range(1, n + 1))
-        self.client_ports = {i: free_port() for i in self.ids}
-        peer_ports = {i: free_port() for i in self.ids}
+        ports = free_ports(2 * n)
+        self.client_ports = dict(zip(self.ids, ports[:n], strict=True))
+        peer_ports = dict(zip(self.ids, ports[n:], strict=True))
         initial = ",".join(f"e{i}=http://127.0.0.1:{p}" for i, p in peer_ports.items())
         self.procs = []
         for i in self.ids:

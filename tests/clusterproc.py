@@ -28,17 +28,6 @@ def _cli(*args: str, timeout_s: float = UP_TIMEOUT_S) -> subprocess.CompletedPro
                           text=True, timeout=timeout_s, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
-def free_port_block(n: int) -> int:
-    """A base port with n free ports from it (best effort on a shared machine)."""
-    from serverproc import _port_free
-
-    for _ in range(100):
-        base = free_port()
-        if base + n < 65000 and all(_port_free(base + i) for i in range(n)):
-            return base
-    raise ClusterError("no block of free ports")
-
-
 class LocalCluster:
     def __init__(self, root: Path, nodes: int = 3, replicas: int = 1,
                  up_args: tuple[str, ...] = ()) -> None:
@@ -51,7 +40,7 @@ class LocalCluster:
     # -- life cycle -------------------------------------------------------------------------
 
     def up(self) -> LocalCluster:
-        base = free_port_block(3 * self.n)
+        base = free_port(count=3 * self.n)
         res = _cli("cluster", "up", "--nodes", str(self.n), "--replicas", str(self.replicas),
                    "--base-port", str(base), "--data-dir", str(self.root), "--json",
                    *self.up_args)
@@ -118,7 +107,7 @@ class LocalCluster:
 
         from server.cluster.launcher import CONFIG_FILE, NodePlan, node_toml
 
-        base = free_port_block(3)
+        base = free_port(count=3)
         plan = NodePlan(node_id, group or node_id, base, base + 1, base + 2)
         first = tomllib.loads((self.root / f"n{through}" / CONFIG_FILE).read_text())
         sections = {k: v for k, v in first.items()

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -51,15 +52,22 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port(*, pair: bool = False) -> int:
-    """A loopback port free for TCP and UDP (with `pair`, port+1 is free too)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000 and _port_free(port) and (not pair or _port_free(port + 1)):
+# The ports the harness hands out. Below the kernel's ephemeral range (32768-60999): a port
+# picked from that range can be taken by any outgoing connection between the pick and the
+# server's bind (a cluster test once failed with EADDRINUSE so). Apart from tests/s3server.py's
+# 20000-39999 (SeaweedFS's ports and their gRPC twins).
+HARNESS_PORTS = range(10000, 20000)
+
+
+def free_port(*, count: int = 1) -> int:
+    """A loopback port p with p .. p + count - 1 free for TCP and UDP (best effort on a
+    shared machine: nothing holds them until the server binds)."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(HARNESS_PORTS.start, HARNESS_PORTS.stop - count)
+        if all(_port_free(port + i) for i in range(count)):
             return port
-    raise ServerError("no free loopback port found")
+    raise ServerError(f"no {count} free loopback ports in a row")
 
 
 def tcp_answers(port: int, host: str = "127.0.0.1") -> bool:
@@ -260,7 +268,7 @@ class GaneshaServer:
 
     def __init__(self, directory: Path, *, nfs_port: int | None = None) -> None:
         self.directory = Path(directory).resolve()
-        self.nfs_port = nfs_port or free_port(pair=True)
+        self.nfs_port = nfs_port or free_port(count=2)
         self.mount_port = self.nfs_port + 1
         self.export = str(self.directory)
         self.state_dir = Path(tempfile.gettempdir()) / f"objcache-ganesha-{self.nfs_port}"

@@ -83,7 +83,7 @@ class Objcache:
 
     def __init__(self, s3: S3Target, work: Path, nodes: int, base_port_fn) -> None:
         self.s3, self.work, self.n = s3, work, nodes
-        self.base_port_fn = base_port_fn  # () -> a base with 3*nodes free ports
+        self.base_port_fn = base_port_fn  # (n) -> a base with n free ports
         self.root: Path | None = None
         self.nodes: dict[int, dict] = {}
         self.env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY,

@@ -3,10 +3,9 @@ loopback, whatever order they start in."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import trio
+from serverproc import free_port
 
 from server.cluster.membership import BootstrapError, bootstrap_nodelist, peer_url, serve_hello
 from server.cluster.nodelist import NodeInfo, NodeList
@@ -14,17 +13,6 @@ from server.rpc.plane import RpcConfig, RpcPlane
 
 pytestmark = pytest.mark.integration
 SECRET = b"cluster-secret-for-tests-0123456789"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Founder:
@@ -45,8 +33,8 @@ class Founder:
 
 
 def founders(groups: list[int]) -> tuple[list[Founder], dict[int, str]]:
-    ports = free_ports(2 * len(groups))
-    out = [Founder(i + 1, g, ports[2 * i], ports[2 * i + 1]) for i, g in enumerate(groups)]
+    base = free_port(count=2 * len(groups))
+    out = [Founder(i + 1, g, base + 2 * i, base + 2 * i + 1) for i, g in enumerate(groups)]
     return out, {f.me.node_id: f.me.rpc for f in out}
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
+from serverproc import free_port
 
 from server.raft_kv import KvClient, KvGet
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RpcTimeout
@@ -29,17 +29,12 @@ IDS = [1, 2, 3]
 CLIENT_ID = 100
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     def __init__(self, tmp: Path, extra_args: tuple[str, ...] = ()):
         self.tmp = tmp
         self.extra_args = extra_args
-        self.ports = {i: free_port() for i in IDS}
+        base = free_port(count=len(IDS))
+        self.ports = {i: base + k for k, i in enumerate(IDS)}
         self.secret_file = tmp / "secret"
         self.secret_file.write_bytes(SECRET)
         self.procs: dict[int, subprocess.Popen] = {}

@@ -13,8 +13,8 @@ import io
 import json
 from pathlib import Path
 
-from clusterproc import ClusterError, LocalCluster, free_port_block
-from serverproc import ObjcacheServer
+from clusterproc import ClusterError, LocalCluster
+from serverproc import ObjcacheServer, free_port
 
 from model.ops import MODEL_CHUNK_BYTES
 
@@ -34,7 +34,7 @@ class ModelCluster(LocalCluster):
     def up(self) -> ModelCluster:
         from server.cluster import launcher
 
-        base = free_port_block(3 * self.n)
+        base = free_port(count=3 * self.n)
         out, err = io.StringIO(), io.StringIO()
         rc = launcher.up(self.root, self.n, self.replicas, base, as_json=True, out=out,
                          err=err, sections={"storage": STORAGE})
