@@ -167,7 +167,7 @@ class CacheConfig:
     capacity_bytes: int = 8 << 30  # clean cached chunks are evicted (LRU) above this
     ttl_s: float = 30.0  # listings and clean files' attributes are revalidated after this
     readahead_chunks: int = 2  # chunks fetched ahead of a sequential reader
-    prefetch_listed_bytes: int = 64 << 20  # READDIRPLUS fetches small files ahead, this much
+    prefetch_listed_bytes: int = 64 << 20  # READDIRPLUS fetches listed files ahead
     fetch_parallel: int = 4  # ranged GETs in flight for one chunk
     fetch_part_bytes: int = 4 << 20  # bytes per ranged GET
     head_objects: bool = True  # a listing HEADs new objects for their x-amz-meta-* attributes

@@ -34,6 +34,7 @@ import trio
 from storage.kv import loop_is_idle
 
 SYNC_THREADS = 8  # concurrent fsyncs of a batch of new chunk files
+PROBE_STRIDE = 64 << 10  # dup_nowait: one page-cache probe per this many bytes (~1 µs each)
 
 class ChunkIOError(Exception):
     """A chunk file could not be read, written, synced or removed; errno says why (ENOSPC...)."""
@@ -242,10 +243,12 @@ class ChunkStore:
         self, ino: int, chunk_size: int, offset: int, count: int
     ) -> tuple[int, int] | None:
         """A duplicate of the descriptor of the one chunk that holds [offset, offset+count), and
-        the offset inside it, if that descriptor is cached and the range's first and last bytes
-        are in the page cache (RWF_NOWAIT probes); else None. The caller closes the duplicate.
-        For sending with os.sendfile: only a page evicted from the middle of the range would be
-        read from disk, and the range is at most one READ."""
+        the offset inside it, if that descriptor is cached and the range is in the page cache
+        (RWF_NOWAIT probes of one byte every PROBE_STRIDE and of the last); else None. The
+        caller closes the duplicate. For sending with os.sendfile on the event loop: a range
+        that the kernel's read-ahead is still filling (cold pages after its first ones) would
+        make sendfile wait for the disk there, so the probes cover it all, not just its ends;
+        only a page evicted between the probes and the send is read from disk."""
         pieces = spans(offset, count, chunk_size)
         if not self._nowait or len(pieces) != 1:
             return None
@@ -257,7 +260,7 @@ class ChunkStore:
             ent.busy += 1
         try:
             probe = bytearray(1)
-            for pos in (inner, inner + n - 1):
+            for pos in (*range(inner, inner + n - 1, PROBE_STRIDE), inner + n - 1):
                 if os.preadv(ent.fd, [probe], pos, os.RWF_NOWAIT) != 1:
                     return None  # past the chunk file's end: a hole, which the copy path fills
             return os.dup(ent.fd), inner
@@ -486,9 +489,24 @@ class ChunkStore:
 
     def write_chunk_file_sync(self, ino: int, index: int, data: bytes) -> None:
         """Make chunk `index` of `ino` exactly `data`, not yet durable: a clean copy of bucket
-        bytes (chunkcache.py), which `sync_files_sync` makes durable when it has to be. The
-        caller dropped any older copy first, so no descriptor of it is cached."""
-        self._write_whole(ino, index, data, sync=False)
+        bytes (chunkcache.py), which `sync_files_sync` makes durable when it has to be. Its
+        descriptor stays cached: the chunk was fetched for a reader, whose next READ may then
+        be answered from the page cache on the event loop (`pread_nowait`, `dup_nowait` use
+        only open descriptors)."""
+        path = self.chunk_path(ino, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            self._forget_locked(ino, index, index)  # the caller dropped any older copy
+            self._fds[(ino, index)] = _Fd(fd)
+            self._evict_locked()
 
     def sync_files_sync(self, chunks: list[tuple[int, int]]) -> None:
         """fsync the files of these (ino, index) chunks that exist, their directories and the

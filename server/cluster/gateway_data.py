@@ -17,18 +17,24 @@ Rules:
   COMMIT has nothing to do (its verifier is the gateway's, random per start).
 - READ: ReadHead at the inode's group gives the inode and the inline / chunk-0 bytes in one
   call; the rest comes from ReadChunk at each chunk's group. READ does not update atime.
+- `read_nowait` (the gateway's fast path): a READ inside one chunk, when this node's one-voter
+  group holds both the inode and that chunk and the bytes are in the page cache (a written
+  chunk, or a clean copy of the inode's bucket version), is answered on the event loop, as a
+  FileSlice (sendfile) when large (GroupReads.cached_range). Otherwise None, and `read` runs.
 - Files backed by the bucket (server/cluster/bucket.py): ReadChunk carries the origin, and the
   owners serve or fetch the object's bytes. A sequential reader (a READ that starts where the
   previous one of that file ended) makes the gateway ask the owners of the next
   `bucket.readahead_chunks` chunks to fetch them (fire and forget). A WRITE to a backed chunk
   carries ExpectChunk when the gateway believes it materialized, else MaterializeChunk with
   the chunk's bucket bytes (read through its owner) ahead of the ChunkWrite.
-- READDIRPLUS of a directory from the bucket has the owners fetch its small files ahead of
-  their READs (`prefetch_listed`): each file of at most one chunk not asked for yet, smallest
-  first, up to `bucket.prefetch_listed_bytes` per reply, LISTED_PREFETCH_PARALLEL at a time,
-  none added while LISTED_PREFETCH_QUEUE are pending (a walk of a big tree outruns them).
-  A reader of a model's or dataset's many small files then finds them cached, where each
-  would otherwise wait for its own GET in turn; the budget bounds what a bare `ls -l` costs.
+- READDIRPLUS of a directory from the bucket has the owners fetch its files ahead of their
+  READs (`prefetch_listed`): each small file (at most one chunk) not asked for yet, smallest
+  first, then the first chunk of each larger file, up to `bucket.prefetch_listed_bytes` per
+  reply, LISTED_PREFETCH_PARALLEL at a time, none added while LISTED_PREFETCH_QUEUE are
+  pending (a walk of a big tree outruns them). A reader of a model's or dataset's many small
+  files then finds them cached, where each would otherwise wait for its own GET in turn; the
+  first chunks of the large ones arrive while the reader still walks the tree, and the
+  sequential read-ahead takes over from chunk 1. The budget bounds what a bare `ls -l` costs.
 - The object changed in the bucket (ORIGIN_CHANGED): the file is revalidated
   (`_origin_checked`) and the client hears JUKEBOX, so its retry reads the new version.
 """
@@ -82,7 +88,7 @@ V = TypeVar("V")
 
 SEQUENTIAL_FILES = 1024  # files whose last read end the gateway remembers (read-ahead)
 PREFETCH_MEMORY = 4096  # chunks recently asked to be fetched ahead (not asked twice)
-LISTED_PREFETCH_PARALLEL = 8  # small files of a listing fetched ahead at once, per gateway
+LISTED_PREFETCH_PARALLEL = 8  # files of a listing fetched ahead at once, per gateway
 LISTED_PREFETCH_QUEUE = 256  # pending past this, listings add no more (a `find` of a big tree)
 MATERIALIZED_MEMORY = 65536  # backed chunks this gateway knows are materialized
 
@@ -97,6 +103,35 @@ else:
 class DataOps(_Base):
     async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
         return await self._origin_checked(fid.ino, self._read(cred, fid, offset, count))
+
+    def read_nowait(self, cred: Cred, fid: FileId, offset: int, count: int
+                    ) -> ReadResult | None:
+        """READ answered on the event loop (the fast path, module rules), or None."""
+        local = getattr(self.router, "local", None)
+        if local is None:
+            return None
+        inode = self._get_nowait(fid)  # None unless this node's group holds the inode
+        if inode is None:
+            return None
+        require_reg(inode)
+        perms.check_io(cred, inode, perms.R)
+        count = max(0, min(count, self.config.max_read_bytes))
+        if offset >= inode.size or count == 0:
+            return ReadResult(b"", offset >= inode.size, self._attr(inode))
+        if inode.inline:
+            return None
+        n = min(count, inode.size - offset)
+        pieces = spans(offset, n, inode.chunk_size)
+        ring = self.router.ring  # the ring _get_nowait asked under
+        if len(pieces) != 1 or ring.group_of_chunk(inode.ino, pieces[0][0]) != local.group:
+            return None
+        index, inner, _ = pieces[0]
+        data = local.cached_range(ring.version, inode, index, inner, n)
+        if data is None:
+            return None
+        if inode.etag:
+            self._read_ahead(inode, offset, n)
+        return ReadResult(data, offset + n >= inode.size, self._attr(inode))
 
     async def _origin_checked(self, ino: int, call: Awaitable[T]) -> T:
         """`call`; if it found the file's bucket object changed (ORIGIN_CHANGED), the file
@@ -176,17 +211,19 @@ class DataOps(_Base):
             log.debug("read-ahead of chunk %d of %d: %s", index, inode.ino, e)
 
     def prefetch_listed(self, children: Iterable[Inode | None]) -> None:
-        """READDIRPLUS listed these: have their owners fetch the small files from the bucket
-        now, smallest first, within the budget (module rules)."""
+        """READDIRPLUS listed these: have their owners fetch them from the bucket now, the
+        small files whole (smallest first), then the first chunk of each larger file, within
+        the budget (module rules)."""
         budget = self.bucket.prefetch_listed_bytes
         if budget <= 0 or self._nursery is None:
             return
-        small = sorted((c for c in children
-                        if c is not None and c.ftype == FileType.REG and is_backed(c, 0)
-                        and c.obase <= c.chunk_size and (c.ino, 0) not in self._prefetched),
-                       key=lambda c: c.obase)
-        for child in small:
-            budget -= child.obase
+        listed = [c for c in children
+                  if c is not None and c.ftype == FileType.REG and is_backed(c, 0)
+                  and (c.ino, 0) not in self._prefetched]
+        # Stable: the larger files keep the listing's order among themselves.
+        listed.sort(key=lambda c: (c.obase > c.chunk_size, min(c.obase, c.chunk_size)))
+        for child in listed:
+            budget -= min(child.obase, child.chunk_size)
             if budget < 0 or self._listed_pending >= LISTED_PREFETCH_QUEUE:
                 break
             _bounded_put(self._prefetched, (child.ino, 0), None, PREFETCH_MEMORY)

@@ -9,6 +9,10 @@ Rules:
   state wait for the new ring (`hidden`).
 - Reads of bucket-backed chunks go through BucketReads (bucket_reads.py), which fetches what
   the cache lacks.
+- `cached_range` is the READ fast path: a chunk's bytes from the page cache, on the event loop,
+  under answer_now's conditions; a clean copy only of the inode's own version, checked before
+  and after (an eviction may run in a worker thread meanwhile); anything else is None and the
+  caller takes the async path.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from nfs_gateway.backend import FileSlice
 from raft.errors import NotLeader
 from server.cluster import protocol as p
+from server.cluster.bucket import backed_len, is_backed
+from server.cluster.queries import unlocked
 from server.cluster.statemachine import StateView
 from server.fs import keys as fs_keys
+from server.fs.keys import decode_u64
+from server.fs.records import Inode
 from server.rpc.frames import RemoteError
 
 if TYPE_CHECKING:
@@ -34,6 +43,9 @@ else:
 # Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
 # otherwise send LevelDB calls to worker threads; these are the measured exception).
 INLINE_READS = (p.GetInodes, p.Lookup)
+# READs at least this large are answered as a FileSlice (sent with sendfile); smaller ones are
+# copied, which costs less than a dup, a sendfile and a close (as server/fs/datapath.py).
+SLICE_MIN_BYTES = 64 * 1024
 
 
 class GroupReads(_Base):
@@ -88,6 +100,40 @@ class GroupReads(_Base):
             return self.answer_sync(request)
         except RemoteError:
             return None
+
+    def cached_range(self, ring_version: int, inode: Inode, index: int, inner: int, n: int
+                     ) -> FileSlice | bytearray | None:
+        """Bytes [inner, inner + n) of chunk `index` of `inode` (as GetInodes just gave it),
+        if this node can answer now from the chunk file and the page cache; else None
+        (module rules). The caller checked that this group holds the chunk."""
+        if not (self._sole_voter() and self._serving() and self.sm.freeze is None
+                and ring_version == self.ring_version()):
+            return None
+        try:
+            unlocked(StateView(self.kv), inode.ino)
+        except RemoteError:
+            return None
+        ino, cs = inode.ino, inode.chunk_size
+        clean = is_backed(inode, index) and not decode_u64(
+            self.kv.get_sync(fs_keys.materialized_key(ino, index)))
+        if clean:  # the chunk is the object's bytes: only a copy of this version will do
+            cache = self.bucket.cache if self.bucket is not None else None
+            if (cache is None or inner + n > backed_len(inode.obase, cs, index)
+                    or not cache.valid(ino, index, inode.etag)):
+                return None
+        chunks, offset = self.sm.chunks, index * cs + inner
+        data: FileSlice | bytearray | None = None
+        if n >= SLICE_MIN_BYTES:
+            found = chunks.dup_nowait(ino, cs, offset, n)
+            if found is not None:
+                data = FileSlice(found[0], found[1], n)
+        if data is None:
+            data = chunks.pread_nowait(ino, cs, offset, n)
+        if clean and data is not None and not cache.valid(ino, index, inode.etag, count=False):
+            if isinstance(data, FileSlice):  # evicted while we read: the async path fetches
+                data.release()
+            return None
+        return data
 
     def _keys_under(self, req: p.KeysUnder) -> p.KeysReply:
         prefix = fs_keys.bucket_key(req.store, req.prefix)

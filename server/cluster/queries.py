@@ -44,7 +44,7 @@ _FALLBACK_SCAN = 200_000  # a directory scanned from its start (views without sc
 _LOCK = TxnStateConfig().prefix + b"lock/"  # txn/state.py's lock table
 
 
-def _unlocked(view: KvView, *inos: int) -> None:
+def unlocked(view: KvView, *inos: int) -> None:
     """Refuse (retryably) to read an inode a prepared transaction holds (module rules)."""
     for ino in inos:
         if view.get(_LOCK + ino.to_bytes(8, "big")) is not None:
@@ -63,24 +63,24 @@ def answer(request: Any, view: KvView, chunks: ChunkStore, group: int,
 
 
 def _get_inodes(r: p.GetInodes, view: KvView, chunks: ChunkStore) -> p.InodesReply:
-    _unlocked(view, *r.inos)
+    unlocked(view, *r.inos)
     return p.InodesReply(tuple(view.get(keys.inode_key(i)) or b"" for i in r.inos))
 
 
 def _lookup(r: p.Lookup, view: KvView, chunks: ChunkStore) -> p.LookupReply:
-    _unlocked(view, r.dir_ino)
+    unlocked(view, r.dir_ino)
     d = view.get(keys.inode_key(r.dir_ino)) or b""
     ent = view.get(keys.dirent_key(r.dir_ino, r.name)) if d else None
     if ent is None:
         return p.LookupReply(d, b"", b"")
     child_ino = decode(ent).ino
-    _unlocked(view, child_ino)
+    unlocked(view, child_ino)
     child = view.get(keys.inode_key(child_ino)) or b""
     return p.LookupReply(d, ent, child)
 
 
 def _read_dir(r: p.ReadDir, view: KvView, chunks: ChunkStore) -> p.ReadDirReply:
-    _unlocked(view, r.dir_ino)
+    unlocked(view, r.dir_ino)
     d = view.get(keys.inode_key(r.dir_ino))
     if d is None:
         return p.ReadDirReply(b"", (), True)
@@ -108,7 +108,7 @@ def scan_from(view: Any, prefix: bytes, start: bytes, limit: int) -> list[tuple[
 
 
 def _read_head(r: p.ReadHead, view: KvView, chunks: ChunkStore) -> p.ReadHeadReply:
-    _unlocked(view, r.ino)
+    unlocked(view, r.ino)
     raw = view.get(keys.inode_key(r.ino))
     if raw is None:
         return p.ReadHeadReply(b"", b"")
@@ -148,7 +148,7 @@ def _read_chunk_backed(r: p.ReadChunk, view: KvView, chunks: ChunkStore, bucket:
                        fetched: Fetched | None) -> p.ReadChunkReply:
     if not r.etag or r.chunk_size <= 0 or r.index * r.chunk_size >= r.obase:
         return _read_chunk(r, view, chunks)
-    _unlocked(view, r.ino)
+    unlocked(view, r.ino)
     origin = Origin(r.store, r.okey, r.etag, r.obase, r.chunk_size)
     count = max(0, min(r.count, MAX_READ_BYTES, r.chunk_size - r.offset))
     base = bucket.backed_bytes(view, r.ino, r.index, origin, fetched, r.offset, count)
@@ -163,7 +163,7 @@ def _padded(piece: bytes, n: int) -> bytes:
 
 
 def _read_chunk(r: p.ReadChunk, view: KvView, chunks: ChunkStore) -> p.ReadChunkReply:
-    _unlocked(view, r.ino)
+    unlocked(view, r.ino)
     count = min(r.count, MAX_READ_BYTES)
     if count <= 0 or r.offset < 0:
         return p.ReadChunkReply(b"")

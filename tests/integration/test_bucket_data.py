@@ -23,7 +23,16 @@ import pytest
 import trio
 from bucketnode import CS, STORE, CountingStore, one_node
 
-from nfs_gateway.backend import CreateMode, Cred, FileId, Jukebox, SetAttrs, StableHow
+from nfs_gateway.backend import (
+    CreateMode,
+    Cred,
+    FileId,
+    FileSlice,
+    Jukebox,
+    ReadResult,
+    SetAttrs,
+    StableHow,
+)
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_admin import BucketAdmin
 from server.cluster.gateway import ClusterBackend
@@ -39,10 +48,16 @@ ROOT = Cred(0, 0)
 
 async def bound_file(fs: ClusterBackend, name: bytes, key: str) -> FileId:
     """A file in / bound to object `key` (what the listing loader does for each object)."""
-    info = await fs.stores[STORE].head(key)
-    assert info is not None
     root = await fs.export_root("/")
     fid = (await fs.create(ROOT, root, name, CreateMode.GUARDED, SetAttrs(), None)).fid
+    await rebind(fs, fid, key)
+    return fid
+
+
+async def rebind(fs: ClusterBackend, fid: FileId, key: str) -> None:
+    """Bind the file to the object's current version."""
+    info = await fs.stores[STORE].head(key)
+    assert info is not None
 
     async def build() -> Plan:
         inode = await fs._get(fid)
@@ -52,7 +67,6 @@ async def bound_file(fs: ClusterBackend, name: bytes, key: str) -> FileId:
         return plan
 
     await fs._change(build)
-    return fid
 
 
 async def read_all(fs: ClusterBackend, fid: FileId, size: int, step: int = 128 << 10) -> bytes:
@@ -103,6 +117,59 @@ async def test_cold_read_then_cached_then_read_ahead(tmp_path: Path) -> None:
         before = runtime.bucket.stats["fetches"]
         assert (await fs.read(ROOT, fid2, 2 * CS, 1000)).data == data[2 * CS:2 * CS + 1000]
         assert runtime.bucket.stats["fetches"] == before
+
+
+async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: Path) -> None:
+    # READ on the event loop (read_nowait) serves a chunk fetched from the bucket straight
+    # from its cached copy, without a request; whatever it cannot answer now (not fetched,
+    # across chunks, dropped) is None, and the async path reads. A written chunk is read from
+    # its chunk file.
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    data = blob(2 * CS + 77)
+    await put(store, "m/f", data)
+    async with one_node(tmp_path / "n1", store, BucketConfig(capacity_bytes=64 * CS)) as (
+            fs, runtime, _):
+        fid = await bound_file(fs, b"f", "m/f")
+        await fs.getattr(fid)  # checked against the bucket: its attributes are not due
+        assert fs.read_nowait(ROOT, fid, 0, 1000) is None  # not fetched yet
+        assert (await fs.read(ROOT, fid, 0, 1000)).data == data[:1000]
+        etag = (await fs._get(fid)).etag
+        cache = runtime.bucket.cache
+        with trio.fail_after(10):  # the copy is kept in the background
+            while not cache.valid(fid.ino, 0, etag, count=False):
+                await trio.sleep(0.01)
+        gets = store.calls["get_range"]
+        small = fs.read_nowait(ROOT, fid, 10, 1000)
+        assert small is not None and _bytes(small) == data[10:1010] and not small.eof
+        assert small.attr == (await fs.read(ROOT, fid, 10, 1000)).attr
+        big = fs.read_nowait(ROOT, fid, 0, CS)
+        assert big is not None and isinstance(big.data, FileSlice)  # sent with sendfile
+        assert _bytes(big) == data[:CS]
+        assert fs.read_nowait(ROOT, fid, CS - 10, 20) is None  # across two chunks
+        assert fs.read_nowait(ROOT, fid, CS, 100) is None  # chunk 1 was not fetched
+        assert store.calls["get_range"] == gets
+        # The object changes and the file is bound to the new version (as a revalidation
+        # does): the copy on disk is of the old one, so the fast path declines.
+        new = blob(len(data), seed=2)
+        await put(store, "m/f", new)
+        await rebind(fs, fid, "m/f")
+        assert fs.read_nowait(ROOT, fid, 10, 1000) is None
+        assert (await fs.read(ROOT, fid, 10, 1000)).data == new[10:1010]
+        await runtime.bucket.drop(fid.ino)
+        assert fs.read_nowait(ROOT, fid, 10, 1000) is None  # no copy any more
+        data = new
+        await fs.write(ROOT, fid, 5, memoryview(b"NEW"), StableHow.FILE_SYNC)
+        got = fs.read_nowait(ROOT, fid, 0, 100)  # materialized: the chunk file is the truth
+        assert got is not None and _bytes(got) == data[:5] + b"NEW" + data[8:100]
+
+
+def _bytes(r: ReadResult) -> bytes:
+    if isinstance(r.data, FileSlice):
+        try:
+            return r.data.read()
+        finally:
+            r.data.release()
+    return bytes(r.data)
 
 
 async def test_writes_into_a_cold_object_materialize_its_chunk(tmp_path: Path) -> None:

@@ -555,12 +555,14 @@ async def test_changes_see_names_only_the_bucket_has(tmp_path: Path) -> None:
         assert await read_all(fs, got.fid) == b"3"
 
 
-@pytest.mark.parametrize("budget_files", [8, 0])
+@pytest.mark.parametrize("budget_files", [8, 0, 12])
 async def test_readdirplus_fetches_small_files_ahead_smallest_first(
         tmp_path: Path, budget_files: int) -> None:
     # A reader that lists a model directory and then opens its small files one after another
     # finds them cached: READDIRPLUS had their owners fetch them, smallest first, within the
-    # budget (cache.prefetch_listed_bytes); files over one chunk are left to read-ahead.
+    # budget (cache.prefetch_listed_bytes). A file over one chunk comes after every small
+    # one, and only its first chunk: with budget for all 12 small files and one chunk, the
+    # shard's chunk 0 is fetched ahead; its chunk 1 is left to the read.
     store = CountingStore(LocalDirStore(tmp_path / "bucket"))
     small = {f"s{i:02d}.json": blob(1000 + 7000 * i, seed=i) for i in range(12)}
     for name, data in small.items():
@@ -568,19 +570,23 @@ async def test_readdirplus_fetches_small_files_ahead_smallest_first(
     await store.put("m/shard.bin", blob(CS + 5))
     by_size = sorted(small, key=lambda n: len(small[n]))
     budget = sum(len(small[n]) for n in by_size[:budget_files])
+    shard_ahead = budget_files == len(small)
+    if shard_ahead:
+        budget += CS
     bucket = BucketConfig(capacity_bytes=64 << 20, prefetch_listed_bytes=budget)
     async with cluster(tmp_path, 3, store, bucket, Clock()) as gws:
         m = await path(gws[1], "m")
         assert set(await listing(gws[1], m)) == {n.encode() for n in [*small, "shard.bin"]}
+        ahead = budget_files + shard_ahead
         with trio.fail_after(10):
-            while store.calls["get_range"] < budget_files:
+            while store.calls["get_range"] < ahead:
                 await trio.sleep(0.01)
         await trio.sleep(0.3)  # anything more would have been asked by now
-        assert store.calls["get_range"] == budget_files
+        assert store.calls["get_range"] == ahead
         for i, name in enumerate(by_size):  # read through another gateway
             fid = await path(gws[2], "m", name)
             assert await read_all(gws[2], fid) == small[name]
-            assert store.calls["get_range"] == budget_files + max(0, i + 1 - budget_files)
+            assert store.calls["get_range"] == ahead + max(0, i + 1 - budget_files)
         shard = await path(gws[0], "m", "shard.bin")
         assert await read_all(gws[0], shard) == blob(CS + 5)
         assert store.calls["get_range"] == 12 + 2  # two chunks, each one GET

@@ -93,6 +93,39 @@ def test_pread_nowait_serves_cached_data_or_declines(store):
     assert store.pread_nowait(4, CS, CS - 2, 4) is None  # spans two chunks
 
 
+def test_a_fetched_chunk_is_sent_from_the_page_cache_only_when_all_of_it_is_there(store):
+    # A clean copy keeps its descriptor open (write_chunk_file_sync), so the READ that
+    # follows can take the event loop's path; dup_nowait offers the range for sendfile only
+    # when every part of it is cached: a page missing in the middle would make sendfile wait
+    # for the disk on the event loop.
+    size = 1 << 20
+    data = os.urandom(size)
+    store.write_chunk_file_sync(9, 0, data)
+    found = store.dup_nowait(9, size, 0, size)
+    assert found is not None
+    fd, inner = found
+    try:
+        assert inner == 0 and os.pread(fd, size, 0) == data
+        # Only the first and the last byte's pages in the page cache (no read-ahead).
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(fd, 1, 0)
+        os.pread(fd, 1, size - 1)
+        with pytest.raises(BlockingIOError):
+            os.preadv(fd, [bytearray(1)], size // 2, os.RWF_NOWAIT)  # the middle is gone
+    finally:
+        os.close(fd)
+    assert store.dup_nowait(9, size, 0, size) is None  # its ends are cached, its middle not
+    head = store.dup_nowait(9, size, 0, 4096)
+    assert head is not None  # a cached range still goes
+    os.close(head[0])
+    assert bytes(store.pread_sync(9, size, 0, size)) == data  # the thread path reads it all
+    found = store.dup_nowait(9, size, 0, size)
+    assert found is not None
+    os.close(found[0])
+
+
 def test_whole_chunk_files_round_trip_for_snapshots(store, tmp_path):
     """What a snapshot carries: every chunk file of an inode whole, put back byte for byte."""
     store.pwrite_sync(7, CS, 0, memoryview(b"a" * 5000))
