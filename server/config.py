@@ -168,6 +168,7 @@ class CacheConfig:
     ttl_s: float = 30.0  # listings and clean files' attributes are revalidated after this
     readahead_chunks: int = 2  # chunks fetched ahead of a sequential reader
     prefetch_listed_bytes: int = 64 << 20  # READDIRPLUS fetches listed files ahead
+    list_ahead_dirs: int = 8  # READDIRPLUS loads this many of the listed subdirectories ahead
     fetch_parallel: int = 4  # ranged GETs in flight for one chunk
     fetch_part_bytes: int = 4 << 20  # bytes per ranged GET
     head_objects: bool = True  # a listing HEADs new objects for their x-amz-meta-* attributes
@@ -273,6 +274,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cache.ttl_s": (0, 86_400 * 365),
     "cache.readahead_chunks": (0, 64),
     "cache.prefetch_listed_bytes": (0, 1 << 40),
+    "cache.list_ahead_dirs": (0, 1024),
     "cache.fetch_parallel": (1, 64),
     "cache.fetch_part_bytes": (64 << 10, 1 << 30),
     "cache.file_mode": (0, 0o7777),

@@ -495,6 +495,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         if plus and d.store:
             self.vouch_listed(d, ((name, found.get(ino)) for _, name, ino, _ in rows))
             self.prefetch_listed(found.get(ino) for _, _, ino, _ in rows)
+            self.list_ahead(found.get(ino) for _, _, ino, _ in rows)
         for c, name, ino, _ftype in rows:
             child = found.get(ino)
             if plus and child is not None:

@@ -28,6 +28,13 @@ Rules:
 - A fresh listing vouches for its files (`vouch_listed`): LOOKUP and READDIRPLUS in a fresh
   directory count each file from the bucket as checked when the listing was loaded, so the
   GETATTR that follows (attrs_due) sends no HEAD on any gateway until ttl after the listing.
+- READDIRPLUS of a bound directory loads its subdirectories that need it ahead, in the
+  background (`list_ahead`): a walker (`find`, a model loader) descends next, and their loads
+  then run at once instead of one after another as it gets to each. At most
+  bucket.list_ahead_dirs per page, LIST_AHEAD_PARALLEL at a time, none added while
+  LIST_AHEAD_QUEUE wait, and only a directory one LIST_AHEAD_KEYS listing holds (a first
+  look says; the HEADs of a big one are left until someone reads it): what a bare `ls -l`
+  costs stays bounded.
 - lookup_nowait declines (None) whenever LOOKUP would go to the bucket (`bucket_nowait`).
 - Store errors (`_store_errors`, the one place): StoreUnavailable -> JUKEBOX, AccessDenied
   -> ACCES, any other -> SERVERFAULT. A directory whose store is not configured on this node
@@ -94,6 +101,9 @@ LIST_PAGE_KEYS = 1000
 MAX_LIST_PAGES = 1000  # a directory of more than a million names is refused (SERVERFAULT)
 DIR_PAGE = 10_000  # entries per ReadDir while diffing
 INODE_BATCH = 4096  # inodes per GetInodes round while diffing
+LIST_AHEAD_PARALLEL = 2  # subdirectories loaded ahead at once, per gateway
+LIST_AHEAD_QUEUE = 64  # loads ahead waiting past this: a page adds no more
+LIST_AHEAD_KEYS = 256  # a directory is loaded ahead only if this many names hold it all
 
 # What a LOOKUP must do first (_lookup_step).
 WAIT, LIST, PROBE, HEAD = "wait", "list", "probe", "head"
@@ -114,6 +124,8 @@ class _Memory:
         self.checked: OrderedDict[object, int] = OrderedDict()
         self.stats: Counter[str] = Counter()
         self.missing_stores: set[int] = set()
+        self.ahead: set[int] = set()  # directories waiting for or in a load ahead
+        self.ahead_slots = trio.CapacityLimiter(LIST_AHEAD_PARALLEL)
 
 
 def _action_key(a: Action) -> str:
@@ -310,6 +322,43 @@ class BucketOps(BucketPlans):
         finally:
             del flights[d.ino]
             flight.done.set()
+
+    def list_ahead(self, children: Iterable[Inode | None]) -> None:
+        """READDIRPLUS listed these: load the subdirectories that need it ahead (module
+        rules); best effort, in the background."""
+        nursery, mem = self._nursery, self._bmem
+        room = min(self.bucket.list_ahead_dirs, LIST_AHEAD_QUEUE - len(mem.ahead))
+        if nursery is None or room <= 0:
+            return
+        for child in children:
+            if room <= 0:
+                break
+            if (child is None or child.ftype != FileType.DIR or child.ino in mem.ahead
+                    or child.ino in mem.flights or not self.needs_listing(child)):
+                continue
+            mem.ahead.add(child.ino)
+            room -= 1
+            nursery.start_soon(self._load_ahead, child)
+
+    async def _load_ahead(self, d: Inode) -> None:
+        mem = self._bmem
+        try:
+            async with mem.ahead_slots:
+                store = self._store_of(d)
+                if store is None or d.ino in mem.flights or self._fresh(d):
+                    return
+                with _store_errors(store, f"list {d.okey!r}"):
+                    page = await store.list_page(d.okey.decode(), delimiter="/",
+                                                 max_keys=LIST_AHEAD_KEYS)
+                if page.next_token is not None:
+                    mem.stats["ahead_skipped"] += 1
+                    return
+                mem.stats["ahead"] += 1
+                await self.load_dir(d)
+        except Exception as e:  # the walker's own READDIR loads it (and reports the error)
+            log.debug("bucket: listing %r ahead: %s", d.okey, e)
+        finally:
+            mem.ahead.discard(d.ino)
 
     async def _wait(self, flight: _Flight) -> None:
         await flight.done.wait()

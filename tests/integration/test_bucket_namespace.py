@@ -44,7 +44,7 @@ from nfs_gateway.backend import (
     StableHow,
     Stale,
 )
-from server.cluster import bucket_reads, fsops, gateway_data, node_fs, queries
+from server.cluster import bucket_reads, fsops, gateway_bucket, gateway_data, node_fs, queries
 from server.cluster import fsck as cluster_fsck
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_heads import FANOUT_MIN, HeadFanout
@@ -518,7 +518,8 @@ async def test_a_fresh_listing_vouches_for_its_files_on_every_gateway(tmp_path: 
     GETATTR is one HEAD, and a change made behind the cluster's back shows."""
     store = CountingStore(await fill(tmp_path / "bucket"))
     clock = Clock()
-    bucket = BucketConfig(ttl_s=30, prefetch_listed_bytes=0)  # GETs ahead: their own test
+    # GETs and listings ahead send requests of their own: they have their own tests.
+    bucket = BucketConfig(ttl_s=30, prefetch_listed_bytes=0, list_ahead_dirs=0)
     async with cluster(tmp_path, 3, store, bucket, clock) as gws:
         dir_fid = await path(gws[0], "dir")
         await listing(gws[0], dir_fid)  # loaded now, through gateway 0
@@ -590,6 +591,40 @@ async def test_readdirplus_fetches_small_files_ahead_smallest_first(
         shard = await path(gws[0], "m", "shard.bin")
         assert await read_all(gws[0], shard) == blob(CS + 5)
         assert store.calls["get_range"] == 12 + 2  # two chunks, each one GET
+
+
+@pytest.mark.parametrize("ahead", [3, 0])
+async def test_readdirplus_lists_small_subdirectories_ahead(tmp_path: Path, ahead: int) -> None:
+    # A walker reads a directory, then descends: READDIRPLUS has the subdirectories loaded
+    # in the background meanwhile (cache.list_ahead_dirs of them), unless a first look finds
+    # one bigger than LIST_AHEAD_KEYS names (its HEADs wait until someone reads it).
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    for i in range(gateway_bucket.LIST_AHEAD_KEYS + 1):
+        await store.put(f"top/0big/f{i:03d}", b"b")
+    for d in ("d1", "d2", "d3"):
+        for i in range(3):
+            await store.put(f"top/{d}/f{i}", d.encode())
+    bucket = BucketConfig(list_ahead_dirs=ahead, prefetch_listed_bytes=0)
+    async with cluster(tmp_path, 1, store, bucket, Clock()) as gws:
+        fs = gws[0]
+        top = await path(fs, "top")
+        assert set(await listing(fs, top)) == {b"0big", b"d1", b"d2", b"d3"}
+        with trio.fail_after(10):
+            while fs._bmem.ahead:
+                await trio.sleep(0.01)
+        stats = fs.bucket_stats()
+        # 0big takes the first of the 3 tries and is skipped: d1 and d2 are loaded.
+        got = (stats.get("ahead", 0), stats.get("ahead_skipped", 0))
+        assert got == ((2, 1) if ahead else (0, 0))
+        for d, loaded in (("d1", ahead), ("d2", ahead), ("d3", 0), ("0big", 0)):
+            lists, heads = store.calls["list_page"], store.calls["head"]
+            names = await listing(fs, await path(fs, "top", d))
+            assert len(names) == (3 if d != "0big" else gateway_bucket.LIST_AHEAD_KEYS + 1)
+            sent = (store.calls["list_page"] - lists, store.calls["head"] - heads)
+            if loaded:
+                assert sent == (0, 0), d  # fresh already: the state answers
+            else:
+                assert sent[0] >= 1, d  # listed now
 
 
 async def test_a_large_listing_spreads_its_heads_over_the_nodes(tmp_path: Path) -> None:
