@@ -460,7 +460,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
 
     async def readdir(
         self, cred: Cred, dir_fid: FileId, cookie: int, cookieverf: bytes, max_entries: int,
-        plus: bool,
+        plus: bool, *, ahead: bool = True,
     ) -> ReadDirResult:
         """A page in cookie order (cookies are the directory's, stable for its life; the
         verifier is its generation: server/fs/readdir.py), child attributes for READDIRPLUS
@@ -494,8 +494,9 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
                 entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
         if plus and d.store:
             self.vouch_listed(d, ((name, found.get(ino)) for _, name, ino, _ in rows))
-            self.prefetch_listed(found.get(ino) for _, _, ino, _ in rows)
-            self.list_ahead(found.get(ino) for _, _, ino, _ in rows)
+            if ahead:  # a client's READDIRPLUS: it is likely to read and descend next
+                self.prefetch_listed(found.get(ino) for _, _, ino, _ in rows)
+                self.list_ahead(found.get(ino) for _, _, ino, _ in rows)
         for c, name, ino, _ftype in rows:
             child = found.get(ino)
             if plus and child is not None:
@@ -509,10 +510,12 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
 
     async def children(self, fid: FileId, plus: bool = False) -> AsyncIterator[DirEntry]:
         """Every entry of a directory but `.` and `..`, READDIR page after page, as root
-        (admin jobs and write-back walk trees with it)."""
+        (admin jobs and write-back walk trees with it). Nothing is fetched or listed ahead:
+        an `admin evict` walk must not fetch what it is about to drop."""
         cookie, verf = 0, b"\0" * 8
         while True:
-            page = await self.readdir(Cred(0, 0), fid, cookie, verf, CHILDREN_PAGE, plus)
+            page = await self.readdir(Cred(0, 0), fid, cookie, verf, CHILDREN_PAGE, plus,
+                                      ahead=False)
             for e in page.entries:
                 if e.name not in (DOT, DOTDOT):
                     yield e

@@ -627,6 +627,24 @@ async def test_readdirplus_lists_small_subdirectories_ahead(tmp_path: Path, ahea
                 assert sent[0] >= 1, d  # listed now
 
 
+async def test_admin_walks_fetch_and_list_nothing_ahead(tmp_path: Path) -> None:
+    # An `admin evict` walk reads directories as root (ClusterBackend.children): it must
+    # not fetch what it is about to drop, nor load subdirectories; a client's READDIRPLUS does.
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    await store.put("m/a.json", b"x" * 100)
+    await store.put("m/sub/f", b"y")
+    async with cluster(tmp_path, 1, store, BucketConfig(), Clock()) as gws:
+        fs = gws[0]
+        m = await path(fs, "m")
+        assert sorted([e.name async for e in fs.children(m, plus=True)]) == [b"a.json", b"sub"]
+        await trio.sleep(0.3)  # anything ahead would have been asked by now
+        assert store.calls["get_range"] == 0 and "ahead" not in fs.bucket_stats()
+        await listing(fs, m)
+        with trio.fail_after(10):
+            while store.calls["get_range"] == 0 or fs.bucket_stats().get("ahead") != 1:
+                await trio.sleep(0.01)
+
+
 async def test_a_large_listing_spreads_its_heads_over_the_nodes(tmp_path: Path) -> None:
     # A directory of many new objects: the loading gateway HEADs a third of them, each peer
     # a third (bucket_heads.py), and the attributes from x-amz-meta-* are the same. Node 3
