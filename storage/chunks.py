@@ -463,19 +463,28 @@ class ChunkStore:
         caller deleted the inode's old chunks first, so no descriptor of it is cached)."""
         self._write_whole(ino, index, data, sync=True)
 
-    def _write_whole(self, ino: int, index: int, data: bytes, *, sync: bool) -> Path:
+    def _write_whole(self, ino: int, index: int, data: bytes, *, sync: bool,
+                     keep: bool = False) -> None:
+        """Write the chunk file afresh; with `keep`, its descriptor stays in the cache."""
         path = self.chunk_path(ino, index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if sync:
                 os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
-        return path
+            raise
+        if not keep:
+            os.close(fd)
+            return
+        with self._lock:
+            self._forget_locked(ino, index, index)  # the caller dropped any older copy
+            self._fds[(ino, index)] = _Fd(fd)
+            self._evict_locked()
 
     def put_chunk_files_sync(self, files: list[tuple[int, int, bytes]]) -> None:
         """Make each (ino, index) chunk exactly its bytes, durably: all written first, then
@@ -493,20 +502,7 @@ class ChunkStore:
         descriptor stays cached: the chunk was fetched for a reader, whose next READ may then
         be answered from the page cache on the event loop (`pread_nowait`, `dup_nowait` use
         only open descriptors)."""
-        path = self.chunk_path(ino, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        except BaseException:
-            os.close(fd)
-            raise
-        with self._lock:
-            self._forget_locked(ino, index, index)  # the caller dropped any older copy
-            self._fds[(ino, index)] = _Fd(fd)
-            self._evict_locked()
+        self._write_whole(ino, index, data, sync=False, keep=True)
 
     def sync_files_sync(self, chunks: list[tuple[int, int]]) -> None:
         """fsync the files of these (ino, index) chunks that exist, their directories and the

@@ -12,6 +12,7 @@ from typing import Any
 import trio
 from serverproc import free_port
 
+from nfs_gateway.backend import FileSlice, ReadResult
 from server.cluster import bucket_reads, fsops, node_fs, queries
 from server.cluster.bucket import BucketConfig
 from server.cluster.gateway import ClusterBackend
@@ -127,3 +128,13 @@ class GatedStore(CountingStore):
             await self._open.wait()
             self.landed.append(key)
         return await self.inner.put(key, data, **kwargs)
+
+
+def result_bytes(r: ReadResult) -> bytes:
+    """A READ result's bytes (a FileSlice from the fast path is read, then released)."""
+    if isinstance(r.data, FileSlice):
+        try:
+            return r.data.read()
+        finally:
+            r.data.release()
+    return bytes(r.data)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import trio
-from bucketnode import CS, STORE, CountingStore, one_node
+from bucketnode import CS, STORE, CountingStore, one_node, result_bytes
 
 from nfs_gateway.backend import (
     CreateMode,
@@ -29,7 +29,6 @@ from nfs_gateway.backend import (
     FileId,
     FileSlice,
     Jukebox,
-    ReadResult,
     SetAttrs,
     StableHow,
 )
@@ -140,11 +139,11 @@ async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: P
                 await trio.sleep(0.01)
         gets = store.calls["get_range"]
         small = fs.read_nowait(ROOT, fid, 10, 1000)
-        assert small is not None and _bytes(small) == data[10:1010] and not small.eof
+        assert small is not None and result_bytes(small) == data[10:1010] and not small.eof
         assert small.attr == (await fs.read(ROOT, fid, 10, 1000)).attr
         big = fs.read_nowait(ROOT, fid, 0, CS)
         assert big is not None and isinstance(big.data, FileSlice)  # sent with sendfile
-        assert _bytes(big) == data[:CS]
+        assert result_bytes(big) == data[:CS]
         assert fs.read_nowait(ROOT, fid, CS - 10, 20) is None  # across two chunks
         assert fs.read_nowait(ROOT, fid, CS, 100) is None  # chunk 1 was not fetched
         assert store.calls["get_range"] == gets
@@ -160,16 +159,7 @@ async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: P
         data = new
         await fs.write(ROOT, fid, 5, memoryview(b"NEW"), StableHow.FILE_SYNC)
         got = fs.read_nowait(ROOT, fid, 0, 100)  # materialized: the chunk file is the truth
-        assert got is not None and _bytes(got) == data[:5] + b"NEW" + data[8:100]
-
-
-def _bytes(r: ReadResult) -> bytes:
-    if isinstance(r.data, FileSlice):
-        try:
-            return r.data.read()
-        finally:
-            r.data.release()
-    return bytes(r.data)
+        assert got is not None and result_bytes(got) == data[:5] + b"NEW" + data[8:100]
 
 
 async def test_writes_into_a_cold_object_materialize_its_chunk(tmp_path: Path) -> None:

@@ -8,15 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-from bucketnode import one_node
+from bucketnode import one_node, result_bytes
 
 from nfs_gateway.backend import (
     CreateMode,
     Cred,
     FileId,
-    FileSlice,
     NoEnt,
-    ReadResult,
     SetAttrs,
     StableHow,
     Stale,
@@ -73,7 +71,7 @@ async def test_fast_path_reads_written_chunks_like_the_async_path(tmp_path: Path
             fast = fs.read_nowait(ROOT, f, off, n)
             assert fast is not None, (off, n)
             slow = await fs.read(ROOT, f, off, n)
-            assert _bytes(fast) == bytes(slow.data) == data[off:off + n]
+            assert result_bytes(fast) == bytes(slow.data) == data[off:off + n]
             assert (fast.eof, fast.attr) == (slow.eof, slow.attr)
         assert fs.read_nowait(ROOT, f, cs - 10, 20) is None  # two chunks: the async path
         end = fs.read_nowait(ROOT, f, len(data) + 1, 10)
@@ -84,15 +82,6 @@ async def test_fast_path_reads_written_chunks_like_the_async_path(tmp_path: Path
         await fs.write(ROOT, tiny, 0, memoryview(b"inline"), StableHow.FILE_SYNC)
         assert fs.read_nowait(ROOT, tiny, 0, 10) is None  # its bytes are in LevelDB
         assert fs.read_nowait(ROOT, FileId(f.ino, f.gen + 1), 0, 10) is None
-
-
-def _bytes(r: ReadResult) -> bytes:
-    if isinstance(r.data, FileSlice):
-        try:
-            return r.data.read()
-        finally:
-            r.data.release()
-    return bytes(r.data)
 
 
 async def _error(call) -> Exception:
