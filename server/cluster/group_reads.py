@@ -29,6 +29,7 @@ from server.cluster.bucket import backed_len, is_backed
 from server.cluster.queries import unlocked
 from server.cluster.statemachine import StateView
 from server.fs import keys as fs_keys
+from server.fs.datapath import SLICE_MIN_BYTES  # smaller READs are copied, not sent from the file
 from server.fs.keys import decode_u64
 from server.fs.records import Inode
 from server.rpc.frames import RemoteError
@@ -43,9 +44,6 @@ else:
 # Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
 # otherwise send LevelDB calls to worker threads; these are the measured exception).
 INLINE_READS = (p.GetInodes, p.Lookup)
-# READs at least this large are answered as a FileSlice (sent with sendfile); smaller ones are
-# copied, which costs less than a dup, a sendfile and a close (as server/fs/datapath.py).
-SLICE_MIN_BYTES = 64 * 1024
 
 
 class GroupReads(_Base):
