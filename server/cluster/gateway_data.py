@@ -66,7 +66,7 @@ from server.cluster.fence import fenced
 from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
 from server.fs.changes import UNMATERIALIZED
-from server.fs.common import require_reg
+from server.fs.common import read_count, require_reg
 from server.fs.record_codec import decode_value, encode
 from server.fs.records import (
     ChunkWrite,
@@ -113,14 +113,11 @@ class DataOps(_Base):
         inode = self._get_nowait(fid)  # None unless this node's group holds the inode
         if inode is None:
             return None
-        require_reg(inode)
-        perms.check_io(cred, inode, perms.R)
-        count = max(0, min(count, self.config.max_read_bytes))
-        if offset >= inode.size or count == 0:
+        n = read_count(cred, inode, offset, count, self.config.max_read_bytes)
+        if n == 0:
             return ReadResult(b"", offset >= inode.size, self._attr(inode))
         if inode.inline:
             return None
-        n = min(count, inode.size - offset)
         pieces = spans(offset, n, inode.chunk_size)
         ring = self.router.ring  # the ring _get_nowait asked under
         if len(pieces) != 1 or ring.group_of_chunk(inode.ino, pieces[0][0]) != local.group:
@@ -153,11 +150,9 @@ class DataOps(_Base):
         inode = decode_value(reply.inode) if reply.inode else None
         if inode is None or inode.gen != fid.gen:
             raise Stale(f"no inode {fid.ino} generation {fid.gen}")
-        require_reg(inode)
-        perms.check_io(cred, inode, perms.R)
-        if offset >= inode.size or count == 0:
+        n = read_count(cred, inode, offset, count, self.config.max_read_bytes)
+        if n == 0:
             return ReadResult(b"", offset >= inode.size, self._attr(inode))
-        n = min(count, inode.size - offset)
         head = _padded(reply.data, min(n, len(reply.data)))
         if inode.inline or offset + n <= inode.chunk_size:
             data = _padded(reply.data, n)

@@ -7,6 +7,7 @@ import struct
 
 from nfs_gateway.backend import (
     Attr,
+    Cred,
     DQuot,
     Exists,
     FBig,
@@ -21,6 +22,7 @@ from nfs_gateway.backend import (
     Wcc,
     WccAttr,
 )
+from server.fs import perms
 from server.fs.records import Inode
 
 DOT, DOTDOT = b".", b".."
@@ -89,6 +91,17 @@ def require_reg(inode: Inode) -> None:
         raise IsDir(f"inode {inode.ino} is a directory")
     if inode.ftype != FileType.REG:
         raise Inval(f"inode {inode.ino} is a {inode.ftype.name}")
+
+
+def read_count(cred: Cred, inode: Inode, offset: int, count: int, max_read_bytes: int) -> int:
+    """READ's checks (a regular file the caller may read); the bytes to read, 0 at or past
+    EOF or for a count of 0."""
+    require_reg(inode)
+    perms.check_io(cred, inode, perms.R)
+    count = min(count, max_read_bytes)
+    if offset >= inode.size or count <= 0:
+        return 0
+    return min(count, inode.size - offset)
 
 
 _ERRNO_ERRORS: dict[int, type[FsError]] = {

@@ -38,7 +38,7 @@ from nfs_gateway.backend import (
     WriteResult,
 )
 from server.fs import perms
-from server.fs.common import disk_error, require_reg, wcc
+from server.fs.common import disk_error, read_count, require_reg, wcc
 from server.fs.meta import NOT_CACHED
 from server.fs.records import Inode, UnInline
 from storage.chunks import ChunkIOError
@@ -66,7 +66,7 @@ class DataOps(_Base):
         inode = self._get_nowait(fid)
         if inode is None:
             return None
-        n = self._read_count(cred, inode, offset, count)
+        n = read_count(cred, inode, offset, count, self.config.max_read_bytes)
         if n == 0:
             return ReadResult(b"", offset >= inode.size, self._attr(inode))
         if inode.inline:
@@ -93,21 +93,12 @@ class DataOps(_Base):
                 return FileSlice(found[0], found[1], n)
         return self._chunks.pread_nowait(inode.ino, inode.chunk_size, offset, n)
 
-    def _read_count(self, cred: Cred, inode: Inode, offset: int, count: int) -> int:
-        """Checks of READ; the bytes to read (0 at or past EOF)."""
-        require_reg(inode)
-        perms.check_io(cred, inode, perms.R)
-        count = min(count, self.config.max_read_bytes)
-        if offset >= inode.size or count <= 0:
-            return 0
-        return min(count, inode.size - offset)
-
     async def read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
         found = self._read_cached(cred, fid, offset, count, slices=False)
         if found is not None:
             return found
         inode = await self._get(fid)
-        n = self._read_count(cred, inode, offset, count)
+        n = read_count(cred, inode, offset, count, self.config.max_read_bytes)
         if n == 0:
             return ReadResult(b"", offset >= inode.size, self._attr(inode))
         if inode.inline:
