@@ -344,9 +344,13 @@ class BucketOps(BucketPlans):
         mem = self._bmem
         try:
             async with mem.ahead_slots:
-                store = self._store_of(d)
-                if store is None or d.ino in mem.flights or self._fresh(d):
+                # As it is now: the walker may have loaded it while this waited for a slot.
+                now = await self._inode(d.ino)
+                if now is None or now.gen != d.gen or d.ino in mem.flights or (
+                        not self.needs_listing(now)):
                     return
+                d, store = now, self._store_of(now)
+                assert store is not None  # needs_listing: bound to a store of this node
                 with _store_errors(store, f"list {d.okey!r}"):
                     page = await store.list_page(d.okey.decode(), delimiter="/",
                                                  max_keys=LIST_AHEAD_KEYS)

@@ -627,6 +627,36 @@ async def test_readdirplus_lists_small_subdirectories_ahead(tmp_path: Path, ahea
                 assert sent[0] >= 1, d  # listed now
 
 
+async def test_a_load_ahead_skips_a_directory_the_walker_loaded_first(tmp_path: Path) -> None:
+    # The loads ahead wait for a slot; meanwhile the walker descends into d1 and loads it
+    # itself. When its slot comes, the load ahead of d1 looks at d1 as it is now (fresh) and
+    # sends nothing; d2 is still loaded ahead.
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    for d in ("d1", "d2"):
+        await store.put(f"top/{d}/f", d.encode())
+    async with cluster(tmp_path, 1, store, BucketConfig(prefetch_listed_bytes=0),
+                       Clock()) as gws:
+        fs = gws[0]
+        slots = fs._bmem.ahead_slots
+        held = [object() for _ in range(gateway_bucket.LIST_AHEAD_PARALLEL)]
+        for borrower in held:
+            await slots.acquire_on_behalf_of(borrower)
+        top = await path(fs, "top")
+        await listing(fs, top)
+        assert fs._bmem.ahead == {(await fs.lookup(ROOT, top, d)).fid.ino
+                                  for d in (b"d1", b"d2")}
+        lists = store.calls["list_page"]
+        assert set(await listing(fs, await path(fs, "top", "d1"))) == {b"f"}
+        assert store.calls["list_page"] == lists + 1  # the walker's own load
+        for borrower in held:
+            slots.release_on_behalf_of(borrower)
+        with trio.fail_after(10):
+            while fs._bmem.ahead:
+                await trio.sleep(0.01)
+        assert fs.bucket_stats().get("ahead") == 1  # d2 only
+        assert store.calls["list_page"] == lists + 1 + 2  # d2: its first look and its load
+
+
 async def test_admin_walks_fetch_and_list_nothing_ahead(tmp_path: Path) -> None:
     # An `admin evict` walk reads directories as root (ClusterBackend.children): it must
     # not fetch what it is about to drop, nor load subdirectories; a client's READDIRPLUS does.
