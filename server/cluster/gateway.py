@@ -493,10 +493,12 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
             else:
                 entries.append(self._dir_entry(DOTDOT, DOTDOT_COOKIE, parent, plus))
         if plus and d.store:
-            self.vouch_listed(d, ((name, found.get(ino)) for _, name, ino, _ in rows))
+            listed = [(name, found.get(ino)) for _, name, ino, _ in rows]
+            self.vouch_listed(d, listed)
             if ahead:  # a client's READDIRPLUS: it is likely to read and descend next
-                self.prefetch_listed(found.get(ino) for _, _, ino, _ in rows)
-                self.list_ahead(found.get(ino) for _, _, ino, _ in rows)
+                children = [child for _, child in listed]
+                self.prefetch_listed(children)
+                self.list_ahead(children)
         for c, name, ino, _ftype in rows:
             child = found.get(ino)
             if plus and child is not None:
