@@ -21,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -32,6 +33,8 @@ from pathlib import Path
 import trio
 
 from storage.kv import loop_is_idle
+
+log = logging.getLogger(__name__)
 
 SYNC_THREADS = 8  # concurrent fsyncs of a batch of new chunk files
 PROBE_STRIDE = 64 << 10  # dup_nowait: one page-cache probe per this many bytes (~1 µs each)
@@ -271,6 +274,20 @@ class ChunkStore:
                 raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}", e.errno) from e
             self._nowait = False
             return None
+        finally:
+            self._release(ent)
+
+    def will_need_sync(self, ino: int, index: int) -> None:
+        """Ask the kernel to read chunk (ino, index)'s file into the page cache in the
+        background (POSIX_FADV_WILLNEED), and keep its descriptor open: a reader is about to
+        read it in order, and pread_nowait/dup_nowait need both. A missing chunk: nothing."""
+        ent = self._acquire(ino, index, create=False)
+        if ent is None:
+            return
+        try:
+            os.posix_fadvise(ent.fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError as e:  # advice only: a file system that cannot take it loses nothing
+            log.debug("fadvise ino %d chunk %d: %s", ino, index, e)
         finally:
             self._release(ent)
 

@@ -305,7 +305,8 @@ class GroupRuntime(GroupReads):
         return self.driver.node.raft.conf.voters == {self.node_id}
 
     async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
-        return await self.handle(request)
+        reply = self.read_now(request)  # a READ's bytes from the page cache, if it can
+        return reply if reply is not None else await self.handle(request)
 
     def _check_version(self, version: int) -> None:
         current = self.ring_version()

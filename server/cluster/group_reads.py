@@ -12,7 +12,12 @@ Rules:
 - `cached_range` is the READ fast path: a chunk's bytes from the page cache, on the event loop,
   under answer_now's conditions; a clean copy only of the inode's own version, checked before
   and after (an eviction may run in a worker thread meanwhile); anything else is None and the
-  caller takes the async path.
+  caller takes the async path. `read_chunk_now` and `read_head_now` are the same for a peer
+  gateway's ReadChunk and ReadHead (a copy, never a FileSlice: the bytes travel in a plane
+  frame), so the owner answers them without a worker-thread round trip.
+- A read-ahead request (ReadChunk.prefetch) of a chunk that is cached also asks the kernel to
+  read the chunk file into the page cache (`ChunkStore.will_need`), so the sequential READs
+  that follow take those fast paths even after the page cache was dropped.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from nfs_gateway.backend import FileSlice
 from raft.errors import NotLeader
 from server.cluster import protocol as p
 from server.cluster.bucket import backed_len, is_backed
-from server.cluster.queries import unlocked
+from server.cluster.queries import MAX_READ_BYTES, unlocked
 from server.cluster.statemachine import StateView
 from server.fs import keys as fs_keys
 from server.fs.datapath import SLICE_MIN_BYTES  # smaller READs are copied, not sent from the file
 from server.fs.keys import decode_u64
+from server.fs.record_codec import decode as decode_record
 from server.fs.records import Inode
 from server.rpc.frames import RemoteError
 
@@ -83,9 +89,17 @@ class GroupReads(_Base):
         prefetch = isinstance(request, p.ReadChunk) and request.prefetch
         if prefetch:  # read-ahead: make sure the chunk is cached, answer nothing
             request = dataclasses.replace(request, offset=0, count=1, prefetch=False)
+        sync = self._prefetch_sync if prefetch else self.answer_sync
         reply = await self.bucket.answer(
-            lambda fetched: trio.to_thread.run_sync(self.answer_sync, request, fetched))
+            lambda fetched: trio.to_thread.run_sync(sync, request, fetched))
         return p.ReadChunkReply(b"") if prefetch else reply
+
+    def _prefetch_sync(self, request: p.ReadChunk, fetched: Any) -> Any:
+        """Read-ahead: the chunk is cached (answer_sync fetches it if not) and its file is
+        coming into the page cache for the READs that follow (module rules)."""
+        reply = self.answer_sync(request, fetched)
+        self.sm.chunks.will_need_sync(request.ino, request.index)
+        return reply
 
     def answer_now(self, request: p.GroupRequest) -> Any | None:
         """An INLINE_READS request answered synchronously (the gateway's fast path), or None
@@ -104,30 +118,94 @@ class GroupReads(_Base):
         """Bytes [inner, inner + n) of chunk `index` of `inode` (as GetInodes just gave it),
         if this node can answer now from the chunk file and the page cache; else None
         (module rules). The caller checked that this group holds the chunk."""
+        if not self._reads_now(ring_version, inode.ino):
+            return None
+        backed = is_backed(inode, index)
+        return self._chunk_now(inode.ino, index, inner, n, inode.chunk_size,
+                               inode.etag if backed else None, inode.obase, slice_ok=True)
+
+    def read_chunk_now(self, r: p.ReadChunk) -> p.ReadChunkReply | None:
+        """A peer gateway's ReadChunk answered on the event loop from the page cache, as
+        cached_range answers this node's own READs (module rules), or None for the thread
+        path. The request names the version it wants (its etag), as the thread path serves."""
+        if r.prefetch or not self._reads_now(r.ring_version, r.ino):
+            return None
+        backed = bool(r.etag) and r.chunk_size > 0 and r.index * r.chunk_size < r.obase
+        if backed:
+            n = min(r.count, MAX_READ_BYTES, r.chunk_size - r.offset)
+            size = r.chunk_size
+        else:  # the size trick of queries._read_chunk: any size holding the range maps back
+            n = min(r.count, MAX_READ_BYTES)
+            size = r.offset + n
+        if n <= 0 or r.offset < 0:
+            return None
+        data = self._chunk_now(r.ino, r.index, r.offset, n, size, r.etag if backed else None,
+                               r.obase, slice_ok=False)
+        return None if data is None else p.ReadChunkReply(data)  # codec.encode takes a bytearray
+
+    def read_now(self, request: p.GroupRequest) -> Any | None:
+        """A gateway's ReadHead or ReadChunk answered on the event loop (read_head_now,
+        read_chunk_now), or None: any other request, or one these cannot answer now."""
+        kind = type(request)
+        if kind is p.ReadChunk:
+            return self.read_chunk_now(request)
+        if kind is p.ReadHead:
+            return self.read_head_now(request)
+        return None
+
+    def read_head_now(self, r: p.ReadHead) -> p.ReadHeadReply | None:
+        """A peer gateway's ReadHead answered on the event loop: the inode (a point read, as
+        INLINE_READS) and what the range holds of chunk 0 from the page cache, or None for
+        the thread path (an inline or missing inode, bytes not cached)."""
+        if not self._reads_now(r.ring_version, r.ino):
+            return None
+        raw = self.kv.get_sync(fs_keys.inode_key(r.ino))
+        if raw is None:
+            return None
+        inode: Inode = decode_record(raw)
+        if inode.inline or inode.chunk_size <= 0:
+            return None
+        end = min(r.offset + min(r.count, MAX_READ_BYTES), inode.size, inode.chunk_size)
+        if end <= r.offset:  # the READ lies past chunk 0: the gateway asks the chunks' groups
+            return p.ReadHeadReply(raw, b"")
+        data = self._chunk_now(r.ino, 0, r.offset, end - r.offset, inode.chunk_size,
+                               inode.etag if is_backed(inode, 0) else None, inode.obase,
+                               slice_ok=False)
+        return None if data is None else p.ReadHeadReply(raw, data)
+
+    def _reads_now(self, ring_version: int, ino: int) -> bool:
+        """answer_now's conditions for a read of `ino`, which no prepared txn may hold."""
         if not (self._sole_voter() and self._serving() and self.sm.freeze is None
                 and ring_version == self.ring_version()):
-            return None
+            return False
         try:
-            unlocked(StateView(self.kv), inode.ino)
+            unlocked(StateView(self.kv), ino)
         except RemoteError:
-            return None
-        ino, cs = inode.ino, inode.chunk_size
-        clean = is_backed(inode, index) and not decode_u64(
+            return False
+        return True
+
+    def _chunk_now(self, ino: int, index: int, inner: int, n: int, cs: int,
+                   etag: bytes | None, obase: int, *, slice_ok: bool
+                   ) -> FileSlice | bytearray | None:
+        """[inner, inner + n) of chunk (ino, index) from the page cache, or None. `etag`: the
+        chunk is backed by that version of the object (None: it is not), so unless a write
+        materialized it, only a clean copy of that version will do."""
+        clean = etag is not None and not decode_u64(
             self.kv.get_sync(fs_keys.materialized_key(ino, index)))
-        if clean:  # the chunk is the object's bytes: only a copy of this version will do
+        if clean:
             cache = self.bucket.cache if self.bucket is not None else None
-            if (cache is None or inner + n > backed_len(inode.obase, cs, index)
-                    or not cache.valid(ino, index, inode.etag)):
+            if (cache is None or inner + n > backed_len(obase, cs, index)
+                    or not cache.valid(ino, index, etag)):
                 return None
         chunks, offset = self.sm.chunks, index * cs + inner
         data: FileSlice | bytearray | None = None
-        if n >= SLICE_MIN_BYTES:
+        if slice_ok and n >= SLICE_MIN_BYTES:
             found = chunks.dup_nowait(ino, cs, offset, n)
             if found is not None:
                 data = FileSlice(found[0], found[1], n)
         if data is None:
             data = chunks.pread_nowait(ino, cs, offset, n)
-        if clean and data is not None and not cache.valid(ino, index, inode.etag, count=False):
+        if clean and data is not None and not cache.valid(ino, index, etag, count=False):
             if isinstance(data, FileSlice):  # evicted while we read: the async path fetches
                 data.release()
             return None

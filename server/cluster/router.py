@@ -105,7 +105,8 @@ class GroupRouter:
             # The common case of a node serving its own group: the local handler bounds its
             # own waits, so no deadline scope is needed; any refusal takes the slow path.
             try:
-                return await local.handle(request)
+                reply = local.read_now(request)  # a READ's bytes from the page cache, if it can
+                return reply if reply is not None else await local.handle(request)
             except RemoteError as e:
                 if e.code not in (p.NOT_LEADER, p.UNAVAILABLE, p.MOVING, NO_HANDLER):
                     await self._refused(group, members, self.node_id, e)  # raises

@@ -14,6 +14,7 @@ SetOrigin directly, so these tests do not depend on how listings are loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -32,6 +33,7 @@ from nfs_gateway.backend import (
     SetAttrs,
     StableHow,
 )
+from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_admin import BucketAdmin
 from server.cluster.gateway import ClusterBackend
@@ -160,6 +162,59 @@ async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: P
         await fs.write(ROOT, fid, 5, memoryview(b"NEW"), StableHow.FILE_SYNC)
         got = fs.read_nowait(ROOT, fid, 0, 100)  # materialized: the chunk file is the truth
         assert got is not None and result_bytes(got) == data[:5] + b"NEW" + data[8:100]
+
+
+async def test_a_peer_gateways_read_is_answered_now_from_a_copy_of_its_version_only(
+        tmp_path: Path) -> None:
+    # What another node's gateway sends for a READ (ReadHead to the inode's group, ReadChunk
+    # to the chunk's) is answered on the event loop from the page cache when the chunk is
+    # cached at the version the request names (read_now), with exactly the bytes the thread
+    # path gives; anything else is None and handle() answers it.
+    store = CountingStore(LocalDirStore(tmp_path / "bucket"))
+    data = blob(2 * CS + 77)
+    await put(store, "m/f", data)
+    async with one_node(tmp_path / "n1", store, BucketConfig(capacity_bytes=64 * CS)) as (
+            fs, runtime, _):
+        fid = await bound_file(fs, b"f", "m/f")
+        inode = await fs._get(fid)
+        ring = runtime.ring_version()
+
+        def chunk(index: int, inner: int, n: int, **kw: Any) -> Any:
+            req = fs._chunk_request(inode, index, inner, n)
+            return dataclasses.replace(req, **{"ring_version": ring, **kw})
+
+        assert runtime.read_now(chunk(1, 10, 1000)) is None  # not fetched yet
+        assert (await fs.read(ROOT, fid, CS, 1000)).data == data[CS:CS + 1000]
+        assert (await fs.read(ROOT, fid, 0, 1000)).data == data[:1000]
+        cache = runtime.bucket.cache
+        with trio.fail_after(10):  # the copies are kept in the background
+            while not (cache.valid(fid.ino, 0, inode.etag, count=False)
+                       and cache.valid(fid.ino, 1, inode.etag, count=False)):
+                await trio.sleep(0.01)
+        gets = store.calls["get_range"]
+        got = runtime.read_now(chunk(1, 10, 1000))
+        assert isinstance(got, p.ReadChunkReply) and bytes(got.data) == data[CS + 10:CS + 1010]
+        assert bytes(got.data) == (await runtime.handle(chunk(1, 10, 1000))).data
+        assert runtime.read_now(chunk(1, 10, 1000, prefetch=True)) is None  # only fetches
+        assert runtime.read_now(chunk(1, 10, 1000, etag=b"another")) is None  # not that version
+        assert runtime.read_now(chunk(1, 10, 1000, ring_version=ring + 1)) is None
+        assert runtime.read_now(chunk(2, 0, 77)) is None  # chunk 2 was not fetched
+        head = runtime.read_now(p.ReadHead(ring, fid.ino, 10, 1000))
+        assert isinstance(head, p.ReadHeadReply) and bytes(head.data) == data[10:1010]
+        slow = await runtime.handle(p.ReadHead(ring, fid.ino, 10, 1000))
+        assert head.inode == slow.inode and bytes(head.data) == slow.data
+        past = runtime.read_now(p.ReadHead(ring, fid.ino, 2 * CS, 1000))  # past chunk 0
+        assert past == p.ReadHeadReply(slow.inode, b"")
+        assert runtime.read_now(p.GetInodes(ring, (fid.ino,))) is None  # not a READ's
+        assert store.calls["get_range"] == gets
+        # A write materializes chunk 1: its chunk file is the truth, whatever the copy holds.
+        await fs.write(ROOT, fid, CS + 5, memoryview(b"NEW"), StableHow.FILE_SYNC)
+        got = runtime.read_now(chunk(1, 0, 100))
+        want = data[CS:CS + 5] + b"NEW" + data[CS + 8:CS + 100]
+        assert got is not None and bytes(got.data) == want
+        await runtime.bucket.drop(fid.ino)
+        assert runtime.read_now(chunk(0, 0, 100)) is None  # no copy of chunk 0 any more
+        assert runtime.read_now(p.ReadHead(ring, fid.ino, 0, 100)) is None
 
 
 async def test_writes_into_a_cold_object_materialize_its_chunk(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """storage/chunks.py: chunk files, holes, truncation, dirty tracking, the descriptor cache."""
 
 import os
+import time
 
 import pytest
 
@@ -124,6 +125,34 @@ def test_a_fetched_chunk_is_sent_from_the_page_cache_only_when_all_of_it_is_ther
     found = store.dup_nowait(9, size, 0, size)
     assert found is not None
     os.close(found[0])
+
+
+def test_will_need_brings_a_dropped_chunk_back_into_the_page_cache(store):
+    # Read-ahead of a cached chunk (group_reads._prefetch_sync) asks the kernel to read the
+    # chunk file in the background, so the READs that follow are answered from the page
+    # cache on the event loop (pread_nowait) even after the page cache was dropped.
+    size = 1 << 20
+    data = os.urandom(size)
+    store.write_chunk_file_sync(11, 0, data)
+    found = store.dup_nowait(11, size, 0, size)
+    assert found is not None
+    fd = found[0]
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead of the kernel's own
+    finally:
+        os.close(fd)
+    assert store.pread_nowait(11, size, size // 2, 4096) is None  # the pages are gone
+    store.will_need_sync(11, 0)
+    deadline = time.monotonic() + 10
+    got = None
+    while got is None and time.monotonic() < deadline:
+        got = store.pread_nowait(11, size, 0, size)
+        time.sleep(0.01)
+    assert got is not None and bytes(got) == data
+    store.will_need_sync(11, 5)  # a chunk never written: nothing to read, no error
+    assert not store.chunk_path(11, 5).exists()
 
 
 def test_whole_chunk_files_round_trip_for_snapshots(store, tmp_path):

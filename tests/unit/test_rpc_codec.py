@@ -214,3 +214,15 @@ def test_a_message_ending_in_long_bytes_encodes_as_cbor2_would(n: int) -> None:
         assert encode(m) == cbor2.dumps(codec._encode_tagged(m))
         assert encode(m) == encode(m)  # encoding does not change what the message holds
         assert decode(encode(m)) == m
+
+
+@pytest.mark.parametrize("n", [0, 5, codec.SPLICE_BYTES - 1, codec.SPLICE_BYTES, 1 << 20])
+def test_trailing_bytes_may_be_a_bytearray_or_memoryview(n: int) -> None:
+    """A read answered from the page cache carries its bytes as the bytearray it read into
+    (group_reads.read_now): any size encodes exactly as the same bytes would, and decodes
+    to bytes. (cbor2 alone would write a memoryview as a list of integers.)"""
+    data = bytes(range(256)) * (n // 256) + bytes(n % 256)
+    for held in (bytearray(data), memoryview(data), memoryview(bytearray(data))):
+        assert encode(Reply(9, Chunk(1, 2, 3, held))) == encode(Reply(9, Chunk(1, 2, 3, data)))
+    got = decode(encode(Reply(9, Chunk(1, 2, 3, bytearray(data)))))
+    assert got == Reply(9, Chunk(1, 2, 3, data)) and type(got.body.data) is bytes
