@@ -1,7 +1,7 @@
 """HEADs of a listing's new objects, spread over the cluster's nodes.
 
 Loading a directory from the bucket HEADs every new object for its x-amz-meta-* attributes
-(gateway_bucket.py). boto3 spends about a millisecond of CPU on each, under the GIL of the one
+(gateway_bucket_load.py). boto3 spends about a millisecond of CPU on each, under the GIL of the one
 node that loads, so a directory of thousands of objects waited seconds on one core while the
 other nodes idled. The nodes hold the same exports, so any of them can ask.
 

@@ -1,4 +1,4 @@
-"""What a bucket listing means for one directory: pure helpers of gateway_bucket.py.
+"""What a bucket listing means for one directory: pure helpers of gateway_bucket_load.py.
 
 Rules:
 - A directory bound to the bucket lists its prefix with delimiter "/": each object directly

@@ -475,7 +475,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         if d.ftype != FileType.DIR:
             raise NotDir(f"inode {d.ino} is not a directory")
         perms.check(cred, d, perms.R)
-        if d.store and self.needs_listing(d):  # gateway_bucket.py
+        if d.store and self.needs_listing(d):  # gateway_bucket_load.py
             d, reply = await self.reload_dir(d, cookie, want)
         check_cookie(d, cookie, cookieverf)
         rows = list(reply.entries)

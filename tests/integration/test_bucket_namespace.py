@@ -1,4 +1,4 @@
-"""The namespace loaded lazily from the bucket (server/cluster/gateway_bucket.py), in one
+"""The namespace loaded lazily from the bucket (server/cluster/gateway_bucket*.py), in one
 process: real groups (Raft, LevelDB, chunk files, RPC planes on loopback), the gateways, and a
 real object store (a local directory; the S3 test runs the same paths over SeaweedFS).
 
@@ -44,7 +44,14 @@ from nfs_gateway.backend import (
     StableHow,
     Stale,
 )
-from server.cluster import bucket_reads, fsops, gateway_bucket, gateway_data, node_fs, queries
+from server.cluster import (
+    bucket_reads,
+    fsops,
+    gateway_bucket_load,
+    gateway_data,
+    node_fs,
+    queries,
+)
 from server.cluster import fsck as cluster_fsck
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_heads import FANOUT_MIN, HeadFanout
@@ -599,7 +606,7 @@ async def test_readdirplus_lists_small_subdirectories_ahead(tmp_path: Path, ahea
     # in the background meanwhile (cache.list_ahead_dirs of them), unless a first look finds
     # one bigger than LIST_AHEAD_KEYS names (its HEADs wait until someone reads it).
     store = CountingStore(LocalDirStore(tmp_path / "bucket"))
-    for i in range(gateway_bucket.LIST_AHEAD_KEYS + 1):
+    for i in range(gateway_bucket_load.LIST_AHEAD_KEYS + 1):
         await store.put(f"top/0big/f{i:03d}", b"b")
     for d in ("d1", "d2", "d3"):
         for i in range(3):
@@ -619,7 +626,7 @@ async def test_readdirplus_lists_small_subdirectories_ahead(tmp_path: Path, ahea
         for d, loaded in (("d1", ahead), ("d2", ahead), ("d3", 0), ("0big", 0)):
             lists, heads = store.calls["list_page"], store.calls["head"]
             names = await listing(fs, await path(fs, "top", d))
-            assert len(names) == (3 if d != "0big" else gateway_bucket.LIST_AHEAD_KEYS + 1)
+            assert len(names) == (3 if d != "0big" else gateway_bucket_load.LIST_AHEAD_KEYS + 1)
             sent = (store.calls["list_page"] - lists, store.calls["head"] - heads)
             if loaded:
                 assert sent == (0, 0), d  # fresh already: the state answers
@@ -638,7 +645,7 @@ async def test_a_load_ahead_skips_a_directory_the_walker_loaded_first(tmp_path: 
                        Clock()) as gws:
         fs = gws[0]
         slots = fs._bmem.ahead_slots
-        held = [object() for _ in range(gateway_bucket.LIST_AHEAD_PARALLEL)]
+        held = [object() for _ in range(gateway_bucket_load.LIST_AHEAD_PARALLEL)]
         for borrower in held:
             await slots.acquire_on_behalf_of(borrower)
         top = await path(fs, "top")
