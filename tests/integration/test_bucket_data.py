@@ -120,6 +120,15 @@ async def test_cold_read_then_cached_then_read_ahead(tmp_path: Path) -> None:
         assert runtime.bucket.stats["fetches"] == before
 
 
+async def kept(runtime: Any, ino: int, etag: bytes, *indexes: int) -> None:
+    """Wait until the cache holds copies of these chunks at `etag` (kept in the background
+    after the read that fetched them)."""
+    cache = runtime.bucket.cache
+    with trio.fail_after(10):
+        while not all(cache.valid(ino, i, etag, count=False) for i in indexes):
+            await trio.sleep(0.01)
+
+
 async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: Path) -> None:
     # READ on the event loop (read_nowait) serves a chunk fetched from the bucket straight
     # from its cached copy, without a request; whatever it cannot answer now (not fetched,
@@ -135,10 +144,7 @@ async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: P
         assert fs.read_nowait(ROOT, fid, 0, 1000) is None  # not fetched yet
         assert (await fs.read(ROOT, fid, 0, 1000)).data == data[:1000]
         etag = (await fs._get(fid)).etag
-        cache = runtime.bucket.cache
-        with trio.fail_after(10):  # the copy is kept in the background
-            while not cache.valid(fid.ino, 0, etag, count=False):
-                await trio.sleep(0.01)
+        await kept(runtime, fid.ino, etag, 0)
         gets = store.calls["get_range"]
         small = fs.read_nowait(ROOT, fid, 10, 1000)
         assert small is not None and result_bytes(small) == data[10:1010] and not small.eof
@@ -186,11 +192,7 @@ async def test_a_peer_gateways_read_is_answered_now_from_a_copy_of_its_version_o
         assert runtime.read_now(chunk(1, 10, 1000)) is None  # not fetched yet
         assert (await fs.read(ROOT, fid, CS, 1000)).data == data[CS:CS + 1000]
         assert (await fs.read(ROOT, fid, 0, 1000)).data == data[:1000]
-        cache = runtime.bucket.cache
-        with trio.fail_after(10):  # the copies are kept in the background
-            while not (cache.valid(fid.ino, 0, inode.etag, count=False)
-                       and cache.valid(fid.ino, 1, inode.etag, count=False)):
-                await trio.sleep(0.01)
+        await kept(runtime, fid.ino, inode.etag, 0, 1)
         gets = store.calls["get_range"]
         got = runtime.read_now(chunk(1, 10, 1000))
         assert isinstance(got, p.ReadChunkReply) and bytes(got.data) == data[CS + 10:CS + 1010]

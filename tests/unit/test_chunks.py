@@ -94,6 +94,21 @@ def test_pread_nowait_serves_cached_data_or_declines(store):
     assert store.pread_nowait(4, CS, CS - 2, 4) is None  # spans two chunks
 
 
+def dropped_copy(store: ChunkStore, ino: int, data: bytes) -> int:
+    """Chunk (ino, 0) written as a clean copy (its descriptor kept), then its pages dropped
+    from the page cache and the kernel's read-ahead turned off for that descriptor. Returns a
+    duplicate of the descriptor, which the caller closes."""
+    store.write_chunk_file_sync(ino, 0, data)
+    found = store.dup_nowait(ino, len(data), 0, len(data))
+    assert found is not None
+    fd, inner = found
+    assert inner == 0 and os.pread(fd, len(data), 0) == data
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # shared with the store's descriptor
+    return fd
+
+
 def test_a_fetched_chunk_is_sent_from_the_page_cache_only_when_all_of_it_is_there(store):
     # A clean copy keeps its descriptor open (write_chunk_file_sync), so the READ that
     # follows can take the event loop's path; dup_nowait offers the range for sendfile only
@@ -101,16 +116,9 @@ def test_a_fetched_chunk_is_sent_from_the_page_cache_only_when_all_of_it_is_ther
     # for the disk on the event loop.
     size = 1 << 20
     data = os.urandom(size)
-    store.write_chunk_file_sync(9, 0, data)
-    found = store.dup_nowait(9, size, 0, size)
-    assert found is not None
-    fd, inner = found
+    fd = dropped_copy(store, 9, data)
     try:
-        assert inner == 0 and os.pread(fd, size, 0) == data
         # Only the first and the last byte's pages in the page cache (no read-ahead).
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         os.pread(fd, 1, 0)
         os.pread(fd, 1, size - 1)
         with pytest.raises(BlockingIOError):
@@ -133,16 +141,7 @@ def test_will_need_brings_a_dropped_chunk_back_into_the_page_cache(store):
     # cache on the event loop (pread_nowait) even after the page cache was dropped.
     size = 1 << 20
     data = os.urandom(size)
-    store.write_chunk_file_sync(11, 0, data)
-    found = store.dup_nowait(11, size, 0, size)
-    assert found is not None
-    fd = found[0]
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no read-ahead of the kernel's own
-    finally:
-        os.close(fd)
+    os.close(dropped_copy(store, 11, data))
     assert store.pread_nowait(11, size, size // 2, 4096) is None  # the pages are gone
     store.will_need_sync(11, 0)
     deadline = time.monotonic() + 10
