@@ -12,12 +12,12 @@ Rules:
 - `cached_range` is the READ fast path: a chunk's bytes from the page cache, on the event loop,
   under answer_now's conditions; a clean copy only of the inode's own version, checked before
   and after (an eviction may run in a worker thread meanwhile); anything else is None and the
-  caller takes the async path. `read_chunk_now` and `read_head_now` are the same for a peer
-  gateway's ReadChunk and ReadHead (a copy, never a FileSlice: the bytes travel in a plane
-  frame), so the owner answers them without a worker-thread round trip.
+  caller takes the async path. `read_now` is the same for a gateway's ReadHead and ReadChunk
+  (from a peer, or this node's own through the router): a copy, never a FileSlice, so the
+  group answers without a worker-thread round trip.
 - A read-ahead request (ReadChunk.prefetch) of a chunk that is cached also asks the kernel to
-  read the chunk file into the page cache (`ChunkStore.will_need`), so the sequential READs
-  that follow take those fast paths even after the page cache was dropped.
+  read the chunk file into the page cache (`ChunkStore.will_need_sync`), so the sequential
+  READs that follow take those fast paths even after the page cache was dropped.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class GroupReads(_Base):
                                inode.etag if backed else None, inode.obase, slice_ok=True)
 
     def read_chunk_now(self, r: p.ReadChunk) -> p.ReadChunkReply | None:
-        """A peer gateway's ReadChunk answered on the event loop from the page cache, as
+        """A gateway's ReadChunk answered on the event loop from the page cache, as
         cached_range answers this node's own READs (module rules), or None for the thread
         path. The request names the version it wants (its etag), as the thread path serves."""
         if r.prefetch or not self._reads_now(r.ring_version, r.ino):
@@ -154,7 +154,7 @@ class GroupReads(_Base):
         return None
 
     def read_head_now(self, r: p.ReadHead) -> p.ReadHeadReply | None:
-        """A peer gateway's ReadHead answered on the event loop: the inode (a point read, as
+        """A gateway's ReadHead answered on the event loop: the inode (a point read, as
         INLINE_READS) and what the range holds of chunk 0 from the page cache, or None for
         the thread path (an inline or missing inode, bytes not cached)."""
         if not self._reads_now(r.ring_version, r.ino):
