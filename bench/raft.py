@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import random  # noqa: E402
 
-from serverproc import free_port as free_port_block  # noqa: E402
+from serverproc import free_port  # noqa: E402
 
 from raft.config import Config  # noqa: E402
 from raft.driver import RaftDriver  # noqa: E402
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def free_ports(n: int) -> list[int]:
     """n free loopback ports (below the ephemeral range; tests/serverproc.py)."""
-    base = free_port_block(count=n)
+    base = free_port(count=n)
     return list(range(base, base + n))
 
 
