@@ -11,8 +11,9 @@ Rules:
   the cache lacks.
 - `cached_range` is the READ fast path: a chunk's bytes from the page cache, on the event loop,
   under answer_now's conditions; a clean copy only of the inode's own version, checked before
-  and after (an eviction may run in a worker thread meanwhile); anything else is None and the
-  caller takes the async path. `read_now` is the same for a gateway's ReadHead and ReadChunk
+  and after (an eviction may run in a worker thread meanwhile); bytes copied rather than sent
+  from the file only up to COPY_NOW_MAX_BYTES; anything else is None and the caller takes the
+  async path. `read_now` is the same for a gateway's ReadHead and ReadChunk
   (from a peer, or this node's own through the router): a copy, never a FileSlice, so the
   group answers without a worker-thread round trip.
 - A read-ahead request (ReadChunk.prefetch) of a chunk that is cached also asks the kernel to
@@ -50,6 +51,10 @@ else:
 # Reads answered on the trio thread: point lookups of a few keys (module rules of storage/kv.py
 # otherwise send LevelDB calls to worker threads; these are the measured exception).
 INLINE_READS = (p.GetInodes, p.Lookup)
+# The most bytes a read copies on the trio thread (one READ's worth). A bigger one (a chunk's
+# whole base for a write, up to 16 MiB) would hold the event loop for milliseconds, where the
+# worker-thread round trip it saves costs little beside the copy.
+COPY_NOW_MAX_BYTES = 1 << 20
 
 
 class GroupReads(_Base):
@@ -124,7 +129,7 @@ class GroupReads(_Base):
         return self._chunk_now(inode.ino, index, inner, n, inode.chunk_size,
                                inode.etag if backed else None, inode.obase, slice_ok=True)
 
-    def read_chunk_now(self, r: p.ReadChunk) -> p.ReadChunkReply | None:
+    def _read_chunk_now(self, r: p.ReadChunk) -> p.ReadChunkReply | None:
         """A gateway's ReadChunk answered on the event loop from the page cache, as
         cached_range answers this node's own READs (module rules), or None for the thread
         path. The request names the version it wants (its etag), as the thread path serves."""
@@ -144,16 +149,16 @@ class GroupReads(_Base):
         return None if data is None else p.ReadChunkReply(data)  # codec.encode takes a bytearray
 
     def read_now(self, request: p.GroupRequest) -> Any | None:
-        """A gateway's ReadHead or ReadChunk answered on the event loop (read_head_now,
-        read_chunk_now), or None: any other request, or one these cannot answer now."""
+        """A gateway's ReadHead or ReadChunk answered on the event loop (module rules), or
+        None: any other request, or one that cannot be answered now."""
         kind = type(request)
         if kind is p.ReadChunk:
-            return self.read_chunk_now(request)
+            return self._read_chunk_now(request)
         if kind is p.ReadHead:
-            return self.read_head_now(request)
+            return self._read_head_now(request)
         return None
 
-    def read_head_now(self, r: p.ReadHead) -> p.ReadHeadReply | None:
+    def _read_head_now(self, r: p.ReadHead) -> p.ReadHeadReply | None:
         """A gateway's ReadHead answered on the event loop: the inode (a point read, as
         INLINE_READS) and what the range holds of chunk 0 from the page cache, or None for
         the thread path (an inline or missing inode, bytes not cached)."""
@@ -203,7 +208,7 @@ class GroupReads(_Base):
             found = chunks.dup_nowait(ino, cs, offset, n)
             if found is not None:
                 data = FileSlice(found[0], found[1], n)
-        if data is None:
+        if data is None and n <= COPY_NOW_MAX_BYTES:
             data = chunks.pread_nowait(ino, cs, offset, n)
         if clean and data is not None and not cache.valid(ino, index, etag, count=False):
             if isinstance(data, FileSlice):  # evicted while we read: the async path fetches

@@ -33,6 +33,7 @@ from nfs_gateway.backend import (
     SetAttrs,
     StableHow,
 )
+from server.cluster import group_reads
 from server.cluster import protocol as p
 from server.cluster.bucket import BucketConfig
 from server.cluster.bucket_admin import BucketAdmin
@@ -171,7 +172,7 @@ async def test_the_fast_path_reads_a_clean_copy_of_this_version_only(tmp_path: P
 
 
 async def test_a_peer_gateways_read_is_answered_now_from_a_copy_of_its_version_only(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # What another node's gateway sends for a READ (ReadHead to the inode's group, ReadChunk
     # to the chunk's) is answered on the event loop from the page cache when the chunk is
     # cached at the version the request names (read_now), with exactly the bytes the thread
@@ -208,6 +209,12 @@ async def test_a_peer_gateways_read_is_answered_now_from_a_copy_of_its_version_o
         past = runtime.read_now(p.ReadHead(ring, fid.ino, 2 * CS, 1000))  # past chunk 0
         assert past == p.ReadHeadReply(slow.inode, b"")
         assert runtime.read_now(p.GetInodes(ring, (fid.ino,))) is None  # not a READ's
+        # A copy bigger than one READ is left to a worker thread (the loop is not held).
+        monkeypatch.setattr(group_reads, "COPY_NOW_MAX_BYTES", 999)
+        assert runtime.read_now(chunk(1, 10, 1000)) is None
+        assert runtime.read_now(p.ReadHead(ring, fid.ino, 10, 1000)) is None
+        assert runtime.read_now(chunk(1, 10, 999)) is not None
+        monkeypatch.undo()
         assert store.calls["get_range"] == gets
         # A write materializes chunk 1: its chunk file is the truth, whatever the copy holds.
         await fs.write(ROOT, fid, CS + 5, memoryview(b"NEW"), StableHow.FILE_SYNC)
