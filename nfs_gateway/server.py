@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import trio
 
 from nfs_gateway.backend import FileSlice
+from nfs_gateway.dispatch import Dispatcher
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.limits import ByteBudget, RpcLimits
 from nfs_gateway.opstats import OpStats
@@ -54,7 +55,7 @@ from nfs_gateway.record import (
     RecordError,
     encode_record,
 )
-from nfs_gateway.rpc import AcceptStat, Dispatcher, accepted_reply
+from nfs_gateway.rpc import AcceptStat, accepted_reply
 from nfs_gateway.sendpath import release_slices, send_buffers, send_some
 
 log = logging.getLogger("objcache.rpc.server")

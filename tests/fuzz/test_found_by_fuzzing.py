@@ -12,6 +12,7 @@ import trio
 from fakews import LIMITS, SECRET, FakeWs, Ping, ping_handler
 
 from nfs_gateway.backend import CreateMode, Cred, SetAttrs
+from nfs_gateway.dispatch import Dispatcher
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.limits import RpcLimits
 from nfs_gateway.mount import MNTPROC3_MNT, MOUNT_PROG, MountStat, make_mount_program
@@ -19,7 +20,7 @@ from nfs_gateway.nfs3 import types as t
 from nfs_gateway.nfs3.client_codec import CLIENT_CODECS
 from nfs_gateway.nfs3.const import NFS_PROGRAM, NFS_V3, Proc, Stat
 from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
-from nfs_gateway.rpc import AcceptStat, Dispatcher, decode_reply, encode_call
+from nfs_gateway.rpc import AcceptStat, decode_reply, encode_call
 from nfs_gateway.xdr import Packer
 from server.fs.backend import LocalBackend
 from server.rpc import handshake

@@ -27,6 +27,7 @@ from streams import read_like_the_server, reference_records, streams
 from wire import PROCEDURES, check_reply, expect, records
 
 from nfs_gateway.backend import CreateMode, Cred, FileSlice, SetAttrs, StableHow
+from nfs_gateway.dispatch import Dispatcher
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.limits import RpcLimits
@@ -34,7 +35,6 @@ from nfs_gateway.mount import make_mount_program
 from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, make_portmap_program, mappings_for
 from nfs_gateway.program import NOT_READY, Program
-from nfs_gateway.rpc import Dispatcher
 from nfs_gateway.sendpath import release_slices
 from server.fs.backend import LocalBackend
 

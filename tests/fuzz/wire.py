@@ -8,8 +8,9 @@ Rules:
   draws plain garbage.
 - `expect(record)` is this file's own reading of RFC 5531 §9 (checks in the order of the Linux
   sunrpc server, as nfs_gateway/rpc.py documents): whether a reply is due and which header it
-  carries. It never calls nfs_gateway/rpc.py. For a call that reaches its procedure it leaves the
-  choice between SUCCESS and GARBAGE_ARGS to the procedure's decoder (`check_reply`).
+  carries. It never calls nfs_gateway/rpc.py or dispatch.py. For a call that reaches its
+  procedure it leaves the choice between SUCCESS and GARBAGE_ARGS to the procedure's decoder
+  (`check_reply`).
 - `check_reply` asserts the reply matches: the same xid, the expected header byte for byte, and
   for SUCCESS a body that the client-side decoder reads exactly to its end. SYSTEM_ERR (a server
   fault) is never a correct answer to client input.

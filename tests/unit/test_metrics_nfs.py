@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nfs_gateway.backend import Cred
+from nfs_gateway.dispatch import Dispatcher
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import MountStat, make_mount_program
@@ -23,7 +24,7 @@ from nfs_gateway.nfs3.const import NFS_PROGRAM, Proc, Stat
 from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
 from nfs_gateway.opstats import LATENCY_BOUNDS_S, OpStats
 from nfs_gateway.program import AUTH_SYS, NOT_READY, CallContext, Procedure, Program
-from nfs_gateway.rpc import AcceptStat, Dispatcher, OpaqueAuth, encode_authsys, encode_call
+from nfs_gateway.rpc import AcceptStat, OpaqueAuth, encode_authsys, encode_call
 from nfs_gateway.server import Listener, RpcServer
 from nfs_gateway.xdr import Packer, Unpacker
 from server import metrics

@@ -11,6 +11,7 @@ import pytest
 from rpcclient import u32, xdr_string
 
 from nfs_gateway.backend import Cred, SetAttrs
+from nfs_gateway.dispatch import Dispatcher
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import (
     MNTPROC3_DUMP,
@@ -36,7 +37,7 @@ from nfs_gateway.portmap import (
     mappings_for,
     unpack_pmaplist,
 )
-from nfs_gateway.rpc import AcceptStat, Dispatcher, decode_reply, encode_call
+from nfs_gateway.rpc import AcceptStat, decode_reply, encode_call
 from server.fs.backend import LocalBackend
 
 CLIENT = ("10.0.0.5", 700)

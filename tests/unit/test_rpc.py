@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nfs_gateway.backend import Cred
+from nfs_gateway.dispatch import Dispatcher
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.program import AUTH_NONE, AUTH_SYS, CallContext, Procedure, Program
 from nfs_gateway.rpc import (
@@ -21,7 +22,6 @@ from nfs_gateway.rpc import (
     AcceptStat,
     AuthError,
     AuthStat,
-    Dispatcher,
     GarbageCall,
     OpaqueAuth,
     RpcMismatch,
