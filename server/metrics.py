@@ -147,7 +147,7 @@ def export_gauges(read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
 
 # -- the NFS gateway: procedures (nfs_gateway/opstats.py) and the RPC server ---------------------
 
-# Calls refused before a procedure was known (nfs_gateway/rpc.py's counters), by reason.
+# Calls refused before a procedure was known (nfs_gateway/dispatch.py's counters), by reason.
 _REJECTED = {"dropped": "dropped", "RpcMismatch": "rpc_mismatch", "AuthError": "auth_error",
              "GarbageCall": "garbage_call", "prog_unavail": "prog_unavail",
              "prog_mismatch": "prog_mismatch", "proc_unavail": "proc_unavail"}
@@ -304,7 +304,7 @@ def watch_plane(plane: RpcPlane) -> None:
 # -- transactions, membership ------------------------------------------------------------------
 
 # Where the gateway tries again (server/cluster/gateway.py). Committed and aborted transactions
-# by kind are objcache_txn_total{kind="local"|"two_phase", outcome} (server/cluster/group.py);
+# by kind are objcache_txn_total{kind="local"|"two_phase", outcome} (server/cluster/group_txn.py);
 # the two-phase share of committed ones is this query (`or vector(0)`: before the first
 # two-phase transaction its series does not exist yet). Prometheus runs it in the tests.
 TWO_PHASE_SHARE = (

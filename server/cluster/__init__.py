@@ -27,8 +27,8 @@ Modules and who owns what:
 - gateway.py    ClusterBackend: the nfs_gateway Backend protocol over a GroupRouter.
 - router.py     GroupRouter: finds a group's leader, calls it (in process when it is us),
                 retries leader changes and stale rings, raises Unavailable -> NFS3ERR_JUKEBOX.
-- group.py      GroupRuntime: this node's group member (driver, log, apply loop, txn cores,
-                request handlers).
+- group.py      GroupRuntime: this node's group member (driver, log, apply loop, request
+                handlers); group_reads.py its reads, group_txn.py its txn cores and leadership.
 
 Rules:
 - Every namespace or attribute change is a transaction (txn/): a TxnLocal when all its records

@@ -31,7 +31,7 @@ from server.fs import keys
 from server.fs.keys import decode_u64
 from server.rpc.frames import RemoteError
 from storage.chunkcache import ChunkCache
-from storage.chunks import ChunkIOError
+from storage.chunkio import ChunkIOError
 from storage.objstore.base import (
     NoSuchKey,
     ObjectStore,

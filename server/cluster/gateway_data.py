@@ -4,7 +4,7 @@ Rules:
 - Small files (up to config.inline_max_bytes) keep their bytes in the inode's group: a WRITE
   is one WriteInline record (a TxnLocal there). A file outgrowing that is moved to chunk 0 by
   UnInline(to_chunk=True) in the same transaction as the WRITE that outgrows it.
-- Chunked files: a WRITE is cut by chunk (storage.chunks.spans); each piece is a ChunkWrite
+- Chunked files: a WRITE is cut by chunk (storage.chunkio.spans); each piece is a ChunkWrite
   record carrying its bytes, in the group that holds that chunk, and the size/mtime is a
   WriteMeta in the inode's group (the coordinator), all in ONE transaction. A WRITE inside
   chunks the inode's group holds (always chunk 0) is a TxnLocal; otherwise two-phase commit,
@@ -79,7 +79,7 @@ from server.fs.records import (
     WriteMeta,
 )
 from server.rpc.frames import RemoteError
-from storage.chunks import spans
+from storage.chunkio import spans
 
 log = logging.getLogger("objcache.gateway")
 T = TypeVar("T")

@@ -37,7 +37,8 @@ from server.cluster.drain import Drains
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.freshness import Freshness
 from server.cluster.gateway import ClusterBackend
-from server.cluster.group import GroupConfig, GroupRuntime, register_txn_messages
+from server.cluster.group import GroupConfig, GroupRuntime
+from server.cluster.group_txn import register_txn_messages
 from server.cluster.inoalloc import NODE_SHIFT, InoAllocator
 from server.cluster.joinorder import AwaitJoin
 from server.cluster.membership import bootstrap_nodelist, serve_hello

@@ -29,7 +29,8 @@ from typing import Any
 import trio
 
 from server.cluster import protocol as p
-from server.cluster.group import GroupRuntime, register_txn_messages
+from server.cluster.group import GroupRuntime
+from server.cluster.group_txn import register_txn_messages
 from server.cluster.membership import peer_url
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring

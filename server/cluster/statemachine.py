@@ -45,7 +45,8 @@ from raft.types import Entry, EntryType
 from server.cluster import ringstate
 from server.cluster.nodelist import NodeList
 from server.fs.keys import decode_u64
-from storage.chunks import ChunkIOError, ChunkStore
+from storage.chunkio import ChunkIOError
+from storage.chunks import ChunkStore
 from storage.kv import KvStore
 from txn.codec import from_cbor, to_cbor
 from txn.kv import Overlay

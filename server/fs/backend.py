@@ -56,7 +56,8 @@ from server.fs.meta import NOT_CACHED, MetaIOError, MetaStore, acquire_lock
 from server.fs.namespace import NamespaceOps
 from server.fs.readdir import read_dir_page
 from server.fs.records import CreateInode, Inode
-from storage.chunks import ChunkIOError, ChunkStore
+from storage.chunkio import ChunkIOError
+from storage.chunks import ChunkStore
 from storage.kv import KvStore
 
 ROOT_INO = 1

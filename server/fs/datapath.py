@@ -41,7 +41,7 @@ from server.fs import perms
 from server.fs.common import disk_error, read_count, require_reg, wcc
 from server.fs.meta import NOT_CACHED
 from server.fs.records import Inode, UnInline
-from storage.chunks import ChunkIOError
+from storage.chunkio import ChunkIOError
 
 if TYPE_CHECKING:
     from server.fs.backend import LocalBackend

@@ -23,7 +23,8 @@ import trio
 from serverproc import free_port
 
 from server.cluster import protocol as p
-from server.cluster.group import TXN_TOTAL, GroupConfig, GroupRuntime
+from server.cluster.group import GroupConfig, GroupRuntime
+from server.cluster.group_txn import TXN_TOTAL
 from server.cluster.nodelist import NodeInfo, NodeList
 from server.cluster.router import GroupRouter
 from server.cluster.statemachine import GroupStateMachine

@@ -56,7 +56,7 @@ from server.fs.config import FsConfig
 from server.fs.record_codec import decode
 from server.fs.records import Dirent, Inode
 from server.rpc.frames import RemoteError
-from storage.chunks import spans
+from storage.chunkio import spans
 from txn import coordinator as co
 from txn import participant as pa
 from txn.actions import Action, Propose, Reply, RetryConfig, Send

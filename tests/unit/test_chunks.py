@@ -1,11 +1,12 @@
-"""storage/chunks.py: chunk files, holes, truncation, dirty tracking, the descriptor cache."""
+"""storage/chunks.py, chunkio.py: chunk files, holes, truncation, dirty tracking, descriptors."""
 
 import os
 import time
 
 import pytest
 
-from storage.chunks import ChunkConfig, ChunkStore, spans
+from storage.chunkio import spans
+from storage.chunks import ChunkConfig, ChunkStore
 
 CS = 4096
 

@@ -536,7 +536,7 @@ def test_disk_errors_map_to_their_nfsstat():
 
     from nfs_gateway.backend import DQuot, IOError_, NoSpc
     from server.fs.common import disk_error
-    from storage.chunks import ChunkIOError
+    from storage.chunkio import ChunkIOError
 
     assert isinstance(disk_error(ChunkIOError("full", errno.ENOSPC)), NoSpc)
     assert isinstance(disk_error(ChunkIOError("quota", errno.EDQUOT)), DQuot)
