@@ -162,6 +162,15 @@ def stop_profiler(proc: subprocess.Popen, out: Path, top: int = 15) -> dict[str,
     }
 
 
+def print_profile(profile: dict) -> None:
+    print(f"\npy-spy on objcache ({profile['samples']} samples), self time:")
+    for frame, pct in profile["self_pct"]:
+        print(f"  {pct:5.1f}%  {frame}")
+    print("inclusive time in objcache's own functions:")
+    for frame, pct in profile["inclusive_pct_objcache_code"]:
+        print(f"  {pct:5.1f}%  {frame}")
+
+
 # ---------------------------------------------------------------------------- the runs ----
 
 
@@ -266,6 +275,31 @@ def print_table(a, med, rat, rss) -> None:
     print("clients: fio ioengine=nfs (libnfs) for seq/rand; nfsmeta (libnfs sync) for metadata")
 
 
+def print_key(rat: dict[str, float]) -> None:
+    """The key ratios, printed last."""
+    if rat:
+        print(
+            "KEY objcache/ganesha: "
+            + ", ".join(f"{w} {rat[w]:.2f}x" for w in WORKLOADS if w in rat)
+        )
+    else:
+        print("KEY objcache/ganesha: n/a (a server produced no complete repetition)")
+
+
+def parameters(a: argparse.Namespace) -> dict[str, object]:
+    return {
+        "reps": a.reps,
+        "seq_size_mib": a.size_mib,
+        "seq_bs": "1m",
+        "randread_s": a.randread_s,
+        "randread_bs": "4k",
+        "iodepth": a.iodepth,
+        "files": a.files,
+        "file_bytes": a.file_bytes,
+        "quick": a.quick,
+    }
+
+
 def versions(fio: Path) -> dict[str, str]:
     def cmd(*argv: str) -> str:
         try:
@@ -326,12 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if med:
         print_table(a, med, rat, rss)
     if profile:
-        print(f"\npy-spy on objcache ({profile['samples']} samples), self time:")
-        for frame, pct in profile["self_pct"]:
-            print(f"  {pct:5.1f}%  {frame}")
-        print("inclusive time in objcache's own functions:")
-        for frame, pct in profile["inclusive_pct_objcache_code"]:
-            print(f"  {pct:5.1f}%  {frame}")
+        print_profile(profile)
     for name, errs in errors.items():
         for e in errs:
             print(f"ERROR {name}: {e}")
@@ -339,17 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "nfs_gateway",
         "started_unix": started,
         "duration_s": time.time() - started,
-        "parameters": {
-            "reps": a.reps,
-            "seq_size_mib": a.size_mib,
-            "seq_bs": "1m",
-            "randread_s": a.randread_s,
-            "randread_bs": "4k",
-            "iodepth": a.iodepth,
-            "files": a.files,
-            "file_bytes": a.file_bytes,
-            "quick": a.quick,
-        },
+        "parameters": parameters(a),
         "units": UNITS,
         "clients": CLIENTS,
         "runs": runs,
@@ -364,13 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {a.out}")
-    if rat:
-        print(
-            "KEY objcache/ganesha: "
-            + ", ".join(f"{w} {rat[w]:.2f}x" for w in WORKLOADS if w in rat)
-        )
-    else:
-        print("KEY objcache/ganesha: n/a (a server produced no complete repetition)")
+    print_key(rat)
     return 1 if any(errors.values()) else 0
 
 

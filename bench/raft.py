@@ -32,6 +32,7 @@ Two latencies per objcache cell, both reported:
 Both clients are Python trio programs in this process, so client overhead is alike. The
 repetitions interleave the systems so drift on the shared machine hits both. Prints a table
 and the issue-3 ratios, writes bench/results/raft.json (medians, machine facts, versions, RSS).
+The systems live in bench/raft_systems.py, the ratios, table and facts in bench/raft_report.py.
 
   python bench/raft.py            # full: 3 repetitions of 3 s per cell
   python bench/raft.py --quick    # 2 repetitions of 0.6 s per cell (under a minute)
@@ -43,14 +44,10 @@ Profiling a node under this load (py-spy is a benchmark-only tool, not a project
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,25 +56,26 @@ from pathlib import Path
 import trio
 
 REPO = Path(__file__).resolve().parents[1]
+# bench/ goes behind the repository: the `raft` package, not this script, is `raft`.
+sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-import random  # noqa: E402
+from raft_report import (  # noqa: E402
+    GROUPS,
+    PROPOSERS,
+    SIZES,
+    compute_ratios,
+    machine,
+    medians,
+    print_steps,
+    print_table,
+    versions,
+)
+from raft_systems import EtcdCluster, EtcdSession, InprocGroup, ObjcacheCluster  # noqa: E402
 
-from serverproc import free_port  # noqa: E402
-
-from raft.config import Config  # noqa: E402
-from raft.driver import RaftDriver  # noqa: E402
-from raft.node import RawNode, bootstrap_log  # noqa: E402
-from server.raft_kv import KvClient, KvStateMachine, encode_put  # noqa: E402
-from server.rpc.plane import RpcConfig, RpcPlane  # noqa: E402
+from server.raft_kv import encode_put  # noqa: E402
 from storage.kv import KvStore  # noqa: E402
-from storage.raftlog import RaftLogStorage  # noqa: E402
-
-SECRET = b"bench-raft-cluster-secret-0123456789"
-SIZES = (64, 4096)
-PROPOSERS = (1, 64)
-GROUPS = (1, 3)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,19 +89,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.duration = a.duration or (0.6 if a.quick else 3.0)
     a.reps = a.reps or (2 if a.quick else 3)
     return a
-
-
-def free_ports(n: int) -> list[int]:
-    """n free loopback ports (below the ephemeral range; tests/serverproc.py)."""
-    base = free_port(count=n)
-    return list(range(base, base + n))
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -149,240 +134,6 @@ def floor_latencies(work: Path, size: int, n: int = 200) -> dict[str, float]:
             "leveldb_sync_p99_ms": percentile(ldb, 0.99) * 1e3,
             "fdatasync_paced_p50_ms": percentile(paced, 0.5) * 1e3,
             "fdatasync_paced_p99_ms": percentile(paced, 0.99) * 1e3}
-
-
-# ---- clusters ----
-
-
-class ObjcacheCluster:
-    name = "objcache"
-
-    def __init__(self, work: Path, n: int):
-        self.ids = list(range(1, n + 1))
-        self.ports = dict(zip(self.ids, free_ports(n), strict=True))
-        (work / "secret").write_bytes(SECRET)
-        peers = ",".join(f"{i}=ws://127.0.0.1:{p}/" for i, p in self.ports.items())
-        self.procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "server.raft_kv", "--id", str(i), "--listen",
-                 f"127.0.0.1:{self.ports[i]}", "--peers", peers, "--data-dir",
-                 str(work / f"oc{n}-{i}"), "--secret-file", str(work / "secret")],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for i in self.ids]
-
-    async def connect(self, nursery: trio.Nursery) -> ObjcacheProposer:
-        plane = RpcPlane(RpcConfig(node_id=1000, cluster_secret=SECRET,
-                                   send_queue_frames=4096, max_concurrent_requests=256))
-        await nursery.start(plane.run)
-        for i, port in self.ports.items():
-            plane.add_peer(i, f"ws://127.0.0.1:{port}/")
-        client = KvClient(plane, self.ids)
-        await client.put("warmup", b"x", timeout_s=60)  # waits out the first election
-        for _ in range(200):  # warm the path (imports, caches, LevelDB files)
-            await client.put("warmup", b"x" * 64)
-        return ObjcacheProposer(client)
-
-    def stop(self) -> dict[str, int]:
-        rss = {f"node{i}": peak_rss_kib(p.pid) for i, p in zip(self.ids, self.procs, strict=True)}
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.wait(timeout=30)
-        return rss
-
-
-class ObjcacheProposer:
-    def __init__(self, client: KvClient):
-        self.client = client
-
-    async def session(self):
-        return self
-
-    async def put(self, key: str, value: bytes) -> None:
-        await self.client.put(key, value, timeout_s=30)
-
-    async def take_node_latencies(self) -> list[float]:
-        """The leader's in-process propose-to-applied times since the last call."""
-        return list(await self.client.take_commit_latencies(self.client.leader_hint))
-
-
-class InprocGroup:
-    """A one-member group inside this process: driver + LevelDB log + state machine, no RPC.
-    It separates what Raft and storage cost from what the RPC plane costs."""
-
-    name = "inproc"
-
-    def __init__(self, work: Path, n: int):
-        assert n == 1
-        self.path = work / "inproc"
-        self.store: KvStore | None = None
-
-    async def connect(self, nursery: trio.Nursery) -> InprocProposer:
-        self.store = await KvStore.open(self.path)
-        storage = await RaftLogStorage.open_on_store(self.store)
-        await storage.save(*bootstrap_log([1]))
-        sm = KvStateMachine(self.store, storage)
-        node = RawNode(Config(id=1), storage, random.Random(1))
-        driver = RaftDriver(node, storage, _NoPeers(), sm.apply)
-        self.driver, self.storage = driver, storage
-        await nursery.start(driver.run)
-        with trio.fail_after(30):
-            while not driver.is_leader():
-                await trio.sleep(0.01)
-        for _ in range(200):
-            await driver.propose(encode_put("warmup", b"x" * 64))
-        return InprocProposer(driver)
-
-    def stop(self) -> dict[str, int]:
-        if self.store is not None:
-            self.store.close_sync()
-        return {"bench_process": peak_rss_kib(os.getpid())}
-
-
-class _NoPeers:
-    def send(self, to: int, message: object) -> bool:
-        return False
-
-
-class InprocProposer:
-    def __init__(self, driver: RaftDriver):
-        self.driver = driver
-
-    async def session(self) -> InprocProposer:
-        return self
-
-    async def put(self, key: str, value: bytes) -> None:
-        await self.driver.propose(encode_put(key, value))
-
-    async def take_node_latencies(self) -> list[float]:
-        samples = list(self.driver.commit_latencies_s)
-        self.driver.commit_latencies_s.clear()
-        return samples
-
-
-class EtcdCluster:
-    name = "etcd"
-
-    def __init__(self, work: Path, n: int):
-        self.ids = list(range(1, n + 1))
-        ports = free_ports(2 * n)
-        self.client_ports = dict(zip(self.ids, ports[:n], strict=True))
-        peer_ports = dict(zip(self.ids, ports[n:], strict=True))
-        initial = ",".join(f"e{i}=http://127.0.0.1:{p}" for i, p in peer_ports.items())
-        self.procs = []
-        for i in self.ids:
-            self.procs.append(subprocess.Popen(
-                ["etcd", "--name", f"e{i}", "--data-dir", str(work / f"etcd{n}-{i}"),
-                 "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                 "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
-                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_ports[i]}",
-                 "--initial-cluster", initial, "--initial-cluster-state", "new",
-                 "--initial-cluster-token", f"bench{n}", "--logger", "zap",
-                 "--log-level", "error"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.leader_port = 0
-
-    async def connect(self, nursery: trio.Nursery) -> EtcdProposer:
-        with trio.fail_after(60):
-            while not self.leader_port:
-                for port in self.client_ports.values():
-                    try:
-                        conn = await HttpConn.open(port)
-                        st = json.loads(await conn.post("/v3/maintenance/status", b"{}"))
-                        await conn.close()
-                    except (OSError, ValueError):
-                        continue
-                    if st.get("leader") and st["leader"] == st["header"]["member_id"]:
-                        self.leader_port = port
-                await trio.sleep(0.1)
-        proposer = EtcdProposer(self.leader_port)
-        s = await proposer.session()
-        await s.put("warmup", b"x")
-        return proposer
-
-    def stop(self) -> dict[str, int]:
-        rss = {f"etcd{i}": peak_rss_kib(p.pid) for i, p in zip(self.ids, self.procs, strict=True)}
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.wait(timeout=30)
-        return rss
-
-
-class HttpConn:
-    """A minimal HTTP/1.1 keep-alive client (the bench needs only POST with JSON)."""
-
-    def __init__(self, stream: trio.SocketStream, port: int):
-        self.stream, self.port, self.buf = stream, port, bytearray()
-
-    @classmethod
-    async def open(cls, port: int) -> HttpConn:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port), port)
-
-    async def close(self) -> None:
-        await self.stream.aclose()
-
-    async def post(self, path: str, body: bytes) -> bytes:
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        await self.stream.send_all(head.encode() + body)
-        header = await self._read_until(b"\r\n\r\n")
-        lines = header.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        pairs = (ln.partition(":") for ln in lines[1:])
-        fields = {k.strip().lower(): v.strip() for k, _, v in pairs}
-        if fields.get("transfer-encoding", "").lower() == "chunked":
-            data = bytearray()
-            while True:
-                size = int((await self._read_until(b"\r\n")).split(b";")[0], 16)
-                chunk = await self._read_exactly(size + 2)
-                if size == 0:
-                    break
-                data += chunk[:-2]
-        else:
-            data = await self._read_exactly(int(fields.get("content-length", "0")))
-        if status != 200:
-            raise OSError(f"HTTP {status}: {bytes(data)[:200]!r}")
-        return bytes(data)
-
-    async def _fill(self) -> None:
-        more = await self.stream.receive_some(65536)
-        if not more:
-            raise OSError("connection closed")
-        self.buf += more
-
-    async def _read_until(self, sep: bytes) -> bytes:
-        while (i := self.buf.find(sep)) < 0:
-            await self._fill()
-        out = bytes(self.buf[:i])
-        del self.buf[:i + len(sep)]
-        return out
-
-    async def _read_exactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            await self._fill()
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-
-class EtcdProposer:
-    def __init__(self, port: int):
-        self.port = port
-
-    async def session(self) -> EtcdSession:
-        return EtcdSession(await HttpConn.open(self.port))
-
-
-class EtcdSession:
-    def __init__(self, conn: HttpConn):
-        self.conn = conn
-
-    async def put(self, key: str, value: bytes) -> None:
-        body = json.dumps({"key": base64.b64encode(key.encode()).decode(),
-                           "value": base64.b64encode(value).decode()}).encode()
-        await self.conn.post("/v3/kv/put", body)
 
 
 # ---- where one commit's time goes (one member, in process, one proposer) ----
@@ -521,102 +272,6 @@ async def run_all(a: argparse.Namespace, work: Path) -> tuple[dict, dict, dict]:
             for c in clusters:
                 rss[f"{c.name}/{n}"] = c.stop()
     return runs, rss, steps
-
-
-def medians(runs: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    return {k: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for k, rs in runs.items()}
-
-
-def versions() -> dict[str, str]:
-    def cmd(*argv: str) -> str:
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
-            return out.split("\n")[0]
-        except OSError:
-            return "unavailable"
-
-    from importlib.metadata import version
-
-    import trio_websocket
-
-    return {"python": platform.python_version(), "trio": trio.__version__,
-            "trio_websocket": trio_websocket.__version__, "cbor2": version("cbor2"),
-            "plyvel": version("plyvel"),
-            "etcd": cmd("etcd", "--version"),
-            "objcache_commit": cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")}
-
-
-def machine(work: Path) -> dict[str, object]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
-            "disk_of_data": subprocess.run(["df", "-T", str(work)], capture_output=True,
-                                           text=True).stdout.splitlines()[-1],
-            "note": "shared 2-core machine; loopback only"}
-
-
-def compute_ratios(med: dict) -> dict[str, float]:
-    ratios: dict[str, float] = {}
-    for size in SIZES:
-        fd = med[f"floor/{size}"]["fdatasync_p50_ms"]
-        ratios[f"leveldb sync batch p50 / fdatasync p50 ({size} B)"] = (
-            med[f"floor/{size}"]["leveldb_sync_p50_ms"] / fd)
-        for name in ("objcache", "inproc"):
-            m = med.get(f"{name}/1/{size}/1")
-            if m:
-                where = "3 processes' node" if name == "objcache" else "bench-process"
-                ratios[f"{name} 1-member node p50 / fdatasync p50 ({size} B, {where})"] = (
-                    m["node_p50_ms"] / fd)
-        m = med.get(f"objcache/1/{size}/1")
-        if m:
-            ratios[f"objcache 1-member client-through-RPC p50 / fdatasync p50 ({size} B)"] = (
-                m["p50_ms"] / fd)
-            paced = med[f"floor/{size}"].get("fdatasync_paced_p50_ms")
-            if paced:
-                ratios[f"objcache 1-member node p50 / paced fdatasync p50 ({size} B, "
-                       "reference)"] = m["node_p50_ms"] / paced
-        for n in GROUPS:
-            for k in PROPOSERS:
-                oc, et = med.get(f"objcache/{n}/{size}/{k}"), med.get(f"etcd/{n}/{size}/{k}")
-                if oc and et:
-                    ratios[f"objcache/etcd commits/s {n} members {size} B {k} proposers"] = (
-                        oc["commits_per_s"] / et["commits_per_s"])
-    return ratios
-
-
-def print_steps(steps: dict[str, dict[str, float]]) -> None:
-    print("\none commit, one member, in process, one proposer: median µs since propose()")
-    for size, row in steps.items():
-        print(f"  {size} B: " + "; ".join(f"{k[2:] if k[0].isdigit() else k} {v:.0f}"
-                                         for k, v in row.items()))
-
-
-def print_table(med: dict, ratios: dict[str, float]) -> None:
-    title = "cell (system/members/bytes/proposers)"
-    print(f"\n{title:<38}{'commits/s':>10}{'client p50':>11}{'p99':>8}{'node p50':>10}{'p99':>8}")
-    for key in sorted(k for k in med if not k.startswith("floor/")):
-        m = med[key]
-        node = (f"{m['node_p50_ms']:>10.2f}{m['node_p99_ms']:>8.2f}" if "node_p50_ms" in m else "")
-        print(f"{key:<38}{m['commits_per_s']:>10.0f}{m['p50_ms']:>11.2f}{m['p99_ms']:>8.2f}{node}")
-    for size in SIZES:
-        f = med[f"floor/{size}"]
-        for kind in ("fdatasync", "leveldb_sync", "fdatasync_paced"):
-            print(f"{'floor ' + kind + ' ' + str(size) + ' B':<38}{'':>10}"
-                  f"{f[kind + '_p50_ms']:>11.2f}{f[kind + '_p99_ms']:>8.2f}")
-    print()
-    for name, r in ratios.items():
-        print(f"{r:8.2f}  {name}")
-    print("\nissue-3 targets (medians of this run):")
-    for size in SIZES:
-        name = f"objcache 1-member node p50 / fdatasync p50 ({size} B, 3 processes' node)"
-        if name in ratios:
-            r = ratios[name]
-            print(f"{r:8.2f}  1-member commit p50 / one fsync, {size} B (target <= 1.5): "
-                  f"{'met' if r <= 1.5 else 'NOT met'}")
-    for size in SIZES:
-        name = f"objcache/etcd commits/s 3 members {size} B 64 proposers"
-        if name in ratios:
-            r = ratios[name]
-            print(f"{r:8.2f}  3-member commits/s vs etcd, 64 proposers, {size} B (target >= 1.0): "
-                  f"{'met' if r >= 1.0 else 'NOT met'}")
 
 
 def main(argv: list[str] | None = None) -> int:
