@@ -17,7 +17,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from storage.chunks import ChunkStore
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     _Base = ChunkStore
 else:
     _Base = object
+
+T = TypeVar("T")
 
 log = logging.getLogger("storage.chunks")  # one logger for the whole chunk store
 
@@ -143,30 +146,15 @@ class ChunkFds(_Base):
     def pread_nowait(self, ino: int, chunk_size: int, offset: int, count: int) -> bytearray | None:
         """count bytes from offset if one chunk's cached descriptor and the page cache have them
         all; else None (never blocks on I/O)."""
-        pieces = spans(offset, count, chunk_size)
-        if not self._nowait or len(pieces) != 1:
-            return None
-        index, inner, n = pieces[0]
-        with self._lock:
-            ent = self._fds.get((ino, index))
-            if ent is None:
-                return None
-            ent.busy += 1
-        try:
+
+        def read(fd: int, inner: int, n: int) -> bytearray | None:
             buf = bytearray(n)
-            got = os.preadv(ent.fd, [buf], inner, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}", e.errno) from e
-            self._nowait = False  # this kernel or file system cannot: stop trying
-            return None
-        finally:
-            self._release(ent)
-        # Short: the end of the chunk file (a hole follows) or only part was cached; the thread
-        # path tells the two apart.
-        return buf if got == n else None
+            got = os.preadv(fd, [buf], inner, os.RWF_NOWAIT)
+            # Short: the end of the chunk file (a hole follows) or only part was cached; the
+            # thread path tells the two apart.
+            return buf if got == n else None
+
+        return self._on_cached_fd(ino, chunk_size, offset, count, read)
 
     def dup_nowait(
         self, ino: int, chunk_size: int, offset: int, count: int
@@ -178,6 +166,21 @@ class ChunkFds(_Base):
         that the kernel's read-ahead is still filling (cold pages after its first ones) would
         make sendfile wait for the disk there, so the probes cover it all, not just its ends;
         only a page evicted between the probes and the send is read from disk."""
+
+        def probe_and_dup(fd: int, inner: int, n: int) -> tuple[int, int] | None:
+            probe = bytearray(1)
+            for pos in (*range(inner, inner + n - 1, PROBE_STRIDE), inner + n - 1):
+                if os.preadv(fd, [probe], pos, os.RWF_NOWAIT) != 1:
+                    return None  # past the chunk file's end: a hole, which the copy path fills
+            return os.dup(fd), inner
+
+        return self._on_cached_fd(ino, chunk_size, offset, count, probe_and_dup)
+
+    def _on_cached_fd(self, ino: int, chunk_size: int, offset: int, count: int,
+                      io: Callable[[int, int, int], T | None]) -> T | None:
+        """io(fd, inner offset, n) on the cached descriptor of the one chunk that holds
+        [offset, offset+count), held busy meanwhile; None if the range spans chunks, the
+        descriptor is not cached, or the kernel would block (EAGAIN)."""
         pieces = spans(offset, count, chunk_size)
         if not self._nowait or len(pieces) != 1:
             return None
@@ -188,17 +191,13 @@ class ChunkFds(_Base):
                 return None
             ent.busy += 1
         try:
-            probe = bytearray(1)
-            for pos in (*range(inner, inner + n - 1, PROBE_STRIDE), inner + n - 1):
-                if os.preadv(ent.fd, [probe], pos, os.RWF_NOWAIT) != 1:
-                    return None  # past the chunk file's end: a hole, which the copy path fills
-            return os.dup(ent.fd), inner
+            return io(ent.fd, inner, n)
         except BlockingIOError:
             return None
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise ChunkIOError(f"preadv ino {ino} chunk {index}: {e}", e.errno) from e
-            self._nowait = False
+            self._nowait = False  # this kernel or file system cannot: stop trying
             return None
         finally:
             self._release(ent)
