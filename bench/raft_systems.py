@@ -80,12 +80,7 @@ class ObjcacheCluster:
         return ObjcacheProposer(client)
 
     def stop(self) -> dict[str, int]:
-        rss = {f"node{i}": peak_rss_kib(p.pid) for i, p in zip(self.ids, self.procs, strict=True)}
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.wait(timeout=30)
-        return rss
+        return stop_members(self.procs, [f"node{i}" for i in self.ids])
 
 
 class ObjcacheProposer:
@@ -199,12 +194,17 @@ class EtcdCluster:
         return proposer
 
     def stop(self) -> dict[str, int]:
-        rss = {f"etcd{i}": peak_rss_kib(p.pid) for i, p in zip(self.ids, self.procs, strict=True)}
-        for p in self.procs:
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.wait(timeout=30)
-        return rss
+        return stop_members(self.procs, [f"etcd{i}" for i in self.ids])
+
+
+def stop_members(procs: list[subprocess.Popen], names: list[str]) -> dict[str, int]:
+    """SIGTERM every member and wait for it; their peak RSS (KiB) by name, read before."""
+    rss = {name: peak_rss_kib(p.pid) for name, p in zip(names, procs, strict=True)}
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(timeout=30)
+    return rss
 
 
 class HttpConn:
