@@ -122,7 +122,6 @@ class Flusher(BatchWriteBack, KeyHousekeeping):
         self.config = config or FlushConfig()
         self._clock = clock
         self._first_seen: dict[int, float] = {}
-        self._claimed_seen: set[tuple[int, bytes]] = set()
         self._busy_keys: set[tuple[int, bytes]] = set()
         self._recovered: set[int] = set()  # stores whose orphaned uploads were aborted
         self._stalled_rounds = 0

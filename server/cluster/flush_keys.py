@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from server.fs.keytable import KEY_CLAIMED, KEY_DELETE
-from server.fs.records import KeyGone, KeyRelease
+from server.fs.records import KeyGone, KeyLive, KeyRelease
 from storage.objstore.base import ObjectStore, StoreError
 
 if TYPE_CHECKING:
@@ -67,17 +67,22 @@ class KeyHousekeeping(_Base):
             res.errors.append(f"abort uploads of {key!r}: {e}")
 
     async def _reclaim(self, store_id: int, scan: _Scan, res: RoundResult) -> None:
-        """Claims seen in two rounds in a row whose inode is gone or now wants another key
-        (an upload that crashed or lost a race) are released for deletion."""
-        claimed = {(ino, key) for key, (ino, state) in scan.table.items()
-                   if state == KEY_CLAIMED and (store_id, key) not in self._busy_keys
-                   and not scan.held_now(key)}
-        stale = claimed & self._claimed_seen
-        self._claimed_seen = claimed
+        """Claims no round holds any more (it let go, or its lease ran out: no store request
+        of it can still land, flush_claim.py) whose inode is gone or now wants another key
+        (an upload that crashed, was cut, or lost a race) are released for deletion; one
+        whose inode is clean at that key is its object: live. At once, in this round: a
+        drain runs until a round leaves nothing to do, and a claim waiting for a second
+        round was still pending when it checked the key table (tests/faults/FINDINGS.md 14)."""
+        stale = sorted((ino, key) for key, (ino, state) in scan.table.items()
+                       if state == KEY_CLAIMED and (store_id, key) not in self._busy_keys
+                       and not scan.held_now(key))
         store = self.b.stores[store_id]
-        for ino, key in sorted(stale):
+        for ino, key in stale:
             inode = scan.dirty.get(ino) or await self.b._inode(ino)
             if inode is not None and await self._key_of(inode, {}) == key:
-                continue  # still its key: the inode is dirty and will be written again
+                if inode.dver == inode.cver and inode.okey == key:
+                    await self._txn(self._root_group(store_id),
+                                    [KeyLive(store_id, key, ino, 0)])
+                continue  # otherwise still its key: the inode is dirty and is written again
             await self._abort_uploads(store, key, res)
             await self._txn(self._root_group(store_id), [KeyRelease(store_id, key, ino, True)])

@@ -21,6 +21,7 @@ from server.cluster.bucket import BucketConfig
 from server.cluster.flush import FlushConfig, Flusher
 from server.cluster.gateway import ClusterBackend
 from server.fs import keys
+from server.fs.keytable import KEY_CLAIMED, KEY_LIVE
 from storage.objstore.localdir import LocalDirStore
 from storage.objstore.s3 import S3Store
 from storage.objstore.url import open_store
@@ -360,3 +361,45 @@ async def test_several_exports_each_with_its_bucket(tmp_path: Path) -> None:
                     break
         assert (a / "new").read_bytes() == b"to a" and (b / "new").read_bytes() == b"to b"
         assert not (a / "other" / "new").exists()
+
+
+async def test_a_claim_left_at_a_name_the_file_moved_from_is_released_in_one_round(
+        store: Any, tmp_path: Path) -> None:
+    # The fault campaign's drain found such a claim still pending (FINDINGS.md 14): a round
+    # claimed the file's key and died (or its upload was cut), the file was renamed before
+    # the next round, and that round, writing the file at its new name, left the old claim.
+    async with one_node(tmp_path / "n", store, BucketConfig(), bind_root=True) as (fs, _, _):
+        flusher = Flusher(fs, FlushConfig(delay_s=0))
+        root = await fs.export_root("/")
+        fid = await write_file(fs, root, b"first", blob(5000, 14))
+        from server.fs.records import KeyClaim
+        assert await flusher._txn(flusher._root_group(STORE), [KeyClaim(STORE, b"first",
+                                                                         fid.ino)])
+        await fs.rename(ROOT, root, b"first", root, b"second")
+        fresh = Flusher(fs, FlushConfig(delay_s=0))
+        res = await fresh.round(STORE, force=True)
+        assert res.errors == [] and not res.dirty_left and not res.deletes_left
+        assert await fresh.key_table(STORE) == {b"second": (fid.ino, KEY_LIVE)}
+        assert sorted(await bucket_tree(store)) == ["second"]
+
+
+async def test_a_claim_left_on_the_key_its_clean_file_is_at_becomes_live(
+        store: Any, tmp_path: Path) -> None:
+    # A round claimed the key and died; then the file was bound clean to the object at that
+    # key (revalidation found a newer one in the bucket): the bucket holds the file's version,
+    # and the entry says so after one round (a drain would otherwise never pass).
+    async with one_node(tmp_path / "n", store, BucketConfig(), bind_root=True) as (fs, _, _):
+        flusher = Flusher(fs, FlushConfig(delay_s=0))
+        root = await fs.export_root("/")
+        fid = await write_file(fs, root, b"f", blob(3000, 15))
+        from server.fs.records import KeyClaim, SetOrigin
+        rg = flusher._root_group(STORE)
+        assert await flusher._txn(rg, [KeyClaim(STORE, b"f", fid.ino)])
+        etag = await store.put("f", blob(4000, 16))
+        assert await flusher._txn(fs.ring.group_of_inode(fid.ino),
+                                  [SetOrigin(fid.ino, STORE, b"f", etag.encode(), 4000, 1)])
+        assert await flusher.key_table(STORE) == {b"f": (fid.ino, KEY_CLAIMED)}
+        res = await Flusher(fs, FlushConfig(delay_s=0)).round(STORE, force=True)
+        assert res.errors == [] and not res.dirty_left and not res.deletes_left
+        assert await flusher.key_table(STORE) == {b"f": (fid.ino, KEY_LIVE)}
+        assert (await bucket_tree(store))["f"] == blob(4000, 16)
