@@ -137,6 +137,9 @@ class ClusterConfig:
     # hashes (one client's tree spreads over all groups). Files always take their directory's.
     dir_placement: str = "local"
     request_timeout_s: float = 10.0  # a request to a group gives up (NFS3ERR_JUKEBOX) after this
+    # Another node's gateway may answer a group's inodes and names again from a reply for this
+    # long (a lease the group takes back before it changes them); 0: it always asks.
+    lease_s: float = 1.0
     bootstrap_timeout_s: float = 120.0  # waiting for the founding peers / a group leader
     tls_cert_file: str = ""  # all three set: the RPC plane uses mutual TLS (wss://)
     tls_key_file: str = ""
@@ -266,6 +269,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.group": (0, (1 << 20) - 1),
     "cluster.vnodes": (1, 1024),
     "cluster.request_timeout_s": (0.1, 3600),
+    "cluster.lease_s": (0, 60),
     "cluster.bootstrap_timeout_s": (1, 86_400),
     "store.max_connections": (1, 1024),
     "store.max_attempts": (1, 100),

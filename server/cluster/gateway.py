@@ -62,6 +62,7 @@ from server.cluster.fence import WriteFence
 from server.cluster.fsops import ENOTEMPTY, MISPLACED, MOVING, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
 from server.cluster.gateway_data import LISTED_PREFETCH_PARALLEL, DataOps
+from server.cluster.gateway_leases import LeasedReads
 from server.cluster.gateway_ns import NamespaceOps
 from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
 from server.cluster.inoalloc import InoAllocator
@@ -94,7 +95,7 @@ _RETRY_ABORTED, _RETRY_MOVING, _RETRY_RESENT = (
     TXN_RETRIES.labels(reason) for reason in ("aborted", "moving", "resent"))
 
 
-class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
+class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps, LeasedReads):
     """The Backend protocol over a Router. The node builds one with the node's InoAllocator
     and its FsConfig; `incarnation` and `rng` are for simulations (default: random)."""
 
@@ -147,6 +148,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         self.stats = {"txns": 0, "aborts": 0, "resends": 0, "replans": 0, "rereads": 0}
         self.last_abort = ""  # the reason of the latest abort (tests, logs)
         self.fence = WriteFence()  # held by a drain (drain.py): client changes wait
+        self._init_lease_cache()  # other groups' replies held under leases (gateway_leases.py)
 
     @property
     def ring(self) -> p.RingView:
@@ -200,20 +202,35 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
         return await self._at(lambda: self.ring.group_of_inode(ino), request)
 
     async def _inode(self, ino: int) -> Inode | None:
-        reply = await self._at_inode(ino, p.GetInodes(0, (ino,)))
-        raw = reply.inodes[0]
+        raw = self.held(("i", ino))
+        if raw is None:
+            for _ in range(MAX_REPLANS):
+                try:
+                    raw = (await self._leased_inodes(self.ring.group_of_inode(ino),
+                                                     (ino,))).inodes[0]
+                    break
+                except p.RingChanged:
+                    self.stats["replans"] += 1
+            else:
+                raise Jukebox("placement keeps changing")
         return decode_value(raw) if raw else None
 
     async def _inodes(self, inos: list[int]) -> dict[int, Inode | None]:
         """Several inodes: one GetInodes per group."""
         by_group: dict[int, list[int]] = {}
-        for ino in dict.fromkeys(inos):
-            by_group.setdefault(self.ring.group_of_inode(ino), []).append(ino)
         out: dict[int, Inode | None] = {}
+        for ino in dict.fromkeys(inos):
+            raw = self.held(("i", ino))
+            if raw is not None:
+                out[ino] = decode_value(raw) if raw else None
+            else:
+                by_group.setdefault(self.ring.group_of_inode(ino), []).append(ino)
+        if not by_group:
+            return out
 
         async def ask(group: int, some: list[int]) -> None:
             try:
-                reply = await self._call(group, p.GetInodes(0, tuple(some)))
+                reply = await self._leased_inodes(group, tuple(some))
             except p.RingChanged:
                 for ino in some:
                     out[ino] = await self._inode(ino)
@@ -252,7 +269,8 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
     ) -> tuple[Inode, Dirent | None, Inode | None]:
         """The directory (Stale if gone), its entry `name` and the entry's inode, as the
         state has them."""
-        reply = await self._at_inode(dir_fid.ino, p.Lookup(0, dir_fid.ino, name))
+        reply = self.held(("l", dir_fid.ino, name)) or await self._leased_lookup(dir_fid.ino,
+                                                                                 name)
         d = decode_value(reply.dir) if reply.dir else None
         if d is None or d.gen != dir_fid.gen:
             raise Stale(f"no directory {dir_fid.ino} generation {dir_fid.gen}")
@@ -372,13 +390,17 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
 
     # -- the fast path (nfs_gateway.backend.NowaitBackend): reads of this node's own group --
 
-    def _answer_now(self, ino: int, request: Any) -> Any | None:
+    def _answer_now(self, ino: int, request: p.GetInodes | p.Lookup) -> Any | None:
         """The reply of the group placing `ino`, if that is this node's one-voter group and it
-        can answer without waiting; else None (the caller falls back to the async method)."""
+        can answer without waiting, or if this node holds it under a lease
+        (gateway_leases.py); else None (the caller falls back to the async method)."""
         local = getattr(self.router, "local", None)
         ring = self.router.ring
         if local is None or local.group != ring.group_of_inode(ino):
-            return None
+            if isinstance(request, p.Lookup):
+                return self.held(("l", request.dir_ino, request.name))
+            raw = self.held(("i", request.inos[0]))
+            return None if raw is None else p.InodesReply((raw,))
         return local.answer_now(dataclasses.replace(request, ring_version=ring.version))
 
     def _get_nowait(self, fid: FileId) -> Inode | None:
@@ -413,9 +435,14 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps):
             return None
         if not reply.dirent:
             raise NoEnt(f"{name!r}", wcc=wcc(None, d, self.fsid))
-        if not reply.child:
-            return None  # the child lives in another group
-        child: Inode = decode_value(reply.child)
+        raw = reply.child
+        if not raw:  # the child lives in another group: held under a lease, perhaps
+            ino = decode_value(reply.dirent).ino
+            held = self._answer_now(ino, p.GetInodes(0, (ino,)))
+            if held is None or not held.inodes[0]:
+                return None
+            raw = held.inodes[0]
+        child: Inode = decode_value(raw)
         return LookupResult(self._fid(child), self._attr(child), self._attr(d))
 
     async def lookup(self, cred: Cred, dir_fid: FileId, name: bytes) -> LookupResult:

@@ -31,6 +31,7 @@ from raft.ready import Role, Snapshot, SnapshotRequest
 from raft.types import Entry, SnapshotMeta
 from server.cluster import bucket_upload
 from server.cluster import protocol as p
+from server.cluster.group_leases import GroupLeases
 from server.cluster.group_reads import INLINE_READS, GroupReads
 from server.cluster.group_txn import GroupTxn, register_txn_messages
 from server.cluster.nodelist import NodeList
@@ -65,9 +66,10 @@ class GroupConfig:
     compact_keep_entries: int = 2_000
     compact_check_interval_s: float = 1.0
     snapshot_max_bytes: int = 1 << 30
+    lease_s: float = 1.0  # leases on this group's inodes for other nodes' gateways (0: none)
 
 
-class GroupRuntime(GroupReads, GroupTxn):
+class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
     def __init__(
         self,
         *,
@@ -116,6 +118,7 @@ class GroupRuntime(GroupReads, GroupTxn):
         self._snapshot = SnapshotPieces(self._snapshot_bytes)  # the one being sent
         self._scans = StateScans(kv)  # ScanState pages
         self._nursery: trio.Nursery | None = None
+        self._init_leases()
         self._version_of: tuple[bytes | None, int] = (None, 0)
         self.bucket: BucketReads | None = None  # set by the node when it has object stores
         # Asked with the bytes a new transaction carries; raises RemoteError to refuse it
@@ -270,7 +273,12 @@ class GroupRuntime(GroupReads, GroupTxn):
 
     async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
         reply = self.read_now(request)  # a READ's bytes from the page cache, if it can
-        return reply if reply is not None else await self.handle(request)
+        if reply is not None:
+            return reply
+        reply = await self.handle(request)
+        if isinstance(request, p.GetInodes | p.Lookup):
+            return self._lease_reply(peer, request, reply)  # group_leases.py
+        return reply
 
     def _check_version(self, version: int) -> None:
         current = self.ring_version()
@@ -334,6 +342,7 @@ class GroupRuntime(GroupReads, GroupTxn):
         """A NodeList or ring-change entry was applied (or a snapshot installed)."""
         event, self.ring_event = self.ring_event, trio.Event()
         event.set()
+        self._leases_after_ring_change()
         if self.bucket is not None:  # imported or purged chunk files: recount pinned bytes
             self._spawn(trio.to_thread.run_sync, self.bucket.cache.refresh_pinned_sync)
 

@@ -126,8 +126,8 @@ class GroupTxn(_Base):
 
     def _do(self, actions: list[Action]) -> None:
         for a in actions:
-            if isinstance(a, Propose):
-                self._spawn(self._propose, encode_txn_entry(a.record))
+            if isinstance(a, Propose):  # after the leases on what it changes (group_leases.py)
+                self._spawn(self._propose_change, a.record, encode_txn_entry(a.record))
             elif isinstance(a, Send):
                 if a.group == self.group:
                     self.deliver(a.message)
@@ -180,6 +180,7 @@ class GroupTxn(_Base):
                 decisions, prepared = await trio.to_thread.run_sync(
                     lambda: (self.sm.txn.decisions(view), self.sm.txn.prepared(view)))
                 self._ready_term = term
+                self._leases_at_leadership()
                 self._do(self.coordinator.handle(co.BecameLeader(tuple(decisions))))
                 self._do(self.participant.handle(pa.BecameLeader(tuple(prepared))))
             self._ready_event.set()

@@ -118,13 +118,16 @@ def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
               await_join: bool = False) -> str:
     """One node's config: loopback addresses, no portmapper (one port 111 per machine);
     `sections`: more TOML tables every node gets ([store], [cache]; a list of tables is an
-    array of tables: "exports", LOCAL_EXPORTS when not given); `join`: a running member's RPC
+    array of tables: "exports", LOCAL_EXPORTS when not given; "cluster": more keys of the
+    [cluster] table); `join`: a running member's RPC
     address, for a node that joins as a new group (`nodes` is then itself); `await_join`: it
     waits for `objcache admin join` to name that member instead."""
     q = json.dumps  # a JSON string is a TOML basic string (and JSON lists and bools are TOML)
     peers = ", ".join(q(f"{n.node_id}={n.rpc}") for n in nodes)
     more: list[str] = []
-    for name, table in sorted({"exports": LOCAL_EXPORTS, **(sections or {})}.items()):
+    tables = {"exports": LOCAL_EXPORTS, **(sections or {})}
+    cluster = tables.pop("cluster", {})  # more keys of this node's [cluster] table
+    for name, table in sorted(tables.items()):
         for t in (table if isinstance(table, list | tuple) else [table] if table else []):
             head = f"[[{name}]]" if isinstance(table, list | tuple) else f"[{name}]"
             more += [head, *(f"{k} = {q(v)}" for k, v in sorted(t.items())), ""]
@@ -137,7 +140,8 @@ def node_toml(node: NodePlan, nodes: list[NodePlan], root: Path,
         f"peers = [{peers}]", f"group = {node.group}", *([f"join = {q(join)}"] if join else []),
         *(["await_join = true"] if await_join else []),
         f"cluster_secret_file = {q(str(root / SECRET_FILE))}",
-        f"admin_token_file = {q(str(root / ADMIN_TOKEN_FILE))}", "",
+        f"admin_token_file = {q(str(root / ADMIN_TOKEN_FILE))}",
+        *(f"{k} = {q(v)}" for k, v in sorted(cluster.items())), "",
         *more,
     ])
 
@@ -454,6 +458,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write-back delay after a change (cache.flush_delay_s)")
     b.add_argument("--ttl", type=float, metavar="SECONDS",
                    help="revalidate listings after this (cache.ttl_s)")
+    u.add_argument("--lease-s", type=float, metavar="SECONDS",
+                   help="how long other nodes' gateways may answer a group's inodes from a "
+                   "reply (cluster.lease_s; 0: never)")
     u.add_argument("--exports", type=Path, metavar="FILE",
                    help="a TOML file of [[exports]] tables every node serves (default: / to "
                    "loopback clients, insecure, no root squash)")
@@ -471,6 +478,8 @@ def run(args: argparse.Namespace) -> int:
                                    ("flush_delay_s", args.flush_delay), ("ttl_s", args.ttl))
                  if v is not None}
         sections: dict[str, Any] = {"store": store, "cache": cache}
+        if args.lease_s is not None:
+            sections["cluster"] = {"lease_s": args.lease_s}
         if args.exports is not None:
             try:
                 sections["exports"] = _read_exports(args.exports)

@@ -272,7 +272,7 @@ async def _open_member(s: _Start) -> GroupRuntime:
         root_ops=node_fs.root_ops(s.fsc) if makes_root else None,
         nodelist_bytes=nodelist.encode() if nodelist else None,
         post=lambda g, m: s.router.post(g, m) if s.router is not None else None,
-        config=GroupConfig(), vnodes=c.vnodes)
+        config=GroupConfig(lease_s=c.lease_s), vnodes=c.vnodes)
 
     async def flush_all() -> None:  # before this node's group leaves (ringchange.py)
         for f in s.flushers:
@@ -322,6 +322,11 @@ async def _open_gateway(s: _Start, runtime: GroupRuntime) -> ClusterBackend:
                              bucket=s.cfg.cache, home_group=(
                                  router.home_group if c.dir_placement == "local" else None))
     backend._nursery = s.nursery
+
+    async def on_revoke(peer: int, msg: p.Revoke) -> None:  # gateway_leases.py
+        s.plane.send(peer, backend.revoke_held(msg))
+
+    s.plane.register(p.Revoke, on_revoke)
     if s.stores:
         me = c.node_id
         backend.heads = HeadFanout(s.plane, s.stores, lambda: [
@@ -334,6 +339,12 @@ async def _open_gateway(s: _Start, runtime: GroupRuntime) -> ClusterBackend:
                             "sent, aborted, re-planned, re-read, resent", backend.stats)
     metrics.export_counters("objcache_router_calls", "Requests to group leaders: calls, "
                             "remote calls, retries, unavailable", router.stats)
+    metrics.export_counters("objcache_gateway_leases", "Other groups' inodes and names this "
+                            "gateway answered from replies held under leases (hits), asked "
+                            "for (misses), and Revokes it took", backend.lease_stats)
+    metrics.export_counters("objcache_group_leases", "Leases this node's group granted to "
+                            "other nodes' gateways; Revokes sent and acknowledged; changes "
+                            "that waited for them", runtime.lease_stats)
     await _within(c.bootstrap_timeout_s, lambda: node_fs.wait_root(backend),
                   "the root directory was not made")
     await _within(c.bootstrap_timeout_s,

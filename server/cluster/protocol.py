@@ -11,6 +11,10 @@ Rules:
   a read sees every change acknowledged before it was sent (close-to-open for NFS clients).
 - Inode and Dirent values travel as `server.fs.record_codec.encode` bytes; b"" means "none".
 - Failures are RemoteError(code, message) with the codes below; anything else is a bug.
+- GetInodes and Lookup from another node may ask for a lease (`lease`): the reply's `lease_s`
+  > 0 lets that node's gateway answer them again from the reply until it ends, and the
+  group's leader sends Revoke before it changes what the reply shows (server/cluster/leases.py,
+  group_leases.py).
 """
 
 from __future__ import annotations
@@ -50,22 +54,24 @@ SCAN_EXPIRED = "scan-expired"  # a ScanState page of a scan this leader no longe
 # -- reads -------------------------------------------------------------------------------------
 
 
-@message("cl.get_inodes")
+@message("cl.get_inodes", 2)
 @dataclass(frozen=True, slots=True)
 class GetInodes:
     """The inodes (all placed in the called group)."""
 
     ring_version: int
     inos: tuple[int, ...]
+    lease: bool = False  # the calling node's gateway would hold the reply (module rules)
 
 
-@message("cl.inodes")
+@message("cl.inodes", 2)
 @dataclass(frozen=True, slots=True)
 class InodesReply:
     inodes: tuple[bytes, ...]  # encoded Inode per requested ino, b"" if it does not exist
+    lease_s: float = 0.0  # > 0: leased to the caller for that long from when it sent
 
 
-@message("cl.lookup")
+@message("cl.lookup", 2)
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """One name in a directory placed in the called group."""
@@ -73,14 +79,35 @@ class Lookup:
     ring_version: int
     dir_ino: int
     name: bytes
+    lease: bool = False  # as GetInodes.lease
 
 
-@message("cl.lookup_reply")
+@message("cl.lookup_reply", 2)
 @dataclass(frozen=True, slots=True)
 class LookupReply:
     dir: bytes  # encoded Inode of the directory, b"" if it does not exist
     dirent: bytes  # encoded Dirent, b"" if the name is absent
     child: bytes  # encoded Inode of the child when it lives in this group too, else b""
+    lease_s: float = 0.0  # as InodesReply.lease_s: on the directory, and on the child if shown
+
+
+@message("cl.revoke")
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """One-way, from a group's leader to a node holding leases on `inos`: drop every reply
+    that shows them, then answer RevokeAck (one-way too: a leader waiting for it may be
+    serving a transaction of that very node)."""
+
+    group: int
+    change: int  # the leader's id of the change waiting (echoed in the ack)
+    inos: tuple[int, ...]
+
+
+@message("cl.revoke_ack")
+@dataclass(frozen=True, slots=True)
+class RevokeAck:
+    group: int
+    change: int
 
 
 @message("cl.read_dir")

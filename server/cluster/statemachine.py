@@ -2,7 +2,9 @@
 
 Rules:
 - An entry is `[VERSION, kind, payload]` in CBOR: a txn record (txn/records.py in txn/codec.py
-  form), a NodeList (server/cluster/nodelist.py), or a step of a ring change (ringstate.py).
+  form), a NodeList (server/cluster/nodelist.py), a step of a ring change (ringstate.py), or
+  a lease horizon (the wall-clock time until which a leader of this group may have leases
+  out, group_leases.py: a new leader waits out a horizon still ahead, and only then).
   Everything a group stores changes through these entries, so all replicas hold the same state.
 - A NodeList or ring-change entry is applied on its own: the entries before it are written
   first (their own LevelDB batch), because it scans the whole state and must see them.
@@ -59,10 +61,12 @@ VERSION = 1
 KIND_TXN = 0
 KIND_NODELIST = 1
 KIND_RING = 2
+KIND_LEASE = 3
 _TXN_HEAD = cbor2.dumps([VERSION, KIND_TXN, b""])[:3]  # an array of 3, VERSION, KIND_TXN
 
 APPLIED = b"sm.applied"
 NODELIST = b"sm.nodelist"
+LEASE_HORIZON = b"sm.lease_horizon"
 STATE_PREFIXES = (b"sm.", b"txn/", b"fs.")
 _U64 = struct.Struct(">Q")
 NOSPACE_RETRY_S = 0.1  # a full cache disk: the first wait before applying again, doubling
@@ -109,13 +113,17 @@ def encode_ring_entry(entry: dict[str, Any]) -> bytes:
     return cbor2.dumps([VERSION, KIND_RING, cbor2.dumps(entry)])
 
 
+def encode_lease_entry(horizon_ns: int) -> bytes:
+    return cbor2.dumps([VERSION, KIND_LEASE, _U64.pack(horizon_ns)])
+
+
 def decode_entry(data: bytes) -> tuple[int, bytes]:
     try:
         version, kind, payload = cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as e:
         raise GroupStateError(f"entry is not CBOR [version, kind, payload]: {e}") from e
-    if version != VERSION or kind not in (KIND_TXN, KIND_NODELIST, KIND_RING) or not isinstance(
-            payload, bytes):
+    if version != VERSION or kind not in (KIND_TXN, KIND_NODELIST, KIND_RING, KIND_LEASE) or (
+            not isinstance(payload, bytes)):
         raise GroupStateError(f"entry of version {version!r} kind {kind!r}")
     return kind, payload
 
@@ -155,6 +163,7 @@ class GroupStateMachine:
         self._perform_effects = perform_effects
         self.state_prefixes = state_prefixes  # what a snapshot carries
         self.nodelist_bytes: bytes | None = None  # the applied NodeList, cached
+        self.lease_horizon_ns = 0  # the applied lease horizon (wall clock), cached
         self.freeze: ringstate.Freeze | None = None  # a pending ring change (ringstate.py)
         self.ring_events = 0  # counts applied ring entries (the runtime watches it)
         # A full cache disk: evict clean copies for this many bytes (the node's ChunkCache)
@@ -164,6 +173,7 @@ class GroupStateMachine:
     def load_sync(self) -> int:
         """At start: the applied index, the NodeList and a pending ring change on disk."""
         self.nodelist_bytes = self.kv.get_sync(NODELIST)
+        self.lease_horizon_ns = decode_u64(self.kv.get_sync(LEASE_HORIZON))
         self._load_freeze()
         return decode_u64(self.kv.get_sync(APPLIED))
 
@@ -207,7 +217,10 @@ class GroupStateMachine:
             if run:
                 results += self._apply_txns(run, e.index - 1)
                 run = []
-            self._apply_ring(kind, payload, e.index)
+            if kind == KIND_LEASE:
+                self._apply_lease(payload, e.index)
+            else:
+                self._apply_ring(kind, payload, e.index)
         if run or decode_u64(self.kv.get_sync(APPLIED)) < last:
             results += self._apply_txns(run, last, may_wait=not inline)
         return results
@@ -276,6 +289,15 @@ class GroupStateMachine:
             log.warning("group %d: the cache disk has space again after %.0f s", self.group,
                         waited_s)
 
+    def _apply_lease(self, payload: bytes, index: int) -> None:
+        """A lease horizon: only ever moves on."""
+        if len(payload) != _U64.size:
+            raise GroupStateError(f"entry {index}: a lease horizon of {len(payload)} bytes")
+        horizon = max(self.lease_horizon_ns, decode_u64(payload))
+        self.kv.write_sync([(LEASE_HORIZON, _U64.pack(horizon)), (APPLIED, _U64.pack(index))],
+                           sync=False)
+        self.lease_horizon_ns = horizon
+
     def _apply_ring(self, kind: int, payload: bytes, index: int) -> None:
         """A NodeList or ring-change entry, alone in its batch (ringstate.py)."""
         try:
@@ -342,6 +364,7 @@ class GroupStateMachine:
         batch.append((APPLIED, _U64.pack(index)))
         self.kv.write_sync(batch, sync=True)
         self.nodelist_bytes = self.kv.get_sync(NODELIST)
+        self.lease_horizon_ns = decode_u64(self.kv.get_sync(LEASE_HORIZON))
         self._load_freeze()
         self.ring_events += 1
 
