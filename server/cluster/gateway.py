@@ -396,12 +396,14 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps, LeasedReads):
         (gateway_leases.py); else None (the caller falls back to the async method)."""
         local = getattr(self.router, "local", None)
         ring = self.router.ring
-        if local is None or local.group != ring.group_of_inode(ino):
-            if isinstance(request, p.Lookup):
-                return self.held(("l", request.dir_ino, request.name))
-            raw = self.held(("i", request.inos[0]))
-            return None if raw is None else p.InodesReply((raw,))
-        return local.answer_now(dataclasses.replace(request, ring_version=ring.version))
+        if local is not None and local.group == ring.group_of_inode(ino):
+            reply = local.answer_now(dataclasses.replace(request, ring_version=ring.version))
+            if reply is not None:
+                return reply  # else: a follower's gateway may hold the leader's reply
+        if isinstance(request, p.Lookup):
+            return self.held(("l", request.dir_ino, request.name))
+        raw = self.held(("i", request.inos[0]))
+        return None if raw is None else p.InodesReply((raw,))
 
     def _get_nowait(self, fid: FileId) -> Inode | None:
         reply = self._answer_now(fid.ino, p.GetInodes(0, (fid.ino,)))

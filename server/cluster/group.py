@@ -312,7 +312,7 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
 
     async def _apply(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         async with self._apply_lock:
-            ring_events = self.sm.ring_events
+            ring_events, ring_steps = self.sm.ring_events, self.sm.ring_steps
             try:
                 results = await self._apply_batch(entries)
             except ApplyAbandoned:
@@ -321,6 +321,8 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
             if self._ready_term:
                 for r in results:
                     self._feed(r)
+        if self.sm.ring_steps != ring_steps:
+            self._leases_after_ring_change()  # state may have come from another group
         if self.sm.ring_events != ring_events:
             self._ring_changed()
 
@@ -342,7 +344,6 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
         """A NodeList or ring-change entry was applied (or a snapshot installed)."""
         event, self.ring_event = self.ring_event, trio.Event()
         event.set()
-        self._leases_after_ring_change()
         if self.bucket is not None:  # imported or purged chunk files: recount pinned bytes
             self._spawn(trio.to_thread.run_sync, self.bucket.cache.refresh_pinned_sync)
 

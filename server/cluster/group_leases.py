@@ -22,8 +22,9 @@ Rules:
 - Revoke and RevokeAck are one-way: a change may come from a transaction of the holder
   itself, whose gateway waits for it; a RevokeAck names the change it answers, and one for
   a change no longer waiting is ignored.
-- A ring change applied here starts a quiet period: inodes it brought may have been leased
-  by their old group.
+- A step of a ring change applied here starts a quiet period: inodes it brought may have
+  been leased by their old group (which stops granting on them once it exported them).
+  A NodeList alone moves no state (the group's first one, at bootstrap, included).
 """
 
 from __future__ import annotations

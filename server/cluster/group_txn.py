@@ -211,7 +211,8 @@ class GroupTxn(_Base):
         if self._root_ops is not None:
             root = await self.kv.get(fs_keys.inode_key(ROOT_INO))
             if root is None:
-                await self._propose(encode_txn_entry(TxnLocal(_ROOT_TXN, self._root_ops())))
+                record = TxnLocal(_ROOT_TXN, self._root_ops())
+                await self._propose_change(record, encode_txn_entry(record))  # group_leases.py
 
 
 def _label(outcome: Outcome) -> str:

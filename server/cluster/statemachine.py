@@ -166,6 +166,7 @@ class GroupStateMachine:
         self.lease_horizon_ns = 0  # the applied lease horizon (wall clock), cached
         self.freeze: ringstate.Freeze | None = None  # a pending ring change (ringstate.py)
         self.ring_events = 0  # counts applied ring entries (the runtime watches it)
+        self.ring_steps = 0  # of which steps of a ring change (state may have come in)
         # A full cache disk: evict clean copies for this many bytes (the node's ChunkCache)
         self.make_room: Callable[[int], int] | None = None
         self.stopping = threading.Event()  # set when the node stops: a waiting apply gives up
@@ -305,6 +306,7 @@ class GroupStateMachine:
             installed = None
             if kind == KIND_RING:
                 step.apply(ringstate.decode_entry(payload))
+                self.ring_steps += 1
             elif self._newer_nodelist(payload):
                 step.writes[NODELIST] = payload
                 if self.group:
