@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from bucketnode import CountingStore
+from clusterproc import LocalCluster
 from serverproc import make_server
 
 from storage.objstore.localdir import LocalDirStore
@@ -26,6 +27,18 @@ def nfs_server(tmp_path: Path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest):
+    """`objcache cluster up` of node processes on loopback: three one-member groups, or
+    as many as a test's `@pytest.mark.nodes(N)` says; brought down at the end."""
+    mark = request.node.get_closest_marker("nodes")
+    c = LocalCluster(tmp_path / "cluster", nodes=mark.args[0] if mark else 3).up()
+    try:
+        yield c
+    finally:
+        c.down(check=False)
 
 
 @pytest.fixture(params=["localdir", "s3"])

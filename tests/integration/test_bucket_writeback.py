@@ -363,18 +363,26 @@ async def test_several_exports_each_with_its_bucket(tmp_path: Path) -> None:
         assert not (a / "other" / "new").exists()
 
 
+async def claimed_by_a_dead_round(fs: ClusterBackend, name: bytes, data: bytes
+                                  ) -> tuple[FileId, FileId, Flusher]:
+    """(root, file, a flusher): `name` written in the root, its key claimed by a write-back
+    round that then died (a claim of no round, as a crash leaves one after its lease)."""
+    from server.fs.records import KeyClaim
+
+    flusher = Flusher(fs, FlushConfig(delay_s=0))
+    root = await fs.export_root("/")
+    fid = await write_file(fs, root, name, data)
+    assert await flusher._txn(flusher._root_group(STORE), [KeyClaim(STORE, name, fid.ino)])
+    return root, fid, flusher
+
+
 async def test_a_claim_left_at_a_name_the_file_moved_from_is_released_in_one_round(
         store: Any, tmp_path: Path) -> None:
     # The fault campaign's drain found such a claim still pending (FINDINGS.md 14): a round
     # claimed the file's key and died (or its upload was cut), the file was renamed before
     # the next round, and that round, writing the file at its new name, left the old claim.
     async with one_node(tmp_path / "n", store, BucketConfig(), bind_root=True) as (fs, _, _):
-        flusher = Flusher(fs, FlushConfig(delay_s=0))
-        root = await fs.export_root("/")
-        fid = await write_file(fs, root, b"first", blob(5000, 14))
-        from server.fs.records import KeyClaim
-        assert await flusher._txn(flusher._root_group(STORE), [KeyClaim(STORE, b"first",
-                                                                         fid.ino)])
+        root, fid, _ = await claimed_by_a_dead_round(fs, b"first", blob(5000, 14))
         await fs.rename(ROOT, root, b"first", root, b"second")
         fresh = Flusher(fs, FlushConfig(delay_s=0))
         res = await fresh.round(STORE, force=True)
@@ -389,12 +397,8 @@ async def test_a_claim_left_on_the_key_its_clean_file_is_at_becomes_live(
     # key (revalidation found a newer one in the bucket): the bucket holds the file's version,
     # and the entry says so after one round (a drain would otherwise never pass).
     async with one_node(tmp_path / "n", store, BucketConfig(), bind_root=True) as (fs, _, _):
-        flusher = Flusher(fs, FlushConfig(delay_s=0))
-        root = await fs.export_root("/")
-        fid = await write_file(fs, root, b"f", blob(3000, 15))
-        from server.fs.records import KeyClaim, SetOrigin
-        rg = flusher._root_group(STORE)
-        assert await flusher._txn(rg, [KeyClaim(STORE, b"f", fid.ino)])
+        _, fid, flusher = await claimed_by_a_dead_round(fs, b"f", blob(3000, 15))
+        from server.fs.records import SetOrigin
         etag = await store.put("f", blob(4000, 16))
         assert await flusher._txn(fs.ring.group_of_inode(fid.ino),
                                   [SetOrigin(fid.ino, STORE, b"f", etag.encode(), 4000, 1)])

@@ -19,7 +19,6 @@ import os
 import random
 import signal
 import threading
-from pathlib import Path
 
 import pytest
 from clusterproc import LocalCluster
@@ -31,15 +30,6 @@ from storage.kv import KvStore
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "cluster", nodes=3).up()
-    try:
-        yield c
-    finally:
-        c.down(check=False)
 
 
 def sizes() -> list[int]:

@@ -14,7 +14,6 @@ gateway_leases.py) on node processes, through libnfs against different nodes' ga
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from clusterproc import LocalCluster
@@ -45,15 +44,6 @@ def hold(cluster: LocalCluster, node: int, fs: LibNfs, path: str, want_mode: int
             return
         time.sleep(0.05)
     raise AssertionError(f"node {node} never answered {path} from a lease")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "cluster", nodes=3).up()
-    try:
-        yield c
-    finally:
-        c.down(check=False)
 
 
 def test_a_change_through_one_node_is_seen_at_once_through_a_node_holding_a_lease(cluster):

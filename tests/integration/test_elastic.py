@@ -22,18 +22,9 @@ import pytest
 from clusterproc import LocalCluster
 from serverproc import ClientError, nfs_cat, nfs_cp, nfs_ls, nfsmeta
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.nodes(1)]
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def cluster(tmp_path: Path):
-    c = LocalCluster(tmp_path / "cluster", nodes=1).up()
-    try:
-        yield c
-    finally:
-        c.down(check=False)
 
 
 def _write_tree(cluster: LocalCluster, tmp_path: Path, node: int, prefix: str,
