@@ -16,7 +16,9 @@ Rules:
 - Every acknowledged WRITE is in the groups' Raft logs, so every WRITE answers FILE_SYNC and
   COMMIT has nothing to do (its verifier is the gateway's, random per start).
 - READ: ReadHead at the inode's group gives the inode and the inline / chunk-0 bytes in one
-  call; the rest comes from ReadChunk at each chunk's group. READ does not update atime.
+  call; the rest comes from ReadChunk at each chunk's group. A READ past chunk 0 of another
+  group's inode held under a lease (gateway_leases.py) skips the ReadHead. READ does not
+  update atime.
 - `read_nowait` (the gateway's fast path): a READ inside one chunk, when this node's one-voter
   group holds both the inode and that chunk and the bytes are in the page cache (a written
   chunk, or a clean copy of the inode's bucket version), is answered on the event loop, as a
@@ -110,7 +112,7 @@ class DataOps(_Base):
         local = getattr(self.router, "local", None)
         if local is None:
             return None
-        inode = self._get_nowait(fid)  # None unless this node's group holds the inode
+        inode = self._get_nowait(fid)  # None unless this node's group holds it, or a lease
         if inode is None:
             return None
         n = read_count(cred, inode, offset, count, self.config.max_read_bytes)
@@ -146,8 +148,13 @@ class DataOps(_Base):
 
     async def _read(self, cred: Cred, fid: FileId, offset: int, count: int) -> ReadResult:
         count = max(0, min(count, self.config.max_read_bytes))
-        reply = await self._at_inode(fid.ino, p.ReadHead(0, fid.ino, offset, count))
-        inode = decode_value(reply.inode) if reply.inode else None
+        held = self.held(("i", fid.ino))  # another group's inode, leased (gateway_leases.py)
+        inode = decode_value(held) if held else None
+        if inode is not None and not inode.inline and offset >= inode.chunk_size:
+            reply = p.ReadHeadReply(held)  # past chunk 0: only the chunks' groups are asked
+        else:
+            reply = await self._leased_read_head(fid.ino, offset, count)
+            inode = decode_value(reply.inode) if reply.inode else None
         if inode is None or inode.gen != fid.gen:
             raise Stale(f"no inode {fid.ino} generation {fid.gen}")
         n = read_count(cred, inode, offset, count, self.config.max_read_bytes)

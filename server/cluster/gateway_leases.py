@@ -1,5 +1,5 @@
-"""The gateway's side of leases (a mixin of gateway.py's ClusterBackend): GetInodes and Lookup
-of other nodes' groups asked with a lease, their replies held and answered again until the
+"""The gateway's side of leases (a mixin of gateway.py's ClusterBackend): GetInodes, Lookup and
+ReadHead of other nodes' groups asked with a lease, their replies held and answered again until the
 lease ends or the group's leader revokes it (leases.py has the rules; group_leases.py the
 leader's side).
 
@@ -54,6 +54,16 @@ class LeasedReads(_Base):
             for ino, raw in zip(inos, reply.inodes, strict=True):
                 self.leases.put(("i", ino), raw, (ino,), token=token, ring_version=ring,
                                 sent_at=sent, lease_s=reply.lease_s)
+        return reply
+
+    async def _leased_read_head(self, ino: int, offset: int, count: int) -> p.ReadHeadReply:
+        """ReadHead where the ring places `ino`, asked with a lease on the inode."""
+        token, ring, sent = self.leases.token(), self.ring.version, trio.current_time()
+        reply: p.ReadHeadReply = await self._at_inode(ino, p.ReadHead(0, ino, offset, count,
+                                                                      lease=True))
+        if reply.lease_s > 0:
+            self.leases.put(("i", ino), reply.inode, (ino,), token=token, ring_version=ring,
+                            sent_at=sent, lease_s=reply.lease_s)
         return reply
 
     async def _leased_lookup(self, dir_ino: int, name: bytes) -> p.LookupReply:

@@ -274,6 +274,8 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
     async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
         reply = self.read_now(request)  # a READ's bytes from the page cache, if it can
         if reply is not None:
+            if type(request) is p.ReadHead:  # read and granted in one step (group_leases.py)
+                return self._lease_reply(peer, request, reply)
             return reply
         reply = await self.handle(request)
         if isinstance(request, p.GetInodes | p.Lookup):

@@ -2,13 +2,16 @@
 nodes' gateways and takes them back before it changes them (leases.py has the rules of both
 sides' tables).
 
-    gateway ──GetInodes/Lookup(lease)──▶ leader    grant: reply.lease_s, LeaseTable.grant
+    gateway ──GetInodes/Lookup/ReadHead(lease)──▶ leader   grant: reply.lease_s
     leader, before proposing a change to inodes I:  begin_change(I)
         ──Revoke(change, I)──▶ each holder          it drops what it holds of I
         ◀──RevokeAck(change)──                      or its lease runs out (wait_until)
         propose; applied                            end_change(I)
 
 Rules:
+- A grant is made in the same step as the read it covers (no wait between them: a change
+  could apply meanwhile): GetInodes and Lookup are read on the event loop; a ReadHead only
+  when answered there too (GroupReads.read_now).
 - Grants only on this node's group, as its ready leader, to another node that asked, outside
   a ring change, and only while the lease horizon (statemachine.py) covers the lease's whole
   record: a horizon too close is moved on (a log entry, HORIZON_S ahead) and this reply goes
@@ -83,6 +86,10 @@ class GroupLeases(_Base):
             return reply
         if isinstance(request, p.GetInodes):
             inos = list(request.inos)
+        elif isinstance(request, p.ReadHead):
+            if not reply.inode:
+                return reply
+            inos = [request.ino]
         elif not reply.dir:
             return reply
         else:

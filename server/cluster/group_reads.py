@@ -172,11 +172,11 @@ class GroupReads(_Base):
             return None
         end = min(r.offset + min(r.count, MAX_READ_BYTES), inode.size, inode.chunk_size)
         if end <= r.offset:  # the READ lies past chunk 0: the gateway asks the chunks' groups
-            return p.ReadHeadReply(raw, b"")
+            return p.ReadHeadReply(raw, data=b"")
         data = self._chunk_now(r.ino, 0, r.offset, end - r.offset, inode.chunk_size,
                                inode.etag if is_backed(inode, 0) else None, inode.obase,
                                slice_ok=False)
-        return None if data is None else p.ReadHeadReply(raw, data)
+        return None if data is None else p.ReadHeadReply(raw, data=data)
 
     def _reads_now(self, ring_version: int, ino: int) -> bool:
         """answer_now's conditions for a read of `ino`, which no prepared txn may hold."""

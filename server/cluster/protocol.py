@@ -129,7 +129,7 @@ class ReadDirReply:
     eof: bool
 
 
-@message("cl.read_head")
+@message("cl.read_head", 2)
 @dataclass(frozen=True, slots=True)
 class ReadHead:
     """At the inode's group: the inode, and the bytes of [offset, offset+count) clipped to
@@ -139,13 +139,15 @@ class ReadHead:
     ino: int
     offset: int
     count: int
+    lease: bool = False  # as GetInodes.lease: on the inode
 
 
-@message("cl.read_head_reply")
+@message("cl.read_head_reply", 2)
 @dataclass(frozen=True, slots=True)
 class ReadHeadReply:
     inode: bytes  # b"" if the inode does not exist
-    data: bytes
+    lease_s: float = 0.0  # as InodesReply.lease_s
+    data: bytes = b""  # last: chunk bytes ride at the end of a message (server/rpc/codec.py)
 
 
 @message("cl.read_chunk")

@@ -111,21 +111,21 @@ def _read_head(r: p.ReadHead, view: KvView, chunks: ChunkStore) -> p.ReadHeadRep
     unlocked(view, r.ino)
     raw = view.get(keys.inode_key(r.ino))
     if raw is None:
-        return p.ReadHeadReply(b"", b"")
+        return p.ReadHeadReply(b"", data=b"")
     inode: Inode = decode(raw)
     end = min(r.offset + min(r.count, MAX_READ_BYTES), inode.size)
     if inode.inline:
         n = max(0, end - r.offset)
         blob = view.get(keys.inline_key(r.ino)) or b""
         data = blob[r.offset:r.offset + n]
-        return p.ReadHeadReply(raw, data + bytes(n - len(data)))
+        return p.ReadHeadReply(raw, data=data + bytes(n - len(data)))
     if inode.chunk_size <= 0:
-        return p.ReadHeadReply(raw, b"")
+        return p.ReadHeadReply(raw, data=b"")
     end = min(end, inode.chunk_size)  # chunk 0 lives here; the rest at the chunks' groups
     if end <= r.offset:
-        return p.ReadHeadReply(raw, b"")
+        return p.ReadHeadReply(raw, data=b"")
     data = chunks.pread_sync(r.ino, inode.chunk_size, r.offset, end - r.offset)
-    return p.ReadHeadReply(raw, bytes(data))
+    return p.ReadHeadReply(raw, data=bytes(data))
 
 
 def _read_head_backed(r: p.ReadHead, view: KvView, chunks: ChunkStore, bucket: BucketReads,
@@ -141,7 +141,7 @@ def _read_head_backed(r: p.ReadHead, view: KvView, chunks: ChunkStore, bucket: B
     base = bucket.backed_bytes(view, inode.ino, 0, origin, fetched, r.offset, n)
     if base is None:
         return reply  # materialized: the chunk file is the truth
-    return p.ReadHeadReply(reply.inode, _padded(base, n))
+    return p.ReadHeadReply(reply.inode, data=_padded(base, n))
 
 
 def _read_chunk_backed(r: p.ReadChunk, view: KvView, chunks: ChunkStore, bucket: BucketReads,

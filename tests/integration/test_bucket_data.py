@@ -207,7 +207,7 @@ async def test_a_peer_gateways_read_is_answered_now_from_a_copy_of_its_version_o
         slow = await runtime.handle(p.ReadHead(ring, fid.ino, 10, 1000))
         assert head.inode == slow.inode and bytes(head.data) == slow.data
         past = runtime.read_now(p.ReadHead(ring, fid.ino, 2 * CS, 1000))  # past chunk 0
-        assert past == p.ReadHeadReply(slow.inode, b"")
+        assert past == p.ReadHeadReply(slow.inode, data=b"")
         assert runtime.read_now(p.GetInodes(ring, (fid.ino,))) is None  # not a READ's
         # A copy bigger than one READ is left to a worker thread (the loop is not held).
         monkeypatch.setattr(group_reads, "COPY_NOW_MAX_BYTES", 999)

@@ -4,6 +4,8 @@ gateway_leases.py) on node processes, through libnfs against different nodes' ga
 - Three one-member groups: node 3's gateway answers GETATTR and LOOKUP of group 1's inodes
   from leased replies; a chmod and a rename through node 2 are seen through node 3 at once
   (group 1 took node 3's lease back before it applied them).
+- A READ past the first chunk through node 3 takes the inode from its lease (one round trip,
+  to the chunk's group); a truncate through node 2 is seen by the next READ.
 - kill -9 of the node holding a lease: a change waits for that lease to run out (at most one
   lease), not longer.
 - One group of three replicas: a follower's gateway holds a lease from the leader; the leader
@@ -13,11 +15,14 @@ gateway_leases.py) on node processes, through libnfs against different nodes' ga
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 from clusterproc import LocalCluster
 from nfsclient import LibNfs
+
+from server.fs.config import FsConfig
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +122,23 @@ def test_a_new_leader_waits_out_its_predecessors_leases(tmp_path):
         for fs in clients:
             fs.close()
         c.down(check=False)
+
+
+def test_reads_past_the_first_chunk_through_a_lease_follow_a_truncate(cluster):
+    chunk = FsConfig().chunk_size
+    data = os.urandom(chunk + 4096)
+    one, two, three = (LibNfs(cluster.export_url(n)) for n in (1, 2, 3))
+    try:
+        one.mkdir("/d")
+        one.write_file("/d/big", data, 0o644)
+        hold(cluster, 3, three, "/d/big", 0o644)
+        fh = three.open("/d/big", os.O_RDONLY)
+        before = held(cluster, 3)
+        assert three.pread(fh, chunk, 4096) == data[chunk:]  # the inode from the lease
+        assert held(cluster, 3) > before
+        two.truncate("/d/big", chunk + 10)  # the lease is taken back before it applies
+        assert three.pread(fh, chunk, 4096) == data[chunk:chunk + 10]
+        three.fclose(fh)
+    finally:
+        for fs in (one, two, three):
+            fs.close()

@@ -100,7 +100,7 @@ def test_read_head_inline_and_chunk_zero_clipped_to_the_size(tmp_path) -> None:
     head = s.ask(p.ReadHead(0, 20, CS - 2, 100))
     assert head.data == b"xx"  # the rest lives at chunk 1's group
     assert s.ask(p.ReadHead(0, 20, CS + 1, 5)).data == b""
-    assert s.ask(p.ReadHead(0, 99, 0, 5)) == p.ReadHeadReply(b"", b"")
+    assert s.ask(p.ReadHead(0, 99, 0, 5)) == p.ReadHeadReply(b"", data=b"")
 
 
 def test_read_chunk_holes_read_as_zeros(tmp_path) -> None:
