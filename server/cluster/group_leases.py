@@ -149,15 +149,20 @@ class GroupLeases(_Base):
             await self._propose(data)
             return
         now = trio.current_time()
-        until, revoke = self.leases.begin_change(inos, now)
+        table = self.leases  # a new term's table (_leases_at_leadership) knows nothing of this
+        until, revoke = table.begin_change(inos, now)
         try:
             if until > now:
-                await self._take_back(until, revoke)
+                await self._take_back(table, until, revoke)
+                if self.leases is not table:  # another term began meanwhile, whose table may
+                    return  # have granted on these: dropped, as a leadership change drops
+                    # proposals (the cores or the gateway try again)
             await self._propose(data)
         finally:
-            self.leases.end_change(inos, trio.current_time())
+            table.end_change(inos, trio.current_time())
 
-    async def _take_back(self, until: float, revoke: dict[int, list[int]]) -> None:
+    async def _take_back(self, table: LeaseTable, until: float,
+                         revoke: dict[int, list[int]]) -> None:
         """Send the Revokes and wait for their acks (and any quiet period), at most until
         `until`, when every lease on the inodes has run out anyway."""
         self.lease_stats["changes_waited"] += 1
@@ -172,13 +177,13 @@ class GroupLeases(_Base):
             with trio.move_on_at(until):
                 if pending:
                     await done.wait()
-                await trio.sleep_until(self.leases.quiet_until())
+                await trio.sleep_until(table.quiet_until())
         finally:
             del self._revoking[change]
         for node, inos in revoke.items():
             if node not in pending:
                 for ino in inos:
-                    self.leases.release(ino, node)
+                    table.release(ino, node)
 
     async def _on_revoke_ack(self, peer: int, ack: p.RevokeAck) -> None:
         waiting = self._revoking.get(ack.change)
