@@ -103,15 +103,14 @@ def print_table(med: dict, ratios: dict[str, float]) -> None:
     for name, r in ratios.items():
         print(f"{r:8.2f}  {name}")
     print("\nissue-3 targets (medians of this run):")
-    for size in SIZES:
-        name = f"objcache 1-member node p50 / fdatasync p50 ({size} B, 3 processes' node)"
-        if name in ratios:
-            r = ratios[name]
-            print(f"{r:8.2f}  1-member commit p50 / one fsync, {size} B (target <= 1.5): "
-                  f"{'met' if r <= 1.5 else 'NOT met'}")
-    for size in SIZES:
-        name = f"objcache/etcd commits/s 3 members {size} B 64 proposers"
-        if name in ratios:
-            r = ratios[name]
-            print(f"{r:8.2f}  3-member commits/s vs etcd, 64 proposers, {size} B (target >= 1.0): "
-                  f"{'met' if r >= 1.0 else 'NOT met'}")
+    targets = (  # (ratio's name, what it is, met?), {size} filled in
+        ("objcache 1-member node p50 / fdatasync p50 ({size} B, 3 processes' node)",
+         "1-member commit p50 / one fsync, {size} B (target <= 1.5)", lambda r: r <= 1.5),
+        ("objcache/etcd commits/s 3 members {size} B 64 proposers",
+         "3-member commits/s vs etcd, 64 proposers, {size} B (target >= 1.0)",
+         lambda r: r >= 1.0))
+    for name, label, met in targets:
+        for size in SIZES:
+            r = ratios.get(name.format(size=size))
+            if r is not None:
+                print(f"{r:8.2f}  {label.format(size=size)}: {'met' if met(r) else 'NOT met'}")

@@ -204,15 +204,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps, LeasedReads):
     async def _inode(self, ino: int) -> Inode | None:
         raw = self.held(("i", ino))
         if raw is None:
-            for _ in range(MAX_REPLANS):
-                try:
-                    raw = (await self._leased_inodes(self.ring.group_of_inode(ino),
-                                                     (ino,))).inodes[0]
-                    break
-                except p.RingChanged:
-                    self.stats["replans"] += 1
-            else:
-                raise Jukebox("placement keeps changing")
+            raw = (await self._leased_inodes((ino,))).inodes[0]
         return decode_value(raw) if raw else None
 
     async def _inodes(self, inos: list[int]) -> dict[int, Inode | None]:
@@ -230,7 +222,7 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps, LeasedReads):
 
         async def ask(group: int, some: list[int]) -> None:
             try:
-                reply = await self._leased_inodes(group, tuple(some))
+                reply = await self._leased_inodes(tuple(some), group)
             except p.RingChanged:
                 for ino in some:
                     out[ino] = await self._inode(ino)

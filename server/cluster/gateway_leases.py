@@ -17,7 +17,8 @@ Rules:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -34,6 +35,9 @@ else:
 
 LEASE_CACHE_LIMIT = 65_536  # replies held at most (least recently used go first)
 
+R = TypeVar("R")
+Held = tuple[tuple[Any, ...], Any, tuple[int, ...]]  # (key, value, the inodes it shows)
+
 
 class LeasedReads(_Base):
     def _init_lease_cache(self) -> None:
@@ -46,42 +50,48 @@ class LeasedReads(_Base):
         self.lease_stats["hits" if reply is not None else "misses"] += 1
         return reply
 
-    async def _leased_inodes(self, group: int, inos: tuple[int, ...]) -> p.InodesReply:
-        """GetInodes at `group`, asked with a lease; what came leased is held."""
+    async def _ask_leased(self, call: Awaitable[R], shown: Callable[[R], Iterable[Held]]) -> R:
+        """Await `call`, a request asked with a lease and not sent yet; if its reply came
+        leased, hold what `shown(reply)` names: (key, value, the inodes it shows)."""
         token, ring, sent = self.leases.token(), self.ring.version, trio.current_time()
-        reply: p.InodesReply = await self._call(group, p.GetInodes(0, inos, lease=True))
-        if reply.lease_s > 0:
-            for ino, raw in zip(inos, reply.inodes, strict=True):
-                self.leases.put(("i", ino), raw, (ino,), token=token, ring_version=ring,
-                                sent_at=sent, lease_s=reply.lease_s)
+        reply = await call
+        lease_s: float = getattr(reply, "lease_s", 0.0)  # InodesReply, LookupReply, ...
+        if lease_s > 0:
+            for key, value, inos in shown(reply):
+                self.leases.put(key, value, inos, token=token, ring_version=ring,
+                                sent_at=sent, lease_s=lease_s)
         return reply
+
+    async def _leased_inodes(self, inos: tuple[int, ...], group: int | None = None
+                             ) -> p.InodesReply:
+        """GetInodes at `group` (None: where the ring places inos[0], re-planned on a ring
+        change), asked with a lease; what came leased is held."""
+        request = p.GetInodes(0, inos, lease=True)
+        call = self._at_inode(inos[0], request) if group is None else self._call(group, request)
+        return await self._ask_leased(call, lambda r: [
+            (("i", ino), raw, (ino,)) for ino, raw in zip(inos, r.inodes, strict=True)])
 
     async def _leased_read_head(self, ino: int, offset: int, count: int) -> p.ReadHeadReply:
         """ReadHead where the ring places `ino`, asked with a lease on the inode."""
-        token, ring, sent = self.leases.token(), self.ring.version, trio.current_time()
-        reply: p.ReadHeadReply = await self._at_inode(ino, p.ReadHead(0, ino, offset, count,
-                                                                      lease=True))
-        if reply.lease_s > 0:
-            self.leases.put(("i", ino), reply.inode, (ino,), token=token, ring_version=ring,
-                            sent_at=sent, lease_s=reply.lease_s)
-        return reply
+        return await self._ask_leased(
+            self._at_inode(ino, p.ReadHead(0, ino, offset, count, lease=True)),
+            lambda r: [(("i", ino), r.inode, (ino,))])
 
     async def _leased_lookup(self, dir_ino: int, name: bytes) -> p.LookupReply:
-        """Lookup where the ring places `dir_ino`, asked with a lease; held if leased."""
-        token, ring, sent = self.leases.token(), self.ring.version, trio.current_time()
-        reply: p.LookupReply = await self._at_inode(dir_ino, p.Lookup(0, dir_ino, name,
-                                                                      lease=True))
-        if reply.lease_s > 0 and reply.dir:
-            shown = [dir_ino]
-            held = {("i", dir_ino): reply.dir}
-            if reply.child:
-                child = decode_value(reply.child).ino
-                shown.append(child)
-                held[("i", child)] = reply.child
-            for key, value in [(("l", dir_ino, name), reply), *held.items()]:
-                self.leases.put(key, value, key[1:2] if key[0] == "i" else shown, token=token,
-                                ring_version=ring, sent_at=sent, lease_s=reply.lease_s)
-        return reply
+        """Lookup where the ring places `dir_ino`, asked with a lease; held if leased: the
+        reply under the directory and the child it shows, their inodes under ("i", ...)."""
+
+        def shown(r: p.LookupReply) -> list[Held]:
+            if not r.dir:
+                return []
+            inodes = [(dir_ino, r.dir)]
+            if r.child:
+                inodes.append((decode_value(r.child).ino, r.child))
+            return [(("l", dir_ino, name), r, tuple(i for i, _ in inodes)),
+                    *((("i", i), raw, (i,)) for i, raw in inodes)]
+
+        return await self._ask_leased(
+            self._at_inode(dir_ino, p.Lookup(0, dir_ino, name, lease=True)), shown)
 
     def revoke_held(self, msg: p.Revoke) -> p.RevokeAck:
         """A group's leader takes back what this node holds of `msg.inos`: the ack to send

@@ -68,7 +68,7 @@ def idle_table(lease_s: float) -> LeaseTable:
 
 class GroupLeases(_Base):
     def _init_leases(self) -> None:
-        self.leases = LeaseTable(self.config.lease_s, started=float("-inf"), limit=LEASE_LIMIT)
+        self.leases = idle_table(self.config.lease_s)  # granting waits for leadership anyway
         self._revoking: dict[int, tuple[set[int], trio.Event]] = {}  # change -> nodes to ack
         self._change_ids = itertools.count(1)
         self._extending = False  # a lease horizon entry is being proposed
