@@ -16,6 +16,15 @@ Rules:
 - `save()` is group commit: concurrent callers append their writes to one open batch; a single
   writer at a time writes a batch with sync=True through `trio.to_thread.run_sync` (bounded by a
   CapacityLimiter), and every caller returns only once its batch is on disk (STYLE habit 2).
+- A store marked `inline_when_idle` (a one-voter group's log) writes its batch on the event
+  loop's thread instead, when no other plyvel call is in a worker thread and either nothing
+  else could run meanwhile or synced batches have lately been fast (a moving average under
+  RaftLogConfig.inline_sync_below_s). The hand-off to a worker thread and back costs about
+  as much CPU as a short fsync and delays the commit by ~150 µs; blocking the loop for a
+  fast fsync costs the node's other tasks less (measured on 3 one-group nodes, 16 clients
+  creating files: 1 280 -> 1 420 creates/s, node CPU per create 1.36 -> 1.20 ms). A slow
+  disk (fsyncs of milliseconds) moves the average up and the writes back to the thread, so
+  the loop keeps serving reads while they run.
 - One exception to "synced before save() returns", as etcd's MustSync: a save that only moves
   the commit index (no entries, no snapshot, same term and vote) is neither synced nor written
   at once: its op joins the open batch and reaches disk with the next batch (or `flush()`),
@@ -43,6 +52,7 @@ Rules:
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +87,9 @@ class RaftLogConfig:
     entry_cache_bytes: int = 64 * 1024 * 1024  # tail entries kept in memory for entries()
     max_batch_bytes: int = 64 * 1024 * 1024  # an open batch this large makes savers wait
     io_threads: int = 2  # concurrent plyvel calls in worker threads
+    # An inline_when_idle store writes on the loop's thread, even with tasks waiting to run,
+    # while its synced batches average less than this (module rules).
+    inline_sync_below_s: float = 0.001
 
 
 @dataclass(slots=True)
@@ -121,8 +134,10 @@ class RaftLogStorage:
         # followers' answers could arrive during the fsync (measured: it cost a 3-member group
         # 64 B throughput).
         self.inline_when_idle = False
+        self.sync_seconds_avg = 0.0  # moving average of a synced batch's write
         self.batches_written = 0  # counters, for tests and metrics
         self.batches_synced = 0
+        self.batches_inline = 0  # written on the event loop's thread
         self.saves = 0
 
     # ---- opening ----
@@ -369,11 +384,12 @@ class RaftLogStorage:
         self._writing = True
         batch, self._open_batch = self._open_batch, _Batch(seq=self._open_batch.seq + 1)
         try:
-            if self.inline_when_idle and loop_is_idle(self._limiter):
-                self._write_sync(batch.ops, batch.sync)
+            if self._may_write_inline():
+                self.batches_inline += 1
+                self._write_timed(batch.ops, batch.sync)
             else:
                 # Not abandoned on cancel: the thread finishes and the outcome is known.
-                await trio.to_thread.run_sync(self._write_sync, batch.ops, batch.sync,
+                await trio.to_thread.run_sync(self._write_timed, batch.ops, batch.sync,
                                               limiter=self._limiter)
         except BaseException as exc:
             self._failed = batch.error = exc
@@ -391,6 +407,24 @@ class RaftLogStorage:
         for e in batch.entries:
             if self._unsynced.get(e.index) is e:  # not replaced by a later, unsynced save
                 del self._unsynced[e.index]
+
+    def _may_write_inline(self) -> bool:
+        """Module rules: an inline_when_idle store, no plyvel call in a thread, and either a
+        fast disk lately or nothing else to run."""
+        if not self.inline_when_idle or self._limiter.borrowed_tokens:
+            return False
+        return (self.sync_seconds_avg < self._config.inline_sync_below_s
+                or loop_is_idle(self._limiter))
+
+    def _write_timed(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:
+        """_write_sync, timed into sync_seconds_avg when synced (from either thread: one
+        writer at a time)."""
+        if not sync:
+            self._write_sync(ops, sync)
+            return
+        start = time.perf_counter()
+        self._write_sync(ops, sync)
+        self.sync_seconds_avg += 0.2 * (time.perf_counter() - start - self.sync_seconds_avg)
 
     def _write_sync(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:
         with self._db.write_batch(sync=sync) as wb:

@@ -73,10 +73,12 @@ class NodeMetrics:
         storage = self.runtime.storage
         family = CounterMetricFamily(
             "objcache_raft_log_writes", "Raft log storage: saves asked for by the driver, "
-            "LevelDB batches written, and those fsynced (group commit: saves per synced batch)",
+            "LevelDB batches written, those fsynced (group commit: saves per synced batch), "
+            "and those written on the event loop's thread rather than a worker thread",
             labels=["kind"])
         for kind, value in (("saves", storage.saves), ("batches", storage.batches_written),
-                            ("synced_batches", storage.batches_synced)):
+                            ("synced_batches", storage.batches_synced),
+                            ("inline_batches", storage.batches_inline)):
             family.add_metric([kind], value)
         yield family
 

@@ -27,7 +27,7 @@ def parts() -> tuple[Any, Any]:
     runtime = SimpleNamespace(group=4, driver=SimpleNamespace(leader_changes=2,
                                                               dropped_messages=0),
                               storage=SimpleNamespace(saves=9, batches_written=4,
-                                                      batches_synced=3),
+                                                      batches_synced=3, batches_inline=2),
                               bucket=SimpleNamespace(cache=cache))
     flusher = SimpleNamespace(stats={"uploads": 5, "bytes": 12345, "errors": 1},
                               _first_seen={10: 1.0, 11: 2.0})
@@ -67,6 +67,7 @@ def test_a_scrape_reads_every_part(scans: list[int]) -> None:
     assert got['objcache_raft_log_writes_total{kind="saves"}'] == 9
     assert got['objcache_raft_log_writes_total{kind="batches"}'] == 4
     assert got['objcache_raft_log_writes_total{kind="synced_batches"}'] == 3
+    assert got['objcache_raft_log_writes_total{kind="inline_batches"}'] == 2
     assert got['objcache_dirty_files{group="4"}'] == 3
     assert got['objcache_dirty_bytes{group="4"}'] == 4096
     assert got["objcache_writeback_queue_inodes"] == 2

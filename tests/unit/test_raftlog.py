@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import cbor2
 import plyvel
 import pytest
@@ -9,6 +12,7 @@ import trio
 
 from raft.log_storage import Compacted, Unavailable
 from raft.types import ConfState, Entry, EntryType, HardState, SnapshotMeta
+from storage import raftlog
 from storage.raftlog import LogCorrupted, RaftLogConfig, RaftLogStorage, StorageFailed
 
 PREFIX = b"raft/"
@@ -266,6 +270,44 @@ async def test_failed_write_poisons_the_store(db, monkeypatch):
         s.term(1)
     with pytest.raises(StorageFailed):
         await s.save(HardState(term=1), [])
+
+
+async def test_a_one_voter_log_writes_on_the_loop_while_its_fsyncs_are_fast(db, monkeypatch):
+    # Module rules: with other tasks ready to run (the loop is never idle here), a synced
+    # batch still goes on the event loop's thread while synced writes average under
+    # inline_sync_below_s; slow ones move the writes to a worker thread until the average
+    # comes down again.
+    monkeypatch.setattr(raftlog, "loop_is_idle", lambda limiter=None: False)
+    s = await RaftLogStorage.open(db, config=RaftLogConfig(inline_sync_below_s=0.02))
+    s.inline_when_idle = True
+    loop_thread, threads, delay_s = threading.get_ident(), [], [0.0]
+    write = s._write_sync
+
+    def recorded(ops, sync):
+        threads.append(threading.get_ident())
+        time.sleep(delay_s[0])
+        write(ops, sync)
+
+    monkeypatch.setattr(s, "_write_sync", recorded)
+    index = iter(range(1, 100))
+
+    async def save_one() -> bool:
+        """Save one entry; whether it was written on the loop's thread."""
+        i = next(index)
+        await s.save(HardState(term=1), ents(i, i + 1, term=1))
+        return threads[-1] == loop_thread
+
+    assert [await save_one() for _ in range(3)] == [True] * 3
+    assert s.batches_inline == 3
+    delay_s[0] = 0.15  # a slow disk: the average passes 20 ms after one such write
+    assert [await save_one() for _ in range(2)] == [True, False]
+    delay_s[0] = 0.0
+    back = [await save_one() for _ in range(8)]
+    assert back[0] is False and back[-1] is True, back
+    assert s.sync_seconds_avg < 0.02
+    assert s.batches_written == s.batches_synced == 13
+    s.inline_when_idle = False  # a store of a group with followers: always the thread
+    assert await save_one() is False
 
 
 async def test_commit_only_saves_are_not_synced(db):
