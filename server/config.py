@@ -140,6 +140,11 @@ class ClusterConfig:
     # Another node's gateway may answer a group's inodes and names again from a reply for this
     # long (a lease the group takes back before it changes them); 0: it always asks.
     lease_s: float = 1.0
+    # Chunk bytes another node's gateway reads travel over a plain TCP connection beside the
+    # plane (server/rpc/bulk.py), on this port of cluster.listen's host (0: any free port,
+    # which peers learn over the plane). Off when the plane uses TLS.
+    bulk_reads: bool = True
+    bulk_port: int = 0
     bootstrap_timeout_s: float = 120.0  # waiting for the founding peers / a group leader
     tls_cert_file: str = ""  # all three set: the RPC plane uses mutual TLS (wss://)
     tls_key_file: str = ""
@@ -270,6 +275,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cluster.vnodes": (1, 1024),
     "cluster.request_timeout_s": (0.1, 3600),
     "cluster.lease_s": (0, 60),
+    "cluster.bulk_port": (0, 65535),
     "cluster.bootstrap_timeout_s": (1, 86_400),
     "store.max_connections": (1, 1024),
     "store.max_attempts": (1, 100),

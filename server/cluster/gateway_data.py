@@ -164,7 +164,8 @@ class DataOps(_Base):
         if inode.inline or offset + n <= inode.chunk_size:
             data = _padded(reply.data, n)
         else:
-            data = head + await self._read_chunks(inode, offset + len(head), offset + n)
+            rest = await self._read_chunks(inode, offset + len(head), offset + n)
+            data = b"".join((head, rest)) if head else rest  # no copy of a lone piece
         if inode.etag and not inode.inline:
             self._read_ahead(inode, offset, n)
         return ReadResult(data, offset + n >= inode.size, self._attr(inode))
@@ -176,8 +177,9 @@ class DataOps(_Base):
         return p.ReadChunk(0, inode.ino, index, inner, n, inode.chunk_size, inode.store,
                            inode.okey, inode.etag, inode.obase, prefetch)
 
-    async def _read_chunks(self, inode: Inode, start: int, end: int) -> bytes:
-        """Bytes [start, end) of a chunked file from the chunks' groups (holes read as 0)."""
+    async def _read_chunks(self, inode: Inode, start: int, end: int) -> bytes | memoryview:
+        """Bytes [start, end) of a chunked file from the chunks' groups (holes read as 0);
+        one chunk's piece as it came (a memoryview from the bulk channel), not copied."""
         cs = inode.chunk_size
         pieces = []
         for index, inner, n in spans(start, end - start, cs):
@@ -185,7 +187,7 @@ class DataOps(_Base):
             reply = await self._at(
                 lambda index=index: self.ring.group_of_chunk(inode.ino, index), req)
             pieces.append(_padded(reply.data, n))
-        return b"".join(pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _read_ahead(self, inode: Inode, offset: int, n: int) -> None:
         """A sequential reader: have the next chunks' owners fetch them now (module rules)."""
@@ -360,5 +362,5 @@ def _bounded_put(memory: dict[K, V], key: K, value: V, limit: int) -> None:
         memory.pop(next(iter(memory)))
 
 
-def _padded(data: bytes, n: int) -> bytes:
-    return data[:n] if len(data) >= n else data + bytes(n - len(data))
+def _padded(data: bytes | memoryview, n: int) -> bytes | memoryview:
+    return data[:n] if len(data) >= n else b"".join((data, bytes(n - len(data))))

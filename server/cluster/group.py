@@ -153,9 +153,9 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
         for cls in (p.GetInodes, p.Lookup, p.ReadDir, p.ReadHead, p.ReadChunk,
                     p.FsStatRequest, p.RunTxn, p.DropCached, p.ScanFlush, p.PutObject,
                     p.PutObjects, p.PutPart, p.KeysUnder, p.MaxInode):
-            plane.register(cls, self._on_request)
+            plane.register(cls, self.on_request)
         for cls in (p.ScanState, p.GetNodeList):  # read-only: fsck and status from admins
-            plane.register(cls, self._on_request, admin=True)
+            plane.register(cls, self.on_request, admin=True)
         register_txn_messages()
         plane.register(p.TxnEnvelope, self._on_txn_envelope)
 
@@ -224,7 +224,7 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
     # -- requests ---------------------------------------------------------------------------
 
     async def handle(self, request: p.GroupRequest) -> Any:
-        """Answer a gateway request (in process, or from _on_request). RemoteError on refusal."""
+        """Answer a gateway request (in process, or from on_request). RemoteError on refusal."""
         if isinstance(request, p.GetNodeList):
             if self.sm.nodelist_bytes is None:
                 raise RemoteError(p.UNAVAILABLE, "the group has no node list yet")
@@ -271,8 +271,11 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
         acknowledged is applied (propose returns after apply): its reads need no barrier."""
         return self.driver.node.raft.conf.voters == {self.node_id}
 
-    async def _on_request(self, peer: int, request: p.GroupRequest) -> Any:
-        reply = self.read_now(request)  # a READ's bytes from the page cache, if it can
+    async def on_request(self, peer: int, request: p.GroupRequest, *,
+                         slice_ok: bool = False) -> Any:
+        """A request from node `peer`'s gateway (over the plane, or with `slice_ok` over the
+        bulk channel, which may send a READ's bytes from the chunk file: read_now)."""
+        reply = self.read_now(request, slice_ok=slice_ok)  # a READ's bytes from the page cache
         if reply is not None:
             if type(request) is p.ReadHead:  # read and granted in one step (group_leases.py)
                 return self._lease_reply(peer, request, reply)

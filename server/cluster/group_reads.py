@@ -129,10 +129,11 @@ class GroupReads(_Base):
         return self._chunk_now(inode.ino, index, inner, n, inode.chunk_size,
                                inode.etag if backed else None, inode.obase, slice_ok=True)
 
-    def _read_chunk_now(self, r: p.ReadChunk) -> p.ReadChunkReply | None:
+    def _read_chunk_now(self, r: p.ReadChunk, slice_ok: bool) -> p.ReadChunkReply | None:
         """A gateway's ReadChunk answered on the event loop from the page cache, as
         cached_range answers this node's own READs (module rules), or None for the thread
-        path. The request names the version it wants (its etag), as the thread path serves."""
+        path. The request names the version it wants (its etag), as the thread path serves.
+        `slice_ok`: the reply may carry a FileSlice (the bulk channel sends it from the file)."""
         if r.prefetch or not self._reads_now(r.ring_version, r.ino):
             return None
         backed = bool(r.etag) and r.chunk_size > 0 and r.index * r.chunk_size < r.obase
@@ -145,15 +146,17 @@ class GroupReads(_Base):
         if n <= 0 or r.offset < 0:
             return None
         data = self._chunk_now(r.ino, r.index, r.offset, n, size, r.etag if backed else None,
-                               r.obase, slice_ok=False)
-        return None if data is None else p.ReadChunkReply(data)  # codec.encode takes a bytearray
+                               r.obase, slice_ok=slice_ok)
+        return None if data is None else p.ReadChunkReply(data)  # type: ignore[arg-type]
 
-    def read_now(self, request: p.GroupRequest) -> Any | None:
+    def read_now(self, request: p.GroupRequest, *, slice_ok: bool = False) -> Any | None:
         """A gateway's ReadHead or ReadChunk answered on the event loop (module rules), or
-        None: any other request, or one that cannot be answered now."""
+        None: any other request, or one that cannot be answered now. `slice_ok`: a
+        ReadChunkReply may carry a FileSlice rather than bytes (codec.encode takes a bytearray
+        but no FileSlice: only for replies that do not cross the plane)."""
         kind = type(request)
         if kind is p.ReadChunk:
-            return self._read_chunk_now(request)
+            return self._read_chunk_now(request, slice_ok)
         if kind is p.ReadHead:
             return self._read_head_now(request)
         return None

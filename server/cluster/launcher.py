@@ -461,6 +461,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--lease-s", type=float, metavar="SECONDS",
                    help="how long other nodes' gateways may answer a group's inodes from a "
                    "reply (cluster.lease_s; 0: never)")
+    u.add_argument("--bulk-reads", choices=("on", "off"),
+                   help="chunk bytes for other nodes' READs over plain TCP beside the plane "
+                   "(cluster.bulk_reads; default on)")
     u.add_argument("--exports", type=Path, metavar="FILE",
                    help="a TOML file of [[exports]] tables every node serves (default: / to "
                    "loopback clients, insecure, no root squash)")
@@ -478,8 +481,12 @@ def run(args: argparse.Namespace) -> int:
                                    ("flush_delay_s", args.flush_delay), ("ttl_s", args.ttl))
                  if v is not None}
         sections: dict[str, Any] = {"store": store, "cache": cache}
-        if args.lease_s is not None:
-            sections["cluster"] = {"lease_s": args.lease_s}
+        cluster = {k: v for k, v in (
+            ("lease_s", args.lease_s),
+            ("bulk_reads", None if args.bulk_reads is None else args.bulk_reads == "on"))
+            if v is not None}
+        if cluster:
+            sections["cluster"] = cluster
         if args.exports is not None:
             try:
                 sections["exports"] = _read_exports(args.exports)

@@ -27,6 +27,7 @@ from typing import NoReturn
 
 import trio
 
+from nfs_gateway.backend import FileSlice
 from nfs_gateway.exports import normalize_path
 from server import metrics
 from server.cluster import bucket_reads, fsops, node_fs, node_metrics, queries
@@ -52,6 +53,7 @@ from server.cluster.status import serve_status
 from server.config import Config, Listen, data_dir, parse_listen
 from server.fs.config import FsConfig
 from server.node import StartupError, export_id, serve_nfs
+from server.rpc.bulk import BulkClient, BulkServer
 from server.rpc.plane import RpcConfig, RpcPlane
 from server.rpc.raft_wire import register_raft_types
 from storage.chunks import ChunkStore
@@ -299,12 +301,43 @@ async def _open_member(s: _Start) -> GroupRuntime:
     return runtime
 
 
+async def _open_bulk(s: _Start, runtime: GroupRuntime) -> BulkClient | None:
+    """The bulk channel (server/rpc/bulk.py): this node's server of its group's chunk bytes,
+    and the client its gateway reads other groups' chunks with. None when it is off."""
+    c = s.cfg.cluster
+    if not c.bulk_reads or s.cfg.cluster_tls():
+        if c.bulk_reads:
+            log.info("cluster.bulk_reads is off while the plane uses TLS (bytes in clear)")
+        return None
+
+    async def chunk_bytes(peer: int, request: p.ReadChunk) -> bytes | FileSlice:
+        return (await runtime.on_request(peer, request, slice_ok=True)).data
+
+    server = BulkServer(s.plane, s.cfg.cluster_listen().host, c.bulk_port)
+    server.serve(p.ReadChunk, chunk_bytes)
+    try:
+        await s.nursery.start(server.run)
+    except OSError as e:
+        reason = "address in use" if e.errno == errno.EADDRINUSE else e.strerror
+        raise StartupError(f"cluster.bulk_port {c.bulk_port}: {reason}") from None
+    client = BulkClient(s.plane, max_reply_bytes=queries.MAX_READ_BYTES)
+    s.on_stop.append(client.close)
+    metrics.export_counters("objcache_bulk_served", "Bulk channel, serving other nodes' "
+                            "gateways: connections, requests, bytes, refused, garbage",
+                            server.stats)
+    metrics.export_counters("objcache_bulk_reads", "Bulk channel, this gateway's reads of "
+                            "other nodes' chunks: requests, bytes, connections, unavailable "
+                            "(the plane carried them)", client.stats)
+    return client
+
+
 async def _open_gateway(s: _Start, runtime: GroupRuntime) -> ClusterBackend:
     """The router and the ClusterBackend, once the group serves and the root exists."""
     c = s.cfg.cluster
     assert s.nodelist is not None
     router = s.router = GroupRouter(s.plane, c.node_id, s.nodelist, runtime, vnodes=c.vnodes,
-                                    request_timeout_s=c.request_timeout_s)
+                                    request_timeout_s=c.request_timeout_s,
+                                    bulk=await _open_bulk(s, runtime))
     await s.nursery.start(router.run)
     await _within(c.bootstrap_timeout_s, runtime.wait_serving,
                   f"group {s.me.group} elected no leader")

@@ -15,6 +15,9 @@ Rules:
   messages must reach groups that joined since (a coordinator that knew only the old ring
   posted a new group's prepare nowhere, and the transaction hung; tests/integration/
   test_elastic.py, a directory made in a group that rejoined).
+- A chunk's bytes (ReadChunk, not a read-ahead) to another node go over the bulk channel
+  (server/rpc/bulk.py) when the router has one, with the same answers and refusals as over
+  the plane; the plane carries them whenever the channel cannot (BulkUnavailable).
 - `post()` sends a txn message to a group's leader in the background (best effort: the txn
   cores retry on ticks); a refusal still teaches the router where the leader is.
 """
@@ -34,6 +37,7 @@ from server.cluster.group_txn import register_txn_messages
 from server.cluster.membership import peer_url
 from server.cluster.nodelist import NodeList
 from server.cluster.ring import Ring
+from server.rpc.bulk import BulkClient, BulkUnavailable
 from server.rpc.connection import NO_HANDLER
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcPlane
@@ -44,9 +48,10 @@ log = logging.getLogger("objcache.router")
 class GroupRouter:
     def __init__(self, plane: RpcPlane, node_id: int, nodelist: NodeList,
                  local: GroupRuntime | None, *, vnodes: int, request_timeout_s: float,
-                 try_timeout_s: float = 2.0) -> None:
+                 try_timeout_s: float = 2.0, bulk: BulkClient | None = None) -> None:
         register_txn_messages()
         self.plane = plane
+        self.bulk = bulk
         self.node_id = node_id
         self.local = local
         self.vnodes = vnodes
@@ -150,6 +155,12 @@ class GroupRouter:
         if target == self.node_id and self.local is not None:
             return await self.local.handle(request)
         self.stats["remote_calls"] += 1
+        if self.bulk is not None and type(request) is p.ReadChunk and not request.prefetch:
+            try:  # chunk bytes go over the bulk channel when it can carry them
+                data = await self.bulk.call(target, request, self.try_timeout_s)
+                return p.ReadChunkReply(data)  # type: ignore[arg-type]  # a memoryview
+            except BulkUnavailable:
+                pass
         return await self.plane.call(target, request, self.try_timeout_s)
 
     async def _refresh(self) -> None:

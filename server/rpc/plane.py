@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import (
@@ -230,6 +231,11 @@ class RpcPlane:
             self.counters.dropped_messages += 1
             return False
         return True
+
+    def peer_host(self, peer_id: int) -> str | None:
+        """The host this plane dials `peer_id` at (None: a peer known only by its dial)."""
+        peer = self._peers.get(peer_id)
+        return urlsplit(peer.url).hostname if peer is not None and peer.url else None
 
     def is_connected(self, peer_id: int) -> bool:
         """A connection to the peer is up now (a call would not wait for one)."""

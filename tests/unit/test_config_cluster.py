@@ -132,6 +132,9 @@ def test_a_joining_node_may_name_its_own_announced_address() -> None:
         ({"dir_placement": "random"}, "cluster.dir_placement"),
         ({"request_timeout_s": 0}, "cluster.request_timeout_s"),
         ({"tls_cert_file": "c"}, "cluster.tls_cert_file"),
+        ({"bulk_port": -1}, "cluster.bulk_port"),
+        ({"bulk_port": 65536}, "cluster.bulk_port"),
+        ({"bulk_reads": "yes"}, "cluster.bulk_reads"),
         ({"bogus": 1}, "cluster.bogus"),
     ],
 )
