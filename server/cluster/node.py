@@ -323,7 +323,7 @@ async def _open_bulk(s: _Start, runtime: GroupRuntime) -> BulkClient | None:
     client = BulkClient(s.plane, max_reply_bytes=queries.MAX_READ_BYTES)
     s.on_stop.append(client.close)
     metrics.export_counters("objcache_bulk_served", "Bulk channel, serving other nodes' "
-                            "gateways: connections, requests, bytes, refused, garbage",
+                            "gateways: connections, requests, bytes, refused, garbage, errors",
                             server.stats)
     metrics.export_counters("objcache_bulk_reads", "Bulk channel, this gateway's reads of "
                             "other nodes' chunks: requests, bytes, connections, unavailable "

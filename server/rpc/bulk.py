@@ -22,6 +22,9 @@ Rules:
   call would.
 - Garbage (a bad length, bad CBOR, a type not served) closes that connection with a log line;
   the server runs on. A reply longer than the client's `max_reply_bytes` closes the connection.
+  A handler that fails unexpectedly answers ERROR "internal" (logged with its stack), one that
+  runs past HANDLER_TIMEOUT_S answers ERROR "deadline", as over the plane; anything else that
+  escapes a connection's task ends that connection only, logged and counted.
 - Only idempotent requests (reads) travel here: the client sends a request again on a fresh
   connection when a pooled one turns out dead, and a caller that gets BulkUnavailable (the
   channel cannot carry it now: no bulk server there, or it failed) sends it over the plane.
@@ -57,6 +60,7 @@ TICKET_TTL_S = 30.0
 MAX_TICKETS = 1024
 MAX_REQUEST_BYTES = 64 << 10
 TICKET_WAIT_S = 10.0  # a new connection must present its ticket within this
+HANDLER_TIMEOUT_S = 60.0  # the server's bound on one answer (the client gives up sooner)
 OK, ERROR = 0, 1
 NOT_SERVING = "bulk_not_serving"  # RemoteError code of a BulkTicket while the server is down
 _LENGTH = struct.Struct(">I")
@@ -136,7 +140,8 @@ class BulkServer:
         self._connections = 0
         self._refusals = SparseLog(1024)
         self._serving = False
-        self.stats = {"connections": 0, "requests": 0, "bytes": 0, "refused": 0, "garbage": 0}
+        self.stats = {"connections": 0, "requests": 0, "bytes": 0, "refused": 0, "garbage": 0,
+                      "errors": 0}
         plane.register(BulkTicket, self._on_ticket)
 
     def serve(self, kind: type, handler: BulkHandler) -> None:
@@ -182,6 +187,9 @@ class BulkServer:
             self._connections += 1
             try:
                 await self._serve(sock)
+            except Exception:  # a bug must end this connection, not the node
+                self.stats["errors"] += 1
+                log.exception("a bulk connection's task failed; that connection is closed")
             finally:
                 self._connections -= 1
 
@@ -228,11 +236,20 @@ class BulkServer:
         return request
 
     async def _answer(self, sock: stdlib_socket.socket, peer: int, request: Any) -> None:
+        data: bytes | bytearray | memoryview | FileSlice
         try:
-            data = await self._handlers[type(request)](peer, request)
+            with trio.move_on_after(HANDLER_TIMEOUT_S) as scope:
+                data = await self._handlers[type(request)](peer, request)
+            if scope.cancelled_caught:
+                raise RemoteError("deadline", "the handler ran too long")
             status = OK
         except RemoteError as e:
             data, status = encode(BulkError(e.code, e.message)), ERROR
+        except Exception as e:  # reported to the caller and logged; the server runs on
+            self.stats["errors"] += 1
+            log.exception("bulk handler for %s from node %d failed", type(request).__name__,
+                          peer)
+            data, status = encode(BulkError("internal", repr(e))), ERROR
         n = len(data)
         self.stats["requests"] += 1
         self.stats["bytes"] += n

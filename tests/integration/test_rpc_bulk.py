@@ -36,6 +36,7 @@ class Read:
     delay_s: float = 0.0
     refuse: bool = False
     from_file: bool = False  # answered with a FileSlice of a file holding the pattern
+    crash: bool = False  # the handler has a bug
 
 
 @message("test.bulk.other")
@@ -68,6 +69,8 @@ class Owner:
             await trio.sleep(r.delay_s)
         if r.refuse:
             raise RemoteError("not_leader", "2")
+        if r.crash:
+            raise ValueError("a bug")
         if r.from_file:
             self.slices.append(FileSlice(os.dup(self.file.fileno()), r.offset, r.count))
             return self.slices[-1]
@@ -113,6 +116,15 @@ async def test_a_refusal_arrives_as_the_remote_error_and_the_connection_stays(nu
     assert (e.value.code, e.value.message) == ("not_leader", "2")
     assert bytes(await client.call(2, Read(1, 10), timeout_s=10)) == pattern(1, 10)
     assert client.stats["connections"] == 1
+
+
+async def test_a_failing_handler_answers_internal_and_the_server_runs_on(nursery):
+    client, owner = await setup(nursery)
+    with pytest.raises(RemoteError) as e:
+        await client.call(2, Read(0, 10, crash=True), timeout_s=10)
+    assert e.value.code == "internal" and "a bug" in e.value.message
+    assert owner.bulk.stats["errors"] == 1
+    assert bytes(await client.call(2, Read(1, 10), timeout_s=10)) == pattern(1, 10)
 
 
 async def test_concurrent_calls_use_separate_connections(nursery):
