@@ -52,6 +52,7 @@ from nfs_gateway.sendpath import send_buffers
 from nfs_gateway.sparselog import SparseLog
 from server.rpc.codec import CodecError, decode, encode, message
 from server.rpc.frames import RemoteError, RpcError, RpcTimeout
+from server.rpc.plane import RpcPlane
 
 log = logging.getLogger("objcache.bulk")
 
@@ -129,7 +130,7 @@ def _take_socket(sock: trio.socket.SocketType) -> stdlib_socket.socket:
 class BulkServer:
     """Answers bulk requests on HOST:PORT (0: any free port; `port` is the bound one)."""
 
-    def __init__(self, plane: Any, host: str, port: int = 0, *,
+    def __init__(self, plane: RpcPlane, host: str, port: int = 0, *,
                  max_connections: int = 256) -> None:
         self.plane = plane
         self.host = host
@@ -260,7 +261,7 @@ class BulkServer:
 class BulkClient:
     """Sends requests over bulk connections to peers of `plane` (module rules)."""
 
-    def __init__(self, plane: Any, *, max_reply_bytes: int, pool_per_peer: int = 8,
+    def __init__(self, plane: RpcPlane, *, max_reply_bytes: int, pool_per_peer: int = 8,
                  retry_after_s: float = 30.0) -> None:
         self.plane = plane
         self.max_reply_bytes = max_reply_bytes
