@@ -288,7 +288,9 @@ class DataOps(_Base):
                 reply = await self._origin_checked(inode.ino, self._at(
                     lambda index=index: self.ring.group_of_chunk(inode.ino, index),
                     self._chunk_request(inode, index, 0, n)))
-            out[index] = _padded(reply.data, n)
+            # bytes: a base goes into a record (MaterializeChunk), and the record codec's
+            # CBOR would write a memoryview (the bulk channel's reply) as a list of ints.
+            out[index] = bytes(_padded(reply.data, n))
         return out
 
     def _note_materialized(self, ino: int, indexes: list[int]) -> None:

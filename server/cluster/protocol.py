@@ -177,7 +177,7 @@ class ReadChunk:
 @message("cl.read_chunk_reply")
 @dataclass(frozen=True, slots=True)
 class ReadChunkReply:
-    data: bytes
+    data: bytes  # a memoryview when it came over the bulk channel (router.py): not a record's
 
 
 @message("cl.drop_cached")
