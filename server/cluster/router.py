@@ -71,6 +71,8 @@ class GroupRouter:
             for n in old.nodes:
                 if not nodelist.has(n.node_id) and n.node_id != self.node_id:
                     self.plane.remove_peer(n.node_id)
+                    if self.bulk is not None:
+                        self.bulk.forget(n.node_id)
         self.nodelist = nodelist
         self._ring = nodelist.ring(self.vnodes)
         self._members = nodelist.groups()

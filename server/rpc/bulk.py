@@ -288,11 +288,15 @@ class BulkClient:
                 self._unavailable(peer, e)
         raise RpcTimeout(f"bulk request to node {peer}: no reply in {timeout_s} s")
 
+    def forget(self, peer: int) -> None:
+        """Close the idle connections to `peer` (it left the cluster)."""
+        for sock in self._idle.pop(peer, []):
+            sock.close()
+        self._off_until.pop(peer, None)
+
     def close(self) -> None:
-        for pool in self._idle.values():
-            for sock in pool:
-                sock.close()
-        self._idle.clear()
+        for peer in list(self._idle):
+            self.forget(peer)
 
     async def _open(self, peer: int) -> stdlib_socket.socket:
         host = self.plane.peer_host(peer)

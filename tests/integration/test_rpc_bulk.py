@@ -100,6 +100,9 @@ async def test_replies_come_whole_over_one_pooled_connection(nursery):
     assert client.stats["connections"] == 1 and owner.bulk.stats["connections"] == 1
     assert client.stats["requests"] == owner.bulk.stats["requests"] == 12
     assert owner.peers_seen == [1] * 12  # answered as the peer the ticket was issued to
+    (sock,) = client._idle[2]
+    client.forget(2)  # node 2 left the cluster: its idle connection is closed
+    assert sock.fileno() == -1 and 2 not in client._idle
 
 
 async def test_a_file_slice_is_sent_from_its_file_and_released(nursery):
