@@ -414,7 +414,7 @@ class RaftLogStorage:
         if not self.inline_when_idle or self._limiter.borrowed_tokens:
             return False
         return (self.sync_seconds_avg < self._config.inline_sync_below_s
-                or loop_is_idle(self._limiter))
+                or loop_is_idle())  # the limiter is free: checked above
 
     def _write_timed(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:
         """_write_sync, timed into sync_seconds_avg when synced (from either thread: one

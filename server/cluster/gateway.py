@@ -61,7 +61,7 @@ from server.cluster.bucket_heads import HeadFanout
 from server.cluster.fence import WriteFence
 from server.cluster.fsops import ENOTEMPTY, MISPLACED, MOVING, encode_ops, owner_of
 from server.cluster.gateway_bucket import BucketOps
-from server.cluster.gateway_data import LISTED_PREFETCH_PARALLEL, DataOps, Turns
+from server.cluster.gateway_data import LISTED_PREFETCH_PARALLEL, DataOps
 from server.cluster.gateway_leases import LeasedReads
 from server.cluster.gateway_ns import NamespaceOps
 from server.cluster.gateway_plan import Done, Plan, PlanView, Reread
@@ -132,7 +132,8 @@ class ClusterBackend(NamespaceOps, DataOps, BucketOps, AttrOps, LeasedReads):
         self._listed_pending = 0  # small files of listings asked ahead and not done yet
         self.heads: HeadFanout | None = None  # a listing's HEADs over the nodes; the node's
         self._materialized: dict[tuple[int, int], None] = {}  # backed chunks known local
-        self._write_turns = Turns()  # WRITEs to one file take turns (gateway_data.py)
+        # WRITEs to one file take turns (gateway_data.py): ino -> (lock, users)
+        self._write_locks: dict[int, tuple[trio.Lock, int]] = {}
         self._nursery: trio.Nursery | None = None  # background work (read-ahead); the node's
         self.alloc = alloc
         self.config = config

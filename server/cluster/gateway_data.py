@@ -15,10 +15,11 @@ Rules:
   a WRITE to a chunk held by another group passes through the coordinator (two hops).
 - Every acknowledged WRITE is in the groups' Raft logs, so every WRITE answers FILE_SYNC and
   COMMIT has nothing to do (its verifier is the gateway's, random per start).
-- WRITEs to one file through this gateway take turns (`_write_turns`, a lock per inode held
-  while in use): each is a transaction on the inode (its WriteMeta), and racing ones aborted
-  each other into backoffs (fio, 1 MiB WRITEs to one file through node 2 of 3: 38 MiB/s with
-  one in flight, 12 MiB/s with 8, NFS3ERR_JUKEBOX with 32).
+- WRITEs to one file through this gateway take turns (`_write_locks`, server/fs/meta.py's
+  InoLock: a lock per inode held while in use): each is a transaction on the inode (its
+  WriteMeta), and racing ones aborted each other into backoffs (fio, 1 MiB WRITEs to one
+  file through node 2 of 3: 38 MiB/s with one in flight, 12 MiB/s with 8, NFS3ERR_JUKEBOX
+  with 32).
 - READ: ReadHead at the inode's group gives the inode and the inline / chunk-0 bytes in one
   call; the rest comes from ReadChunk at each chunk's group. A READ past chunk 0 of another
   group's inode held under a lease (gateway_leases.py) skips the ReadHead. READ does not
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
@@ -73,6 +74,7 @@ from server.cluster.gateway_plan import Done, Plan, Reread
 from server.fs import perms
 from server.fs.changes import UNMATERIALIZED
 from server.fs.common import read_count, require_reg
+from server.fs.meta import InoLock
 from server.fs.record_codec import decode_value, encode
 from server.fs.records import (
     ChunkWrite,
@@ -248,7 +250,7 @@ class DataOps(_Base):
     async def write(
         self, cred: Cred, fid: FileId, offset: int, data: memoryview, stable: StableHow
     ) -> WriteResult:
-        async with self._write_turns.turn(fid.ino):  # module rules
+        async with InoLock(self._write_locks, fid.ino):  # module rules
             return await self._write(cred, fid, offset, bytes(data))
 
     async def _write(self, cred: Cred, fid: FileId, offset: int, blob: bytes) -> WriteResult:
@@ -372,25 +374,3 @@ def _bounded_put(memory: dict[K, V], key: K, value: V, limit: int) -> None:
 
 def _padded(data: bytes | memoryview, n: int) -> bytes | memoryview:
     return data[:n] if len(data) >= n else b"".join((data, bytes(n - len(data))))
-
-
-class Turns:
-    """One trio.Lock per key, kept only while some task holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[int, tuple[trio.Lock, list[int]]] = {}  # key -> (lock, [users])
-
-    @contextlib.asynccontextmanager
-    async def turn(self, key: int) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(key, (trio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._locks[key]
-
-    def __len__(self) -> int:
-        return len(self._locks)

@@ -52,7 +52,7 @@ from server.fs.changes import Changes, StateError
 from server.fs.common import DOT, DOTDOT, check_name, disk_error, require_dir, to_attr, wcc
 from server.fs.config import FsConfig
 from server.fs.datapath import DataOps
-from server.fs.meta import NOT_CACHED, MetaIOError, MetaStore, acquire_lock
+from server.fs.meta import NOT_CACHED, InoLock, MetaIOError, MetaStore
 from server.fs.namespace import NamespaceOps
 from server.fs.readdir import read_dir_page
 from server.fs.records import CreateInode, Inode
@@ -257,9 +257,9 @@ class LocalBackend(NamespaceOps, DataOps, AttrOps):
         self._attrs[inode.ino] = (inode, attr)
         return attr
 
-    def _ino_lock(self, ino: int) -> _InoLock:
+    def _ino_lock(self, ino: int) -> InoLock:
         """Serializes data changes of one inode. The table holds only inodes in use."""
-        return _InoLock(self._ino_locks, ino)
+        return InoLock(self._ino_locks, ino)
 
     def _writing(self):  # type: ignore[no-untyped-def]
         """The metadata writer lock; leaving it waits for the fsync of what was committed."""
@@ -400,35 +400,3 @@ class LocalBackend(NamespaceOps, DataOps, AttrOps):
         return await read_dir_page(
             self._meta, d, parent, cookie, cookieverf, max_entries, plus, self.fsid
         )
-
-
-class _InoLock:
-    """LocalBackend._ino_lock(ino): a plain async context manager (entered by every WRITE)."""
-
-    __slots__ = ("_ino", "_lock", "_table")
-
-    def __init__(self, table: dict[int, tuple[trio.Lock, int]], ino: int) -> None:
-        self._table = table
-        self._ino = ino
-
-    async def __aenter__(self) -> None:
-        lock, users = self._table.get(self._ino) or (trio.Lock(), 0)
-        self._table[self._ino] = (lock, users + 1)
-        self._lock = lock
-        try:
-            await acquire_lock(lock)
-        except BaseException:
-            self._leave()
-            raise
-
-    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        self._lock.release()
-        self._leave()
-        return False
-
-    def _leave(self) -> None:
-        lock, users = self._table[self._ino]
-        if users == 1:
-            del self._table[self._ino]
-        else:
-            self._table[self._ino] = (lock, users - 1)

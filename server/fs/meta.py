@@ -59,6 +59,40 @@ async def acquire_lock(lock: trio.Lock) -> None:
         await lock.acquire()
 
 
+class InoLock:
+    """The lock of inode `ino` in `table`, kept there only while some task holds or waits for
+    it: a plain async context manager (entered by every WRITE: LocalBackend._ino_lock, and
+    the cluster gateway's WRITEs to one file, server/cluster/gateway_data.py)."""
+
+    __slots__ = ("_ino", "_lock", "_table")
+
+    def __init__(self, table: dict[int, tuple[trio.Lock, int]], ino: int) -> None:
+        self._table = table
+        self._ino = ino
+
+    async def __aenter__(self) -> None:
+        lock, users = self._table.get(self._ino) or (trio.Lock(), 0)
+        self._table[self._ino] = (lock, users + 1)
+        self._lock = lock
+        try:
+            await acquire_lock(lock)
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        self._lock.release()
+        self._leave()
+        return False
+
+    def _leave(self) -> None:
+        lock, users = self._table[self._ino]
+        if users == 1:
+            del self._table[self._ino]
+        else:
+            self._table[self._ino] = (lock, users - 1)
+
+
 class MetaIOError(IOError_):
     """LevelDB failed under the metadata (NFS3ERR_IO); after a failed write the caches were
     reset."""

@@ -217,7 +217,7 @@ def test_concurrent_writes_to_one_file_take_turns_without_aborts() -> None:
         # A WRITE may still meet the previous one's locks at a group finishing its two-phase
         # commit (0-3 aborts in 5 runs); racing WRITEs aborted each other 25-33 times here.
         assert fs.stats["aborts"] < 8, fs.stats
-        assert len(fs._write_turns) == 0  # no lock kept once nobody writes
+        assert fs._write_locks == {}  # no lock kept once nobody writes
 
     go(body)
 
