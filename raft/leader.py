@@ -73,8 +73,7 @@ def propose(r: Raft, type: EntryType, data: bytes) -> int:
     if r.uncommitted_bytes and r.uncommitted_bytes + len(data) > r.config.max_uncommitted_bytes:
         raise ProposalDropped("too much uncommitted data: wait for commits")
     r.uncommitted_bytes += len(data)
-    index = r.log.last_index() + 1
-    r.log.append([replication.new_entry(r, index, type, data)])
+    index = replication.append_as_leader(r, type, data)
     r.proposals_unsent = True
     return index
 

@@ -2,7 +2,9 @@
 
 A Ready must be handled in this order (paper §5 "persist before responding"; STYLE.md habit 2):
 1. send `messages` — they depend on nothing unsaved (the leader may replicate entries it has
-   not persisted yet, dissertation §10.2.1, since its own vote in the commit waits for `advance`);
+   not persisted yet, dissertation §10.2.1, since its own vote in the commit waits for `advance`;
+   a lone voter commits as it appends, so its Ready may hold an entry in both `entries` and
+   `committed_entries`: step 2 before step 4 is what keeps it unapplied until durable);
 2. install `snapshot` into the state machine if set, then `storage.save(hard_state, entries,
    snapshot.meta)` durably;
 3. only then send `messages_after_persist` (votes, vote requests, acknowledgements);

@@ -7,7 +7,12 @@ Rules:
 - If the entries before `next` were compacted, the follower is switched to SNAPSHOT and the
   driver is asked (SnapshotRequest) for the snapshot, one piece at a time.
 - The leader commits the largest index a majority of voters store, but only if that entry is of
-  its own term (§5.4.2); its own vote counts only for entries it has persisted.
+  its own term (§5.4.2); its own vote counts only for entries it has persisted, except when it
+  is the only voter: then an entry commits as it is appended (etcd does the same), so one
+  Ready carries it both to save and to apply, and the driver saves before it applies (the
+  Ready contract). The commit index and the entry reach the disk in one batch, and nothing
+  depends on the commit before then: applying, answering the proposer and ReadIndex (whose
+  reader waits for applied) all follow the save. It saves one Ready round per commit.
 - Heartbeats carry min(match, commit) so a follower never learns a commit index past the log it
   has acknowledged.
 """
@@ -29,6 +34,16 @@ if TYPE_CHECKING:
 
 def new_entry(r: Raft, index: int, type: EntryType, data: bytes) -> Entry:
     return Entry(term=r.term, index=index, type=type, data=data)
+
+
+def append_as_leader(r: Raft, type: EntryType, data: bytes) -> int:
+    """Append one entry of ours to the leader's log; its index."""
+    index = r.log.last_index() + 1
+    r.log.append([new_entry(r, index, type, data)])
+    if r.conf.voters == {r.id}:  # the only voter: committed as appended (module rules)
+        r.trk[r.id].maybe_update(index)
+        maybe_commit(r)
+    return index
 
 
 def send_append(r: Raft, to: int, send_if_empty: bool = True) -> bool:
