@@ -249,3 +249,36 @@ async def test_committed_entries_apply_while_the_next_entries_are_saved(nursery,
         while done != [b"A", b"B"]:
             await trio.sleep(0.01)
     assert kv.applied == [b"A", b"B"]
+
+
+async def test_a_lone_voter_applies_an_entry_only_after_saving_it(nursery, autojump_clock):
+    # A one-voter group commits an entry as it appends it (raft/replication.py), so one Ready
+    # holds it to save and to apply: the driver must not apply it (nor answer its proposer)
+    # before the save returns.
+    gates = {b"A": trio.Event()}
+    storage = GatedStorage(gates)
+    storage.save_sync(*bootstrap_log([1]))
+    kv = KV()
+    node = RawNode(Config(id=1), storage, random.Random(1))
+    driver = RaftDriver(node, storage, Network().transport(1), kv.apply)
+    await nursery.start(driver.run)
+    with trio.fail_after(10):
+        while not driver.is_leader():
+            await trio.sleep(0.05)
+    done: list[int] = []
+
+    async def propose() -> None:
+        done.append(await driver.propose(b"A"))
+
+    nursery.start_soon(propose)
+    with trio.fail_after(5):
+        while storage.waiting != b"A":
+            await trio.sleep(0.01)
+    await trio.sleep(1)  # time for a wrong driver to apply early
+    assert node.status().commit >= storage.last_index() + 1  # committed already (in memory)
+    assert kv.applied == [] and done == []
+    gates[b"A"].set()
+    with trio.fail_after(5):
+        while not done:
+            await trio.sleep(0.01)
+    assert kv.applied == [b"A"] and storage.last_index() == done[0]
