@@ -150,8 +150,8 @@ def on_persisted(r: Raft, index: int, term: int) -> None:
     """Our own entries up to `index` are durable: our vote in the commit counts (§10.2.1)."""
     if r.log.term_or_zero(index) != term:
         return
-    r.trk[r.id].maybe_update(index)
-    if replication.maybe_commit(r):
+    # No new match (a lone voter counted these entries as it appended them): no new commit.
+    if r.trk[r.id].maybe_update(index) and replication.maybe_commit(r):
         on_commit_advanced(r)
 
 
