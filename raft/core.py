@@ -159,7 +159,7 @@ class Raft:
         self.trk[self.id].match = self.log.persisted_last_index()
         self.trk[self.id].become_replicate()
         # §5.4.2 / §8: entries of earlier terms commit only under one of our own term.
-        noop_index = replication.append_as_leader(self, EntryType.NOOP, b"")
+        noop_index = leader.append_as_leader(self, EntryType.NOOP, b"")
         # Dissertation §4.1 (bug fix): no membership change until the NOOP is applied.
         self.pending_conf_index = noop_index
 

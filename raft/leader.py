@@ -73,8 +73,20 @@ def propose(r: Raft, type: EntryType, data: bytes) -> int:
     if r.uncommitted_bytes and r.uncommitted_bytes + len(data) > r.config.max_uncommitted_bytes:
         raise ProposalDropped("too much uncommitted data: wait for commits")
     r.uncommitted_bytes += len(data)
-    index = replication.append_as_leader(r, type, data)
+    index = append_as_leader(r, type, data)
     r.proposals_unsent = True
+    return index
+
+
+def append_as_leader(r: Raft, type: EntryType, data: bytes) -> int:
+    """Append one entry of ours to the leader's log; its index. The only voter commits it as
+    appended (raft/replication.py rules), with what a commit brings (on_commit_advanced:
+    reads that waited for a commit of this term)."""
+    index = r.log.last_index() + 1
+    r.log.append([replication.new_entry(r, index, type, data)])
+    if r.conf.voters == {r.id} and r.trk[r.id].maybe_update(index) and (
+            replication.maybe_commit(r)):
+        on_commit_advanced(r)
     return index
 
 

@@ -36,16 +36,6 @@ def new_entry(r: Raft, index: int, type: EntryType, data: bytes) -> Entry:
     return Entry(term=r.term, index=index, type=type, data=data)
 
 
-def append_as_leader(r: Raft, type: EntryType, data: bytes) -> int:
-    """Append one entry of ours to the leader's log; its index."""
-    index = r.log.last_index() + 1
-    r.log.append([new_entry(r, index, type, data)])
-    if r.conf.voters == {r.id}:  # the only voter: committed as appended (module rules)
-        r.trk[r.id].maybe_update(index)
-        maybe_commit(r)
-    return index
-
-
 def send_append(r: Raft, to: int, send_if_empty: bool = True) -> bool:
     """Send `to` the entries it lacks (or the commit index); False if nothing was sent."""
     pr = r.trk[to]
