@@ -178,12 +178,19 @@ def one_repetition(server, rep: int, a: argparse.Namespace, fio: Path) -> dict[s
     """All workloads once against `server`; figures in the units of UNITS."""
     url, fig = server.export_url(), {}
     name = f"seq-{rep}"
+    # Each workload starts with the disk quiet (os.sync): dirty pages left by the previous
+    # one -- say, the other server's unstable 1 GiB write -- would otherwise be written back
+    # during the next, slowing its fsyncs (the metadata phase syncs every create).
+    os.sync()
     w = run_fio(fio, url, name, "write", "1m", a.size_mib, iodepth=a.iodepth)
     fig["seq-write"] = w["bw_bytes"] / MiB
+    os.sync()
     r = run_fio(fio, url, name, "read", "1m", a.size_mib, iodepth=a.iodepth)
     fig["seq-read"] = r["bw_bytes"] / MiB
+    os.sync()
     rr = run_fio(fio, url, name, "randread", "4k", a.size_mib, a.randread_s, a.iodepth)
     fig["rand-read"] = rr["iops"]
+    os.sync()
     phases = nfsmeta(url, "meta", f"/meta-{rep}", a.files, a.file_bytes, timeout_s=1800)
     for phase in ("create", "stat", "remove"):
         fig[phase] = phases[phase]["ops"] / phases[phase]["seconds"]
