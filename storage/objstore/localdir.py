@@ -245,8 +245,12 @@ class LocalDirStore:
     def _clean_tmp(self) -> None:
         cutoff = time.time() - TMP_MAX_AGE_S
         for entry in os.scandir(self._admin / "tmp"):
-            if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
+            # Other processes share the directory (every node of a local cluster over one
+            # file:// bucket): a temp file may go between the listing and the stat or unlink,
+            # as another node's xattr probe does during its own start.
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
 
     # -- reads ----------------------------------------------------------------------------
 

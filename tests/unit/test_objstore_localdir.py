@@ -163,3 +163,43 @@ async def test_sidecar_records_survive_reopening(tmp_path: Path):
     assert (info.etag, dict(info.metadata)) == (etag, {"a": "b"})
     await again.delete_many(["s/k"])
     assert list((tmp_path / "root" / ".objcache" / "meta").iterdir()) == []
+
+
+class _Listing:
+    """What os.scandir gives, with every listed file removed before the caller sees it."""
+
+    def __init__(self, entries: list[os.DirEntry]) -> None:
+        self.entries = entries
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_a_start_skips_temp_files_another_process_removes_meanwhile(tmp_path, monkeypatch):
+    """Every node of a local cluster over one file:// bucket cleans the shared temp area as it
+    starts, while another's start probes for xattrs with a temp file it removes at once: a
+    file listed and gone before its stat must not stop the start (seen in CI: a node exited
+    with FileNotFoundError). Old leftovers are still removed."""
+    LocalDirStore(tmp_path / "root")
+    tmp = tmp_path / "root" / ".objcache" / "tmp"
+    (tmp / "gone").write_bytes(b"")
+    (tmp / "leftover").write_bytes(b"")
+    os.utime(tmp / "leftover", (0, 0))  # a crash's leftover, long past TMP_MAX_AGE_S
+    real = os.scandir
+
+    def racing(path):
+        entries = list(real(path))
+        if Path(path) == tmp:
+            os.unlink(tmp / "gone")  # the other process removes its file
+        return _Listing(entries)
+
+    monkeypatch.setattr(os, "scandir", racing)
+    LocalDirStore(tmp_path / "root")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp.iterdir()) == []
