@@ -84,9 +84,8 @@ def append_as_leader(r: Raft, type: EntryType, data: bytes) -> int:
     reads that waited for a commit of this term)."""
     index = r.log.last_index() + 1
     r.log.append([replication.new_entry(r, index, type, data)])
-    if r.conf.voters == {r.id} and r.trk[r.id].maybe_update(index) and (
-            replication.maybe_commit(r)):
-        on_commit_advanced(r)
+    if r.conf.voters == {r.id}:
+        _count_own_match(r, index)
     return index
 
 
@@ -162,7 +161,12 @@ def on_persisted(r: Raft, index: int, term: int) -> None:
     """Our own entries up to `index` are durable: our vote in the commit counts (§10.2.1)."""
     if r.log.term_or_zero(index) != term:
         return
-    # No new match (a lone voter counted these entries as it appended them): no new commit.
+    _count_own_match(r, index)
+
+
+def _count_own_match(r: Raft, index: int) -> None:
+    """Our own log counts as holding entries up to `index`: a new commit index, if that makes
+    one. No new match (a lone voter counted its entries as it appended them): nothing to do."""
     if r.trk[r.id].maybe_update(index) and replication.maybe_commit(r):
         on_commit_advanced(r)
 
