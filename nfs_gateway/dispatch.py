@@ -9,7 +9,8 @@ Rules of this module:
 - An exception escaping a handler or an encoder is a server fault: logged, answered SYSTEM_ERR.
 - Non-idempotent procedures go through the duplicate request cache (drc.py) when one is given.
 - `dispatch_nowait` answers a call without awaiting when its procedure has a `handle_nowait` that
-  can (program.py); else it says NOT_READY and the caller runs `dispatch`. The same decoding,
+  can (program.py); else it returns the call decoded so far as a Pending, which the caller
+  passes to `finish` (in a task): the header is decoded once per call. The same decoding,
   rejections and faults apply on both paths.
 - Every call a procedure answers is recorded in its OpStats (opstats.py): the time from its
   record to its encoded reply by the clock the server injects (`now`; the default reads none:
@@ -112,8 +113,8 @@ class Dispatcher:
         record: bytes | memoryview,
         client: tuple[str, int],
         transport: str = "tcp",
-    ) -> Buffers | None:
-        """Like `dispatch` without awaiting, or NOT_READY: run `dispatch` instead."""
+    ) -> Buffers | Pending | None:
+        """Like `dispatch` without awaiting, or a Pending: then `finish` answers the call."""
         t0 = self.now()
         found = self._header(record, client)
         if not isinstance(found, tuple):
@@ -122,7 +123,7 @@ class Dispatcher:
         proc = op.proc
         nowait = proc.handle_nowait
         if nowait is None or not (proc.idempotent or self.drc is None):
-            return NOT_READY
+            return Pending(hdr, op, u, _UNDECODED, t0)
         args = self._decode_args(hdr, op, u, client, t0)
         if type(args) is _Reply:
             return args.buffers
@@ -130,13 +131,29 @@ class Dispatcher:
         try:
             result = nowait(ctx, args)
             if result is NOT_READY:
-                return NOT_READY
+                return Pending(hdr, op, u, args, t0)
             self.counters["calls"] += 1
             reply = self._encode(ctx, proc, result)
         except Exception:
             return self._fault(ctx, op, t0)
         op.stats.record(self.now() - t0, getattr(result, "status", 0))
         return reply
+
+    async def finish(
+        self,
+        pending: Pending,
+        record: bytes | memoryview,
+        client: tuple[str, int],
+        transport: str = "tcp",
+    ) -> Buffers | None:
+        """The reply to the call `dispatch_nowait` returned as `pending` for `record`."""
+        hdr, op, t0 = pending.hdr, pending.op, pending.t0
+        if pending.args is _UNDECODED:
+            return await self._call(hdr, op, pending.u, record, client, transport, t0)
+        # Decoded already, so idempotent or without a cache (dispatch_nowait): run it.
+        self.counters["calls"] += 1
+        ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
+        return await self._run(ctx, op, pending.args, t0)
 
     def _find(self, hdr: CallHeader) -> Op | bytes:
         """The procedure, or the PROG_UNAVAIL / PROG_MISMATCH / PROC_UNAVAIL reply."""
@@ -246,6 +263,24 @@ class Dispatcher:
         log.exception("%s: xid %#x %s failed", ctx.client, ctx.xid, op.proc.name)
         op.stats.record(self.now() - t0, AcceptStat.SYSTEM_ERR)
         return [accepted_reply(ctx.xid, AcceptStat.SYSTEM_ERR)]
+
+
+_UNDECODED = object()  # Pending.args before the arguments are decoded
+
+
+class Pending:
+    """A call that `dispatch_nowait` could not answer, as far as it was decoded: its header,
+    procedure, the Unpacker after what was read, its arguments (or _UNDECODED) and the clock
+    reading its latency counts from."""
+
+    __slots__ = ("args", "hdr", "op", "t0", "u")
+
+    def __init__(self, hdr: CallHeader, op: Op, u: Unpacker, args: object, t0: float) -> None:
+        self.hdr = hdr
+        self.op = op
+        self.u = u
+        self.args = args
+        self.t0 = t0
 
 
 class _Reply:

@@ -43,12 +43,12 @@ from dataclasses import dataclass
 import trio
 
 from nfs_gateway.backend import FileSlice
-from nfs_gateway.dispatch import Dispatcher
+from nfs_gateway.dispatch import Dispatcher, Pending
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.limits import ByteBudget, RpcLimits
 from nfs_gateway.opstats import OpStats
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, Mapping, mappings_for
-from nfs_gateway.program import NOT_READY, Program
+from nfs_gateway.program import Program
 from nfs_gateway.record import (
     Buffer,
     RecordDecoder,
@@ -364,7 +364,7 @@ class RpcServer:
             log.exception("%s: internal error; closing the connection", conn.peer)
             nursery.cancel_scope.cancel()
             return False
-        if reply is NOT_READY:
+        if type(reply) is Pending:
             # Backpressure: at either limit this connection stops reading.
             try:
                 conn.in_flight.acquire_nowait()
@@ -375,7 +375,7 @@ class RpcServer:
             except BaseException:
                 conn.in_flight.release()
                 raise
-            nursery.start_soon(self._answer, conn, dispatcher, record, held)
+            nursery.start_soon(self._answer, conn, dispatcher, record, reply, held)
             return True
         if reply is None:
             return True
@@ -415,10 +415,15 @@ class RpcServer:
             conn.send_lock.release()
 
     async def _answer(
-        self, conn: _Connection, dispatcher: Dispatcher, record: bytearray, held: int
+        self,
+        conn: _Connection,
+        dispatcher: Dispatcher,
+        record: bytearray,
+        pending: Pending,
+        held: int,
     ) -> None:
         try:
-            reply = await dispatcher.dispatch(record, conn.peer, "tcp")
+            reply = await dispatcher.finish(pending, record, conn.peer, "tcp")
             if reply is None:
                 return
             framed = _framed(reply, self.limits.join_below_bytes)
@@ -443,6 +448,10 @@ class RpcServer:
         finally:
             self._budget.release(held)
             conn.in_flight.release()
+        # The read loop sleeps in epoll while a call is in flight; polling here for the client's
+        # next call spares that sleep's wake-up as it does after a reply the loop sent itself.
+        if self._may_poll(conn):
+            _poll_briefly(conn.poller, self._poll_s)
 
     # --- UDP: one datagram is one record (RFC 5531 §11 applies to streams only) ----------------
 

@@ -22,7 +22,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from server.fs.config import FsConfig
 from server.fs.dirindex import CompleteDirs
 from server.fs.keys import decode_u64
 from server.fs.record_codec import RecordError, decode
-from server.fs.records import Dirent, Inode, Multi, WriteInline, WriteMeta
+from server.fs.records import Dirent, Inode, Multi, WriteInline, WriteMeta, replace_inode
 from server.fs.state import apply
 from storage.kv import KvError, KvStore
 
@@ -334,7 +333,7 @@ class MetaStore:
         """Fold a WRITE into the pending metadata of `inode` (the current value); no I/O."""
         p = self._pending.get(inode.ino)
         mode = inode.mode & ~_SUID_SGID if clear_suid else inode.mode
-        new = dataclasses.replace(
+        new = replace_inode(
             inode, size=max(inode.size, end), mode=mode, mtime_ns=time_ns, ctime_ns=time_ns
         )
         if p is None:
@@ -354,7 +353,7 @@ class MetaStore:
         end = offset + len(data)
         new_blob = blob[:offset] + bytes(max(0, offset - len(blob))) + data + blob[end:]
         mode = inode.mode & ~_SUID_SGID if clear_suid else inode.mode
-        new = dataclasses.replace(
+        new = replace_inode(
             inode,
             size=max(inode.size, end),
             mode=mode,

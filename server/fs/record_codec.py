@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +110,16 @@ _DEFAULTS = {cls: tuple(f.default for f in dataclasses.fields(cls)) for cls in _
 _ALWAYS_ENCODED = {UnlinkDirent: 3, UnInline: 1, Inode: 18, ExpectInode: 6}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 _FTYPE_AT = {cls: names.index("ftype") for cls, names in _FIELDS.items() if "ftype" in names}
+
+
+def _reader(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """All fields in one C call: attrgetter of several names gives a tuple (of one, the value)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda obj: tuple(getattr(obj, name) for name in names)
+
+
+_VALUES = {cls: _reader(names) for cls, names in _FIELDS.items()}
 # How many leading fields an encoding must carry: those without defaults.
 _REQUIRED = {
     cls: sum(
@@ -128,7 +139,7 @@ def _to_wire(obj: Any) -> list[Any]:
         return [VERSION, tag, [[_to_wire(r) for r in obj.records]]]
     # Hot path (every metadata change encodes a few values): plain getattr, except the enum
     # field, which goes out as its int. Tuples (rdev) encode as CBOR arrays by themselves.
-    values = [getattr(obj, name) for name in _FIELDS[cls]]
+    values = list(_VALUES[cls](obj))
     i = _FTYPE_AT.get(cls)
     if i is not None:
         values[i] = int(values[i])

@@ -14,6 +14,7 @@ Rules:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,24 @@ class Inode:
     dver: int = 0
     cver: int = 0
     cdirty: bool = False
+
+
+_INODE_FIELDS = tuple(Inode.__dataclass_fields__)
+_inode_values = operator.attrgetter(*_INODE_FIELDS)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def replace_inode(inode: Inode, **changes: Any) -> Inode:
+    """dataclasses.replace(inode, **changes) at half its cost: it runs several times in every
+    namespace call. The same result, since Inode has no __post_init__ and no field that
+    `replace` would leave out; an unknown name fails on the slots (AttributeError)."""
+    new = _new(Inode)
+    for name, value in zip(_INODE_FIELDS, _inode_values(inode), strict=True):
+        _set(new, name, value)
+    for name, value in changes.items():
+        _set(new, name, value)
+    return new
 
 
 @dataclass(frozen=True, slots=True)

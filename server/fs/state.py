@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from nfs_gateway.backend import FileType
@@ -71,6 +70,7 @@ from server.fs.records import (
     Unpin,
     WriteInline,
     WriteMeta,
+    replace_inode,
 )
 from storage.kv import KvStore
 
@@ -146,7 +146,7 @@ def _link_dirent(r: LinkDirent, view: View, changes: Changes) -> None:
     changes.put_dirent(r.dir_ino, r.name, Dirent(r.ino, d.next_cookie, r.ftype))
     subdir = 1 if r.ftype == FileType.DIR else 0  # the new directory's `..`
     changes.put_inode(
-        dataclasses.replace(
+        replace_inode(
             d,
             next_cookie=d.next_cookie + 1,
             nlink=d.nlink + subdir,
@@ -166,7 +166,7 @@ def _unlink_dirent(r: UnlinkDirent, view: View, changes: Changes) -> None:
     changes.delete_dirent(r.dir_ino, r.name, old)
     subdir = 1 if old.ftype == FileType.DIR else 0
     changes.put_inode(
-        dataclasses.replace(d, nlink=d.nlink - subdir, mtime_ns=r.time_ns, ctime_ns=r.time_ns)
+        replace_inode(d, nlink=d.nlink - subdir, mtime_ns=r.time_ns, ctime_ns=r.time_ns)
     )
 
 
@@ -176,7 +176,7 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
     if nlink < 0:
         raise StateError(f"inode {r.ino}: nlink {inode.nlink} {r.delta:+d}")
     if nlink > 0:
-        changes.put_inode(dataclasses.replace(inode, nlink=nlink, ctime_ns=r.time_ns))
+        changes.put_inode(replace_inode(inode, nlink=nlink, ctime_ns=r.time_ns))
         return
     changes.delete_inode(r.ino)
     changes.put_meta(keys.INODE_COUNT, changes.meta_int(view, keys.INODE_COUNT) - 1)
@@ -194,12 +194,12 @@ def _adjust_links(r: AdjustLinks, view: View, changes: Changes) -> None:
 
 def _set_parent(r: SetParent, view: View, changes: Changes) -> None:
     inode = _live_dir(view, changes, r.ino)
-    changes.put_inode(dataclasses.replace(inode, parent=r.parent, ctime_ns=r.time_ns))
+    changes.put_inode(replace_inode(inode, parent=r.parent, ctime_ns=r.time_ns))
 
 
 def _set_attr(r: SetAttr, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
-    new = dataclasses.replace(
+    new = replace_inode(
         inode,
         mode=inode.mode if r.mode is None else r.mode & 0o7777,
         uid=inode.uid if r.uid is None else r.uid,
@@ -234,7 +234,7 @@ def _write_meta(r: WriteMeta, view: View, changes: Changes) -> None:
         raise StateError(f"inode {r.ino}: chunk write to an inline file")
     mode = inode.mode & ~_SUID_SGID if r.clear_suid else inode.mode
     changes.put_inode(
-        dataclasses.replace(
+        replace_inode(
             inode,
             size=max(inode.size, r.end),
             mode=mode,
@@ -256,7 +256,7 @@ def _write_inline(r: WriteInline, view: View, changes: Changes) -> None:
     changes.put_inline(r.ino, head + r.data + blob[end:])
     mode = inode.mode & ~_SUID_SGID if r.clear_suid else inode.mode
     changes.put_inode(
-        dataclasses.replace(
+        replace_inode(
             inode,
             size=max(inode.size, end),
             mode=mode,
@@ -279,7 +279,7 @@ def _uninline(r: UnInline, view: View, changes: Changes) -> None:
             changes.effects.append(WriteEffect(r.ino, inode.chunk_size, 0, blob))
             _bump_chunk(view, changes, r.ino, 0)
     changes.delete_inline(r.ino)
-    changes.put_inode(dataclasses.replace(inode, inline=False))
+    changes.put_inode(replace_inode(inode, inline=False))
 
 
 def _chunk_write(r: ChunkWrite, view: View, changes: Changes) -> None:
@@ -339,26 +339,26 @@ def _unmark_chunks(view: View, changes: Changes, ino: int, first: int) -> None:
 def _set_origin(r: SetOrigin, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
     # The bucket holds this version of the inode now: clean.
-    new = dataclasses.replace(inode, store=r.store, okey=r.okey, etag=r.etag, cver=inode.dver,
+    new = replace_inode(inode, store=r.store, okey=r.okey, etag=r.etag, cver=inode.dver,
                               cdirty=False)
     if inode.store and not r.store:  # unbound: out of the write-back index too
         changes.put_raw(keys.dirty_key(r.ino), None)
     if r.size >= 0:
         if inode.ftype != FileType.REG or inode.inline:
             raise StateError(f"inode {r.ino}: bucket size of a {inode.ftype.name}")
-        new = dataclasses.replace(new, size=r.size, obase=r.size)
+        new = replace_inode(new, size=r.size, obase=r.size)
         # Bytes of an earlier version held here are stale now: drop them (and their marks).
         changes.effects.append(TrimEffect(r.ino, inode.chunk_size, 0))
         _unmark_chunks(view, changes, r.ino, 0)
     if r.mtime_ns:
-        new = dataclasses.replace(new, mtime_ns=r.mtime_ns, ctime_ns=max(r.mtime_ns,
+        new = replace_inode(new, mtime_ns=r.mtime_ns, ctime_ns=max(r.mtime_ns,
                                                                          inode.ctime_ns))
     changes.put_inode(new)
 
 
 def _set_name(r: SetName, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
-    changes.put_inode(dataclasses.replace(inode, parent=r.parent, pname=r.pname,
+    changes.put_inode(replace_inode(inode, parent=r.parent, pname=r.pname,
                                           ctime_ns=r.time_ns, dver=inode.dver + 1))
 
 
@@ -366,11 +366,11 @@ def _set_clean(r: SetClean, view: View, changes: Changes) -> None:
     inode = _live(view, changes, r.ino)
     if inode.dver != r.dver:
         raise StateError(f"inode {r.ino}: version {inode.dver}, flushed {r.dver}")
-    new = dataclasses.replace(inode, cver=r.dver, cdirty=False, okey=r.okey, etag=r.etag)
+    new = replace_inode(inode, cver=r.dver, cdirty=False, okey=r.okey, etag=r.etag)
     if inode.ftype == FileType.REG:
         # The object is the file now: its first `size` bytes (all of them) are the bucket's,
         # and every chunk stays as it is (materialized chunks hold exactly those bytes).
-        new = dataclasses.replace(new, obase=r.size)
+        new = replace_inode(new, obase=r.size)
     changes.put_inode(new)
 
 
@@ -384,7 +384,7 @@ def _unpin(r: Unpin, view: View, changes: Changes) -> None:
 
 def _set_listed(r: SetListed, view: View, changes: Changes) -> None:
     inode = _live_dir(view, changes, r.ino)
-    changes.put_inode(dataclasses.replace(inode, listed_ns=r.listed_ns))
+    changes.put_inode(replace_inode(inode, listed_ns=r.listed_ns))
 
 
 def _materialize_chunk(r: MaterializeChunk, view: View, changes: Changes) -> None:

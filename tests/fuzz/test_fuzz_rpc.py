@@ -27,14 +27,14 @@ from streams import read_like_the_server, reference_records, streams
 from wire import PROCEDURES, check_reply, expect, records
 
 from nfs_gateway.backend import CreateMode, Cred, FileSlice, SetAttrs, StableHow
-from nfs_gateway.dispatch import Dispatcher
+from nfs_gateway.dispatch import Dispatcher, Pending
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.limits import RpcLimits
 from nfs_gateway.mount import make_mount_program
 from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
 from nfs_gateway.portmap import IPPROTO_TCP, IPPROTO_UDP, make_portmap_program, mappings_for
-from nfs_gateway.program import NOT_READY, Program
+from nfs_gateway.program import Program
 from nfs_gateway.sendpath import release_slices
 from server.fs.backend import LocalBackend
 
@@ -58,9 +58,10 @@ class Front:
         """What the server does with one record: the fast path, else a task (server.py)."""
         d = self.dispatcher
         with trio.fail_after(CASE_TIMEOUT_S):
-            reply = d.dispatch_nowait(bytearray(record), CLIENT, transport)
-            if reply is NOT_READY:
-                reply = await d.dispatch(bytearray(record), CLIENT, transport)
+            data = bytearray(record)
+            reply = d.dispatch_nowait(data, CLIENT, transport)
+            if isinstance(reply, Pending):
+                reply = await d.finish(reply, data, CLIENT, transport)
         if reply is None:
             return None
         try:

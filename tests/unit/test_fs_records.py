@@ -1,5 +1,7 @@
 """Records and stored values through the one on-disk CBOR codec (server/fs/record_codec.py)."""
 
+import dataclasses
+
 import cbor2
 import pytest
 from hypothesis import given
@@ -156,3 +158,13 @@ def test_an_older_encoding_without_trailing_defaults_decodes():
     del wire[2][5:]  # but the fields without defaults must be there
     with pytest.raises(codec.CorruptRecord):
         codec.decode(cbor2.dumps(wire))
+
+
+@given(inodes, u64, i64, st.booleans())
+def test_replace_inode_is_dataclasses_replace(inode: r.Inode, nlink: int, t: int, inline: bool):
+    changes = {"nlink": nlink, "ctime_ns": t, "inline": inline}
+    new = r.replace_inode(inode, **changes)
+    assert new == dataclasses.replace(inode, **changes) and type(new) is r.Inode
+    assert r.replace_inode(inode) == inode and r.replace_inode(inode) is not inode
+    with pytest.raises(AttributeError):
+        r.replace_inode(inode, no_such_field=1)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nfs_gateway.backend import Cred
-from nfs_gateway.dispatch import Dispatcher
+from nfs_gateway.dispatch import Dispatcher, Pending
 from nfs_gateway.drc import DuplicateRequestCache
 from nfs_gateway.exports import Export, ExportTable
 from nfs_gateway.mount import MountStat, make_mount_program
@@ -144,13 +144,16 @@ async def test_the_fast_path_records_once_and_not_ready_records_nothing() -> Non
     proc = Procedure("ECHO", Unpacker.unpack_uint, handle, Packer.pack_uint, True, handle_nowait)
     d = Dispatcher([Program(400101, "test", {1: {1: proc}})], None, StepClock())
     call = encode_call(1, 400101, 1, 1, b"\0\0\0\7")
-    assert d.dispatch_nowait(call, CLIENT) is not NOT_READY
+    assert not isinstance(d.dispatch_nowait(call, CLIENT), Pending)
     ready[0] = False
-    assert d.dispatch_nowait(call, CLIENT) is NOT_READY
+    pending = d.dispatch_nowait(call, CLIENT)
+    assert isinstance(pending, Pending)
     st = d.ops["test", "ECHO"]
-    assert st.calls == 1  # NOT_READY: the caller runs dispatch, which records it
-    assert await d.dispatch(call, CLIENT)
-    assert st.calls == 2 and st.sum_s == pytest.approx(2 * STEP_S) and not st.errors
+    assert st.calls == 1  # NOT_READY: the caller runs finish, which records it
+    d.now()  # a step passes before a task runs finish: the call waited that long too
+    assert await d.finish(pending, call, CLIENT)
+    # Its latency counts from dispatch_nowait's clock reading: two steps, not one.
+    assert st.calls == 2 and st.sum_s == pytest.approx(3 * STEP_S) and not st.errors
 
 
 async def test_a_replayed_reply_is_not_another_call(backend: LocalBackend) -> None:
