@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nfs_gateway.backend import Inval, Wcc
 from nfs_gateway.nfs3.const import Stat
-from nfs_gateway.nfs3.env import Env
+from nfs_gateway.nfs3.env import Env, Target
 from nfs_gateway.nfs3.types import CommitArgs, CommitRes, ReadArgs, ReadRes, WriteArgs, WriteRes
 from nfs_gateway.program import NOT_READY, CallContext
 
@@ -49,14 +49,29 @@ async def write(env: Env, ctx: CallContext, args: WriteArgs) -> WriteRes:
     """WRITE (§3.3.7). Writes at most wtmax bytes (a short write the client continues); the
     backend decides how stable it made them (`committed` ≥ what was asked) and gives the
     write verifier, which changes only when unstable data may have been lost."""
+    t, view = _write_target(env, ctx, args)
+    r = await env.backend.write(t.cred, t.fid, args.offset, view, args.stable)
+    return WriteRes(OK, r.wcc, r.count, r.committed, r.verifier)
+
+
+def write_nowait(env: Env, ctx: CallContext, args: WriteArgs) -> WriteRes:
+    """WRITE that the backend can do from memory (a small unstable one), or NOT_READY."""
+    t, view = _write_target(env, ctx, args)
+    r = env.backend.write_nowait(  # type: ignore[attr-defined]
+        t.cred, t.fid, args.offset, view, args.stable
+    )
+    if r is None:
+        return NOT_READY
+    return WriteRes(OK, r.wcc, r.count, r.committed, r.verifier)
+
+
+def _write_target(env: Env, ctx: CallContext, args: WriteArgs) -> tuple[Target, memoryview]:
     t = env.resolve(ctx, args.fh, modify=True)
     data = args.data
     if len(data) < args.count:
         raise Inval(f"WRITE count {args.count} but {len(data)} bytes of data")
     count = min(args.count, env.config.wtmax)
-    view = memoryview(data)[:count]  # a view: no copy of the payload
-    r = await env.backend.write(t.cred, t.fid, args.offset, view, args.stable)
-    return WriteRes(OK, r.wcc, r.count, r.committed, r.verifier)
+    return t, memoryview(data)[:count]  # a view: no copy of the payload
 
 
 def write_fail(status: Stat, wcc: Wcc) -> WriteRes:

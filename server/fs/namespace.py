@@ -274,19 +274,11 @@ class NamespaceOps(_Base):
         check_name(name, self.config.max_name_bytes)
         async with self._writing():
             d = await self._dir_for_change(cred, dir_fid)
-            dw = wcc(d, d, self.fsid)
-            ent = await self._meta.dirent(d.ino, name)
-            if ent is None:
-                raise NoEnt(f"{name!r}", wcc=dw)
-            victim = await self._meta.inode(ent.ino)
-            assert victim is not None, f"dangling entry {name!r} in {d.ino}"
-            if want_dir and victim.ftype != FileType.DIR:
-                raise NotDir(f"{name!r} is not a directory", wcc=dw)
-            if not want_dir and victim.ftype == FileType.DIR:
-                raise IsDir(f"{name!r} is a directory", wcc=dw)  # unlink(2) on Linux: EISDIR
-            self._check_sticky(cred, d, victim, dw)
-            if want_dir and not await self._is_empty(victim.ino):
-                raise NotEmpty(f"{name!r}", wcc=dw)
+            try:
+                victim = await self._victim(cred, d, name, want_dir=want_dir)
+            except FsError as e:
+                e.wcc = wcc(d, d, self.fsid)  # nothing changed (made only on failure: it costs)
+                raise
             now = self._now()
             links = -2 if want_dir else -1  # a directory's own `.` goes with its entry
             changes = await self._commit(
@@ -294,6 +286,22 @@ class NamespaceOps(_Base):
             )
         await self._data_effects(changes)
         return wcc(d, changes.inodes[d.ino], self.fsid)
+
+    async def _victim(self, cred: Cred, d: Inode, name: bytes, *, want_dir: bool) -> Inode:
+        """The inode REMOVE or RMDIR of d/name would unlink, if it may."""
+        ent = await self._meta.dirent(d.ino, name)
+        if ent is None:
+            raise NoEnt(f"{name!r}")
+        victim = await self._meta.inode(ent.ino)
+        assert victim is not None, f"dangling entry {name!r} in {d.ino}"
+        if want_dir and victim.ftype != FileType.DIR:
+            raise NotDir(f"{name!r} is not a directory")
+        if not want_dir and victim.ftype == FileType.DIR:
+            raise IsDir(f"{name!r} is a directory")  # unlink(2) on Linux: EISDIR
+        perms.check_sticky(cred, d, victim)
+        if want_dir and not await self._is_empty(victim.ino):
+            raise NotEmpty(f"{name!r}")
+        return victim
 
     def _check_sticky(self, cred: Cred, d: Inode, victim: Inode, dw: Wcc) -> None:
         try:

@@ -591,6 +591,31 @@ async def test_read_nowait_hands_large_cached_ranges_out_as_file_slices(fs, home
     assert not isinstance((await fs.read(ROOT, fid, 0, CHUNK)).data, FileSlice)
 
 
+async def test_write_nowait_does_small_unstable_writes_and_leaves_the_rest_to_write(fs, home):
+    """The gateway's fast path for WRITE: an UNSTABLE write of a small file, done from memory
+    as `write` does it; None for everything else (then `write` does it), errors as `write`."""
+    f = await mkfile(fs, home, b"f")
+    w = fs.write_nowait(ROOT, f, 0, memoryview(b"hello"), StableHow.UNSTABLE)
+    assert w is not None and (w.count, w.committed) == (5, StableHow.UNSTABLE)
+    assert w.verifier == (await put(fs, f, 5, b"!")).verifier and w.wcc.after.size == 5
+    assert await get(fs, f) == b"hello!"
+    await fs.commit(ROOT, f, 0, 0)
+    assert await get(fs, f) == b"hello!"
+    big = memoryview(bytes(fs.config.inline_max_bytes))
+    assert fs.write_nowait(ROOT, f, 0, memoryview(b"x"), StableHow.FILE_SYNC) is None
+    assert fs.write_nowait(ROOT, f, 1, big, StableHow.UNSTABLE) is None  # would leave inline
+    async with fs._ino_lock(f.ino):  # another WRITE of the file is under way
+        assert fs.write_nowait(ROOT, f, 0, memoryview(b"x"), StableHow.UNSTABLE) is None
+    assert await get(fs, f) == b"hello!"  # none of them wrote
+    with pytest.raises(Access):  # ALICE may not write root's 0644 file: as `write` says
+        fs.write_nowait(ALICE, f, 0, memoryview(b"x"), StableHow.UNSTABLE)
+    with pytest.raises(Access):
+        await put(fs, f, 0, b"x", cred=ALICE)
+    await fs.remove(ROOT, home, b"f")
+    with pytest.raises(Stale):
+        fs.write_nowait(ROOT, f, 0, memoryview(b"x"), StableHow.UNSTABLE)
+
+
 async def test_a_failed_metadata_write_is_an_io_error_and_changes_the_verifier(fs, home):
     """LevelDB failing under a change: NFS3ERR_IO, and unstable data may be lost with the
     batch, so the write verifier changes (RFC 1813 §3.3.7); the lock is free afterwards."""
