@@ -23,7 +23,8 @@ Rules:
   receives, so a client that keeps its socket full cannot starve the other tasks.
 - Large records (WRITE) are received straight into their final buffer (RecordDecoder.direct_view).
 - With a single client connected and nothing else to do, the read loop busy-polls the socket
-  for a few tens of µs after a reply before sleeping (RpcLimits.busy_poll_us, limits.py, says why).
+  for a few tens of µs after a reply before sleeping (RpcLimits.busy_poll_us, limits.py, says why);
+  so does a task that answered that client's call.
 - Graceful shutdown: `shutdown()` stops accepting and reading; requests already read are answered
   (within `shutdown_grace_s`), then connections close and `run` returns.
 """
