@@ -126,7 +126,7 @@ class DataOps(_Base):
             if not data:
                 return WriteResult(0, stable, self._verifier, wcc(before, before, self.fsid))
             clear_suid = perms.write_clears_suid(cred, before)
-            if end <= self.config.inline_max_bytes and (before.inline or before.size == 0):
+            if self._stays_inline(before, end):
                 after, committed = await self._write_inline(
                     fid, before, offset, data, stable, clear_suid
                 )
@@ -149,7 +149,7 @@ class DataOps(_Base):
         if before is None:
             return None
         end = offset + len(data)
-        if end > self.config.inline_max_bytes or not (before.inline or before.size == 0):
+        if not self._stays_inline(before, end):
             return None
         require_reg(before)
         perms.check_io(cred, before, perms.W)
@@ -161,6 +161,10 @@ class DataOps(_Base):
             before, blob, offset, bytes(data), self._now(), clear_suid  # type: ignore[arg-type]
         )
         return WriteResult(len(data), stable, self._verifier, wcc(before, after, self.fsid))
+
+    def _stays_inline(self, inode: Inode, end: int) -> bool:
+        """Whether a WRITE ending at `end` keeps (or makes) `inode` an inline file."""
+        return end <= self.config.inline_max_bytes and (inode.inline or inode.size == 0)
 
     async def _write_inline(
         self,
