@@ -49,6 +49,9 @@ log = logging.getLogger("objcache.rpc")
 Buffers = list[bytes | bytearray | memoryview]
 
 
+_UNDECODED = object()  # Pending.args before the arguments are decoded
+
+
 def _no_clock() -> float:
     return 0.0
 
@@ -147,13 +150,8 @@ class Dispatcher:
         transport: str = "tcp",
     ) -> Buffers | None:
         """The reply to the call `dispatch_nowait` returned as `pending` for `record`."""
-        hdr, op, t0 = pending.hdr, pending.op, pending.t0
-        if pending.args is _UNDECODED:
-            return await self._call(hdr, op, pending.u, record, client, transport, t0)
-        # Decoded already, so idempotent or without a cache (dispatch_nowait): run it.
-        self.counters["calls"] += 1
-        ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
-        return await self._run(ctx, op, pending.args, t0)
+        p = pending
+        return await self._call(p.hdr, p.op, p.u, record, client, transport, p.t0, p.args)
 
     def _find(self, hdr: CallHeader) -> Op | bytes:
         """The procedure, or the PROG_UNAVAIL / PROG_MISMATCH / PROC_UNAVAIL reply."""
@@ -182,11 +180,16 @@ class Dispatcher:
         client: tuple[str, int],
         transport: str,
         t0: float,
+        args: object = _UNDECODED,
     ) -> Buffers | None:
+        """Run the call whose arguments `u` is at, or which `args` holds decoded already."""
         args_at = u.pos
-        args = self._decode_args(hdr, op, u, client, t0)
-        if type(args) is _Reply:
-            return args.buffers
+        if args is _UNDECODED:
+            args = self._decode_args(hdr, op, u, client, t0)
+            if type(args) is _Reply:
+                return args.buffers
+        # Arguments decoded before (dispatch_nowait) belong to an idempotent call or a
+        # dispatcher without a cache: `args_at` (past them) is never used below.
         self.counters["calls"] += 1
         ctx = CallContext(client, hdr.auth.flavor, hdr.cred, hdr.xid, transport)
         if op.proc.idempotent or self.drc is None:
@@ -263,9 +266,6 @@ class Dispatcher:
         log.exception("%s: xid %#x %s failed", ctx.client, ctx.xid, op.proc.name)
         op.stats.record(self.now() - t0, AcceptStat.SYSTEM_ERR)
         return [accepted_reply(ctx.xid, AcceptStat.SYSTEM_ERR)]
-
-
-_UNDECODED = object()  # Pending.args before the arguments are decoded
 
 
 class Pending:
