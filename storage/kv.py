@@ -10,11 +10,21 @@ Rules:
   The `*_sync` variants are for code that already runs in a worker thread (the Raft apply
   loop, bulk loaders); never call them from the trio thread.
 - A write is a batch: an iterable of (key, value) pairs where value None deletes the key. The batch
-  is applied atomically; `sync=True` returns only after LevelDB fsynced its log, which also makes
-  every earlier unsynced write durable (the log is sequential). One caveat of LevelDB: when a full
-  memtable switches to a new log file, the old file is closed without fsync and is durable only
-  once its memtable is compacted into a (synced) table, milliseconds later; an unsynced write
-  made just before the switch can therefore outlive a later sync only as long as that takes.
+  is applied atomically; `sync=True` returns only once the batch and every earlier write of this
+  store are durable.
+- How a synced write becomes durable: through the journal (storage/journal.py, a ring file in
+  the LevelDB directory) when it fits in one record: the record holds the batch and the unsynced
+  batches written since the last record, is written with one direct synced write, and then the
+  batch goes to LevelDB unsynced. Every synced batch carries JOURNAL_SEQ, the seq of its record;
+  at open, the records above the JOURNAL_SEQ LevelDB holds are written again, in order (LevelDB
+  keeps a prefix of its writes after a crash, and batches replayed in order are idempotent).
+  Larger batches, and all of them with `journal_bytes=0`, sync LevelDB's own log, which makes
+  the earlier writes durable too (the log is sequential). A LevelDB caveat for that path: when
+  a full memtable switches to a new log file, the old file is closed without fsync and is
+  durable only once its memtable is compacted into a (synced) table, milliseconds later.
+  `checkpoint` (before the ring wraps, at open and at close) also fdatasyncs those files.
+- All writes of the database go through `write_sync` (storage/raftlog.py's too, when it shares
+  the store): the journal must see every unsynced batch.
 - Keys and values are bytes. What they mean is the caller's business (server/fs/keys.py, ...).
 - Iteration results are materialised lists with a limit, so no LevelDB iterator outlives a call
   or crosses threads.
@@ -22,6 +32,10 @@ Rules:
 
 from __future__ import annotations
 
+import logging
+import os
+import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +43,15 @@ from pathlib import Path
 import plyvel
 import trio
 
+from storage.journal import BLOCK, Journal, JournalError, read_records
+
 Batch = Iterable[tuple[bytes, bytes | None]]
+
+log = logging.getLogger("objcache.kv")
+
+JOURNAL_FILE = "objcache-journal"  # a name LevelDB leaves alone in its directory
+JOURNAL_SEQ = b"kv.journal_seq"  # -> u64: the seq of the last journaled batch LevelDB holds
+_U64 = struct.Struct(">Q")
 
 
 def loop_is_idle(limiter: trio.CapacityLimiter | None = None) -> bool:
@@ -51,15 +73,35 @@ class KvConfig:
     write_buffer_bytes: int = 16 << 20
     max_open_files: int = 500
     max_scan_items: int = 100_000  # upper bound on one iterate() call
+    journal_bytes: int = 4 << 20  # the synced-write ring (module rules); 0: LevelDB syncs
+    journal_record_bytes: int = 256 << 10  # larger synced batches sync LevelDB's log instead
+
+    def __post_init__(self) -> None:
+        if self.journal_bytes:
+            # storage/journal.py: whole blocks, and at least two records in the ring.
+            if self.journal_bytes % BLOCK or self.journal_record_bytes % BLOCK:
+                raise ValueError(f"journal_bytes and journal_record_bytes must be multiples "
+                                 f"of {BLOCK}")
+            if not BLOCK <= self.journal_record_bytes <= self.journal_bytes // 2:
+                raise ValueError("journal_record_bytes must lie between one block and half "
+                                 "of journal_bytes")
 
 
 class KvStore:
     """One LevelDB database. Create with `await KvStore.open(path)` or `KvStore.open_sync`."""
 
-    def __init__(self, db: plyvel.DB, config: KvConfig) -> None:
+    def __init__(self, db: plyvel.DB, config: KvConfig, path: Path | None = None,
+                 journal: Journal | None = None) -> None:
         self._db: plyvel.DB | None = db
         self.config = config
         self._limiter = trio.CapacityLimiter(config.threads)
+        self._path = path
+        self._journal = journal
+        # One writer at a time while journaling: a record's batches must be in LevelDB's order.
+        self._write_lock = threading.Lock()
+        # Synced batches by how they became durable, for tests and metrics: "journal" (a
+        # record), "leveldb" (too large for one, or no journal); ring wraps.
+        self.synced_writes = {"journal": 0, "leveldb": 0, "journal_wraps": 0}
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -78,14 +120,31 @@ class KvStore:
             )
         except (plyvel.Error, OSError) as e:
             raise KvError(f"cannot open LevelDB at {path}: {e}") from e
-        return cls(db, config)
+        if not config.journal_bytes:
+            return cls(db, config, path)
+        try:
+            journal = _open_journal(db, path, config)
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, config, path, journal)
 
     @classmethod
     async def open(cls, path: Path, config: KvConfig | None = None) -> KvStore:
         return await trio.to_thread.run_sync(cls.open_sync, path, config)
 
     def close_sync(self) -> None:
-        if self._db is not None:
+        if self._db is None:
+            return
+        try:
+            with self._write_lock:
+                journal, self._journal = self._journal, None
+                if journal is not None:
+                    try:  # the next open then has nothing to replay
+                        _checkpoint(self._db, self._path, journal.next_seq - 1)
+                    finally:
+                        journal.close()
+        finally:
             self._db.close()
             self._db = None
 
@@ -98,7 +157,8 @@ class KvStore:
 
     def handle(self) -> plyvel.DB:
         """The plyvel handle, for other adapters in this package that share the database
-        (storage/raftlog.py). Nothing outside storage/ may call plyvel."""
+        (storage/raftlog.py) to read with; their writes go through write_sync (module rules).
+        Nothing outside storage/ may call plyvel."""
         return self._live()
 
     def _live(self) -> plyvel.DB:
@@ -144,15 +204,42 @@ class KvStore:
 
     def write_sync(self, batch: Batch, *, sync: bool) -> None:
         db = self._live()
-        try:
-            with db.write_batch(sync=sync) as wb:
-                for key, value in batch:
-                    if value is None:
-                        wb.delete(key)
-                    else:
-                        wb.put(key, value)
-        except plyvel.Error as e:
-            raise KvError(f"write failed: {e}") from e
+        if self._journal is None:
+            _write(db, batch, sync)
+            self.synced_writes["leveldb"] += sync
+            return
+        items = batch if isinstance(batch, list) else list(batch)
+        with self._write_lock:
+            journal = self._journal
+            if journal is None:  # closed, or given up after an error, meanwhile
+                _write(self._live(), items, sync)
+                self.synced_writes["leveldb"] += sync
+                return
+            if not sync:
+                _write(db, items, False)
+                journal.note(items)
+                return
+            seq = journal.next_seq
+            items = [*items, (JOURNAL_SEQ, _U64.pack(seq))]
+            try:
+                journaled = journal.append(
+                    items, lambda: _checkpoint(db, self._path, seq - 1))
+            except JournalError as e:
+                # Records after a failed one could never be read back: stop journaling. This
+                # batch's LevelDB sync covers everything before it.
+                log.warning("%s; synced writes go through LevelDB's log from now on", e)
+                self._journal = None
+                journal.close()
+                journaled = False
+            if journaled:
+                self.synced_writes["journal_wraps"] = journal.wraps
+                _write(db, items, False)
+                self.synced_writes["journal"] += 1
+                return
+            _write(db, items, True)
+            journal.next_seq = seq + 1
+            journal.covered()
+            self.synced_writes["leveldb"] += 1
 
     # -- async API (trio thread) ------------------------------------------------------------
 
@@ -195,6 +282,69 @@ class KvStore:
             self.write_sync(items, sync=sync)
             return
         await self.run_sync(lambda: self.write_sync(items, sync=sync))
+
+
+def _write(db: plyvel.DB, batch: Batch, sync: bool) -> None:
+    try:
+        with db.write_batch(sync=sync) as wb:
+            for key, value in batch:
+                if value is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, value)
+    except plyvel.Error as e:
+        raise KvError(f"write failed: {e}") from e
+
+
+def _checkpoint(db: plyvel.DB, path: Path | None, seq: int) -> None:
+    """Make everything written to `db` durable in LevelDB itself (module rules): a synced
+    write, then an fdatasync of each of its log files (an older one, switched away from with
+    a full memtable, was closed without one)."""
+    _write(db, [(JOURNAL_SEQ, _U64.pack(seq))], True)
+    if path is None:
+        return
+    for name in os.listdir(path):
+        if not name.endswith(".log"):
+            continue
+        try:
+            fd = os.open(path / name, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # compacted into a table meanwhile (LevelDB synced that)
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            raise KvError(f"fdatasync {path / name}: {e}") from e
+        finally:
+            os.close(fd)
+
+
+def _open_journal(db: plyvel.DB, path: Path, config: KvConfig) -> Journal:
+    """Replay the journal's records that LevelDB lacks (module rules), make LevelDB hold them
+    on disk, and open the ring for new records."""
+    ring = path / JOURNAL_FILE
+    try:
+        records = read_records(ring)
+    except JournalError as e:
+        raise KvError(str(e)) from e
+    raw = db.get(JOURNAL_SEQ)
+    held = _U64.unpack(raw)[0] if raw is not None else 0
+    last = held
+    replayed = 0
+    for seq, ops in records:
+        last = max(last, seq)
+        if seq > held:
+            _write(db, [*ops, (JOURNAL_SEQ, _U64.pack(seq))], False)
+            replayed += 1
+    _checkpoint(db, path, last)
+    if replayed:
+        log.info("%s: replayed %d journaled batches (%d..%d) that LevelDB had lost", path,
+                 replayed, held + 1, last)
+    try:
+        journal = Journal.open(ring, config.journal_bytes, config.journal_record_bytes)
+    except JournalError as e:
+        raise KvError(str(e)) from e
+    journal.restart(last + 1)
+    return journal
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

@@ -109,6 +109,7 @@ class RaftLogStorage:
     def __init__(self, db: plyvel.DB, prefix: bytes, config: RaftLogConfig,
                  limiter: trio.CapacityLimiter, loaded: Loaded):
         self._db = db
+        self._store: KvStore | None = None  # set by open_on_store: write through it
         self._prefix = prefix
         self._config = config
         self._limiter = limiter
@@ -159,7 +160,9 @@ class RaftLogStorage:
         """Share the node's one LevelDB with the state machine (LevelDB allows one handle per
         process, and DESIGN.md wants log and state in one DB)."""
         config = config or RaftLogConfig()
-        return await cls.open(store.handle(), prefix=prefix, config=config)
+        storage = await cls.open(store.handle(), prefix=prefix, config=config)
+        storage._store = store  # writes go through the store: its journal sees them all
+        return storage
 
     # ---- LogStorage: synchronous reads ----
 
@@ -427,6 +430,9 @@ class RaftLogStorage:
         self.sync_seconds_avg += 0.2 * (time.perf_counter() - start - self.sync_seconds_avg)
 
     def _write_sync(self, ops: list[tuple[bytes, bytes | None]], sync: bool) -> None:
+        if self._store is not None:
+            self._store.write_sync(ops, sync=sync)
+            return
         with self._db.write_batch(sync=sync) as wb:
             for key, value in ops:
                 if value is None:

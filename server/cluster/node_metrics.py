@@ -81,6 +81,14 @@ class NodeMetrics:
                             ("inline_batches", storage.batches_inline)):
             family.add_metric([kind], value)
         yield family
+        family = CounterMetricFamily(
+            "objcache_kv_synced_writes", "Synced LevelDB batches of this node by how they were "
+            "made durable: one direct write to the journal ring, or LevelDB's own log fsync "
+            "(batches too large for a record); journal_wraps: times the ring started over",
+            labels=["path"])
+        for path, value in self.runtime.kv.synced_writes.items():
+            family.add_metric([path], value)
+        yield family
 
     def _writeback(self) -> Iterator[Metric]:
         group = [str(self.runtime.group)]

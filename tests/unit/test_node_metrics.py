@@ -28,6 +28,8 @@ def parts() -> tuple[Any, Any]:
                                                               dropped_messages=0),
                               storage=SimpleNamespace(saves=9, batches_written=4,
                                                       batches_synced=3, batches_inline=2),
+                              kv=SimpleNamespace(synced_writes={"journal": 6, "leveldb": 1,
+                                                                "journal_wraps": 0}),
                               bucket=SimpleNamespace(cache=cache))
     flusher = SimpleNamespace(stats={"uploads": 5, "bytes": 12345, "errors": 1},
                               _first_seen={10: 1.0, 11: 2.0})
@@ -68,6 +70,9 @@ def test_a_scrape_reads_every_part(scans: list[int]) -> None:
     assert got['objcache_raft_log_writes_total{kind="batches"}'] == 4
     assert got['objcache_raft_log_writes_total{kind="synced_batches"}'] == 3
     assert got['objcache_raft_log_writes_total{kind="inline_batches"}'] == 2
+    assert got['objcache_kv_synced_writes_total{path="journal"}'] == 6
+    assert got['objcache_kv_synced_writes_total{path="leveldb"}'] == 1
+    assert got['objcache_kv_synced_writes_total{path="journal_wraps"}'] == 0
     assert got['objcache_dirty_files{group="4"}'] == 3
     assert got['objcache_dirty_bytes{group="4"}'] == 4096
     assert got["objcache_writeback_queue_inodes"] == 2
