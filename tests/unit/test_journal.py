@@ -99,6 +99,15 @@ def _crash(kv: KvStore) -> None:
     kv._db = None
 
 
+def _read_after_restart(path: Path, keys: list[bytes],
+                        config: KvConfig | None = None) -> list[bytes | None]:
+    kv = KvStore.open_sync(path, config)
+    try:
+        return kv.get_many_sync(keys)
+    finally:
+        kv.close_sync()
+
+
 def _lose_unsynced(monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on LevelDB's unsynced writes reach its disk only with its next synced write (as
     its log's fdatasync would take them along); an OS crash will lose the rest."""
@@ -129,12 +138,8 @@ def test_an_os_crash_loses_nothing_acknowledged(tmp_path: Path,
         kv.write_sync([(b"late", b"unsynced")], sync=False)  # never acknowledged as durable
         assert kv.get_sync(b"a") is None  # LevelDB's disk lacks them now
         _crash(kv)
-    kv = KvStore.open_sync(tmp_path / "db")
-    try:
-        assert kv.get_many_sync([b"before", b"a", b"b", b"c"]) == [b"0", b"2", None, b"2"]
-        assert kv.get_sync(b"late") is None
-    finally:
-        kv.close_sync()
+    assert _read_after_restart(tmp_path / "db", [b"before", b"a", b"b", b"c", b"late"]) == [
+        b"0", b"2", None, b"2", None]
 
 
 def test_replay_never_brings_back_what_a_later_leveldb_sync_replaced(
@@ -148,11 +153,8 @@ def test_replay_never_brings_back_what_a_later_leveldb_sync_replaced(
         _lose_unsynced(m)
         kv.write_sync([(b"j", b"journaled after")], sync=True)
         _crash(kv)
-    kv = KvStore.open_sync(tmp_path / "db", config)
-    try:
-        assert kv.get_many_sync([b"k", b"j"]) == [b"new", b"journaled after"]
-    finally:
-        kv.close_sync()
+    assert _read_after_restart(tmp_path / "db", [b"k", b"j"], config) == [
+        b"new", b"journaled after"]
 
 
 def test_many_records_wrap_the_ring_and_a_crash_after_loses_nothing(
@@ -167,13 +169,9 @@ def test_many_records_wrap_the_ring_and_a_crash_after_loses_nothing(
         for i in range(30, 35):
             kv.write_sync([(b"k%02d" % i, b"%d" % i)], sync=True)
         _crash(kv)
-    kv = KvStore.open_sync(tmp_path / "db", config)
-    try:
-        assert kv.get_many_sync([b"k%02d" % i for i in range(35)]) == [
-            b"%d" % i for i in range(35)]
-        assert kv.get_sync(JOURNAL_SEQ) is not None
-    finally:
-        kv.close_sync()
+    keys = [b"k%02d" % i for i in range(35)]
+    *values, seq = _read_after_restart(tmp_path / "db", [*keys, JOURNAL_SEQ], config)
+    assert values == [b"%d" % i for i in range(35)] and seq is not None
 
 
 def test_a_ring_of_another_size_is_replayed_then_remade(
@@ -238,9 +236,5 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    kv = KvStore.open_sync(tmp_path / "db")
-    try:
-        keys = [b"s%06d" % i for i in range(acked + 1)] + [b"n%06d" % i for i in range(acked)]
-        assert None not in kv.get_many_sync(keys)
-    finally:
-        kv.close_sync()
+    keys = [b"s%06d" % i for i in range(acked + 1)] + [b"n%06d" % i for i in range(acked)]
+    assert None not in _read_after_restart(tmp_path / "db", keys)
