@@ -86,6 +86,7 @@ class Listener:
 
 class _Connection:
     __slots__ = (
+        "answering",
         "in_flight",
         "last_active",
         "limit",
@@ -95,6 +96,7 @@ class _Connection:
         "read_scope",
         "send_lock",
         "sock",
+        "stop_asked",
     )
 
     def __init__(self, sock: stdlib_socket.socket, peer: tuple[str, int], limit: int) -> None:
@@ -104,12 +106,23 @@ class _Connection:
         self.peer = peer
         self.limit = limit
         self.read_scope = trio.CancelScope()  # cancelled to stop reading: shutdown or idle
+        # A call answered in the read loop (RpcServer answer_inline) is finished before the
+        # loop stops: stop() then only asks, and the loop cancels its scope after the answer.
+        self.answering = False
+        self.stop_asked = False
         # Held from the first byte of a reply to its last. A Semaphore, not a Lock: a reply that
         # the read loop starts may be finished by another task.
         self.send_lock = trio.Semaphore(1)
         self.in_flight = trio.Semaphore(limit)
         self.nursery: trio.Nursery | None = None
         self.last_active = trio.current_time()
+
+    def stop_reading(self) -> None:
+        """Stop reading requests (shutdown, idle); what was read is still answered."""
+        if self.answering:
+            self.stop_asked = True
+        else:
+            self.read_scope.cancel()
 
     def idle_since(self, now: float) -> float:
         """Seconds without a request received or in flight."""
@@ -154,7 +167,13 @@ class RpcServer:
         listeners: Sequence[Listener],
         limits: RpcLimits | None = None,
         drc: DuplicateRequestCache | None = None,
+        *,
+        answer_inline: bool = False,
     ) -> None:
+        """`answer_inline`: the programs answer every call from local state, within an fsync
+        or a disk read (no network waits): a lone call may then be answered in the read loop
+        (_may_answer_inline), where a call that waited long would hold up the connection's
+        next ones."""
         self.listeners = tuple(listeners)
         self.limits = limits = limits or RpcLimits()
         self.drc = drc
@@ -168,6 +187,7 @@ class RpcServer:
         self._stop = trio.Event()
         self._budget = ByteBudget(limits.max_in_flight_bytes)
         self._poll_s = limits.busy_poll_us / 1e6
+        self._answer_inline = answer_inline
 
     @property
     def connection_count(self) -> int:
@@ -230,7 +250,7 @@ class RpcServer:
                         tcp.close()  # new clients are refused now, not left in the backlog
                 log.info("shutting down: %d connections", len(self._conns))
                 for conn in self._conns:
-                    conn.read_scope.cancel()
+                    conn.stop_reading()
                 conns.cancel_scope.deadline = trio.current_time() + self.limits.shutdown_grace_s
         finally:
             for tcp, udp, _port in bound:
@@ -279,7 +299,7 @@ class RpcServer:
             for conn in list(self._conns):
                 if conn.idle_since(now) >= idle_s:
                     log.info("%s: idle for %.0f s, closing", conn.peer, idle_s)
-                    conn.read_scope.cancel()
+                    conn.stop_reading()
 
     def _refuse(self, sock: trio.socket.SocketType, addr: tuple) -> None:
         sock.close()
@@ -350,9 +370,14 @@ class RpcServer:
                 log.warning("%s: %s; closing", conn.peer, e)
                 nursery.cancel_scope.cancel()
                 return
+            # A lone call: the client sent nothing after it, so a request-reply client waits.
+            lone = drained and len(records) == 1
             for record in records:
-                if not await self._take(conn, dispatcher, record, nursery):
+                if not await self._take(conn, dispatcher, record, nursery, lone):
                     return
+                if conn.stop_asked:
+                    conn.read_scope.cancel()
+                    await trio.lowlevel.checkpoint()  # raises Cancelled: reading stops here
             receives += 1
             if receives >= _RECEIVES_PER_YIELD:
                 receives = 0
@@ -370,11 +395,27 @@ class RpcServer:
             and tasks_runnable() == 0
         )
 
+    def _may_answer_inline(self, conn: _Connection, lone: bool) -> bool:
+        """Whether the read loop answers a call itself rather than in a task (answer_inline):
+        a lone call of the only connection, none other in flight (this one holds a slot),
+        nothing being sent, no task waiting to run. A task, and the read loop's sleep in
+        epoll until the next call, cost about 50 µs per call on our VMs (meta1: creates and
+        removes 11-20 % faster inline)."""
+        return (
+            self._answer_inline
+            and lone
+            and len(self._conns) == 1
+            and conn.in_flight.value == conn.limit - 1
+            and conn.send_lock.value == 1
+            and tasks_runnable() == 0
+        )
+
     async def _take(
-        self, conn: _Connection, dispatcher: Dispatcher, record: bytearray, nursery: trio.Nursery
+        self, conn: _Connection, dispatcher: Dispatcher, record: bytearray, nursery: trio.Nursery,
+        lone: bool = False,
     ) -> bool:
-        """Answer `record` at once if it can be, else start a task for it. False: stop reading
-        (the connection failed)."""
+        """Answer `record` at once if it can be, else start a task for it (or answer it here:
+        _may_answer_inline). False: stop reading (the connection failed)."""
         try:
             reply = dispatcher.dispatch_nowait(record, conn.peer, "tcp")
         except Exception:
@@ -392,7 +433,14 @@ class RpcServer:
             except BaseException:
                 conn.in_flight.release()
                 raise
-            nursery.start_soon(self._answer, conn, dispatcher, record, reply, held)
+            if self._may_answer_inline(conn, lone):
+                conn.answering = True
+                try:
+                    await self._answer(conn, dispatcher, record, reply, held)
+                finally:
+                    conn.answering = False
+            else:
+                nursery.start_soon(self._answer, conn, dispatcher, record, reply, held)
             return True
         if reply is None:
             return True

@@ -96,6 +96,8 @@ def make_rpc_server(cfg: Config, backend: LocalBackend) -> RpcServer:
             idle_timeout_s=lim.idle_timeout_s,
         ),
         DuplicateRequestCache(DrcLimits(lim.drc_max_entries, lim.drc_max_bytes)),
+        # One node's own disk answers every call; a cluster's calls may wait on its peers.
+        answer_inline=isinstance(backend, LocalBackend),
     )
     metrics.watch_rpc(server)  # its procedures and connections on /metrics
     return server

@@ -131,6 +131,7 @@ def make_server(
     test_prog: ToyProgram,
     limits: RpcLimits = LIMITS,
     portmap_udp: bool = False,
+    answer_inline: bool = False,
 ) -> RpcServer:
     exports = ExportTable([Export("/", 1, insecure=True)])
     mount = make_mount_program(backend, exports, handle_maker(backend))
@@ -143,6 +144,7 @@ def make_server(
         ],
         limits,
         DuplicateRequestCache(),
+        answer_inline=answer_inline,
     )
     return server
 
@@ -434,6 +436,53 @@ async def test_graceful_shutdown_answers_in_flight_requests(backend, prog):
             assert reply is not None and reply[-4:] == u32(5)
             assert await c.recv_record() is None  # then the connection closes
     assert srv.connection_count == 0
+
+
+async def test_a_lone_call_answered_in_the_read_loop_is_finished_before_shutdown(backend, prog):
+    """answer_inline: the only connection's lone call runs in the read loop (the connection's
+    next call waits for it); shutdown still answers it, then closes the connection."""
+    srv = make_server(backend, prog, answer_inline=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.run)
+        async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
+            await c.send_record(encode_call(9, TEST_PROG, 1, 2, u32(5)))
+            with trio.fail_after(5):
+                while not prog.blocked:
+                    await trio.sleep(0.01)
+            (conn,) = srv._conns
+            assert conn.answering
+            await c.send_record(encode_call(10, TEST_PROG, 1, 0))  # NULL: read after BLOCK
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            srv.shutdown()
+            with trio.fail_after(5):
+                while await connects(port(srv)):
+                    pass
+            prog.gate.set()
+            reply = await c.recv_record()
+            assert reply is not None and reply[:4] == u32(9) and reply[-4:] == u32(5)
+            assert await c.recv_record() is None  # NULL came after shutdown: not read
+    assert srv.connection_count == 0
+
+
+async def test_calls_that_are_not_lone_run_in_tasks_with_answer_inline(nursery, backend, prog):
+    srv = make_server(backend, prog, answer_inline=True)
+    await nursery.start(srv.run)
+    async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
+        # Two calls in one send: neither is lone, so both run at once.
+        await c.send(b"".join(_record(encode_call(x, TEST_PROG, 1, 2, u32(x))) for x in (1, 2)))
+        with trio.fail_after(5):
+            while prog.blocked < 2:
+                await trio.sleep(0.01)
+        (conn,) = srv._conns
+        assert not conn.answering
+        prog.gate.set()
+        xids = sorted([(await c.recv_record())[:4] for _ in range(2)])
+        assert xids == [u32(1), u32(2)]
+    srv.shutdown()
+
+
+def _record(body: bytes) -> bytes:
+    return struct.pack(">I", LAST_FRAGMENT | len(body)) + body
 
 
 async def connects(p: int) -> bool:
