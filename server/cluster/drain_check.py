@@ -14,8 +14,7 @@ Rules:
 - A key table entry that is not live (claimed, to delete, held by a moved inode) is an
   upload or a delete the bucket has not seen.
 - An unnamed inode (removed while still referenced) has no key: nothing to hold.
-- Checking an object: its size and ETag as the state records them (an empty object: its
-  size; its ETag is only the MD5 of no bytes). A directory holding many
+- Checking an object: its size and ETag as the state records them. A directory holding many
   expected objects is listed (one request per 1 000 keys, the same size and ETag a HEAD
   gives); whatever a listing does not confirm is HEADed, and the HEAD decides.
 """
@@ -159,9 +158,6 @@ def mismatch(e: Expected, size: int | None, etag: str) -> str | None:
         return "missing from the bucket"
     if size != e.size:
         return f"the bucket's object has {size} bytes, the file {e.size}"
-    # An empty object's ETag is the MD5 of no bytes, which says nothing its size does not;
-    # stores spell it differently for a directory's marker (SeaweedFS answers the multipart
-    # form "<md5>-0" once the directory exists implicitly, depending on the PUTs' order).
-    if size and etag != e.etag:
+    if etag != e.etag:
         return f"the bucket's object has ETag {etag}, the cluster wrote {e.etag}"
     return None

@@ -115,11 +115,6 @@ def test_directories_with_many_objects_are_listed_the_rest_headed() -> None:
     assert mismatch(e, None, "") == "missing from the bucket"
     assert mismatch(e, 4, "abc") == "the bucket's object has 4 bytes, the file 5"
     assert mismatch(e, 5, "abd") == "the bucket's object has ETag abd, the cluster wrote abc"
-    # A directory's marker: present and empty is all an ETag could say.
-    marker = Expected(S, 2, b"d/", 0, "d41d8cd98f00b204e9800998ecf8427e")
-    assert mismatch(marker, 0, "d41d8cd98f00b204e9800998ecf8427e-0") is None
-    assert mismatch(marker, None, "") == "missing from the bucket"
-    assert mismatch(marker, 3, "x") == "the bucket's object has 3 bytes, the file 0"
 
 
 # -- the fence ---------------------------------------------------------------------------------
