@@ -152,6 +152,12 @@ def parent_prefix(key: bytes) -> bytes:
     return head + sep
 
 
+def is_marker(e: Expected, inode: Inode) -> bool:
+    """Whether the expected object is a directory's marker (drain.py writes a lost one
+    again)."""
+    return inode.ftype == FileType.DIR and e.size == 0 and e.key.endswith(b"/")
+
+
 def mismatch(e: Expected, size: int | None, etag: str) -> str | None:
     """Why the object found (size None: none) is not the one expected; None when it is."""
     if size is None:

@@ -15,6 +15,7 @@ from server.cluster.drain_check import (
     Expected,
     Problem,
     expected_objects,
+    is_marker,
     key_of,
     listings,
     mismatch,
@@ -115,6 +116,14 @@ def test_directories_with_many_objects_are_listed_the_rest_headed() -> None:
     assert mismatch(e, None, "") == "missing from the bucket"
     assert mismatch(e, 4, "abc") == "the bucket's object has 4 bytes, the file 5"
     assert mismatch(e, 5, "abd") == "the bucket's object has ETag abd, the cluster wrote abc"
+    # A marker present only implicitly (SeaweedFS's ETag for it) is a mismatch, which the
+    # drain repairs for directories' markers only.
+    empty = "d41d8cd98f00b204e9800998ecf8427e"
+    marker = Expected(S, 2, b"d/", 0, empty)
+    assert mismatch(marker, 0, empty + "-0") is not None
+    assert is_marker(marker, ino(2, 1, b"d", FileType.DIR))
+    assert not is_marker(marker, ino(2, 1, b"d", FileType.REG))
+    assert not is_marker(Expected(S, 3, b"link", 0, empty), ino(3, 1, b"link", FileType.LNK))
 
 
 # -- the fence ---------------------------------------------------------------------------------
