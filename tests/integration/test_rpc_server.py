@@ -418,30 +418,12 @@ async def test_udp_errors_and_reply_size_limit(server):
 # --- Lifecycle ----------------------------------------------------------------------------------
 
 
-async def test_graceful_shutdown_answers_in_flight_requests(backend, prog):
-    srv = make_server(backend, prog)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(srv.run)
-        async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
-            await c.send_record(encode_call(9, TEST_PROG, 1, 2, u32(5)))
-            with trio.fail_after(5):
-                while not prog.blocked:
-                    await trio.sleep(0.01)
-            srv.shutdown()
-            with trio.fail_after(5):  # shutdown has begun once new clients are refused
-                while await connects(port(srv)):
-                    pass
-            prog.gate.set()
-            reply = await c.recv_record()
-            assert reply is not None and reply[-4:] == u32(5)
-            assert await c.recv_record() is None  # then the connection closes
-    assert srv.connection_count == 0
-
-
-async def test_a_lone_call_answered_in_the_read_loop_is_finished_before_shutdown(backend, prog):
-    """answer_inline: the only connection's lone call runs in the read loop (the connection's
-    next call waits for it); shutdown still answers it, then closes the connection."""
-    srv = make_server(backend, prog, answer_inline=True)
+@pytest.mark.parametrize("inline", [False, True], ids=["task", "answer_inline"])
+async def test_graceful_shutdown_answers_in_flight_requests(backend, prog, inline):
+    """A call in flight at shutdown is answered, then the connection closes. With
+    answer_inline the only connection's lone call runs in the read loop (the connection's next
+    call waits for it): shutdown lets it finish too."""
+    srv = make_server(backend, prog, answer_inline=inline)
     async with trio.open_nursery() as nursery:
         await nursery.start(srv.run)
         async with await RpcClient.connect("127.0.0.1", port(srv)) as c:
@@ -450,17 +432,18 @@ async def test_a_lone_call_answered_in_the_read_loop_is_finished_before_shutdown
                 while not prog.blocked:
                     await trio.sleep(0.01)
             (conn,) = srv._conns
-            assert conn.answering
-            await c.send_record(encode_call(10, TEST_PROG, 1, 0))  # NULL: read after BLOCK
-            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert conn.answering == inline
+            if inline:
+                await c.send_record(encode_call(10, TEST_PROG, 1, 0))  # NULL: read after BLOCK
+                await trio.testing.wait_all_tasks_blocked(0.05)
             srv.shutdown()
-            with trio.fail_after(5):
+            with trio.fail_after(5):  # shutdown has begun once new clients are refused
                 while await connects(port(srv)):
                     pass
             prog.gate.set()
             reply = await c.recv_record()
             assert reply is not None and reply[:4] == u32(9) and reply[-4:] == u32(5)
-            assert await c.recv_record() is None  # NULL came after shutdown: not read
+            assert await c.recv_record() is None  # then the connection closes (NULL unread)
     assert srv.connection_count == 0
 
 
