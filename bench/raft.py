@@ -22,8 +22,10 @@ Two latencies per objcache cell, both reported:
              machine, no RPC): what Raft and storage cost without the plane.
   floor      on the same disk, between the cells: `fdatasync` = os.write of SIZE bytes to an
              appended file + os.fdatasync ("one fsync", the denominator of the latency ratio);
-             `leveldb_sync` = one LevelDB write batch of one SIZE-byte put with sync=True
-             (what a one-member commit must at least pay in this stack; shown for reference);
+             `leveldb_sync` = one synced KvStore batch of one SIZE-byte put (since
+             2026-12-01 the journal's one direct write, storage/journal.py, then LevelDB
+             unsynced): what a one-member commit must at least pay in this stack; shown
+             for reference;
              `fdatasync_paced` = the fdatasync, each after the CPU idled PACE_S, as a commit
              does that arrives one client round trip after the last. On this VM an fsync that
              follows an idle pause costs 20-100 µs more than back-to-back ones; shown for
