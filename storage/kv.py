@@ -95,6 +95,7 @@ class KvStore:
         self._db: plyvel.DB | None = db
         self.config = config
         self._limiter = trio.CapacityLimiter(config.threads)
+        assert journal is None or path is not None, "a journal lives in the store's directory"
         self._path = path
         self._journal = journal
         # One writer at a time while journaling: a record's batches must be in LevelDB's order.
@@ -141,7 +142,7 @@ class KvStore:
                 journal, self._journal = self._journal, None
                 if journal is not None:
                     try:  # the next open then has nothing to replay
-                        _checkpoint(self._db, self._path, journal.next_seq - 1)
+                        _checkpoint(self._db, self._journal_dir(), journal.next_seq - 1)
                     finally:
                         journal.close()
         finally:
@@ -154,6 +155,10 @@ class KvStore:
     @property
     def closed(self) -> bool:
         return self._db is None
+
+    def _journal_dir(self) -> Path:
+        assert self._path is not None  # __init__: a store with a journal has its path
+        return self._path
 
     def handle(self) -> plyvel.DB:
         """The plyvel handle, for other adapters in this package that share the database
@@ -205,25 +210,25 @@ class KvStore:
     def write_sync(self, batch: Batch, *, sync: bool) -> None:
         db = self._live()
         if self._journal is None:
-            _write(db, batch, sync)
+            write_batch(db, batch, sync)
             self.synced_writes["leveldb"] += sync
             return
         items = batch if isinstance(batch, list) else list(batch)
         with self._write_lock:
             journal = self._journal
             if journal is None:  # closed, or given up after an error, meanwhile
-                _write(self._live(), items, sync)
+                write_batch(self._live(), items, sync)
                 self.synced_writes["leveldb"] += sync
                 return
             if not sync:
-                _write(db, items, False)
+                write_batch(db, items, False)
                 journal.note(items)
                 return
             seq = journal.next_seq
             items = [*items, (JOURNAL_SEQ, _U64.pack(seq))]
             try:
                 journaled = journal.append(
-                    items, lambda: _checkpoint(db, self._path, seq - 1))
+                    items, lambda: _checkpoint(db, self._journal_dir(), seq - 1))
             except JournalError as e:
                 # Records after a failed one could never be read back: stop journaling. This
                 # batch's LevelDB sync covers everything before it.
@@ -233,10 +238,10 @@ class KvStore:
                 journaled = False
             if journaled:
                 self.synced_writes["journal_wraps"] = journal.wraps
-                _write(db, items, False)
+                write_batch(db, items, False)
                 self.synced_writes["journal"] += 1
                 return
-            _write(db, items, True)
+            write_batch(db, items, True)
             journal.next_seq = seq + 1
             journal.covered()
             self.synced_writes["leveldb"] += 1
@@ -284,7 +289,9 @@ class KvStore:
         await self.run_sync(lambda: self.write_sync(items, sync=sync))
 
 
-def _write(db: plyvel.DB, batch: Batch, sync: bool) -> None:
+def write_batch(db: plyvel.DB, batch: Batch, sync: bool) -> None:
+    """One atomic LevelDB batch on a plyvel handle, outside any journal: KvStore's own writes
+    and those of a RaftLogStorage opened on a bare handle (tests)."""
     try:
         with db.write_batch(sync=sync) as wb:
             for key, value in batch:
@@ -296,13 +303,11 @@ def _write(db: plyvel.DB, batch: Batch, sync: bool) -> None:
         raise KvError(f"write failed: {e}") from e
 
 
-def _checkpoint(db: plyvel.DB, path: Path | None, seq: int) -> None:
+def _checkpoint(db: plyvel.DB, path: Path, seq: int) -> None:
     """Make everything written to `db` durable in LevelDB itself (module rules): a synced
     write, then an fdatasync of each of its log files (an older one, switched away from with
     a full memtable, was closed without one)."""
-    _write(db, [(JOURNAL_SEQ, _U64.pack(seq))], True)
-    if path is None:
-        return
+    write_batch(db, [(JOURNAL_SEQ, _U64.pack(seq))], True)
     for name in os.listdir(path):
         if not name.endswith(".log"):
             continue
@@ -333,7 +338,7 @@ def _open_journal(db: plyvel.DB, path: Path, config: KvConfig) -> Journal:
     for seq, ops in records:
         last = max(last, seq)
         if seq > held:
-            _write(db, [*ops, (JOURNAL_SEQ, _U64.pack(seq))], False)
+            write_batch(db, [*ops, (JOURNAL_SEQ, _U64.pack(seq))], False)
             replayed += 1
     _checkpoint(db, path, last)
     if replayed:

@@ -62,7 +62,7 @@ import trio
 
 from raft.log_storage import Compacted, Unavailable
 from raft.types import ConfState, Entry, HardState, SnapshotMeta
-from storage.kv import KvStore, loop_is_idle
+from storage.kv import KvStore, loop_is_idle, write_batch
 from storage.raftlog_format import (
     ENTRY_OVERHEAD_BYTES,
     INDEX,
@@ -433,12 +433,7 @@ class RaftLogStorage:
         if self._store is not None:
             self._store.write_sync(ops, sync=sync)
             return
-        with self._db.write_batch(sync=sync) as wb:
-            for key, value in ops:
-                if value is None:
-                    wb.delete(key)
-                else:
-                    wb.put(key, value)
+        write_batch(self._db, ops, sync)
 
     def _check_ok(self) -> None:
         if self._failed is not None:

@@ -1,6 +1,6 @@
 """storage/journal.py and its use by storage/kv.py: the synced-write ring, against real files
 and a real LevelDB in tmp_path. An OS crash that loses LevelDB's unsynced writes is played by
-dropping those writes (kv._write) and abandoning the store without its closing checkpoint."""
+dropping those writes (kv.write_batch) and abandoning the store without its closing checkpoint."""
 
 import os
 import signal
@@ -111,7 +111,7 @@ def _read_after_restart(path: Path, keys: list[bytes],
 def _lose_unsynced(monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on LevelDB's unsynced writes reach its disk only with its next synced write (as
     its log's fdatasync would take them along); an OS crash will lose the rest."""
-    real = kv_module._write
+    real = kv_module.write_batch
     held: list[list] = []
 
     def write(db, batch, sync):  # type: ignore[no-untyped-def]
@@ -123,7 +123,7 @@ def _lose_unsynced(monkeypatch: pytest.MonkeyPatch) -> None:
         held.clear()
         real(db, batch, True)
 
-    monkeypatch.setattr(kv_module, "_write", write)
+    monkeypatch.setattr(kv_module, "write_batch", write)
 
 
 def test_an_os_crash_loses_nothing_acknowledged(tmp_path: Path,
