@@ -442,7 +442,7 @@ class Drains:
 
         async def one(e: drain_check.Expected) -> None:
             info = listed.get((e.store, e.key))
-            if info is None or drain_check.mismatch(e, info.size, info.etag):
+            if _mismatch(e, info):
                 async with limiter:
                     try:
                         info = await self.b.stores[e.store].head(e.key.decode())
@@ -450,7 +450,7 @@ class Drains:
                         job.problem(self._path(e.store, e.key, e.ino),
                                     f"HEAD failed: {type(err).__name__}: {err}")
                         return
-            why = drain_check.mismatch(e, info.size if info else None, info.etag if info else "")
+            why = _mismatch(e, info)
             inode = inodes.get(e.ino)
             if why and inode is not None and drain_check.is_marker(e, inode):
                 async with limiter:
@@ -478,7 +478,7 @@ class Drains:
             info = await store.head(e.key.decode())
         except StoreError as err:
             return f"{why}; writing it again failed: {type(err).__name__}: {err}"
-        again = drain_check.mismatch(e, info.size if info else None, info.etag if info else "")
+        again = _mismatch(e, info)
         return None if again is None else f"{why}; written again: {again}"
 
     async def _list_dir(self, store: int, prefix: bytes) -> dict[tuple[int, bytes], ObjectInfo]:
@@ -512,3 +512,8 @@ class Drains:
         if bad:
             raise DrainFailed("every change is in the bucket, but some nodes could not be "
                               "told to stop: " + "; ".join(bad))
+
+
+def _mismatch(e: drain_check.Expected, info: ObjectInfo | None) -> str | None:
+    """drain_check.mismatch of what a HEAD or listing found (None: no object)."""
+    return drain_check.mismatch(e, info.size if info else None, info.etag if info else "")
