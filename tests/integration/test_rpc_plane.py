@@ -253,6 +253,44 @@ async def test_deadline_cancels_the_remote_handler(nursery):
     assert await a.plane.call(2, Ping(1), timeout_s=5) == Pong(1, by=2)
 
 
+async def test_each_waiting_call_times_out_at_its_own_deadline(nursery):
+    # Calls wait without cancel scopes; the connection's expirer fails them (connection.py).
+    # A later call with an earlier deadline must wake it, and a call's timeout must not wait
+    # for the calls before it.
+    a, b = await pair(nursery)
+    start_s = trio.current_time()
+    ended: dict[str, float] = {}
+
+    async def call(name: str, timeout_s: float) -> None:
+        with pytest.raises(RpcTimeout):
+            await a.plane.call(2, Slow(30), timeout_s=timeout_s)
+        ended[name] = trio.current_time() - start_s
+
+    async with trio.open_nursery() as calls:
+        calls.start_soon(call, "long", 3.0)
+        await trio.sleep(0.05)
+        calls.start_soon(call, "short", 0.3)
+    assert 0.3 <= ended["short"] < 1.5 < 3.0 <= ended["long"] < 5
+    await eventually(lambda: b.cancelled_handlers == 2)
+
+
+async def test_answered_calls_do_not_pile_up_in_the_deadline_heap(nursery):
+    a, _b = await pair(nursery)
+    waiting = trio.Event()
+
+    async def stuck() -> None:  # keeps an early deadline at the heap's top: nothing expires
+        with pytest.raises(RpcTimeout):
+            waiting.set()
+            await a.plane.call(2, Slow(30), timeout_s=20)
+
+    nursery.start_soon(stuck)
+    await waiting.wait()
+    for i in range(500):
+        assert await a.plane.call(2, Ping(i), timeout_s=30) == Pong(i, by=2)
+    conn = a.plane._peers[2].live()
+    assert conn is not None and len(conn._deadlines) <= 2 * 1 + 64 + 1
+
+
 async def test_remote_error_is_typed(nursery):
     a, _b = await pair(nursery)
     with pytest.raises(RemoteError) as info:
