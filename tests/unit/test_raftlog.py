@@ -306,8 +306,14 @@ async def test_a_one_voter_log_writes_on_the_loop_while_its_fsyncs_are_fast(db, 
     assert back[0] is False and back[-1] is True, back
     assert s.sync_seconds_avg < 0.02
     assert s.batches_written == s.batches_synced == 13
-    s.inline_when_idle = False  # a store of a group with followers: always the thread
-    assert await save_one() is False
+    # A store of a group with followers: inline only when the loop is idle too.
+    s.inline_when_idle = False
+    assert await save_one() is False  # tasks could run (loop_is_idle is False here)
+    monkeypatch.setattr(raftlog, "loop_is_idle", lambda limiter=None: True)
+    assert await save_one() is True
+    delay_s[0] = 0.15
+    assert [await save_one() for _ in range(2)] == [True, False]  # slow: the thread
+    delay_s[0] = 0.0
 
 
 async def test_commit_only_saves_are_not_synced(db):
