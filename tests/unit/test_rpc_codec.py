@@ -159,9 +159,11 @@ def test_bool_is_not_an_int() -> None:
         decode(cbor2.dumps(raw))
 
 
-def test_unknown_enum_value() -> None:
+@pytest.mark.parametrize("value", [99, "1", [1], {"a": 1}])
+def test_unknown_enum_value(value) -> None:
+    # Unhashable values too: the decoder looks the value up in a dict of the members.
     raw = cbor2.loads(encode(Entry(term=1, index=2)))
-    raw[2][2] = 99
+    raw[2][2] = value
     with pytest.raises(CodecError, match="not a EntryType"):
         decode(cbor2.dumps(raw))
 
