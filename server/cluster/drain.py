@@ -68,6 +68,9 @@ RENEW_S = 5.0
 IDLE_WAIT_S = 10.0  # for client changes that passed the fence before it closed
 CALL_TIMEOUT_S = IDLE_WAIT_S + 10.0
 STALLED_ROUNDS = 2  # write-back rounds in a row that wrote nothing: what is left is reported
+# ...once the store refused all of it, or after this long without progress: a round that only
+# met a group catching up or a move still being written (FINDINGS.md 16) is not a verdict.
+STALL_WAIT_S = 10.0
 ROUND_PAUSE_S = 0.2
 VERIFY_PARALLEL = 16  # HEADs and listings in flight
 MAX_LIST_PAGES = 100  # per directory listed (then its other objects are HEADed)
@@ -369,8 +372,9 @@ class Drains:
         self._check_renewed(job)
 
     async def _flush_store(self, job: _Job, store: int) -> None:
-        stalled = 0
-        while stalled < STALLED_ROUNDS:
+        stalled, refused_all, progress_at = 0, False, trio.current_time()
+        while stalled < STALLED_ROUNDS or not (
+                refused_all or trio.current_time() - progress_at >= STALL_WAIT_S):
             res = job.round = RoundResult()
             await self.flusher.round(store, force=True, res=res)
             job.round = None
@@ -392,6 +396,10 @@ class Drains:
             # and attempts, a dead node's hold by its lease (flush_claim.py).
             busy = self.flusher.uploading(store) or res.held
             stalled = 0 if res.flushed or res.deleted or busy else stalled + 1
+            if not stalled:
+                progress_at = trio.current_time()
+            # The store's own refusals will not change: what is left can be reported now.
+            refused_all = bool(res.failed) and all(r for _k, _w, r in res.failed.values())
             await trio.sleep(ROUND_PAUSE_S)
         log.warning("drain %d: store %d: write-back stopped making progress", job.drain_id,
                     store)

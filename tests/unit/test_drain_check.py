@@ -1,5 +1,5 @@
-"""What a drain must find in the bucket (server/cluster/drain_check.py) and the write fence
-(server/cluster/fence.py)."""
+"""What a drain must find in the bucket (server/cluster/drain_check.py), the write fence
+(server/cluster/fence.py) and when a drain's write-back counts as stalled (drain.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import trio
 import trio.testing
 
 from nfs_gateway.backend import FileType, Jukebox
+from server.cluster import drain
+from server.cluster.drain import Drains
 from server.cluster.drain_check import (
     LIST_MIN,
     Expected,
@@ -22,6 +24,7 @@ from server.cluster.drain_check import (
     parent_prefix,
 )
 from server.cluster.fence import WriteFence, fenced
+from server.cluster.flush import RoundResult
 from server.fs.keytable import KEY_CLAIMED, KEY_DELETE, KEY_HELD, KEY_LIVE
 from server.fs.records import Inode
 
@@ -176,3 +179,38 @@ async def test_the_fence_waits_for_changes_that_passed_before_it() -> None:
         b.gate.set()
         await trio.testing.wait_all_tasks_blocked()
         assert idle and b.fence.in_flight == 0
+
+
+class _StuckFlusher:
+    """Every write-back round leaves one file dirty, failed with `refused` (flush.RoundResult)."""
+
+    def __init__(self, refused: bool) -> None:
+        self.refused, self.rounds = refused, 0
+
+    async def round(self, store: int, *, force: bool, res: RoundResult) -> None:
+        self.rounds += 1
+        res.dirty_left = 1
+        res.failed[7] = (b"k", "a reason", self.refused)
+
+    def uploading(self, store: int) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("refused", [True, False])
+async def test_a_drain_reports_a_refusal_at_once_and_waits_out_other_stalls(
+        refused, autojump_clock):
+    # FINDINGS.md 16: a round that met only a group catching up (not the store's refusal)
+    # is no verdict: the drain retries for STALL_WAIT_S; the store's refusals are final.
+    drains = object.__new__(Drains)
+    drains.flusher = _StuckFlusher(refused)
+    job = drain._Job(drain_id=1)
+    start = trio.current_time()
+    await drains._flush_store(job, store=1)
+    waited = trio.current_time() - start
+    if refused:
+        assert drains.flusher.rounds == drain.STALLED_ROUNDS
+        assert waited < 1.0
+    else:
+        assert waited >= drain.STALL_WAIT_S
+        assert drains.flusher.rounds > drain.STALL_WAIT_S / drain.ROUND_PAUSE_S / 2
+    assert job.why_dirty == {7: "a reason"}
