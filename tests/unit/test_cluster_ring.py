@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.cluster import ring as ring_module
 from server.cluster.ring import Ring, hash_ring
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +29,16 @@ def test_table_answers_exactly_as_uhashring() -> None:
         for ino in INOS[:3000]:
             assert ring.group_of_inode(ino) == ref.get_node(str(ino))
             assert ring.group_of_chunk(ino, 3) == ref.get_node(f"{ino}/3")
+
+
+def test_remembered_answers_stay_exact_past_the_memo_limit(monkeypatch) -> None:
+    # The inode memo (module rules) is emptied when full; answers never change.
+    monkeypatch.setattr(ring_module, "INODE_MEMO", 100)
+    ring, ref = Ring([1, 2, 3], 1), hash_ring([1, 2, 3], 64)
+    for _ in range(2):  # the second pass answers from the memo where it still holds them
+        for ino in INOS[:1000]:
+            assert ring.group_of_inode(ino) == ref.get_node(str(ino))
+            assert len(ring._inode_groups) <= 100
 
 
 @given(st.integers(min_value=1, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**20))
