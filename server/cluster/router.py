@@ -118,19 +118,22 @@ class GroupRouter:
             except RemoteError as e:
                 if e.code not in (p.NOT_LEADER, p.UNAVAILABLE, p.MOVING, NO_HANDLER):
                     await self._refused(group, members, self.node_id, e)  # raises
-        with trio.move_on_after(self.request_timeout_s):
-            while True:
-                target = self._leader.get(group, members[0])
-                try:
-                    return await self._call_once(target, request)
-                except RemoteError as e:
-                    if await self._refused(group, members, target, e):
-                        await trio.sleep(0.05)  # an election is on: give it a moment
-                except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
-                    log.debug("group %d: node %d did not answer: %s", group, target, e)
-                    self._leader[group] = next_member(members, target)
-                    await trio.sleep(0.02)
-                self.stats["retries"] += 1
+        # The deadline goes down as each try's timeout rather than as a cancel scope around
+        # the loop (one per remote call: a scope costs as much as encoding the request;
+        # server/rpc/connection.py rules); a local handler bounds its own waits, as above.
+        deadline = trio.current_time() + self.request_timeout_s
+        while (left := deadline - trio.current_time()) > 0:
+            target = self._leader.get(group, members[0])
+            try:
+                return await self._call_once(target, request, min(self.try_timeout_s, left))
+            except RemoteError as e:
+                if await self._refused(group, members, target, e):
+                    await _pause(0.05, deadline)  # an election is on: give it a moment
+            except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
+                log.debug("group %d: node %d did not answer: %s", group, target, e)
+                self._leader[group] = next_member(members, target)
+                await _pause(0.02, deadline)
+            self.stats["retries"] += 1
         self.stats["unavailable"] += 1
         raise p.Unavailable(f"group {group} did not answer in {self.request_timeout_s} s")
 
@@ -153,17 +156,17 @@ class GroupRouter:
             raise e
         return True
 
-    async def _call_once(self, target: int, request: Any) -> Any:
+    async def _call_once(self, target: int, request: Any, timeout_s: float) -> Any:
         if target == self.node_id and self.local is not None:
             return await self.local.handle(request)
         self.stats["remote_calls"] += 1
         if self.bulk is not None and type(request) is p.ReadChunk and not request.prefetch:
             try:  # chunk bytes go over the bulk channel when it can carry them
-                data = await self.bulk.call(target, request, self.try_timeout_s)
+                data = await self.bulk.call(target, request, timeout_s)
                 return p.ReadChunkReply(data)  # type: ignore[arg-type]  # a memoryview
             except BulkUnavailable:
                 pass
-        return await self.plane.call(target, request, self.try_timeout_s)
+        return await self.plane.call(target, request, timeout_s)
 
     async def _refresh(self) -> None:
         if self.local is None:
@@ -212,3 +215,8 @@ def next_member(members: tuple[int, ...], node_id: int) -> int:
     """The member after `node_id` (the first if it is none of them), round the group."""
     i = members.index(node_id) if node_id in members else -1
     return members[(i + 1) % len(members)]
+
+
+async def _pause(seconds: float, deadline: float) -> None:
+    """Sleep `seconds` between tries, never past `deadline`."""
+    await trio.sleep(max(0.0, min(seconds, deadline - trio.current_time())))
