@@ -326,7 +326,7 @@ async def serve(args: argparse.Namespace) -> None:
 async def _serve_on(store: KvStore, node_id: int, peers: dict[int, str], host: str, port: int,
                     secret: bytes, tick_s: float, compaction: CompactionPolicy) -> None:
     storage = await RaftLogStorage.open_on_store(store)
-    storage.inline_when_idle = len(peers) == 1  # a one-member group (RaftLogStorage docs)
+    storage.lone_voter = len(peers) == 1  # a one-member group (RaftLogStorage docs)
     hard_state, _ = storage.initial_state()
     if storage.last_index() == 0 and hard_state.term == 0:
         await storage.save(*bootstrap_log(sorted(peers)))

@@ -16,7 +16,7 @@ Rules:
 - `save()` is group commit: concurrent callers append their writes to one open batch; a single
   writer at a time writes a batch with sync=True through `trio.to_thread.run_sync` (bounded by a
   CapacityLimiter), and every caller returns only once its batch is on disk (STYLE habit 2).
-- A store marked `inline_when_idle` (a one-voter group's log) writes its batch on the event
+- A store marked `lone_voter` (a one-voter group's log) writes its batch on the event
   loop's thread instead, when no other plyvel call is in a worker thread and either nothing
   else could run meanwhile or synced batches have lately been fast (a moving average under
   RaftLogConfig.inline_sync_below_s). The hand-off to a worker thread and back costs about
@@ -94,8 +94,9 @@ class RaftLogConfig:
     entry_cache_bytes: int = 64 * 1024 * 1024  # tail entries kept in memory for entries()
     max_batch_bytes: int = 64 * 1024 * 1024  # an open batch this large makes savers wait
     io_threads: int = 2  # concurrent plyvel calls in worker threads
-    # An inline_when_idle store writes on the loop's thread, even with tasks waiting to run,
-    # while its synced batches average less than this (module rules).
+    # A lone_voter store writes on the loop's thread, even with tasks waiting to run, while
+    # its synced batches average less than this; any store when nothing else could run and
+    # they do (module rules).
     inline_sync_below_s: float = 0.001
 
 
@@ -136,12 +137,12 @@ class RaftLogStorage:
         self._writing = False
         self._written = trio.Event()  # replaced after every batch write
         self._failed: BaseException | None = None
-        # Write a batch on the event loop's thread when nothing else could run meanwhile
-        # (storage/kv.py rules). Set by the owner of a one-voter group, where the save is the
-        # whole commit latency and the ~170 µs thread round trip is pure cost; left off when
-        # followers' answers could arrive during the fsync (measured: it cost a 3-member group
-        # 64 B throughput).
-        self.inline_when_idle = False
+        # Set by the owner of a one-voter group, where the save is the whole commit latency
+        # and the ~170 µs thread round trip is pure cost: its batches go on the event loop's
+        # thread while the disk is fast even if other tasks wait (module rules). Left off
+        # when followers' answers could arrive during the fsync (measured: writing inline
+        # regardless cost a 3-member group 64 B throughput).
+        self.lone_voter = False
         self.sync_seconds_avg = 0.0  # moving average of a synced batch's write
         self.batches_written = 0  # counters, for tests and metrics
         self.batches_synced = 0
@@ -419,12 +420,12 @@ class RaftLogStorage:
                 del self._unsynced[e.index]
 
     def _may_write_inline(self) -> bool:
-        """Module rules: no plyvel call in a thread, and for an inline_when_idle store either
-        a fast disk lately or nothing else to run; for any other store both."""
+        """Module rules: no plyvel call in a thread, and for a lone_voter store either a fast
+        disk lately or nothing else to run; for any other store both."""
         if self._limiter.borrowed_tokens:
             return False
         fast = self.sync_seconds_avg < self._config.inline_sync_below_s
-        if self.inline_when_idle:
+        if self.lone_voter:
             return fast or loop_is_idle()  # the limiter is free: checked above
         return fast and loop_is_idle()
 

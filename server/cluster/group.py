@@ -137,7 +137,7 @@ class GroupRuntime(GroupReads, GroupTxn, GroupLeases):
         learns everything from the group's leader)."""
         storage = await RaftLogStorage.open_on_store(kv)
         # A one-member group: its save is the whole commit (a hint only; see RaftLogStorage).
-        storage.inline_when_idle = len(members) == 1
+        storage.lone_voter = len(members) == 1
         hard_state, _ = storage.initial_state()
         if members and storage.last_index() == 0 and hard_state.term == 0:
             await storage.save(*bootstrap_log(sorted(members)))

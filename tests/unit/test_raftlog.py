@@ -279,7 +279,7 @@ async def test_a_one_voter_log_writes_on_the_loop_while_its_fsyncs_are_fast(db, 
     # comes down again.
     monkeypatch.setattr(raftlog, "loop_is_idle", lambda limiter=None: False)
     s = await RaftLogStorage.open(db, config=RaftLogConfig(inline_sync_below_s=0.02))
-    s.inline_when_idle = True
+    s.lone_voter = True
     loop_thread, threads, delay_s = threading.get_ident(), [], [0.0]
     write = s._write_sync
 
@@ -307,7 +307,7 @@ async def test_a_one_voter_log_writes_on_the_loop_while_its_fsyncs_are_fast(db, 
     assert s.sync_seconds_avg < 0.02
     assert s.batches_written == s.batches_synced == 13
     # A store of a group with followers: inline only when the loop is idle too.
-    s.inline_when_idle = False
+    s.lone_voter = False
     assert await save_one() is False  # tasks could run (loop_is_idle is False here)
     monkeypatch.setattr(raftlog, "loop_is_idle", lambda limiter=None: True)
     assert await save_one() is True
