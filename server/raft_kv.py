@@ -289,7 +289,7 @@ class KvClient:
             except (RpcTimeout, PeerUnavailable, ConnectionLost):
                 self.leader_hint = self._next(target)
             # Lets an election finish; never past the deadline.
-            await trio.sleep(min(0.02, max(0.0, deadline - trio.current_time())))
+            await trio.sleep_until(min(trio.current_time() + 0.02, deadline))
         raise trio.TooSlowError(f"{type(msg).__name__} not answered within {timeout_s} s")
 
     async def take_commit_latencies(self, node_id: int, timeout_s: float = 10.0

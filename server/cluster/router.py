@@ -128,11 +128,12 @@ class GroupRouter:
                 return await self._call_once(target, request, min(self.try_timeout_s, left))
             except RemoteError as e:
                 if await self._refused(group, members, target, e):
-                    await _pause(0.05, deadline)  # an election is on: give it a moment
+                    # An election is on: give it a moment (never past the deadline).
+                    await trio.sleep_until(min(trio.current_time() + 0.05, deadline))
             except (RpcTimeout, PeerUnavailable, ConnectionLost) as e:
                 log.debug("group %d: node %d did not answer: %s", group, target, e)
                 self._leader[group] = next_member(members, target)
-                await _pause(0.02, deadline)
+                await trio.sleep_until(min(trio.current_time() + 0.02, deadline))
             self.stats["retries"] += 1
         self.stats["unavailable"] += 1
         raise p.Unavailable(f"group {group} did not answer in {self.request_timeout_s} s")
@@ -215,8 +216,3 @@ def next_member(members: tuple[int, ...], node_id: int) -> int:
     """The member after `node_id` (the first if it is none of them), round the group."""
     i = members.index(node_id) if node_id in members else -1
     return members[(i + 1) % len(members)]
-
-
-async def _pause(seconds: float, deadline: float) -> None:
-    """Sleep `seconds` between tries, never past `deadline`."""
-    await trio.sleep(max(0.0, min(seconds, deadline - trio.current_time())))

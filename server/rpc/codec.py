@@ -42,7 +42,6 @@ class CodecError(Exception):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Compiled:
-    names: tuple[str, ...]
     encoders: tuple[Encoder, ...]
     decoders: tuple[Decoder, ...]
     values: Callable[[Any], tuple[Any, ...]]  # an object's field values, in order
@@ -193,7 +192,7 @@ def _codecs_for(cls: type) -> _Compiled:
         names = tuple(f.name for f in dataclasses.fields(cls))
         encoders = tuple(_encoder(hints[name]) for name in names)
         compiled = _Compiled(
-            names, encoders,
+            encoders,
             tuple(_decoder(hints[name], f"{cls.__name__}.{name}") for name in names),
             _field_values(names), all(e is _identity for e in encoders))
         _field_codecs[cls] = compiled
