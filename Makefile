@@ -44,8 +44,9 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # The whole suite: unit, interaction scripts, simulation, real clients, the kernel client.
+# The slowest tests are listed at the end: the suite must stay within CI's ~20 minutes.
 test: setup lint
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 # Everything but the real-process tiers, for a quick loop while editing.
 test-fast: $(STAMP)

@@ -7,14 +7,19 @@ concurrent clients (separate processes of tests/tools/nfsmeta.c `ns` mode, each 
 directory, one synchronous request at a time). On a cluster, client i talks to node i mod N's
 gateway, as clients of an elastic cluster spread over its nodes.
 
-Figures per setup, clients and phase: ops/s (all clients' operations over the phase's longest
-client time), p99 latency (the worst client's p99), and for objcache the share of transactions
-that needed two-phase commit (from the nodes' /metrics: objcache_txn_total by kind).
+Figures per setup, clients and phase: ops/s (all clients' operations over the phase's window,
+from the first client's start of it to the last client's end, on one monotonic clock), p99
+latency (the worst client's p99), and for objcache the share of transactions that needed
+two-phase commit (from the nodes' /metrics: objcache_txn_total by kind).
+
+The setups run in rounds (--reps, default 3): each round starts every setup afresh, one after
+the other, so a round's setups see the same machine; this VM's speed drifts by tens of percent
+within minutes. Rates are medians over rounds; a ratio is the median of the rounds' ratios.
 Targets (issue 4): three groups >= 1.5x the create rate of one group with 16 clients, and
 >= 0.5x ganesha. Writes bench/results/namespace.json; prints the key ratios last.
 
   python bench/namespace.py            # full run
-  python bench/namespace.py --quick    # small version, under a minute
+  python bench/namespace.py --quick    # small version, one round, under a minute
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,8 +50,9 @@ TXN_METRIC = re.compile(r'^objcache_txn_total\{kind="(\w+)",outcome="(\w+)"\} ([
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 000 files, one repetition")
+    p.add_argument("--quick", action="store_true", help="1 000 files, one round")
     p.add_argument("--files", type=int, default=10_000)
+    p.add_argument("--reps", type=int, help="rounds of every setup (default 3; --quick 1)")
     p.add_argument("--clients", default="1,16", help="comma-separated client counts")
     p.add_argument("--setups", default="objcache-1g,objcache-3g,ganesha")
     p.add_argument("--work", type=Path, help="scratch directory (default: a temp dir)")
@@ -53,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.files = min(a.files, 1_000)
+    a.reps = a.reps or (1 if a.quick else 3)
+    if a.reps < 1:
+        p.error("--reps must be at least 1")
     a.client_counts = [int(c) for c in a.clients.split(",")]
     a.setup_names = a.setups.split(",")
     return a
@@ -126,7 +136,8 @@ def run_clients(urls: list[str], tag: str, files: int, clients: int) -> dict[str
     out = {}
     for phase in PHASES:
         rows = [r[phase] for r in results]
-        seconds = max(r["seconds"] for r in rows)
+        # The window, not the longest client: clients start and end a phase at different times
+        seconds = max(r["end"] for r in rows) - min(r["start"] for r in rows)
         out[phase] = {
             "ops": sum(r["ops"] for r in rows),
             "seconds": seconds,
@@ -163,16 +174,50 @@ def run_setup(name: str, a: argparse.Namespace, work: Path) -> dict:
     return results
 
 
+def summarize(rounds: list[dict]) -> dict:
+    """One setup's and client count's rounds: median ops/s and p99 per phase, median 2PC share."""
+    phases = {
+        p: {
+            "ops_per_s": statistics.median(r["phases"][p]["ops_per_s"] for r in rounds),
+            "p99_ms": statistics.median(r["phases"][p]["p99_ms"] for r in rounds),
+        } for p in PHASES
+    }
+    shares = [r["two_phase_share"] for r in rounds if r["two_phase_share"] is not None]
+    return {"phases": phases, "two_phase_share": statistics.median(shares) if shares else None}
+
+
+def round_ratios(rounds: list[dict[str, dict]], c: int) -> dict[str, list[float]]:
+    """Per round, 3 groups' create rate over one group's and over ganesha's (same round)."""
+    out: dict[str, list[float]] = {"create_3g_over_1g": [], "create_3g_over_ganesha": []}
+    for rnd in rounds:
+        rate = {name: by_c[str(c)]["phases"]["create"]["ops_per_s"]
+                for name, by_c in rnd.items()}
+        if "objcache-3g" not in rate:
+            continue
+        if "objcache-1g" in rate:
+            out["create_3g_over_1g"].append(rate["objcache-3g"] / rate["objcache-1g"])
+        if "ganesha" in rate:
+            out["create_3g_over_ganesha"].append(rate["objcache-3g"] / rate["ganesha"])
+    return {k: v for k, v in out.items() if v}
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix="objcache-bench-ns-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"bench/namespace.py: {a.files} files, clients {a.client_counts}, work in {work}")
-    results = {name: run_setup(name, a, work) for name in a.setup_names}
+    print(f"bench/namespace.py: {a.files} files, clients {a.client_counts}, {a.reps} rounds, "
+          f"work in {work}")
+    rounds = []
+    for r in range(a.reps):
+        print(f"round {r + 1} of {a.reps}", flush=True)
+        rounds.append({name: run_setup(name, a, work / f"round-{r}") for name in a.setup_names})
+    summary = {name: {str(c): summarize([rnd[name][str(c)] for rnd in rounds])
+                      for c in a.client_counts} for name in a.setup_names}
 
-    print(f"\n{'setup':<13}{'clients':>8}" + "".join(f"{p + ' /s':>12}" for p in PHASES)
+    print(f"\nmedians of {a.reps} rounds")
+    print(f"{'setup':<13}{'clients':>8}" + "".join(f"{p + ' /s':>12}" for p in PHASES)
           + f"{'create p99':>12}{'2PC share':>11}")
-    for name, by_c in results.items():
+    for name, by_c in summary.items():
         for c, r in by_c.items():
             ph = r["phases"]
             share = r["two_phase_share"]
@@ -180,26 +225,20 @@ def main(argv: list[str] | None = None) -> int:
                   + f"{ph['create']['p99_ms']:>10.2f}ms"
                   + (f"{share:>10.1%}" if share is not None else f"{'-':>11}"))
 
-    def create_rate(setup: str, c: int) -> float | None:
-        r = results.get(setup, {}).get(str(c))
-        return r["phases"]["create"]["ops_per_s"] if r else None
-
     cmax = max(a.client_counts)
-    ratios = {}
-    one, three, gan = (create_rate(s, cmax) for s in ("objcache-1g", "objcache-3g", "ganesha"))
-    if one and three:
-        ratios["create_3g_over_1g"] = three / one
-    if three and gan:
-        ratios["create_3g_over_ganesha"] = three / gan
+    per_round = round_ratios(rounds, cmax)
+    ratios = {k: statistics.median(v) for k, v in per_round.items()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({
-        "files": a.files, "clients": a.client_counts, "results": results, "ratios": ratios,
+        "files": a.files, "clients": a.client_counts, "reps": a.reps, "rounds": rounds,
+        "medians": summary, "ratios": ratios, "round_ratios": per_round,
         "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=2))
     print(f"\nwrote {a.out}")
     for k, v in ratios.items():
         target = 1.5 if k == "create_3g_over_1g" else 0.5
-        print(f"{k} ({cmax} clients): {v:.2f}x (target >= {target}x)")
+        rs = ", ".join(f"{x:.2f}" for x in per_round[k])
+        print(f"{k} ({cmax} clients): {v:.2f}x (rounds: {rs}; target >= {target}x)")
     return 0
 
 

@@ -8,7 +8,9 @@
  *   nfsmeta URL mkdir DIR              create the directory DIR (libnfs-utils has no nfs-mkdir)
  *   nfsmeta URL ns DIR N               mkdir DIR; create N empty files, stat each, rename each
  *                                      (fN -> rN), remove each; then rmdir DIR. Each phase line
- *                                      also has per-call latency percentiles "p50_us", "p99_us".
+ *                                      also has per-call latency percentiles "p50_us", "p99_us"
+ *                                      and the phase's "start" and "end" on CLOCK_MONOTONIC
+ *                                      (one clock for all clients on the host).
  *
  * URL names the export, e.g. nfs://127.0.0.1/?nfsport=P&mountport=P&version=3; DIR is a
  * path inside it ("/d"). Each phase prints one JSON line: {"phase":..,"ops":..,"seconds":..}.
@@ -100,8 +102,10 @@ static int cmp_double(const void *a, const void *b) {
 static void report_lat(const char *phase, long ops, double t0) {
     qsort(lat, (size_t)nlat, sizeof *lat, cmp_double);
     double p50 = nlat ? lat[nlat / 2] : 0, p99 = nlat ? lat[(nlat * 99) / 100] : 0;
+    double t1 = now();
     printf("{\"phase\": \"%s\", \"ops\": %ld, \"seconds\": %.6f, \"p50_us\": %.1f, "
-           "\"p99_us\": %.1f}\n", phase, ops, now() - t0, p50, p99);
+           "\"p99_us\": %.1f, \"start\": %.6f, \"end\": %.6f}\n", phase, ops, t1 - t0, p50,
+           p99, t0, t1);
     fflush(stdout);
     nlat = 0;
 }
