@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 from server import config as config_mod
+from server import gctune
 from server.cluster import admin, launcher
 
 log = logging.getLogger("objcache")
@@ -94,6 +95,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
     from server.node import StartupError, serve  # import late: keeps `--help` fast
 
+    gctune.tune()
     try:
         trio.run(serve, cfg)
     except StartupError as e:

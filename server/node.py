@@ -24,7 +24,7 @@ from nfs_gateway.nfs3.env import Nfs3Config
 from nfs_gateway.nfs3.program import handle_maker, make_nfs3_program
 from nfs_gateway.portmap import make_portmap_program
 from nfs_gateway.server import Listener, RpcServer
-from server import metrics
+from server import gctune, metrics
 from server.config import Config, ExportConfig, data_dir
 from server.fs.backend import LocalBackend
 from server.fs.config import FsConfig
@@ -196,6 +196,7 @@ async def serve_nfs(cfg: Config, server: RpcServer,
         if on_serving is not None:
             on_serving(host, port)
         metrics.set_ready(ready)
+        gctune.freeze_startup()  # what is alive now lives as long as the process
         log.info(
             "objcache: serving NFS v3 on %s:%d (data in %s); mount with: "
             "mount -t nfs -o vers=3,proto=tcp,port=%d,mountport=%d,nolock %s:/ /mnt",
