@@ -1,4 +1,5 @@
-"""The cyclic garbage collector's settings for a node process.
+"""The cyclic garbage collector's settings for a node process (`objcache serve`, and the
+Raft KV node of tests and bench/raft.py, server/raft_kv.py).
 
 Why: almost all of a node's garbage is freed by reference counting the moment it is dropped;
 the cyclic collector is only there for the rare cycle. But a node keeps ~100 000 long-lived

@@ -33,6 +33,7 @@ from raft.errors import NotLeader, ProposalDropped
 from raft.node import RawNode, bootstrap_log
 from raft.ready import Snapshot, SnapshotRequest
 from raft.types import Entry, EntryType, SnapshotMeta
+from server import gctune
 from server.rpc.codec import message
 from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
 from server.rpc.plane import RpcConfig, RpcPlane
@@ -359,6 +360,7 @@ async def _serve_on(store: KvStore, node_id: int, peers: dict[int, str], host: s
             await nursery.start(plane.run)
             await nursery.start(driver.run)
             nursery.start_soon(kv.compactor)
+            gctune.freeze_startup()
             print(f"READY {node_id} {plane.port}", flush=True)
             async for signum in signals:
                 log.info("node %d: signal %d, stopping", node_id, signum)
@@ -379,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s n{args.id} %(name)s %(levelname)s %(message)s")
+    gctune.tune()
     trio.run(serve, args)
 
 
