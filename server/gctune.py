@@ -4,11 +4,12 @@ Raft KV node of tests and bench/raft.py, server/raft_kv.py).
 Why: almost all of a node's garbage is freed by reference counting the moment it is dropped;
 the cyclic collector is only there for the rare cycle. But a node keeps ~100 000 long-lived
 objects (cached inodes, in-memory Raft log entries, the duplicate request cache, modules and
-classes), and with CPython's default thresholds (700, 10, 10) each ~7 700 net allocations
-end in a full collection that walks all of them: under 16 clients creating files, one a
-second, 66 ms of CPU each, finding nothing (2.2 s of a 28 s run; p99 latency 45 ms, not
-20). Three nodes sharing two CPUs lost far more than the collector's own time (their
-caches walked through once a second): 35-40 s of CPU for the same work instead of 51 s.
+classes), and with CPython's default thresholds (700, 10, 10) a node under 16 clients
+creating files ran a full collection about once a second: 66 ms of CPU each, walking all of
+them and freeing nothing (2.2 s of a 28 s run, and ~0.8 s more in the young generations).
+Every request waiting behind one waited those 66-100 ms: bench/namespace.py's 16-client
+p99 on one node was 112 ms for create, 106-132 ms for rename, ~110 ms for remove; tuned,
+33-37, 31-38 and 28-31 ms.
 
 So a node:
 - collects its youngest generation after GEN0_THRESHOLD net allocations instead of 700 (the
