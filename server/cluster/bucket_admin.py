@@ -7,7 +7,10 @@ Rules:
 - warm: first the walk (files and their backed bytes: the total), then every backed chunk is
   fetched by its owner (ReadChunk with prefetch), `warm_parallel` at a time. It runs as a job
   in the node's nursery; the admin client polls its status (JobStatus) to draw progress. A
-  chunk already cached costs its owner one index lookup.
+  chunk already cached costs its owner one index lookup. A chunk whose request ran past its
+  deadline or found the owner or the store unavailable is asked again (WARM_TRIES, pausing
+  longer each time): a fetch outlasting one try goes on at the owner and the next try joins
+  it (bucket_reads.py), so a slow link delays the warm-up, it does not fail it.
 - evict: the walk, then DropCached at every group that may hold a chunk of each file. Only
   clean copies go; materialized and written chunks are the replicated state's.
 - flush: forced write-back rounds (flush.py) for the tree under PATH until nothing there is
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from nfs_gateway.backend import Cred, FileId, FileType, FsError
+from nfs_gateway.backend import Cred, FileId, FileType, FsError, Jukebox
 from server.cluster import protocol as p
 from server.cluster.bucket import is_backed
 from server.cluster.flush import Flusher
@@ -39,6 +42,9 @@ log = logging.getLogger("objcache.admin")
 ROOT = Cred(0, 0)
 MAX_ERRORS = 20  # reported per job
 WARM_PARALLEL = 8  # chunks in flight
+WARM_TRIES = 6  # asks per chunk while the answer is "not yet" (module rules)
+WARM_PAUSE_S = 0.25  # after the n-th of them, n times this
+_NOT_YET = ("deadline", p.UNAVAILABLE)  # RemoteError codes worth asking again
 FLUSH_STALLED_ROUNDS = 5  # forced rounds in a row that wrote nothing: give up and report
 FLUSH_RETRY_S = 0.2
 
@@ -223,11 +229,20 @@ class BucketAdmin:
         async def one(inode: Inode, index: int) -> None:
             async with limiter:
                 req = b._chunk_request(inode, index, 0, 0, prefetch=True)
-                try:
-                    await b._at(lambda: b.ring.group_of_chunk(inode.ino, index), req)
-                except (FsError, RemoteError) as e:
-                    job.error(f"inode {inode.ino} chunk {index}: {e}")
-                    return
+                for attempt in range(1, WARM_TRIES + 1):
+                    try:
+                        await b._at(lambda: b.ring.group_of_chunk(inode.ino, index), req)
+                        break
+                    except (Jukebox, RemoteError) as e:
+                        if attempt == WARM_TRIES or (
+                                isinstance(e, RemoteError) and e.code not in _NOT_YET):
+                            job.error(f"inode {inode.ino} chunk {index}: {e}")
+                            return
+                    except FsError as e:
+                        job.error(f"inode {inode.ino} chunk {index}: {e}")
+                        return
+                    log.debug("warm: chunk %d of %d not yet (try %d)", index, inode.ino, attempt)
+                    await trio.sleep(WARM_PAUSE_S * attempt)
                 job.done_bytes += min(inode.chunk_size, inode.obase - index * inode.chunk_size)
 
         async with trio.open_nursery() as nursery:

@@ -139,20 +139,35 @@ class BucketReads:
         if self.cache.valid(ino, index, origin.etag, count=False):
             return None  # a fetch that ended since the caller looked: ask again
         flight = self._inflight[key] = _Flight()
+        if self.nursery is None:
+            await self._fly(key, index, origin, flight)
+        else:
+            # The fetch is the node's, not this request's: a caller whose deadline passes
+            # (a 16 MiB GET from a slow or shared link can outlast one try) leaves it
+            # running, and its retry joins the flight instead of starting the GET over.
+            self.nursery.start_soon(self._fly, key, index, origin, flight)
+            await flight.done.wait()
+        if isinstance(flight.result, BaseException):
+            raise flight.result
+        assert flight.result is not None
+        return flight.result
+
+    async def _fly(self, key: tuple[int, int, bytes], index: int, origin: Origin,
+                   flight: _Flight) -> None:
+        """Run one flight: fetch, tell the waiters, keep the bytes (module rules). A failed
+        fetch is the flight's result, for its waiters; only a cancellation propagates."""
         try:
             data = await self._fetch(index, origin)
         except BaseException as e:
             flight.result = _as_remote(e)
             flight.done.set()
             del self._inflight[key]
-            raise flight.result from e
+            if not isinstance(e, Exception):
+                raise
+            return
         flight.result = data
         flight.done.set()
-        if self.nursery is None:
-            await self._admit(key, data)
-        else:
-            self.nursery.start_soon(self._admit, key, data)
-        return data
+        await self._admit(key, data)
 
     async def _fetch(self, index: int, origin: Origin) -> bytes:
         store = self.stores.get(origin.store)
