@@ -35,7 +35,13 @@ from raft.ready import Snapshot, SnapshotRequest
 from raft.types import Entry, EntryType, SnapshotMeta
 from server import gctune
 from server.rpc.codec import message
-from server.rpc.frames import ConnectionLost, PeerUnavailable, RemoteError, RpcTimeout
+from server.rpc.frames import (
+    DEADLINE,
+    ConnectionLost,
+    PeerUnavailable,
+    RemoteError,
+    RpcTimeout,
+)
 from server.rpc.plane import RpcConfig, RpcPlane
 from server.rpc.raft_wire import PlaneTransport, route_raft_messages
 from storage.kv import KvStore
@@ -283,7 +289,7 @@ class KvClient:
             try:
                 return await self.plane.call(target, msg, min(self.try_timeout_s, left))
             except RemoteError as exc:
-                if exc.code not in ("not_leader", "retry", "deadline"):
+                if exc.code not in ("not_leader", "retry", DEADLINE):
                     raise
                 hint = int(exc.message) if exc.code == "not_leader" else 0
                 self.leader_hint = hint if hint in self.node_ids else self._next(target)

@@ -34,7 +34,7 @@ from server.cluster.flush import Flusher
 from server.cluster.gateway import ClusterBackend
 from server.fs.records import Inode
 from server.rpc.codec import message
-from server.rpc.frames import RemoteError
+from server.rpc.frames import DEADLINE, RemoteError
 from server.rpc.plane import RpcPlane
 
 log = logging.getLogger("objcache.admin")
@@ -44,7 +44,7 @@ MAX_ERRORS = 20  # reported per job
 WARM_PARALLEL = 8  # chunks in flight
 WARM_TRIES = 6  # asks per chunk while the answer is "not yet" (module rules)
 WARM_PAUSE_S = 0.25  # after the n-th of them, n times this
-_NOT_YET = ("deadline", p.UNAVAILABLE)  # RemoteError codes worth asking again
+_NOT_YET = (DEADLINE, p.UNAVAILABLE)  # RemoteError codes worth asking again
 FLUSH_STALLED_ROUNDS = 5  # forced rounds in a row that wrote nothing: give up and report
 FLUSH_RETRY_S = 0.2
 
@@ -233,14 +233,12 @@ class BucketAdmin:
                     try:
                         await b._at(lambda: b.ring.group_of_chunk(inode.ino, index), req)
                         break
-                    except (Jukebox, RemoteError) as e:
-                        if attempt == WARM_TRIES or (
-                                isinstance(e, RemoteError) and e.code not in _NOT_YET):
+                    except (FsError, RemoteError) as e:
+                        not_yet = isinstance(e, Jukebox) or (
+                            isinstance(e, RemoteError) and e.code in _NOT_YET)
+                        if not not_yet or attempt == WARM_TRIES:
                             job.error(f"inode {inode.ino} chunk {index}: {e}")
                             return
-                    except FsError as e:
-                        job.error(f"inode {inode.ino} chunk {index}: {e}")
-                        return
                     log.debug("warm: chunk %d of %d not yet (try %d)", index, inode.ino, attempt)
                     await trio.sleep(WARM_PAUSE_S * attempt)
                 job.done_bytes += min(inode.chunk_size, inode.obase - index * inode.chunk_size)

@@ -130,27 +130,25 @@ class BucketReads:
         cached now (a fetch ended after the caller looked), read it from there."""
         key = (ino, index, origin.etag)
         flight = self._inflight.get(key)
-        if flight is not None:
-            await flight.done.wait()
-            if isinstance(flight.result, BaseException) or flight.result is None:
-                raise RemoteError(p.UNAVAILABLE, f"fetching chunk {index} of {ino}: "
-                                  f"{flight.result}")
-            return flight.result
-        if self.cache.valid(ino, index, origin.etag, count=False):
-            return None  # a fetch that ended since the caller looked: ask again
-        flight = self._inflight[key] = _Flight()
-        if self.nursery is None:
-            await self._fly(key, index, origin, flight)
-        else:
-            # The fetch is the node's, not this request's: a caller whose deadline passes
-            # (a 16 MiB GET from a slow or shared link can outlast one try) leaves it
-            # running, and its retry joins the flight instead of starting the GET over.
-            self.nursery.start_soon(self._fly, key, index, origin, flight)
-            await flight.done.wait()
-        if isinstance(flight.result, BaseException):
-            raise flight.result
-        assert flight.result is not None
-        return flight.result
+        started = flight is None
+        if flight is None:
+            if self.cache.valid(ino, index, origin.etag, count=False):
+                return None  # a fetch that ended since the caller looked: ask again
+            flight = self._inflight[key] = _Flight()
+            if self.nursery is None:
+                await self._fly(key, index, origin, flight)
+            else:
+                # The fetch is the node's, not this request's: a caller whose deadline passes
+                # (a 16 MiB GET from a slow or shared link can outlast one try) leaves it
+                # running, and its retry joins the flight instead of starting the GET over.
+                self.nursery.start_soon(self._fly, key, index, origin, flight)
+        await flight.done.wait()
+        result = flight.result
+        if result is not None and not isinstance(result, BaseException):
+            return result
+        if started and isinstance(result, Exception):
+            raise result  # the fetch's own error (ORIGIN_CHANGED: the gateway revalidates)
+        raise RemoteError(p.UNAVAILABLE, f"fetching chunk {index} of {ino}: {result}")
 
     async def _fly(self, key: tuple[int, int, bytes], index: int, origin: Origin,
                    flight: _Flight) -> None:

@@ -51,7 +51,7 @@ from nfs_gateway.backend import FileSlice
 from nfs_gateway.sendpath import send_buffers
 from nfs_gateway.sparselog import SparseLog
 from server.rpc.codec import CodecError, decode, encode, message
-from server.rpc.frames import RemoteError, RpcError, RpcTimeout
+from server.rpc.frames import DEADLINE, RemoteError, RpcError, RpcTimeout
 from server.rpc.plane import RpcPlane
 
 log = logging.getLogger("objcache.bulk")
@@ -242,7 +242,7 @@ class BulkServer:
             with trio.move_on_after(HANDLER_TIMEOUT_S) as scope:
                 data = await self._handlers[type(request)](peer, request)
             if scope.cancelled_caught:
-                raise RemoteError("deadline", "the handler ran too long")
+                raise RemoteError(DEADLINE, "the handler ran too long")
             status = OK
         except RemoteError as e:
             data, status = encode(BulkError(e.code, e.message)), ERROR

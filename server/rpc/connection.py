@@ -44,6 +44,7 @@ from wsproto.utilities import LocalProtocolError
 from server.rpc import ws_compat, ws_framing
 from server.rpc.codec import CodecError, decode, encode, encode_with_bytes
 from server.rpc.frames import (
+    DEADLINE,
     Batch,
     Chunk,
     ConnectionLost,
@@ -361,7 +362,7 @@ class Connection:
             # per request and fail_after's wrapping showed up in profiles of the Raft leader.
             with trio.move_on_after(request.timeout_ms / 1000):
                 return Reply(request.id, await handler(self.peer_id, request.body))
-            return Failure(request.id, "deadline", "the handler ran past the caller's deadline")
+            return Failure(request.id, DEADLINE, "the handler ran past the caller's deadline")
         except RemoteError as exc:
             return Failure(request.id, exc.code, exc.message)
         except Exception as exc:  # reported to the caller and logged; the node keeps serving

@@ -147,6 +147,9 @@ class ConnectionLost(RpcError):
     """The connection closed while the call was outstanding; it may or may not have run."""
 
 
+DEADLINE = "deadline"  # a RemoteError code: the handler ran past the caller's deadline
+
+
 class RemoteError(RpcError):
     """The peer's handler answered with a typed failure. Handlers raise it to reply with one."""
 
