@@ -3,8 +3,11 @@
  *
  *   nfsread URL walk DIR   print "SIZE PATH" for every regular file under DIR (recursive;
  *                          PATH relative to DIR), then "." alone on a line
- *   nfsread URL cat DIR    read relative paths from stdin, one per line; for each write
- *                          "SIZE\n" and then the file's bytes to stdout, or "E message\n"
+ *   nfsread URL sum DIR    read relative paths from stdin, one per line; for each read the
+ *                          file whole, hash its bytes as they come (OpenSSL's sha256, which
+ *                          Python's hashlib calls) and write "SIZE HEX\n", or "E message\n":
+ *                          the work a reader of a mounted file system does per file (read,
+ *                          hash, in one process), not bytes piped to another process
  *
  * URL names the export, e.g. nfs://127.0.0.1/?nfsport=P&mountport=P&version=3. Reads are
  * nfs_pread calls of up to BUF_BYTES at consecutive offsets up to the size fstat gave, as the
@@ -19,6 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <nfsc/libnfs.h>
+#include <openssl/evp.h>
 
 #define BUF_BYTES (4 << 20)
 #define PATH_MAX_BYTES 4096
@@ -47,7 +51,7 @@ static void walk(const char *root, const char *rel) {
     nfs_closedir(nfs, d);
 }
 
-static void cat_one(const char *root, const char *rel, char *buf) {
+static void sum_one(const char *root, const char *rel, char *buf, EVP_MD_CTX *md) {
     char path[2 * PATH_MAX_BYTES + 2];
     snprintf(path, sizeof path, "%s/%s", root, rel);
     struct nfsfh *fh;
@@ -61,7 +65,10 @@ static void cat_one(const char *root, const char *rel, char *buf) {
         nfs_close(nfs, fh);
         return;
     }
-    printf("%llu\n", (unsigned long long)st.nfs_size);
+    if (!EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+        fprintf(stderr, "nfsread: sha256 init failed\n");
+        exit(1);
+    }
     uint64_t off = 0;
     while (off < st.nfs_size) {
         uint64_t want = st.nfs_size - off < BUF_BYTES ? st.nfs_size - off : BUF_BYTES;
@@ -71,15 +78,22 @@ static void cat_one(const char *root, const char *rel, char *buf) {
                     n < 0 ? nfs_get_error(nfs) : "unexpected end of file");
             exit(1);
         }
-        fwrite(buf, 1, (size_t)n, stdout);
+        EVP_DigestUpdate(md, buf, (size_t)n);
         off += (uint64_t)n;
     }
     nfs_close(nfs, fh);
+    unsigned char sum[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(md, sum, &len);
+    printf("%llu ", (unsigned long long)st.nfs_size);
+    for (unsigned int i = 0; i < len; i++)
+        printf("%02x", sum[i]);
+    printf("\n");
 }
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: nfsread URL walk|cat DIR\n");
+        fprintf(stderr, "usage: nfsread URL walk|sum DIR\n");
         return 2;
     }
     nfs = nfs_init_context();
@@ -97,13 +111,16 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[2], "walk")) {
         walk(root, "");
         printf(".\n");
-    } else if (!strcmp(argv[2], "cat")) {
+    } else if (!strcmp(argv[2], "sum")) {
         char *buf = malloc(BUF_BYTES), line[PATH_MAX_BYTES];
+        EVP_MD_CTX *md = EVP_MD_CTX_new();
+        if (!buf || !md) { fprintf(stderr, "nfsread: out of memory\n"); return 1; }
         while (fgets(line, sizeof line, stdin)) {
             line[strcspn(line, "\n")] = 0;
-            cat_one(root, line, buf);
+            sum_one(root, line, buf, md);
             fflush(stdout);
         }
+        EVP_MD_CTX_free(md);
         free(buf);
     } else {
         fprintf(stderr, "nfsread: unknown operation %s\n", argv[2]);

@@ -60,15 +60,17 @@ def cluster_down_argv(root: Path) -> list[str]:
 
 
 def build_nfsread() -> Path:
-    """Compile nfsread.c against libnfs (cached by source hash); return the path."""
+    """Compile nfsread.c against libnfs and libcrypto (cached by source hash); return the path."""
     digest = hashlib.sha256(NFSREAD_SOURCE.read_bytes()).hexdigest()[:12]
     exe = Path(tempfile.gettempdir()) / f"objcache-nfsread-{digest}"
     if not exe.exists():
-        if not Path("/usr/include/nfsc/libnfs.h").exists() or not shutil.which("gcc"):
-            raise PeerError("nfsread needs gcc and libnfs-dev (OBJCACHE_BENCH_DEPS=1 "
+        headers = ("/usr/include/nfsc/libnfs.h", "/usr/include/openssl/evp.h")
+        if not all(Path(h).exists() for h in headers) or not shutil.which("gcc"):
+            raise PeerError("nfsread needs gcc, libnfs-dev and libssl-dev (OBJCACHE_BENCH_DEPS=1 "
                             ".ci/setup-host installs them)")
         tmp = exe.with_suffix(f".tmp{os.getpid()}")
-        run(["gcc", "-O2", "-Wall", "-o", str(tmp), str(NFSREAD_SOURCE), "-lnfs"], timeout_s=120)
+        run(["gcc", "-O2", "-Wall", "-o", str(tmp), str(NFSREAD_SOURCE), "-lnfs", "-lcrypto"],
+            timeout_s=120)
         tmp.replace(exe)
     return exe
 
