@@ -16,7 +16,11 @@ The setups run in rounds (--reps, default 3): each round starts every setup afre
 the other, so a round's setups see the same machine; this VM's speed drifts by tens of percent
 within minutes. Rates are medians over rounds; a ratio is the median of the rounds' ratios.
 Targets (issue 4): three groups >= 1.5x the create rate of one group with 16 clients, and
->= 0.5x ganesha. Writes bench/results/namespace.json; prints the key ratios last.
+>= 0.5x ganesha. Not like for like in durability: ganesha's VFS FSAL acknowledges creates,
+renames and removes before they are on disk (strace of 1 000 files: openat, renameat and
+unlinkat 1 000 times each, no fsync; ext4 commits its journal within 5 s), while objcache
+syncs the group's Raft log before every reply.
+Writes bench/results/namespace.json; prints the key ratios last.
 
   python bench/namespace.py            # full run
   python bench/namespace.py --quick    # small version, one round, under a minute
