@@ -106,8 +106,6 @@ int main(int argc, char **argv) {
         return 1;
     }
     const char *root = argv[3];
-    static char out_buf[1 << 20];
-    setvbuf(stdout, out_buf, _IOFBF, sizeof out_buf);
     if (!strcmp(argv[2], "walk")) {
         walk(root, "");
         printf(".\n");

@@ -8,7 +8,7 @@ an NFS export read through libnfs (nfsread.c, one process per worker, each with 
 the kernel NFS client cannot be used on this host) and hashed with OpenSSL in that process,
 which is what hashlib calls. Piping the bytes to Python to hash them there (as before) added a
 pipe and two copies of every byte to the NFS rows only: 2.9 core-seconds of reader for 2 GiB
-against ~1.3 for the same reads and hashes in one process, on a 2-core host whose cores the
+against 2.1 for the same reads and hashes in one process, on a 2-core host whose cores the
 servers under test need too.
 """
 
